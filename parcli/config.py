@@ -1,0 +1,101 @@
+"""Architecture descriptions of the autoregressive transformer (no torch needed)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+# (layers, heads, dim) of the published class-conditional architectures.
+GPT_PRESETS: dict[str, tuple[int, int, int]] = {
+    "GPT-B": (12, 12, 768),
+    "GPT-L": (24, 16, 1024),
+    "GPT-XL": (36, 20, 1280),
+    "GPT-XXL": (48, 24, 1536),
+    "GPT-3B": (24, 32, 3200),
+}
+
+SUPPORTED_REGIONS = (1, 4, 16)
+
+
+def preset_name(n_layer: int, dim: int) -> str | None:
+    for name, (layers, _, width) in GPT_PRESETS.items():
+        if (layers, width) == (n_layer, dim):
+            return name
+    return None
+
+
+def preset_heads(n_layer: int, dim: int) -> int | None:
+    name = preset_name(n_layer, dim)
+    return GPT_PRESETS[name][1] if name else None
+
+
+def ffn_hidden_dim(dim: int, multiple_of: int = 256) -> int:
+    hidden = int(2 * 4 * dim / 3)
+    return math.ceil(hidden / multiple_of) * multiple_of
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    """Everything needed to build the transformer and its decoding plan."""
+
+    n_layer: int
+    n_head: int
+    dim: int
+    vocab_size: int = 16384
+    num_classes: int = 1000
+    grid: tuple[int, ...] = (24, 24)  # (rows, cols) for images, (frames, rows, cols) for video
+    regions: int = 1
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-5
+    ffn_multiple_of: int = 256
+    class_dropout: float = 0.1  # used by training only
+
+    def __post_init__(self) -> None:
+        if self.dim % self.n_head:
+            raise ValueError(f"dim {self.dim} is not divisible by {self.n_head} heads")
+        if (self.dim // self.n_head) % 4:
+            raise ValueError("head_dim must be divisible by 4 for the 2D rotary embedding")
+        if self.regions not in SUPPORTED_REGIONS:
+            raise ValueError(f"regions must be one of {SUPPORTED_REGIONS}, not {self.regions}")
+        object.__setattr__(self, "grid", tuple(int(g) for g in self.grid))
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_head
+
+    @property
+    def ffn_hidden(self) -> int:
+        return ffn_hidden_dim(self.dim, self.ffn_multiple_of)
+
+    @property
+    def num_tokens(self) -> int:
+        return math.prod(self.grid)
+
+    @property
+    def num_transition_tokens(self) -> int:
+        return self.regions - 1
+
+    @property
+    def seq_len(self) -> int:
+        """KV-cache slots one generation uses: class, image tokens, transition tokens."""
+        return 1 + self.num_tokens + self.num_transition_tokens
+
+    @property
+    def arch(self) -> str:
+        return preset_name(self.n_layer, self.dim) or f"custom-{self.n_layer}x{self.dim}"
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["grid"] = list(self.grid)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> GPTConfig:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        known["grid"] = tuple(known.get("grid", (24, 24)))
+        return cls(**known)
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> GPTConfig:
+        layers, heads, dim = GPT_PRESETS[name]
+        return cls(n_layer=layers, n_head=heads, dim=dim, **overrides)
