@@ -48,7 +48,8 @@ class GPTConfig:
     rope_base: float = 10000.0
     norm_eps: float = 1e-5
     ffn_multiple_of: int = 256
-    class_dropout: float = 0.1  # used by training only
+    class_dropout: float = 0.1  # training only
+    dropout: float = 0.0  # training only
 
     def __post_init__(self) -> None:
         if self.dim % self.n_head:

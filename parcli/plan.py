@@ -1,0 +1,187 @@
+"""The PAR schedule as data: token order, KV-cache slot layout, forward passes, rotary cells.
+
+Every generation, sequential (one region) or parallel (4 or 16 regions), image or video, walks
+the same kind of plan. Slot s of the cache always predicts the token at PAR sequence index s, so
+a forward pass that writes slots [start, end) fills sequence indices [start, end), and each of its
+queries may see every slot before `end`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from parcli.config import SUPPORTED_REGIONS
+
+CLASS, TOKEN, TRANSITION = 0, 1, 2
+
+
+class PlanError(ValueError):
+    """A grid / region combination that cannot be scheduled."""
+
+
+def region_side(regions: int) -> int:
+    side = math.isqrt(regions)
+    if side * side != regions or regions not in SUPPORTED_REGIONS:
+        raise PlanError(f"regions must be one of {', '.join(map(str, SUPPORTED_REGIONS))}")
+    return side
+
+
+def par_order(grid: tuple[int, ...], regions: int) -> np.ndarray:
+    """Raster index (into the flattened grid) of the token at each PAR sequence index.
+
+    For video grids (frames, rows, cols) each frame is split into regions on its own and frames
+    follow one another.
+    """
+    *frames, rows, cols = grid
+    side = region_side(regions)
+    if rows % side or cols % side:
+        raise PlanError(
+            f"a {rows}x{cols} token grid cannot be split into {regions} regions: "
+            f"both sides must be divisible by {side}"
+        )
+    region_rows, region_cols = rows // side, cols // side
+    q = np.arange(rows * cols)
+    region, j = q % regions, q // regions
+    row = (region // side) * region_rows + j // region_cols
+    col = (region % side) * region_cols + j % region_cols
+    frame_order = row * cols + col
+    per_frame = rows * cols
+    return np.concatenate([f * per_frame + frame_order for f in range(math.prod(frames))])
+
+
+def inverse_order(order: np.ndarray) -> np.ndarray:
+    """PAR sequence index of each raster cell: `seq[inverse_order(order)]` is raster order."""
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(order.size)
+    return inverse
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One forward pass: writes cache slots [start, end) and fills sequence indices [start, end)."""
+
+    index: int
+    start: int
+    end: int
+
+    @property
+    def width(self) -> int:
+        return self.end - self.start
+
+
+@dataclass(frozen=True)
+class Plan:
+    grid: tuple[int, ...]
+    regions: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "grid", tuple(int(g) for g in self.grid))
+        if len(self.grid) not in (2, 3) or min(self.grid) < 1:
+            raise PlanError(f"grid must be (rows, cols) or (frames, rows, cols), not {self.grid}")
+        if self.num_tokens < 2 * self.regions:
+            raise PlanError(f"a grid of {self.num_tokens} tokens is too small for {self.regions} regions")
+        self.order  # validates divisibility eagerly
+
+    @property
+    def num_tokens(self) -> int:
+        return math.prod(self.grid)
+
+    @property
+    def num_slots(self) -> int:
+        """KV-cache slots one generation needs (class + fed tokens + transition tokens)."""
+        return self.num_tokens
+
+    @cached_property
+    def order(self) -> np.ndarray:
+        return par_order(self.grid, self.regions)
+
+    @cached_property
+    def inverse(self) -> np.ndarray:
+        return inverse_order(self.order)
+
+    @cached_property
+    def passes(self) -> tuple[Pass, ...]:
+        n, length = self.regions, self.num_tokens
+        bounds = [(p, p + 1) for p in range(n)]
+        bounds += [(start, start + n) for start in range(n, length, n)]
+        return tuple(Pass(i, a, b) for i, (a, b) in enumerate(bounds))
+
+    @property
+    def num_passes(self) -> int:
+        return len(self.passes)
+
+    @cached_property
+    def slot_runs(self) -> tuple[tuple[int, int, int, int], ...]:
+        """(kind, first slot, end slot, first source) for each run of slots of one kind.
+
+        Sources are sequence indices for TOKEN runs and transition rows for TRANSITION runs;
+        within a run they increase by one per slot, so a pass reads them as a slice.
+        """
+        n, slots = self.regions, self.num_slots
+        runs = [(CLASS, 0, 1, 0), (TOKEN, 1, n + 1, 0)]
+        if n > 1:
+            runs.append((TRANSITION, n + 1, 2 * n, 0))
+        if 2 * n < slots:
+            runs.append((TOKEN, 2 * n, slots, n))
+        return tuple(runs)
+
+    @cached_property
+    def slot_kind(self) -> np.ndarray:
+        """CLASS, TOKEN or TRANSITION for every slot."""
+        kind = np.empty(self.num_slots, dtype=np.int64)
+        for run_kind, start, end, _ in self.slot_runs:
+            kind[start:end] = run_kind
+        return kind
+
+    @cached_property
+    def slot_source(self) -> np.ndarray:
+        """Per slot: sequence index of the token fed there, transition row, or 0 for the class."""
+        source = np.empty(self.num_slots, dtype=np.int64)
+        for _, start, end, first in self.slot_runs:
+            source[start:end] = np.arange(first, first + end - start)
+        return source
+
+    @cached_property
+    def slot_cell(self) -> np.ndarray:
+        """Raster cell whose rotary angles each slot uses; -1 for the all-zero rows."""
+        cell = np.full(self.num_slots, -1, dtype=np.int64)
+        tokens = self.slot_kind == TOKEN
+        cell[tokens] = self.order[self.slot_source[tokens]]
+        return cell
+
+    @cached_property
+    def block_end(self) -> np.ndarray:
+        """End of the pass that writes each slot: the slot sees every slot before it."""
+        end = np.empty(self.num_slots, dtype=np.int64)
+        for p in self.passes:
+            end[p.start : p.end] = p.end
+        return end
+
+    def attention_mask(self) -> np.ndarray:
+        """(slots, slots) boolean mask, True where a query slot may attend to a key slot."""
+        keys = np.arange(self.num_slots)
+        return keys[None, :] < self.block_end[:, None]
+
+    def teacher_inputs(self, seq_tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Token id per slot for teacher forcing (0 where the slot holds no token) and kinds.
+
+        `seq_tokens` is (..., num_tokens) in PAR order; the logits of slot s are trained
+        against `seq_tokens[..., s]`.
+        """
+        ids = seq_tokens[..., self.slot_source]
+        ids = np.where(self.slot_kind == TOKEN, ids, 0)
+        return ids, self.slot_kind
+
+    def to_raster(self, seq_tokens: np.ndarray) -> np.ndarray:
+        """(..., num_tokens) in PAR order -> (..., *grid) in raster order."""
+        raster = seq_tokens[..., self.inverse]
+        return raster.reshape(*seq_tokens.shape[:-1], *self.grid)
+
+    def to_sequence(self, raster: np.ndarray) -> np.ndarray:
+        """(..., *grid) raster -> (..., num_tokens) in PAR order."""
+        flat = raster.reshape(*raster.shape[: raster.ndim - len(self.grid)], self.num_tokens)
+        return flat[..., self.order]

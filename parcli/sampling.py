@@ -1,0 +1,67 @@
+"""Turning logits into tokens: guidance mix, temperature, top-k / top-p, seeded draws.
+
+Everything stays on the device: no host synchronisation, no branching on tensor values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    cfg_scale: float = 1.0
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.cfg_scale < 0:
+            raise ValueError(f"--cfg-scale must be >= 0, not {self.cfg_scale}")
+        if self.temperature < 0:
+            raise ValueError(f"--temperature must be >= 0, not {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"--top-k must be >= 0 (0 turns it off), not {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"--top-p must be in (0, 1], not {self.top_p}")
+
+    @property
+    def guided(self) -> bool:
+        # As in the reference: guidance runs only for scales above 1.
+        return self.cfg_scale > 1.0
+
+
+def mix_guidance(logits: torch.Tensor, cfg_scale: float) -> torch.Tensor:
+    """Conditional rows first, unconditional rows second -> guided logits (same op order as LlamaGen)."""
+    cond, uncond = logits.chunk(2, dim=0)
+    return uncond + (cond - uncond) * cfg_scale
+
+
+def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Set logits outside the top-k and outside the top-p nucleus to -inf."""
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, sorted_index = torch.sort(logits, dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        # Drop a token once the mass before it already exceeds top_p; the first always stays.
+        drop_sorted = torch.zeros_like(cumulative, dtype=torch.bool)
+        drop_sorted[..., 1:] = cumulative[..., :-1] > top_p
+        drop = drop_sorted.scatter(-1, sorted_index, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample(
+    logits: torch.Tensor, config: SamplingConfig, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Draw one token per row of (..., vocab) logits."""
+    logits = logits / max(config.temperature, 1e-5)
+    logits = filter_logits(logits, config.top_k, config.top_p)
+    probs = logits.softmax(dim=-1)
+    # probs / Exp(1) noise picks index i with probability probs[i], without a host sync.
+    noise = torch.empty_like(probs).exponential_(1.0, generator=generator)
+    return torch.argmax(probs / noise, dim=-1)

@@ -1,0 +1,23 @@
+import pytest
+import torch
+
+from parcli.config import GPTConfig
+from parcli.model import Transformer
+
+
+def tiny_config(regions: int = 1, grid=(8, 8), **overrides) -> GPTConfig:
+    base = dict(n_layer=2, n_head=4, dim=64, vocab_size=32, num_classes=10)
+    base.update(overrides)
+    return GPTConfig(grid=grid, regions=regions, **base)
+
+
+def tiny_model(regions: int = 1, grid=(8, 8), seed: int = 0, **overrides) -> Transformer:
+    torch.manual_seed(seed)
+    model = Transformer(tiny_config(regions, grid, **overrides))
+    model.init_weights(std=0.3, zero_output=False)
+    return model.eval()
+
+
+@pytest.fixture
+def make_model():
+    return tiny_model

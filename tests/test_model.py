@@ -1,0 +1,139 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from parcli.model import KVCache, apply_rotary, cell_angles, rotary_table
+from parcli.plan import Plan
+
+
+def llamagen_style_table(grid_size: int, head_dim: int, base: float = 10000.0) -> torch.Tensor:
+    """LlamaGen's 2D table: one zero row for the class token, then the grid in raster order."""
+    half = head_dim // 2
+    freqs = 1.0 / (base ** (torch.arange(0, half, 2)[: half // 2].float() / half))
+    angles = torch.outer(torch.arange(grid_size), freqs)
+    grid = torch.cat(
+        [angles[:, None, :].expand(-1, grid_size, -1), angles[None, :, :].expand(grid_size, -1, -1)],
+        dim=-1,
+    )
+    table = torch.stack([torch.cos(grid), torch.sin(grid)], dim=-1).flatten(0, 1)
+    return torch.cat([torch.zeros(1, half, 2), table])
+
+
+@pytest.mark.parametrize("head_dim", [64, 100])
+def test_sequential_rotary_rows_equal_llamagen_bit_for_bit(head_dim):
+    plan = Plan((24, 24), 1)
+    ours = rotary_table(plan, head_dim)
+    # slot s holds raster token s - 1 for s >= 1; LlamaGen's table has L + 1 rows
+    assert torch.equal(ours, llamagen_style_table(24, head_dim)[:576])
+
+
+def test_par_rotary_rows_use_the_token_cell_and_zero_for_class_and_transition():
+    plan = Plan((8, 8), 4)
+    table = rotary_table(plan, 16)
+    reference = llamagen_style_table(8, 16)
+    for slot in range(plan.num_slots):
+        cell = plan.slot_cell[slot]
+        expected = torch.zeros(8, 2) if cell < 0 else reference[1 + cell]
+        assert torch.equal(table[slot], expected)
+
+
+def test_angles_formula():
+    angles = cell_angles((4, 6), 16, 10000.0)
+    freqs = [10000 ** (-(2 * i) / 8) for i in range(4)]
+    row, col = divmod(13, 6)
+    expected = [row * f for f in freqs] + [col * f for f in freqs]
+    assert torch.allclose(angles[13], torch.tensor(expected), atol=1e-6)
+
+
+def test_video_angles_cover_time_row_col():
+    angles = cell_angles((3, 4, 4), 64, 10000.0)
+    assert angles.shape == (48, 32)
+    t, r, c = 2, 1, 3
+    index = t * 16 + r * 4 + c
+    assert angles[index, 0] == 0 or math.isclose(angles[index, 0].item(), t)
+    assert math.isclose(angles[index, 12].item(), r)
+    assert math.isclose(angles[index, 22].item(), c)
+
+
+def test_zero_rows_make_query_and_key_zero():
+    x = torch.randn(2, 3, 4, 16)
+    out = apply_rotary(x, torch.zeros(3, 8, 2))
+    assert torch.equal(out, torch.zeros_like(out))
+
+
+def test_rotary_rotates_adjacent_pairs():
+    x = torch.tensor([1.0, 0.0, 0.0, 2.0]).view(1, 1, 1, 4)
+    angle = torch.tensor([math.pi / 2, math.pi])
+    rope = torch.stack([angle.cos(), angle.sin()], dim=-1)[None]
+    out = apply_rotary(x, rope).flatten()
+    assert torch.allclose(out, torch.tensor([0.0, 1.0, 0.0, -2.0]), atol=1e-6)
+
+
+def teacher_forced_logits(model, plan, labels, seq):
+    h = model.embed_slots(plan, labels, seq, 0, plan.num_slots)
+    rope = rotary_table(plan, model.cfg.head_dim)
+    mask = torch.from_numpy(plan.attention_mask())
+    return model(h, rope, mask=mask)
+
+
+@pytest.mark.parametrize("n, grid", [(1, (8, 8)), (4, (8, 8)), (16, (8, 8)), (4, (2, 4, 4))])
+def test_kv_cache_passes_equal_one_teacher_forced_pass(make_model, n, grid):
+    model = make_model(regions=n, grid=grid)
+    plan = Plan(grid, n)
+    labels = torch.tensor([3, 7])
+    seq = torch.randint(0, model.cfg.vocab_size, (2, plan.num_tokens))
+    with torch.no_grad():
+        full = teacher_forced_logits(model, plan, labels, seq)
+        cache = KVCache(model.cfg, 2, plan.num_slots, "cpu", torch.float32)
+        rope = rotary_table(plan, model.cfg.head_dim)
+        for p in plan.passes:
+            h = model.embed_slots(plan, labels, seq, p.start, p.end)
+            step = model(h, rope[p.start : p.end], cache, p.start)
+            torch.testing.assert_close(step, full[:, p.start : p.end], rtol=1e-4, atol=1e-4)
+
+
+def test_teacher_forced_logits_ignore_future_tokens(make_model):
+    model = make_model(regions=4)
+    plan = Plan((8, 8), 4)
+    labels = torch.tensor([1])
+    seq = torch.randint(0, 32, (1, 64))
+    changed = seq.clone()
+    changed[:, 40:] = (changed[:, 40:] + 1) % 32  # tokens of group 10 onwards
+    with torch.no_grad():
+        a = teacher_forced_logits(model, plan, labels, seq)
+        b = teacher_forced_logits(model, plan, labels, changed)
+    # slot s predicts sequence index s; group g's inputs sit in block (g+1)n, so slots < 40 see none
+    torch.testing.assert_close(a[:, :40], b[:, :40])
+    assert not torch.allclose(a[:, 44:], b[:, 44:])
+
+
+def reference_llamagen_logits(model, labels, raster):
+    """Plain causal LlamaGen forward written out independently: class token then raster tokens."""
+    cfg = model.cfg
+    x = torch.cat([model.cls_embedding(labels)[:, None], model.tok_embeddings(raster[:, :-1])], 1)
+    table = llamagen_style_table(cfg.grid[0], cfg.head_dim)[: x.shape[1]]
+    for layer in model.layers:
+        att = layer.attention
+        h = layer.attention_norm(x)
+        q, k, v = att.wqkv(h).split(cfg.dim, dim=-1)
+        shape = (*x.shape[:2], cfg.n_head, cfg.head_dim)
+        q, k = apply_rotary(q.view(shape), table), apply_rotary(k.view(shape), table)
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.view(shape).transpose(1, 2), is_causal=True
+        )
+        x = x + att.wo(out.transpose(1, 2).reshape(x.shape))
+        x = x + layer.feed_forward(layer.ffn_norm(x))
+    return model.output(model.norm(x)).float()
+
+
+def test_one_region_is_llamagen_raster_decoding(make_model):
+    model = make_model(regions=1)
+    plan = Plan((8, 8), 1)
+    labels = torch.tensor([2, 5])
+    raster = torch.randint(0, 32, (2, 64))
+    with torch.no_grad():
+        ours = teacher_forced_logits(model, plan, labels, raster)
+        theirs = reference_llamagen_logits(model, labels, raster)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
