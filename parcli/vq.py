@@ -1,0 +1,407 @@
+"""Configurable VQ image tokenizer with LlamaGen-compatible parameter names.
+
+One module serves both the published 72M LlamaGen ``vq_ds16_c2i`` tokenizer
+(``VQConfig.llamagen_ds16()``) and small tokenizers trained here (e.g. 1-channel
+32x32 digits). Submodule names are chosen so that ``VQModel.state_dict()`` has
+exactly the keys of a LlamaGen checkpoint, except the training-only usage buffer
+``quantize.codebook_used``, which is not registered (see ``UNUSED_CHECKPOINT_KEYS``).
+
+Layout (L = len(ch_mult)):
+
+* encoder: conv_in -> conv_blocks[0..L-1] (``num_res_blocks`` ResBlocks each,
+  attention after every ResBlock of the last level only, a downsample after every
+  level but the last) -> mid (ResBlock, AttnBlock, ResBlock) -> norm_out, swish,
+  conv_out to ``z_channels``; then ``quant_conv`` to ``codebook_dim``.
+* decoder: ``post_quant_conv`` -> conv_in -> mid -> conv_blocks[0..L-1], which walk
+  ``ch_mult`` backwards with ``num_res_blocks + 1`` ResBlocks each, attention in
+  the first level only and an upsample after every level but the last ->
+  norm_out, swish, conv_out.
+
+Images are float (B, C, H, W) in nominal [-1, 1]; codes are int64 (B, h, w) with
+h = H / downsample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Keys that published LlamaGen checkpoints carry but this model does not register.
+UNUSED_CHECKPOINT_KEYS = ("quantize.codebook_used",)
+
+
+@dataclass(frozen=True)
+class VQConfig:
+    """Architecture and quantizer hyper-parameters. Defaults are LlamaGen's ds16."""
+
+    codebook_size: int = 16384
+    codebook_dim: int = 8
+    z_channels: int = 256
+    ch: int = 128
+    ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
+    num_res_blocks: int = 2
+    in_channels: int = 3
+    out_channels: int = 3
+    norm_groups: int = 32
+    norm_eps: float = 1e-6
+    dropout: float = 0.0
+    l2_norm: bool = True
+    commit_beta: float = 0.25
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ch_mult", tuple(int(m) for m in self.ch_mult))
+        if not self.ch_mult or min(self.ch_mult) < 1:
+            raise ValueError(f"ch_mult must be non-empty positive integers, got {self.ch_mult}")
+        for positive in ("codebook_size", "codebook_dim", "z_channels", "ch", "num_res_blocks"):
+            if getattr(self, positive) < 1:
+                raise ValueError(f"{positive} must be >= 1")
+        bad = [self.ch * m for m in self.ch_mult if (self.ch * m) % self.norm_groups]
+        if bad:
+            raise ValueError(f"norm_groups={self.norm_groups} must divide every width, not {bad}")
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+    @classmethod
+    def llamagen_ds16(cls) -> VQConfig:
+        """The tokenizer of LlamaGen's ``vq_ds16_c2i.pt`` (16384 x 8 codes, 16x downsampling)."""
+        return cls(
+            codebook_size=16384,
+            codebook_dim=8,
+            z_channels=256,
+            ch=128,
+            ch_mult=(1, 1, 2, 2, 4),
+            num_res_blocks=2,
+            in_channels=3,
+            out_channels=3,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["ch_mult"] = list(self.ch_mult)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VQConfig:
+        return cls(**data)
+
+
+def _norm(channels: int, cfg: VQConfig) -> nn.GroupNorm:
+    return nn.GroupNorm(cfg.norm_groups, channels, eps=cfg.norm_eps, affine=True)
+
+
+class ResBlock(nn.Module):
+    """Pre-norm residual block; a 1x1 ``nin_shortcut`` matches widths when they change."""
+
+    def __init__(self, in_ch: int, out_ch: int, cfg: VQConfig) -> None:
+        super().__init__()
+        self.norm1 = _norm(in_ch, cfg)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.norm2 = _norm(out_ch, cfg)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        self.nin_shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        skip = x if self.nin_shortcut is None else self.nin_shortcut(x)
+        return skip + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over all spatial positions, with a residual."""
+
+    def __init__(self, channels: int, cfg: VQConfig) -> None:
+        super().__init__()
+        self.norm = _norm(channels, cfg)
+        self.q = nn.Conv2d(channels, channels, 1)
+        self.k = nn.Conv2d(channels, channels, 1)
+        self.v = nn.Conv2d(channels, channels, 1)
+        self.proj_out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        normed = self.norm(x)
+        # (B, C, H, W) -> (B, HW, C) token sequences.
+        q, k, v = (conv(normed).flatten(2).transpose(1, 2) for conv in (self.q, self.k, self.v))
+        weights = torch.softmax(q @ k.transpose(1, 2) * c**-0.5, dim=-1)
+        out = (weights @ v).transpose(1, 2).reshape(b, c, h, w)
+        return x + self.proj_out(out)
+
+
+class Downsample(nn.Module):
+    """Halve the resolution: zero-pad right/bottom by one, then a stride-2 3x3 conv."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+
+class Upsample(nn.Module):
+    """Double the resolution: nearest-neighbour x2, then a 3x3 conv."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class Level(nn.Module):
+    """ResBlocks at one resolution, each optionally followed by attention, then a resampler.
+
+    The resampler is stored under ``resample_name`` ("downsample" or "upsample") to keep
+    the checkpoint key names.
+    """
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        depth: int,
+        with_attn: bool,
+        resampler: type[nn.Module] | None,
+        resample_name: str,
+        cfg: VQConfig,
+    ) -> None:
+        super().__init__()
+        self.res = nn.ModuleList(
+            ResBlock(in_ch if i == 0 else out_ch, out_ch, cfg) for i in range(depth)
+        )
+        self.attn = nn.ModuleList(AttnBlock(out_ch, cfg) for _ in range(depth if with_attn else 0))
+        self._resample_name = resample_name
+        if resampler is not None:
+            self.add_module(resample_name, resampler(out_ch))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, block in enumerate(self.res):
+            x = block(x)
+            if len(self.attn):
+                x = self.attn[i](x)
+        resample = getattr(self, self._resample_name, None)
+        return x if resample is None else resample(x)
+
+
+def _mid(channels: int, cfg: VQConfig) -> nn.ModuleList:
+    return nn.ModuleList(
+        [
+            ResBlock(channels, channels, cfg),
+            AttnBlock(channels, cfg),
+            ResBlock(channels, channels, cfg),
+        ]
+    )
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: VQConfig) -> None:
+        super().__init__()
+        last = len(cfg.ch_mult) - 1
+        self.conv_in = nn.Conv2d(cfg.in_channels, cfg.ch, 3, padding=1)
+        widths = [cfg.ch * m for m in cfg.ch_mult]
+        in_widths = [cfg.ch, *widths[:-1]]
+        self.conv_blocks = nn.ModuleList(
+            Level(
+                in_widths[i],
+                widths[i],
+                cfg.num_res_blocks,
+                with_attn=i == last,
+                resampler=Downsample if i != last else None,
+                resample_name="downsample",
+                cfg=cfg,
+            )
+            for i in range(len(widths))
+        )
+        self.mid = _mid(widths[-1], cfg)
+        self.norm_out = _norm(widths[-1], cfg)
+        self.conv_out = nn.Conv2d(widths[-1], cfg.z_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(x)
+        for module in (*self.conv_blocks, *self.mid):
+            h = module(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: VQConfig) -> None:
+        super().__init__()
+        last = len(cfg.ch_mult) - 1
+        # Decoder levels run from the lowest resolution (widest) to the highest.
+        widths = [cfg.ch * m for m in reversed(cfg.ch_mult)]
+        in_widths = [widths[0], *widths[:-1]]
+        self.conv_in = nn.Conv2d(cfg.z_channels, widths[0], 3, padding=1)
+        self.mid = _mid(widths[0], cfg)
+        self.conv_blocks = nn.ModuleList(
+            Level(
+                in_widths[i],
+                widths[i],
+                cfg.num_res_blocks + 1,
+                with_attn=i == 0,
+                resampler=Upsample if i != last else None,
+                resample_name="upsample",
+                cfg=cfg,
+            )
+            for i in range(len(widths))
+        )
+        self.norm_out = _norm(widths[-1], cfg)
+        self.conv_out = nn.Conv2d(widths[-1], cfg.out_channels, 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(z)
+        for module in (*self.mid, *self.conv_blocks):
+            h = module(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class VectorQuantizer(nn.Module):
+    """Nearest-codeword quantizer over an (optionally l2-normalised) codebook."""
+
+    def __init__(self, cfg: VQConfig) -> None:
+        super().__init__()
+        self.l2_norm = cfg.l2_norm
+        self.beta = cfg.commit_beta
+        self.embedding = nn.Embedding(cfg.codebook_size, cfg.codebook_dim)
+        with torch.no_grad():
+            weight = self.embedding.weight
+            weight.uniform_(-1.0 / cfg.codebook_size, 1.0 / cfg.codebook_size)
+            if self.l2_norm:
+                weight.copy_(F.normalize(weight, dim=-1))
+        self.register_load_state_dict_pre_hook(_drop_usage_buffer)
+
+    def codebook(self) -> torch.Tensor:
+        weight = self.embedding.weight
+        return F.normalize(weight, dim=-1) if self.l2_norm else weight
+
+    def lookup(self, indices: torch.Tensor) -> torch.Tensor:
+        """Codeword vectors for ``indices`` of any shape: (...,) -> (..., codebook_dim)."""
+        return self.codebook()[indices]
+
+    def nearest(self, z: torch.Tensor) -> torch.Tensor:
+        """Index of the closest codeword for each row of ``z`` (N, D); int64 (N,)."""
+        codebook = self.codebook()
+        # Half precision cannot separate thousands of near-equal distances; search in fp32.
+        if z.dtype in (torch.float16, torch.bfloat16):
+            z, codebook = z.float(), codebook.float()
+        if self.l2_norm:
+            z = F.normalize(z, dim=-1)
+        dist = z.pow(2).sum(1, keepdim=True) + codebook.pow(2).sum(1) - 2 * z @ codebook.t()
+        return dist.argmin(dim=1)
+
+    def forward(
+        self, z: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """Quantize (B, D, h, w) latents.
+
+        Returns straight-through latents (B, D, h, w) whose value is the chosen codewords
+        and whose gradient flows to ``z``; indices (B, h, w); and the VQ losses.
+        """
+        b, d, h, w = z.shape
+        z = z.permute(0, 2, 3, 1)
+        if self.l2_norm:
+            z = F.normalize(z, dim=-1)
+        indices = self.nearest(z.reshape(-1, d)).view(b, h, w)
+        z_q = self.lookup(indices).to(z.dtype)
+        losses = {
+            "codebook": F.mse_loss(z_q, z.detach()),
+            "commitment": self.beta * F.mse_loss(z, z_q.detach()),
+        }
+        z_q = z + (z_q - z).detach()
+        return z_q.permute(0, 3, 1, 2), indices, losses
+
+
+def _drop_usage_buffer(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+    # LlamaGen's rolling codebook-usage statistics only matter while training there.
+    state_dict.pop(prefix + "codebook_used", None)
+
+
+class VQModel(nn.Module):
+    """Encoder + vector quantizer + decoder; see the module docstring for the layout."""
+
+    def __init__(self, cfg: VQConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+        self.quantize = VectorQuantizer(cfg)
+        self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.codebook_dim, 1)
+        self.post_quant_conv = nn.Conv2d(cfg.codebook_dim, cfg.z_channels, 1)
+        self.memory_format = torch.contiguous_format
+
+    def set_memory_format(self, memory_format: torch.memory_format) -> VQModel:
+        """Optional fast path: ``torch.channels_last`` often runs convs faster on GPUs.
+
+        Weights and inputs are converted; results are equal up to float rounding.
+        """
+        self.memory_format = memory_format
+        return self.to(memory_format=memory_format)
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=self.memory_format)
+
+    def _latents(self, x: torch.Tensor) -> torch.Tensor:
+        return self.quant_conv(self.encoder(self._prepare(x)))
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (B, C, H, W) in [-1, 1] -> (quantized latents (B, D, h, w), codes (B, h, w))."""
+        z_q, indices, _ = self.quantize(self._latents(x))
+        return z_q, indices
+
+    def decode(self, z_q: torch.Tensor) -> torch.Tensor:
+        """Quantized latents (B, D, h, w) -> images (B, C, H, W), nominal [-1, 1], unclamped."""
+        return self.decoder(self.post_quant_conv(self._prepare(z_q)))
+
+    def decode_codes(self, indices: torch.Tensor) -> torch.Tensor:
+        """Codes (B, h, w) int64 -> images (B, C, H, W), nominal [-1, 1], unclamped."""
+        if indices.dim() != 3:
+            raise ValueError(f"expected codes of shape (B, h, w), got {tuple(indices.shape)}")
+        z_q = self.quantize.lookup(indices).permute(0, 3, 1, 2)
+        return self.decode(z_q.to(self.post_quant_conv.weight.dtype))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Training pass: (reconstruction, {"codebook": ..., "commitment": ...}).
+
+        The codebook loss pulls codewords toward the (detached) encoder outputs; the
+        commitment loss (weighted by ``commit_beta``) pulls encoder outputs toward their
+        (detached) codewords. Reconstruction gradients reach the encoder through the
+        straight-through estimator. LlamaGen's entropy loss is omitted (its weight is 0).
+        """
+        z_q, _, losses = self.quantize(self._latents(x))
+        return self.decode(z_q), losses
+
+
+def to_pixels(x: torch.Tensor) -> torch.Tensor:
+    """Images (B, C, H, W) in [-1, 1] -> uint8 (B, H, W, C), on the same device.
+
+    Same arithmetic as LlamaGen's sampling scripts: ``clamp(127.5 * x + 128, 0, 255)``
+    then a truncating cast. Half-precision inputs are widened to float32 first, because
+    fp16/bf16 cannot hold 127.5 * x + 128 to integer precision.
+    """
+    x = x.to(torch.promote_types(x.dtype, torch.float32))
+    return torch.clamp(127.5 * x + 128.0, 0, 255).permute(0, 2, 3, 1).to(torch.uint8)
+
+
+def from_pixels(
+    img: torch.Tensor, channels_last: bool = True, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """uint8 (0..255) or float (0..1) images -> float (B, C, H, W) in [-1, 1].
+
+    ``img`` is (B, H, W, C) when ``channels_last`` (the layout ``to_pixels`` returns),
+    otherwise (B, C, H, W). For uint8 input, ``to_pixels(from_pixels(p)) == p``.
+    """
+    if img.dtype == torch.uint8:
+        x = img.to(dtype) / 127.5 - 1.0
+    elif img.is_floating_point():
+        x = 2.0 * img.to(dtype) - 1.0
+    else:
+        raise TypeError(f"expected uint8 or floating-point pixels, got {img.dtype}")
+    return x.permute(0, 3, 1, 2).contiguous() if channels_last else x
