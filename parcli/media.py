@@ -1,0 +1,397 @@
+"""Writing pixels and tokens to files, safely.
+
+Every file is first written to a temporary file in the target's directory and then renamed over the
+target (``os.replace``), so an interrupted or failed write never leaves a partial file under the
+final name, and an existing file is only replaced by a complete new one.
+
+Output problems a user can fix (a missing directory, an unsupported suffix) raise ``OutputError``
+with a one-line message; ``check_writable`` finds them before any expensive generation starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import secrets
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".png",)
+VIDEO_SUFFIXES = (".mp4", ".gif")
+TOKEN_SUFFIXES = (".npy",)
+ALL_SUFFIXES = IMAGE_SUFFIXES + VIDEO_SUFFIXES + TOKEN_SUFFIXES
+
+# libx264 with yuv420p works on 16x16 macroblocks; frames are padded (never resized) to this.
+MACRO_BLOCK = 16
+
+PathLike = str | os.PathLike
+
+
+class OutputError(Exception):
+    """An output path the user has to change; the message is one line."""
+
+
+# ---------------------------------------------------------------------- atomic writes
+
+
+def _create_temp(path: Path) -> Path:
+    """Create an empty, new temporary file next to ``path`` with the same suffix."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.stem}.tmp-{secrets.token_hex(4)}{path.suffix}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"cannot find a free temporary name next to {path}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it is renamed over ``path``.
+
+    The temporary file lives in the same directory (so the rename is atomic) and keeps the suffix
+    of ``path`` (so writers that choose a format by suffix still work). On any exception, including
+    KeyboardInterrupt, it is removed and the target is left untouched.
+    """
+    target = Path(path)
+    try:
+        tmp = _create_temp(target)
+    except OSError as exc:
+        raise OutputError(_diagnose(target) or f"cannot write {target}: {_reason(exc)}") from exc
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:  # make the content durable before it gets the name
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(exc, OSError):
+            raise OutputError(f"cannot write {target}: {_reason(exc)}") from exc
+        raise
+
+
+def atomic_write(path: PathLike, writer: Callable[[Path], object]) -> Path:
+    """Call ``writer(tmp_path)`` and move the result to ``path`` atomically; return ``path``."""
+    with atomic_path(path) as tmp:
+        writer(tmp)
+    return Path(path)
+
+
+def _reason(exc: OSError) -> str:
+    text = exc.strerror or str(exc) or type(exc).__name__
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
+# ---------------------------------------------------------------------- up-front checks
+
+
+def _diagnose(path: Path) -> str | None:
+    """Why ``path`` cannot be created as a file, or None if it looks fine."""
+    if path.is_dir():
+        return f"cannot write {path}: it is a directory"
+    parent = path.parent
+    if not parent.exists():
+        return (
+            f"cannot write {path}: directory {parent} does not exist; "
+            "create it or choose another --output"
+        )
+    if not parent.is_dir():
+        return f"cannot write {path}: {parent} is not a directory"
+    return _probe_directory(parent, path)
+
+
+def _probe_directory(directory: Path, shown: Path) -> str | None:
+    """Try to create and remove a file in ``directory``; an error message if that fails."""
+    try:
+        tmp = _create_temp(directory / ".parcli-probe")
+        tmp.unlink()
+    except PermissionError:
+        return (
+            f"cannot write {shown}: directory {directory} is not writable; choose another --output"
+        )
+    except OSError as exc:
+        return f"cannot write {shown}: {_reason(exc)}"
+    return None
+
+
+def is_directory_target(output: PathLike) -> bool:
+    """True when ``output`` names a directory: it ends with a separator or is an existing one."""
+    text = os.fspath(output)
+    return text.endswith(("/", os.sep)) or Path(text).is_dir()
+
+
+def check_writable(
+    path: PathLike,
+    suffixes: Sequence[str] | None = None,
+    *,
+    allow_directory: bool = False,
+) -> Path:
+    """Validate an output path before any expensive work; raise ``OutputError`` if unusable.
+
+    A file target needs an existing, writable parent directory and a supported suffix (one of
+    ``suffixes``, by default any this module writes). With ``allow_directory`` the target may
+    also be a directory (see ``save_images``): an existing writable one, or a new one whose parent
+    exists.
+    """
+    target = Path(path)
+    if allow_directory and is_directory_target(path):
+        if target.is_dir():
+            problem = _probe_directory(target, target)
+        elif not target.parent.is_dir():
+            problem = (
+                f"cannot create directory {target}: {target.parent} does not exist; "
+                "create it or choose another --output"
+            )
+        elif target.exists():
+            problem = f"cannot create directory {target}: a file of that name exists"
+        else:
+            problem = _probe_directory(target.parent, target)
+        if problem:
+            raise OutputError(problem)
+        return target
+    allowed = tuple(s.lower() for s in (suffixes if suffixes is not None else ALL_SUFFIXES))
+    if target.suffix.lower() not in allowed:
+        shown = target.suffix or "(no suffix)"
+        raise OutputError(
+            f"cannot write {target}: unsupported file type {shown}; use {' or '.join(allowed)}"
+        )
+    problem = _diagnose(target)
+    if problem:
+        raise OutputError(problem)
+    return target
+
+
+# ---------------------------------------------------------------------- images
+
+
+def _as_image(image: np.ndarray) -> np.ndarray:
+    """Check a uint8 image and return it as HxW (grayscale) or HxWx3/4."""
+    array = np.asarray(image)
+    if array.dtype != np.uint8:
+        raise ValueError(f"images must be uint8, not {array.dtype}")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4)):
+        return np.ascontiguousarray(array)
+    raise ValueError(f"expected an HxW or HxWxC image with C in 1, 3, 4; got shape {array.shape}")
+
+
+def save_png(path: PathLike, image: np.ndarray) -> Path:
+    """Write one uint8 image (HxW, HxWx1, HxWx3 or HxWx4) as PNG, atomically."""
+    import imageio.v3 as iio
+
+    pixels = _as_image(image)
+    target = Path(path)
+    if target.suffix.lower() != ".png":
+        raise OutputError(f"cannot write {target}: expected a .png file name")
+    return atomic_write(target, lambda tmp: iio.imwrite(tmp, pixels, extension=".png"))
+
+
+def make_grid(
+    images: np.ndarray | Sequence[np.ndarray],
+    ncols: int | None = None,
+    pad: int = 2,
+    pad_value: int | Sequence[int] = 0,
+) -> np.ndarray:
+    """Tile N images of one size into a near-square grid (uint8).
+
+    ``images`` is (N, H, W, C) or (N, H, W). ``ncols`` defaults to ceil(sqrt(N)). ``pad`` pixels of
+    ``pad_value`` separate the cells (there is no outer border); unused cells are ``pad_value``.
+    The result has shape (rows*H + (rows-1)*pad, cols*W + (cols-1)*pad[, C]).
+    """
+    stack = np.asarray(images)
+    if stack.dtype != np.uint8:
+        raise ValueError(f"images must be uint8, not {stack.dtype}")
+    if stack.ndim not in (3, 4) or stack.shape[0] == 0:
+        raise ValueError(f"expected (N, H, W[, C]) images with N >= 1; got shape {stack.shape}")
+    if pad < 0:
+        raise ValueError("pad must be >= 0")
+    count, height, width = stack.shape[:3]
+    cols = ncols if ncols is not None else math.ceil(math.sqrt(count))
+    if cols < 1:
+        raise ValueError("ncols must be >= 1")
+    cols = min(cols, count)
+    rows = math.ceil(count / cols)
+    shape = (rows * height + (rows - 1) * pad, cols * width + (cols - 1) * pad) + stack.shape[3:]
+    grid = np.empty(shape, dtype=np.uint8)
+    grid[...] = np.asarray(pad_value, dtype=np.uint8)
+    for index in range(count):
+        row, col = divmod(index, cols)
+        top, left = row * (height + pad), col * (width + pad)
+        grid[top : top + height, left : left + width] = stack[index]
+    return grid
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def image_names(labels: Sequence[str] | None, count: int, suffix: str = ".png") -> list[str]:
+    """File names that sort in generation order: a zero-padded index, then the label."""
+    if labels is not None and len(labels) != count:
+        raise ValueError(f"got {len(labels)} names for {count} images")
+    width = max(4, len(str(count - 1)))
+    names = []
+    for index in range(count):
+        label = _UNSAFE.sub("_", labels[index]).strip("._") if labels is not None else ""
+        names.append(
+            f"{index:0{width}d}_{label}{suffix}" if label else f"{index:0{width}d}{suffix}"
+        )
+    return names
+
+
+def save_images(
+    output: PathLike,
+    images: np.ndarray | Sequence[np.ndarray],
+    names: Sequence[str] | None = None,
+    *,
+    ncols: int | None = None,
+    pad: int = 2,
+) -> list[Path]:
+    """Write generated images; return the paths written.
+
+    * ``output`` ends with '/' or is an existing directory: one PNG per image inside it, named
+      ``0000_<label>.png``, ``0001_<label>.png``, ... with labels from ``names``. The directory is
+      created if its parent exists.
+    * otherwise one image is written as is, several as one grid PNG (``make_grid``).
+    """
+    stack = [np.asarray(image) for image in images]
+    if not stack:
+        raise ValueError("no images to save")
+    if is_directory_target(output):
+        directory = check_writable(output, allow_directory=True)
+        file_names = image_names(names, len(stack))
+        try:
+            directory.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create directory {directory}: {_reason(exc)}") from exc
+        pairs = zip(file_names, stack, strict=True)
+        return [save_png(directory / name, image) for name, image in pairs]
+    target = check_writable(output, IMAGE_SUFFIXES)
+    if len(stack) == 1:
+        return [save_png(target, stack[0])]
+    squeezed = np.stack([_as_image(image) for image in stack])
+    return [save_png(target, make_grid(squeezed, ncols=ncols, pad=pad))]
+
+
+# ---------------------------------------------------------------------- video
+
+
+def _pad_to_multiple(frames: np.ndarray, multiple: int) -> np.ndarray:
+    """Pad (T, H, W, C) frames with black at the bottom and right to sides divisible by multiple."""
+    height, width = frames.shape[1:3]
+    extra_h, extra_w = -height % multiple, -width % multiple
+    if not (extra_h or extra_w):
+        return frames
+    return np.pad(frames, ((0, 0), (0, extra_h), (0, extra_w), (0, 0)))
+
+
+def _as_frames(frames: np.ndarray, ncols: int | None, pad: int) -> np.ndarray:
+    """(T, H, W[, C]) or (N, T, H, W, C) uint8 -> (T, H', W', C) with C in 1, 3, 4."""
+    array = np.asarray(frames)
+    if array.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8, not {array.dtype}")
+    if array.ndim == 3:
+        array = array[..., None]
+    if array.ndim == 5:  # several videos of equal length: tile each frame into a grid
+        array = np.stack(
+            [make_grid(array[:, t], ncols=ncols, pad=pad) for t in range(array.shape[1])]
+        )
+    if array.ndim != 4 or array.shape[0] == 0 or array.shape[3] not in (1, 3, 4):
+        raise ValueError(
+            f"expected (T, H, W, C) or (N, T, H, W, C) frames with T >= 1, C in 1, 3, 4; "
+            f"got shape {np.asarray(frames).shape}"
+        )
+    return array
+
+
+def save_video(
+    path: PathLike,
+    frames: np.ndarray,
+    fps: float = 8.0,
+    *,
+    ncols: int | None = None,
+    pad: int = 2,
+) -> Path:
+    """Write frames as an MP4 (H.264, yuv420p) or an animated GIF, atomically.
+
+    ``frames`` is (T, H, W, C) uint8, or (N, T, H, W, C) for N videos which are tiled side by side
+    into one grid per frame. Grayscale frames are repeated to RGB and an alpha channel is dropped.
+    For MP4 the frame sides are padded with black at the bottom/right up to the next multiple of
+    16 (libx264/yuv420p macroblocks), so pixels are never resampled; the video can therefore be a
+    few pixels larger than the frames.
+    """
+    target = Path(path)
+    suffix = target.suffix.lower()
+    if suffix not in VIDEO_SUFFIXES:
+        raise OutputError(
+            f"cannot write {target}: unsupported video type {target.suffix or '(no suffix)'}; "
+            f"use {' or '.join(VIDEO_SUFFIXES)}"
+        )
+    if not fps > 0:
+        raise ValueError(f"fps must be positive, not {fps}")
+    video = _as_frames(frames, ncols, pad)
+    if video.shape[3] == 1:
+        video = np.repeat(video, 3, axis=3)
+    elif video.shape[3] == 4:
+        video = video[..., :3]
+    video = np.ascontiguousarray(video)
+
+    if suffix == ".gif":
+        import imageio.v3 as iio
+
+        def write_gif(tmp: Path) -> None:
+            iio.imwrite(tmp, video, extension=".gif", duration=1000.0 / fps, loop=0)
+
+        return atomic_write(target, write_gif)
+
+    import imageio_ffmpeg
+
+    video = np.ascontiguousarray(_pad_to_multiple(video, MACRO_BLOCK))
+    height, width = video.shape[1:3]
+
+    def write_mp4(tmp: Path) -> None:
+        writer = imageio_ffmpeg.write_frames(
+            str(tmp),
+            (width, height),
+            fps=fps,
+            codec="libx264",
+            pix_fmt_in="rgb24",
+            pix_fmt_out="yuv420p",
+            quality=8,
+            macro_block_size=MACRO_BLOCK,
+            ffmpeg_log_level="error",
+        )
+        writer.send(None)  # start ffmpeg
+        try:
+            for frame in video:
+                writer.send(frame)
+        finally:
+            writer.close()
+
+    return atomic_write(target, write_mp4)
+
+
+# ---------------------------------------------------------------------- tokens
+
+
+def save_tokens(path: PathLike, tokens: np.ndarray) -> Path:
+    """Write an integer token array as ``.npy``, atomically."""
+    target = Path(path)
+    if target.suffix.lower() != ".npy":
+        raise OutputError(f"cannot write {target}: token files must end in .npy")
+    array = np.asarray(tokens)
+    if not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"tokens must be integers, not {array.dtype}")
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            np.save(handle, array, allow_pickle=False)
+
+    return atomic_write(target, write)

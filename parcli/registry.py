@@ -1,0 +1,360 @@
+"""The catalogue of known checkpoints, read from ``weights.toml``.
+
+``weights.toml`` lives at the repository root; ``parcli/weights.toml`` is a symlink to it so that
+the package (and a wheel built from it) sees the same file next to this module.
+
+A model is named either by an entry (``par-3b-16x``) or by a family (``par-3b``): the checkpoints of
+one architecture that differ only in their number of PAR regions n. The LlamaGen file of the same
+architecture is the family's n = 1 member.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+from parcli.config import GPT_PRESETS, SUPPORTED_REGIONS, GPTConfig
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_PATH = Path(__file__).parent / "weights.toml"
+KINDS = ("gpt", "vq")
+HF_URL = "https://huggingface.co/{repo}/resolve/main/{file}"
+
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+class RegistryError(Exception):
+    """A bad model name or a malformed catalogue; the message is one line meant for the user."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One checkpoint file of the catalogue."""
+
+    name: str
+    kind: str  # "gpt" or "vq"
+    arch: str  # "GPT-B" .. "GPT-3B", or "VQ-16"
+    licence: str
+    repo: str | None = None  # Hugging Face repository id (downloaded entries)
+    file: str | None = None  # file name in that repository
+    url: str | None = None
+    path: str | None = None  # file shipped inside the package, relative to the package directory
+    grid: tuple[int, ...] | None = None  # gpt only
+    regions: int | None = None  # gpt only
+    family: str | None = None  # gpt only
+    tokenizer: str | None = None  # gpt only: name of a "vq" entry
+    cfg_scale: float | None = None  # gpt only
+    fid: float | None = None
+    approx_size_bytes: int | None = None
+    sha256: str | None = None
+    notes: str | None = None
+
+    @property
+    def is_packaged(self) -> bool:
+        """True when the file ships inside the package instead of being downloaded."""
+        return self.path is not None
+
+    @property
+    def package_path(self) -> Path | None:
+        """Absolute location of a packaged file, None for downloaded entries."""
+        return PACKAGE_DIR / self.path if self.path is not None else None
+
+    @property
+    def filename(self) -> str:
+        """Base name of the checkpoint file."""
+        return PurePosixPath(self.path if self.path is not None else str(self.file)).name
+
+    @property
+    def source(self) -> str:
+        """Where the file comes from: its URL, or its path inside the package."""
+        if self.path is not None:
+            return str(self.package_path)
+        return str(self.url)
+
+    def gpt_config(self, **overrides: Any) -> GPTConfig:
+        """The transformer configuration of a "gpt" entry with a published architecture."""
+        if self.kind != "gpt":
+            raise RegistryError(f"{self.name} is a {self.kind} entry, not a transformer")
+        if self.arch not in GPT_PRESETS:
+            raise RegistryError(
+                f"{self.name} has architecture {self.arch!r}, which is not one of "
+                f"{', '.join(GPT_PRESETS)}; read its configuration from the checkpoint"
+            )
+        settings: dict[str, Any] = {"grid": self.grid, "regions": self.regions}
+        settings.update(overrides)
+        return GPTConfig.preset(self.arch, **settings)
+
+
+# field name -> (accepted types, description for error messages)
+_FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "kind": ((str,), "a string"),
+    "arch": ((str,), "a string"),
+    "licence": ((str,), "a string"),
+    "repo": ((str,), "a string"),
+    "file": ((str,), "a string"),
+    "url": ((str,), "a string"),
+    "path": ((str,), "a string"),
+    "grid": ((list,), "a list of positive integers"),
+    "regions": ((int,), "an integer"),
+    "family": ((str,), "a string"),
+    "tokenizer": ((str,), "a string"),
+    "cfg_scale": ((int, float), "a number"),
+    "fid": ((int, float), "a number"),
+    "approx_size_bytes": ((int,), "an integer"),
+    "sha256": ((str,), "a string"),
+    "notes": ((str,), "a string"),
+}
+_REQUIRED = {
+    "gpt": ("kind", "arch", "licence", "grid", "regions", "family", "tokenizer", "cfg_scale"),
+    "vq": ("kind", "arch", "licence"),
+}
+
+
+def _entry_from_table(name: str, table: Any) -> Entry:
+    where = f"weights.toml entry {name!r}"
+    if not _NAME_RE.match(name):
+        raise RegistryError(f"{where}: names must be lower-case letters, digits, '.', '_' or '-'")
+    if not isinstance(table, dict):
+        raise RegistryError(f"{where} must be a table")
+    unknown = sorted(set(table) - set(_FIELD_TYPES))
+    if unknown:
+        raise RegistryError(f"{where}: unknown field {unknown[0]!r}")
+    for key, value in table.items():
+        types, what = _FIELD_TYPES[key]
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise RegistryError(f"{where}: field {key!r} must be {what}")
+    kind = table.get("kind")
+    if kind is None:
+        raise RegistryError(f"{where}: missing field 'kind'")
+    if kind not in KINDS:
+        raise RegistryError(f"{where}: unknown kind {kind!r} (expected one of {', '.join(KINDS)})")
+    for key in _REQUIRED[kind]:
+        if key not in table:
+            raise RegistryError(f"{where}: missing field {key!r}")
+
+    data = dict(table)
+    path = data.get("path")
+    if path is not None:
+        if any(k in data for k in ("repo", "file", "url")):
+            raise RegistryError(f"{where}: give either 'path' or 'repo'/'file', not both")
+        pure = PurePosixPath(path)
+        if pure.is_absolute() or ".." in pure.parts or "\\" in path or not pure.parts:
+            raise RegistryError(
+                f"{where}: field 'path' must be relative to the package, without '..'"
+            )
+    else:
+        for key in ("repo", "file"):
+            if key not in data:
+                raise RegistryError(f"{where}: missing field {key!r} (or give a packaged 'path')")
+        if "url" not in data:
+            data["url"] = HF_URL.format(repo=data["repo"], file=data["file"])
+        elif not data["url"].startswith("https://"):
+            raise RegistryError(f"{where}: field 'url' must be an https:// address")
+
+    if "grid" in data:
+        grid = data["grid"]
+        if not (2 <= len(grid) <= 3) or not all(
+            isinstance(g, int) and not isinstance(g, bool) and g > 0 for g in grid
+        ):
+            raise RegistryError(f"{where}: field 'grid' must be 2 or 3 positive integers")
+        data["grid"] = tuple(grid)
+    if "regions" in data and data["regions"] not in SUPPORTED_REGIONS:
+        allowed = ", ".join(map(str, SUPPORTED_REGIONS))
+        raise RegistryError(f"{where}: field 'regions' must be one of {allowed}")
+    for key in ("cfg_scale", "fid"):
+        if key in data:
+            data[key] = float(data[key])
+    if "sha256" in data:
+        data["sha256"] = data["sha256"].lower()
+        if not _SHA256_RE.match(data["sha256"]):
+            raise RegistryError(f"{where}: field 'sha256' must be 64 hexadecimal digits")
+    if "family" in data and not _NAME_RE.match(data["family"]):
+        raise RegistryError(f"{where}: field 'family' must be a lower-case name")
+    return Entry(name=name, **data)
+
+
+def _close(name: str, candidates: list[str]) -> list[str]:
+    return difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
+
+
+class Catalogue:
+    """All entries of a ``weights.toml``, with lookup by entry or family name."""
+
+    def __init__(
+        self, entries: Mapping[str, Entry], default_family: str, source: Path | None = None
+    ) -> None:
+        self._entries = dict(entries)
+        self.default_family = default_family
+        self.source = source
+        families: dict[str, list[Entry]] = {}
+        for entry in self._entries.values():
+            if entry.family is not None:
+                families.setdefault(entry.family, []).append(entry)
+        self._families = {
+            fam: tuple(sorted(members, key=lambda e: e.regions or 0))
+            for fam, members in sorted(families.items())
+        }
+        self._validate()
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> Catalogue:
+        """Read and validate a catalogue file (default: the one shipped with the package)."""
+        file = Path(path) if path is not None else DEFAULT_PATH
+        try:
+            text = file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise RegistryError(f"cannot read model catalogue {file}: {exc.strerror}") from exc
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise RegistryError(f"cannot parse model catalogue {file}: {exc}") from exc
+        return cls.from_dict(data, source=file)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: Path | None = None) -> Catalogue:
+        unknown = sorted(set(data) - {"default_family", "models"})
+        if unknown:
+            raise RegistryError(f"weights.toml: unknown top-level key {unknown[0]!r}")
+        models = data.get("models")
+        if not isinstance(models, dict) or not models:
+            raise RegistryError("weights.toml: no [models.NAME] tables")
+        default_family = data.get("default_family")
+        if not isinstance(default_family, str):
+            raise RegistryError("weights.toml: missing top-level string 'default_family'")
+        entries = {name: _entry_from_table(name, table) for name, table in models.items()}
+        return cls(entries, default_family, source)
+
+    def _validate(self) -> None:
+        for entry in self._entries.values():
+            if entry.kind != "gpt":
+                continue
+            tok = self._entries.get(entry.tokenizer or "")
+            if tok is None or tok.kind != "vq":
+                raise RegistryError(
+                    f"weights.toml entry {entry.name!r}: field 'tokenizer' names "
+                    f"{entry.tokenizer!r}, which is not a 'vq' entry"
+                )
+        for fam, members in self._families.items():
+            if fam in self._entries:
+                raise RegistryError(f"weights.toml: {fam!r} is both a family and an entry name")
+            seen: dict[int | None, str] = {}
+            for member in members:
+                if member.regions in seen:
+                    raise RegistryError(
+                        f"weights.toml: family {fam!r} has two {member.regions}-region "
+                        f"checkpoints ({seen[member.regions]}, {member.name})"
+                    )
+                seen[member.regions] = member.name
+        if self.default_family not in self._families:
+            raise RegistryError(
+                f"weights.toml: default_family {self.default_family!r} is not a family"
+            )
+
+    # ------------------------------------------------------------------ lookup
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.strip().lower() in self._entries
+
+    def __iter__(self) -> Iterator[Entry]:
+        return iter(self._entries.values())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def entries(self, kind: str | None = None) -> list[Entry]:
+        return [e for e in self._entries.values() if kind is None or e.kind == kind]
+
+    def families(self) -> dict[str, tuple[Entry, ...]]:
+        """Family name -> its members, fewest regions first."""
+        return dict(self._families)
+
+    def family(self, name: str) -> tuple[Entry, ...]:
+        key = name.strip().lower()
+        if key not in self._families:
+            raise RegistryError(self._unknown("family", name, list(self._families)))
+        return self._families[key]
+
+    def get(self, name: str) -> Entry:
+        key = name.strip().lower()
+        if key not in self._entries:
+            raise RegistryError(self._unknown("model", name, list(self._entries)))
+        return self._entries[key]
+
+    def resolve(self, model: str, regions: int | None = None) -> Entry:
+        """The transformer checkpoint meant by an entry or family name and a region count.
+
+        A family with ``regions`` given gives its member with that n; without, the member with the
+        most regions (the fastest). An entry name must agree with ``regions`` when given.
+        """
+        key = model.strip().lower()
+        if key in self._families:
+            members = self._families[key]
+            if regions is None:
+                return members[-1]
+            for member in members:
+                if member.regions == regions:
+                    return member
+            available = ", ".join(str(m.regions) for m in members)
+            raise RegistryError(f"{key} has no {regions}-region checkpoint; available: {available}")
+        if key in self._entries:
+            entry = self._entries[key]
+            if entry.kind != "gpt":
+                raise RegistryError(
+                    f"{entry.name} is a {entry.kind} tokenizer, not a generation model; "
+                    f"choose one of: {', '.join(self._families)}"
+                )
+            if regions is not None and regions != entry.regions:
+                hint = f" or use family {entry.family!r} to pick by regions" if entry.family else ""
+                raise RegistryError(
+                    f"{entry.name} is a {entry.regions}-region checkpoint, not {regions}; "
+                    f"omit --regions{hint}"
+                )
+            return entry
+        candidates = list(self._families) + [e.name for e in self.entries("gpt")]
+        raise RegistryError(self._unknown("model", model, candidates))
+
+    def tokenizer_for(self, entry: Entry | str) -> Entry:
+        """The "vq" entry that decodes a transformer entry's tokens."""
+        if isinstance(entry, str):
+            entry = self.get(entry)
+        if entry.kind == "vq":
+            return entry
+        return self.get(str(entry.tokenizer))
+
+    def default(self, regions: int | None = None) -> Entry:
+        """The checkpoint used when no model is named."""
+        return self.resolve(self.default_family, regions)
+
+    @staticmethod
+    def _unknown(what: str, name: str, candidates: list[str]) -> str:
+        close = _close(name.strip().lower(), candidates)
+        if close:
+            return f"unknown {what} {name!r}; did you mean {', '.join(close)}?"
+        return f"unknown {what} {name!r}; known: {', '.join(candidates)}"
+
+
+@lru_cache(maxsize=1)
+def _default_catalogue() -> Catalogue:
+    return Catalogue.load()
+
+
+def load_catalogue(path: str | Path | None = None) -> Catalogue:
+    """The catalogue at ``path``; without a path the packaged one, read once and cached."""
+    return Catalogue.load(path) if path is not None else _default_catalogue()

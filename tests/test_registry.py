@@ -1,0 +1,275 @@
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from parcli import registry
+from parcli.config import GPT_PRESETS
+from parcli.registry import Catalogue, RegistryError, load_catalogue
+
+# Spec section 6: name -> (repo, file, arch, regions, fid)
+LLAMAGEN = "FoundationVision/LlamaGen"
+PAR = "Epiphqny/PAR"
+SPEC = {
+    "vq-ds16-c2i": (LLAMAGEN, "vq_ds16_c2i.pt", "VQ-16", None, 2.19),
+    "llamagen-b-384": (LLAMAGEN, "c2i_B_384.pt", "GPT-B", 1, 6.09),
+    "llamagen-l-384": (LLAMAGEN, "c2i_L_384.pt", "GPT-L", 1, 3.07),
+    "llamagen-xl-384": (LLAMAGEN, "c2i_XL_384.pt", "GPT-XL", 1, 2.62),
+    "llamagen-xxl-384": (LLAMAGEN, "c2i_XXL_384.pt", "GPT-XXL", 1, 2.34),
+    "llamagen-3b-384": (LLAMAGEN, "c2i_3B_384.pt", "GPT-3B", 1, 2.18),
+    "par-xl-4x": (PAR, "PAR-XL-4x.pt", "GPT-XL", 4, 2.61),
+    "par-xxl-4x": (PAR, "PAR-XXL-4x.pt", "GPT-XXL", 4, 2.35),
+    "par-3b-4x": (PAR, "PAR-3B-4x.pt", "GPT-3B", 4, 2.29),
+    "par-3b-16x": (PAR, "PAR-3B-16x.pt", "GPT-3B", 16, 2.88),
+}
+PAR_CFG = {"par-xl-4x": 1.5, "par-xxl-4x": 1.435, "par-3b-4x": 1.345, "par-3b-16x": 1.5}
+
+
+@pytest.fixture(scope="module")
+def cat() -> Catalogue:
+    return Catalogue.load()
+
+
+def test_packaged_file_is_the_repository_file():
+    packaged = Path(registry.__file__).parent / "weights.toml"
+    root = Path(registry.__file__).parent.parent / "weights.toml"
+    assert packaged.is_file()
+    if root.exists():
+        assert packaged.read_bytes() == root.read_bytes()
+
+
+def test_all_spec_entries(cat):
+    assert sorted(cat.names()) == sorted(SPEC)
+    for name, (repo, file, arch, regions, fid) in SPEC.items():
+        entry = cat.get(name)
+        assert entry.name == name
+        assert entry.repo == repo and entry.file == file and entry.arch == arch
+        assert entry.url == f"https://huggingface.co/{repo}/resolve/main/{file}"
+        assert entry.fid == pytest.approx(fid)
+        assert entry.sha256 is None
+        assert entry.path is None and not entry.is_packaged
+        assert entry.licence
+        assert entry.approx_size_bytes and entry.approx_size_bytes > 0
+        if regions is None:
+            assert entry.kind == "vq"
+        else:
+            assert entry.kind == "gpt"
+            assert entry.regions == regions
+            assert entry.grid == (24, 24)
+            assert entry.tokenizer == "vq-ds16-c2i"
+            assert entry.cfg_scale and entry.cfg_scale > 1
+            assert entry.arch in GPT_PRESETS
+    for name, cfg in PAR_CFG.items():
+        assert cat.get(name).cfg_scale == pytest.approx(cfg)
+    assert {e.licence for e in cat if e.repo == LLAMAGEN} == {"MIT"}
+
+
+def test_families(cat):
+    fams = cat.families()
+    assert set(fams) == {"par-xl", "par-xxl", "par-3b", "llamagen-b", "llamagen-l"}
+    assert [e.name for e in fams["par-3b"]] == ["llamagen-3b-384", "par-3b-4x", "par-3b-16x"]
+    assert [e.name for e in fams["par-xl"]] == ["llamagen-xl-384", "par-xl-4x"]
+    assert [e.name for e in fams["par-xxl"]] == ["llamagen-xxl-384", "par-xxl-4x"]
+    assert cat.default_family == "par-3b"
+    assert cat.default().name == "par-3b-16x"
+
+
+@pytest.mark.parametrize(
+    ("model", "regions", "expected"),
+    [
+        ("par-3b", 16, "par-3b-16x"),
+        ("par-3b", 4, "par-3b-4x"),
+        ("par-3b", 1, "llamagen-3b-384"),
+        ("par-3b", None, "par-3b-16x"),
+        ("par-xl", None, "par-xl-4x"),
+        ("par-xxl", 1, "llamagen-xxl-384"),
+        ("llamagen-b", None, "llamagen-b-384"),
+        ("PAR-3B", 4, "par-3b-4x"),
+        ("par-3b-4x", None, "par-3b-4x"),
+        ("par-3b-4x", 4, "par-3b-4x"),
+        ("llamagen-xl-384", 1, "llamagen-xl-384"),
+    ],
+)
+def test_resolve(cat, model, regions, expected):
+    assert cat.resolve(model, regions).name == expected
+
+
+def test_resolve_missing_region_count_lists_available(cat):
+    with pytest.raises(RegistryError) as info:
+        cat.resolve("par-xl", 16)
+    assert str(info.value) == "par-xl has no 16-region checkpoint; available: 1, 4"
+
+
+def test_resolve_entry_with_mismatched_regions(cat):
+    with pytest.raises(RegistryError, match="par-3b-4x is a 4-region checkpoint, not 16"):
+        cat.resolve("par-3b-4x", 16)
+
+
+def test_resolve_tokenizer_is_not_a_model(cat):
+    with pytest.raises(RegistryError, match="not a generation model"):
+        cat.resolve("vq-ds16-c2i", None)
+
+
+@pytest.mark.parametrize(
+    ("name", "suggestion"),
+    [("par-3b-8x", "par-3b-4x"), ("par-xxl-4", "par-xxl-4x"), ("llamagen-3b", "llamagen-3b-384")],
+)
+def test_unknown_names_suggest_close_matches(cat, name, suggestion):
+    for lookup in (cat.get, cat.resolve):
+        with pytest.raises(RegistryError) as info:
+            lookup(name)
+        message = str(info.value)
+        assert "\n" not in message
+        assert name in message and suggestion in message
+
+
+def test_unknown_name_without_close_match_lists_families(cat):
+    with pytest.raises(RegistryError, match="known: .*par-3b"):
+        cat.resolve("stable-diffusion")
+
+
+def test_tokenizer_lookup(cat):
+    vq = cat.tokenizer_for(cat.get("par-3b-16x"))
+    assert vq.name == "vq-ds16-c2i" and vq.kind == "vq"
+    assert cat.tokenizer_for("llamagen-b-384") is vq
+    assert cat.tokenizer_for(vq) is vq
+
+
+def test_gpt_config(cat):
+    config = cat.get("par-3b-16x").gpt_config()
+    assert (config.n_layer, config.dim, config.regions, config.grid) == (24, 3200, 16, (24, 24))
+    with pytest.raises(RegistryError):
+        cat.get("vq-ds16-c2i").gpt_config()
+
+
+def test_load_catalogue_is_cached():
+    assert load_catalogue() is load_catalogue()
+
+
+# ------------------------------------------------------------ custom catalogues
+
+PACKAGED = """
+default_family = "tiny"
+
+[models.tiny-vq]
+kind = "vq"
+path = "assets/tiny/vq.safetensors"
+arch = "VQ-tiny"
+licence = "MIT"
+
+[models.tiny-1x]
+kind = "gpt"
+path = "assets/tiny/gpt-1x.safetensors"
+arch = "custom"
+grid = [8, 8]
+regions = 1
+family = "tiny"
+tokenizer = "tiny-vq"
+cfg_scale = 1
+licence = "MIT"
+
+[models.tiny-4x]
+kind = "gpt"
+path = "assets/tiny/gpt-4x.safetensors"
+arch = "custom"
+grid = [8, 8]
+regions = 4
+family = "tiny"
+tokenizer = "tiny-vq"
+cfg_scale = 1.5
+licence = "MIT"
+sha256 = "{sha}"
+"""
+
+
+def _write(tmp_path, text) -> Path:
+    path = tmp_path / "weights.toml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_package_relative_path_entries(tmp_path):
+    cat = Catalogue.load(_write(tmp_path, PACKAGED.replace("{sha}", "ab" * 32)))
+    entry = cat.resolve("tiny")
+    assert entry.name == "tiny-4x"
+    assert entry.is_packaged and entry.repo is None and entry.url is None
+    assert (
+        entry.package_path
+        == Path(registry.__file__).resolve().parent / "assets/tiny/gpt-4x.safetensors"
+    )
+    assert entry.filename == "gpt-4x.safetensors"
+    assert entry.source == str(entry.package_path)
+    assert entry.cfg_scale == 1.5 and isinstance(cat.get("tiny-1x").cfg_scale, float)
+    assert entry.sha256 == "ab" * 32
+    assert cat.tokenizer_for(entry).package_path.name == "vq.safetensors"
+    with pytest.raises(RegistryError, match="not one of"):
+        entry.gpt_config()
+
+
+def test_url_is_derived_when_omitted(tmp_path):
+    text = """
+    default_family = "f"
+    [models.v]
+    kind = "vq"
+    repo = "someone/repo"
+    file = "v.pt"
+    arch = "VQ-16"
+    licence = "MIT"
+    [models.g]
+    kind = "gpt"
+    repo = "someone/repo"
+    file = "g.pt"
+    arch = "GPT-B"
+    grid = [16, 16]
+    regions = 1
+    family = "f"
+    tokenizer = "v"
+    cfg_scale = 2.0
+    licence = "MIT"
+    """
+    cat = Catalogue.load(_write(tmp_path, text))
+    assert cat.get("g").url == "https://huggingface.co/someone/repo/resolve/main/g.pt"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ('kind = "vq"', 'kind = "diffusion"', "'tiny-vq': unknown kind 'diffusion'"),
+        ("regions = 4\n", "", "'tiny-4x': missing field 'regions'"),
+        ('licence = "MIT"\nsha256', "sha256", "'tiny-4x': missing field 'licence'"),
+        ("regions = 4", "regions = 8", "'tiny-4x': field 'regions' must be one of"),
+        ("regions = 4", 'regions = "4"', "'tiny-4x': field 'regions' must be an integer"),
+        ("regions = 4", "regoins = 4", "'tiny-4x': unknown field 'regoins'"),
+        ('path = "assets/tiny/gpt-1x', 'path = "../gpt-1x', "'tiny-1x': field 'path'"),
+        ("grid = [8, 8]\nregions = 4", "grid = [8]\nregions = 4", "'tiny-4x': field 'grid'"),
+        ('tokenizer = "tiny-vq"\ncfg_scale = 1.5', 'tokenizer = "x"\ncfg_scale = 1.5', "'x'"),
+        ('"{sha}"', '"abc"', "'tiny-4x': field 'sha256'"),
+        ("regions = 4", "regions = 1", "two 1-region checkpoints"),
+        ('default_family = "tiny"', 'default_family = "tinyy"', "default_family 'tinyy'"),
+        (
+            'path = "assets/tiny/vq.safetensors"',
+            'path = "a.pt"\nrepo = "x/y"',
+            "'tiny-vq': give either 'path' or 'repo'",
+        ),
+    ],
+)
+def test_validation_errors_name_entry_and_field(tmp_path, old, new, message):
+    assert old in PACKAGED
+    text = PACKAGED.replace(old, new, 1).replace("{sha}", "cd" * 32)
+    with pytest.raises(RegistryError) as info:
+        Catalogue.load(_write(tmp_path, text))
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_downloaded_entry_needs_repo_and_file(tmp_path):
+    text = PACKAGED.replace('path = "assets/tiny/vq.safetensors"', 'repo = "x/y"')
+    with pytest.raises(RegistryError, match="'tiny-vq': missing field 'file'"):
+        Catalogue.load(_write(tmp_path, text.replace("{sha}", "cd" * 32)))
+
+
+def test_unreadable_or_malformed_file(tmp_path):
+    with pytest.raises(RegistryError, match="cannot read"):
+        Catalogue.load(tmp_path / "nope.toml")
+    with pytest.raises(RegistryError, match="cannot parse"):
+        Catalogue.load(_write(tmp_path, "default_family = \n"))
