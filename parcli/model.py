@@ -1,4 +1,4 @@
-"""The LlamaGen transformer that PAR reuses unchanged, with 2D/3D rotary tables and a static KV cache.
+"""LlamaGen's transformer, which PAR reuses unchanged; 2D/3D rotary tables; a static KV cache.
 
 Parameter names match the published checkpoints, so their state dicts load as they are.
 The forward pass keeps no state between calls beyond the KV cache it is handed.
@@ -56,7 +56,7 @@ def rotary_table(plan: Plan, head_dim: int, base: float = 10000.0) -> torch.Tens
 
 
 def apply_rotary(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent pairs of x (batch, seq, heads, head_dim) in float32 by rope (seq, pairs, 2)."""
+    """Rotate adjacent pairs of x (batch, seq, heads, head_dim) in float32 by (seq, pairs, 2)."""
     pairs = x.float().reshape(*x.shape[:-1], -1, 2)
     cos = rope[None, :, None, :, 0]
     sin = rope[None, :, None, :, 1]
@@ -93,9 +93,18 @@ class KVCache:
         self.values = torch.zeros(shape, device=device, dtype=dtype)
 
     def write(
-        self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor
+        self, layer: int, start: int | torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v at slots [start, start + len) and return every slot up to their end."""
+        """Store k, v from slot `start` on and return the keys and values to attend to.
+
+        With an int start: the slots up to the end of the new ones (variable length, no mask
+        needed). With a tensor of slot positions: every slot, so shapes never change (the caller
+        masks); this is the form CUDA graphs and compiled code need.
+        """
+        if isinstance(start, torch.Tensor):
+            self.keys[layer].index_copy_(2, start, k)
+            self.values[layer].index_copy_(2, start, v)
+            return self.keys[layer], self.values[layer]
         end = start + k.shape[2]
         self.keys[layer, :, :, start:end] = k
         self.values[layer, :, :, start:end] = v
@@ -115,7 +124,7 @@ class Attention(nn.Module):
         rope: torch.Tensor,
         cache: KVCache | None,
         layer: int,
-        start: int,
+        start: int | torch.Tensor,
         mask: torch.Tensor | None,
     ) -> torch.Tensor:
         batch, seq, dim = x.shape
@@ -123,7 +132,6 @@ class Attention(nn.Module):
         q, k = apply_rotary(q, rope), apply_rotary(k, rope)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if cache is not None:
-            # Every query of a pass sees all slots before the end of its own block: no mask.
             k, v = cache.write(layer, start, k, v)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.wo(out.transpose(1, 2).reshape(batch, seq, dim))
@@ -229,13 +237,14 @@ class Transformer(nn.Module):
         h: torch.Tensor,
         rope: torch.Tensor,
         cache: KVCache | None = None,
-        start: int = 0,
+        start: int | torch.Tensor = 0,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Float32 logits for input embeddings h at slots [start, start + len).
 
-        With a cache, queries attend to every cached slot before the end of this input;
-        without one (teacher forcing), `mask` says what each slot may see.
+        With a cache and an int start, queries attend to every cached slot before the end of this
+        input: in a PAR plan that is exactly what each pass may see, so no mask is needed. With
+        tensor positions, or without a cache (teacher forcing), `mask` says what each query sees.
         """
         h = self.token_dropout(h)
         for index, layer in enumerate(self.layers):

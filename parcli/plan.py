@@ -83,8 +83,8 @@ class Plan:
         if len(self.grid) not in (2, 3) or min(self.grid) < 1:
             raise PlanError(f"grid must be (rows, cols) or (frames, rows, cols), not {self.grid}")
         if self.num_tokens < 2 * self.regions:
-            raise PlanError(f"a grid of {self.num_tokens} tokens is too small for {self.regions} regions")
-        self.order  # validates divisibility eagerly
+            raise PlanError(f"{self.num_tokens} tokens are too few for {self.regions} regions")
+        par_order(self.grid, self.regions)  # refuses undivisible grids now, not on first use
 
     @property
     def num_tokens(self) -> int:

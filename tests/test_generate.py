@@ -54,3 +54,19 @@ def test_video_grid_generates(make_model):
     model = make_model(regions=4, grid=(2, 4, 4))
     tokens = generate_tokens(model, Plan((2, 4, 4), 4), torch.tensor([0]), SamplingConfig(top_k=1))
     assert tokens.shape == (1, 2, 4, 4)
+
+
+@pytest.mark.parametrize("n", [1, 4, 16])
+def test_static_shape_steps_give_the_same_tokens_as_eager(make_model, n):
+    from parcli.generate import StaticSteps
+
+    model = make_model(regions=n)
+    plan = Plan((8, 8), n)
+    labels = torch.tensor([2, 9])
+    sampling = SamplingConfig(cfg_scale=1.5, temperature=1.0)
+    eager = generate_tokens(model, plan, labels, sampling, torch.Generator().manual_seed(3))
+    steps = StaticSteps(model, plan, rows=4)
+    static = generate_tokens(model, plan, labels, sampling, torch.Generator().manual_seed(3), steps=steps)
+    assert torch.equal(eager, static)
+    again = generate_tokens(model, plan, labels, sampling, torch.Generator().manual_seed(3), steps=steps)
+    assert torch.equal(static, again)  # a reused cache holds nothing a new generation can see
