@@ -1,0 +1,25 @@
+"""The `par` command line: mounts the commands of `parcli.commands`."""
+
+from __future__ import annotations
+
+import typer
+
+from parcli.commands.bench import bench
+from parcli.commands.convert import convert_weights
+from parcli.commands.generate import generate
+
+app = typer.Typer(
+    name="par",
+    help="Parallelized Autoregressive (PAR) visual generation with LlamaGen-family transformers.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command()(generate)
+app.command("convert-weights")(convert_weights)
+app.command()(bench)
+
+
+def main() -> None:
+    app()

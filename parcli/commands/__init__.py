@@ -1,0 +1,1 @@
+"""Typer commands of `par`, one module each; `parcli.cli` mounts them."""

@@ -1,0 +1,53 @@
+"""`par convert-weights`: published PyTorch pickles -> self-describing safetensors."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from parcli.commands.common import console, user_errors
+from parcli.weights import WeightsError, convert
+
+DTYPE_CHOICES = ("keep", "fp32", "bf16", "fp16")
+VQ_DOWNSAMPLE = 16
+
+
+def convert_weights(
+    src: Annotated[Path, typer.Argument(help="Published checkpoint (.pt / .pth), read safely.")],
+    dst: Annotated[Path, typer.Argument(help="Where to write the .safetensors file.")],
+    ema: Annotated[bool, typer.Option("--ema", help="Take the EMA weights of the file.")] = False,
+    heads: Annotated[
+        int | None, typer.Option(help="Attention heads, when (layers, dim) match no preset.")
+    ] = None,
+    image_size: Annotated[
+        int, typer.Option(help="Image side in pixels the model generates (tokenizer stride 16).")
+    ] = 384,
+    grid: Annotated[
+        str | None, typer.Option(help="Token grid instead of --image-size, e.g. 24 or 24x24.")
+    ] = None,
+    dtype: Annotated[str, typer.Option(help="Stored dtype: keep, fp32, bf16 or fp16.")] = "keep",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Convert a LlamaGen / PAR transformer or the VQ tokenizer to safetensors."""
+    with user_errors():
+        if dtype not in DTYPE_CHOICES:
+            raise WeightsError(f"--dtype must be one of {', '.join(DTYPE_CHOICES)}, not {dtype!r}")
+        if grid is None:
+            if image_size % VQ_DOWNSAMPLE:
+                raise WeightsError(f"--image-size must be a multiple of {VQ_DOWNSAMPLE}")
+            side = image_size // VQ_DOWNSAMPLE
+            grid = f"{side}x{side}"
+        status = console.status(f"converting {src.name}") if not quiet else contextlib.nullcontext()
+        with status:
+            metadata = convert(src, dst, use_ema=ema, heads=heads, grid=grid, dtype=dtype)
+        if not quiet:
+            described = ", ".join(
+                f"{key} {metadata[key]}"
+                for key in ("kind", "arch", "regions", "grid", "num_classes", "vocab_size", "dtype")
+                if key in metadata
+            )
+            console.print(f"wrote {dst} ({described})", highlight=False)
+

@@ -1,0 +1,155 @@
+"""From loaded weights to pixels: one object that `generate`, `bench` and `eval` all drive."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from parcli.generate import EagerSteps, StaticSteps, Steps, generate_tokens, guided_labels
+from parcli.model import Transformer
+from parcli.plan import Pass, Plan
+from parcli.sampling import SamplingConfig
+from parcli.vq import VQModel, to_pixels
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class PipelineError(Exception):
+    """A request the loaded models cannot serve; the message is one line meant for the user."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise PipelineError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PipelineError("CUDA was asked for but no GPU is visible; use --device cpu")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise PipelineError(f"unknown dtype {name!r}; use auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+@dataclass
+class Pipeline:
+    """A transformer, the tokenizer that decodes its tokens, and the plan for its regions."""
+
+    model: Transformer
+    vq: VQModel
+    name: str = "model"
+    default_cfg_scale: float = 1.0
+    compile_model: bool = False
+
+    def __post_init__(self) -> None:
+        cfg = self.model.cfg
+        codebook = self.vq.config.codebook_size
+        if codebook != cfg.vocab_size:
+            raise PipelineError(
+                f"the tokenizer's codebook has {codebook} codes but {self.name} predicts "
+                f"{cfg.vocab_size}; pass the tokenizer this model was trained with (--tokenizer)"
+            )
+        self.plan = Plan(cfg.grid, cfg.regions)
+        self._steps: dict[int, Steps] = {}
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.output.weight.device
+
+    @property
+    def is_video(self) -> bool:
+        return len(self.plan.grid) == 3
+
+    def check_labels(self, labels: Sequence[int]) -> None:
+        classes = self.model.cfg.num_classes
+        for label in labels:
+            if not 0 <= label < classes:
+                raise PipelineError(
+                    f"class {label} is out of range: {self.name} knows classes 0 to {classes - 1}"
+                )
+
+    def check_regions(self, regions: int | None) -> None:
+        trained = self.model.cfg.regions
+        if regions is not None and regions != trained:
+            raise PipelineError(
+                f"{self.name} was trained for {trained} region(s), not {regions}; "
+                f"use --regions {trained} or a checkpoint trained for {regions}"
+            )
+
+    def steps(self, rows: int) -> Steps:
+        """Decode state for `rows` sequences, kept so later batches reuse its cache and graphs.
+
+        Eager prefix attention on CPU; fixed shapes replayed from CUDA graphs on CUDA.
+        """
+        if rows not in self._steps:
+            on_cuda = self.device.type == "cuda"
+            if on_cuda or self.compile_model:
+                self._steps[rows] = StaticSteps(
+                    self.model, self.plan, rows, on_cuda, compile_model=self.compile_model
+                )
+            else:
+                self._steps[rows] = EagerSteps(self.model, self.plan, rows)
+        return self._steps[rows]
+
+    def generate(
+        self,
+        labels: Sequence[int],
+        sampling: SamplingConfig,
+        seed: int,
+        batch_size: int,
+        on_pass: Callable[[Pass], None] | None = None,
+    ) -> torch.Tensor:
+        """Token grids (len(labels), *grid) in raster order, generated batch by batch."""
+        self.check_labels(labels)
+        generator = torch.Generator(self.device).manual_seed(seed)
+        all_labels = torch.tensor(list(labels), dtype=torch.long, device=self.device)
+        chunks = []
+        for chunk in all_labels.split(batch_size):
+            rows = guided_labels(chunk, self.model.cfg.num_classes, sampling.guided).shape[0]
+            steps = self.steps(rows)
+            chunks.append(
+                generate_tokens(self.model, self.plan, chunk, sampling, generator, on_pass, steps)
+            )
+        return torch.cat(chunks)
+
+    @torch.inference_mode()
+    def decode(self, tokens: torch.Tensor, batch_size: int = 16) -> np.ndarray:
+        """uint8 pixels: (N, H, W, C) for images, (N, T, H, W, C) for videos."""
+        grid = self.plan.grid
+        flat = tokens.reshape(-1, *grid[-2:]).to(self.device)
+        frames = [
+            to_pixels(self.vq.decode_codes(chunk).float()).cpu() for chunk in flat.split(batch_size)
+        ]
+        pixels = torch.cat(frames).numpy()
+        return pixels.reshape(
+            *tokens.shape[: tokens.dim() - len(grid)], *grid[:-2], *pixels.shape[1:]
+        )
+
+
+def load_pipeline(
+    checkpoint: Path,
+    tokenizer: Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    name: str | None = None,
+    default_cfg_scale: float | None = None,
+) -> Pipeline:
+    from parcli.weights import load_transformer, load_vq
+
+    model, metadata = load_transformer(checkpoint, device, dtype)
+    # The reference decodes in float32; pixels stay within a level of it that way on every device.
+    vq, _ = load_vq(tokenizer, device, torch.float32)
+    if default_cfg_scale is None:
+        default_cfg_scale = float(metadata.get("cfg_scale", 1.0))
+    return Pipeline(model, vq, name or checkpoint.name, default_cfg_scale)
