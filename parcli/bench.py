@@ -1,0 +1,229 @@
+"""Timing harness behind `par bench`: the real generation path, interleaved, with honest figures."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from parcli.pipeline import Pipeline
+from parcli.sampling import SamplingConfig
+
+WIDE_SPREAD = 0.15  # (max - min) / median above which a row is flagged as noisy
+
+
+@dataclass
+class Case:
+    regions: int
+    batch: int
+    gen_seconds: list[float] = field(default_factory=list)  # per batch, one per repeat
+    decode_seconds: list[float] = field(default_factory=list)
+    peak_bytes: int = 0
+
+
+@dataclass
+class Row:
+    regions: int
+    batch: int
+    passes: int
+    gen_s_per_image: float  # median over repeats
+    gen_s_per_image_min: float
+    gen_s_per_image_max: float
+    decode_s_per_image: float
+    total_s_per_image: float
+    images_per_s: float
+    speedup_vs_1: float | None
+    peak_memory_bytes: int
+    floor_fraction: float | None  # weight bytes x passes / time, over the copy rate (CUDA only)
+    noisy: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:  # Linux: writing 5 resets the resident-set high-water mark (VmHWM)
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        pass
+
+
+def peak_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    scale = 1 if platform.system() == "Darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def copy_rate(device: torch.device, size_bytes: int = 1 << 30, repeats: int = 5) -> float | None:
+    """Device-to-device copy rate in bytes per second (bytes read + bytes written)."""
+    if device.type != "cuda":
+        return None
+    src = torch.empty(size_bytes // 2, dtype=torch.float16, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    synchronize(device)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        dst.copy_(src)
+    synchronize(device)
+    rate = 2 * size_bytes * repeats / (time.perf_counter() - started)
+    del src, dst
+    return rate
+
+
+def weight_bytes(pipe: Pipeline) -> int:
+    return sum(p.numel() * p.element_size() for p in pipe.model.parameters())
+
+
+def machine_info(device: torch.device) -> dict:
+    info = {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+    }
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def run_bench(
+    pipelines: dict[int, Pipeline],
+    batch_sizes: Sequence[int],
+    sampling: SamplingConfig,
+    warmup: int = 1,
+    repeats: int = 3,
+    decode: bool = True,
+    seed: int = 0,
+    rate: float | None = None,
+    on_run: Callable[[str], None] | None = None,
+) -> list[Row]:
+    """Time every (regions, batch) case, interleaved so that drift hits all cases alike.
+
+    `rate` is the device's copy rate (bytes/s) for the bandwidth-floor column.
+    """
+    cases = [Case(n, b) for n in pipelines for b in batch_sizes]
+    total_rounds = warmup + repeats
+    for round_index in range(total_rounds):
+        measured = round_index >= warmup
+        for case in cases:
+            pipe = pipelines[case.regions]
+            device = pipe.device
+            labels = [i % pipe.model.cfg.num_classes for i in range(case.batch)]
+            if on_run is not None:
+                phase = "measure" if measured else "warm-up"
+                on_run(f"{phase} {round_index + 1}/{total_rounds}: n={case.regions} b={case.batch}")
+            reset_peak_memory(device)
+            synchronize(device)
+            started = time.perf_counter()
+            tokens = pipe.generate(labels, sampling, seed, case.batch)
+            synchronize(device)
+            generated = time.perf_counter()
+            if decode:
+                pipe.decode(tokens, batch_size=case.batch)
+                synchronize(device)
+            finished = time.perf_counter()
+            if measured:
+                case.gen_seconds.append(generated - started)
+                case.decode_seconds.append(finished - generated)
+                case.peak_bytes = max(case.peak_bytes, peak_memory(device))
+    return summarise(cases, pipelines, rate)
+
+
+def summarise(
+    cases: list[Case], pipelines: dict[int, Pipeline], rate: float | None = None
+) -> list[Row]:
+    rows = []
+    sequential = {c.batch: statistics.median(c.gen_seconds) for c in cases if c.regions == 1}
+    for case in cases:
+        pipe = pipelines[case.regions]
+        gen = statistics.median(case.gen_seconds)
+        dec = statistics.median(case.decode_seconds)
+        per_image = [t / case.batch for t in case.gen_seconds]
+        spread = (max(case.gen_seconds) - min(case.gen_seconds)) / gen if gen else 0.0
+        floor = None
+        if rate:
+            floor = weight_bytes(pipe) * pipe.plan.num_passes / rate / gen
+        rows.append(
+            Row(
+                regions=case.regions,
+                batch=case.batch,
+                passes=pipe.plan.num_passes,
+                gen_s_per_image=gen / case.batch,
+                gen_s_per_image_min=min(per_image),
+                gen_s_per_image_max=max(per_image),
+                decode_s_per_image=dec / case.batch,
+                total_s_per_image=(gen + dec) / case.batch,
+                images_per_s=case.batch / (gen + dec),
+                speedup_vs_1=sequential[case.batch] / gen if case.batch in sequential else None,
+                peak_memory_bytes=case.peak_bytes,
+                floor_fraction=floor,
+                noisy=spread > WIDE_SPREAD,
+            )
+        )
+    return rows
+
+
+def random_pipelines(
+    arch: str,
+    regions: Sequence[int],
+    grid: tuple[int, ...],
+    device: torch.device,
+    dtype: torch.dtype,
+    seed: int = 0,
+) -> dict[int, Pipeline]:
+    """Published architectures with random weights (speed only), one weight set for every n."""
+    from parcli.config import GPTConfig
+    from parcli.model import Transformer
+    from parcli.vq import VQConfig, VQModel
+
+    torch.manual_seed(seed)
+    with torch.device(device):
+        base = Transformer(GPTConfig.preset(arch, grid=grid, regions=max(regions)))
+        base.init_weights(zero_output=False)
+        vq = VQModel(VQConfig.llamagen_ds16()).eval()
+    base = base.to(dtype).eval()
+    shared = base.state_dict()
+    special = "spe_tok_embeddings.special_embeddings.weight"
+    pipelines = {}
+    for n in regions:
+        with torch.device("meta"):
+            model = Transformer(GPTConfig.preset(arch, grid=grid, regions=n))
+        state = {k: v for k, v in shared.items() if k != special}
+        if n > 1:
+            state[special] = shared[special][: n - 1]
+        model.load_state_dict(state, assign=True)
+        pipelines[n] = Pipeline(model.eval(), vq, f"{arch} (random weights)", 1.5)
+    return pipelines
