@@ -63,7 +63,9 @@ class StaticSteps:
         self.offsets = {
             width: torch.arange(width, device=device) for width in {p.width for p in plan.passes}
         }
-        self.forward = torch.compile(self._forward, dynamic=False) if compile_model else self._forward
+        self.forward = (
+            torch.compile(self._forward, dynamic=False) if compile_model else self._forward
+        )
         self.cuda_graphs = cuda_graphs
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
         self.pool = torch.cuda.graph_pool_handle() if cuda_graphs else None

@@ -42,10 +42,19 @@ def test_same_seed_same_tokens_and_progress_counts_passes(make_model):
     labels = torch.tensor([3])
     seen = []
     a = generate_tokens(
-        model, plan, labels, SamplingConfig(cfg_scale=1.5), torch.Generator().manual_seed(7), seen.append
+        model,
+        plan,
+        labels,
+        SamplingConfig(cfg_scale=1.5),
+        torch.Generator().manual_seed(7),
+        seen.append,
     )
-    b = generate_tokens(model, plan, labels, SamplingConfig(cfg_scale=1.5), torch.Generator().manual_seed(7))
-    c = generate_tokens(model, plan, labels, SamplingConfig(cfg_scale=1.5), torch.Generator().manual_seed(8))
+    b = generate_tokens(
+        model, plan, labels, SamplingConfig(cfg_scale=1.5), torch.Generator().manual_seed(7)
+    )
+    c = generate_tokens(
+        model, plan, labels, SamplingConfig(cfg_scale=1.5), torch.Generator().manual_seed(8)
+    )
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert len(seen) == plan.num_passes == 4 + 60 // 4
 
@@ -66,7 +75,11 @@ def test_static_shape_steps_give_the_same_tokens_as_eager(make_model, n):
     sampling = SamplingConfig(cfg_scale=1.5, temperature=1.0)
     eager = generate_tokens(model, plan, labels, sampling, torch.Generator().manual_seed(3))
     steps = StaticSteps(model, plan, rows=4)
-    static = generate_tokens(model, plan, labels, sampling, torch.Generator().manual_seed(3), steps=steps)
+    static = generate_tokens(
+        model, plan, labels, sampling, torch.Generator().manual_seed(3), steps=steps
+    )
     assert torch.equal(eager, static)
-    again = generate_tokens(model, plan, labels, sampling, torch.Generator().manual_seed(3), steps=steps)
+    again = generate_tokens(
+        model, plan, labels, sampling, torch.Generator().manual_seed(3), steps=steps
+    )
     assert torch.equal(static, again)  # a reused cache holds nothing a new generation can see

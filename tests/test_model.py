@@ -14,7 +14,10 @@ def llamagen_style_table(grid_size: int, head_dim: int, base: float = 10000.0) -
     freqs = 1.0 / (base ** (torch.arange(0, half, 2)[: half // 2].float() / half))
     angles = torch.outer(torch.arange(grid_size), freqs)
     grid = torch.cat(
-        [angles[:, None, :].expand(-1, grid_size, -1), angles[None, :, :].expand(grid_size, -1, -1)],
+        [
+            angles[:, None, :].expand(-1, grid_size, -1),
+            angles[None, :, :].expand(grid_size, -1, -1),
+        ],
         dim=-1,
     )
     table = torch.stack([torch.cos(grid), torch.sin(grid)], dim=-1).flatten(0, 1)

@@ -5,7 +5,8 @@ from parcli.plan import CLASS, TOKEN, TRANSITION, Plan, PlanError, inverse_order
 
 
 @pytest.mark.parametrize(
-    "grid, counts", [((24, 24), (576, 147, 51)), ((16, 16), (256, 67, 31)), ((5, 16, 16), (1280, 323, 95))]
+    "grid, counts",
+    [((24, 24), (576, 147, 51)), ((16, 16), (256, 67, 31)), ((5, 16, 16), (1280, 323, 95))],
 )
 def test_pass_counts(grid, counts):
     assert tuple(Plan(grid, n).num_passes for n in (1, 4, 16)) == counts
@@ -25,7 +26,10 @@ def test_order_formula_for_every_index():
         side = rows // s
         for q, cell in enumerate(order):
             r, j = q % n, q // n
-            assert divmod(int(cell), cols) == ((r // s) * side + j // side, (r % s) * side + j % side)
+            assert divmod(int(cell), cols) == (
+                (r // s) * side + j // side,
+                (r % s) * side + j % side,
+            )
 
 
 def test_sequential_order_is_raster():

@@ -62,11 +62,11 @@ def generate(
         str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16.")
     ] = "auto",
     output: Annotated[
-        Path,
+        str,  # not Path: the trailing '/' of DIR/ matters
         typer.Option(
             "--output", "-o", help="x.png (one image, or a grid), DIR/ (one PNG each) or x.mp4."
         ),
-    ] = Path("generated.png"),
+    ] = "generated.png",
     save_tokens_to: Annotated[
         Path | None,
         typer.Option("--save-tokens", help="Also write token ids (images, rows, cols) to a .npy."),
@@ -93,7 +93,7 @@ def generate(
             files.cfg_scale,
         )
         pipe.check_regions(regions)
-        if pipe.is_video != (output.suffix in VIDEO_SUFFIXES) and not directory:
+        if pipe.is_video != (Path(output).suffix in VIDEO_SUFFIXES) and not directory:
             kind = "video" if pipe.is_video else "image"
             raise PipelineError(
                 f"{pipe.name} makes {kind}s; choose an output to match, not {output}"
@@ -133,9 +133,9 @@ def generate(
             save_tokens(save_tokens_to, tokens.cpu().numpy())
         names = [f"class{label}_s{i % num_samples}" for i, label in enumerate(labels)]
         if pipe.is_video and directory:
-            output.mkdir(exist_ok=True)
+            Path(output).mkdir(exist_ok=True)
             for i, (name, video) in enumerate(zip(names, pixels, strict=True)):
-                save_video(output / f"{i:04d}_{name}.mp4", video)
+                save_video(Path(output) / f"{i:04d}_{name}.mp4", video)
         elif pipe.is_video:
             save_video(output, pixels)
         else:

@@ -1,0 +1,274 @@
+"""End-to-end runs of `par` with tiny random models."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_model
+from typer.testing import CliRunner
+
+from parcli.cli import app
+from parcli.vq import VQConfig, VQModel
+from parcli.weights import save_checkpoint
+
+runner = CliRunner()
+TINY_VQ = VQConfig(
+    codebook_size=32,
+    codebook_dim=4,
+    z_channels=16,
+    ch=16,
+    ch_mult=(1, 2),
+    num_res_blocks=1,
+    norm_groups=8,
+)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    vq = VQModel(TINY_VQ)
+    save_checkpoint(root / "vq.safetensors", vq.state_dict(), "vq", TINY_VQ)
+    paths = {"vq": root / "vq.safetensors"}
+    for n, grid in ((1, (8, 8)), (4, (8, 8)), (16, (8, 8)), (4, (2, 8, 8))):
+        model = tiny_model(regions=n, grid=grid)
+        name = f"gpt{n}" + ("video" if len(grid) == 3 else "")
+        save_checkpoint(root / f"{name}.safetensors", model.state_dict(), "gpt", model.cfg)
+        paths[name] = root / f"{name}.safetensors"
+    small = VQConfig(**{**TINY_VQ.to_dict(), "codebook_size": 16, "ch_mult": (1, 2)})
+    save_checkpoint(root / "vq16.safetensors", VQModel(small).state_dict(), "vq", small)
+    paths["vq16"] = root / "vq16.safetensors"
+    return paths
+
+
+def run(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    return result
+
+
+def generate(files, *args, model="gpt4", tokenizer="vq"):
+    return run(
+        "generate", "--checkpoint", files[model], "--tokenizer", files[tokenizer], "-q", *args
+    )
+
+
+def assert_user_error(result, *fragments):
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    for fragment in fragments:
+        assert fragment in result.output
+
+
+def test_generate_grid_png_and_tokens(files, tmp_path):
+    out, tokens = tmp_path / "grid.png", tmp_path / "t.npy"
+    result = generate(files, "-c", 3, "-c", 5, "-n", 2, "-o", out, "--save-tokens", tokens)
+    assert result.exit_code == 0, result.output
+    import imageio.v3 as iio
+
+    image = iio.imread(out)
+    assert image.shape[0] > 16 and image.shape[1] > 16
+    ids = np.load(tokens)
+    assert ids.shape == (4, 8, 8) and ids.dtype.kind == "i" and ids.max() < 32
+
+
+@pytest.mark.parametrize("model", ["gpt1", "gpt4", "gpt16"])
+def test_directory_output_one_png_each_in_generation_order(files, tmp_path, model):
+    out = tmp_path / "samples"
+    result = generate(files, "-c", 7, "-c", 2, "-n", 2, "-o", f"{out}/", model=model)
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in out.iterdir())
+    assert len(names) == 4
+    assert [n.split("_", 1)[1] for n in names] == [
+        "class7_s0.png",
+        "class7_s1.png",
+        "class2_s0.png",
+        "class2_s1.png",
+    ]
+
+
+def test_same_seed_same_tokens(files, tmp_path):
+    paths = [tmp_path / f"{i}.npy" for i in range(3)]
+    for path, seed in zip(paths, (4, 4, 5), strict=True):
+        result = generate(
+            files, "-c", 1, "--seed", seed, "-o", tmp_path / "x.png", "--save-tokens", path
+        )
+        assert result.exit_code == 0, result.output
+    a, b, c = (np.load(p) for p in paths)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_progress_and_summary_line(files, tmp_path):
+    result = run(
+        "generate",
+        "--checkpoint",
+        files["gpt16"],
+        "--tokenizer",
+        files["vq"],
+        "-c",
+        1,
+        "-o",
+        tmp_path / "a.png",
+    )
+    assert result.exit_code == 0, result.output
+    assert "pass 19/19" in result.output
+    assert "1 images · 19 passes each" in result.output
+
+
+def test_video_mp4(files, tmp_path):
+    out = tmp_path / "clip.mp4"
+    result = generate(files, "-c", 0, "-o", out, model="gpt4video")
+    assert result.exit_code == 0, result.output
+    import imageio.v3 as iio
+
+    frames = iio.imread(out)
+    assert frames.shape[0] == 2
+
+
+def test_class_out_of_range(files, tmp_path):
+    out = tmp_path / "x.png"
+    assert_user_error(generate(files, "-c", 10, "-o", out), "class 10", "0 to 9")
+    assert not out.exists()
+
+
+def test_regions_the_checkpoint_was_not_trained_for(files, tmp_path):
+    result = generate(files, "-c", 1, "--regions", 16, "-o", tmp_path / "x.png")
+    assert_user_error(result, "trained for 4 region", "--regions 4")
+
+
+def test_missing_and_corrupt_checkpoint(files, tmp_path):
+    result = run(
+        "generate",
+        "--checkpoint",
+        tmp_path / "nope.safetensors",
+        "--tokenizer",
+        files["vq"],
+        "-c",
+        1,
+        "-o",
+        tmp_path / "x.png",
+    )
+    assert_user_error(result, "nope.safetensors")
+    corrupt = tmp_path / "bad.safetensors"
+    corrupt.write_bytes(files["gpt4"].read_bytes()[:5000])
+    result = run(
+        "generate",
+        "--checkpoint",
+        corrupt,
+        "--tokenizer",
+        files["vq"],
+        "-c",
+        1,
+        "-o",
+        tmp_path / "x.png",
+    )
+    assert_user_error(result, "bad.safetensors")
+
+
+def test_tokenizer_codebook_must_match_vocabulary(files, tmp_path):
+    result = generate(files, "-c", 1, "-o", tmp_path / "x.png", tokenizer="vq16")
+    assert_user_error(result, "16 codes", "32")
+
+
+def test_unwritable_output(files, tmp_path):
+    result = generate(files, "-c", 1, "-o", tmp_path / "missing" / "x.png")
+    assert_user_error(result, "does not exist")
+    result = generate(files, "-c", 1, "-o", tmp_path / "x.jpg")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def test_bad_sampling_settings(files, tmp_path):
+    assert_user_error(generate(files, "-c", 1, "--top-p", 0, "-o", tmp_path / "x.png"), "top-p")
+
+
+def test_convert_weights_then_generate(tmp_path, files):
+    model = tiny_model(regions=4)
+    src = tmp_path / "PAR-tiny.pt"
+    torch.save(
+        {"model": {f"_orig_mod.{k}": v for k, v in model.state_dict().items()}, "steps": 3}, src
+    )
+    dst = tmp_path / "tiny.safetensors"
+    result = run("convert-weights", src, dst, "--heads", 4, "--grid", "8x8")
+    assert result.exit_code == 0, result.output
+    assert "regions 4" in result.output
+    out = tmp_path / "x.png"
+    result = run(
+        "generate", "--checkpoint", dst, "--tokenizer", files["vq"], "-c", 2, "-q", "-o", out
+    )
+    assert result.exit_code == 0, result.output and out.exists()
+
+
+def test_convert_refuses_garbage(tmp_path):
+    src = tmp_path / "junk.pt"
+    src.write_text("not a checkpoint")
+    assert_user_error(run("convert-weights", src, tmp_path / "x.safetensors"), "junk.pt")
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_bench_on_a_checkpoint_writes_json(files, tmp_path, monkeypatch):
+    report = tmp_path / "bench.json"
+    args = [
+        "bench",
+        "--checkpoint",
+        files["gpt4"],
+        "--tokenizer",
+        files["vq"],
+        "--regions",
+        "4",
+        "--repeats",
+        1,
+        "--warmup",
+        0,
+        "--json",
+        report,
+    ]
+    monkeypatch.setattr("sys.argv", ["par", *map(str, args)])
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    (row,) = data["rows"]
+    assert row["regions"] == 4 and row["passes"] == 19 and row["gen_s_per_image"] > 0
+    assert data["machine"]["torch"] == torch.__version__ and data["command"].startswith("par bench")
+
+
+def test_bench_random_architecture_interleaves_and_compares(tmp_path, monkeypatch):
+    import parcli.bench as bench
+
+    order = []
+    real = bench.Pipeline.generate
+
+    def spy(self, labels, *args, **kwargs):
+        order.append(self.model.cfg.regions)
+        return real(self, labels, *args, **kwargs)
+
+    monkeypatch.setattr(bench.Pipeline, "generate", spy)
+    monkeypatch.setattr(bench, "random_pipelines", small_random_pipelines)
+    report = tmp_path / "b.json"
+    result = run(
+        "bench",
+        "--arch",
+        "GPT-B",
+        "--grid",
+        "8",
+        "--repeats",
+        2,
+        "--warmup",
+        1,
+        "--no-decode",
+        "--json",
+        report,
+    )
+    assert result.exit_code == 0, result.output
+    assert order == [1, 4, 16] * 3
+    rows = json.loads(report.read_text())["rows"]
+    assert rows[0]["speedup_vs_1"] == 1.0 and all(r["speedup_vs_1"] > 0 for r in rows)
+    assert "random weights: speed only" in result.output
+
+
+def small_random_pipelines(arch, regions, grid, device, dtype, seed=0):
+    from parcli.pipeline import Pipeline
+
+    vq = VQModel(TINY_VQ)
+    return {n: Pipeline(tiny_model(regions=n, grid=grid), vq, "tiny") for n in regions}
