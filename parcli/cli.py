@@ -7,6 +7,7 @@ import typer
 from parcli.commands.bench import bench
 from parcli.commands.convert import convert_weights
 from parcli.commands.generate import generate
+from parcli.commands.weights import app as weights_app
 
 app = typer.Typer(
     name="par",
@@ -19,6 +20,7 @@ app = typer.Typer(
 app.command()(generate)
 app.command("convert-weights")(convert_weights)
 app.command()(bench)
+app.add_typer(weights_app, name="weights", help="List, fetch, locate and remove checkpoints.")
 
 
 def main() -> None:

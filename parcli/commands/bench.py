@@ -13,9 +13,9 @@ from rich.table import Table
 
 from parcli.bench import copy_rate, machine_info, random_pipelines, run_bench, weight_bytes
 from parcli.commands.common import console, err_console, user_errors
+from parcli.commands.models import locate_model
 from parcli.config import GPT_PRESETS, SUPPORTED_REGIONS
 from parcli.media import atomic_path, check_writable
-from parcli.models import locate_model
 from parcli.pipeline import Pipeline, PipelineError, load_pipeline, resolve_device, resolve_dtype
 from parcli.sampling import SamplingConfig
 

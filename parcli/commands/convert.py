@@ -50,4 +50,3 @@ def convert_weights(
                 if key in metadata
             )
             console.print(f"wrote {dst} ({described})", highlight=False)
-

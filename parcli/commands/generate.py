@@ -10,6 +10,7 @@ import torch
 import typer
 
 from parcli.commands.common import console, pass_progress, user_errors
+from parcli.commands.models import locate_model
 from parcli.media import (
     IMAGE_SUFFIXES,
     TOKEN_SUFFIXES,
@@ -20,7 +21,6 @@ from parcli.media import (
     save_tokens,
     save_video,
 )
-from parcli.models import locate_model
 from parcli.pipeline import PipelineError, load_pipeline, resolve_device, resolve_dtype
 from parcli.sampling import SamplingConfig
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from parcli.commands.weights import ensure_model_files
 from parcli.pipeline import PipelineError
 from parcli.registry import Entry, load_catalogue
 
@@ -21,8 +22,6 @@ class ModelFiles:
 
 def entry_files(entries: list[Entry], offline: bool, console: Console, quiet: bool) -> list[Path]:
     """Local paths of catalogue entries, downloading and converting what is missing."""
-    from parcli.hub import ensure_model_files
-
     paths = ensure_model_files(entries, offline=offline, console=None if quiet else console)
     return [paths[entry.name] for entry in entries]
 

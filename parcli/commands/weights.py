@@ -1,0 +1,271 @@
+"""`par weights`: list, fetch, locate and remove the checkpoints of the catalogue."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from parcli import hub
+from parcli.commands.common import console, err_console, user_errors
+from parcli.registry import Catalogue, Entry, load_catalogue
+
+app = typer.Typer(
+    name="weights",
+    help="List, download, locate and remove model weights.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+CatalogueOption = Annotated[
+    Path | None,
+    typer.Option("--catalogue", hidden=True, help="Read this weights.toml instead."),
+]
+RegionsOption = Annotated[
+    int | None, typer.Option("--regions", "-n", help="With a family name: its n-region member.")
+]
+
+
+def download_progress(target: Console) -> Progress:
+    """A byte progress bar: size done / total, rate, time left."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=target,
+    )
+
+
+def fetch_with_progress(entry: Entry, target: Console | None, offline: bool = False) -> Path:
+    """``hub.fetch`` with a Rich bar on ``target`` (no output at all when None)."""
+    if target is None:
+        return hub.fetch(entry, offline=offline)
+    with download_progress(target) as progress:
+        task = progress.add_task(entry.filename, total=entry.approx_size_bytes)
+
+        def on_bytes(done: int, total: int | None) -> None:
+            progress.update(task, completed=done, total=total or entry.approx_size_bytes)
+
+        def on_status(text: str) -> None:
+            progress.console.print(f"  {text} ...", style="dim", highlight=False)
+
+        try:
+            path = hub.fetch(entry, offline=offline, on_bytes=on_bytes, on_status=on_status)
+        except BaseException:
+            progress.update(task, visible=False)
+            raise
+        done = progress.tasks[task].total or progress.tasks[task].completed
+        progress.update(task, completed=done)
+        return path
+
+
+def announce(entry: Entry, target: Console) -> None:
+    """Say what is about to be downloaded and about how large it is."""
+    size = entry.approx_size_bytes
+    about = f"about {hub.human_size(size)}" if size else "size unknown"
+    target.print(f"Downloading {entry.name} ({about}) from {entry.repo} ...", highlight=False)
+
+
+def ensure_model_files(
+    entries: list[Entry], offline: bool = False, console: Console | None = None
+) -> dict[str, Path]:
+    """Local paths of ``entries`` by name, downloading and converting what is missing first.
+
+    Says what is downloaded and about how large before it starts; offline (``--offline``,
+    PARCLI_OFFLINE=1 or HF_HUB_OFFLINE=1) a missing file raises ``hub.FetchError`` at once.
+    """
+    offline = hub.offline_requested(offline)
+    missing = hub.missing_files(entries)
+    if missing and offline:
+        # A download already in the HF cache can still be converted without the network.
+        for entry in missing:
+            hub.fetch(entry, offline=True)
+        missing = []
+    paths: dict[str, Path] = {}
+    for entry in entries:
+        if entry in missing and entry.name not in paths:
+            if console is not None:
+                announce(entry, console)
+            paths[entry.name] = fetch_with_progress(entry, console)
+        else:
+            paths[entry.name] = hub.converted_path(entry)
+    return paths
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _catalogue(path: Path | None) -> Catalogue:
+    return load_catalogue(path)
+
+
+def _select(catalogue: Catalogue, names: list[str], regions: int | None) -> list[Entry]:
+    """Entries meant by entry or family names; a family without --regions means all members."""
+    chosen: list[Entry] = []
+    families = catalogue.families()
+    for name in names:
+        key = name.strip().lower()
+        if key in families and regions is None:
+            chosen.extend(families[key])
+        elif key in families or (regions is not None and key in catalogue):
+            chosen.append(catalogue.resolve(key, regions))
+        else:
+            chosen.append(catalogue.get(key))
+    unique: dict[str, Entry] = {}
+    for entry in chosen:
+        unique.setdefault(entry.name, entry)
+    return list(unique.values())
+
+
+def _where(entry: Entry) -> str:
+    if entry.is_packaged:
+        return "packaged"
+    return str(hub.converted_path(entry)) if hub.is_present(entry) else "-"
+
+
+def _row(entry: Entry) -> dict:
+    record = hub.read_record(entry) or {}
+    present = hub.is_present(entry)
+    return {
+        "name": entry.name,
+        "kind": entry.kind,
+        "family": entry.family,
+        "regions": entry.regions,
+        "arch": entry.arch,
+        "download_bytes": None if entry.is_packaged else entry.approx_size_bytes,
+        "licence": entry.licence,
+        "present": present,
+        "packaged": entry.is_packaged,
+        "path": str(hub.converted_path(entry)),
+        "source": entry.source,
+        "sha256": record.get("sha256") if present else None,
+    }
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+@app.command("list")
+def list_weights(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    catalogue_path: CatalogueOption = None,
+) -> None:
+    """Every catalogue entry: family, n, architecture, download size, licence, local copy."""
+    with user_errors():
+        entries = list(_catalogue(catalogue_path))
+        if as_json:
+            print(json.dumps([_row(e) for e in entries], indent=2))
+            return
+        table = Table(title=f"Model weights (cache: {hub.cache_dir()})", title_justify="left")
+        for column in ("name", "family", "n", "arch", "download", "licence", "present"):
+            table.add_column(column, justify="right" if column in ("n", "download") else "left")
+        for entry in entries:
+            size = "-" if entry.is_packaged else hub.human_size(entry.approx_size_bytes)
+            present = f"[green]yes[/] ({_where(entry)})" if hub.is_present(entry) else "[dim]no[/]"
+            table.add_row(
+                entry.name,
+                entry.family or "-",
+                str(entry.regions) if entry.regions is not None else "-",
+                entry.arch,
+                size,
+                entry.licence,
+                present,
+            )
+        console.print(table)
+
+
+@app.command("fetch")
+def fetch(
+    names: Annotated[list[str], typer.Argument(help="Entry or family names.")],
+    regions: RegionsOption = None,
+    catalogue_path: CatalogueOption = None,
+) -> None:
+    """Download, convert and verify checkpoints (always with the tokenizer they need)."""
+    with user_errors():
+        catalogue = _catalogue(catalogue_path)
+        wanted = _select(catalogue, names, regions)
+        with_tokenizers: dict[str, Entry] = {}
+        for entry in wanted:
+            with_tokenizers.setdefault(entry.name, entry)
+            if entry.kind == "gpt":
+                tok = catalogue.tokenizer_for(entry)
+                with_tokenizers.setdefault(tok.name, tok)
+        offline = hub.offline_requested(False)
+        for entry in with_tokenizers.values():
+            if hub.is_present(entry):
+                console.print(f"{entry.name}: present ({_where(entry)})", highlight=False)
+                continue
+            if offline:
+                if hub.cached_download(entry) is None:
+                    raise hub.FetchError(
+                        f"{entry.name} is not downloaded and offline mode is on "
+                        "(PARCLI_OFFLINE or HF_HUB_OFFLINE); unset it to download"
+                    )
+                path = hub.fetch(entry, offline=True)
+            else:
+                announce(entry, console)
+                path = fetch_with_progress(entry, console)
+            console.print(f"{entry.name}: ready at {path}", highlight=False)
+
+
+@app.command("path")
+def path(
+    name: Annotated[str, typer.Argument(help="Entry or family name.")],
+    regions: RegionsOption = None,
+    catalogue_path: CatalogueOption = None,
+) -> None:
+    """Print where the converted file of NAME is (exit code 1 when it is not downloaded yet)."""
+    with user_errors():
+        catalogue = _catalogue(catalogue_path)
+        key = name.strip().lower()
+        in_family = key in catalogue.families()
+        entry = catalogue.resolve(key, regions) if in_family else catalogue.get(key)
+        print(hub.converted_path(entry))
+        if not hub.is_present(entry):
+            err_console.print(
+                f"{entry.name} is not downloaded yet; run `par weights fetch {entry.name}`",
+                style="yellow",
+                highlight=False,
+            )
+            raise typer.Exit(1)
+
+
+@app.command("remove")
+def remove(
+    names: Annotated[list[str], typer.Argument(help="Entry or family names.")],
+    regions: RegionsOption = None,
+    download: Annotated[
+        bool,
+        typer.Option("--download", help="Also delete the original from the Hugging Face cache."),
+    ] = False,
+    catalogue_path: CatalogueOption = None,
+) -> None:
+    """Delete converted weights from the cache to free disk space."""
+    with user_errors():
+        catalogue = _catalogue(catalogue_path)
+        for entry in _select(catalogue, names, regions):
+            freed = hub.remove(entry, download=download)
+            if freed:
+                console.print(f"{entry.name}: removed ({hub.human_size(freed)} freed)")
+            else:
+                console.print(f"{entry.name}: not downloaded, nothing to remove")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,496 @@
+"""Downloading published checkpoints and keeping their converted copies in one cache.
+
+A catalogue entry is fetched in three steps, under an inter-process lock on ``NAME.lock``:
+
+1. ``huggingface_hub.hf_hub_download`` puts the published file into the user's Hugging Face cache
+   (shared with every other HF tool; tokens for gated repositories, ``HF_ENDPOINT`` mirrors and
+   retries come with it). A connection that drops mid-file is resumed by huggingface_hub itself
+   with a ``Range`` request from the last whole chunk received. A run that is stopped (Ctrl-C)
+   starts over next time: recent huggingface_hub versions write each download to a temporary
+   file unique to the process and delete it on failure (huggingface/huggingface_hub#4196).
+   Either way nothing partial is ever taken for the complete file.
+2. The sha256 of the downloaded file is computed; where ``weights.toml`` gives one, a mismatch
+   deletes the downloaded blob and fails.
+3. ``parcli.weights.convert`` writes the safetensors file into a temporary name in our cache;
+   it must load with ``read_checkpoint`` and agree with the entry before it is renamed to
+   ``<cache>/weights/NAME.safetensors``. A ``NAME.json`` sidecar records where it came from and
+   the sha256 of what was downloaded (also in the file's ``source_sha256`` metadata).
+
+A converted file exists under its final name only when complete, so "present" means "the file
+exists". Packaged entries (``path = "assets/..."``) are never downloaded and always present.
+
+Progress is reported through callbacks, never drawn here: ``on_bytes(done, total)`` receives the
+byte counts huggingface_hub reports, through a small progress class handed to it as
+``tqdm_class`` (its documented hook for custom progress), so its own bars stay off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from parcli.config import GPT_PRESETS
+from parcli.registry import Entry
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no inter-process lock
+    fcntl = None  # type: ignore[assignment]
+
+BytesCallback = Callable[[int, "int | None"], None]
+StatusCallback = Callable[[str], None]
+
+REVISION = "main"
+OFFLINE_ENV = ("PARCLI_OFFLINE", "HF_HUB_OFFLINE")
+_TRUE = {"1", "true", "yes", "on"}
+
+
+class FetchError(Exception):
+    """A model file could not be made available; the message is one line meant for the user."""
+
+
+# ------------------------------------------------------------------------------ locations
+
+
+def cache_dir() -> Path:
+    """Where converted weights live: $PARCLI_HOME, else $XDG_CACHE_HOME/parcli, else ~/.cache."""
+    home = os.environ.get("PARCLI_HOME")
+    if home:
+        return Path(home).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "parcli"
+
+
+def _weights_dir() -> Path:
+    return cache_dir() / "weights"
+
+
+def converted_path(entry: Entry) -> Path:
+    """The file generation reads for ``entry``: its package path, or its converted cache file."""
+    if entry.is_packaged:
+        return Path(str(entry.package_path))
+    return _weights_dir() / f"{entry.name}.safetensors"
+
+
+def record_path(entry: Entry) -> Path:
+    """The JSON sidecar of a converted entry: source URL, sha256 and size of the download."""
+    return _weights_dir() / f"{entry.name}.json"
+
+
+def _lock_path(entry: Entry) -> Path:
+    return _weights_dir() / f"{entry.name}.lock"
+
+
+def is_present(entry: Entry) -> bool:
+    """True when ``entry`` needs no download: packaged, or converted into the cache."""
+    return entry.is_packaged or converted_path(entry).is_file()
+
+
+def missing_files(entries: Iterable[Entry]) -> list[Entry]:
+    """The entries (each once, in order) that would have to be downloaded."""
+    seen: set[str] = set()
+    missing = []
+    for entry in entries:
+        if entry.name not in seen and not is_present(entry):
+            missing.append(entry)
+        seen.add(entry.name)
+    return missing
+
+
+def read_record(entry: Entry) -> dict[str, Any] | None:
+    """The sidecar of a converted entry, or None when absent or unreadable."""
+    try:
+        data = json.loads(record_path(entry).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+# ------------------------------------------------------------------------------ offline
+
+
+def offline_requested(flag: bool = False) -> bool:
+    """``--offline``, or PARCLI_OFFLINE / HF_HUB_OFFLINE set to a true value."""
+    return flag or any(os.environ.get(name, "").strip().lower() in _TRUE for name in OFFLINE_ENV)
+
+
+def offline_message(entry: Entry) -> str:
+    return (
+        f"{entry.name} is not downloaded ({entry.filename}); run `par weights fetch {entry.name}`,"
+        " or try `--model digits` offline"
+    )
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def _hf_cache_dir() -> str | None:
+    """The HF cache named by the environment now (None: huggingface_hub's own default)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.environ["HF_HOME"], "hub")
+    return None
+
+
+def _endpoint() -> str | None:
+    return os.environ.get("HF_ENDPOINT") or None
+
+
+def download_url(entry: Entry) -> str:
+    """The URL huggingface_hub asks for this entry (honours HF_ENDPOINT)."""
+    from huggingface_hub import hf_hub_url
+
+    return hf_hub_url(str(entry.repo), str(entry.file), revision=REVISION, endpoint=_endpoint())
+
+
+def human_size(size: int | None) -> str:
+    if size is None:
+        return "unknown size"
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def _locked(path: Path, on_status: StatusCallback | None, what: str) -> Iterator[None]:
+    """Hold an exclusive flock on ``path`` (created if needed, never deleted)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as handle:
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if on_status is not None:
+                    on_status(f"waiting for another process fetching {what}")
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+class _ByteBar:
+    """Stands in for tqdm inside huggingface_hub and forwards byte counts to ``callback``.
+
+    huggingface_hub instantiates a custom ``tqdm_class`` with tqdm's keyword arguments (total,
+    initial, ...), then calls ``update``; ``update_transfer`` makes its Xet path use one bar.
+    """
+
+    callback: BytesCallback | None = None
+
+    def __init__(self, *args: Any, total: int | None = None, initial: int = 0, **kwargs: Any):
+        self.n = int(initial or 0)
+        self.total = total
+        self._report()
+
+    def _report(self) -> None:
+        if self.callback is not None:
+            type(self).callback(max(self.n, 0), self.total)  # type: ignore[misc]
+
+    def update(self, n: int | float = 1) -> None:
+        self.n += int(n)
+        self._report()
+
+    def update_transfer(self, n: int | float = 1) -> None:
+        pass
+
+    def set_postfix_str(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def set_transfer_postfix_str(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def set_description(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def refresh(self, *args: Any, **kwargs: Any) -> None:
+        self._report()
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> _ByteBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _bar_class(on_bytes: BytesCallback | None) -> type[_ByteBar]:
+    return type("_EntryByteBar", (_ByteBar,), {"callback": staticmethod(on_bytes)})
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _download_error(entry: Entry, exc: BaseException) -> FetchError:
+    """One line saying why huggingface_hub could not download ``entry``."""
+    url = download_url(entry)
+    host = urlsplit(url).netloc or url
+    for err in _chain(exc):
+        response = getattr(err, "response", None)
+        status = getattr(response, "status_code", None)
+        if isinstance(status, int):
+            name = type(err).__name__
+            if name == "GatedRepoError":
+                return FetchError(
+                    f"{entry.repo} is gated: accept its terms on the Hub, then log in with "
+                    f"`hf auth login` (or set HF_TOKEN) and fetch {entry.name} again"
+                )
+            if status == 404 or name in ("RepositoryNotFoundError", "RemoteEntryNotFoundError"):
+                return FetchError(f"{entry.name}: {entry.file} not found at {url}")
+            if status in (401, 403):
+                return FetchError(
+                    f"{entry.name}: access to {url} was refused (HTTP {status}); "
+                    "log in with `hf auth login` or set HF_TOKEN"
+                )
+            if status >= 500:
+                return FetchError(
+                    f"{entry.name}: server error (HTTP {status}) from {host} while fetching "
+                    f"{entry.file}; try again later"
+                )
+            return FetchError(f"{entry.name}: HTTP {status} from {url}")
+    for err in _chain(exc):
+        name = type(err).__name__
+        if name in ("ConnectError", "ConnectionError", "ConnectTimeout", "ProxyError") or (
+            isinstance(err, ConnectionRefusedError)
+        ):
+            return FetchError(
+                f"{entry.name}: cannot connect to {host} ({_short(err)}); check the network, "
+                "or set HF_ENDPOINT to a mirror"
+            )
+        if "Timeout" in name or isinstance(err, TimeoutError):
+            return FetchError(
+                f"{entry.name}: {host} did not answer in time while fetching {entry.file}; "
+                "try again later"
+            )
+        if isinstance(err, OSError) and err.errno == 28:
+            return FetchError(
+                f"{entry.name}: no space left to download {entry.file} "
+                f"(about {human_size(entry.approx_size_bytes)}); free some disk space"
+            )
+        if name in ("RemoteProtocolError", "ReadError", "ChunkedEncodingError") or (
+            "Consistency check failed" in str(err)
+        ):
+            return FetchError(
+                f"{entry.name}: the download of {entry.file} was interrupted ({_short(err)}); "
+                f"run `par weights fetch {entry.name}` again"
+            )
+    return FetchError(f"{entry.name}: cannot download {entry.file} from {host}: {_short(exc)}")
+
+
+def cached_download(entry: Entry) -> Path | None:
+    """The published file in the HF cache, found without any network access."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(
+        str(entry.repo), str(entry.file), cache_dir=_hf_cache_dir(), revision=REVISION
+    )
+    return Path(found) if isinstance(found, str) and os.path.isfile(found) else None
+
+
+def _download(entry: Entry, on_bytes: BytesCallback | None) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    try:
+        path = hf_hub_download(
+            str(entry.repo),
+            str(entry.file),
+            revision=REVISION,
+            cache_dir=_hf_cache_dir(),
+            endpoint=_endpoint(),
+            tqdm_class=_bar_class(on_bytes),
+        )
+    except Exception as exc:
+        raise _download_error(entry, exc) from None
+    return Path(path)
+
+
+def _discard_download(path: Path) -> None:
+    """Delete a downloaded file from the HF cache: the blob and the snapshot link to it."""
+    blob = Path(os.path.realpath(path))
+    for item in (path, blob):
+        with contextlib.suppress(FileNotFoundError):
+            item.unlink()
+
+
+def conversion_args(entry: Entry, heads: int | None = None) -> dict[str, Any]:
+    """What ``convert`` must be told for ``entry``: its heads (from the preset) and grid."""
+    if entry.kind != "gpt":
+        return {}
+    if heads is None and entry.arch in GPT_PRESETS:
+        heads = GPT_PRESETS[entry.arch][1]
+    return {"heads": heads, "grid": entry.grid}
+
+
+def _check_matches(entry: Entry, meta: dict[str, str]) -> None:
+    """The converted file holds what the catalogue says it does."""
+    problems = []
+    if meta.get("kind") != entry.kind:
+        problems.append(f"kind {meta.get('kind')} (expected {entry.kind})")
+    if entry.kind == "gpt":
+        if entry.regions is not None and meta.get("regions") != str(entry.regions):
+            problems.append(f"{meta.get('regions')} regions (expected {entry.regions})")
+        if entry.arch in GPT_PRESETS and meta.get("arch") != entry.arch:
+            problems.append(f"architecture {meta.get('arch')} (expected {entry.arch})")
+    if problems:
+        raise FetchError(
+            f"{entry.name}: the downloaded {entry.file} holds {', '.join(problems)}; "
+            "weights.toml disagrees with the published file"
+        )
+
+
+def _convert(
+    entry: Entry,
+    source: Path,
+    sha256: str | None,
+    heads: int | None,
+    on_status: StatusCallback | None,
+) -> str:
+    """Convert ``source`` into the cache under the final name; returns the source sha256."""
+    from parcli.media import atomic_path
+    from parcli.weights import WeightsError, convert, read_checkpoint
+
+    target = converted_path(entry)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if on_status is not None:
+        on_status(f"converting {entry.filename} to safetensors")
+    extra = {"catalogue_name": entry.name, "source_url": download_url(entry)}
+    if entry.kind == "gpt" and entry.cfg_scale is not None:
+        extra["cfg_scale"] = str(entry.cfg_scale)
+    try:
+        with atomic_path(target) as tmp:
+            meta = convert(source, tmp, extra_metadata=extra, **conversion_args(entry, heads))
+            if sha256 is not None and meta.get("source_sha256") != sha256:
+                raise FetchError(f"{entry.name}: {source} changed while it was converted")
+            if on_status is not None:
+                on_status(f"verifying {target.name}")
+            state, *_ = read_checkpoint(tmp)
+            del state
+            _check_matches(entry, meta)
+    except WeightsError as exc:
+        raise FetchError(
+            f"{entry.name}: cannot convert the downloaded {entry.file}: {exc} "
+            f"(if it is damaged: `par weights remove {entry.name} --download`, then fetch again)"
+        ) from None
+    return meta.get("source_sha256") or sha256 or ""
+
+
+def _write_record(entry: Entry, source: Path, sha256: str) -> None:
+    from parcli.media import atomic_path
+
+    record = {
+        "name": entry.name,
+        "repo": entry.repo,
+        "file": entry.file,
+        "revision": REVISION,
+        "url": download_url(entry),
+        "downloaded_to": str(source),
+        "size_bytes": source.stat().st_size,
+        "sha256": sha256,
+        "sha256_expected": entry.sha256,
+        "converted": str(converted_path(entry)),
+        "fetched_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    path = record_path(entry)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
+# ------------------------------------------------------------------------------ public
+
+
+def fetch(
+    entry: Entry,
+    *,
+    offline: bool = False,
+    on_bytes: BytesCallback | None = None,
+    heads: int | None = None,
+    on_status: StatusCallback | None = None,
+) -> Path:
+    """Make ``entry`` available locally and return the path of its converted file.
+
+    Downloads what is missing through huggingface_hub (a dropped connection resumes within the
+    run), checks the sha256 where ``weights.toml`` gives one, converts to safetensors atomically
+    and verifies the result loads.
+    ``heads`` overrides the attention heads given to ``convert`` (for architectures without a
+    preset). Offline, only the HF cache is looked at; nothing touches the network.
+    """
+    target = converted_path(entry)
+    if entry.is_packaged:
+        if not target.is_file():
+            raise FetchError(
+                f"{entry.name} ships with parcli but {target} is missing; reinstall parcli"
+            )
+        return target
+    if target.is_file():
+        return target
+    offline = offline_requested(offline)
+    with _locked(_lock_path(entry), on_status, entry.name):
+        if target.is_file():  # another process finished it while we waited
+            return target
+        source = cached_download(entry) if offline else _download(entry, on_bytes)
+        if source is None:
+            raise FetchError(offline_message(entry))
+        sha256 = None
+        if entry.sha256 is not None:
+            from parcli.weights import file_sha256
+
+            if on_status is not None:
+                on_status(f"checking the sha256 of {entry.filename}")
+            sha256 = file_sha256(source)
+            if sha256 != entry.sha256:
+                _discard_download(source)
+                raise FetchError(
+                    f"{entry.name}: sha256 of the downloaded {entry.file} is {sha256}, but "
+                    f"weights.toml expects {entry.sha256}; the download was discarded"
+                )
+        # convert() hashes the source too and records it as the file's `source_sha256`.
+        sha256 = _convert(entry, source, sha256, heads, on_status)
+        _write_record(entry, source, sha256)
+        return target
+
+
+def remove(entry: Entry, *, download: bool = False) -> int:
+    """Delete the converted file of ``entry`` (and with ``download`` the HF-cache original).
+
+    Returns the number of bytes freed (0 when there was nothing to delete).
+    """
+    if entry.is_packaged:
+        raise FetchError(f"{entry.name} ships with parcli; there is nothing to remove")
+    freed = 0
+    with _locked(_lock_path(entry), None, entry.name):
+        for path in (converted_path(entry), record_path(entry)):
+            with contextlib.suppress(FileNotFoundError):
+                size = path.stat().st_size
+                path.unlink()
+                freed += size
+        if download:
+            source = cached_download(entry)
+            if source is not None:
+                freed += source.stat().st_size
+                _discard_download(source)
+    return freed
