@@ -205,6 +205,17 @@ class Transformer(nn.Module):
         if zero_output:
             nn.init.zeros_(self.output.weight)
 
+    def store_weights_column_major(self) -> None:
+        """Keep each projection's weight as a transposed view of an (in, out) matrix.
+
+        Same values and shapes; on CPU, MKL multiplies the few-row inputs of parallel passes
+        (2n rows with guidance) up to twice as fast in this layout.
+        """
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                weight = module.weight.detach()
+                module.weight = nn.Parameter(weight.t().contiguous().t(), requires_grad=False)
+
     def embed_slots(
         self,
         plan: Plan,

@@ -62,6 +62,8 @@ class Pipeline:
             )
         self.plan = Plan(cfg.grid, cfg.regions)
         self._steps: dict[int, Steps] = {}
+        if self.device.type == "cpu" and cfg.regions > 1:
+            self.model.store_weights_column_major()
 
     @property
     def device(self) -> torch.device:

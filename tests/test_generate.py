@@ -83,3 +83,15 @@ def test_static_shape_steps_give_the_same_tokens_as_eager(make_model, n):
         model, plan, labels, sampling, torch.Generator().manual_seed(3), steps=steps
     )
     assert torch.equal(static, again)  # a reused cache holds nothing a new generation can see
+
+
+def test_column_major_weights_give_the_same_tokens(make_model):
+    model = make_model(regions=4)
+    plan = Plan((8, 8), 4)
+    labels = torch.tensor([5, 6])
+    sampling = SamplingConfig(cfg_scale=2.0)
+    before = generate_tokens(model, plan, labels, sampling, torch.Generator().manual_seed(1))
+    model.store_weights_column_major()
+    assert not model.layers[0].attention.wqkv.weight.is_contiguous()
+    after = generate_tokens(model, plan, labels, sampling, torch.Generator().manual_seed(1))
+    assert torch.equal(before, after)
