@@ -187,7 +187,8 @@ def seconds_text(value: float) -> str:
 
 def print_table(title, rows, device, dtype, sampling, rate, pipe: Pipeline) -> None:
     table = Table(title=title, caption=_caption(device, dtype, sampling, rate, pipe))
-    headers = ["n", "batch", "passes", "gen s/img", "decode s/img", "total s/img", "img/s"]
+    headers = ["n", "batch", "passes", "gen s/img", "min–max", "decode s/img", "total s/img"]
+    headers += ["img/s"]
     headers += ["vs n=1", "peak mem"] + (["floor"] if rate else [])
     for header in headers:
         table.add_column(header, justify="right")
@@ -197,6 +198,7 @@ def print_table(title, rows, device, dtype, sampling, rate, pipe: Pipeline) -> N
             str(row.batch),
             str(row.passes),
             seconds_text(row.gen_s_per_image) + (" ⚠" if row.noisy else ""),
+            f"{seconds_text(row.gen_s_per_image_min)}–{seconds_text(row.gen_s_per_image_max)}",
             seconds_text(row.decode_s_per_image),
             seconds_text(row.total_s_per_image),
             f"{row.images_per_s:.3g}",
@@ -209,7 +211,7 @@ def print_table(title, rows, device, dtype, sampling, rate, pipe: Pipeline) -> N
     console.print(table)
     if any(row.noisy for row in rows):
         err_console.print(
-            "⚠ timed repeats of these rows spread widely (min–max in --json): the machine is "
+            "⚠ timed repeats of these rows spread widely (see min–max): the machine is "
             "noisy; add --repeats or rerun on a quiet machine",
             style="yellow",
         )
