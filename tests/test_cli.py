@@ -272,3 +272,13 @@ def small_random_pipelines(arch, regions, grid, device, dtype, seed=0):
 
     vq = VQModel(TINY_VQ)
     return {n: Pipeline(tiny_model(regions=n, grid=grid), vq, "tiny") for n in regions}
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_half_precision_on_cpu(files, tmp_path, dtype):
+    tokens = tmp_path / "t.npy"
+    result = generate(
+        files, "-c", 1, "--dtype", dtype, "-o", tmp_path / "x.png", "--save-tokens", tokens
+    )
+    assert result.exit_code == 0, result.output
+    assert np.load(tokens).shape == (1, 8, 8)
