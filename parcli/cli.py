@@ -6,7 +6,9 @@ import typer
 
 from parcli.commands.bench import bench
 from parcli.commands.convert import convert_weights
+from parcli.commands.eval import eval_digits
 from parcli.commands.generate import generate
+from parcli.commands.train import app as train_app
 from parcli.commands.weights import app as weights_app
 
 app = typer.Typer(
@@ -20,6 +22,8 @@ app = typer.Typer(
 app.command()(generate)
 app.command("convert-weights")(convert_weights)
 app.command()(bench)
+app.command("eval")(eval_digits)
+app.add_typer(train_app, name="train", help="Train a VQ tokenizer or a PAR transformer.")
 app.add_typer(weights_app, name="weights", help="List, fetch, locate and remove checkpoints.")
 
 

@@ -71,6 +71,9 @@ def generate(
         Path | None,
         typer.Option("--save-tokens", help="Also write token ids (images, rows, cols) to a .npy."),
     ] = None,
+    scale: Annotated[
+        int, typer.Option(min=1, max=16, help="Enlarge the written pixels N times (nearest).")
+    ] = 1,
     offline: Annotated[bool, typer.Option(help="Never touch the network.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
 ) -> None:
@@ -131,6 +134,8 @@ def generate(
 
         if save_tokens_to is not None:
             save_tokens(save_tokens_to, tokens.cpu().numpy())
+        if scale > 1:
+            pixels = pixels.repeat(scale, axis=-3).repeat(scale, axis=-2)
         names = [f"class{label}_s{i % num_samples}" for i, label in enumerate(labels)]
         if pipe.is_video and directory:
             Path(output).mkdir(exist_ok=True)

@@ -1,0 +1,17 @@
+# The two commands of the README. Each installs what it needs first.
+PYTHON ?= python3
+
+.PHONY: install demo test lint
+
+install:
+	$(PYTHON) -m pip install -q -e '.[dev,train]'
+
+demo: install
+	par generate --model digits --class 7 --regions 16 -n 8 --scale 4 -o seven.png
+
+test: install
+	$(PYTHON) -m pytest -q
+
+lint: install
+	ruff check parcli tests
+	ruff format --check parcli tests
