@@ -256,7 +256,7 @@ def test_par_eval_prints_a_table_and_json(tmp_path, monkeypatch):
             2.0,
         )
 
-    monkeypatch.setattr("parcli.commands.eval.locate_model", locate)
+    monkeypatch.setattr("parcli.commands.models.locate_model", locate)
     out = tmp_path / "eval.json"
     args = ["--regions", "1,4", "--samples-per-class", "1", "--device", "cpu", "-q"]
     result = runner.invoke(eval_app(), [*args, "--json", str(out)])

@@ -13,10 +13,10 @@ from rich.table import Table
 
 from parcli.bench import copy_rate, machine_info, random_pipelines, run_bench, weight_bytes
 from parcli.commands.common import console, err_console, user_errors
-from parcli.commands.models import locate_model
-from parcli.config import GPT_PRESETS, SUPPORTED_REGIONS
+from parcli.commands.models import load_pipelines, parse_region_list
+from parcli.config import GPT_PRESETS
 from parcli.media import atomic_path, check_writable
-from parcli.pipeline import Pipeline, PipelineError, load_pipeline, resolve_device, resolve_dtype
+from parcli.pipeline import Pipeline, PipelineError, resolve_device, resolve_dtype
 from parcli.sampling import SamplingConfig
 
 VQ_DOWNSAMPLE = 16
@@ -95,10 +95,8 @@ def bench(
 ) -> None:
     """Time generation at 1, 4 and 16 regions on the real `par generate` path."""
     with user_errors():
-        region_list = parse_ints(regions, "--regions")
+        region_list = parse_region_list(regions)
         batches = parse_ints(batch_size, "--batch-size")
-        if bad := [n for n in region_list if n not in SUPPORTED_REGIONS]:
-            raise PipelineError(f"--regions must be among {SUPPORTED_REGIONS}, not {bad}")
         if warmup < 0 or repeats < 1:
             raise PipelineError("--warmup must be >= 0 and --repeats >= 1")
         if json_path is not None:
@@ -122,19 +120,16 @@ def bench(
                 )
             title = f"{arch} · random weights: speed only · grid {sides[0]}x{sides[1]}"
         else:
-            pipelines = {}
-            for n in region_list:
-                files = locate_model(model, n, checkpoint, tokenizer, offline, console)
-                pipe = load_pipeline(
-                    files.checkpoint,
-                    files.tokenizer,
-                    torch_device,
-                    torch_dtype,
-                    files.name,
-                    files.cfg_scale,
-                )
-                pipe.check_regions(n)
-                pipelines[n] = pipe
+            pipelines = load_pipelines(
+                model,
+                region_list,
+                checkpoint,
+                tokenizer,
+                torch_device,
+                torch_dtype,
+                offline,
+                console,
+            )
             title = " / ".join(p.name for p in pipelines.values())
         for pipe in pipelines.values():
             pipe.compile_model = use_compile

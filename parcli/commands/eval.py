@@ -20,12 +20,10 @@ import torch
 import typer
 from rich.table import Table
 
-from parcli.commands.bench import parse_ints
 from parcli.commands.common import console, err_console, fail, pass_progress, user_errors
-from parcli.commands.models import locate_model
-from parcli.config import SUPPORTED_REGIONS
+from parcli.commands.models import load_pipelines, parse_region_list
 from parcli.media import atomic_path, check_writable
-from parcli.pipeline import PipelineError, load_pipeline, resolve_device, resolve_dtype
+from parcli.pipeline import PipelineError, resolve_device, resolve_dtype
 
 
 def _command() -> str:
@@ -147,9 +145,7 @@ def _evaluate(
         report,
     )
 
-    region_list = sorted(set(parse_ints(regions, "--regions")))
-    if bad := [n for n in region_list if n not in SUPPORTED_REGIONS]:
-        raise PipelineError(f"--regions must be among {SUPPORTED_REGIONS}, not {bad}")
+    region_list = parse_region_list(regions)
     if samples_per_class < 1 or batch_size < 1:
         raise PipelineError("--samples-per-class and --batch-size must be at least 1")
     if cfg_scale is not None and cfg_scale < 0:
@@ -160,19 +156,9 @@ def _evaluate(
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
 
-    pipelines = {}
-    for n in region_list:
-        files = locate_model(model, n, None, None, offline, console, quiet)
-        pipe = load_pipeline(
-            files.checkpoint,
-            files.tokenizer,
-            torch_device,
-            torch_dtype,
-            files.name,
-            files.cfg_scale,
-        )
-        pipe.check_regions(n)
-        pipelines[n] = pipe
+    pipelines = load_pipelines(
+        model, region_list, None, None, torch_device, torch_dtype, offline, console, quiet
+    )
 
     train_images, _, held_images, held_labels = reference_images()
     reference = features(net, train_images)

@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from rich.console import Console
 
 from parcli.commands.weights import ensure_model_files
-from parcli.pipeline import PipelineError
+from parcli.config import SUPPORTED_REGIONS
+from parcli.pipeline import Pipeline, PipelineError, load_pipeline
 from parcli.registry import Entry, load_catalogue
 
 
@@ -49,3 +51,39 @@ def locate_model(
     wanted = [entry] if tokenizer is not None else [entry, catalogue.tokenizer_for(entry)]
     paths = entry_files(wanted, offline, console, quiet)
     return ModelFiles(entry.name, paths[0], tokenizer or paths[1], entry.cfg_scale)
+
+
+def parse_region_list(text: str) -> list[int]:
+    """`--regions 1,4,16` -> [1, 4, 16], refusing counts PAR has no checkpoints for."""
+    try:
+        values = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise PipelineError(
+            f"--regions takes comma-separated counts, e.g. 1,4,16; got {text!r}"
+        ) from None
+    if not values or any(n not in SUPPORTED_REGIONS for n in values):
+        raise PipelineError(f"--regions must be among {SUPPORTED_REGIONS}, got {text!r}")
+    return values
+
+
+def load_pipelines(
+    model: str | None,
+    regions: list[int],
+    checkpoint: Path | None,
+    tokenizer: Path | None,
+    device: torch.device,
+    dtype: torch.dtype,
+    offline: bool,
+    console: Console,
+    quiet: bool = False,
+) -> dict[int, Pipeline]:
+    """One loaded pipeline per region count, each checked to be trained for it."""
+    pipelines = {}
+    for n in regions:
+        files = locate_model(model, n, checkpoint, tokenizer, offline, console, quiet)
+        pipe = load_pipeline(
+            files.checkpoint, files.tokenizer, device, dtype, files.name, files.cfg_scale
+        )
+        pipe.check_regions(n)
+        pipelines[n] = pipe
+    return pipelines
