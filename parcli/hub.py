@@ -2,19 +2,25 @@
 
 A catalogue entry is fetched in three steps, under an inter-process lock on ``NAME.lock``:
 
-1. ``huggingface_hub.hf_hub_download`` puts the published file into the user's Hugging Face cache
-   (shared with every other HF tool; tokens for gated repositories, ``HF_ENDPOINT`` mirrors and
-   retries come with it). A connection that drops mid-file is resumed by huggingface_hub itself
-   with a ``Range`` request from the last whole chunk received. A run that is stopped (Ctrl-C)
-   starts over next time: recent huggingface_hub versions write each download to a temporary
-   file unique to the process and delete it on failure (huggingface/huggingface_hub#4196).
-   Either way nothing partial is ever taken for the complete file.
+1. The published file is found or downloaded. A copy already in the user's Hugging Face cache
+   (``try_to_load_from_cache``) is used as it is, and so is a complete earlier download in
+   ``<cache>/downloads/``. Otherwise huggingface_hub's public helpers download it into
+   ``<cache>/downloads/<org>--<repo>/<revision>/<file>.part``: ``get_hf_file_metadata`` (tokens
+   for gated repositories, ``HF_ENDPOINT`` mirrors, redirects to the storage host) gives its size
+   and etag, and ``file_download.http_get`` appends to the part file from its current size with a
+   ``Range`` request (it also resumes a connection that drops within the run). The etag and size
+   are kept beside it in ``<file>.part.json``, so a run that was stopped (Ctrl-C, crash, network
+   gone) resumes where it stopped, unless the remote file changed: then the part is discarded.
+   ``hf_hub_download`` itself cannot resume across runs, as it downloads into a temporary file
+   unique to the process and deletes it on failure. Once complete, the part file is renamed to
+   ``<file>`` in the same folder; nothing partial is ever taken for the complete file.
 2. The sha256 of the downloaded file is computed; where ``weights.toml`` gives one, a mismatch
    deletes the downloaded blob and fails.
 3. ``parcli.weights.convert`` writes the safetensors file into a temporary name in our cache;
    it must load with ``read_checkpoint`` and agree with the entry before it is renamed to
    ``<cache>/weights/NAME.safetensors``. A ``NAME.json`` sidecar records where it came from and
-   the sha256 of what was downloaded (also in the file's ``source_sha256`` metadata).
+   the sha256 of what was downloaded (also in the file's ``source_sha256`` metadata). The raw
+   download is kept (``par weights remove NAME --download`` deletes it).
 
 A converted file exists under its final name only when complete, so "present" means "the file
 exists". Packaged entries (``path = "assets/..."``) are never downloaded and always present.
@@ -86,6 +92,22 @@ def record_path(entry: Entry) -> Path:
 
 def _lock_path(entry: Entry) -> Path:
     return _weights_dir() / f"{entry.name}.lock"
+
+
+def raw_download_path(entry: Entry) -> Path:
+    """Where the published file of ``entry`` is downloaded to in our cache (when complete)."""
+    repo = str(entry.repo).replace("/", "--")
+    return cache_dir() / "downloads" / repo / REVISION / str(entry.file)
+
+
+def _part_path(entry: Entry) -> Path:
+    final = raw_download_path(entry)
+    return final.with_name(final.name + ".part")
+
+
+def _part_info_path(entry: Entry) -> Path:
+    final = raw_download_path(entry)
+    return final.with_name(final.name + ".part.json")
 
 
 def is_present(entry: Entry) -> bool:
@@ -246,10 +268,14 @@ def _short(exc: BaseException) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-def _download_error(entry: Entry, exc: BaseException) -> FetchError:
-    """One line saying why huggingface_hub could not download ``entry``."""
+def _download_error(entry: Entry, exc: BaseException, resumable: bool = False) -> FetchError:
+    """One line saying why huggingface_hub could not download ``entry``.
+
+    ``resumable``: part of the file is kept, so a later fetch carries on from there.
+    """
     url = download_url(entry)
     host = urlsplit(url).netloc or url
+    again = f"run `par weights fetch {entry.name}` again to resume" if resumable else ""
     for err in _chain(exc):
         response = getattr(err, "response", None)
         status = getattr(response, "status_code", None)
@@ -270,7 +296,7 @@ def _download_error(entry: Entry, exc: BaseException) -> FetchError:
             if status >= 500:
                 return FetchError(
                     f"{entry.name}: server error (HTTP {status}) from {host} while fetching "
-                    f"{entry.file}; try again later"
+                    f"{entry.file}; try again later" + (f" ({again})" if again else "")
                 )
             return FetchError(f"{entry.name}: HTTP {status} from {url}")
     for err in _chain(exc):
@@ -280,12 +306,12 @@ def _download_error(entry: Entry, exc: BaseException) -> FetchError:
         ):
             return FetchError(
                 f"{entry.name}: cannot connect to {host} ({_short(err)}); check the network, "
-                "or set HF_ENDPOINT to a mirror"
+                "or set HF_ENDPOINT to a mirror" + (f", then {again}" if again else "")
             )
         if "Timeout" in name or isinstance(err, TimeoutError):
             return FetchError(
                 f"{entry.name}: {host} did not answer in time while fetching {entry.file}; "
-                "try again later"
+                "try again later" + (f" ({again})" if again else "")
             )
         if isinstance(err, OSError) and err.errno == 28:
             return FetchError(
@@ -297,7 +323,7 @@ def _download_error(entry: Entry, exc: BaseException) -> FetchError:
         ):
             return FetchError(
                 f"{entry.name}: the download of {entry.file} was interrupted ({_short(err)}); "
-                f"run `par weights fetch {entry.name}` again"
+                f"run `par weights fetch {entry.name}` again" + (" to resume" if again else "")
             )
     return FetchError(f"{entry.name}: cannot download {entry.file} from {host}: {_short(exc)}")
 
@@ -312,25 +338,75 @@ def cached_download(entry: Entry) -> Path | None:
     return Path(found) if isinstance(found, str) and os.path.isfile(found) else None
 
 
-def _download(entry: Entry, on_bytes: BytesCallback | None) -> Path:
-    from huggingface_hub import hf_hub_download
+def local_download(entry: Entry) -> Path | None:
+    """The complete published file, in the HF cache or our downloads folder (no network)."""
+    found = cached_download(entry)
+    if found is not None:
+        return found
+    ours = raw_download_path(entry)
+    return ours if ours.is_file() else None
 
+
+def _read_json(path: Path) -> dict[str, Any] | None:
     try:
-        path = hf_hub_download(
-            str(entry.repo),
-            str(entry.file),
-            revision=REVISION,
-            cache_dir=_hf_cache_dir(),
-            endpoint=_endpoint(),
-            tqdm_class=_bar_class(on_bytes),
-        )
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _download(entry: Entry, on_bytes: BytesCallback | None) -> Path:
+    """Download ``entry`` into our downloads folder, resuming a part file left by an earlier run."""
+    from huggingface_hub import get_hf_file_metadata
+    from huggingface_hub.file_download import http_get
+    from huggingface_hub.utils import build_hf_headers
+
+    url = download_url(entry)
+    try:
+        remote = get_hf_file_metadata(url, endpoint=_endpoint(), retry_on_errors=True)
     except Exception as exc:
         raise _download_error(entry, exc) from None
-    return Path(path)
+    final, part, info = raw_download_path(entry), _part_path(entry), _part_info_path(entry)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    expected = {"url": url, "etag": remote.etag, "size": remote.size, "commit": remote.commit_hash}
+    stored = _read_json(info) or {}
+    have = part.stat().st_size if part.is_file() else 0
+    same = stored.get("etag") == remote.etag and stored.get("size") == remote.size
+    if not same or remote.etag is None or remote.size is None or have > remote.size:
+        # Another version of the file, or no way to tell: start over.
+        with contextlib.suppress(FileNotFoundError):
+            part.unlink()
+        have = 0
+        from parcli.media import atomic_path
+
+        with atomic_path(info) as tmp:
+            tmp.write_text(json.dumps(expected, indent=2) + "\n", encoding="utf-8")
+    headers = build_hf_headers()
+    headers["Accept-Encoding"] = "identity"  # byte offsets must be those of the file itself
+    try:
+        with open(part, "ab") as handle:
+            http_get(
+                remote.location,
+                handle,
+                resume_size=have,
+                headers=headers,
+                expected_size=remote.size,
+                displayed_filename=entry.filename,
+                tqdm_class=_bar_class(on_bytes),  # type: ignore[arg-type]
+            )
+            handle.flush()
+            os.fsync(handle.fileno())
+    except Exception as exc:
+        kept = part.is_file() and part.stat().st_size > 0
+        raise _download_error(entry, exc, resumable=kept) from None
+    os.replace(part, final)
+    with contextlib.suppress(FileNotFoundError):
+        info.unlink()
+    return final
 
 
 def _discard_download(path: Path) -> None:
-    """Delete a downloaded file from the HF cache: the blob and the snapshot link to it."""
+    """Delete a downloaded file: in the HF cache the blob and the snapshot link to it."""
     blob = Path(os.path.realpath(path))
     for item in (path, blob):
         with contextlib.suppress(FileNotFoundError):
@@ -433,11 +509,11 @@ def fetch(
 ) -> Path:
     """Make ``entry`` available locally and return the path of its converted file.
 
-    Downloads what is missing through huggingface_hub (a dropped connection resumes within the
-    run), checks the sha256 where ``weights.toml`` gives one, converts to safetensors atomically
-    and verifies the result loads.
-    ``heads`` overrides the attention heads given to ``convert`` (for architectures without a
-    preset). Offline, only the HF cache is looked at; nothing touches the network.
+    Uses the file from the HF cache or our downloads folder, else downloads it with
+    huggingface_hub's helpers (resuming what an earlier, interrupted run left), checks the sha256
+    where ``weights.toml`` gives one, converts to safetensors atomically and verifies the result
+    loads. ``heads`` overrides the attention heads given to ``convert`` (for architectures without
+    a preset). Offline, only local copies are looked at; nothing touches the network.
     """
     target = converted_path(entry)
     if entry.is_packaged:
@@ -452,7 +528,9 @@ def fetch(
     with _locked(_lock_path(entry), on_status, entry.name):
         if target.is_file():  # another process finished it while we waited
             return target
-        source = cached_download(entry) if offline else _download(entry, on_bytes)
+        source = local_download(entry)
+        if source is None and not offline:
+            source = _download(entry, on_bytes)
         if source is None:
             raise FetchError(offline_message(entry))
         sha256 = None
@@ -475,7 +553,9 @@ def fetch(
 
 
 def remove(entry: Entry, *, download: bool = False) -> int:
-    """Delete the converted file of ``entry`` (and with ``download`` the HF-cache original).
+    """Delete the converted file of ``entry`` (with ``download`` also the downloaded original).
+
+    ``download`` deletes our raw download (complete or part file) and the HF-cache copy.
 
     Returns the number of bytes freed (0 when there was nothing to delete).
     """
@@ -489,6 +569,11 @@ def remove(entry: Entry, *, download: bool = False) -> int:
                 path.unlink()
                 freed += size
         if download:
+            for path in (raw_download_path(entry), _part_path(entry), _part_info_path(entry)):
+                with contextlib.suppress(FileNotFoundError):
+                    size = path.stat().st_size
+                    path.unlink()
+                    freed += size
             source = cached_download(entry)
             if source is not None:
                 freed += source.stat().st_size

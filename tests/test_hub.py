@@ -297,6 +297,24 @@ def _hf_blobs(tmp_path: Path) -> list[Path]:
     return sorted(p for p in (tmp_path / "hf" / "hub").rglob("blobs/*") if p.is_file())
 
 
+def _downloads(tmp_path: Path) -> list[str]:
+    """Files in our downloads folder, relative to the folder of this revision."""
+    folder = tmp_path / "parcli" / "downloads" / REPO.replace("/", "--") / "main"
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def _part(tmp_path: Path, name: str = GPT_FILE) -> Path:
+    return tmp_path / "parcli" / "downloads" / REPO.replace("/", "--") / "main" / f"{name}.part"
+
+
+def _hf_download(fake_hub: FakeHub, name: str) -> Path:
+    """Put ``name`` into the HF cache the way other HF tools do."""
+    path = huggingface_hub.hf_hub_download(
+        REPO, name, endpoint=fake_hub.hub_url, cache_dir=hub._hf_cache_dir()
+    )
+    return Path(path)
+
+
 def _weights_files(tmp_path: Path) -> list[str]:
     folder = tmp_path / "parcli" / "weights"
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
@@ -387,10 +405,11 @@ def test_fetch_convert_and_generate(cat, env, fake_hub, published):
     assert meta["source_sha256"] == _sha(published[GPT_FILE])
     assert meta["catalogue_name"] == "tiny-4x"
     assert model.cfg.regions == 4 and model.cfg.grid == (8, 8) and model.cfg.n_head == 4
-    # The downloaded original sits in the HF cache, named by its etag like the Hub's.
-    assert [p.name for p in _hf_blobs(env)] == sorted(
-        [_sha(published[GPT_FILE]), _sha(published[VQ_FILE])]
-    )
+    # The downloaded originals are kept in our downloads folder, complete, under their own names.
+    assert _downloads(env) == sorted([GPT_FILE, VQ_FILE])
+    assert hub.raw_download_path(model_entry).read_bytes() == published[GPT_FILE]
+    assert record["downloaded_to"] == str(hub.raw_download_path(model_entry))
+    assert _hf_blobs(env) == []
 
     # End to end: tokens of the converted model equal those of the model that was published.
     vq, _ = load_vq(vq_path)
@@ -445,16 +464,77 @@ def test_download_cut_off_midway_is_resumed(cat, env, fake_hub, published):
     assert reports[-1] == size and max(reports) == size
     assert hub.read_record(cat.get("tiny-4x"))["sha256"] == _sha(published[GPT_FILE])
     assert load_transformer(path)[1]["source_sha256"] == _sha(published[GPT_FILE])
+    assert _downloads(env) == [GPT_FILE]  # no part file, no sidecar left
 
 
-def test_failed_download_leaves_nothing_behind(cat, env, fake_hub):
+def _check_converted(entry, path: Path, data: bytes) -> None:
+    assert hub.read_record(entry)["sha256"] == _sha(data)
+    assert load_transformer(path)[1]["source_sha256"] == _sha(data)
+    assert hub.raw_download_path(entry).read_bytes() == data
+
+
+def test_failed_download_is_resumed_by_the_next_run(cat, env, fake_hub, published):
+    entry = cat.get("tiny-4x")
     fake_hub.mode = "cut-then-500"
-    with pytest.raises(hub.FetchError, match=r"server error \(HTTP 500\).*try again later"):
-        hub.fetch(cat.get("tiny-4x"), heads=4)
-    assert not hub.is_present(cat.get("tiny-4x"))
-    assert _hf_blobs(env) == []  # no partial file under any name
+    with pytest.raises(hub.FetchError) as info:
+        hub.fetch(entry, heads=4)
+    message = str(info.value)
+    assert re.search(r"server error \(HTTP 500\).*try again later", message)
+    assert "run `par weights fetch tiny-4x` again to resume" in message and "\n" not in message
+    assert not hub.is_present(entry)
+    assert _hf_blobs(env) == []
+    assert _downloads(env) == [f"{GPT_FILE}.part", f"{GPT_FILE}.part.json"]
+    kept = _part(env).stat().st_size
+    assert 0 < kept < len(published[GPT_FILE])
+    assert _part(env).read_bytes() == published[GPT_FILE][:kept]
+
     fake_hub.mode = "ok"
-    assert hub.fetch(cat.get("tiny-4x"), heads=4).is_file()
+    reports: list[tuple[int, int | None]] = []
+    path = hub.fetch(entry, heads=4, on_bytes=lambda d, t: reports.append((d, t)))
+    size = len(published[GPT_FILE])
+    assert fake_hub.gets("/blobs/")[-1][3] == f"bytes={kept}-"
+    assert reports[0] == (kept, size) and reports[-1] == (size, size)  # the bar starts at the part
+    _check_converted(entry, path, published[GPT_FILE])
+    assert _downloads(env) == [GPT_FILE]
+
+
+def _interrupt_after(limit: int):
+    def on_bytes(done: int, total: int | None) -> None:
+        if done >= limit:
+            raise KeyboardInterrupt
+
+    return on_bytes
+
+
+def test_interrupted_fetch_resumes_across_runs(cat, env, fake_hub, published):
+    """Ctrl-C midway keeps the part file; the next run asks only for the rest."""
+    entry = cat.get("tiny-4x")
+    size = len(published[GPT_FILE])
+    with pytest.raises(KeyboardInterrupt):
+        hub.fetch(entry, heads=4, on_bytes=_interrupt_after(3 * CHUNK))
+    kept = _part(env).stat().st_size
+    assert 0 < kept < size and not hub.is_present(entry)
+    assert json.loads(_part(env).with_suffix(".part.json").read_text())["size"] == size
+
+    path = hub.fetch(entry, heads=4)
+    assert [r[3] for r in fake_hub.gets("/blobs/")] == [None, f"bytes={kept}-"]
+    _check_converted(entry, path, published[GPT_FILE])
+    assert _downloads(env) == [GPT_FILE]
+
+
+def test_changed_remote_file_restarts_the_download(cat, env, fake_hub, published):
+    entry = cat.get("tiny-4x")
+    with pytest.raises(KeyboardInterrupt):
+        hub.fetch(entry, heads=4, on_bytes=_interrupt_after(2 * CHUNK))
+    assert _part(env).stat().st_size > 0
+    # A new version is published under the same name: another etag (and size).
+    changed = _pickle(tiny_model(regions=4, seed=11).state_dict())
+    fake_hub.files[GPT_FILE] = changed
+    fake_hub.blobs[_sha(changed)] = changed
+
+    path = hub.fetch(entry, heads=4)
+    assert fake_hub.gets("/blobs/")[-1][3] is None  # from byte 0, not from the stale part
+    _check_converted(entry, path, changed)
 
 
 def test_not_found(cat, env, fake_hub):
@@ -496,7 +576,7 @@ def test_sha256_mismatch_discards_the_download(env, fake_hub, published):
     message = str(info.value)
     assert "sha256" in message and _sha(published[GPT_FILE]) in message and "ab" * 32 in message
     assert "discarded" in message
-    assert _hf_blobs(env) == []
+    assert _hf_blobs(env) == [] and _downloads(env) == []
     assert not hub.is_present(entry)
     assert hub.read_record(entry) is None
 
@@ -524,7 +604,7 @@ def test_offline_never_touches_the_network(cat, env, fake_hub, monkeypatch, swit
     assert fake_hub.requests == []
 
 
-def test_offline_converts_what_the_hf_cache_already_holds(cat, env, fake_hub):
+def test_offline_converts_a_complete_download(cat, env, fake_hub):
     entry = cat.get("tiny-4x")
     hub.fetch(entry, heads=4)
     assert hub.remove(entry) > 0
@@ -532,6 +612,27 @@ def test_offline_converts_what_the_hf_cache_already_holds(cat, env, fake_hub):
     requests = len(fake_hub.requests)
     assert hub.fetch(entry, offline=True, heads=4).is_file()
     assert len(fake_hub.requests) == requests
+
+
+def test_offline_ignores_a_part_file(cat, env, fake_hub):
+    entry = cat.get("tiny-4x")
+    with pytest.raises(KeyboardInterrupt):
+        hub.fetch(entry, heads=4, on_bytes=_interrupt_after(CHUNK))
+    requests = len(fake_hub.requests)
+    with pytest.raises(hub.FetchError, match="tiny-4x is not downloaded"):
+        hub.fetch(entry, offline=True, heads=4)
+    assert len(fake_hub.requests) == requests and _part(env).is_file()
+
+
+def test_a_copy_in_the_hf_cache_is_used(cat, env, fake_hub, published):
+    entry = cat.get("tiny-4x")
+    _hf_download(fake_hub, GPT_FILE)  # as another HF tool would have
+    gets = len(fake_hub.gets("/blobs/"))
+    requests = len(fake_hub.requests)
+    path = hub.fetch(entry, heads=4)
+    assert len(fake_hub.requests) == requests and len(fake_hub.gets("/blobs/")) == gets
+    assert _downloads(env) == []
+    assert load_transformer(path)[1]["source_sha256"] == _sha(published[GPT_FILE])
 
 
 def test_concurrent_fetches_download_once(cat, env, fake_hub):
@@ -579,10 +680,18 @@ def test_remove(cat, env, fake_hub):
     hub.fetch(entry)
     assert hub.remove(entry) > 0
     assert not hub.is_present(entry)
-    assert len(_hf_blobs(env)) == 1
+    assert _downloads(env) == [VQ_FILE]
     hub.fetch(entry)
     assert hub.remove(entry, download=True) > 0
-    assert _hf_blobs(env) == []
+    assert _downloads(env) == []
+    # A part file left by an interrupted run goes too, and so does an HF-cache copy.
+    with pytest.raises(KeyboardInterrupt):
+        hub.fetch(entry, on_bytes=_interrupt_after(CHUNK))
+    assert _part(env, VQ_FILE).is_file()
+    _hf_download(fake_hub, VQ_FILE)
+    assert len(_hf_blobs(env)) == 1
+    assert hub.remove(entry, download=True) > 0
+    assert _downloads(env) == [] and _hf_blobs(env) == []
     with pytest.raises(hub.FetchError, match="ships with parcli"):
         hub.remove(cat.get("digits-vq"))
 

@@ -93,7 +93,7 @@ def ensure_model_files(
     offline = hub.offline_requested(offline)
     missing = hub.missing_files(entries)
     if missing and offline:
-        # A download already in the HF cache can still be converted without the network.
+        # A complete download (HF cache or ours) can still be converted without the network.
         for entry in missing:
             hub.fetch(entry, offline=True)
         missing = []
@@ -212,7 +212,7 @@ def fetch(
                 console.print(f"{entry.name}: present ({_where(entry)})", highlight=False)
                 continue
             if offline:
-                if hub.cached_download(entry) is None:
+                if hub.local_download(entry) is None:
                     raise hub.FetchError(
                         f"{entry.name} is not downloaded and offline mode is on "
                         "(PARCLI_OFFLINE or HF_HUB_OFFLINE); unset it to download"
@@ -252,7 +252,10 @@ def remove(
     regions: RegionsOption = None,
     download: Annotated[
         bool,
-        typer.Option("--download", help="Also delete the original from the Hugging Face cache."),
+        typer.Option(
+            "--download",
+            help="Also delete the downloaded original (and its copy in the Hugging Face cache).",
+        ),
     ] = False,
     catalogue_path: CatalogueOption = None,
 ) -> None:
