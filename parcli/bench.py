@@ -95,7 +95,12 @@ def copy_rate(device: torch.device, size_bytes: int = 1 << 30, repeats: int = 5)
 
 
 def weight_bytes(pipe: Pipeline) -> int:
-    return sum(p.numel() * p.element_size() for p in pipe.model.parameters())
+    """Bytes of weights one forward pass reads (pre-packed CPU projections included)."""
+    from parcli.model import PackedLinear
+
+    packed = [m.packed for m in pipe.model.modules() if isinstance(m, PackedLinear)]
+    tensors = [*pipe.model.parameters(), *packed]
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def machine_info(device: torch.device) -> dict:

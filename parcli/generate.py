@@ -29,7 +29,7 @@ class EagerSteps:
 
     def __init__(self, model: Transformer, plan: Plan, rows: int):
         cfg = model.cfg
-        device, dtype = model.output.weight.device, model.output.weight.dtype
+        device, dtype = model.device, model.dtype
         self.model, self.rows = model, rows
         self.cache = KVCache(cfg, rows, plan.num_slots, device, dtype)
         self.rope = rotary_table(plan, cfg.head_dim, cfg.rope_base).to(device)
@@ -54,7 +54,7 @@ class StaticSteps:
         compile_model: bool = False,
     ):
         cfg = model.cfg
-        device, dtype = model.output.weight.device, model.output.weight.dtype
+        device, dtype = model.device, model.dtype
         self.model, self.rows = model, rows
         self.cache = KVCache(cfg, rows, plan.num_slots, device, dtype)
         self.rope = rotary_table(plan, cfg.head_dim, cfg.rope_base).to(device)

@@ -65,6 +65,18 @@ def apply_rotary(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
     return rotated.flatten(3).type_as(x)
 
 
+class PackedLinear(nn.Module):
+    """A bias-free projection with its weight in oneDNN's blocked layout (CPU inference only)."""
+
+    def __init__(self, weight: torch.Tensor, rows: int):
+        super().__init__()
+        self.weight_shape = tuple(weight.shape)
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), rows)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -195,6 +207,14 @@ class Transformer(nn.Module):
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
 
+    @property
+    def device(self) -> torch.device:
+        return self.tok_embeddings.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.tok_embeddings.weight.dtype
+
     def init_weights(self, std: float = 0.02, zero_output: bool = True) -> None:
         """LlamaGen's initialisation; `zero_output=False` gives a random model worth sampling."""
         for module in self.modules():
@@ -205,16 +225,24 @@ class Transformer(nn.Module):
         if zero_output:
             nn.init.zeros_(self.output.weight)
 
-    def store_weights_column_major(self) -> None:
-        """Keep each projection's weight as a transposed view of an (in, out) matrix.
+    def pack_weights_for_cpu(self, rows: int) -> bool:
+        """Swap every projection for one whose weight oneDNN has pre-packed for `rows`-row inputs.
 
-        Same values and shapes; on CPU, MKL multiplies the few-row inputs of parallel passes
-        (2n rows with guidance) up to twice as fast in this layout.
+        Same products; on CPU the 2n-row inputs of parallel passes multiply 25 to 40 % faster
+        (the one-row passes of n = 1 are faster unpacked, so those models stay as they are).
+        Inference only; returns False (and changes nothing) where packing is unavailable.
         """
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                weight = module.weight.detach()
-                module.weight = nn.Parameter(weight.t().contiguous().t(), requires_grad=False)
+        if self.device.type != "cpu" or self.dtype != torch.float32:
+            return False
+        if not torch.backends.mkldnn.is_available() or not hasattr(
+            torch.ops.mkldnn, "_linear_pointwise"
+        ):
+            return False
+        for module in list(self.modules()):
+            for name, child in list(module.named_children()):
+                if isinstance(child, nn.Linear):
+                    setattr(module, name, PackedLinear(child.weight, rows))
+        return True
 
     def embed_slots(
         self,

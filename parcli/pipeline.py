@@ -63,11 +63,11 @@ class Pipeline:
         self.plan = Plan(cfg.grid, cfg.regions)
         self._steps: dict[int, Steps] = {}
         if self.device.type == "cpu" and cfg.regions > 1:
-            self.model.store_weights_column_major()
+            self.model.pack_weights_for_cpu(rows=2 * cfg.regions)
 
     @property
     def device(self) -> torch.device:
-        return self.model.output.weight.device
+        return self.model.device
 
     @property
     def is_video(self) -> bool:

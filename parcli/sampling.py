@@ -62,6 +62,11 @@ def sample(
     logits = logits / max(config.temperature, 1e-5)
     logits = filter_logits(logits, config.top_k, config.top_p)
     probs = logits.softmax(dim=-1)
-    # probs / Exp(1) noise picks index i with probability probs[i], without a host sync.
-    noise = torch.empty_like(probs).exponential_(1.0, generator=generator)
-    return torch.argmax(probs / noise, dim=-1)
+    # Inverse-CDF draw: one uniform number per row, and no host sync. u lies in (0, 1], so the
+    # first index whose cumulative mass reaches u * total always has a non-zero probability.
+    cumulative = probs.cumsum(dim=-1)
+    u = 1.0 - torch.rand(
+        (*probs.shape[:-1], 1), generator=generator, device=probs.device, dtype=probs.dtype
+    )
+    index = torch.searchsorted(cumulative, u * cumulative[..., -1:])
+    return index.squeeze(-1).clamp_(max=probs.shape[-1] - 1)

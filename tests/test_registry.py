@@ -39,7 +39,8 @@ def test_packaged_file_is_the_repository_file():
 
 
 def test_all_spec_entries(cat):
-    assert sorted(cat.names()) == sorted(SPEC)
+    downloaded = [e.name for e in cat if not e.is_packaged]
+    assert sorted(downloaded) == sorted(SPEC)
     for name, (repo, file, arch, regions, fid) in SPEC.items():
         entry = cat.get(name)
         assert entry.name == name
@@ -66,7 +67,10 @@ def test_all_spec_entries(cat):
 
 def test_families(cat):
     fams = cat.families()
-    assert set(fams) == {"par-xl", "par-xxl", "par-3b", "llamagen-b", "llamagen-l"}
+    assert set(fams) == {"par-xl", "par-xxl", "par-3b", "llamagen-b", "llamagen-l", "digits"}
+    assert [e.name for e in fams["digits"]] == ["digits-1", "digits-4", "digits-16"]
+    assert all(e.is_packaged and e.package_path.is_file() for e in fams["digits"])
+    assert cat.tokenizer_for("digits-4").package_path.is_file()
     assert [e.name for e in fams["par-3b"]] == ["llamagen-3b-384", "par-3b-4x", "par-3b-16x"]
     assert [e.name for e in fams["par-xl"]] == ["llamagen-xl-384", "par-xl-4x"]
     assert [e.name for e in fams["par-xxl"]] == ["llamagen-xxl-384", "par-xxl-4x"]
