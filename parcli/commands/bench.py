@@ -13,40 +13,11 @@ from rich.table import Table
 
 from parcli.bench import copy_rate, machine_info, random_pipelines, run_bench, weight_bytes
 from parcli.commands.common import console, err_console, user_errors
-from parcli.commands.models import load_pipelines, parse_region_list
+from parcli.commands.models import load_pipelines, parse_grid, parse_ints, parse_region_list
 from parcli.config import GPT_PRESETS
 from parcli.media import atomic_path, check_writable
 from parcli.pipeline import Pipeline, PipelineError, resolve_device, resolve_dtype
 from parcli.sampling import SamplingConfig
-
-VQ_DOWNSAMPLE = 16
-
-
-def parse_ints(text: str, option: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise PipelineError(
-            f"{option} takes comma-separated integers, e.g. 1,4,16; got {text!r}"
-        ) from None
-    if not values or min(values) < 1:
-        raise PipelineError(f"{option} needs positive integers, got {text!r}")
-    return values
-
-
-def parse_grid(grid: str | None, image_size: int) -> tuple[int, int]:
-    if grid is None:
-        if image_size % VQ_DOWNSAMPLE:
-            raise PipelineError(f"--image-size must be a multiple of {VQ_DOWNSAMPLE}")
-        return image_size // VQ_DOWNSAMPLE, image_size // VQ_DOWNSAMPLE
-    parts = grid.lower().split("x")
-    try:
-        sides = [int(p) for p in parts] * (2 if len(parts) == 1 else 1)
-    except ValueError:
-        raise PipelineError(f"--grid takes N or RxC, e.g. 24 or 24x24; got {grid!r}") from None
-    if len(sides) != 2 or min(sides) < 1:
-        raise PipelineError(f"--grid takes N or RxC, e.g. 24 or 24x24; got {grid!r}")
-    return sides[0], sides[1]
 
 
 def bytes_text(count: int) -> str:
@@ -118,7 +89,7 @@ def bench(
                 pipelines = random_pipelines(
                     arch, region_list, sides, torch_device, torch_dtype, seed
                 )
-            title = f"{arch} · random weights: speed only · grid {sides[0]}x{sides[1]}"
+            title = f"{arch} · random weights: speed only · grid {'x'.join(map(str, sides))}"
         else:
             pipelines = load_pipelines(
                 model,

@@ -9,10 +9,10 @@ from typing import Annotated
 import typer
 
 from parcli.commands.common import console, user_errors
+from parcli.commands.models import parse_grid
 from parcli.weights import WeightsError, convert
 
 DTYPE_CHOICES = ("keep", "fp32", "bf16", "fp16")
-VQ_DOWNSAMPLE = 16
 
 
 def convert_weights(
@@ -35,14 +35,10 @@ def convert_weights(
     with user_errors():
         if dtype not in DTYPE_CHOICES:
             raise WeightsError(f"--dtype must be one of {', '.join(DTYPE_CHOICES)}, not {dtype!r}")
-        if grid is None:
-            if image_size % VQ_DOWNSAMPLE:
-                raise WeightsError(f"--image-size must be a multiple of {VQ_DOWNSAMPLE}")
-            side = image_size // VQ_DOWNSAMPLE
-            grid = f"{side}x{side}"
+        sides = parse_grid(grid, image_size)
         status = console.status(f"converting {src.name}") if not quiet else contextlib.nullcontext()
         with status:
-            metadata = convert(src, dst, use_ema=ema, heads=heads, grid=grid, dtype=dtype)
+            metadata = convert(src, dst, use_ema=ema, heads=heads, grid=sides, dtype=dtype)
         if not quiet:
             described = ", ".join(
                 f"{key} {metadata[key]}"
