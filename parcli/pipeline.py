@@ -62,7 +62,7 @@ class Pipeline:
             )
         self.plan = Plan(cfg.grid, cfg.regions)
         self._steps: dict[int, Steps] = {}
-        if self.device.type == "cpu" and cfg.regions > 1:
+        if self.device.type == "cpu":
             self.model.pack_weights_for_cpu(rows=2 * cfg.regions)
 
     @property
