@@ -42,6 +42,28 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
+def emulated_dtype_note(device: torch.device, dtype: torch.dtype) -> str | None:
+    """A one-line warning when this CPU has no native arithmetic for a half-precision dtype."""
+    if device.type != "cpu" or dtype not in (torch.bfloat16, torch.float16):
+        return None
+    cpu = torch.cpu
+
+    def has(feature: str) -> bool:
+        return bool(getattr(cpu, f"_is_{feature}_supported", lambda: False)())
+
+    if dtype == torch.bfloat16:
+        native, needs = has("avx512_bf16") or has("amx_tile"), "AVX512-BF16 or AMX"
+    else:
+        native, needs = has("amx_fp16"), "AMX-FP16"
+    if native:
+        return None
+    name = "bf16" if dtype == torch.bfloat16 else "fp16"
+    return (
+        f"this CPU lacks {needs}, so {name} arithmetic is emulated and usually slower than "
+        "fp32 here; --dtype fp32 is the fast choice on it"
+    )
+
+
 @dataclass
 class Pipeline:
     """A transformer, the tokenizer that decodes its tokens, and the plan for its regions."""

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.table import Table
 
 from parcli.bench import copy_rate, machine_info, random_pipelines, run_bench, weight_bytes
-from parcli.commands.common import console, err_console, user_errors
+from parcli.commands.common import console, err_console, user_errors, warn_if_emulated
 from parcli.commands.models import load_pipelines, parse_grid, parse_ints, parse_region_list
 from parcli.config import GPT_PRESETS
 from parcli.media import atomic_path, check_writable
@@ -23,7 +24,7 @@ from parcli.sampling import SamplingConfig
 def bytes_text(count: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if count < 1024 or unit == "GiB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.3g} {unit}"
         count /= 1024
     return str(count)
 
@@ -74,6 +75,7 @@ def bench(
             check_writable(json_path, (".json",))
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
+        warn_if_emulated(torch_device, torch_dtype)
         use_compile = torch_device.type == "cuda" if compile_model is None else compile_model
 
         random_weights = arch is not None
@@ -121,7 +123,7 @@ def bench(
                 rate,
                 on_run=lambda text: status.update(f"timing · {text}"),
             )
-        print_table(title, rows, torch_device, torch_dtype, sampling, rate, first)
+        print_table(title, rows, torch_device, torch_dtype, sampling, rate, first, decode)
         if json_path is not None:
             report = {
                 "command": shlex.join(["par", *sys.argv[1:]]),
@@ -147,33 +149,44 @@ def bench(
             console.print(f"wrote {json_path}", highlight=False)
 
 
-def seconds_text(value: float) -> str:
-    return f"{value:.3g}" if value < 100 else f"{value:.0f}"
+def print_table(title, rows, device, dtype, sampling, rate, pipe: Pipeline, decoded: bool) -> None:
+    """One row per (n, batch), times per image; compact enough for 80 columns."""
+    unit, scale = ("ms", 1e3) if max(r.total_s_per_image for r in rows) < 1 else ("s", 1.0)
 
+    def time_text(seconds: float, digits: int = 3) -> str:
+        value = seconds * scale
+        return f"{value:.{digits}g}" if value < 10**digits else f"{value:.0f}"
 
-def print_table(title, rows, device, dtype, sampling, rate, pipe: Pipeline) -> None:
-    table = Table(title=title, caption=_caption(device, dtype, sampling, rate, pipe))
-    headers = ["n", "batch", "passes", "gen s/img", "min–max", "decode s/img", "total s/img"]
-    headers += ["img/s"]
-    headers += ["vs n=1", "peak mem"] + (["floor"] if rate else [])
-    for header in headers:
-        table.add_column(header, justify="right")
-    for row in rows:
-        cells = [
-            str(row.regions),
-            str(row.batch),
-            str(row.passes),
-            seconds_text(row.gen_s_per_image) + (" ⚠" if row.noisy else ""),
-            f"{seconds_text(row.gen_s_per_image_min)}–{seconds_text(row.gen_s_per_image_max)}",
-            seconds_text(row.decode_s_per_image),
-            seconds_text(row.total_s_per_image),
-            f"{row.images_per_s:.3g}",
-            f"{row.speedup_vs_1:.2f}x" if row.speedup_vs_1 is not None else "–",
-            bytes_text(row.peak_memory_bytes),
+    columns = [
+        ("n", lambda r: str(r.regions)),
+        ("batch", lambda r: str(r.batch)),
+        ("passes", lambda r: str(r.passes)),
+        ("gen", lambda r: time_text(r.gen_s_per_image) + (" ⚠" if r.noisy else "")),
+        (
+            "min–max",
+            lambda r: (
+                f"{time_text(r.gen_s_per_image_min, 2)}–{time_text(r.gen_s_per_image_max, 2)}"
+            ),
+        ),
+    ]
+    if decoded:
+        columns += [
+            ("decode", lambda r: time_text(r.decode_s_per_image)),
+            ("total", lambda r: time_text(r.total_s_per_image)),
         ]
-        if rate:
-            cells.append(f"{100 * row.floor_fraction:.0f}%")
-        table.add_row(*cells)
+    columns += [
+        ("img/s", lambda r: f"{r.images_per_s:.3g}"),
+        ("vs n=1", lambda r: f"{r.speedup_vs_1:.2f}x" if r.speedup_vs_1 is not None else "–"),
+        ("peak mem", lambda r: bytes_text(r.peak_memory_bytes)),
+    ]
+    if rate:
+        columns.append(("floor", lambda r: f"{100 * r.floor_fraction:.0f}%"))
+    caption = _caption(device, dtype, sampling, rate, pipe) + f" · times in {unit} per image"
+    table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0))
+    for header, _ in columns:
+        table.add_column(header, justify="right", no_wrap=True)
+    for row in rows:
+        table.add_row(*(cell(row) for _, cell in columns))
     console.print(table)
     if any(row.noisy for row in rows):
         err_console.print(

@@ -56,6 +56,15 @@ def user_errors() -> Iterator[None]:
         raise fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)) from None
 
 
+def warn_if_emulated(device, dtype) -> None:
+    """Say so when the chosen dtype would run emulated (bf16 on most CPUs)."""
+    from parcli.pipeline import emulated_dtype_note
+
+    note = emulated_dtype_note(device, dtype)
+    if note:
+        err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+
+
 def pass_progress(quiet: bool) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),

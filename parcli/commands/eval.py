@@ -20,7 +20,14 @@ import torch
 import typer
 from rich.table import Table
 
-from parcli.commands.common import console, err_console, fail, pass_progress, user_errors
+from parcli.commands.common import (
+    console,
+    err_console,
+    fail,
+    pass_progress,
+    user_errors,
+    warn_if_emulated,
+)
 from parcli.commands.models import load_pipelines, parse_region_list
 from parcli.media import atomic_path, check_writable
 from parcli.pipeline import PipelineError, resolve_device, resolve_dtype
@@ -155,6 +162,7 @@ def _evaluate(
     net, info = load_classifier(classifier_path)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
+    warn_if_emulated(torch_device, torch_dtype)
 
     pipelines = load_pipelines(
         model, region_list, None, None, torch_device, torch_dtype, offline, console, quiet

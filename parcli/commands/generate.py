@@ -9,7 +9,7 @@ from typing import Annotated
 import torch
 import typer
 
-from parcli.commands.common import console, pass_progress, user_errors
+from parcli.commands.common import console, pass_progress, user_errors, warn_if_emulated
 from parcli.commands.models import locate_model
 from parcli.media import (
     IMAGE_SUFFIXES,
@@ -87,11 +87,14 @@ def generate(
             check_writable(save_tokens_to, TOKEN_SUFFIXES)
         files = locate_model(model, regions, checkpoint, tokenizer, offline, console, quiet)
         torch_device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, torch_device)
+        if not quiet:
+            warn_if_emulated(torch_device, torch_dtype)
         pipe = load_pipeline(
             files.checkpoint,
             files.tokenizer,
             torch_device,
-            resolve_dtype(dtype, torch_device),
+            torch_dtype,
             files.name,
             files.cfg_scale,
         )
