@@ -18,10 +18,14 @@ from parcli.sampling import SamplingConfig
 WIDE_SPREAD = 0.15  # (max - min) / median above which a row is flagged as noisy
 
 
+OURS, PLAIN = "ours", "plain"  # engines: every speed-up on, or none (the --baseline yardstick)
+
+
 @dataclass
 class Case:
     regions: int
     batch: int
+    engine: str = OURS
     gen_seconds: list[float] = field(default_factory=list)  # per batch, one per repeat
     decode_seconds: list[float] = field(default_factory=list)
     peak_bytes: int = 0
@@ -31,6 +35,7 @@ class Case:
 class Row:
     regions: int
     batch: int
+    engine: str
     passes: int
     gen_s_per_image: float  # median over repeats
     gen_s_per_image_min: float
@@ -38,7 +43,8 @@ class Row:
     decode_s_per_image: float
     total_s_per_image: float
     images_per_s: float
-    speedup_vs_1: float | None
+    speedup_vs_1: float | None  # same engine, same batch
+    speedup_vs_plain: float | None  # ours over the plain engine, same n and batch
     peak_memory_bytes: int
     floor_fraction: float | None  # weight bytes x passes / time, over the copy rate (CUDA only)
     noisy: bool
@@ -134,22 +140,28 @@ def run_bench(
     seed: int = 0,
     rate: float | None = None,
     on_run: Callable[[str], None] | None = None,
+    baselines: dict[int, Pipeline] | None = None,
 ) -> list[Row]:
     """Time every (regions, batch) case, interleaved so that drift hits all cases alike.
 
-    `rate` is the device's copy rate (bytes/s) for the bandwidth-floor column.
+    `rate` is the device's copy rate (bytes/s) for the bandwidth-floor column. `baselines`, plain
+    pipelines for the same region counts, are timed beside ours (ours, plain, ours, plain, ...).
     """
-    cases = [Case(n, b) for n in pipelines for b in batch_sizes]
+    engines = {OURS: pipelines, **({PLAIN: baselines} if baselines else {})}
+    cases = [Case(n, b, e) for n in pipelines for b in batch_sizes for e in engines]
     total_rounds = warmup + repeats
     for round_index in range(total_rounds):
         measured = round_index >= warmup
         for case in cases:
-            pipe = pipelines[case.regions]
+            pipe = engines[case.engine][case.regions]
             device = pipe.device
             labels = [i % pipe.model.cfg.num_classes for i in range(case.batch)]
             if on_run is not None:
                 phase = "measure" if measured else "warm-up"
-                on_run(f"{phase} {round_index + 1}/{total_rounds}: n={case.regions} b={case.batch}")
+                on_run(
+                    f"{phase} {round_index + 1}/{total_rounds}: "
+                    f"n={case.regions} b={case.batch} {case.engine}"
+                )
             reset_peak_memory(device)
             synchronize(device)
             started = time.perf_counter()
@@ -164,17 +176,19 @@ def run_bench(
                 case.gen_seconds.append(generated - started)
                 case.decode_seconds.append(finished - generated)
                 case.peak_bytes = max(case.peak_bytes, peak_memory(device))
-    return summarise(cases, pipelines, rate)
+    return summarise(cases, engines, rate)
 
 
 def summarise(
-    cases: list[Case], pipelines: dict[int, Pipeline], rate: float | None = None
+    cases: list[Case], engines: dict[str, dict[int, Pipeline]], rate: float | None = None
 ) -> list[Row]:
     rows = []
-    sequential = {c.batch: statistics.median(c.gen_seconds) for c in cases if c.regions == 1}
+    median = {(c.regions, c.batch, c.engine): statistics.median(c.gen_seconds) for c in cases}
     for case in cases:
-        pipe = pipelines[case.regions]
-        gen = statistics.median(case.gen_seconds)
+        pipe = engines[case.engine][case.regions]
+        gen = median[case.regions, case.batch, case.engine]
+        sequential = median.get((1, case.batch, case.engine))
+        plain = median.get((case.regions, case.batch, PLAIN)) if case.engine == OURS else None
         dec = statistics.median(case.decode_seconds)
         per_image = [t / case.batch for t in case.gen_seconds]
         spread = (max(case.gen_seconds) - min(case.gen_seconds)) / gen if gen else 0.0
@@ -185,6 +199,7 @@ def summarise(
             Row(
                 regions=case.regions,
                 batch=case.batch,
+                engine=case.engine,
                 passes=pipe.plan.num_passes,
                 gen_s_per_image=gen / case.batch,
                 gen_s_per_image_min=min(per_image),
@@ -192,7 +207,8 @@ def summarise(
                 decode_s_per_image=dec / case.batch,
                 total_s_per_image=(gen + dec) / case.batch,
                 images_per_s=case.batch / (gen + dec),
-                speedup_vs_1=sequential[case.batch] / gen if case.batch in sequential else None,
+                speedup_vs_1=sequential / gen if sequential else None,
+                speedup_vs_plain=plain / gen if plain else None,
                 peak_memory_bytes=case.peak_bytes,
                 floor_fraction=floor,
                 noisy=spread > WIDE_SPREAD,
@@ -208,8 +224,12 @@ def random_pipelines(
     device: torch.device,
     dtype: torch.dtype,
     seed: int = 0,
+    plain: bool = False,
 ) -> dict[int, Pipeline]:
-    """Published architectures with random weights (speed only), one weight set for every n."""
+    """Published architectures with random weights (speed only), one weight set for every n.
+
+    The same seed gives the same weights, so plain twins (`plain=True`) compute the same tokens.
+    """
     from parcli.config import GPTConfig
     from parcli.model import Transformer
     from parcli.vq import VQConfig, VQModel
@@ -230,5 +250,5 @@ def random_pipelines(
         if n > 1:
             state[special] = shared[special][: n - 1]
         model.load_state_dict(state, assign=True)
-        pipelines[n] = Pipeline(model.eval(), vq, f"{arch} (random weights)", 1.5)
+        pipelines[n] = Pipeline(model.eval(), vq, f"{arch} (random weights)", 1.5, plain=plain)
     return pipelines

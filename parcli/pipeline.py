@@ -73,6 +73,9 @@ class Pipeline:
     name: str = "model"
     default_cfg_scale: float = 1.0
     compile_model: bool = False
+    # No speed-ups at all, the yardstick of `par bench --baseline`: plain products, attention
+    # over the whole cache under a mask (as LlamaGen's decode loop does), contiguous VQ convs.
+    plain: bool = False
 
     def __post_init__(self) -> None:
         cfg = self.model.cfg
@@ -84,6 +87,8 @@ class Pipeline:
             )
         self.plan = Plan(cfg.grid, cfg.regions)
         self._steps: dict[int, Steps] = {}
+        if self.plain:
+            return
         if self.device.type == "cpu":
             self.model.pack_weights_for_cpu(rows=2 * cfg.regions)
         # Channels-last convolutions: 13-17 % faster decoding on CPU, faster on GPUs too; pixels
@@ -117,11 +122,14 @@ class Pipeline:
     def steps(self, rows: int) -> Steps:
         """Decode state for `rows` sequences, kept so later batches reuse its cache and graphs.
 
-        Eager prefix attention on CPU; fixed shapes replayed from CUDA graphs on CUDA.
+        Eager prefix attention on CPU; fixed shapes replayed from CUDA graphs on CUDA; for a
+        plain pipeline, fixed shapes run op by op.
         """
         if rows not in self._steps:
             on_cuda = self.device.type == "cuda"
-            if on_cuda or self.compile_model:
+            if self.plain:
+                self._steps[rows] = StaticSteps(self.model, self.plan, rows)
+            elif on_cuda or self.compile_model:
                 self._steps[rows] = StaticSteps(
                     self.model, self.plan, rows, on_cuda, compile_model=self.compile_model
                 )
@@ -171,6 +179,7 @@ def load_pipeline(
     dtype: torch.dtype,
     name: str | None = None,
     default_cfg_scale: float | None = None,
+    plain: bool = False,
 ) -> Pipeline:
     from parcli.weights import load_transformer, load_vq
 
@@ -179,4 +188,4 @@ def load_pipeline(
     vq, _ = load_vq(tokenizer, device, torch.float32)
     if default_cfg_scale is None:
         default_cfg_scale = float(metadata.get("cfg_scale", 1.0))
-    return Pipeline(model, vq, name or checkpoint.name, default_cfg_scale)
+    return Pipeline(model, vq, name or checkpoint.name, default_cfg_scale, plain=plain)

@@ -3,6 +3,18 @@ import torch
 
 from parcli.config import GPTConfig
 from parcli.model import Transformer
+from parcli.vq import VQConfig
+
+# A VQ small enough to build in milliseconds; codebook 32 matches tiny_config's vocabulary.
+TINY_VQ = VQConfig(
+    codebook_size=32,
+    codebook_dim=4,
+    z_channels=16,
+    ch=16,
+    ch_mult=(1, 2),
+    num_res_blocks=1,
+    norm_groups=8,
+)
 
 
 def tiny_config(regions: int = 1, grid=(8, 8), **overrides) -> GPTConfig:

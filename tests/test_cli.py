@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import TINY_VQ, tiny_model
 from typer.testing import CliRunner
 
 from parcli.cli import app
@@ -13,15 +13,6 @@ from parcli.vq import VQConfig, VQModel
 from parcli.weights import save_checkpoint
 
 runner = CliRunner()
-TINY_VQ = VQConfig(
-    codebook_size=32,
-    codebook_dim=4,
-    z_channels=16,
-    ch=16,
-    ch_mult=(1, 2),
-    num_res_blocks=1,
-    norm_groups=8,
-)
 
 
 @pytest.fixture(scope="module")
@@ -267,11 +258,40 @@ def test_bench_random_architecture_interleaves_and_compares(tmp_path, monkeypatc
     assert "random weights: speed only" in result.output
 
 
-def small_random_pipelines(arch, regions, grid, device, dtype, seed=0):
+def small_random_pipelines(arch, regions, grid, device, dtype, seed=0, plain=False):
     from parcli.pipeline import Pipeline
 
     vq = VQModel(TINY_VQ)
-    return {n: Pipeline(tiny_model(regions=n, grid=grid), vq, "tiny") for n in regions}
+    return {n: Pipeline(tiny_model(regions=n, grid=grid), vq, "tiny", plain=plain) for n in regions}
+
+
+def test_bench_baseline_times_a_plain_engine_beside_ours(tmp_path, monkeypatch):
+    import parcli.bench as bench
+
+    order = []
+    real = bench.Pipeline.generate
+
+    def spy(self, labels, *args, **kwargs):
+        order.append((self.model.cfg.regions, self.plain))
+        return real(self, labels, *args, **kwargs)
+
+    monkeypatch.setattr(bench.Pipeline, "generate", spy)
+    monkeypatch.setattr(bench, "random_pipelines", small_random_pipelines)
+    report = tmp_path / "b.json"
+    args = ["bench", "--arch", "GPT-B", "--grid", "8", "--regions", "1,4", "--repeats", 1]
+    result = run(*args, "--warmup", 0, "--no-decode", "--baseline", "--json", report)
+    assert result.exit_code == 0, result.output
+    assert order == [(1, False), (1, True), (4, False), (4, True)]
+    rows = json.loads(report.read_text())["rows"]
+    assert [(r["regions"], r["engine"]) for r in rows] == [
+        (1, "ours"),
+        (1, "plain"),
+        (4, "ours"),
+        (4, "plain"),
+    ]
+    assert all(r["speedup_vs_plain"] > 0 for r in rows if r["engine"] == "ours")
+    assert all(r["speedup_vs_plain"] is None for r in rows if r["engine"] == "plain")
+    assert "ours vs plain engine" in result.output
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])

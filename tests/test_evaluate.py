@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import typer
+from conftest import TINY_VQ as CONFTEST_VQ
 from conftest import tiny_model
 from typer.testing import CliRunner
 
@@ -31,17 +32,7 @@ from parcli.pipeline import Pipeline, load_pipeline
 from parcli.vq import VQConfig, VQModel
 
 ASSETS = DEFAULT_CLASSIFIER.parent
-TINY_VQ = VQConfig(
-    codebook_size=32,
-    codebook_dim=4,
-    z_channels=16,
-    ch=16,
-    ch_mult=(1, 2),
-    num_res_blocks=1,
-    in_channels=1,
-    out_channels=1,
-    norm_groups=8,
-)
+TINY_VQ = VQConfig(**{**CONFTEST_VQ.to_dict(), "in_channels": 1, "out_channels": 1})
 
 
 def gaussian(count: int, dim: int, seed: int) -> np.ndarray:

@@ -1,7 +1,20 @@
 import pytest
 import torch
+from conftest import TINY_VQ, tiny_model
 
-from parcli.pipeline import emulated_dtype_note
+from parcli.pipeline import Pipeline, emulated_dtype_note
+from parcli.sampling import SamplingConfig
+from parcli.vq import VQModel
+
+
+@pytest.mark.parametrize("regions", [1, 4])
+def test_plain_engine_gives_the_same_tokens_as_ours(regions):
+    sampling = SamplingConfig(cfg_scale=2.0)
+    ours = Pipeline(tiny_model(regions=regions), VQModel(TINY_VQ).eval())
+    plain = Pipeline(tiny_model(regions=regions), VQModel(TINY_VQ).eval(), plain=True)
+    assert not any(isinstance(m, torch.nn.Linear) for m in ours.model.modules())
+    tokens = ours.generate([1, 2, 3], sampling, seed=5, batch_size=2)
+    assert torch.equal(tokens, plain.generate([1, 2, 3], sampling, seed=5, batch_size=2))
 
 
 @pytest.mark.parametrize("feature", ["avx512_bf16", "amx_tile"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -12,7 +13,15 @@ import typer
 from rich import box
 from rich.table import Table
 
-from parcli.bench import copy_rate, machine_info, random_pipelines, run_bench, weight_bytes
+from parcli.bench import (
+    OURS,
+    PLAIN,
+    copy_rate,
+    machine_info,
+    random_pipelines,
+    run_bench,
+    weight_bytes,
+)
 from parcli.commands.common import console, err_console, user_errors, warn_if_emulated
 from parcli.commands.models import load_pipelines, parse_grid, parse_ints, parse_region_list
 from parcli.config import GPT_PRESETS
@@ -59,6 +68,13 @@ def bench(
         ),
     ] = None,
     decode: Annotated[bool, typer.Option(help="Also time the VQ decoder.")] = True,
+    baseline: Annotated[
+        bool,
+        typer.Option(
+            help="Also time a plain engine (no packed weights, whole-cache masked attention, "
+            "no graphs or compile) on the same weights, interleaved with ours."
+        ),
+    ] = False,
     seed: Annotated[int, typer.Option()] = 0,
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write every figure here.")
@@ -87,22 +103,32 @@ def bench(
                     f"unknown --arch {arch!r}; choose one of {', '.join(GPT_PRESETS)}"
                 )
             sides = parse_grid(grid, image_size)
-            with console.status(f"building {arch} with random weights"):
-                pipelines = random_pipelines(
-                    arch, region_list, sides, torch_device, torch_dtype, seed
-                )
+
+            def build(plain: bool) -> dict[int, Pipeline]:
+                with console.status(f"building {arch} with random weights"):
+                    return random_pipelines(
+                        arch, region_list, sides, torch_device, torch_dtype, seed, plain
+                    )
+
             title = f"{arch} · random weights: speed only · grid {'x'.join(map(str, sides))}"
         else:
-            pipelines = load_pipelines(
-                model,
-                region_list,
-                checkpoint,
-                tokenizer,
-                torch_device,
-                torch_dtype,
-                offline,
-                console,
-            )
+
+            def build(plain: bool) -> dict[int, Pipeline]:
+                return load_pipelines(
+                    model,
+                    region_list,
+                    checkpoint,
+                    tokenizer,
+                    torch_device,
+                    torch_dtype,
+                    offline,
+                    console,
+                    plain=plain,
+                )
+
+        pipelines = build(plain=False)
+        baselines = build(plain=True) if baseline else None
+        if not random_weights:
             title = " / ".join(p.name for p in pipelines.values())
         for pipe in pipelines.values():
             pipe.compile_model = use_compile
@@ -122,8 +148,18 @@ def bench(
                 seed,
                 rate,
                 on_run=lambda text: status.update(f"timing · {text}"),
+                baselines=baselines,
             )
-        print_table(title, rows, torch_device, torch_dtype, sampling, rate, first, decode)
+        ours = [row for row in rows if row.engine == OURS]
+        print_table(title, ours, torch_device, torch_dtype, sampling, rate, first, decode)
+        if baselines:
+            print_baseline_table(rows)
+        if any(row.noisy for row in rows):
+            err_console.print(
+                "⚠ timed repeats of these rows spread widely (see min–max): the machine is "
+                "noisy; add --repeats or rerun on a quiet machine",
+                style="yellow",
+            )
         if json_path is not None:
             report = {
                 "command": shlex.join(["par", *sys.argv[1:]]),
@@ -138,6 +174,7 @@ def bench(
                     "repeats": repeats,
                     "compile": use_compile,
                     "decode": decode,
+                    "baseline": baseline,
                     "grid": list(first.plan.grid),
                 },
                 "weight_bytes": weight_bytes(first),
@@ -151,12 +188,7 @@ def bench(
 
 def print_table(title, rows, device, dtype, sampling, rate, pipe: Pipeline, decoded: bool) -> None:
     """One row per (n, batch), times per image; compact enough for 80 columns."""
-    unit, scale = ("ms", 1e3) if max(r.total_s_per_image for r in rows) < 1 else ("s", 1.0)
-
-    def time_text(seconds: float, digits: int = 3) -> str:
-        value = seconds * scale
-        return f"{value:.{digits}g}" if value < 10**digits else f"{value:.0f}"
-
+    unit, time_text = time_format(rows)
     columns = [
         ("n", lambda r: str(r.regions)),
         ("batch", lambda r: str(r.batch)),
@@ -188,12 +220,45 @@ def print_table(title, rows, device, dtype, sampling, rate, pipe: Pipeline, deco
     for row in rows:
         table.add_row(*(cell(row) for _, cell in columns))
     console.print(table)
-    if any(row.noisy for row in rows):
-        err_console.print(
-            "⚠ timed repeats of these rows spread widely (see min–max): the machine is "
-            "noisy; add --repeats or rerun on a quiet machine",
-            style="yellow",
+
+
+def time_format(rows) -> tuple[str, Callable[..., str]]:
+    """Milliseconds when every time is under a second, else seconds; 3 significant digits."""
+    unit, scale = ("ms", 1e3) if max(r.total_s_per_image for r in rows) < 1 else ("s", 1.0)
+
+    def time_text(seconds: float, digits: int = 3) -> str:
+        value = seconds * scale
+        return f"{value:.{digits}g}" if value < 10**digits else f"{value:.0f}"
+
+    return unit, time_text
+
+
+def print_baseline_table(rows) -> None:
+    """Ours against the plain engine, generation only, same n and batch."""
+    plain = {(r.regions, r.batch): r for r in rows if r.engine == PLAIN}
+    unit, time_text = time_format(rows)
+    table = Table(
+        title=f"ours vs plain engine: token generation, {unit} per image",
+        caption="plain: unpacked products, whole-cache masked attention, no graphs, no compile",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1, 0, 0),
+    )
+    for header in ("n", "batch", "plain", "min–max", "ours", "min–max", "speed-up"):
+        table.add_column(header, justify="right", no_wrap=True)
+    for row in rows:
+        if row.engine != OURS or (row.regions, row.batch) not in plain:
+            continue
+        base = plain[row.regions, row.batch]
+        table.add_row(
+            str(row.regions),
+            str(row.batch),
+            time_text(base.gen_s_per_image) + (" ⚠" if base.noisy else ""),
+            f"{time_text(base.gen_s_per_image_min, 2)}–{time_text(base.gen_s_per_image_max, 2)}",
+            time_text(row.gen_s_per_image) + (" ⚠" if row.noisy else ""),
+            f"{time_text(row.gen_s_per_image_min, 2)}–{time_text(row.gen_s_per_image_max, 2)}",
+            f"{row.speedup_vs_plain:.2f}x",
         )
+    console.print(table)
 
 
 def _caption(device, dtype, sampling, rate, pipe: Pipeline) -> str:
