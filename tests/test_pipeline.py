@@ -34,3 +34,14 @@ def test_bf16_without_native_support_says_what_to_use(monkeypatch):
 def test_fp32_and_gpus_need_no_note():
     assert emulated_dtype_note(torch.device("cpu"), torch.float32) is None
     assert emulated_dtype_note(torch.device("cuda"), torch.bfloat16) is None
+
+
+@pytest.mark.parametrize(("spare", "keeps_plain"), [(None, True), (1 << 40, True), (1000, False)])
+def test_second_weight_copy_only_where_memory_allows(monkeypatch, spare, keeps_plain):
+    from parcli import pipeline
+    from parcli.model import PackedLinear
+
+    monkeypatch.setattr(pipeline, "available_memory", lambda: spare)
+    pipe = Pipeline(tiny_model(regions=4), VQModel(TINY_VQ).eval())
+    packed = [m for m in pipe.model.modules() if isinstance(m, PackedLinear)]
+    assert packed and all((m.weight is not None) == keeps_plain for m in packed)

@@ -196,9 +196,7 @@ def print_table(title, rows, device, dtype, sampling, rate, pipe: Pipeline, deco
         ("gen", lambda r: time_text(r.gen_s_per_image) + (" ⚠" if r.noisy else "")),
         (
             "min–max",
-            lambda r: (
-                f"{time_text(r.gen_s_per_image_min, 2)}–{time_text(r.gen_s_per_image_max, 2)}"
-            ),
+            lambda r: f"{time_text(r.gen_s_per_image_min)}–{time_text(r.gen_s_per_image_max)}",
         ),
     ]
     if decoded:
@@ -226,9 +224,9 @@ def time_format(rows) -> tuple[str, Callable[..., str]]:
     """Milliseconds when every time is under a second, else seconds; 3 significant digits."""
     unit, scale = ("ms", 1e3) if max(r.total_s_per_image for r in rows) < 1 else ("s", 1.0)
 
-    def time_text(seconds: float, digits: int = 3) -> str:
+    def time_text(seconds: float) -> str:
         value = seconds * scale
-        return f"{value:.{digits}g}" if value < 10**digits else f"{value:.0f}"
+        return f"{value:.3g}" if value < 1000 else f"{value:.0f}"
 
     return unit, time_text
 
@@ -253,9 +251,9 @@ def print_baseline_table(rows) -> None:
             str(row.regions),
             str(row.batch),
             time_text(base.gen_s_per_image) + (" ⚠" if base.noisy else ""),
-            f"{time_text(base.gen_s_per_image_min, 2)}–{time_text(base.gen_s_per_image_max, 2)}",
+            f"{time_text(base.gen_s_per_image_min)}–{time_text(base.gen_s_per_image_max)}",
             time_text(row.gen_s_per_image) + (" ⚠" if row.noisy else ""),
-            f"{time_text(row.gen_s_per_image_min, 2)}–{time_text(row.gen_s_per_image_max, 2)}",
+            f"{time_text(row.gen_s_per_image_min)}–{time_text(row.gen_s_per_image_max)}",
             f"{row.speedup_vs_plain:.2f}x",
         )
     console.print(table)
