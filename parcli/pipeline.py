@@ -42,6 +42,11 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
+def resolve_compile(flag: bool | None, device: torch.device) -> bool:
+    """`--compile/--no-compile`, by default on for CUDA only (where it fuses the graphed step)."""
+    return device.type == "cuda" if flag is None else flag
+
+
 def available_memory() -> int | None:
     """Bytes the kernel says new allocations can still get (Linux); None where unknown."""
     try:
@@ -99,14 +104,9 @@ class Pipeline:
             )
         self.plan = Plan(cfg.grid, cfg.regions)
         self._steps: dict[int, Steps] = {}
+        self.packed = False
         if self.plain:
             return
-        if self.device.type == "cpu":
-            # MKL's packing (the faster one) keeps a second copy of every projection: take it
-            # only while that copy fits twice over in the memory still free.
-            spare = available_memory()
-            keep_plain = spare is None or 2 * self.model.projection_bytes() < spare
-            self.model.pack_weights_for_cpu(rows=2 * cfg.regions, keep_plain=keep_plain)
         # Channels-last convolutions: 13-17 % faster decoding on CPU, faster on GPUs too; pixels
         # stay within one level of the contiguous layout.
         self.vq.set_memory_format(torch.channels_last)
@@ -146,12 +146,26 @@ class Pipeline:
             if self.plain:
                 self._steps[rows] = StaticSteps(self.model, self.plan, rows)
             elif on_cuda or self.compile_model:
+                if self.packed:
+                    raise PipelineError("weights packed for eager CPU decoding cannot be compiled")
                 self._steps[rows] = StaticSteps(
                     self.model, self.plan, rows, on_cuda, compile_model=self.compile_model
                 )
             else:
+                self._pack_weights()
                 self._steps[rows] = EagerSteps(self.model, self.plan, rows)
         return self._steps[rows]
+
+    def _pack_weights(self) -> None:
+        """Pre-pack the projections once, for eager CPU decoding (Inductor packs its own)."""
+        if self.packed or self.device.type != "cpu":
+            return
+        # MKL's packing (the faster one) keeps a second copy of every projection: take it only
+        # while that copy fits twice over in the memory still free.
+        spare = available_memory()
+        keep_plain = spare is None or 2 * self.model.projection_bytes() < spare
+        rows = 2 * self.model.cfg.regions
+        self.packed = self.model.pack_weights_for_cpu(rows, keep_plain=keep_plain)
 
     def generate(
         self,

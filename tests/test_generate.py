@@ -85,23 +85,6 @@ def test_static_shape_steps_give_the_same_tokens_as_eager(make_model, n):
     assert torch.equal(static, again)  # a reused cache holds nothing a new generation can see
 
 
-def test_compiled_static_steps_give_the_same_tokens_as_eager(make_model):
-    """The CUDA default (torch.compile of the fixed-shape step), checked here through Inductor's
-    CPU backend: compiled code must not change a single token."""
-    from parcli.generate import StaticSteps
-
-    model = make_model(regions=4)
-    plan = Plan((8, 8), 4)
-    labels = torch.tensor([2, 9])
-    sampling = SamplingConfig(cfg_scale=1.5)
-    eager = generate_tokens(model, plan, labels, sampling, torch.Generator().manual_seed(3))
-    steps = StaticSteps(model, plan, rows=4, compile_model=True)
-    compiled = generate_tokens(
-        model, plan, labels, sampling, torch.Generator().manual_seed(3), steps=steps
-    )
-    assert torch.equal(eager, compiled)
-
-
 @pytest.mark.parametrize("keep_plain", [True, False])
 @pytest.mark.parametrize("regions", [1, 4])
 def test_packed_cpu_weights_give_the_same_tokens(make_model, regions, keep_plain):

@@ -12,8 +12,8 @@ def test_plain_engine_gives_the_same_tokens_as_ours(regions):
     sampling = SamplingConfig(cfg_scale=2.0)
     ours = Pipeline(tiny_model(regions=regions), VQModel(TINY_VQ).eval())
     plain = Pipeline(tiny_model(regions=regions), VQModel(TINY_VQ).eval(), plain=True)
-    assert not any(isinstance(m, torch.nn.Linear) for m in ours.model.modules())
     tokens = ours.generate([1, 2, 3], sampling, seed=5, batch_size=2)
+    assert not any(isinstance(m, torch.nn.Linear) for m in ours.model.modules())
     assert torch.equal(tokens, plain.generate([1, 2, 3], sampling, seed=5, batch_size=2))
 
 
@@ -43,5 +43,17 @@ def test_second_weight_copy_only_where_memory_allows(monkeypatch, spare, keeps_p
 
     monkeypatch.setattr(pipeline, "available_memory", lambda: spare)
     pipe = Pipeline(tiny_model(regions=4), VQModel(TINY_VQ).eval())
+    pipe.steps(rows=8)
     packed = [m for m in pipe.model.modules() if isinstance(m, PackedLinear)]
     assert packed and all((m.weight is not None) == keeps_plain for m in packed)
+
+
+def test_compiled_pipeline_gives_the_same_tokens_and_leaves_weights_unpacked():
+    """The CUDA default (torch.compile of the fixed-shape step), checked here through Inductor's
+    CPU backend: compiling must not change a single token, and Inductor gets plain weights."""
+    sampling = SamplingConfig(cfg_scale=1.5)
+    eager = Pipeline(tiny_model(regions=4), VQModel(TINY_VQ).eval())
+    compiled = Pipeline(tiny_model(regions=4), VQModel(TINY_VQ).eval(), compile_model=True)
+    tokens = compiled.generate([2, 9], sampling, seed=3, batch_size=2)
+    assert torch.equal(tokens, eager.generate([2, 9], sampling, seed=3, batch_size=2))
+    assert not compiled.packed and eager.packed

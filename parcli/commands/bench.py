@@ -26,7 +26,13 @@ from parcli.commands.common import console, err_console, user_errors, warn_if_em
 from parcli.commands.models import load_pipelines, parse_grid, parse_ints, parse_region_list
 from parcli.config import GPT_PRESETS
 from parcli.media import atomic_path, check_writable
-from parcli.pipeline import Pipeline, PipelineError, resolve_device, resolve_dtype
+from parcli.pipeline import (
+    Pipeline,
+    PipelineError,
+    resolve_compile,
+    resolve_device,
+    resolve_dtype,
+)
 from parcli.sampling import SamplingConfig
 
 
@@ -64,7 +70,8 @@ def bench(
     compile_model: Annotated[
         bool | None,
         typer.Option(
-            "--compile/--no-compile", help="torch.compile the step. Default: on CUDA only."
+            "--compile/--no-compile",
+            help="torch.compile the step, as par generate does. Default: on CUDA only.",
         ),
     ] = None,
     decode: Annotated[bool, typer.Option(help="Also time the VQ decoder.")] = True,
@@ -92,7 +99,7 @@ def bench(
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
         warn_if_emulated(torch_device, torch_dtype)
-        use_compile = torch_device.type == "cuda" if compile_model is None else compile_model
+        use_compile = resolve_compile(compile_model, torch_device)
 
         random_weights = arch is not None
         if random_weights:

@@ -21,7 +21,13 @@ from parcli.media import (
     save_tokens,
     save_video,
 )
-from parcli.pipeline import PipelineError, load_pipeline, resolve_device, resolve_dtype
+from parcli.pipeline import (
+    PipelineError,
+    load_pipeline,
+    resolve_compile,
+    resolve_device,
+    resolve_dtype,
+)
 from parcli.sampling import SamplingConfig
 
 
@@ -74,6 +80,14 @@ def generate(
     scale: Annotated[
         int, typer.Option(min=1, max=16, help="Enlarge the written pixels N times (nearest).")
     ] = 1,
+    compile_model: Annotated[
+        bool | None,
+        typer.Option(
+            "--compile/--no-compile",
+            help="torch.compile the step (the first run compiles; later runs reuse Inductor's "
+            "disk cache). Default: on CUDA only.",
+        ),
+    ] = None,
     offline: Annotated[bool, typer.Option(help="Never touch the network.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
 ) -> None:
@@ -99,6 +113,7 @@ def generate(
             files.cfg_scale,
         )
         pipe.check_regions(regions)
+        pipe.compile_model = resolve_compile(compile_model, torch_device)
         if pipe.is_video != (Path(output).suffix in VIDEO_SUFFIXES) and not directory:
             kind = "video" if pipe.is_video else "image"
             raise PipelineError(
