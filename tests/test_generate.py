@@ -100,3 +100,24 @@ def test_packed_cpu_weights_give_the_same_tokens(make_model, regions, keep_plain
     assert all(layer.feed_forward.w13 is not None for layer in model.layers)
     after = generate_tokens(model, plan, labels, sampling, torch.Generator().manual_seed(1))
     assert torch.equal(before, after)
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_decode_loop_never_reads_a_device_value_on_the_host(make_model, monkeypatch, static):
+    """Any of these on a CUDA tensor would stall the host until the device catches up."""
+    from parcli.generate import EagerSteps, StaticSteps
+
+    model = make_model(regions=4)
+    plan = Plan((8, 8), 4)
+    steps = (StaticSteps if static else EagerSteps)(model, plan, rows=4)
+
+    def host_read(*args, **kwargs):
+        raise AssertionError("the decode loop read a tensor value on the host")
+
+    for name in ("item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__"):
+        monkeypatch.setattr(torch.Tensor, name, host_read)
+    sampling = SamplingConfig(cfg_scale=2.0, temperature=0.9, top_k=5, top_p=0.9)
+    tokens = generate_tokens(
+        model, plan, torch.tensor([1, 2]), sampling, torch.Generator().manual_seed(0), steps=steps
+    )
+    assert tokens.shape == (2, 8, 8)
