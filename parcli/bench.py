@@ -101,12 +101,15 @@ def copy_rate(device: torch.device, size_bytes: int = 1 << 30, repeats: int = 5)
 
 
 def weight_bytes(pipe: Pipeline) -> int:
-    """Bytes of weights one forward pass reads (pre-packed CPU projections included)."""
+    """Bytes of weights one forward pass reads: every projection (packed ones as packed) and
+    norm, but not the embedding tables, of which a pass gathers only a few rows."""
     from parcli.model import PackedLinear
 
-    packed = [m.packed for m in pipe.model.modules() if isinstance(m, PackedLinear)]
-    tensors = [*pipe.model.parameters(), *packed]
-    return sum(t.numel() * t.element_size() for t in tensors)
+    modules = list(pipe.model.modules())
+    tables = {id(m.weight) for m in modules if isinstance(m, torch.nn.Embedding)}
+    read = [p for p in pipe.model.parameters() if id(p) not in tables]
+    packed = sum(m.nbytes for m in modules if isinstance(m, PackedLinear))
+    return packed + sum(t.numel() * t.element_size() for t in read)
 
 
 def machine_info(device: torch.device) -> dict:

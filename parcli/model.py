@@ -83,6 +83,7 @@ class PackedLinear(nn.Module):
         super().__init__()
         weight = weight.detach()
         self.rows = rows
+        self.nbytes = weight.numel() * weight.element_size()  # what a product reads
         self.weight = weight if keep_plain else None
         if keep_plain:
             self.packed = torch.ops.mkl._mkl_reorder_linear_weight(weight, rows)
