@@ -138,8 +138,8 @@ class Pipeline:
     def steps(self, rows: int) -> Steps:
         """Decode state for `rows` sequences, kept so later batches reuse its cache and graphs.
 
-        Eager prefix attention on CPU; fixed shapes replayed from CUDA graphs on CUDA; for a
-        plain pipeline, fixed shapes run op by op.
+        On CPU, eager prefix attention with weights pre-packed for this batch's passes; on
+        CUDA, fixed shapes replayed from graphs; for a plain pipeline, fixed shapes op by op.
         """
         if rows not in self._steps:
             on_cuda = self.device.type == "cuda"
@@ -152,20 +152,20 @@ class Pipeline:
                     self.model, self.plan, rows, on_cuda, compile_model=self.compile_model
                 )
             else:
-                self._pack_weights()
+                self._pack_weights(rows * self.model.cfg.regions)
                 self._steps[rows] = EagerSteps(self.model, self.plan, rows)
         return self._steps[rows]
 
-    def _pack_weights(self) -> None:
-        """Pre-pack the projections once, for eager CPU decoding (Inductor packs its own)."""
+    def _pack_weights(self, pass_rows: int) -> None:
+        """Pre-pack the projections once, for eager CPU passes of `pass_rows` input rows (the
+        first batch size decides; others take the plain product). Inductor packs its own."""
         if self.packed or self.device.type != "cpu":
             return
         # MKL's packing (the faster one) keeps a second copy of every projection: take it only
         # while that copy fits twice over in the memory still free.
         spare = available_memory()
         keep_plain = spare is None or 2 * self.model.projection_bytes() < spare
-        rows = 2 * self.model.cfg.regions
-        self.packed = self.model.pack_weights_for_cpu(rows, keep_plain=keep_plain)
+        self.packed = self.model.pack_weights_for_cpu(pass_rows, keep_plain=keep_plain)
 
     def generate(
         self,
