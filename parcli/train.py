@@ -4,10 +4,10 @@ The transformer is trained with the very modules and plan used for generation: c
 PAR sequence order, one teacher-forced forward runs over every slot under the plan's attention
 mask, and the logits of slot s are scored against sequence index s (spec 3.3).
 
-Checkpoints are written atomically every `checkpoint_every` steps, at the end, and when training
-is interrupted (KeyboardInterrupt), so the newest complete checkpoint is always readable. The
-AdamW state goes to a sibling file `<out>.optim.safetensors` (tensors only, nothing pickled);
-`resume=True` restores both and continues the step count and the learning-rate schedule.
+Checkpoints are written atomically every `TrainRun.checkpoint_every` steps, at the end, and when
+training is interrupted (KeyboardInterrupt), so the newest complete checkpoint is always readable.
+The AdamW state goes to a sibling file `<out>.optim.safetensors` (tensors only, nothing pickled);
+`TrainRun.resume` restores both and continues the step count and the learning-rate schedule.
 """
 
 from __future__ import annotations
@@ -35,6 +35,26 @@ OnStep = Callable[[int, int, float, float], None]
 
 class TrainError(ValueError):
     """Bad training input (shapes, incompatible checkpoints)."""
+
+
+@dataclass(frozen=True)
+class TrainRun:
+    """Settings of one training run, shared by the VQ tokenizer and the transformer."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    seed: int
+    out_path: Path
+    resume: bool = False
+    checkpoint_every: int = 200
+    device: str = "cpu"
+    dataset: str = ""
+    command: str | None = None
+    warmup: int = 100
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "out_path", Path(self.out_path))
 
 
 @dataclass(frozen=True)
@@ -94,19 +114,15 @@ def _run(
     loss_fn: Callable[[torch.Generator], torch.Tensor],
     save: Callable[[int, float, float], None],
     optimizer: torch.optim.Optimizer,
+    run: TrainRun,
     start: int,
-    steps: int,
-    lr: float,
-    warmup: int,
-    batch_size: int,
     seconds_before: float,
-    seed: int,
     on_step: OnStep | None,
-    checkpoint_every: int,
     grad_clip: float = 1.0,
 ) -> tuple[int, float, float]:
-    """Optimise from step `start` to `steps`; returns (steps done, seconds, last loss)."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + start)
+    """Optimise from step `start` to `run.steps`; returns (steps done, seconds, last loss)."""
+    steps, checkpoint_every = run.steps, run.checkpoint_every
+    generator = torch.Generator().manual_seed(run.seed * 1_000_003 + start)
     model.train()
     done, loss_value = start, float("nan")
     began = time.perf_counter()
@@ -114,7 +130,7 @@ def _run(
         for step in range(start, steps):
             tick = time.perf_counter()
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, steps, lr, warmup)
+                group["lr"] = lr_at(step, steps, run.lr, run.warmup)
             loss = loss_fn(generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -125,7 +141,7 @@ def _run(
             if checkpoint_every and done % checkpoint_every == 0 and done < steps:
                 save(done, seconds, loss_value)
             if on_step is not None:
-                rate = batch_size / max(time.perf_counter() - tick, 1e-9)
+                rate = run.batch_size / max(time.perf_counter() - tick, 1e-9)
                 on_step(done, steps, loss_value, rate)
     except KeyboardInterrupt:
         if done > start:
@@ -195,18 +211,8 @@ def _check_images(images: np.ndarray) -> np.ndarray:
 def train_vq(
     images: np.ndarray,
     cfg: VQConfig,
-    steps: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
-    out_path: str | Path,
-    resume: bool = False,
+    run: TrainRun,
     on_step: OnStep | None = None,
-    checkpoint_every: int = 200,
-    device: str = "cpu",
-    dataset: str = "",
-    command: str | None = None,
-    warmup: int = 50,
 ) -> TrainResult:
     """Train a VQ tokenizer: loss = L1 + MSE reconstruction + codebook + commitment."""
     images = _check_images(images)
@@ -217,19 +223,21 @@ def train_vq(
     side = images.shape[1]
     if side % cfg.downsample or images.shape[2] % cfg.downsample:
         raise TrainError(f"image size {images.shape[1:3]} is not divisible by {cfg.downsample}")
-    out_path = Path(out_path)
-    torch.manual_seed(seed)
+    out_path, device, batch_size = run.out_path, run.device, run.batch_size
+    torch.manual_seed(run.seed)
     model = VQModel(cfg)
     start, seconds_before = 0, 0.0
-    if resume:
+    if run.resume:
         state, start, seconds_before, found = _resume_state(out_path, "vq")
         if found != cfg:
             cfg = found
             model = VQModel(cfg)
         model.load_state_dict(state)
     model.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
-    if resume:
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=run.lr, betas=(0.9, 0.95), weight_decay=0.0
+    )
+    if run.resume:
         load_optimizer(optimizer, optim_path(out_path), start)
     pixels = torch.from_numpy(images)
 
@@ -241,16 +249,13 @@ def train_vq(
             F.l1_loss(recon, x) + F.mse_loss(recon, x) + losses["codebook"] + losses["commitment"]
         )
 
-    extra = {"batch_size": batch_size, "lr": lr, "seed": seed, "images": len(images)}
+    extra = {"batch_size": batch_size, "lr": run.lr, "seed": run.seed, "images": len(images)}
 
     def save(step: int, seconds: float, loss: float) -> None:
-        meta = _metadata("vq", step, seconds, loss, dataset, command, extra)
+        meta = _metadata("vq", step, seconds, loss, run.dataset, run.command, extra)
         _save(model, out_path, "vq", cfg, meta, optimizer, step)
 
-    done, seconds, loss = _run(
-        model, loss_fn, save, optimizer, start, steps, lr, warmup, batch_size,
-        seconds_before, seed, on_step, checkpoint_every,
-    )  # fmt: skip
+    done, seconds, loss = _run(model, loss_fn, save, optimizer, run, start, seconds_before, on_step)
     return TrainResult(out_path, done, seconds, loss)
 
 
@@ -302,19 +307,9 @@ def train_gpt(
     codes: np.ndarray,
     labels: np.ndarray,
     cfg: GPTConfig,
-    steps: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
-    out_path: str | Path,
-    resume: bool = False,
+    run: TrainRun,
     on_step: OnStep | None = None,
-    checkpoint_every: int = 200,
-    device: str = "cpu",
-    dataset: str = "",
-    command: str | None = None,
     init_from: str | Path | None = None,
-    warmup: int = 100,
     weight_decay: float = 0.05,
 ) -> TrainResult:
     """Train a class-conditional PAR transformer on raster code grids (N, *cfg.grid)."""
@@ -329,13 +324,13 @@ def train_gpt(
         )
     if labels.min() < 0 or labels.max() >= cfg.num_classes:
         raise TrainError(f"labels must lie in [0, {cfg.num_classes})")
-    out_path = Path(out_path)
+    out_path, device, batch_size = run.out_path, run.device, run.batch_size
     plan = Plan(cfg.grid, cfg.regions)
-    torch.manual_seed(seed)
+    torch.manual_seed(run.seed)
     model = Transformer(cfg)
     model.init_weights()
     start, seconds_before, origin = 0, 0.0, None
-    if resume:
+    if run.resume:
         state, start, seconds_before, found = _resume_state(out_path, "gpt")
         if found != cfg:
             raise TrainError(f"--resume: {out_path} was trained with a different architecture")
@@ -356,10 +351,10 @@ def train_gpt(
             {"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ],
-        lr=lr,
+        lr=run.lr,
         betas=(0.9, 0.95),
     )
-    if resume:
+    if run.resume:
         load_optimizer(optimizer, optim_path(out_path), start)
     seqs = torch.from_numpy(plan.to_sequence(codes.astype(np.int64)))
     targets_labels = torch.from_numpy(labels.astype(np.int64))
@@ -375,16 +370,13 @@ def train_gpt(
         )
         return gpt_loss(model, plan, batch_labels.to(device), seqs[index].to(device), rope, mask)
 
-    extra = {"batch_size": batch_size, "lr": lr, "seed": seed, "sequences": len(codes)}
+    extra = {"batch_size": batch_size, "lr": run.lr, "seed": run.seed, "sequences": len(codes)}
     if origin:
         extra["init_from"] = origin
 
     def save(step: int, seconds: float, loss: float) -> None:
-        meta = _metadata("gpt", step, seconds, loss, dataset, command, extra)
+        meta = _metadata("gpt", step, seconds, loss, run.dataset, run.command, extra)
         _save(model, out_path, "gpt", cfg, meta, optimizer, step)
 
-    done, seconds, loss = _run(
-        model, loss_fn, save, optimizer, start, steps, lr, warmup, batch_size,
-        seconds_before, seed, on_step, checkpoint_every,
-    )  # fmt: skip
+    done, seconds, loss = _run(model, loss_fn, save, optimizer, run, start, seconds_before, on_step)
     return TrainResult(out_path, done, seconds, loss)

@@ -9,7 +9,7 @@ from conftest import tiny_config, tiny_model
 from parcli.data import load_image_folder, split_held_out
 from parcli.model import rotary_table
 from parcli.plan import Plan
-from parcli.train import TrainError, train_gpt, train_vq
+from parcli.train import TrainError, TrainRun, train_gpt, train_vq
 from parcli.vq import VQConfig
 from parcli.weights import read_checkpoint, read_metadata, save_checkpoint
 
@@ -57,7 +57,9 @@ class Recorder:
 def test_vq_training_reduces_loss_and_writes_checkpoint(tmp_path):
     out = tmp_path / "vq.safetensors"
     rec = Recorder()
-    result = train_vq(stripes(), tiny_vq_config(), 40, 8, 3e-3, 0, out, on_step=rec, warmup=5)
+    result = train_vq(
+        stripes(), tiny_vq_config(), TrainRun(40, 8, 3e-3, 0, out, warmup=5), on_step=rec
+    )
     assert np.mean(rec.losses[-5:]) < 0.7 * np.mean(rec.losses[:5])
     state, kind, config, meta = read_checkpoint(out)
     assert kind == "vq" and config == tiny_vq_config() and result.steps == 40
@@ -68,7 +70,8 @@ def test_gpt_training_reduces_loss(tmp_path):
     codes, labels = patterned_codes()
     cfg = tiny_config(regions=4, class_dropout=0.1)
     rec = Recorder()
-    train_gpt(codes, labels, cfg, 40, 8, 3e-3, 0, tmp_path / "g.safetensors", on_step=rec, warmup=5)
+    run = TrainRun(40, 8, 3e-3, 0, tmp_path / "g.safetensors", warmup=5)
+    train_gpt(codes, labels, cfg, run, on_step=rec)
     assert np.mean(rec.losses[-5:]) < 0.6 * np.mean(rec.losses[:5])
 
 
@@ -82,8 +85,8 @@ def test_training_loss_is_teacher_forced_par_cross_entropy(tmp_path, regions):
     codes = torch.randint(0, cfg.vocab_size, (1, 8, 8), generator=torch.Generator().manual_seed(3))
     labels = np.array([5])
     rec = Recorder()
-    train_gpt(codes.numpy(), labels, cfg, 1, 4, 1e-3, 0, tmp_path / "g.safetensors",
-              on_step=rec, init_from=init)  # fmt: skip
+    run = TrainRun(1, 4, 1e-3, 0, tmp_path / "g.safetensors")
+    train_gpt(codes.numpy(), labels, cfg, run, on_step=rec, init_from=init)
 
     plan = Plan((8, 8), regions)
     # PAR order written out from spec section 2, independently of Plan.
@@ -112,11 +115,11 @@ def test_checkpoint_reload_and_resume_continue_the_step_count(tmp_path):
     codes, labels = patterned_codes()
     cfg = tiny_config(regions=4)
     out = tmp_path / "g.safetensors"
-    train_gpt(codes, labels, cfg, 4, 4, 1e-3, 0, out, checkpoint_every=2)
+    train_gpt(codes, labels, cfg, TrainRun(4, 4, 1e-3, 0, out, checkpoint_every=2))
     assert read_metadata(out)["step"] == "4"
     assert (tmp_path / "g.safetensors.optim.safetensors").is_file()
     rec = Recorder()
-    result = train_gpt(codes, labels, cfg, 6, 4, 1e-3, 0, out, resume=True, on_step=rec)
+    result = train_gpt(codes, labels, cfg, TrainRun(6, 4, 1e-3, 0, out, resume=True), on_step=rec)
     assert rec.steps == [5, 6] and result.steps == 6
     meta = read_metadata(out)
     assert meta["step"] == "6" and json.loads(meta["training"])["steps"] == 6
@@ -127,30 +130,32 @@ def test_checkpoint_reload_and_resume_continue_the_step_count(tmp_path):
 def test_resume_refuses_a_different_architecture(tmp_path):
     codes, labels = patterned_codes()
     out = tmp_path / "g.safetensors"
-    train_gpt(codes, labels, tiny_config(regions=4), 1, 4, 1e-3, 0, out)
+    train_gpt(codes, labels, tiny_config(regions=4), TrainRun(1, 4, 1e-3, 0, out))
     with pytest.raises(TrainError):
-        train_gpt(codes, labels, tiny_config(regions=16), 2, 4, 1e-3, 0, out, resume=True)
+        train_gpt(codes, labels, tiny_config(regions=16), TrainRun(2, 4, 1e-3, 0, out, resume=True))
 
 
 def test_interrupt_leaves_the_last_completed_step_readable(tmp_path):
     codes, labels = patterned_codes()
     out = tmp_path / "g.safetensors"
     with pytest.raises(KeyboardInterrupt):
-        train_gpt(codes, labels, tiny_config(), 10, 4, 1e-3, 0, out, on_step=Recorder(stop_at=3))
+        train_gpt(codes, labels, tiny_config(), TrainRun(10, 4, 1e-3, 0, out), Recorder(stop_at=3))
     assert read_metadata(out)["step"] == "3"
     read_checkpoint(out)
     vq_out = tmp_path / "vq.safetensors"
+    run = TrainRun(10, 4, 1e-3, 0, vq_out, warmup=50)
     with pytest.raises(KeyboardInterrupt):
-        train_vq(stripes(), tiny_vq_config(), 10, 4, 1e-3, 0, vq_out, on_step=Recorder(stop_at=2))
+        train_vq(stripes(), tiny_vq_config(), run, on_step=Recorder(stop_at=2))
     assert read_metadata(vq_out)["step"] == "2"
 
 
 def test_bad_codes_are_refused(tmp_path):
     codes, labels = patterned_codes()
+    run = TrainRun(1, 4, 1e-3, 0, tmp_path / "g.safetensors")
     with pytest.raises(TrainError, match="code grids"):
-        train_gpt(codes[:, :4], labels, tiny_config(), 1, 4, 1e-3, 0, tmp_path / "g.safetensors")
+        train_gpt(codes[:, :4], labels, tiny_config(), run)
     with pytest.raises(TrainError, match="codes must lie"):
-        train_gpt(codes + 100, labels, tiny_config(), 1, 4, 1e-3, 0, tmp_path / "g.safetensors")
+        train_gpt(codes + 100, labels, tiny_config(), run)
 
 
 def test_load_digits():

@@ -109,7 +109,7 @@ def vq(
     """Train a VQ tokenizer."""
     with user_errors():
         try:
-            from parcli.train import train_vq
+            from parcli.train import TrainRun, train_vq
             from parcli.vq import VQConfig
 
             _check_steps(steps, batch_size, lr)
@@ -126,13 +126,13 @@ def vq(
                 out_channels=images.shape[-1],
                 norm_groups=_norm_groups([ch * m for m in mult] + [z_channels]),
             )
+            run = TrainRun(
+                steps, batch_size, lr, seed, out, resume, checkpoint_every, device, data,
+                _command(), warmup,
+            )  # fmt: skip
             progress, on_step = _progress("vq")
             with progress:
-                result = train_vq(
-                    images, cfg, steps, batch_size, lr, seed, out, resume=resume,
-                    on_step=on_step, checkpoint_every=checkpoint_every, device=device,
-                    dataset=data, command=_command(), warmup=warmup,
-                )  # fmt: skip
+                result = train_vq(images, cfg, run, on_step=on_step)
         except _errors() as exc:
             raise fail(str(exc)) from None
     _report(result)
@@ -165,7 +165,7 @@ def gpt(
     with user_errors():
         try:
             from parcli.config import GPTConfig
-            from parcli.train import encode_images, train_gpt
+            from parcli.train import TrainRun, encode_images, train_gpt
             from parcli.weights import load_vq
 
             _check_steps(steps, batch_size, lr)
@@ -183,13 +183,13 @@ def gpt(
                 class_dropout=class_dropout,
             )
             del vq_model
+            run = TrainRun(
+                steps, batch_size, lr, seed, out, resume, checkpoint_every, device, data,
+                _command(), warmup,
+            )  # fmt: skip
             progress, on_step = _progress(f"gpt n={regions}")
             with progress:
-                result = train_gpt(
-                    codes, labels, cfg, steps, batch_size, lr, seed, out, resume=resume,
-                    on_step=on_step, checkpoint_every=checkpoint_every, device=device,
-                    dataset=data, command=_command(), init_from=init_from, warmup=warmup,
-                )  # fmt: skip
+                result = train_gpt(codes, labels, cfg, run, on_step=on_step, init_from=init_from)
         except _errors() as exc:
             raise fail(str(exc)) from None
     _report(result)
