@@ -227,12 +227,8 @@ def random_pipelines(
     device: torch.device,
     dtype: torch.dtype,
     seed: int = 0,
-    plain: bool = False,
 ) -> dict[int, Pipeline]:
-    """Published architectures with random weights (speed only), one weight set for every n.
-
-    The same seed gives the same weights, so plain twins (`plain=True`) compute the same tokens.
-    """
+    """Published architectures with random weights (speed only), one weight set for every n."""
     from parcli.config import GPTConfig
     from parcli.model import Transformer
     from parcli.vq import VQConfig, VQModel
@@ -253,5 +249,5 @@ def random_pipelines(
         if n > 1:
             state[special] = shared[special][: n - 1]
         model.load_state_dict(state, assign=True)
-        pipelines[n] = Pipeline(model.eval(), vq, f"{arch} (random weights)", 1.5, plain=plain)
+        pipelines[n] = Pipeline(model.eval(), vq, f"{arch} (random weights)", 1.5)
     return pipelines

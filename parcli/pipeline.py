@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,6 +157,19 @@ class Pipeline:
                 self._steps[rows] = EagerSteps(self.model, self.plan, rows)
         return self._steps[rows]
 
+    def plain_twin(self) -> Pipeline:
+        """The same transformer weights (shared, not copied) with every speed-up off.
+
+        Built before this pipeline packs anything: packing swaps modules, never tensors.
+        """
+        if self.packed:
+            raise PipelineError("a plain twin must be made before the weights are packed")
+        with torch.device("meta"):
+            model = Transformer(self.model.cfg)
+        model.load_state_dict(self.model.state_dict(), assign=True)
+        vq = copy.deepcopy(self.vq).set_memory_format(torch.contiguous_format)
+        return Pipeline(model.eval(), vq, self.name, self.default_cfg_scale, plain=True)
+
     def _pack_weights(self, pass_rows: int) -> None:
         """Pre-pack the projections once, for eager CPU passes of `pass_rows` input rows (the
         first batch size decides; others take the plain product). Inductor packs its own."""
@@ -209,7 +223,6 @@ def load_pipeline(
     dtype: torch.dtype,
     name: str | None = None,
     default_cfg_scale: float | None = None,
-    plain: bool = False,
 ) -> Pipeline:
     from parcli.weights import load_transformer, load_vq
 
@@ -218,4 +231,4 @@ def load_pipeline(
     vq, _ = load_vq(tokenizer, device, torch.float32)
     if default_cfg_scale is None:
         default_cfg_scale = float(metadata.get("cfg_scale", 1.0))
-    return Pipeline(model, vq, name or checkpoint.name, default_cfg_scale, plain=plain)
+    return Pipeline(model, vq, name or checkpoint.name, default_cfg_scale)

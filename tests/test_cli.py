@@ -258,11 +258,11 @@ def test_bench_random_architecture_interleaves_and_compares(tmp_path, monkeypatc
     assert "random weights: speed only" in result.output
 
 
-def small_random_pipelines(arch, regions, grid, device, dtype, seed=0, plain=False):
+def small_random_pipelines(arch, regions, grid, device, dtype, seed=0):
     from parcli.pipeline import Pipeline
 
     vq = VQModel(TINY_VQ)
-    return {n: Pipeline(tiny_model(regions=n, grid=grid), vq, "tiny", plain=plain) for n in regions}
+    return {n: Pipeline(tiny_model(regions=n, grid=grid), vq, "tiny") for n in regions}
 
 
 def test_bench_baseline_times_a_plain_engine_beside_ours(tmp_path, monkeypatch):

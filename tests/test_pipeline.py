@@ -2,7 +2,7 @@ import pytest
 import torch
 from conftest import TINY_VQ, tiny_model
 
-from parcli.pipeline import Pipeline, emulated_dtype_note
+from parcli.pipeline import Pipeline, PipelineError, emulated_dtype_note
 from parcli.sampling import SamplingConfig
 from parcli.vq import VQModel
 
@@ -11,10 +11,16 @@ from parcli.vq import VQModel
 def test_plain_engine_gives_the_same_tokens_as_ours(regions):
     sampling = SamplingConfig(cfg_scale=2.0)
     ours = Pipeline(tiny_model(regions=regions), VQModel(TINY_VQ).eval())
-    plain = Pipeline(tiny_model(regions=regions), VQModel(TINY_VQ).eval(), plain=True)
+    plain = ours.plain_twin()
+    shared = plain.model.output.weight.data_ptr() == ours.model.output.weight.data_ptr()
+    assert plain.plain and shared  # the same storage, not a copy
     tokens = ours.generate([1, 2, 3], sampling, seed=5, batch_size=2)
     assert not any(isinstance(m, torch.nn.Linear) for m in ours.model.modules())
     assert torch.equal(tokens, plain.generate([1, 2, 3], sampling, seed=5, batch_size=2))
+    assert any(isinstance(m, torch.nn.Linear) for m in plain.model.modules())
+    assert plain.vq.memory_format == torch.contiguous_format
+    with pytest.raises(PipelineError, match="before the weights are packed"):
+        ours.plain_twin()
 
 
 @pytest.mark.parametrize("feature", ["avx512_bf16", "amx_tile"])

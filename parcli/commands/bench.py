@@ -110,33 +110,24 @@ def bench(
                     f"unknown --arch {arch!r}; choose one of {', '.join(GPT_PRESETS)}"
                 )
             sides = parse_grid(grid, image_size)
-
-            def build(plain: bool) -> dict[int, Pipeline]:
-                with console.status(f"building {arch} with random weights"):
-                    return random_pipelines(
-                        arch, region_list, sides, torch_device, torch_dtype, seed, plain
-                    )
-
+            with console.status(f"building {arch} with random weights"):
+                pipelines = random_pipelines(
+                    arch, region_list, sides, torch_device, torch_dtype, seed
+                )
             title = f"{arch} · random weights: speed only · grid {'x'.join(map(str, sides))}"
         else:
-
-            def build(plain: bool) -> dict[int, Pipeline]:
-                return load_pipelines(
-                    model,
-                    region_list,
-                    checkpoint,
-                    tokenizer,
-                    torch_device,
-                    torch_dtype,
-                    offline,
-                    console,
-                    plain=plain,
-                )
-
-        pipelines = build(plain=False)
-        baselines = build(plain=True) if baseline else None
-        if not random_weights:
+            pipelines = load_pipelines(
+                model,
+                region_list,
+                checkpoint,
+                tokenizer,
+                torch_device,
+                torch_dtype,
+                offline,
+                console,
+            )
             title = " / ".join(p.name for p in pipelines.values())
+        baselines = {n: p.plain_twin() for n, p in pipelines.items()} if baseline else None
         for pipe in pipelines.values():
             pipe.compile_model = use_compile
         first = next(iter(pipelines.values()))

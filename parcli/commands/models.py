@@ -104,14 +104,13 @@ def load_pipelines(
     offline: bool,
     console: Console,
     quiet: bool = False,
-    plain: bool = False,
 ) -> dict[int, Pipeline]:
     """One loaded pipeline per region count, each checked to be trained for it."""
     pipelines = {}
     for n in regions:
         files = locate_model(model, n, checkpoint, tokenizer, offline, console, quiet)
         pipe = load_pipeline(
-            files.checkpoint, files.tokenizer, device, dtype, files.name, files.cfg_scale, plain
+            files.checkpoint, files.tokenizer, device, dtype, files.name, files.cfg_scale
         )
         pipe.check_regions(n)
         pipelines[n] = pipe
