@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import typer
-
 from parcli.commands.bench import bench
+from parcli.commands.common import command_app
 from parcli.commands.convert import convert_weights
 from parcli.commands.eval import eval_digits
 from parcli.commands.generate import generate
 from parcli.commands.train import app as train_app
 from parcli.commands.weights import app as weights_app
 
-app = typer.Typer(
-    name="par",
-    help="Parallelized Autoregressive (PAR) visual generation with LlamaGen-family transformers.",
-    no_args_is_help=True,
-    rich_markup_mode="rich",
-    pretty_exceptions_enable=False,
-    add_completion=False,
+app = command_app(
+    "par", "Parallelized Autoregressive (PAR) visual generation with LlamaGen-family transformers."
 )
 app.command()(generate)
 app.command("convert-weights")(convert_weights)

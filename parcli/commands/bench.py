@@ -22,7 +22,16 @@ from parcli.bench import (
     run_bench,
     weight_bytes,
 )
-from parcli.commands.common import console, err_console, user_errors, warn_if_emulated
+from parcli.commands.common import (
+    CompileOption,
+    DeviceOption,
+    DtypeOption,
+    OfflineOption,
+    console,
+    err_console,
+    user_errors,
+    warn_if_emulated,
+)
 from parcli.commands.models import load_pipelines, parse_grid, parse_ints, parse_region_list
 from parcli.config import GPT_PRESETS
 from parcli.media import atomic_path, check_writable
@@ -61,19 +70,11 @@ def bench(
     cfg_scale: Annotated[
         float | None, typer.Option(help="Guidance scale (on by default); <= 1 turns it off.")
     ] = None,
-    dtype: Annotated[
-        str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16.")
-    ] = "auto",
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    dtype: DtypeOption = "auto",
+    device: DeviceOption = "auto",
     warmup: Annotated[int, typer.Option(help="Untimed rounds first (graph capture, compile).")] = 1,
     repeats: Annotated[int, typer.Option(help="Timed rounds; configurations interleave.")] = 3,
-    compile_model: Annotated[
-        bool | None,
-        typer.Option(
-            "--compile/--no-compile",
-            help="torch.compile the step, as par generate does. Default: on CUDA only.",
-        ),
-    ] = None,
+    compile_model: CompileOption = None,
     decode: Annotated[bool, typer.Option(help="Also time the VQ decoder.")] = True,
     baseline: Annotated[
         bool,
@@ -86,7 +87,7 @@ def bench(
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write every figure here.")
     ] = None,
-    offline: Annotated[bool, typer.Option(help="Never touch the network.")] = False,
+    offline: OfflineOption = False,
 ) -> None:
     """Time generation at 1, 4 and 16 regions on the real `par generate` path."""
     with user_errors():

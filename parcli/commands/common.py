@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -13,6 +14,34 @@ console = Console()
 err_console = Console(stderr=True)
 
 EXIT_USER_ERROR = 2
+
+# Options several commands take, declared once so their names, help and parsing agree.
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+DtypeOption = Annotated[
+    str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16.")
+]
+CompileOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--compile/--no-compile",
+        help="torch.compile the decoding step (the first run compiles; later runs reuse "
+        "Inductor's disk cache). Default: on CUDA only.",
+    ),
+]
+OfflineOption = Annotated[bool, typer.Option(help="Never touch the network.")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
+
+
+def command_app(name: str, help: str) -> typer.Typer:
+    """A Typer app (or sub-app) with the settings every `par` command group shares."""
+    return typer.Typer(
+        name=name,
+        help=help,
+        no_args_is_help=True,
+        rich_markup_mode="rich",
+        pretty_exceptions_enable=False,
+        add_completion=False,
+    )
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:

@@ -21,6 +21,10 @@ import typer
 from rich.table import Table
 
 from parcli.commands.common import (
+    DeviceOption,
+    DtypeOption,
+    OfflineOption,
+    QuietOption,
     console,
     err_console,
     fail,
@@ -53,10 +57,8 @@ def eval_digits(
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed, the same for every n.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Images generated together.")] = 100,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    dtype: Annotated[
-        str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16.")
-    ] = "auto",
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Also write every figure here.")
     ] = None,
@@ -75,8 +77,8 @@ def eval_digits(
     classifier_steps: Annotated[
         int, typer.Option(help="Training steps with --train-classifier.")
     ] = 1500,
-    offline: Annotated[bool, typer.Option(help="Never touch the network.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    offline: OfflineOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Score generated digits per n: class accuracy and Fréchet distance of classifier features."""
     from parcli.data import DataError

@@ -9,7 +9,17 @@ from typing import Annotated
 import torch
 import typer
 
-from parcli.commands.common import console, pass_progress, user_errors, warn_if_emulated
+from parcli.commands.common import (
+    CompileOption,
+    DeviceOption,
+    DtypeOption,
+    OfflineOption,
+    QuietOption,
+    console,
+    pass_progress,
+    user_errors,
+    warn_if_emulated,
+)
 from parcli.commands.models import locate_model
 from parcli.media import (
     IMAGE_SUFFIXES,
@@ -63,10 +73,8 @@ def generate(
         int, typer.Option(help="Random seed; same seed, same device -> same images.")
     ] = 0,
     batch_size: Annotated[int, typer.Option(help="Images decoded together.")] = 16,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    dtype: Annotated[
-        str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16.")
-    ] = "auto",
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
     output: Annotated[
         str,  # not Path: the trailing '/' of DIR/ matters
         typer.Option(
@@ -80,16 +88,9 @@ def generate(
     scale: Annotated[
         int, typer.Option(min=1, max=16, help="Enlarge the written pixels N times (nearest).")
     ] = 1,
-    compile_model: Annotated[
-        bool | None,
-        typer.Option(
-            "--compile/--no-compile",
-            help="torch.compile the step (the first run compiles; later runs reuse Inductor's "
-            "disk cache). Default: on CUDA only.",
-        ),
-    ] = None,
-    offline: Annotated[bool, typer.Option(help="Never touch the network.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    compile_model: CompileOption = None,
+    offline: OfflineOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Generate images of the given classes with 1, 4 or 16 PAR regions."""
     with user_errors():

@@ -19,17 +19,10 @@ from rich.progress import (
 from rich.table import Table
 
 from parcli import hub
-from parcli.commands.common import console, err_console, user_errors
+from parcli.commands.common import command_app, console, err_console, user_errors
 from parcli.registry import Catalogue, Entry, load_catalogue
 
-app = typer.Typer(
-    name="weights",
-    help="List, download, locate and remove model weights.",
-    no_args_is_help=True,
-    rich_markup_mode="rich",
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
+app = command_app("weights", "List, download, locate and remove model weights.")
 
 CatalogueOption = Annotated[
     Path | None,
