@@ -17,6 +17,11 @@ TINY_VQ = VQConfig(
 )
 
 
+def tiny_vq_config(**overrides) -> VQConfig:
+    """TINY_VQ with some fields changed."""
+    return VQConfig(**{**TINY_VQ.to_dict(), **overrides})
+
+
 def tiny_config(regions: int = 1, grid=(8, 8), **overrides) -> GPTConfig:
     base = dict(n_layer=2, n_head=4, dim=64, vocab_size=32, num_classes=10)
     base.update(overrides)

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 import typer
-from conftest import TINY_VQ as CONFTEST_VQ
-from conftest import tiny_model
+from conftest import tiny_model, tiny_vq_config
 from typer.testing import CliRunner
 
 from parcli.commands.eval import eval_digits
@@ -29,10 +28,10 @@ from parcli.evaluate import (
     to_input,
 )
 from parcli.pipeline import Pipeline, load_pipeline
-from parcli.vq import VQConfig, VQModel
+from parcli.vq import VQModel
 
 ASSETS = DEFAULT_CLASSIFIER.parent
-TINY_VQ = VQConfig(**{**CONFTEST_VQ.to_dict(), "in_channels": 1, "out_channels": 1})
+TINY_VQ = tiny_vq_config(in_channels=1, out_channels=1)
 
 
 def gaussian(count: int, dim: int, seed: int) -> np.ndarray:

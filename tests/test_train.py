@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_config, tiny_model
+from conftest import tiny_config, tiny_model, tiny_vq_config
 
 from parcli.data import load_image_folder, split_held_out
 from parcli.model import rotary_table
@@ -14,17 +14,10 @@ from parcli.vq import VQConfig
 from parcli.weights import read_checkpoint, read_metadata, save_checkpoint
 
 
-def tiny_vq_config() -> VQConfig:
-    return VQConfig(
-        codebook_size=16,
-        codebook_dim=4,
-        z_channels=8,
-        ch=8,
-        ch_mult=(1, 2),
-        num_res_blocks=1,
-        in_channels=1,
-        out_channels=1,
-        norm_groups=4,
+def grey_vq_config() -> VQConfig:
+    """A one-channel VQ small enough to train for a few steps in a test."""
+    return tiny_vq_config(
+        codebook_size=16, z_channels=8, ch=8, in_channels=1, out_channels=1, norm_groups=4
     )
 
 
@@ -58,11 +51,11 @@ def test_vq_training_reduces_loss_and_writes_checkpoint(tmp_path):
     out = tmp_path / "vq.safetensors"
     rec = Recorder()
     result = train_vq(
-        stripes(), tiny_vq_config(), TrainRun(40, 8, 3e-3, 0, out, warmup=5), on_step=rec
+        stripes(), grey_vq_config(), TrainRun(40, 8, 3e-3, 0, out, warmup=5), on_step=rec
     )
     assert np.mean(rec.losses[-5:]) < 0.7 * np.mean(rec.losses[:5])
     state, kind, config, meta = read_checkpoint(out)
-    assert kind == "vq" and config == tiny_vq_config() and result.steps == 40
+    assert kind == "vq" and config == grey_vq_config() and result.steps == 40
     assert json.loads(meta["training"])["steps"] == 40
 
 
@@ -145,7 +138,7 @@ def test_interrupt_leaves_the_last_completed_step_readable(tmp_path):
     vq_out = tmp_path / "vq.safetensors"
     run = TrainRun(10, 4, 1e-3, 0, vq_out, warmup=50)
     with pytest.raises(KeyboardInterrupt):
-        train_vq(stripes(), tiny_vq_config(), run, on_step=Recorder(stop_at=2))
+        train_vq(stripes(), grey_vq_config(), run, on_step=Recorder(stop_at=2))
     assert read_metadata(vq_out)["step"] == "2"
 
 

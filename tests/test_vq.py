@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_vq_config
 
 from parcli.vq import VectorQuantizer, VQConfig, VQModel, from_pixels, to_pixels
 
@@ -12,18 +13,8 @@ DS16_PARAMS = 71_883_403
 
 
 def tiny_config(**overrides) -> VQConfig:
-    base = dict(
-        codebook_size=64,
-        codebook_dim=4,
-        z_channels=8,
-        ch=16,
-        ch_mult=(1, 2),
-        num_res_blocks=1,
-        in_channels=1,
-        out_channels=1,
-        norm_groups=8,
-    )
-    return VQConfig(**{**base, **overrides})
+    grey = dict(codebook_size=64, z_channels=8, in_channels=1, out_channels=1)
+    return tiny_vq_config(**{**grey, **overrides})
 
 
 def tiny_model(seed: int = 0, **overrides) -> VQModel:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_vq_config
 from safetensors.torch import load_file, save_file
 
 from parcli.config import GPTConfig
@@ -43,21 +44,13 @@ def gpt_state(regions: int = 1, seed: int = 0) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def tiny_vq_config(norm_groups: int = 32) -> VQConfig:
-    return VQConfig(
-        codebook_size=16,
-        codebook_dim=4,
-        z_channels=8,
-        ch=32,
-        ch_mult=(1, 2),
-        num_res_blocks=1,
-        norm_groups=norm_groups,
-    )
+def small_vq_config(norm_groups: int = 32) -> VQConfig:
+    return tiny_vq_config(codebook_size=16, z_channels=8, ch=32, norm_groups=norm_groups)
 
 
 def vq_state(norm_groups: int = 32) -> dict[str, torch.Tensor]:
     torch.manual_seed(1)
-    return {k: v.clone() for k, v in VQModel(tiny_vq_config(norm_groups)).state_dict().items()}
+    return {k: v.clone() for k, v in VQModel(small_vq_config(norm_groups)).state_dict().items()}
 
 
 def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -240,7 +233,7 @@ def test_vq_round_trip(tmp_path):
     assert meta["kind"] == "vq"
     assert meta["arch"] == "VQ-2"
     assert meta["vocab_size"] == "16"
-    assert VQConfig.from_dict(json.loads(meta["config"])) == tiny_vq_config()
+    assert VQConfig.from_dict(json.loads(meta["config"])) == small_vq_config()
 
     model, meta2 = load_vq(dst)
     assert meta2 == meta
@@ -257,10 +250,10 @@ def test_vq_norm_groups(tmp_path):
     state = vq_state(norm_groups=8)
     src = tmp_path / "vq.pt"
     torch.save(state, src)
-    assert infer_vq_config(state) == tiny_vq_config(32)  # LlamaGen's group count by default
-    assert infer_vq_config(state, norm_groups=8) == tiny_vq_config(8)
+    assert infer_vq_config(state) == small_vq_config(32)  # LlamaGen's group count by default
+    assert infer_vq_config(state, norm_groups=8) == small_vq_config(8)
     convert(src, tmp_path / "vq.safetensors", norm_groups=8)
-    assert read_checkpoint(tmp_path / "vq.safetensors")[2] == tiny_vq_config(8)
+    assert read_checkpoint(tmp_path / "vq.safetensors")[2] == small_vq_config(8)
 
 
 def test_llamagen_ds16_shapes_infer_on_meta():
