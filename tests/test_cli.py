@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_VQ, tiny_model
+from conftest import TINY_VQ, tiny_model, tiny_vq_config
 from typer.testing import CliRunner
 
 from parcli.cli import app
-from parcli.vq import VQConfig, VQModel
+from parcli.vq import VQModel
 from parcli.weights import save_checkpoint
 
 runner = CliRunner()
@@ -27,7 +27,7 @@ def files(tmp_path_factory):
         name = f"gpt{n}" + ("video" if len(grid) == 3 else "")
         save_checkpoint(root / f"{name}.safetensors", model.state_dict(), "gpt", model.cfg)
         paths[name] = root / f"{name}.safetensors"
-    small = VQConfig(**{**TINY_VQ.to_dict(), "codebook_size": 16, "ch_mult": (1, 2)})
+    small = tiny_vq_config(codebook_size=16)
     save_checkpoint(root / "vq16.safetensors", VQModel(small).state_dict(), "vq", small)
     paths["vq16"] = root / "vq16.safetensors"
     return paths
