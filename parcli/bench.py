@@ -101,15 +101,12 @@ def copy_rate(device: torch.device, size_bytes: int = 1 << 30, repeats: int = 5)
 
 
 def weight_bytes(pipe: Pipeline) -> int:
-    """Bytes of weights one forward pass reads: every projection (packed ones as packed) and
-    norm, but not the embedding tables, of which a pass gathers only a few rows."""
-    from parcli.model import PackedLinear
+    """Bytes of weights one forward pass reads: every projection and norm, but not the embedding
+    tables, of which a pass gathers only a few rows."""
+    from parcli.model import RMSNorm
 
-    modules = list(pipe.model.modules())
-    tables = {id(m.weight) for m in modules if isinstance(m, torch.nn.Embedding)}
-    read = [p for p in pipe.model.parameters() if id(p) not in tables]
-    packed = sum(m.nbytes for m in modules if isinstance(m, PackedLinear))
-    return packed + sum(t.numel() * t.element_size() for t in read)
+    norms = [m.weight for m in pipe.model.modules() if isinstance(m, RMSNorm)]
+    return pipe.model.projection_bytes() + sum(w.numel() * w.element_size() for w in norms)
 
 
 def machine_info(device: torch.device) -> dict:

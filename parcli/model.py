@@ -281,9 +281,14 @@ class Transformer(nn.Module):
         return True
 
     def projection_bytes(self) -> int:
-        """Bytes of the plain projection weights (embedding tables excluded)."""
-        weights = [m.weight for m in self.modules() if isinstance(m, nn.Linear)]
-        return sum(w.numel() * w.element_size() for w in weights)
+        """Bytes of the projection weights a forward pass multiplies by, packed or not."""
+        total = 0
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                total += m.weight.numel() * m.weight.element_size()
+            elif isinstance(m, PackedLinear):
+                total += m.nbytes
+        return total
 
     def embed_slots(
         self,
