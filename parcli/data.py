@@ -10,10 +10,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from parcli.errors import UserError
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A data set that cannot be found or read."""
 
 

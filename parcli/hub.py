@@ -42,6 +42,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from parcli.config import GPT_PRESETS
+from parcli.errors import UserError
 from parcli.registry import Entry
 
 try:
@@ -57,7 +58,7 @@ OFFLINE_ENV = ("PARCLI_OFFLINE", "HF_HUB_OFFLINE")
 _TRUE = {"1", "true", "yes", "on"}
 
 
-class FetchError(Exception):
+class FetchError(UserError):
     """A model file could not be made available; the message is one line meant for the user."""
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from parcli.errors import UserError
+
 IMAGE_SUFFIXES = (".png",)
 VIDEO_SUFFIXES = (".mp4", ".gif")
 TOKEN_SUFFIXES = (".npy",)
@@ -31,7 +33,7 @@ MACRO_BLOCK = 16
 PathLike = str | os.PathLike
 
 
-class OutputError(Exception):
+class OutputError(UserError):
     """An output path the user has to change; the message is one line."""
 
 

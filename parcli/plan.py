@@ -15,11 +15,12 @@ from functools import cached_property
 import numpy as np
 
 from parcli.config import SUPPORTED_REGIONS
+from parcli.errors import UserError
 
 CLASS, TOKEN, TRANSITION = 0, 1, 2
 
 
-class PlanError(ValueError):
+class PlanError(UserError, ValueError):
     """A grid / region combination that cannot be scheduled."""
 
 

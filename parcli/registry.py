@@ -25,6 +25,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 from parcli.config import GPT_PRESETS, SUPPORTED_REGIONS, GPTConfig
+from parcli.errors import UserError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_PATH = Path(__file__).parent / "weights.toml"
@@ -35,7 +36,7 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
-class RegistryError(Exception):
+class RegistryError(UserError):
     """A bad model name or a malformed catalogue; the message is one line meant for the user."""
 
 

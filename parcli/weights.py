@@ -39,6 +39,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from parcli.config import SUPPORTED_REGIONS, GPTConfig, ffn_hidden_dim, preset_heads
+from parcli.errors import UserError
 from parcli.model import Transformer
 from parcli.vq import VQConfig, VQModel
 
@@ -88,7 +89,7 @@ Progress = Callable[[str, int, int], None]
 Shape = tuple[int, ...]
 
 
-class WeightsError(Exception):
+class WeightsError(UserError):
     """A checkpoint could not be read, understood or written; the message says what to do."""
 
 
