@@ -103,10 +103,11 @@ def copy_rate(device: torch.device, size_bytes: int = 1 << 30, repeats: int = 5)
 def weight_bytes(pipe: Pipeline) -> int:
     """Bytes of weights one forward pass reads: every projection and norm, but not the embedding
     tables, of which a pass gathers only a few rows."""
+    from parcli.engine.packing import projection_bytes
     from parcli.model import RMSNorm
 
     norms = [m.weight for m in pipe.model.modules() if isinstance(m, RMSNorm)]
-    return pipe.model.projection_bytes() + sum(w.numel() * w.element_size() for w in norms)
+    return projection_bytes(pipe.model) + sum(w.numel() * w.element_size() for w in norms)
 
 
 def machine_info(device: torch.device) -> dict:
@@ -224,6 +225,7 @@ def random_pipelines(
     device: torch.device,
     dtype: torch.dtype,
     seed: int = 0,
+    compile_model: bool | None = None,
 ) -> dict[int, Pipeline]:
     """Published architectures with random weights (speed only), one weight set for every n."""
     from parcli.config import GPTConfig
@@ -246,5 +248,6 @@ def random_pipelines(
         if n > 1:
             state[special] = shared[special][: n - 1]
         model.load_state_dict(state, assign=True)
-        pipelines[n] = Pipeline(model.eval(), vq, f"{arch} (random weights)", 1.5)
+        name = f"{arch} (random weights)"
+        pipelines[n] = Pipeline(model.eval(), vq, name, 1.5, compile_model)
     return pipelines

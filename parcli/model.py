@@ -1,17 +1,19 @@
 """LlamaGen's transformer, which PAR reuses unchanged; 2D/3D rotary tables; a static KV cache.
 
 Parameter names match the published checkpoints, so their state dicts load as they are.
-The forward pass keeps no state between calls beyond the KV cache it is handed.
+The forward pass keeps no state between calls beyond the KV cache it is handed. Nothing here
+knows about PAR's slot layout (`parcli.plan`, `parcli.decode`) or about speed (`parcli.engine`
+swaps modules from the outside).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from parcli.config import GPTConfig
-from parcli.plan import CLASS, TOKEN, Plan
 
 
 def axis_pairs(head_dim: int, axes: int) -> list[int]:
@@ -41,59 +43,35 @@ def cell_angles(grid: tuple[int, ...], head_dim: int, base: float) -> torch.Tens
     return torch.cat(per_axis, dim=-1)
 
 
-def rotary_table(plan: Plan, head_dim: int, base: float = 10000.0) -> torch.Tensor:
-    """(slots, head_dim // 2, 2) cos/sin per KV-cache slot.
+def rotary_rows(
+    grid: tuple[int, ...], cells: np.ndarray, head_dim: int, base: float = 10000.0
+) -> torch.Tensor:
+    """(len(cells), head_dim // 2, 2) cos/sin of the raster cell of each sequence position.
 
-    Class and transition slots get cos = sin = 0 (not the identity): the published models were
-    trained that way, so their queries and keys are exactly zero.
+    A cell of -1 gets cos = sin = 0 (not the identity): LlamaGen's class token and PAR's
+    transition tokens were trained that way, so their queries and keys are exactly zero.
     """
-    angles = cell_angles(plan.grid, head_dim, base)
+    angles = cell_angles(grid, head_dim, base)
     table = torch.stack([torch.cos(angles), torch.sin(angles)], dim=-1)
-    cells = torch.from_numpy(plan.slot_cell)
+    cells = torch.as_tensor(cells, dtype=torch.long)
     rows = table[cells.clamp(min=0)]
     rows[cells < 0] = 0.0
     return rows
 
 
 def apply_rotary(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent pairs of x (batch, seq, ..., head_dim) in float32 by rope (seq, pairs, 2)."""
+    """Rotate adjacent pairs of x (batch, seq, ..., head_dim) in float32 by rope (seq, pairs, 2).
+
+    Six real operations, as LlamaGen writes them. One complex product is 5x faster on CPU but
+    rounds differently wherever its kernel falls back to fused multiply-adds (the last pairs of
+    GPT-3B's 100-wide heads, for one), and tokens must not depend on that.
+    """
     pairs = x.float().reshape(*x.shape[:-1], -1, 2)
     shape = (1, rope.shape[0], *([1] * (x.dim() - 3)), rope.shape[1])
-    if torch.compiler.is_compiling():
-        # Inductor handles real arithmetic better than complex; both round identically.
-        cos, sin = rope[..., 0].view(shape), rope[..., 1].view(shape)
-        even, odd = pairs[..., 0], pairs[..., 1]
-        rotated = torch.stack([even * cos - odd * sin, odd * cos + even * sin], dim=-1)
-    else:
-        # One complex product instead of six real ops: the eager per-pass cost matters here.
-        turn = torch.view_as_complex(rope).view(shape)
-        rotated = torch.view_as_real(torch.view_as_complex(pairs) * turn)
+    cos, sin = rope[..., 0].view(shape), rope[..., 1].view(shape)
+    even, odd = pairs[..., 0], pairs[..., 1]
+    rotated = torch.stack([even * cos - odd * sin, odd * cos + even * sin], dim=-1)
     return rotated.flatten(-2).type_as(x)
-
-
-class PackedLinear(nn.Module):
-    """A bias-free projection with its weight pre-packed for `rows`-row inputs (CPU only).
-
-    With `keep_plain`, MKL packs a second copy and inputs of any other row count take the plain
-    product with the kept weight: the fastest products, at twice the memory. Without it, oneDNN
-    repacks the weight in place of the original (3 to 10 % slower here, no extra memory).
-    """
-
-    def __init__(self, weight: torch.Tensor, rows: int, keep_plain: bool = True):
-        super().__init__()
-        weight = weight.detach()
-        self.rows = rows
-        self.nbytes = weight.numel() * weight.element_size()  # what a product reads
-        self.weight = weight if keep_plain else None
-        if keep_plain:
-            self.packed = torch.ops.mkl._mkl_reorder_linear_weight(weight, rows)
-        else:
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.weight is not None:
-            return torch.ops.mkl._mkl_linear(x, self.packed, self.weight, None, self.rows)
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
 
 
 class RMSNorm(nn.Module):
@@ -123,23 +101,27 @@ class KVCache:
         self.keys = torch.zeros(shape, device=device, dtype=dtype)
         self.values = torch.zeros(shape, device=device, dtype=dtype)
 
-    def write(
-        self, layer: int, start: int | torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    def write_prefix(
+        self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v from slot `start` on and return the keys and values to attend to.
-
-        With an int start: the slots up to the end of the new ones (variable length, no mask
-        needed). With a tensor of slot positions: every slot, so shapes never change (the caller
-        masks); this is the form CUDA graphs and compiled code need.
-        """
-        if isinstance(start, torch.Tensor):
-            self.keys[layer].index_copy_(2, start, k)
-            self.values[layer].index_copy_(2, start, v)
-            return self.keys[layer], self.values[layer]
+        """Store k, v (batch, heads, new, head_dim) at slots [start, start + new); return the
+        keys and values of every slot before the end of the new ones."""
         end = start + k.shape[2]
         self.keys[layer, :, :, start:end] = k
         self.values[layer, :, :, start:end] = v
         return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+    def write_positions(
+        self, layer: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v at the slots a device tensor of `positions` names; return every slot.
+
+        Shapes never depend on where the pass is, as CUDA graphs and compiled code need; the
+        caller masks what a query may not see.
+        """
+        self.keys[layer].index_copy_(2, positions, k)
+        self.values[layer].index_copy_(2, positions, v)
+        return self.keys[layer], self.values[layer]
 
 
 class Attention(nn.Module):
@@ -155,7 +137,8 @@ class Attention(nn.Module):
         rope: torch.Tensor,
         cache: KVCache | None,
         layer: int,
-        start: int | torch.Tensor,
+        start: int,
+        positions: torch.Tensor | None,
         mask: torch.Tensor | None,
     ) -> torch.Tensor:
         batch, seq, dim = x.shape
@@ -163,8 +146,10 @@ class Attention(nn.Module):
         q, k = apply_rotary(qkv[:, :, :2], rope).unbind(2)
         v = qkv[:, :, 2]
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        if cache is not None:
-            k, v = cache.write(layer, start, k, v)
+        if cache is not None and positions is not None:
+            k, v = cache.write_positions(layer, positions, k, v)
+        elif cache is not None:
+            k, v = cache.write_prefix(layer, start, k, v)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.wo(out.transpose(1, 2).reshape(batch, seq, dim))
 
@@ -175,20 +160,9 @@ class FeedForward(nn.Module):
         self.w1 = nn.Linear(cfg.dim, cfg.ffn_hidden, bias=False)
         self.w3 = nn.Linear(cfg.dim, cfg.ffn_hidden, bias=False)
         self.w2 = nn.Linear(cfg.ffn_hidden, cfg.dim, bias=False)
-        self.w13: nn.Module | None = None
-
-    def fuse_gate_and_up(self, rows: int, keep_plain: bool) -> None:
-        """Replace w1 and w3 by one packed product over both (inference only)."""
-        both = torch.cat([self.w1.weight, self.w3.weight]).detach()
-        self.w13 = PackedLinear(both, rows, keep_plain)
-        del self.w1, self.w3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.w13 is not None:
-            gate, up = self.w13(x).chunk(2, dim=-1)
-        else:
-            gate, up = self.w1(x), self.w3(x)
-        return self.w2(F.silu(gate) * up)
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
 class Block(nn.Module):
@@ -200,8 +174,9 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, rope, cache, layer, start, mask):
-        attended = self.attention(self.attention_norm(x), rope, cache, layer, start, mask)
+    def forward(self, x, rope, cache, layer, start, positions, mask):
+        normed = self.attention_norm(x)
+        attended = self.attention(normed, rope, cache, layer, start, positions, mask)
         h = x + self.dropout(attended)
         return h + self.dropout(self.feed_forward(self.ffn_norm(h)))
 
@@ -256,82 +231,25 @@ class Transformer(nn.Module):
         if zero_output:
             nn.init.zeros_(self.output.weight)
 
-    def pack_weights_for_cpu(self, rows: int, keep_plain: bool = True) -> bool:
-        """Pre-pack every projection for `rows`-row inputs; fuse w1 and w3 into one product.
-
-        The same products, 5 to 45 % faster on CPU than plain `F.linear` (most for the 2n-row
-        inputs of parallel passes); `keep_plain` as in `PackedLinear`. Inference only; returns
-        False (and changes nothing) where the model is not float32 on CPU or this torch build
-        lacks the packing ops.
-        """
-        if self.device.type != "cpu" or self.dtype != torch.float32:
-            return False
-        mkl = torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
-        dnnl = torch.backends.mkldnn.is_available() and hasattr(
-            torch.ops.mkldnn, "_linear_pointwise"
-        )
-        if not (mkl if keep_plain else dnnl):
-            return False
-        for block in self.layers:
-            block.feed_forward.fuse_gate_and_up(rows, keep_plain)
-        for module in list(self.modules()):
-            for name, child in list(module.named_children()):
-                if isinstance(child, nn.Linear):
-                    setattr(module, name, PackedLinear(child.weight, rows, keep_plain))
-        return True
-
-    def projection_bytes(self) -> int:
-        """Bytes of the projection weights a forward pass multiplies by, packed or not."""
-        total = 0
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                total += m.weight.numel() * m.weight.element_size()
-            elif isinstance(m, PackedLinear):
-                total += m.nbytes
-        return total
-
-    def embed_slots(
-        self,
-        plan: Plan,
-        labels: torch.Tensor,
-        seq_tokens: torch.Tensor,
-        start: int,
-        end: int,
-    ) -> torch.Tensor:
-        """Input embeddings of cache slots [start, end): class, fed tokens, transition tokens.
-
-        `seq_tokens` (batch, >= tokens needed) holds token ids in PAR sequence order.
-        """
-        pieces = []
-        for kind, run_start, run_end, source in plan.slot_runs:
-            a, b = max(start, run_start), min(end, run_end)
-            if a >= b:
-                continue
-            first = source + a - run_start
-            if kind == CLASS:
-                pieces.append(self.cls_embedding(labels)[:, None])
-            elif kind == TOKEN:
-                pieces.append(self.tok_embeddings(seq_tokens[:, first : first + b - a]))
-            else:
-                rows = self.spe_tok_embeddings.special_embeddings.weight[first : first + b - a]
-                pieces.append(rows.expand(labels.shape[0], -1, -1))
-        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
-
     def forward(
         self,
         h: torch.Tensor,
         rope: torch.Tensor,
         cache: KVCache | None = None,
-        start: int | torch.Tensor = 0,
+        start: int = 0,
+        positions: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Float32 logits for input embeddings h at slots [start, start + len).
+        """Float32 logits for input embeddings h (batch, width, dim) with rotary rows `rope`.
 
-        With a cache and an int start, queries attend to every cached slot before the end of this
-        input: in a PAR plan that is exactly what each pass may see, so no mask is needed. With
-        tensor positions, or without a cache (teacher forcing), `mask` says what each query sees.
+        * Without a cache (teacher forcing): `mask` says what each query sees.
+        * With a cache and `start`: h fills slots [start, start + width) and its queries attend
+          to every slot before the end of them. In a PAR plan that is exactly what a pass may
+          see, so no mask is needed.
+        * With a cache and `positions`: h fills those slots and attends to the whole cache under
+          `mask`, so that every pass of one width has the same shapes.
         """
         h = self.token_dropout(h)
         for index, layer in enumerate(self.layers):
-            h = layer(h, rope, cache, index, start, mask)
+            h = layer(h, rope, cache, index, start, positions, mask)
         return self.output(self.norm(h)).float()

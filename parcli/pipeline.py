@@ -10,90 +10,37 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from parcli.generate import EagerSteps, StaticSteps, Steps, generate_tokens, guided_labels
+from parcli.decode import generate_tokens
+from parcli.engine.packing import pack_projections
+from parcli.engine.policy import FIXED_SHAPE, choose_engine
+from parcli.engine.runners import FixedShapeRunner, PrefixRunner, Runner
+from parcli.errors import UserError
 from parcli.model import Transformer
 from parcli.plan import Pass, Plan
 from parcli.sampling import SamplingConfig
+from parcli.slots import guided_labels
 from parcli.vq import VQModel, to_pixels
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+class PipelineError(UserError):
+    """A request the loaded models cannot serve."""
 
 
-class PipelineError(Exception):
-    """A request the loaded models cannot serve; the message is one line meant for the user."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise PipelineError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise PipelineError("CUDA was asked for but no GPU is visible; use --device cpu")
-    return device
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if name not in DTYPES:
-        raise PipelineError(f"unknown dtype {name!r}; use auto, {', '.join(DTYPES)}")
-    return DTYPES[name]
-
-
-def resolve_compile(flag: bool | None, device: torch.device) -> bool:
-    """`--compile/--no-compile`, by default on for CUDA only (where it fuses the graphed step)."""
-    return device.type == "cuda" if flag is None else flag
-
-
-def available_memory() -> int | None:
-    """Bytes the kernel says new allocations can still get (Linux); None where unknown."""
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def emulated_dtype_note(device: torch.device, dtype: torch.dtype) -> str | None:
-    """A one-line warning when this CPU has no native arithmetic for a half-precision dtype."""
-    if device.type != "cpu" or dtype not in (torch.bfloat16, torch.float16):
-        return None
-    cpu = torch.cpu
-
-    def has(feature: str) -> bool:
-        return bool(getattr(cpu, f"_is_{feature}_supported", lambda: False)())
-
-    if dtype == torch.bfloat16:
-        native, needs = has("avx512_bf16") or has("amx_tile"), "AVX512-BF16 or AMX"
-    else:
-        native, needs = has("amx_fp16"), "AMX-FP16"
-    if native:
-        return None
-    name = "bf16" if dtype == torch.bfloat16 else "fp16"
-    return (
-        f"this CPU lacks {needs}, so {name} arithmetic is emulated and usually slower than "
-        "fp32 here; --dtype fp32 is the fast choice on it"
-    )
-
-
-@dataclass
+@dataclass(eq=False)
 class Pipeline:
-    """A transformer, the tokenizer that decodes its tokens, and the plan for its regions."""
+    """A transformer, the tokenizer that decodes its tokens, and the plan for its regions.
+
+    The engine (`parcli.engine.policy.choose_engine`) is chosen once, when the pipeline is made:
+    from the model's device and dtype, `compile_model` (None: the device's default) and
+    `plain_engine`, the yardstick of `par bench --baseline` that has no speed-ups at all.
+    """
 
     model: Transformer
     vq: VQModel
     name: str = "model"
     default_cfg_scale: float = 1.0
-    compile_model: bool = False
-    # No speed-ups at all, the yardstick of `par bench --baseline`: plain products, attention
-    # over the whole cache under a mask (as LlamaGen's decode loop does), contiguous VQ convs.
-    plain: bool = False
+    compile_model: bool | None = None
+    plain_engine: bool = False
 
     def __post_init__(self) -> None:
         cfg = self.model.cfg
@@ -101,16 +48,17 @@ class Pipeline:
         if codebook != cfg.vocab_size:
             raise PipelineError(
                 f"the tokenizer's codebook has {codebook} codes but {self.name} predicts "
-                f"{cfg.vocab_size}; pass the tokenizer this model was trained with (--tokenizer)"
+                f"{cfg.vocab_size}; pass the tokenizer this model was trained with",
+                setting="tokenizer",
             )
         self.plan = Plan(cfg.grid, cfg.regions)
-        self._steps: dict[int, Steps] = {}
+        self.engine = choose_engine(
+            self.device, self.model.dtype, self.compile_model, self.plain_engine
+        )
+        self._runners: dict[int, Runner] = {}
         self.packed = False
-        if self.plain:
-            return
-        # Channels-last convolutions: 13-17 % faster decoding on CPU, faster on GPUs too; pixels
-        # stay within one level of the contiguous layout.
-        self.vq.set_memory_format(torch.channels_last)
+        if self.engine.channels_last_vq:
+            self.vq.to(memory_format=torch.channels_last)
 
     @property
     def device(self) -> torch.device:
@@ -133,53 +81,41 @@ class Pipeline:
         if regions is not None and regions != trained:
             raise PipelineError(
                 f"{self.name} was trained for {trained} region(s), not {regions}; "
-                f"use --regions {trained} or a checkpoint trained for {regions}"
+                f"use {trained}, or a checkpoint trained for {regions}",
+                setting="regions",
             )
 
-    def steps(self, rows: int) -> Steps:
-        """Decode state for `rows` sequences, kept so later batches reuse its cache and graphs.
+    def runner(self, sequences: int) -> Runner:
+        """The runner for `sequences` sequences decoded together (the batch, twice over under
+        guidance), kept so that later batches of that size reuse its cache and graphs."""
+        if sequences not in self._runners:
+            self._runners[sequences] = self._new_runner(sequences)
+        return self._runners[sequences]
 
-        On CPU, eager prefix attention with weights pre-packed for this batch's passes; on
-        CUDA, fixed shapes replayed from graphs; for a plain pipeline, fixed shapes op by op.
-        """
-        if rows not in self._steps:
-            on_cuda = self.device.type == "cuda"
-            if self.plain:
-                self._steps[rows] = StaticSteps(self.model, self.plan, rows)
-            elif on_cuda or self.compile_model:
-                if self.packed:
-                    raise PipelineError("weights packed for eager CPU decoding cannot be compiled")
-                self._steps[rows] = StaticSteps(
-                    self.model, self.plan, rows, on_cuda, compile_model=self.compile_model
-                )
-            else:
-                self._pack_weights(rows * self.model.cfg.regions)
-                self._steps[rows] = EagerSteps(self.model, self.plan, rows)
-        return self._steps[rows]
+    def _new_runner(self, sequences: int) -> Runner:
+        engine = self.engine
+        if engine.runner == FIXED_SHAPE:
+            return FixedShapeRunner(
+                self.model, self.plan, sequences, engine.cuda_graphs, engine.compiled
+            )
+        if engine.packed_projections and not self.packed:
+            # Packed once, for the inputs of the first batch's widest passes; other batch sizes
+            # multiply by the unpacked weight (or by oneDNN's in-place packing).
+            self.packed = pack_projections(self.model, sequences * self.plan.regions)
+        return PrefixRunner(self.model, self.plan, sequences)
 
-    def plain_twin(self) -> Pipeline:
-        """The same transformer weights (shared, not copied) with every speed-up off.
+    def plain_engine_twin(self) -> Pipeline:
+        """The same transformer weights (shared, not copied), run by the plain engine.
 
-        Built before this pipeline packs anything: packing swaps modules, never tensors.
+        Made before this pipeline packs anything: packing swaps modules, never tensors.
         """
         if self.packed:
-            raise PipelineError("a plain twin must be made before the weights are packed")
+            raise PipelineError("a plain-engine twin must be made before the weights are packed")
         with torch.device("meta"):
             model = Transformer(self.model.cfg)
         model.load_state_dict(self.model.state_dict(), assign=True)
-        vq = copy.deepcopy(self.vq).set_memory_format(torch.contiguous_format)
-        return Pipeline(model.eval(), vq, self.name, self.default_cfg_scale, plain=True)
-
-    def _pack_weights(self, pass_rows: int) -> None:
-        """Pre-pack the projections once, for eager CPU passes of `pass_rows` input rows (the
-        first batch size decides; others take the plain product). Inductor packs its own."""
-        if self.packed or self.device.type != "cpu":
-            return
-        # MKL's packing (the faster one) keeps a second copy of every projection: take it only
-        # while that copy fits twice over in the memory still free.
-        spare = available_memory()
-        keep_plain = spare is None or 2 * self.model.projection_bytes() < spare
-        self.packed = self.model.pack_weights_for_cpu(pass_rows, keep_plain=keep_plain)
+        vq = copy.deepcopy(self.vq).to(memory_format=torch.contiguous_format)
+        return Pipeline(model.eval(), vq, self.name, self.default_cfg_scale, plain_engine=True)
 
     def generate(
         self,
@@ -193,12 +129,13 @@ class Pipeline:
         self.check_labels(labels)
         generator = torch.Generator(self.device).manual_seed(seed)
         all_labels = torch.tensor(list(labels), dtype=torch.long, device=self.device)
+        num_classes = self.model.cfg.num_classes
         chunks = []
         for chunk in all_labels.split(batch_size):
-            rows = guided_labels(chunk, self.model.cfg.num_classes, sampling.guided).shape[0]
-            steps = self.steps(rows)
+            sequences = guided_labels(chunk, num_classes, sampling.guided).shape[0]
+            runner = self.runner(sequences)
             chunks.append(
-                generate_tokens(self.model, self.plan, chunk, sampling, generator, on_pass, steps)
+                generate_tokens(self.model, self.plan, chunk, sampling, generator, on_pass, runner)
             )
         return torch.cat(chunks)
 
@@ -223,6 +160,7 @@ def load_pipeline(
     dtype: torch.dtype,
     name: str | None = None,
     default_cfg_scale: float | None = None,
+    compile_model: bool | None = None,
 ) -> Pipeline:
     from parcli.weights import load_transformer, load_vq
 
@@ -231,4 +169,4 @@ def load_pipeline(
     vq, _ = load_vq(tokenizer, device, torch.float32)
     if default_cfg_scale is None:
         default_cfg_scale = float(metadata.get("cfg_scale", 1.0))
-    return Pipeline(model, vq, name or checkpoint.name, default_cfg_scale)
+    return Pipeline(model, vq, name or checkpoint.name, default_cfg_scale, compile_model)

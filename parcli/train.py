@@ -26,14 +26,16 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from parcli.config import GPTConfig
-from parcli.model import Transformer, rotary_table
+from parcli.errors import UserError
+from parcli.model import Transformer
 from parcli.plan import Plan
+from parcli.slots import embed_slots, slot_rotary
 from parcli.vq import VQConfig, VQModel, from_pixels
 
 OnStep = Callable[[int, int, float, float], None]
 
 
-class TrainError(ValueError):
+class TrainError(UserError, ValueError):
     """Bad training input (shapes, incompatible checkpoints)."""
 
 
@@ -285,7 +287,7 @@ def gpt_loss(
     mask: torch.Tensor,
 ) -> torch.Tensor:
     """Teacher-forced cross-entropy: slot s's logits against PAR sequence index s (spec 3.3)."""
-    h = model.embed_slots(plan, labels, seq, 0, plan.num_slots)
+    h = embed_slots(model, plan, labels, seq, 0, plan.num_slots)
     logits = model(h, rope, mask=mask)
     return F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), seq[:, : plan.num_slots].reshape(-1)
@@ -358,7 +360,7 @@ def train_gpt(
         load_optimizer(optimizer, optim_path(out_path), start)
     seqs = torch.from_numpy(plan.to_sequence(codes.astype(np.int64)))
     targets_labels = torch.from_numpy(labels.astype(np.int64))
-    rope = rotary_table(plan, cfg.head_dim, cfg.rope_base).to(device)
+    rope = slot_rotary(model, plan)
     mask = torch.from_numpy(plan.attention_mask()).to(device)
 
     def loss_fn(generator: torch.Generator) -> torch.Tensor:

@@ -335,21 +335,9 @@ class VQModel(nn.Module):
         self.quantize = VectorQuantizer(cfg)
         self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.codebook_dim, 1)
         self.post_quant_conv = nn.Conv2d(cfg.codebook_dim, cfg.z_channels, 1)
-        self.memory_format = torch.contiguous_format
-
-    def set_memory_format(self, memory_format: torch.memory_format) -> VQModel:
-        """Optional fast path: ``torch.channels_last`` often runs convs faster on GPUs.
-
-        Weights and inputs are converted; results are equal up to float rounding.
-        """
-        self.memory_format = memory_format
-        return self.to(memory_format=memory_format)
-
-    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=self.memory_format)
 
     def _latents(self, x: torch.Tensor) -> torch.Tensor:
-        return self.quant_conv(self.encoder(self._prepare(x)))
+        return self.quant_conv(self.encoder(x))
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (B, C, H, W) in [-1, 1] -> (quantized latents (B, D, h, w), codes (B, h, w))."""
@@ -358,13 +346,13 @@ class VQModel(nn.Module):
 
     def decode(self, z_q: torch.Tensor) -> torch.Tensor:
         """Quantized latents (B, D, h, w) -> images (B, C, H, W), nominal [-1, 1], unclamped."""
-        return self.decoder(self.post_quant_conv(self._prepare(z_q)))
+        return self.decoder(self.post_quant_conv(z_q))
 
     def decode_codes(self, indices: torch.Tensor) -> torch.Tensor:
         """Codes (B, h, w) int64 -> images (B, C, H, W), nominal [-1, 1], unclamped."""
         if indices.dim() != 3:
             raise ValueError(f"expected codes of shape (B, h, w), got {tuple(indices.shape)}")
-        z_q = self.quantize.lookup(indices).permute(0, 3, 1, 2)
+        z_q = self.quantize.lookup(indices).permute(0, 3, 1, 2).contiguous()
         return self.decode(z_q.to(self.post_quant_conv.weight.dtype))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

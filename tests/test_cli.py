@@ -126,7 +126,7 @@ def test_class_out_of_range(files, tmp_path):
 
 def test_regions_the_checkpoint_was_not_trained_for(files, tmp_path):
     result = generate(files, "-c", 1, "--regions", 16, "-o", tmp_path / "x.png")
-    assert_user_error(result, "trained for 4 region", "--regions 4")
+    assert_user_error(result, "--regions: ", "trained for 4 region(s), not 16", "use 4")
 
 
 def test_missing_and_corrupt_checkpoint(files, tmp_path):
@@ -272,7 +272,7 @@ def test_bench_baseline_times_a_plain_engine_beside_ours(tmp_path, monkeypatch):
     real = bench.Pipeline.generate
 
     def spy(self, labels, *args, **kwargs):
-        order.append((self.model.cfg.regions, self.plain))
+        order.append((self.model.cfg.regions, self.plain_engine))
         return real(self, labels, *args, **kwargs)
 
     monkeypatch.setattr(bench.Pipeline, "generate", spy)

@@ -33,7 +33,7 @@ from typer.testing import CliRunner
 
 from parcli import hub
 from parcli.commands import weights as weights_cli
-from parcli.generate import generate_tokens
+from parcli.decode import generate_tokens
 from parcli.plan import Plan
 from parcli.registry import Catalogue
 from parcli.sampling import SamplingConfig

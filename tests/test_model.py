@@ -4,8 +4,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from parcli.model import KVCache, apply_rotary, cell_angles, rotary_table
+from parcli.model import KVCache, apply_rotary, cell_angles, rotary_rows
 from parcli.plan import Plan
+from parcli.slots import embed_slots
+
+
+def rotary_table(plan: Plan, head_dim: int) -> torch.Tensor:
+    return rotary_rows(plan.grid, plan.slot_cell, head_dim)
 
 
 def llamagen_style_table(grid_size: int, head_dim: int, base: float = 10000.0) -> torch.Tensor:
@@ -74,16 +79,8 @@ def test_rotary_rotates_adjacent_pairs():
     assert torch.allclose(out, torch.tensor([0.0, 1.0, 0.0, -2.0]), atol=1e-6)
 
 
-def test_compiled_rotary_form_rounds_like_the_eager_form(monkeypatch):
-    x = torch.randn(2, 5, 2, 3, 16)
-    rope = rotary_table(Plan((4, 4), 4), 16)[3:8]
-    eager = apply_rotary(x, rope)
-    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    assert torch.equal(apply_rotary(x, rope), eager)
-
-
 def teacher_forced_logits(model, plan, labels, seq):
-    h = model.embed_slots(plan, labels, seq, 0, plan.num_slots)
+    h = embed_slots(model, plan, labels, seq, 0, plan.num_slots)
     rope = rotary_table(plan, model.cfg.head_dim)
     mask = torch.from_numpy(plan.attention_mask())
     return model(h, rope, mask=mask)
@@ -100,8 +97,8 @@ def test_kv_cache_passes_equal_one_teacher_forced_pass(make_model, n, grid):
         cache = KVCache(model.cfg, 2, plan.num_slots, "cpu", torch.float32)
         rope = rotary_table(plan, model.cfg.head_dim)
         for p in plan.passes:
-            h = model.embed_slots(plan, labels, seq, p.start, p.end)
-            step = model(h, rope[p.start : p.end], cache, p.start)
+            h = embed_slots(model, plan, labels, seq, p.start, p.end)
+            step = model(h, rope[p.start : p.end], cache, start=p.start)
             torch.testing.assert_close(step, full[:, p.start : p.end], rtol=1e-4, atol=1e-4)
 
 

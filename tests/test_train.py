@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from conftest import tiny_config, tiny_model, tiny_vq_config
 
 from parcli.data import load_image_folder, split_held_out
-from parcli.model import rotary_table
 from parcli.plan import Plan
+from parcli.slots import embed_slots, slot_rotary
 from parcli.train import TrainError, TrainRun, train_gpt, train_vq
 from parcli.vq import VQConfig
 from parcli.weights import read_checkpoint, read_metadata, save_checkpoint
@@ -93,9 +93,9 @@ def test_training_loss_is_teacher_forced_par_cross_entropy(tmp_path, regions):
     )
     seq = codes.reshape(1, 64)[:, cells]
     with torch.no_grad():
-        h = start.embed_slots(plan, torch.tensor([5]), seq, 0, plan.num_slots)
+        h = embed_slots(start, plan, torch.tensor([5]), seq, 0, plan.num_slots)
         mask = torch.from_numpy(plan.attention_mask())
-        logits = start(h, rotary_table(plan, cfg.head_dim), mask=mask)
+        logits = start(h, slot_rotary(start, plan), mask=mask)
     expected = F.cross_entropy(logits[0], seq[0]).item()
     assert rec.losses[0] == pytest.approx(expected, rel=1e-5)
     # Scoring slot s against the raster token s would give another number.

@@ -203,7 +203,7 @@ def test_channels_last_fast_path_matches():
     x = torch.rand(2, 1, 16, 16) * 2 - 1
     with torch.no_grad():
         ref_img, ref_codes = model.decode_codes(codes), model.encode(x)[1]
-        model.set_memory_format(torch.channels_last)
+        model.to(memory_format=torch.channels_last)
         img, enc_codes = model.decode_codes(codes), model.encode(x)[1]
     torch.testing.assert_close(img, ref_img, rtol=1e-4, atol=1e-5)
     assert torch.equal(enc_codes, ref_codes)

@@ -34,14 +34,10 @@ from parcli.commands.common import (
 )
 from parcli.commands.models import load_pipelines, parse_grid, parse_ints, parse_region_list
 from parcli.config import GPT_PRESETS
+from parcli.dtypes import compute_dtype
+from parcli.engine.devices import resolve_device
 from parcli.media import atomic_path, check_writable
-from parcli.pipeline import (
-    Pipeline,
-    PipelineError,
-    resolve_compile,
-    resolve_device,
-    resolve_dtype,
-)
+from parcli.pipeline import Pipeline, PipelineError
 from parcli.sampling import SamplingConfig
 
 
@@ -98,9 +94,8 @@ def bench(
         if json_path is not None:
             check_writable(json_path, (".json",))
         torch_device = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, torch_device)
+        torch_dtype = compute_dtype(dtype, torch_device)
         warn_if_emulated(torch_device, torch_dtype)
-        use_compile = resolve_compile(compile_model, torch_device)
 
         random_weights = arch is not None
         if random_weights:
@@ -113,7 +108,7 @@ def bench(
             sides = parse_grid(grid, image_size)
             with console.status(f"building {arch} with random weights"):
                 pipelines = random_pipelines(
-                    arch, region_list, sides, torch_device, torch_dtype, seed
+                    arch, region_list, sides, torch_device, torch_dtype, seed, compile_model
                 )
             title = f"{arch} · random weights: speed only · grid {'x'.join(map(str, sides))}"
         else:
@@ -126,11 +121,10 @@ def bench(
                 torch_dtype,
                 offline,
                 console,
+                compile_model=compile_model,
             )
             title = " / ".join(p.name for p in pipelines.values())
-        baselines = {n: p.plain_twin() for n, p in pipelines.items()} if baseline else None
-        for pipe in pipelines.values():
-            pipe.compile_model = use_compile
+        baselines = {n: p.plain_engine_twin() for n, p in pipelines.items()} if baseline else None
         first = next(iter(pipelines.values()))
         scale = cfg_scale if cfg_scale is not None else max(first.default_cfg_scale, 1.5)
         sampling = SamplingConfig(cfg_scale=scale)
@@ -171,7 +165,7 @@ def bench(
                     "guided": sampling.guided,
                     "warmup": warmup,
                     "repeats": repeats,
-                    "compile": use_compile,
+                    "compile": first.engine.compiled,
                     "decode": decode,
                     "baseline": baseline,
                     "grid": list(first.plan.grid),

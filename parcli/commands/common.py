@@ -8,7 +8,10 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from parcli.errors import UserError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -44,40 +47,29 @@ def command_app(name: str, help: str) -> typer.Typer:
     )
 
 
-def user_error_types() -> tuple[type[BaseException], ...]:
-    """Exceptions whose message is a complete one-line answer for the user."""
-    from parcli.media import OutputError
-    from parcli.pipeline import PipelineError
-    from parcli.plan import PlanError
-    from parcli.registry import RegistryError
-    from parcli.weights import WeightsError
-
-    types: list[type[BaseException]] = [
-        OutputError,
-        PipelineError,
-        PlanError,
-        RegistryError,
-        WeightsError,
-    ]
-    with contextlib.suppress(ImportError):
-        from parcli.hub import FetchError
-
-        types.append(FetchError)
-    return tuple(types)
-
-
 def fail(message: str) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(EXIT_USER_ERROR)
+
+
+def option_name(setting: str) -> str:
+    """The command-line option of a library setting: `cfg_scale` -> `--cfg-scale`."""
+    return "--" + setting.replace("_", "-")
 
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn known failures into one red line and exit code 2; Ctrl-C into exit code 130."""
+    """Turn known failures into one red line and exit code 2; Ctrl-C into exit code 130.
+
+    A failure that names a setting is shown under the option that set it.
+    """
     try:
         yield
-    except user_error_types() as exc:
-        raise fail(str(exc)) from None
+    except UserError as exc:
+        message = str(exc)
+        if exc.setting is not None:
+            message = f"{option_name(exc.setting)}: {message}"
+        raise fail(message) from None
     except KeyboardInterrupt:
         err_console.print("interrupted", style="yellow")
         raise typer.Exit(130) from None
@@ -87,11 +79,13 @@ def user_errors() -> Iterator[None]:
 
 def warn_if_emulated(device, dtype) -> None:
     """Say so when the chosen dtype would run emulated (bf16 on most CPUs)."""
-    from parcli.pipeline import emulated_dtype_note
+    from parcli.engine.devices import emulated_dtype_note
 
     note = emulated_dtype_note(device, dtype)
     if note:
-        err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[yellow]note:[/] {escape(note)} (--dtype fp32)", highlight=False, soft_wrap=True
+        )
 
 
 def pass_progress(quiet: bool) -> Progress:

@@ -33,8 +33,10 @@ from parcli.commands.common import (
     warn_if_emulated,
 )
 from parcli.commands.models import load_pipelines, parse_region_list
+from parcli.dtypes import compute_dtype
+from parcli.engine.devices import resolve_device
 from parcli.media import atomic_path, check_writable
-from parcli.pipeline import PipelineError, resolve_device, resolve_dtype
+from parcli.pipeline import PipelineError
 
 
 def _command() -> str:
@@ -163,7 +165,7 @@ def _evaluate(
         check_writable(json_path, (".json",))
     net, info = load_classifier(classifier_path)
     torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, torch_device)
+    torch_dtype = compute_dtype(dtype, torch_device)
     warn_if_emulated(torch_device, torch_dtype)
 
     pipelines = load_pipelines(

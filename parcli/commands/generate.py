@@ -21,6 +21,8 @@ from parcli.commands.common import (
     warn_if_emulated,
 )
 from parcli.commands.models import locate_model
+from parcli.dtypes import compute_dtype
+from parcli.engine.devices import resolve_device
 from parcli.media import (
     IMAGE_SUFFIXES,
     TOKEN_SUFFIXES,
@@ -31,13 +33,7 @@ from parcli.media import (
     save_tokens,
     save_video,
 )
-from parcli.pipeline import (
-    PipelineError,
-    load_pipeline,
-    resolve_compile,
-    resolve_device,
-    resolve_dtype,
-)
+from parcli.pipeline import PipelineError, load_pipeline
 from parcli.sampling import SamplingConfig
 
 
@@ -102,7 +98,7 @@ def generate(
             check_writable(save_tokens_to, TOKEN_SUFFIXES)
         files = locate_model(model, regions, checkpoint, tokenizer, offline, console, quiet)
         torch_device = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, torch_device)
+        torch_dtype = compute_dtype(dtype, torch_device)
         if not quiet:
             warn_if_emulated(torch_device, torch_dtype)
         pipe = load_pipeline(
@@ -112,9 +108,9 @@ def generate(
             torch_dtype,
             files.name,
             files.cfg_scale,
+            compile_model,
         )
         pipe.check_regions(regions)
-        pipe.compile_model = resolve_compile(compile_model, torch_device)
         if pipe.is_video != (Path(output).suffix in VIDEO_SUFFIXES) and not directory:
             kind = "video" if pipe.is_video else "image"
             raise PipelineError(

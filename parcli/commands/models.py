@@ -104,13 +104,20 @@ def load_pipelines(
     offline: bool,
     console: Console,
     quiet: bool = False,
+    compile_model: bool | None = None,
 ) -> dict[int, Pipeline]:
     """One loaded pipeline per region count, each checked to be trained for it."""
     pipelines = {}
     for n in regions:
         files = locate_model(model, n, checkpoint, tokenizer, offline, console, quiet)
         pipe = load_pipeline(
-            files.checkpoint, files.tokenizer, device, dtype, files.name, files.cfg_scale
+            files.checkpoint,
+            files.tokenizer,
+            device,
+            dtype,
+            files.name,
+            files.cfg_scale,
+            compile_model,
         )
         pipe.check_regions(n)
         pipelines[n] = pipe

@@ -1,25 +1,29 @@
 import pytest
 import torch
 
-from parcli.generate import generate_tokens
-from parcli.model import rotary_table
+from parcli.decode import generate_tokens
+from parcli.engine.packing import PackedFeedForward, pack_projections, packing_available
+from parcli.engine.runners import FixedShapeRunner, PrefixRunner
 from parcli.plan import Plan
 from parcli.sampling import SamplingConfig, mix_guidance
+from parcli.slots import embed_slots, slot_rotary
 
 
 def greedy_by_full_recompute(model, plan, labels, cfg_scale):
     """Decode by re-running the whole teacher-forced sequence every pass (no KV cache)."""
     guided = cfg_scale > 1.0
-    rows = torch.cat([labels, torch.full_like(labels, model.cfg.num_classes)]) if guided else labels
-    seq = torch.zeros(rows.shape[0], plan.num_tokens, dtype=torch.long)
-    rope = rotary_table(plan, model.cfg.head_dim)
+    classes = torch.cat([labels, torch.full_like(labels, model.cfg.num_classes)])
+    sequence_labels = classes if guided else labels
+    seq = torch.zeros(sequence_labels.shape[0], plan.num_tokens, dtype=torch.long)
+    rope = slot_rotary(model, plan)
     mask = torch.from_numpy(plan.attention_mask())
     for p in plan.passes:
-        h = model.embed_slots(plan, rows, seq, 0, p.end)
+        h = embed_slots(model, plan, sequence_labels, seq, 0, p.end)
         logits = model(h, rope[: p.end], mask=mask[: p.end, : p.end])[:, p.start : p.end]
         if guided:
             logits = mix_guidance(logits, cfg_scale)
-        seq[:, p.start : p.end] = logits.argmax(-1).repeat(rows.shape[0] // labels.shape[0], 1)
+        copies = sequence_labels.shape[0] // labels.shape[0]
+        seq[:, p.start : p.end] = logits.argmax(-1).repeat(copies, 1)
     return plan.to_raster(seq[: labels.shape[0]].numpy())
 
 
@@ -66,38 +70,42 @@ def test_video_grid_generates(make_model):
 
 
 @pytest.mark.parametrize("n", [1, 4, 16])
-def test_static_shape_steps_give_the_same_tokens_as_eager(make_model, n):
-    from parcli.generate import StaticSteps
-
+def test_fixed_shape_runner_gives_the_same_tokens_as_the_prefix_runner(make_model, n):
     model = make_model(regions=n)
     plan = Plan((8, 8), n)
     labels = torch.tensor([2, 9])
     sampling = SamplingConfig(cfg_scale=1.5, temperature=1.0)
     eager = generate_tokens(model, plan, labels, sampling, torch.Generator().manual_seed(3))
-    steps = StaticSteps(model, plan, rows=4)
+    runner = FixedShapeRunner(model, plan, sequences=4)
     static = generate_tokens(
-        model, plan, labels, sampling, torch.Generator().manual_seed(3), steps=steps
+        model, plan, labels, sampling, torch.Generator().manual_seed(3), runner=runner
     )
     assert torch.equal(eager, static)
     again = generate_tokens(
-        model, plan, labels, sampling, torch.Generator().manual_seed(3), steps=steps
+        model, plan, labels, sampling, torch.Generator().manual_seed(3), runner=runner
     )
     assert torch.equal(static, again)  # a reused cache holds nothing a new generation can see
 
 
-@pytest.mark.parametrize("keep_plain", [True, False])
+@pytest.mark.parametrize("keep_unpacked", [True, False])
 @pytest.mark.parametrize("regions", [1, 4])
-def test_packed_cpu_weights_give_the_same_tokens(make_model, regions, keep_plain):
+def test_packed_cpu_weights_give_the_same_tokens(make_model, monkeypatch, regions, keep_unpacked):
+    from parcli.engine import packing
+
+    monkeypatch.setattr(packing, "available_memory", lambda: None if keep_unpacked else 1000)
     model = make_model(regions=regions)
     plan = Plan((8, 8), regions)
     labels = torch.tensor([5, 6])
     sampling = SamplingConfig(cfg_scale=2.0)
     before = generate_tokens(model, plan, labels, sampling, torch.Generator().manual_seed(1))
-    # Packed for 8-row inputs: the 4-row passes take the plain product with the same weights.
-    if not model.pack_weights_for_cpu(rows=8, keep_plain=keep_plain):
+    # Packed for 8-row inputs: the 4-row passes multiply by the unpacked weights.
+    if not packing_available(keep_unpacked):
         pytest.skip("this torch build cannot pack weights")
+    assert pack_projections(model, input_rows=8)
     assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
-    assert all(layer.feed_forward.w13 is not None for layer in model.layers)
+    assert all(isinstance(layer.feed_forward, PackedFeedForward) for layer in model.layers)
+    packed = [m for m in model.modules() if isinstance(m, packing.PackedLinear)]
+    assert all((m.weight is not None) == keep_unpacked for m in packed)
     after = generate_tokens(model, plan, labels, sampling, torch.Generator().manual_seed(1))
     assert torch.equal(before, after)
 
@@ -105,11 +113,9 @@ def test_packed_cpu_weights_give_the_same_tokens(make_model, regions, keep_plain
 @pytest.mark.parametrize("static", [False, True])
 def test_decode_loop_never_reads_a_device_value_on_the_host(make_model, monkeypatch, static):
     """Any of these on a CUDA tensor would stall the host until the device catches up."""
-    from parcli.generate import EagerSteps, StaticSteps
-
     model = make_model(regions=4)
     plan = Plan((8, 8), 4)
-    steps = (StaticSteps if static else EagerSteps)(model, plan, rows=4)
+    runner = (FixedShapeRunner if static else PrefixRunner)(model, plan, sequences=4)
 
     def host_read(*args, **kwargs):
         raise AssertionError("the decode loop read a tensor value on the host")
@@ -118,6 +124,6 @@ def test_decode_loop_never_reads_a_device_value_on_the_host(make_model, monkeypa
         monkeypatch.setattr(torch.Tensor, name, host_read)
     sampling = SamplingConfig(cfg_scale=2.0, temperature=0.9, top_k=5, top_p=0.9)
     tokens = generate_tokens(
-        model, plan, torch.tensor([1, 2]), sampling, torch.Generator().manual_seed(0), steps=steps
+        model, plan, torch.tensor([1, 2]), sampling, torch.Generator().manual_seed(0), runner=runner
     )
     assert tokens.shape == (2, 8, 8)

@@ -1,0 +1,44 @@
+"""Which device a run asks for, and what a half-precision dtype costs on it."""
+
+from __future__ import annotations
+
+import torch
+
+from parcli.dtypes import dtype_name
+from parcli.errors import SettingError
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` (CUDA when a GPU is visible, else CPU), `cpu`, `cuda` or `cuda:N`."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SettingError(
+            "device", f"unknown device {name!r}; use auto, cpu, cuda or cuda:N"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SettingError("device", "CUDA was asked for but no GPU is visible; use cpu")
+    return device
+
+
+def emulated_dtype_note(device: torch.device, dtype: torch.dtype) -> str | None:
+    """A one-line warning when this CPU has no native arithmetic for a half-precision dtype."""
+    if device.type != "cpu" or dtype not in (torch.bfloat16, torch.float16):
+        return None
+    cpu = torch.cpu
+
+    def has(feature: str) -> bool:
+        return bool(getattr(cpu, f"_is_{feature}_supported", lambda: False)())
+
+    if dtype == torch.bfloat16:
+        native, needs = has("avx512_bf16") or has("amx_tile"), "AVX512-BF16 or AMX"
+    else:
+        native, needs = has("amx_fp16"), "AMX-FP16"
+    if native:
+        return None
+    return (
+        f"this CPU lacks {needs}, so {dtype_name(dtype)} arithmetic is emulated and usually "
+        "slower than fp32 here; fp32 is the fast dtype on it"
+    )

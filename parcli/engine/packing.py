@@ -1,0 +1,104 @@
+"""CPU projections pre-packed for the row count of a pass, swapped into a transformer.
+
+The same products, 5 to 45 % faster on CPU than plain `F.linear` (most for the 2n-row inputs of
+parallel passes). Like gpt-fast's quantisation, packing replaces modules from the outside: every
+`nn.Linear` becomes a `PackedLinear`, and each feed-forward's w1 and w3 become one product.
+Inference only.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from parcli.model import FeedForward, Transformer
+
+
+def available_memory() -> int | None:
+    """Bytes the kernel says new allocations can still get (Linux); None where unknown."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+class PackedLinear(nn.Module):
+    """A bias-free projection with its weight pre-packed for `input_rows`-row inputs (CPU only).
+
+    With `keep_unpacked`, MKL packs a copy and keeps the original weight, which inputs of any
+    other row count multiply by: the fastest products, at twice the memory. Without it, oneDNN
+    repacks the weight in place of the original (3 to 10 % slower here, no extra memory).
+    """
+
+    def __init__(self, weight: torch.Tensor, input_rows: int, keep_unpacked: bool = True):
+        super().__init__()
+        weight = weight.detach()
+        self.input_rows = input_rows
+        self.nbytes = weight.numel() * weight.element_size()  # what a product reads
+        self.weight = weight if keep_unpacked else None
+        if keep_unpacked:
+            self.packed = torch.ops.mkl._mkl_reorder_linear_weight(weight, input_rows)
+        else:
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, input_rows)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight is not None:
+            return torch.ops.mkl._mkl_linear(x, self.packed, self.weight, None, self.input_rows)
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
+
+
+class PackedFeedForward(nn.Module):
+    """`parcli.model.FeedForward` with w1 and w3 as one packed product, and w2 packed."""
+
+    def __init__(self, plain: FeedForward, input_rows: int, keep_unpacked: bool):
+        super().__init__()
+        gate_and_up = torch.cat([plain.w1.weight, plain.w3.weight])
+        self.w13 = PackedLinear(gate_and_up, input_rows, keep_unpacked)
+        self.w2 = PackedLinear(plain.w2.weight, input_rows, keep_unpacked)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.w13(x).chunk(2, dim=-1)
+        return self.w2(F.silu(gate) * up)
+
+
+def packing_available(keep_unpacked: bool) -> bool:
+    """Whether this torch build has the packing ops (MKL's, or oneDNN's in place)."""
+    if keep_unpacked:
+        return torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def pack_projections(model: Transformer, input_rows: int) -> bool:
+    """Pre-pack every projection of a float32 CPU model for `input_rows`-row inputs.
+
+    MKL's packing (the faster one) keeps a second copy of every weight: it is taken only while
+    that copy fits twice over in the memory still free. Returns False, changing nothing, where
+    this torch build cannot pack.
+    """
+    spare = available_memory()
+    keep_unpacked = spare is None or 2 * projection_bytes(model) < spare
+    if not packing_available(keep_unpacked):
+        return False
+    for block in model.layers:
+        block.feed_forward = PackedFeedForward(block.feed_forward, input_rows, keep_unpacked)
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, nn.Linear):
+                setattr(module, name, PackedLinear(child.weight, input_rows, keep_unpacked))
+    return True
+
+
+def projection_bytes(model: Transformer) -> int:
+    """Bytes of the projection weights a forward pass multiplies by, packed or not."""
+    total = 0
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            total += module.weight.numel() * module.weight.element_size()
+        elif isinstance(module, PackedLinear):
+            total += module.nbytes
+    return total

@@ -1,0 +1,74 @@
+"""The one place that decides how a pipeline runs its passes, and with which speed-ups."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+PREFIX, FIXED_SHAPE = "prefix", "fixed-shape"
+
+
+@dataclass(frozen=True)
+class Engine:
+    """A runner (`parcli.engine.runners`) and the speed-ups applied around it."""
+
+    runner: str  # PREFIX: attend to the visible cache prefix; FIXED_SHAPE: whole cache, masked
+    cuda_graphs: bool = False  # replay each pass width from a captured CUDA graph
+    compiled: bool = False  # torch.compile the fixed-shape step
+    packed_projections: bool = False  # CPU float32: MKL/oneDNN pre-packed weights, w1+w3 fused
+    channels_last_vq: bool = False  # VQ decoder convolutions in channels-last layout
+
+    def speedups(self) -> list[str]:
+        names = {
+            "cuda_graphs": "CUDA graphs",
+            "compiled": "torch.compile",
+            "packed_projections": "packed projections",
+            "channels_last_vq": "channels-last VQ",
+        }
+        return [label for field, label in names.items() if getattr(self, field)]
+
+
+def default_compile(device: torch.device) -> bool:
+    """torch.compile by default on CUDA only, where it fuses the graphed step; on CPU it costs
+    minutes of compiling and ran about 3x slower per pass than the eager prefix runner."""
+    return device.type == "cuda"
+
+
+def choose_engine(
+    device: torch.device, dtype: torch.dtype, compile: bool | None = None, plain: bool = False
+) -> Engine:
+    """How passes run on `device` in `dtype`; `compile` None takes `default_compile`.
+
+    | device | dtype     | compile | plain | runner      | speed-ups                             |
+    |--------|-----------|---------|-------|-------------|---------------------------------------|
+    | any    | any       | any     | yes   | fixed shape | none: the yardstick of `par bench     |
+    |        |           |         |       |             | --baseline` (LlamaGen's way: masked   |
+    |        |           |         |       |             | whole-cache attention, op by op)      |
+    | cuda   | any       | yes     | no    | fixed shape | CUDA graphs of the compiled step,     |
+    |        |           |         |       |             | channels-last VQ                      |
+    | cuda   | any       | no      | no    | fixed shape | CUDA graphs, channels-last VQ         |
+    | cpu    | any       | yes     | no    | fixed shape | compiled step (Inductor packs its own |
+    |        |           |         |       |             | weights), channels-last VQ            |
+    | cpu    | fp32      | no      | no    | prefix      | packed projections, channels-last VQ  |
+    | cpu    | bf16/fp16 | no      | no    | prefix      | channels-last VQ                      |
+
+    Every row draws the same tokens from the same weights and seed (the VQ's pixels stay within
+    one level). Packed weights are never compiled: Inductor crashes on them.
+    """
+    if plain:
+        return Engine(FIXED_SHAPE)
+    compiled = default_compile(device) if compile is None else compile
+    on_cuda = device.type == "cuda"
+    if compiled or on_cuda:
+        return Engine(
+            FIXED_SHAPE,
+            cuda_graphs=on_cuda,
+            compiled=compiled,
+            channels_last_vq=True,
+        )
+    return Engine(
+        PREFIX,
+        packed_projections=dtype == torch.float32,
+        channels_last_vq=True,
+    )

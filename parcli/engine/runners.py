@@ -1,0 +1,92 @@
+"""Runners: how each forward pass of a plan runs the transformer. A runner owns the KV cache.
+
+`PrefixRunner` attends over the cache prefix a pass may see (variable shapes, nothing to mask);
+`FixedShapeRunner` attends over the whole cache with precomputed mask rows, so every pass of one
+width has the same shapes and can be compiled and replayed from a CUDA graph. Both give the same
+tokens; `parcli.engine.policy` says which one runs where.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from parcli.model import KVCache, Transformer
+from parcli.plan import Pass, Plan
+from parcli.slots import slot_rotary
+
+
+class PrefixRunner:
+    """Runs each pass over the cache prefix it may see."""
+
+    def __init__(self, model: Transformer, plan: Plan, sequences: int):
+        self.model, self.sequences = model, sequences
+        self.cache = KVCache(model.cfg, sequences, plan.num_slots, model.device, model.dtype)
+        self.rope = slot_rotary(model, plan)
+
+    def __call__(self, step: Pass, h: torch.Tensor) -> torch.Tensor:
+        return self.model(h, self.rope[step.start : step.end], self.cache, start=step.start)
+
+
+class FixedShapeRunner:
+    """Runs every pass with fixed shapes over the whole cache; optionally compiled and graphed.
+
+    The pass's first slot lives in a device tensor, so positions, rotary rows and mask rows are
+    gathered on the device and one captured graph per pass width serves every pass.
+    """
+
+    def __init__(
+        self,
+        model: Transformer,
+        plan: Plan,
+        sequences: int,
+        cuda_graphs: bool = False,
+        compiled: bool = False,
+    ):
+        device = model.device
+        self.model, self.sequences = model, sequences
+        self.cache = KVCache(model.cfg, sequences, plan.num_slots, device, model.dtype)
+        self.rope = slot_rotary(model, plan)
+        self.mask = torch.from_numpy(plan.attention_mask()).to(device)
+        self.start = torch.zeros((), dtype=torch.long, device=device)
+        self.offsets = {
+            width: torch.arange(width, device=device) for width in {p.width for p in plan.passes}
+        }
+        self.forward = torch.compile(self._forward, dynamic=False) if compiled else self._forward
+        self.cuda_graphs = cuda_graphs
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+        self.pool = torch.cuda.graph_pool_handle() if cuda_graphs else None
+
+    def _forward(self, h: torch.Tensor) -> torch.Tensor:
+        positions = self.start + self.offsets[h.shape[1]]
+        rope = self.rope.index_select(0, positions)
+        mask = self.mask.index_select(0, positions)
+        return self.model(h, rope, self.cache, positions=positions, mask=mask)
+
+    def _capture(self, h: torch.Tensor) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]:
+        static_in = h.clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        # Warm-up runs do this pass's real work (same input, same slots), so they are harmless.
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self.forward(static_in)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            static_out = self.forward(static_in)
+        return graph, static_in, static_out
+
+    def __call__(self, step: Pass, h: torch.Tensor) -> torch.Tensor:
+        self.start.fill_(step.start)
+        if not self.cuda_graphs:
+            return self.forward(h)
+        width = h.shape[1]
+        if width not in self.graphs:
+            self.graphs[width] = self._capture(h)
+        graph, static_in, static_out = self.graphs[width]
+        static_in.copy_(h)
+        graph.replay()
+        return static_out
+
+
+Runner = PrefixRunner | FixedShapeRunner
