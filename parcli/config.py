@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from parcli.errors import SettingError
+
 # (layers, heads, dim) of the published class-conditional architectures.
 GPT_PRESETS: dict[str, tuple[int, int, int]] = {
     "GPT-B": (12, 12, 768),
@@ -15,6 +17,11 @@ GPT_PRESETS: dict[str, tuple[int, int, int]] = {
 }
 
 SUPPORTED_REGIONS = (1, 4, 16)
+
+# What a checkpoint file can hold: kind (as stored in its metadata) -> what it is called.
+CHECKPOINT_KINDS = {"gpt": "transformer", "vq": "VQ tokenizer"}
+
+VQ_STRIDE = 16  # pixels per token side of the published tokenizer: a 384 px image is 24x24
 
 
 def preset_name(n_layer: int, dim: int) -> str | None:
@@ -27,6 +34,29 @@ def preset_name(n_layer: int, dim: int) -> str | None:
 def preset_heads(n_layer: int, dim: int) -> int | None:
     name = preset_name(n_layer, dim)
     return GPT_PRESETS[name][1] if name else None
+
+
+def parse_grid(text: str) -> tuple[int, ...]:
+    """A token grid: `24` (square), `24x24` (rows x cols) or `5x16x16` (frames x rows x cols)."""
+    wrong = f"a token grid is N, RxC or FxRxC, e.g. 24 or 24x24; not {text!r}"
+    parts = str(text).lower().split("x")
+    try:
+        sides = tuple(int(p) for p in parts) * (2 if len(parts) == 1 else 1)
+    except ValueError:
+        raise SettingError("grid", wrong) from None
+    if len(sides) not in (2, 3) or min(sides) < 1:
+        raise SettingError("grid", wrong)
+    return sides
+
+
+def token_grid(grid: str | None, image_size: int, stride: int = VQ_STRIDE) -> tuple[int, ...]:
+    """The grid `grid` names (see `parse_grid`), else the square grid of `image_size` pixels."""
+    if grid is not None:
+        return parse_grid(grid)
+    if image_size < stride or image_size % stride:
+        message = f"must be a positive multiple of {stride}, not {image_size}"
+        raise SettingError("image_size", message)
+    return image_size // stride, image_size // stride
 
 
 def ffn_hidden_dim(dim: int, multiple_of: int = 256) -> int:
@@ -71,15 +101,6 @@ class GPTConfig:
     @property
     def num_tokens(self) -> int:
         return math.prod(self.grid)
-
-    @property
-    def num_transition_tokens(self) -> int:
-        return self.regions - 1
-
-    @property
-    def seq_len(self) -> int:
-        """KV-cache slots one generation uses: class, image tokens, transition tokens."""
-        return 1 + self.num_tokens + self.num_transition_tokens
 
     @property
     def arch(self) -> str:

@@ -20,12 +20,14 @@ _ALIASES = {
 }
 
 
-def dtype_named(name: str, setting: str = "dtype") -> torch.dtype:
-    """fp32, bf16 or fp16 (torch's names for them too) as a torch dtype."""
+def _named(name: str, word: str) -> torch.dtype | None:
+    """A dtype by its name, or None for `word` (which means "decide for me")."""
     key = str(name).strip().lower()
+    if key == word:
+        return None
     key = _ALIASES.get(key, key)
     if key not in DTYPES:
-        raise SettingError(setting, f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}")
+        raise SettingError("dtype", f"unknown dtype {name!r}; use {word}, {', '.join(DTYPES)}")
     return DTYPES[key]
 
 
@@ -37,6 +39,14 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 def compute_dtype(name: str, device: torch.device) -> torch.dtype:
     """The dtype the transformer runs in; `auto` is bf16 on CUDA and fp32 elsewhere."""
-    if str(name).strip().lower() == "auto":
+    dtype = _named(name, "auto")
+    if dtype is None:
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return dtype_named(name)
+    return dtype
+
+
+def storage_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
+    """The dtype floating tensors are stored or loaded in; `keep` (or None) keeps theirs."""
+    if name is None or isinstance(name, torch.dtype):
+        return name
+    return _named(name, "keep")

@@ -16,7 +16,6 @@ No Typer or Rich here; `parcli.commands.eval` is the command line.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -25,11 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
-from parcli.media import atomic_path
+from parcli.io.tensors import read_safetensors, write_safetensors
 from parcli.pipeline import Pipeline, PipelineError
 from parcli.sampling import SamplingConfig
 from parcli.weights import WeightsError
@@ -212,10 +209,7 @@ def save_classifier(
     }
     if command:
         meta["command"] = command
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=meta)
-        os.chmod(tmp, 0o644)  # a shipped asset, readable like the others
+    write_safetensors(path, model.state_dict(), meta)
     return Path(path)
 
 
@@ -229,12 +223,7 @@ def load_classifier(
             f"{path} does not exist; write it with "
             f"`par eval --train-classifier --classifier {path}`"
         )
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            meta = handle.metadata() or {}
-            state = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-    except Exception as exc:
-        raise WeightsError(f"{path} is not a readable safetensors file ({exc})") from None
+    state, meta = read_safetensors(path, "digit classifier")
     if meta.get("kind") != KIND:
         raise WeightsError(f"{path} is not a digit classifier (kind {meta.get('kind')!r})")
     try:

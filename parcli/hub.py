@@ -43,6 +43,7 @@ from urllib.parse import urlsplit
 
 from parcli.config import GPT_PRESETS
 from parcli.errors import UserError
+from parcli.io.files import atomic_path, file_sha256
 from parcli.registry import Entry
 
 try:
@@ -378,8 +379,6 @@ def _download(entry: Entry, on_bytes: BytesCallback | None) -> Path:
         with contextlib.suppress(FileNotFoundError):
             part.unlink()
         have = 0
-        from parcli.media import atomic_path
-
         with atomic_path(info) as tmp:
             tmp.write_text(json.dumps(expected, indent=2) + "\n", encoding="utf-8")
     headers = build_hf_headers()
@@ -415,11 +414,10 @@ def _discard_download(path: Path) -> None:
 
 
 def conversion_args(entry: Entry, heads: int | None = None) -> dict[str, Any]:
-    """What ``convert`` must be told for ``entry``: its heads (from the preset) and grid."""
+    """What ``convert`` must be told for ``entry``: its grid, and the heads given by the caller
+    (``convert`` knows those of every published architecture)."""
     if entry.kind != "gpt":
         return {}
-    if heads is None and entry.arch in GPT_PRESETS:
-        heads = GPT_PRESETS[entry.arch][1]
     return {"heads": heads, "grid": entry.grid}
 
 
@@ -448,7 +446,6 @@ def _convert(
     on_status: StatusCallback | None,
 ) -> str:
     """Convert ``source`` into the cache under the final name; returns the source sha256."""
-    from parcli.media import atomic_path
     from parcli.weights import WeightsError, convert, read_checkpoint
 
     target = converted_path(entry)
@@ -477,7 +474,6 @@ def _convert(
 
 
 def _write_record(entry: Entry, source: Path, sha256: str) -> None:
-    from parcli.media import atomic_path
 
     record = {
         "name": entry.name,
@@ -536,8 +532,6 @@ def fetch(
             raise FetchError(offline_message(entry))
         sha256 = None
         if entry.sha256 is not None:
-            from parcli.weights import file_sha256
-
             if on_status is not None:
                 on_status(f"checking the sha256 of {entry.filename}")
             sha256 = file_sha256(source)

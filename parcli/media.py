@@ -1,173 +1,31 @@
-"""Writing pixels and tokens to files, safely.
+"""Writing pixels and tokens to files: PNG images and grids, MP4 and GIF videos, .npy tokens.
 
-Every file is first written to a temporary file in the target's directory and then renamed over the
-target (``os.replace``), so an interrupted or failed write never leaves a partial file under the
-final name, and an existing file is only replaced by a complete new one.
-
-Output problems a user can fix (a missing directory, an unsupported suffix) raise ``OutputError``
-with a one-line message; ``check_writable`` finds them before any expensive generation starts.
+Every file goes through `parcli.io.files.atomic_write`, so none is ever left half-written.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import re
-import secrets
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from parcli.errors import UserError
+from parcli.io.files import (
+    OutputError,
+    PathLike,
+    atomic_write,
+    check_writable,
+    is_directory_target,
+)
 
 IMAGE_SUFFIXES = (".png",)
 VIDEO_SUFFIXES = (".mp4", ".gif")
 TOKEN_SUFFIXES = (".npy",)
-ALL_SUFFIXES = IMAGE_SUFFIXES + VIDEO_SUFFIXES + TOKEN_SUFFIXES
 
 # libx264 with yuv420p works on 16x16 macroblocks; frames are padded (never resized) to this.
 MACRO_BLOCK = 16
-
-PathLike = str | os.PathLike
-
-
-class OutputError(UserError):
-    """An output path the user has to change; the message is one line."""
-
-
-# ---------------------------------------------------------------------- atomic writes
-
-
-def _create_temp(path: Path) -> Path:
-    """Create an empty, new temporary file next to ``path`` with the same suffix."""
-    for _ in range(100):
-        tmp = path.with_name(f".{path.stem}.tmp-{secrets.token_hex(4)}{path.suffix}")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            continue
-        os.close(fd)
-        return tmp
-    raise FileExistsError(f"cannot find a free temporary name next to {path}")
-
-
-@contextlib.contextmanager
-def atomic_path(path: PathLike) -> Iterator[Path]:
-    """Yield a temporary path to write; on success it is renamed over ``path``.
-
-    The temporary file lives in the same directory (so the rename is atomic) and keeps the suffix
-    of ``path`` (so writers that choose a format by suffix still work). On any exception, including
-    KeyboardInterrupt, it is removed and the target is left untouched.
-    """
-    target = Path(path)
-    try:
-        tmp = _create_temp(target)
-    except OSError as exc:
-        raise OutputError(_diagnose(target) or f"cannot write {target}: {_reason(exc)}") from exc
-    try:
-        yield tmp
-        with open(tmp, "rb+") as handle:  # make the content durable before it gets the name
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(exc, OSError):
-            raise OutputError(f"cannot write {target}: {_reason(exc)}") from exc
-        raise
-
-
-def atomic_write(path: PathLike, writer: Callable[[Path], object]) -> Path:
-    """Call ``writer(tmp_path)`` and move the result to ``path`` atomically; return ``path``."""
-    with atomic_path(path) as tmp:
-        writer(tmp)
-    return Path(path)
-
-
-def _reason(exc: OSError) -> str:
-    text = exc.strerror or str(exc) or type(exc).__name__
-    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-
-
-# ---------------------------------------------------------------------- up-front checks
-
-
-def _diagnose(path: Path) -> str | None:
-    """Why ``path`` cannot be created as a file, or None if it looks fine."""
-    if path.is_dir():
-        return f"cannot write {path}: it is a directory"
-    parent = path.parent
-    if not parent.exists():
-        return (
-            f"cannot write {path}: directory {parent} does not exist; "
-            "create it or choose another --output"
-        )
-    if not parent.is_dir():
-        return f"cannot write {path}: {parent} is not a directory"
-    return _probe_directory(parent, path)
-
-
-def _probe_directory(directory: Path, shown: Path) -> str | None:
-    """Try to create and remove a file in ``directory``; an error message if that fails."""
-    try:
-        tmp = _create_temp(directory / ".parcli-probe")
-        tmp.unlink()
-    except PermissionError:
-        return (
-            f"cannot write {shown}: directory {directory} is not writable; choose another --output"
-        )
-    except OSError as exc:
-        return f"cannot write {shown}: {_reason(exc)}"
-    return None
-
-
-def is_directory_target(output: PathLike) -> bool:
-    """True when ``output`` names a directory: it ends with a separator or is an existing one."""
-    text = os.fspath(output)
-    return text.endswith(("/", os.sep)) or Path(text).is_dir()
-
-
-def check_writable(
-    path: PathLike,
-    suffixes: Sequence[str] | None = None,
-    *,
-    allow_directory: bool = False,
-) -> Path:
-    """Validate an output path before any expensive work; raise ``OutputError`` if unusable.
-
-    A file target needs an existing, writable parent directory and a supported suffix (one of
-    ``suffixes``, by default any this module writes). With ``allow_directory`` the target may
-    also be a directory (see ``save_images``): an existing writable one, or a new one whose parent
-    exists.
-    """
-    target = Path(path)
-    if allow_directory and is_directory_target(path):
-        if target.is_dir():
-            problem = _probe_directory(target, target)
-        elif not target.parent.is_dir():
-            problem = (
-                f"cannot create directory {target}: {target.parent} does not exist; "
-                "create it or choose another --output"
-            )
-        elif target.exists():
-            problem = f"cannot create directory {target}: a file of that name exists"
-        else:
-            problem = _probe_directory(target.parent, target)
-        if problem:
-            raise OutputError(problem)
-        return target
-    allowed = tuple(s.lower() for s in (suffixes if suffixes is not None else ALL_SUFFIXES))
-    if target.suffix.lower() not in allowed:
-        shown = target.suffix or "(no suffix)"
-        raise OutputError(
-            f"cannot write {target}: unsupported file type {shown}; use {' or '.join(allowed)}"
-        )
-    problem = _diagnose(target)
-    if problem:
-        raise OutputError(problem)
-    return target
 
 
 # ---------------------------------------------------------------------- images
@@ -272,7 +130,8 @@ def save_images(
         try:
             directory.mkdir(exist_ok=True)
         except OSError as exc:
-            raise OutputError(f"cannot create directory {directory}: {_reason(exc)}") from exc
+            reason = exc.strerror or type(exc).__name__
+            raise OutputError(f"cannot create directory {directory}: {reason}", "output") from exc
         pairs = zip(file_names, stack, strict=True)
         return [save_png(directory / name, image) for name, image in pairs]
     target = check_writable(output, IMAGE_SUFFIXES)

@@ -24,12 +24,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-from parcli.config import GPT_PRESETS, SUPPORTED_REGIONS, GPTConfig
+from parcli.config import CHECKPOINT_KINDS, GPT_PRESETS, SUPPORTED_REGIONS, GPTConfig
 from parcli.errors import UserError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_PATH = Path(__file__).parent / "weights.toml"
-KINDS = ("gpt", "vq")
 HF_URL = "https://huggingface.co/{repo}/resolve/main/{file}"
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
@@ -139,8 +138,9 @@ def _entry_from_table(name: str, table: Any) -> Entry:
     kind = table.get("kind")
     if kind is None:
         raise RegistryError(f"{where}: missing field 'kind'")
-    if kind not in KINDS:
-        raise RegistryError(f"{where}: unknown kind {kind!r} (expected one of {', '.join(KINDS)})")
+    if kind not in CHECKPOINT_KINDS:
+        expected = ", ".join(CHECKPOINT_KINDS)
+        raise RegistryError(f"{where}: unknown kind {kind!r} (expected one of {expected})")
     for key in _REQUIRED[kind]:
         if key not in table:
             raise RegistryError(f"{where}: missing field {key!r}")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 
 from parcli.config import GPTConfig
 from parcli.errors import UserError
+from parcli.io.tensors import read_safetensors, write_safetensors
 from parcli.model import Transformer
 from parcli.plan import Plan
 from parcli.slots import embed_slots, slot_rotary
@@ -83,27 +82,23 @@ def optim_path(out_path: str | Path) -> Path:
 def save_optimizer(optimizer: torch.optim.Optimizer, path: Path, step: int) -> None:
     """AdamW state as flat tensors `<param index>.<name>`, written atomically."""
     tensors = {
-        f"{index}.{name}": value.detach().cpu().contiguous()
+        f"{index}.{name}": value
         for index, state in optimizer.state_dict()["state"].items()
         for name, value in state.items()
         if isinstance(value, torch.Tensor)
     }
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"step": str(step)})
-    os.replace(tmp, path)
+    write_safetensors(path, tensors, {"step": str(step)})
 
 
 def load_optimizer(optimizer: torch.optim.Optimizer, path: Path, step: int) -> bool:
     """Restore state saved at `step`; False (fresh optimizer) when missing or from another step."""
     if not path.is_file():
         return False
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as handle:
-        if (handle.metadata() or {}).get("step") != str(step):
-            return False
+    tensors, metadata = read_safetensors(path, "optimizer state")
+    if metadata.get("step") != str(step):
+        return False
     state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in load_file(str(path)).items():
+    for key, value in tensors.items():
         index, name = key.split(".", 1)
         state.setdefault(int(index), {})[name] = value
     saved = optimizer.state_dict()

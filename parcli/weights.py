@@ -19,17 +19,14 @@ from the second. Every failure a user can cause raises ``WeightsError`` with a o
 from __future__ import annotations
 
 import argparse
-import contextlib
-import hashlib
 import json
 import math
 import os
 import pickle
 import re
 import struct
-import tempfile
 import zipfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +35,28 @@ from safetensors import safe_open
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from parcli.config import SUPPORTED_REGIONS, GPTConfig, ffn_hidden_dim, preset_heads
-from parcli.errors import UserError
+from parcli.config import (
+    CHECKPOINT_KINDS,
+    SUPPORTED_REGIONS,
+    GPTConfig,
+    ffn_hidden_dim,
+    preset_heads,
+)
+from parcli.dtypes import dtype_name, storage_dtype
+from parcli.io.files import file_sha256
+from parcli.io.tensors import (
+    Progress,
+    WeightsError,
+    one_line,
+    read_safetensors,
+    stored_dtype,
+    write_safetensors,
+)
 from parcli.model import Transformer
 from parcli.vq import VQConfig, VQModel
 
 FORMAT = "parcli"
 FORMAT_VERSION = "1"
-KINDS = ("gpt", "vq")
 DEFAULT_GRID = (24, 24)
 
 # Classes the weights-only unpickler may rebuild beyond torch's own allow-list.
@@ -58,73 +69,7 @@ _NOT_WEIGHTS = re.compile(
 _WRAPPERS = ("model", "module", "state_dict")
 _PREFIXES = ("_orig_mod.", "module.")
 
-DTYPES: dict[str, torch.dtype] = {
-    "fp32": torch.float32,
-    "bf16": torch.bfloat16,
-    "fp16": torch.float16,
-}
-_DTYPE_ALIASES = {
-    "float32": "fp32",
-    "float": "fp32",
-    "bfloat16": "bf16",
-    "float16": "fp16",
-    "half": "fp16",
-}
-_SAFETENSORS_DTYPES: dict[torch.dtype, str] = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
-
-Progress = Callable[[str, int, int], None]
-"""``progress(stage, done, total)``; stages "read", "hash" (bytes), "write" (bytes)."""
-
 Shape = tuple[int, ...]
-
-
-class WeightsError(UserError):
-    """A checkpoint could not be read, understood or written; the message says what to do."""
-
-
-def _one_line(text: object, limit: int = 160) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
-# --------------------------------------------------------------------------------------------
-# dtypes
-
-
-def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    """Map "fp32" / "bf16" / "fp16" (or a torch name or dtype) to a dtype; "keep" gives None."""
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    name = _DTYPE_ALIASES.get(str(dtype).lower(), str(dtype).lower())
-    if name in ("keep", "auto", "none", ""):
-        return None
-    if name not in DTYPES:
-        raise WeightsError(f"unknown dtype {dtype!r}; use one of keep, {', '.join(DTYPES)}")
-    return DTYPES[name]
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    short = {v: k for k, v in DTYPES.items()}
-    return short.get(dtype, str(dtype).removeprefix("torch."))
-
-
-def _out_dtype(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype:
-    return dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
-
-
-def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
-    return tensor.to(_out_dtype(tensor, dtype))
 
 
 def _float_dtype_name(dtypes: Iterable[torch.dtype]) -> str:
@@ -136,20 +81,6 @@ def _float_dtype_name(dtypes: Iterable[torch.dtype]) -> str:
 
 # --------------------------------------------------------------------------------------------
 # files
-
-
-def file_sha256(path: str | os.PathLike, progress: Progress | None = None) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    total = os.path.getsize(path)
-    done = 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(8 << 20):
-            digest.update(chunk)
-            done += len(chunk)
-            if progress is not None:
-                progress("hash", done, total)
-    return digest.hexdigest()
 
 
 def _check_readable(path: Path) -> None:
@@ -199,7 +130,7 @@ def _torch_load(path: Path) -> Any:
             f"{path} is a Git LFS pointer, not the weights; download the file itself"
         )
     if kind == "safetensors":
-        return _read_safetensors_flat(path)
+        return read_safetensors(path)[0]
     if kind == "zip" and not zipfile.is_zipfile(path):
         raise WeightsError(f"{path} is truncated or corrupt (incomplete zip); download it again")
     if kind not in ("zip", "pickle"):
@@ -227,7 +158,7 @@ def _torch_load(path: Path) -> Any:
         ) from None
     except Exception as exc:  # torch.load on a damaged file fails in many ways
         raise WeightsError(
-            f"{path} is truncated or corrupt ({type(exc).__name__}: {_one_line(exc, 80)}); "
+            f"{path} is truncated or corrupt ({type(exc).__name__}: {one_line(exc, 80)}); "
             "download it again"
         ) from None
 
@@ -238,19 +169,8 @@ def _torch_reason(message: str) -> str:
         line = line.strip().removeprefix("WeightsUnpickler error:").strip()
         boilerplate = ("Weights only load failed", "Check the documentation", "(1)", "(2)")
         if line and not line.startswith(boilerplate) and "weights_only" not in line:
-            return _one_line(line, 80)
+            return one_line(line, 80)
     return "unreadable pickle"
-
-
-def _read_safetensors_flat(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            return {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-    except Exception as exc:
-        raise WeightsError(
-            f"{path} is a truncated or corrupt safetensors file ({_one_line(exc, 80)}); "
-            "download it again"
-        ) from None
 
 
 def _is_tensor_map(obj: Any) -> bool:
@@ -266,7 +186,7 @@ def _select_state(obj: Any, path: Path, use_ema: bool) -> tuple[Mapping, str]:
     if use_ema:
         ema = obj.get("ema")
         if not isinstance(ema, Mapping):
-            raise WeightsError(f"{path} has no 'ema' weights; convert it without --ema")
+            raise WeightsError(f"{path} has no 'ema' weights; convert its model weights", "ema")
         return ema, "ema"
     layout: list[str] = []
     for _ in range(3):  # e.g. {"model": {"module": {...}}}
@@ -353,17 +273,12 @@ def detect_kind(state: Mapping[str, Any]) -> str:
     raise WeightsError(f"neither a LlamaGen/PAR transformer nor a VQ tokenizer (keys: {seen}, ...)")
 
 
-def _parse_grid(grid: int | str | Iterable[int] | None) -> tuple[int, ...]:
+def _grid(grid: int | Iterable[int] | None) -> tuple[int, ...]:
+    """A token grid given as sides, or one side of a square; LlamaGen's 24x24 by default."""
     if grid is None:
         return DEFAULT_GRID
     if isinstance(grid, int):
         return (grid, grid)
-    if isinstance(grid, str):
-        try:
-            parts = tuple(int(p) for p in grid.lower().split("x"))
-        except ValueError:
-            raise WeightsError(f"grid {grid!r} is not like 24 or 24x24") from None
-        return parts * 2 if len(parts) == 1 else parts
     return tuple(int(g) for g in grid)
 
 
@@ -376,7 +291,7 @@ def _layer_count(state: Mapping[str, Any], prefix: str) -> int:
 def infer_gpt_config(
     state: Mapping[str, Any],
     heads: int | None = None,
-    grid: int | str | Iterable[int] | None = None,
+    grid: int | Iterable[int] | None = None,
 ) -> GPTConfig:
     """The transformer architecture a state dict (tensors or shapes) was made for."""
     what = "LlamaGen/PAR transformer"
@@ -407,7 +322,8 @@ def infer_gpt_config(
     if not n_head:
         raise WeightsError(
             f"cannot tell the attention heads of a custom {n_layer}-layer, {dim}-wide "
-            "transformer; pass --heads"
+            "transformer; give their number",
+            "heads",
         )
     hidden = _need(state, "layers.0.feed_forward.w1.weight", what)[0]
     multiple_of = 256
@@ -418,12 +334,13 @@ def infer_gpt_config(
                 f"{dim}; not a LlamaGen-family transformer"
             )
         multiple_of = hidden
-    grid_shape = _parse_grid(grid)
+    grid_shape = _grid(grid)
     side = math.isqrt(regions)
     if len(grid_shape) not in (2, 3) or any(g < 1 or g % side for g in grid_shape[-2:]):
         raise WeightsError(
-            f"grid {'x'.join(map(str, grid_shape))} cannot be split into {regions} regions; "
-            "pass a grid like --grid 24"
+            f"{'x'.join(map(str, grid_shape))} tokens cannot be split into {regions} regions; "
+            "give the grid the model was trained for, e.g. 24",
+            "grid",
         )
     try:
         return GPTConfig(
@@ -437,7 +354,7 @@ def infer_gpt_config(
             ffn_multiple_of=multiple_of,
         )
     except ValueError as exc:
-        raise WeightsError(f"{_one_line(exc)}; pass a different --heads") from None
+        raise WeightsError(f"{one_line(exc)}; give another number of heads", "heads") from None
 
 
 def infer_vq_config(state: Mapping[str, Any], norm_groups: int | None = None) -> VQConfig:
@@ -478,7 +395,7 @@ def infer_vq_config(state: Mapping[str, Any], norm_groups: int | None = None) ->
             norm_groups=groups,
         )
     except ValueError as exc:
-        raise WeightsError(f"unsupported VQ architecture: {_one_line(exc)}") from None
+        raise WeightsError(f"unsupported VQ architecture: {one_line(exc)}") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -587,73 +504,6 @@ def _metadata_for(
     return meta
 
 
-def _safetensors_header(
-    state: Mapping[str, torch.Tensor], dtype: torch.dtype | None, metadata: dict[str, str]
-) -> tuple[bytes, list[str], int]:
-    """(header bytes, tensor order, data size) of a safetensors file holding ``state``."""
-    out = {key: _out_dtype(tensor, dtype) for key, tensor in state.items()}
-    # Widest dtypes first keeps every tensor aligned to its element size.
-    order = sorted(state, key=lambda k: (-out[k].itemsize, k))
-    header: dict[str, Any] = {"__metadata__": metadata}
-    offset = 0
-    for key in order:
-        if out[key] not in _SAFETENSORS_DTYPES:
-            raise WeightsError(f"tensor {key!r} has dtype {out[key]}, which cannot be saved")
-        size = state[key].numel() * out[key].itemsize
-        header[key] = {
-            "dtype": _SAFETENSORS_DTYPES[out[key]],
-            "shape": list(state[key].shape),
-            "data_offsets": [offset, offset + size],
-        }
-        offset += size
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)
-    return struct.pack("<Q", len(blob)) + blob, order, offset
-
-
-def _write_tensors(
-    handle,
-    state: Mapping[str, torch.Tensor],
-    order: list[str],
-    dtype: torch.dtype | None,
-    total: int,
-    progress: Progress | None,
-) -> None:
-    # One tensor at a time: a cast copy of the largest tensor is the most extra memory used.
-    done = 0
-    for key in order:
-        tensor = _cast(state[key].detach().cpu(), dtype).contiguous()
-        if tensor.numel():
-            handle.write(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
-        done += tensor.numel() * tensor.element_size()
-        if progress is not None:
-            progress("write", done, total)
-
-
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    """Write through a temp file in the same folder, fsync, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
 def save_checkpoint(
     path: str | os.PathLike,
     state: Mapping[str, torch.Tensor],
@@ -669,23 +519,14 @@ def save_checkpoint(
     ``metadata`` adds extra string fields (non-strings are stored as JSON); the standard fields
     are always computed from ``kind``, ``config`` and the tensors.
     """
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+    if kind not in CHECKPOINT_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(CHECKPOINT_KINDS)}, not {kind!r}")
     path = Path(path)
     if not path.parent.is_dir():
         raise WeightsError(f"folder {path.parent} does not exist; create it first")
-    target = parse_dtype(dtype)
-    meta = _metadata_for(kind, config, metadata, (_out_dtype(t, target) for t in state.values()))
-    header, order, total = _safetensors_header(state, target, meta)
-
-    def write(handle) -> None:
-        handle.write(header)
-        _write_tensors(handle, state, order, target, total, progress)
-
-    try:
-        _atomic_write(path, write)
-    except OSError as exc:
-        raise WeightsError(f"could not write {path}: {_one_line(exc)}") from None
+    target = storage_dtype(dtype)
+    meta = _metadata_for(kind, config, metadata, (stored_dtype(t, target) for t in state.values()))
+    write_safetensors(path, state, meta, target, progress)
     return meta
 
 
@@ -701,7 +542,7 @@ def _open_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
                 "`par convert-weights`"
             ) from None
         raise WeightsError(
-            f"{path} is not a readable safetensors file ({_one_line(exc, 80)}); "
+            f"{path} is not a readable safetensors file ({one_line(exc, 80)}); "
             "download or convert it again"
         ) from None
 
@@ -718,14 +559,14 @@ def _parse_metadata(path: str | os.PathLike, meta: Mapping[str, str] | None):
             f"{FORMAT_VERSION}; upgrade parcli or convert the file again"
         )
     kind = meta.get("kind")
-    if kind not in KINDS:
+    if kind not in CHECKPOINT_KINDS:
         raise WeightsError(f"{path} has unknown kind {kind!r}; convert it again")
     try:
         data = json.loads(meta["config"])
         config = GPTConfig.from_dict(data) if kind == "gpt" else VQConfig.from_dict(data)
     except (KeyError, TypeError, ValueError) as exc:
         raise WeightsError(
-            f"{path} has an unreadable config ({_one_line(exc, 80)}); convert it again"
+            f"{path} has an unreadable config ({one_line(exc, 80)}); convert it again"
         ) from None
     return kind, config, meta
 
@@ -745,7 +586,7 @@ def _load_checked(
     with _open_checkpoint(path, device) as handle:
         kind, config, meta = _parse_metadata(path, handle.metadata())
         if expect_kind is not None and kind != expect_kind:
-            wanted = "transformer" if expect_kind == "gpt" else "VQ tokenizer"
+            wanted = CHECKPOINT_KINDS[expect_kind]
             raise WeightsError(f"{path} holds a {kind} checkpoint, not a {wanted}")
         keys = list(handle.keys())
         shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in keys}
@@ -758,10 +599,11 @@ def _load_checked(
         state: dict[str, torch.Tensor] = {}
         try:
             for key in keys:
-                state[key] = _cast(handle.get_tensor(key), dtype)
+                tensor = handle.get_tensor(key)
+                state[key] = tensor.to(stored_dtype(tensor, dtype))
         except Exception as exc:
             raise WeightsError(
-                f"{path} is truncated or corrupt ({_one_line(exc, 80)}); convert it again"
+                f"{path} is truncated or corrupt ({one_line(exc, 80)}); convert it again"
             ) from None
     return state, kind, config, meta
 
@@ -772,7 +614,7 @@ def read_checkpoint(
     dtype: str | torch.dtype | None = None,
 ) -> tuple[dict[str, torch.Tensor], str, GPTConfig | VQConfig, dict[str, str]]:
     """(state, kind, config, metadata) of a parcli checkpoint, validated against its config."""
-    return _load_checked(path, device, parse_dtype(dtype))
+    return _load_checked(path, device, storage_dtype(dtype))
 
 
 def _materialise(
@@ -798,7 +640,7 @@ def load_transformer(
     Tensors go straight from the file to ``device`` and ``dtype`` (floating ones only), and the
     module adopts them without a second copy.
     """
-    state, kind, config, meta = _load_checked(path, device, parse_dtype(dtype), "gpt")
+    state, kind, config, meta = _load_checked(path, device, storage_dtype(dtype), "gpt")
     return _materialise(kind, config, state), meta
 
 
@@ -808,7 +650,7 @@ def load_vq(
     dtype: str | torch.dtype | None = None,
 ) -> tuple[VQModel, dict[str, str]]:
     """The VQ tokenizer of a parcli checkpoint, in eval mode, with its metadata."""
-    state, kind, config, meta = _load_checked(path, device, parse_dtype(dtype), "vq")
+    state, kind, config, meta = _load_checked(path, device, storage_dtype(dtype), "vq")
     return _materialise(kind, config, state), meta
 
 
@@ -822,7 +664,7 @@ def convert(
     *,
     use_ema: bool = False,
     heads: int | None = None,
-    grid: int | str | Iterable[int] | None = None,
+    grid: int | Iterable[int] | None = None,
     dtype: str | torch.dtype | None = "keep",
     norm_groups: int | None = None,
     extra_metadata: Mapping[str, Any] | None = None,
@@ -840,7 +682,7 @@ def convert(
         raise WeightsError(f"refusing to overwrite the source {src}; choose another output path")
     if not dst.parent.is_dir():
         raise WeightsError(f"output folder {dst.parent} does not exist; create it first")
-    target = parse_dtype(dtype)
+    target = storage_dtype(dtype)
     if progress is not None:
         progress("read", 0, 1)
     state, layout = _read_official(src, use_ema)

@@ -362,13 +362,11 @@ def test_packaged_entries_are_present_without_download(cat, fake_hub):
 
 
 def test_conversion_args_come_from_the_entry(cat):
-    from parcli.config import GPT_PRESETS
-
     assert hub.conversion_args(cat.get("tiny-vq")) == {}
     assert hub.conversion_args(cat.get("tiny-4x")) == {"heads": None, "grid": (8, 8)}
     assert hub.conversion_args(cat.get("tiny-4x"), heads=4) == {"heads": 4, "grid": (8, 8)}
     real = Catalogue.load().get("par-3b-16x")
-    assert hub.conversion_args(real) == {"heads": GPT_PRESETS["GPT-3B"][1], "grid": (24, 24)}
+    assert hub.conversion_args(real) == {"heads": None, "grid": (24, 24)}
 
 
 # ------------------------------------------------------------------------------ fetching

@@ -1,4 +1,3 @@
-import os
 from pathlib import Path
 
 import imageio.v2 as iio2
@@ -6,12 +5,8 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from parcli import media
+from parcli.io.files import OutputError
 from parcli.media import (
-    OutputError,
-    atomic_path,
-    atomic_write,
-    check_writable,
     make_grid,
     save_images,
     save_png,
@@ -27,118 +22,6 @@ def _random_images(n, h=8, w=12, c=3, seed=0):
 
 def _listing(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir())
-
-
-# ------------------------------------------------------------------ atomic writes
-
-
-def test_atomic_success_replaces_target(tmp_path):
-    target = tmp_path / "out.txt"
-    target.write_text("old")
-    with atomic_path(target) as tmp:
-        assert tmp.parent == target.parent
-        assert tmp.suffix == ".txt"
-        assert tmp.name.startswith(".out.tmp-")
-        tmp.write_text("new")
-        assert target.read_text() == "old"  # untouched until the block succeeds
-    assert target.read_text() == "new"
-    assert _listing(tmp_path) == ["out.txt"]
-
-
-@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
-def test_atomic_failure_leaves_nothing(tmp_path, error):
-    target = tmp_path / "out.png"
-    with pytest.raises(error), atomic_path(target) as tmp:
-        tmp.write_bytes(b"partial")
-        raise error("boom")
-    assert _listing(tmp_path) == []
-
-
-def test_atomic_failure_keeps_existing_target(tmp_path):
-    target = tmp_path / "out.npy"
-    target.write_bytes(b"old")
-
-    def writer(tmp):
-        tmp.write_bytes(b"half")
-        raise ValueError("writer failed")
-
-    with pytest.raises(ValueError):
-        atomic_write(target, writer)
-    assert target.read_bytes() == b"old"
-    assert _listing(tmp_path) == ["out.npy"]
-
-
-def test_atomic_write_returns_path(tmp_path):
-    target = tmp_path / "a.bin"
-    assert atomic_write(target, lambda tmp: tmp.write_bytes(b"x")) == target
-    assert target.read_bytes() == b"x"
-
-
-# ------------------------------------------------------------------ up-front checks
-
-
-def test_missing_directory_is_one_line_output_error(tmp_path):
-    target = tmp_path / "missing" / "y.png"
-    with pytest.raises(OutputError) as info:
-        check_writable(target)
-    message = str(info.value)
-    assert "\n" not in message
-    assert "does not exist" in message and "--output" in message
-    assert str(target.parent) in message
-
-
-def test_parent_is_a_file(tmp_path):
-    (tmp_path / "file").write_text("x")
-    with pytest.raises(OutputError, match="not a directory"):
-        check_writable(tmp_path / "file" / "y.png")
-
-
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root can write anywhere")
-def test_unwritable_directory(tmp_path):
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o500)
-    try:
-        with pytest.raises(OutputError, match="not writable") as info:
-            check_writable(locked / "y.png")
-        assert "\n" not in str(info.value)
-    finally:
-        locked.chmod(0o700)
-
-
-def test_unwritable_directory_simulated(tmp_path, monkeypatch):
-    def refuse(*args, **kwargs):
-        raise PermissionError(13, "Permission denied")
-
-    monkeypatch.setattr(media.os, "open", refuse)
-    with pytest.raises(OutputError, match="not writable") as info:
-        check_writable(tmp_path / "y.png")
-    assert "\n" not in str(info.value)
-    with pytest.raises(OutputError, match="not writable"):
-        save_png(tmp_path / "y.png", np.zeros((2, 2), np.uint8))
-    assert _listing(tmp_path) == []
-
-
-def test_unsupported_suffix(tmp_path):
-    with pytest.raises(OutputError, match="unsupported file type .bmp"):
-        check_writable(tmp_path / "y.bmp")
-    with pytest.raises(OutputError):
-        check_writable(tmp_path / "y.mp4", media.IMAGE_SUFFIXES)
-    assert check_writable(tmp_path / "y.PNG") == tmp_path / "y.PNG"
-
-
-def test_target_is_a_directory(tmp_path):
-    (tmp_path / "d.png").mkdir()
-    with pytest.raises(OutputError, match="is a directory"):
-        check_writable(tmp_path / "d.png")
-
-
-def test_directory_targets(tmp_path):
-    assert check_writable(str(tmp_path) + "/", allow_directory=True) == tmp_path
-    assert check_writable(str(tmp_path / "new") + "/", allow_directory=True) == tmp_path / "new"
-    assert not (tmp_path / "new").exists()  # checking creates nothing
-    with pytest.raises(OutputError, match="does not exist"):
-        check_writable(str(tmp_path / "a" / "b") + "/", allow_directory=True)
 
 
 # ------------------------------------------------------------------ images

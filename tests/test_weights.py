@@ -15,6 +15,8 @@ from conftest import tiny_vq_config
 from safetensors.torch import load_file, save_file
 
 from parcli.config import GPTConfig
+from parcli.errors import SettingError
+from parcli.io.files import OutputError
 from parcli.model import Transformer
 from parcli.vq import VQConfig, VQModel
 from parcli.weights import (
@@ -279,11 +281,13 @@ def test_preset_inferred_on_meta(preset, regions):
 
 def test_infer_errors():
     state = gpt_state()
-    with pytest.raises(WeightsError, match="pass --heads"):
+    with pytest.raises(WeightsError, match="cannot tell the attention heads") as info:
         infer_gpt_config(state)
+    assert info.value.setting == "heads"
     assert infer_gpt_config(state, heads=8).n_head == 8
-    with pytest.raises(WeightsError, match="--heads"):
+    with pytest.raises(WeightsError, match="another number of heads") as info:
         infer_gpt_config(state, heads=5)
+    assert info.value.setting == "heads"
 
     gqa = dict(state)
     gqa["layers.0.attention.wqkv.weight"] = torch.zeros(64 + 2 * 32, 64)
@@ -300,8 +304,9 @@ def test_infer_errors():
     with pytest.raises(WeightsError, match="inconsistent"):
         infer_gpt_config(untied, heads=4)
 
-    with pytest.raises(WeightsError, match="cannot be split into 16 regions"):
+    with pytest.raises(WeightsError, match="cannot be split into 16 regions") as info:
         infer_gpt_config(gpt_state(16), heads=4, grid=(6, 6))
+    assert info.value.setting == "grid"
 
     with pytest.raises(WeightsError, match="neither"):
         detect_kind({"foo.weight": torch.zeros(1)})
@@ -509,7 +514,7 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.Tensor, "contiguous", failing)
-    with pytest.raises(WeightsError, match="could not write .*disk full"):
+    with pytest.raises(OutputError, match="cannot write .*out.safetensors: disk full"):
         save_checkpoint(path, state, "gpt", cfg)
     assert list(tmp_path.iterdir()) == []
 
@@ -519,7 +524,7 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
     before = path.read_bytes()
     calls.clear()
     monkeypatch.setattr(torch.Tensor, "contiguous", failing)
-    with pytest.raises(WeightsError):
+    with pytest.raises(OutputError):
         save_checkpoint(path, gpt_state(seed=3), "gpt", cfg)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["out.safetensors"]
@@ -545,7 +550,7 @@ def test_convert_paths(tmp_path):
         convert(src, link, heads=4)
     with pytest.raises(WeightsError, match="does not exist; create it first"):
         convert(src, tmp_path / "no" / "out.safetensors", heads=4)
-    with pytest.raises(WeightsError, match="unknown dtype"):
+    with pytest.raises(SettingError, match="unknown dtype 'int4'; use keep, fp32"):
         convert(src, tmp_path / "out.safetensors", heads=4, dtype="int4")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt", "link.pt"]
 

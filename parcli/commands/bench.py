@@ -32,11 +32,11 @@ from parcli.commands.common import (
     user_errors,
     warn_if_emulated,
 )
-from parcli.commands.models import load_pipelines, parse_grid, parse_ints, parse_region_list
-from parcli.config import GPT_PRESETS
+from parcli.commands.models import load_pipelines, parse_ints, parse_region_list
+from parcli.config import GPT_PRESETS, token_grid
 from parcli.dtypes import compute_dtype
 from parcli.engine.devices import resolve_device
-from parcli.media import atomic_path, check_writable
+from parcli.io.files import atomic_path, check_writable
 from parcli.pipeline import Pipeline, PipelineError
 from parcli.sampling import SamplingConfig
 
@@ -105,7 +105,7 @@ def bench(
                 raise PipelineError(
                     f"unknown --arch {arch!r}; choose one of {', '.join(GPT_PRESETS)}"
                 )
-            sides = parse_grid(grid, image_size)
+            sides = token_grid(grid, image_size)
             with console.status(f"building {arch} with random weights"):
                 pipelines = random_pipelines(
                     arch, region_list, sides, torch_device, torch_dtype, seed, compile_model

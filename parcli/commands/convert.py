@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from parcli.commands.common import console, user_errors
-from parcli.commands.models import parse_grid
+from parcli.config import token_grid
 from parcli.weights import WeightsError, convert
 
 DTYPE_CHOICES = ("keep", "fp32", "bf16", "fp16")
@@ -35,7 +35,7 @@ def convert_weights(
     with user_errors():
         if dtype not in DTYPE_CHOICES:
             raise WeightsError(f"--dtype must be one of {', '.join(DTYPE_CHOICES)}, not {dtype!r}")
-        sides = parse_grid(grid, image_size)
+        sides = token_grid(grid, image_size)
         status = console.status(f"converting {src.name}") if not quiet else contextlib.nullcontext()
         with status:
             metadata = convert(src, dst, use_ema=ema, heads=heads, grid=sides, dtype=dtype)

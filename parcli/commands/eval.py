@@ -35,7 +35,7 @@ from parcli.commands.common import (
 from parcli.commands.models import load_pipelines, parse_region_list
 from parcli.dtypes import compute_dtype
 from parcli.engine.devices import resolve_device
-from parcli.media import atomic_path, check_writable
+from parcli.io.files import atomic_path, check_writable
 from parcli.pipeline import PipelineError
 
 

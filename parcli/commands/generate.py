@@ -23,12 +23,11 @@ from parcli.commands.common import (
 from parcli.commands.models import locate_model
 from parcli.dtypes import compute_dtype
 from parcli.engine.devices import resolve_device
+from parcli.io.files import check_writable, is_directory_target
 from parcli.media import (
     IMAGE_SUFFIXES,
     TOKEN_SUFFIXES,
     VIDEO_SUFFIXES,
-    check_writable,
-    is_directory_target,
     save_images,
     save_tokens,
     save_video,

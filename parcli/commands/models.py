@@ -53,9 +53,6 @@ def locate_model(
     return ModelFiles(entry.name, paths[0], tokenizer or paths[1], entry.cfg_scale)
 
 
-VQ_DOWNSAMPLE = 16  # the published tokenizer's stride: --image-size 384 is a 24x24 grid
-
-
 def parse_ints(text: str, option: str) -> list[int]:
     """`1,4,16` -> [1, 4, 16]: positive integers, in the order given."""
     try:
@@ -75,23 +72,6 @@ def parse_region_list(text: str) -> list[int]:
     if any(n not in SUPPORTED_REGIONS for n in values):
         raise PipelineError(f"--regions must be among {SUPPORTED_REGIONS}, got {text!r}")
     return values
-
-
-def parse_grid(grid: str | None, image_size: int) -> tuple[int, ...]:
-    """`--grid 24`, `24x24` or `5x16x16` (video), else the grid of `--image-size` at stride 16."""
-    if grid is None:
-        if image_size % VQ_DOWNSAMPLE:
-            raise PipelineError(f"--image-size must be a multiple of {VQ_DOWNSAMPLE}")
-        return image_size // VQ_DOWNSAMPLE, image_size // VQ_DOWNSAMPLE
-    wrong = f"--grid takes N, RxC or FxRxC, e.g. 24 or 24x24; got {grid!r}"
-    parts = grid.lower().split("x")
-    try:
-        sides = tuple(int(p) for p in parts) * (2 if len(parts) == 1 else 1)
-    except ValueError:
-        raise PipelineError(wrong) from None
-    if len(sides) not in (2, 3) or min(sides) < 1:
-        raise PipelineError(wrong)
-    return sides
 
 
 def load_pipelines(

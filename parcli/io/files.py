@@ -1,0 +1,179 @@
+"""The one way `par` writes a file, and the checks that find an unusable output path early.
+
+Every file is written under a temporary name in its target's folder, made durable (fsync), then
+renamed over the target (``os.replace``), and the folder is synced: an interrupted or failed
+write never leaves a partial file under the final name, and an existing file is only ever
+replaced by a complete new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import secrets
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from parcli.errors import UserError
+
+PathLike = str | os.PathLike
+
+
+class OutputError(UserError):
+    """An output path the user has to change."""
+
+
+def _create_temp(path: Path) -> Path:
+    """Create an empty, new temporary file next to ``path`` with the same suffix."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.stem}.tmp-{secrets.token_hex(4)}{path.suffix}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"cannot find a free temporary name next to {path}")
+
+
+def _sync_folder(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike, setting: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it is renamed over ``path``.
+
+    The temporary file lives in the same folder (so the rename is atomic) and keeps the suffix
+    of ``path`` (so writers that choose a format by suffix still work). On any exception,
+    including KeyboardInterrupt, it is removed and the target is left untouched; an OSError
+    becomes an ``OutputError`` that blames ``setting``.
+    """
+    target = Path(path)
+    try:
+        tmp = _create_temp(target)
+    except OSError as exc:
+        problem = _diagnose(target) or f"cannot write {target}: {_reason(exc)}"
+        raise OutputError(problem, setting) from exc
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:  # make the content durable before it gets the name
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(exc, OSError):
+            raise OutputError(f"cannot write {target}: {_reason(exc)}", setting) from exc
+        raise
+    _sync_folder(target.parent)
+
+
+def atomic_write(path: PathLike, writer: Callable[[Path], object]) -> Path:
+    """Call ``writer(tmp_path)`` and move the result to ``path`` atomically; return ``path``."""
+    with atomic_path(path) as tmp:
+        writer(tmp)
+    return Path(path)
+
+
+def _reason(exc: OSError) -> str:
+    text = exc.strerror or str(exc) or type(exc).__name__
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
+def file_sha256(path: PathLike, progress: Callable[[str, int, int], None] | None = None) -> str:
+    """Hex sha256 of a file, read in chunks; ``progress("hash", done, total)`` follows it."""
+    digest = hashlib.sha256()
+    total = os.path.getsize(path)
+    done = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(8 << 20):
+            digest.update(chunk)
+            done += len(chunk)
+            if progress is not None:
+                progress("hash", done, total)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------- up-front checks
+
+
+def _diagnose(path: Path) -> str | None:
+    """Why ``path`` cannot be created as a file, or None if it looks fine."""
+    if path.is_dir():
+        return f"cannot write {path}: it is a directory"
+    parent = path.parent
+    if not parent.exists():
+        return (
+            f"cannot write {path}: directory {parent} does not exist; "
+            "create it or choose another path"
+        )
+    if not parent.is_dir():
+        return f"cannot write {path}: {parent} is not a directory"
+    return _probe_directory(parent, path)
+
+
+def _probe_directory(directory: Path, shown: Path) -> str | None:
+    """Try to create and remove a file in ``directory``; an error message if that fails."""
+    try:
+        tmp = _create_temp(directory / ".parcli-probe")
+        tmp.unlink()
+    except PermissionError:
+        return f"cannot write {shown}: directory {directory} is not writable; choose another path"
+    except OSError as exc:
+        return f"cannot write {shown}: {_reason(exc)}"
+    return None
+
+
+def is_directory_target(output: PathLike) -> bool:
+    """True when ``output`` names a directory: it ends with a separator or is an existing one."""
+    text = os.fspath(output)
+    return text.endswith(("/", os.sep)) or Path(text).is_dir()
+
+
+def check_writable(
+    path: PathLike,
+    suffixes: Sequence[str] | None = None,
+    *,
+    allow_directory: bool = False,
+    setting: str | None = "output",
+) -> Path:
+    """Validate an output path before any expensive work; raise ``OutputError`` if unusable.
+
+    A file target needs an existing, writable parent directory and, where ``suffixes`` are
+    given, one of them. With ``allow_directory`` the target may also be a directory: an existing
+    writable one, or a new one whose parent exists. ``setting`` is what an error blames.
+    """
+    target = Path(path)
+    if allow_directory and is_directory_target(path):
+        if target.is_dir():
+            problem = _probe_directory(target, target)
+        elif not target.parent.is_dir():
+            problem = (
+                f"cannot create directory {target}: {target.parent} does not exist; "
+                "create it or choose another path"
+            )
+        elif target.exists():
+            problem = f"cannot create directory {target}: a file of that name exists"
+        else:
+            problem = _probe_directory(target.parent, target)
+        if problem:
+            raise OutputError(problem, setting)
+        return target
+    allowed = tuple(s.lower() for s in suffixes) if suffixes is not None else None
+    if allowed is not None and target.suffix.lower() not in allowed:
+        shown = target.suffix or "(no suffix)"
+        raise OutputError(
+            f"cannot write {target}: unsupported file type {shown}; use {' or '.join(allowed)}",
+            setting,
+        )
+    problem = _diagnose(target)
+    if problem:
+        raise OutputError(problem, setting)
+    return target
