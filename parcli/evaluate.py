@@ -26,10 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from parcli.io.tensors import read_safetensors, write_safetensors
+from parcli.io.tensors import WeightsError, read_safetensors, write_safetensors
 from parcli.pipeline import Pipeline, PipelineError
 from parcli.sampling import SamplingConfig
-from parcli.weights import WeightsError
 
 DEFAULT_CLASSIFIER = (
     Path(__file__).resolve().parent / "assets" / "digits" / "classifier.safetensors"

@@ -162,7 +162,7 @@ def load_pipeline(
     default_cfg_scale: float | None = None,
     compile_model: bool | None = None,
 ) -> Pipeline:
-    from parcli.weights import load_transformer, load_vq
+    from parcli.io.checkpoints import load_transformer, load_vq
 
     model, metadata = load_transformer(checkpoint, device, dtype)
     # The reference decodes in float32; pixels stay within a level of it that way on every device.

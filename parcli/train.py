@@ -172,7 +172,7 @@ def _metadata(
 
 
 def _resume_state(out_path: Path, kind: str) -> tuple[dict, int, float, object]:
-    from parcli.weights import read_checkpoint
+    from parcli.io.checkpoints import read_checkpoint
 
     if not out_path.is_file():
         raise TrainError(f"--resume: no checkpoint at {out_path}")
@@ -185,7 +185,7 @@ def _resume_state(out_path: Path, kind: str) -> tuple[dict, int, float, object]:
 
 
 def _save(model, path: Path, kind: str, config, metadata: dict, optimizer, step: int) -> None:
-    from parcli.weights import save_checkpoint
+    from parcli.io.checkpoints import save_checkpoint
 
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -333,7 +333,7 @@ def train_gpt(
             raise TrainError(f"--resume: {out_path} was trained with a different architecture")
         model.load_state_dict(state)
     elif init_from is not None:
-        from parcli.weights import read_checkpoint
+        from parcli.io.checkpoints import read_checkpoint
 
         state, found_kind, _, _ = read_checkpoint(init_from)
         if found_kind != "gpt":

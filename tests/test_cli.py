@@ -9,8 +9,8 @@ from conftest import TINY_VQ, tiny_model, tiny_vq_config
 from typer.testing import CliRunner
 
 from parcli.cli import app
+from parcli.io.checkpoints import save_checkpoint
 from parcli.vq import VQModel
-from parcli.weights import save_checkpoint
 
 runner = CliRunner()
 

@@ -107,7 +107,7 @@ def test_classifier_round_trips_with_metadata(tmp_path):
 
 
 def test_load_classifier_refuses_other_files(tmp_path):
-    from parcli.weights import WeightsError
+    from parcli.io.tensors import WeightsError
 
     with pytest.raises(WeightsError, match="does not exist"):
         load_classifier(tmp_path / "missing.safetensors")
@@ -229,7 +229,7 @@ def test_par_eval_trains_a_classifier(tmp_path):
 def test_par_eval_prints_a_table_and_json(tmp_path, monkeypatch):
     pytest.importorskip("mlxtend")
     from parcli.commands.models import ModelFiles
-    from parcli.weights import save_checkpoint
+    from parcli.io.checkpoints import save_checkpoint
 
     torch.manual_seed(0)
     save_checkpoint(tmp_path / "vq.safetensors", VQModel(TINY_VQ).state_dict(), "vq", TINY_VQ)
@@ -266,11 +266,11 @@ MISSING = [n for n in REGIONS if not (ASSETS / f"gpt-{n}.safetensors").is_file()
 
 
 def shipped_cfg_scale(n: int) -> float | None:
-    from parcli.registry import RegistryError, load_catalogue
+    from parcli.io.catalogue import CatalogueError, load_catalogue
 
     try:
         return load_catalogue().resolve("digits", n).cfg_scale
-    except RegistryError:
+    except CatalogueError:
         return None  # no catalogue entry yet: the checkpoint's own metadata
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from parcli.io import files
 from parcli.io.files import OutputError, atomic_path, atomic_write, check_writable, file_sha256
-from parcli.media import IMAGE_SUFFIXES, save_png
+from parcli.io.media import IMAGE_SUFFIXES, save_png
 
 
 def _listing(directory: Path) -> list[str]:

@@ -31,14 +31,14 @@ import torch
 from conftest import tiny_model
 from typer.testing import CliRunner
 
-from parcli import hub
 from parcli.commands import weights as weights_cli
 from parcli.decode import generate_tokens
+from parcli.io import hub
+from parcli.io.catalogue import Catalogue
+from parcli.io.checkpoints import load_transformer, load_vq
 from parcli.plan import Plan
-from parcli.registry import Catalogue
 from parcli.sampling import SamplingConfig
 from parcli.vq import VQConfig, VQModel
-from parcli.weights import load_transformer, load_vq
 
 REPO = "test-org/tiny-par"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

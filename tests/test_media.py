@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from parcli.io.files import OutputError
-from parcli.media import (
+from parcli.io.media import (
     make_grid,
     save_images,
     save_png,

@@ -7,11 +7,11 @@ import torch.nn.functional as F
 from conftest import tiny_config, tiny_model, tiny_vq_config
 
 from parcli.data import load_image_folder, split_held_out
+from parcli.io.checkpoints import read_checkpoint, read_metadata, save_checkpoint
 from parcli.plan import Plan
 from parcli.slots import embed_slots, slot_rotary
 from parcli.train import TrainError, TrainRun, train_gpt, train_vq
 from parcli.vq import VQConfig
-from parcli.weights import read_checkpoint, read_metadata, save_checkpoint
 
 
 def grey_vq_config() -> VQConfig:

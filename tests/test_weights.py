@@ -16,25 +16,21 @@ from safetensors.torch import load_file, save_file
 
 from parcli.config import GPTConfig
 from parcli.errors import SettingError
-from parcli.io.files import OutputError
-from parcli.model import Transformer
-from parcli.vq import VQConfig, VQModel
-from parcli.weights import (
-    WeightsError,
+from parcli.io.checkpoints import (
     build_meta,
-    convert,
-    detect_kind,
     expected_shapes,
-    infer_gpt_config,
-    infer_vq_config,
     load_transformer,
     load_vq,
     read_checkpoint,
     read_metadata,
-    read_official,
     save_checkpoint,
     validate,
 )
+from parcli.io.convert import convert, detect_kind, infer_gpt_config, infer_vq_config, read_official
+from parcli.io.files import OutputError
+from parcli.io.tensors import WeightsError
+from parcli.model import Transformer
+from parcli.vq import VQConfig, VQModel
 
 TINY = dict(n_layer=2, n_head=4, dim=64, vocab_size=32, num_classes=10)
 
@@ -629,7 +625,7 @@ def test_building_on_meta_stays_cheap():
         "import sys\n"
         "from parcli.config import GPTConfig\n"
         "from parcli.vq import VQConfig\n"
-        "from parcli.weights import build_meta\n"
+        "from parcli.io.checkpoints import build_meta\n"
         "before = 'torch._dynamo' in sys.modules\n"
         "build_meta('gpt', GPTConfig.preset('GPT-3B', regions=16))\n"
         "build_meta('vq', VQConfig.llamagen_ds16())\n"

@@ -10,7 +10,8 @@ import typer
 
 from parcli.commands.common import console, user_errors
 from parcli.config import token_grid
-from parcli.weights import WeightsError, convert
+from parcli.io.convert import convert
+from parcli.io.tensors import WeightsError
 
 DTYPE_CHOICES = ("keep", "fp32", "bf16", "fp16")
 

@@ -24,7 +24,7 @@ from parcli.commands.models import locate_model
 from parcli.dtypes import compute_dtype
 from parcli.engine.devices import resolve_device
 from parcli.io.files import check_writable, is_directory_target
-from parcli.media import (
+from parcli.io.media import (
     IMAGE_SUFFIXES,
     TOKEN_SUFFIXES,
     VIDEO_SUFFIXES,

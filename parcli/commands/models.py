@@ -10,8 +10,8 @@ from rich.console import Console
 
 from parcli.commands.weights import ensure_model_files
 from parcli.config import SUPPORTED_REGIONS
+from parcli.io.catalogue import Entry, load_catalogue
 from parcli.pipeline import Pipeline, PipelineError, load_pipeline
-from parcli.registry import Entry, load_catalogue
 
 
 @dataclass(frozen=True)

@@ -165,8 +165,8 @@ def gpt(
     with user_errors():
         try:
             from parcli.config import GPTConfig
+            from parcli.io.checkpoints import load_vq
             from parcli.train import TrainRun, encode_images, train_gpt
-            from parcli.weights import load_vq
 
             _check_steps(steps, batch_size, lr)
             vq_model, _ = load_vq(tokenizer, device)

@@ -18,9 +18,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from parcli import hub
 from parcli.commands.common import command_app, console, err_console, user_errors
-from parcli.registry import Catalogue, Entry, load_catalogue
+from parcli.io import hub
+from parcli.io.catalogue import Catalogue, Entry, load_catalogue
 
 app = command_app("weights", "List, download, locate and remove model weights.")
 

@@ -1,7 +1,7 @@
 """The catalogue of known checkpoints, read from ``weights.toml``.
 
 ``weights.toml`` lives at the repository root; ``parcli/weights.toml`` is a symlink to it so that
-the package (and a wheel built from it) sees the same file next to this module.
+the package (and a wheel built from it) carries the same file.
 
 A model is named either by an entry (``par-3b-16x``) or by a family (``par-3b``): the checkpoints of
 one architecture that differ only in their number of PAR regions n. The LlamaGen file of the same
@@ -27,15 +27,15 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 from parcli.config import CHECKPOINT_KINDS, GPT_PRESETS, SUPPORTED_REGIONS, GPTConfig
 from parcli.errors import UserError
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-DEFAULT_PATH = Path(__file__).parent / "weights.toml"
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+DEFAULT_PATH = Path(__file__).parent.parent / "weights.toml"
 HF_URL = "https://huggingface.co/{repo}/resolve/main/{file}"
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
-class RegistryError(UserError):
+class CatalogueError(UserError):
     """A bad model name or a malformed catalogue; the message is one line meant for the user."""
 
 
@@ -86,9 +86,9 @@ class Entry:
     def gpt_config(self, **overrides: Any) -> GPTConfig:
         """The transformer configuration of a "gpt" entry with a published architecture."""
         if self.kind != "gpt":
-            raise RegistryError(f"{self.name} is a {self.kind} entry, not a transformer")
+            raise CatalogueError(f"{self.name} is a {self.kind} entry, not a transformer")
         if self.arch not in GPT_PRESETS:
-            raise RegistryError(
+            raise CatalogueError(
                 f"{self.name} has architecture {self.arch!r}, which is not one of "
                 f"{', '.join(GPT_PRESETS)}; read its configuration from the checkpoint"
             )
@@ -125,64 +125,64 @@ _REQUIRED = {
 def _entry_from_table(name: str, table: Any) -> Entry:
     where = f"weights.toml entry {name!r}"
     if not _NAME_RE.match(name):
-        raise RegistryError(f"{where}: names must be lower-case letters, digits, '.', '_' or '-'")
+        raise CatalogueError(f"{where}: names must be lower-case letters, digits, '.', '_' or '-'")
     if not isinstance(table, dict):
-        raise RegistryError(f"{where} must be a table")
+        raise CatalogueError(f"{where} must be a table")
     unknown = sorted(set(table) - set(_FIELD_TYPES))
     if unknown:
-        raise RegistryError(f"{where}: unknown field {unknown[0]!r}")
+        raise CatalogueError(f"{where}: unknown field {unknown[0]!r}")
     for key, value in table.items():
         types, what = _FIELD_TYPES[key]
         if isinstance(value, bool) or not isinstance(value, types):
-            raise RegistryError(f"{where}: field {key!r} must be {what}")
+            raise CatalogueError(f"{where}: field {key!r} must be {what}")
     kind = table.get("kind")
     if kind is None:
-        raise RegistryError(f"{where}: missing field 'kind'")
+        raise CatalogueError(f"{where}: missing field 'kind'")
     if kind not in CHECKPOINT_KINDS:
         expected = ", ".join(CHECKPOINT_KINDS)
-        raise RegistryError(f"{where}: unknown kind {kind!r} (expected one of {expected})")
+        raise CatalogueError(f"{where}: unknown kind {kind!r} (expected one of {expected})")
     for key in _REQUIRED[kind]:
         if key not in table:
-            raise RegistryError(f"{where}: missing field {key!r}")
+            raise CatalogueError(f"{where}: missing field {key!r}")
 
     data = dict(table)
     path = data.get("path")
     if path is not None:
         if any(k in data for k in ("repo", "file", "url")):
-            raise RegistryError(f"{where}: give either 'path' or 'repo'/'file', not both")
+            raise CatalogueError(f"{where}: give either 'path' or 'repo'/'file', not both")
         pure = PurePosixPath(path)
         if pure.is_absolute() or ".." in pure.parts or "\\" in path or not pure.parts:
-            raise RegistryError(
+            raise CatalogueError(
                 f"{where}: field 'path' must be relative to the package, without '..'"
             )
     else:
         for key in ("repo", "file"):
             if key not in data:
-                raise RegistryError(f"{where}: missing field {key!r} (or give a packaged 'path')")
+                raise CatalogueError(f"{where}: missing field {key!r} (or give a packaged 'path')")
         if "url" not in data:
             data["url"] = HF_URL.format(repo=data["repo"], file=data["file"])
         elif not data["url"].startswith("https://"):
-            raise RegistryError(f"{where}: field 'url' must be an https:// address")
+            raise CatalogueError(f"{where}: field 'url' must be an https:// address")
 
     if "grid" in data:
         grid = data["grid"]
         if not (2 <= len(grid) <= 3) or not all(
             isinstance(g, int) and not isinstance(g, bool) and g > 0 for g in grid
         ):
-            raise RegistryError(f"{where}: field 'grid' must be 2 or 3 positive integers")
+            raise CatalogueError(f"{where}: field 'grid' must be 2 or 3 positive integers")
         data["grid"] = tuple(grid)
     if "regions" in data and data["regions"] not in SUPPORTED_REGIONS:
         allowed = ", ".join(map(str, SUPPORTED_REGIONS))
-        raise RegistryError(f"{where}: field 'regions' must be one of {allowed}")
+        raise CatalogueError(f"{where}: field 'regions' must be one of {allowed}")
     for key in ("cfg_scale", "fid"):
         if key in data:
             data[key] = float(data[key])
     if "sha256" in data:
         data["sha256"] = data["sha256"].lower()
         if not _SHA256_RE.match(data["sha256"]):
-            raise RegistryError(f"{where}: field 'sha256' must be 64 hexadecimal digits")
+            raise CatalogueError(f"{where}: field 'sha256' must be 64 hexadecimal digits")
     if "family" in data and not _NAME_RE.match(data["family"]):
-        raise RegistryError(f"{where}: field 'family' must be a lower-case name")
+        raise CatalogueError(f"{where}: field 'family' must be a lower-case name")
     return Entry(name=name, **data)
 
 
@@ -218,24 +218,24 @@ class Catalogue:
         try:
             text = file.read_text(encoding="utf-8")
         except OSError as exc:
-            raise RegistryError(f"cannot read model catalogue {file}: {exc.strerror}") from exc
+            raise CatalogueError(f"cannot read model catalogue {file}: {exc.strerror}") from exc
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
-            raise RegistryError(f"cannot parse model catalogue {file}: {exc}") from exc
+            raise CatalogueError(f"cannot parse model catalogue {file}: {exc}") from exc
         return cls.from_dict(data, source=file)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: Path | None = None) -> Catalogue:
         unknown = sorted(set(data) - {"default_family", "models"})
         if unknown:
-            raise RegistryError(f"weights.toml: unknown top-level key {unknown[0]!r}")
+            raise CatalogueError(f"weights.toml: unknown top-level key {unknown[0]!r}")
         models = data.get("models")
         if not isinstance(models, dict) or not models:
-            raise RegistryError("weights.toml: no [models.NAME] tables")
+            raise CatalogueError("weights.toml: no [models.NAME] tables")
         default_family = data.get("default_family")
         if not isinstance(default_family, str):
-            raise RegistryError("weights.toml: missing top-level string 'default_family'")
+            raise CatalogueError("weights.toml: missing top-level string 'default_family'")
         entries = {name: _entry_from_table(name, table) for name, table in models.items()}
         return cls(entries, default_family, source)
 
@@ -245,23 +245,23 @@ class Catalogue:
                 continue
             tok = self._entries.get(entry.tokenizer or "")
             if tok is None or tok.kind != "vq":
-                raise RegistryError(
+                raise CatalogueError(
                     f"weights.toml entry {entry.name!r}: field 'tokenizer' names "
                     f"{entry.tokenizer!r}, which is not a 'vq' entry"
                 )
         for fam, members in self._families.items():
             if fam in self._entries:
-                raise RegistryError(f"weights.toml: {fam!r} is both a family and an entry name")
+                raise CatalogueError(f"weights.toml: {fam!r} is both a family and an entry name")
             seen: dict[int | None, str] = {}
             for member in members:
                 if member.regions in seen:
-                    raise RegistryError(
+                    raise CatalogueError(
                         f"weights.toml: family {fam!r} has two {member.regions}-region "
                         f"checkpoints ({seen[member.regions]}, {member.name})"
                     )
                 seen[member.regions] = member.name
         if self.default_family not in self._families:
-            raise RegistryError(
+            raise CatalogueError(
                 f"weights.toml: default_family {self.default_family!r} is not a family"
             )
 
@@ -289,13 +289,13 @@ class Catalogue:
     def family(self, name: str) -> tuple[Entry, ...]:
         key = name.strip().lower()
         if key not in self._families:
-            raise RegistryError(self._unknown("family", name, list(self._families)))
+            raise CatalogueError(self._unknown("family", name, list(self._families)))
         return self._families[key]
 
     def get(self, name: str) -> Entry:
         key = name.strip().lower()
         if key not in self._entries:
-            raise RegistryError(self._unknown("model", name, list(self._entries)))
+            raise CatalogueError(self._unknown("model", name, list(self._entries)))
         return self._entries[key]
 
     def resolve(self, model: str, regions: int | None = None) -> Entry:
@@ -313,23 +313,25 @@ class Catalogue:
                 if member.regions == regions:
                     return member
             available = ", ".join(str(m.regions) for m in members)
-            raise RegistryError(f"{key} has no {regions}-region checkpoint; available: {available}")
+            raise CatalogueError(
+                f"{key} has no {regions}-region checkpoint; available: {available}"
+            )
         if key in self._entries:
             entry = self._entries[key]
             if entry.kind != "gpt":
-                raise RegistryError(
+                raise CatalogueError(
                     f"{entry.name} is a {entry.kind} tokenizer, not a generation model; "
                     f"choose one of: {', '.join(self._families)}"
                 )
             if regions is not None and regions != entry.regions:
                 hint = f" or use family {entry.family!r} to pick by regions" if entry.family else ""
-                raise RegistryError(
+                raise CatalogueError(
                     f"{entry.name} is a {entry.regions}-region checkpoint, not {regions}; "
                     f"omit --regions{hint}"
                 )
             return entry
         candidates = list(self._families) + [e.name for e in self.entries("gpt")]
-        raise RegistryError(self._unknown("model", model, candidates))
+        raise CatalogueError(self._unknown("model", model, candidates))
 
     def tokenizer_for(self, entry: Entry | str) -> Entry:
         """The "vq" entry that decodes a transformer entry's tokens."""

@@ -3,9 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from parcli import registry
+import parcli
 from parcli.config import GPT_PRESETS
-from parcli.registry import Catalogue, RegistryError, load_catalogue
+from parcli.io.catalogue import Catalogue, CatalogueError, load_catalogue
 
 # Spec section 6: name -> (repo, file, arch, regions, fid)
 LLAMAGEN = "FoundationVision/LlamaGen"
@@ -31,8 +31,8 @@ def cat() -> Catalogue:
 
 
 def test_packaged_file_is_the_repository_file():
-    packaged = Path(registry.__file__).parent / "weights.toml"
-    root = Path(registry.__file__).parent.parent / "weights.toml"
+    packaged = Path(parcli.__file__).parent / "weights.toml"
+    root = Path(parcli.__file__).parent.parent / "weights.toml"
     assert packaged.is_file()
     if root.exists():
         assert packaged.read_bytes() == root.read_bytes()
@@ -99,18 +99,18 @@ def test_resolve(cat, model, regions, expected):
 
 
 def test_resolve_missing_region_count_lists_available(cat):
-    with pytest.raises(RegistryError) as info:
+    with pytest.raises(CatalogueError) as info:
         cat.resolve("par-xl", 16)
     assert str(info.value) == "par-xl has no 16-region checkpoint; available: 1, 4"
 
 
 def test_resolve_entry_with_mismatched_regions(cat):
-    with pytest.raises(RegistryError, match="par-3b-4x is a 4-region checkpoint, not 16"):
+    with pytest.raises(CatalogueError, match="par-3b-4x is a 4-region checkpoint, not 16"):
         cat.resolve("par-3b-4x", 16)
 
 
 def test_resolve_tokenizer_is_not_a_model(cat):
-    with pytest.raises(RegistryError, match="not a generation model"):
+    with pytest.raises(CatalogueError, match="not a generation model"):
         cat.resolve("vq-ds16-c2i", None)
 
 
@@ -120,7 +120,7 @@ def test_resolve_tokenizer_is_not_a_model(cat):
 )
 def test_unknown_names_suggest_close_matches(cat, name, suggestion):
     for lookup in (cat.get, cat.resolve):
-        with pytest.raises(RegistryError) as info:
+        with pytest.raises(CatalogueError) as info:
             lookup(name)
         message = str(info.value)
         assert "\n" not in message
@@ -128,7 +128,7 @@ def test_unknown_names_suggest_close_matches(cat, name, suggestion):
 
 
 def test_unknown_name_without_close_match_lists_families(cat):
-    with pytest.raises(RegistryError, match="known: .*par-3b"):
+    with pytest.raises(CatalogueError, match="known: .*par-3b"):
         cat.resolve("stable-diffusion")
 
 
@@ -142,7 +142,7 @@ def test_tokenizer_lookup(cat):
 def test_gpt_config(cat):
     config = cat.get("par-3b-16x").gpt_config()
     assert (config.n_layer, config.dim, config.regions, config.grid) == (24, 3200, 16, (24, 24))
-    with pytest.raises(RegistryError):
+    with pytest.raises(CatalogueError):
         cat.get("vq-ds16-c2i").gpt_config()
 
 
@@ -199,14 +199,14 @@ def test_package_relative_path_entries(tmp_path):
     assert entry.is_packaged and entry.repo is None and entry.url is None
     assert (
         entry.package_path
-        == Path(registry.__file__).resolve().parent / "assets/tiny/gpt-4x.safetensors"
+        == Path(parcli.__file__).resolve().parent / "assets/tiny/gpt-4x.safetensors"
     )
     assert entry.filename == "gpt-4x.safetensors"
     assert entry.source == str(entry.package_path)
     assert entry.cfg_scale == 1.5 and isinstance(cat.get("tiny-1x").cfg_scale, float)
     assert entry.sha256 == "ab" * 32
     assert cat.tokenizer_for(entry).package_path.name == "vq.safetensors"
-    with pytest.raises(RegistryError, match="not one of"):
+    with pytest.raises(CatalogueError, match="not one of"):
         entry.gpt_config()
 
 
@@ -260,7 +260,7 @@ def test_url_is_derived_when_omitted(tmp_path):
 def test_validation_errors_name_entry_and_field(tmp_path, old, new, message):
     assert old in PACKAGED
     text = PACKAGED.replace(old, new, 1).replace("{sha}", "cd" * 32)
-    with pytest.raises(RegistryError) as info:
+    with pytest.raises(CatalogueError) as info:
         Catalogue.load(_write(tmp_path, text))
     assert message in str(info.value)
     assert "\n" not in str(info.value)
@@ -268,12 +268,12 @@ def test_validation_errors_name_entry_and_field(tmp_path, old, new, message):
 
 def test_downloaded_entry_needs_repo_and_file(tmp_path):
     text = PACKAGED.replace('path = "assets/tiny/vq.safetensors"', 'repo = "x/y"')
-    with pytest.raises(RegistryError, match="'tiny-vq': missing field 'file'"):
+    with pytest.raises(CatalogueError, match="'tiny-vq': missing field 'file'"):
         Catalogue.load(_write(tmp_path, text.replace("{sha}", "cd" * 32)))
 
 
 def test_unreadable_or_malformed_file(tmp_path):
-    with pytest.raises(RegistryError, match="cannot read"):
+    with pytest.raises(CatalogueError, match="cannot read"):
         Catalogue.load(tmp_path / "nope.toml")
-    with pytest.raises(RegistryError, match="cannot parse"):
+    with pytest.raises(CatalogueError, match="cannot parse"):
         Catalogue.load(_write(tmp_path, "default_family = \n"))

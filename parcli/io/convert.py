@@ -1,62 +1,42 @@
-"""Checkpoint files in and out, safely.
+"""Published LlamaGen / PAR checkpoints (PyTorch pickles) into our safetensors format, safely.
 
-Two formats:
-
-* The published PyTorch pickles (LlamaGen / PAR ``.pt`` files). They are read only with
-  ``torch.load(weights_only=True)``; the one non-tensor class they carry, ``argparse.Namespace``
-  under ``"args"``, is allow-listed, and a file that needs anything else is refused, never loaded
-  with code execution.
-* Our own: a safetensors file whose header metadata (all strings) says what it holds::
-
-      format="parcli", format_version="1", kind="gpt"|"vq", config=<JSON of the config>,
-      arch, regions, grid ("24x24"), num_classes, vocab_size, dtype,
-      source_file, source_sha256, plus any extras the writer adds.
-
-``convert`` turns the first into the second; ``load_transformer`` / ``load_vq`` build modules
-from the second. Every failure a user can cause raises ``WeightsError`` with a one-line message.
+They are read only with ``torch.load(weights_only=True)``; the one non-tensor class they carry,
+``argparse.Namespace`` under ``"args"``, is allow-listed, and a file that needs anything else is
+refused, never loaded with code execution. The architecture is inferred from the tensor shapes
+and every tensor is checked against it before anything is written.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import pickle
 import re
-import struct
 import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from torch import nn
-from torch.overrides import TorchFunctionMode
 
-from parcli.config import (
-    CHECKPOINT_KINDS,
-    SUPPORTED_REGIONS,
-    GPTConfig,
-    ffn_hidden_dim,
-    preset_heads,
+from parcli.config import SUPPORTED_REGIONS, GPTConfig, ffn_hidden_dim, preset_heads
+from parcli.dtypes import storage_dtype
+from parcli.io.checkpoints import (
+    Shape,
+    check_readable,
+    describe,
+    expected_shapes,
+    listing,
+    save_checkpoint,
+    shape_of,
+    sniff_format,
+    validate,
 )
-from parcli.dtypes import dtype_name, storage_dtype
 from parcli.io.files import file_sha256
-from parcli.io.tensors import (
-    Progress,
-    WeightsError,
-    one_line,
-    read_safetensors,
-    stored_dtype,
-    write_safetensors,
-)
-from parcli.model import Transformer
-from parcli.vq import VQConfig, VQModel
+from parcli.io.tensors import Progress, WeightsError, one_line, read_safetensors
+from parcli.vq import VQConfig
 
-FORMAT = "parcli"
-FORMAT_VERSION = "1"
 DEFAULT_GRID = (24, 24)
 
 # Classes the weights-only unpickler may rebuild beyond torch's own allow-list.
@@ -68,45 +48,6 @@ _NOT_WEIGHTS = re.compile(
 )
 _WRAPPERS = ("model", "module", "state_dict")
 _PREFIXES = ("_orig_mod.", "module.")
-
-Shape = tuple[int, ...]
-
-
-def _float_dtype_name(dtypes: Iterable[torch.dtype]) -> str:
-    names = {dtype_name(d) for d in dtypes if d.is_floating_point}
-    if not names:
-        return "none"
-    return names.pop() if len(names) == 1 else "mixed"
-
-
-# --------------------------------------------------------------------------------------------
-# files
-
-
-def _check_readable(path: Path) -> None:
-    if not path.exists():
-        raise WeightsError(f"{path} does not exist; check the path or download it again")
-    if not path.is_file():
-        raise WeightsError(f"{path} is not a file; pass the checkpoint file itself")
-    if path.stat().st_size == 0:
-        raise WeightsError(f"{path} is empty (0 bytes); the download failed, fetch it again")
-
-
-def _sniff(path: Path) -> str:
-    """The file's format from its first bytes: zip, pickle, safetensors, lfs or unknown."""
-    with open(path, "rb") as handle:
-        head = handle.read(64)
-    if head.startswith(b"PK\x03\x04"):
-        return "zip"
-    if head.startswith(b"version https://git-lfs"):
-        return "lfs"
-    if len(head) >= 9 and head[8:9] == b"{":
-        (header_len,) = struct.unpack("<Q", head[:8])
-        if header_len <= path.stat().st_size - 8:
-            return "safetensors"
-    if head[:1] == b"\x80":  # pickle protocol opcode: the legacy torch.save format
-        return "pickle"
-    return "unknown"
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,7 +65,7 @@ def _unsafe_globals(path: Path) -> list[str]:
 
 
 def _torch_load(path: Path) -> Any:
-    kind = _sniff(path)
+    kind = sniff_format(path)
     if kind == "lfs":
         raise WeightsError(
             f"{path} is a Git LFS pointer, not the weights; download the file itself"
@@ -149,7 +90,7 @@ def _torch_load(path: Path) -> Any:
             static = _unsafe_globals(path) if kind == "zip" else []
             damaged = "" if static else " (or the file is damaged)"
             raise WeightsError(
-                f"{path} contains {_listing('disallowed global(s)', static or names)}, which need "
+                f"{path} contains {listing('disallowed global(s)', static or names)}, which need "
                 f"arbitrary-code unpickling{damaged}; it will not be loaded (re-save its state "
                 "dict with plain tensors in a trusted environment)"
             ) from None
@@ -235,7 +176,7 @@ def clean_state(state: Mapping[str, Any], source: str = "checkpoint") -> dict[st
 
 def _read_official(path: str | os.PathLike, use_ema: bool) -> tuple[dict[str, torch.Tensor], str]:
     path = Path(path)
-    _check_readable(path)
+    check_readable(path)
     obj = _torch_load(path)
     state, layout = _select_state(obj, path, use_ema)
     return clean_state(state, str(path)), layout
@@ -250,17 +191,16 @@ def read_official(path: str | os.PathLike, use_ema: bool = False) -> dict[str, t
 
 
 # --------------------------------------------------------------------------------------------
+
+
+# --------------------------------------------------------------------------------------------
 # architecture from shapes
-
-
-def _shape(value: Any) -> Shape:
-    return tuple(int(d) for d in (value.shape if hasattr(value, "shape") else value))
 
 
 def _need(state: Mapping[str, Any], key: str, what: str) -> Shape:
     if key not in state:
         raise WeightsError(f"not a {what} checkpoint: {key!r} is missing")
-    return _shape(state[key])
+    return shape_of(state[key])
 
 
 def detect_kind(state: Mapping[str, Any]) -> str:
@@ -313,7 +253,7 @@ def infer_gpt_config(
             "supported (no released checkpoint uses it)"
         )
     special = "spe_tok_embeddings.special_embeddings.weight"
-    regions = _shape(state[special])[0] + 1 if special in state else 1
+    regions = shape_of(state[special])[0] + 1 if special in state else 1
     if regions not in SUPPORTED_REGIONS:
         raise WeightsError(
             f"{special} has {regions - 1} rows; only 3 (4 regions) or 15 (16 regions) are known"
@@ -399,259 +339,6 @@ def infer_vq_config(state: Mapping[str, Any], norm_groups: int | None = None) ->
 
 
 # --------------------------------------------------------------------------------------------
-# modules and validation
-
-
-class _SkipMetaInit(TorchFunctionMode):
-    """Skip weight initialisation on meta tensors, which hold no values to initialise.
-
-    Some init ops (``normal_``, ``F.normalize``) have only Python meta kernels whose first use
-    imports torch._dynamo: seconds of start-up for nothing.
-    """
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        name = getattr(func, "__name__", "")
-        target = args[0] if args else kwargs.get("tensor", kwargs.get("input"))
-        skippable = name == "normalize" or (name.endswith("_") and not name.endswith("__"))
-        if skippable and isinstance(target, torch.Tensor) and target.is_meta:
-            return target
-        return func(*args, **kwargs)
-
-
-def build_meta(kind: str, config: GPTConfig | VQConfig) -> nn.Module:
-    """The module for a config, with no storage (on the meta device)."""
-    with torch.device("meta"), _SkipMetaInit():
-        return Transformer(config) if kind == "gpt" else VQModel(config)
-
-
-def expected_shapes(kind: str, config: GPTConfig | VQConfig) -> dict[str, Shape]:
-    """Key -> shape of the state dict the module for ``config`` expects."""
-    return {k: tuple(v.shape) for k, v in build_meta(kind, config).state_dict().items()}
-
-
-def _fmt_shape(shape: Shape) -> str:
-    return "(" + ", ".join(map(str, shape)) + ")"
-
-
-def _listing(label: str, items: list[str], limit: int = 3) -> str:
-    shown = ", ".join(items[:limit]) + (", ..." if len(items) > limit else "")
-    return f"{len(items)} {label} ({shown})"
-
-
-def validate(
-    state: Mapping[str, Any],
-    module_state_shapes: Mapping[str, Any],
-    what: str = "checkpoint",
-    hint: str = "the file is damaged or not a released LlamaGen/PAR checkpoint",
-) -> None:
-    """Raise one WeightsError naming every missing, unexpected and mis-shaped key (first few)."""
-    expected = {k: _shape(v) for k, v in module_state_shapes.items()}
-    found = {k: _shape(v) for k, v in state.items()}
-    missing = sorted(k for k in expected if k not in found)
-    extra = sorted(k for k in found if k not in expected)
-    wrong = sorted(
-        f"{k} {_fmt_shape(found[k])} != {_fmt_shape(expected[k])}"
-        for k in expected
-        if k in found and found[k] != expected[k]
-    )
-    problems = [
-        _listing(label, items)
-        for label, items in (("missing", missing), ("unexpected", extra), ("wrong shape", wrong))
-        if items
-    ]
-    if problems:
-        raise WeightsError(f"{what} does not match the model: {'; '.join(problems)}; {hint}")
-
-
-def _describe(kind: str, config: GPTConfig | VQConfig) -> str:
-    if kind == "gpt":
-        return f"{config.arch} with {config.regions} region(s)"
-    return f"VQ-{config.downsample} tokenizer"
-
-
-# --------------------------------------------------------------------------------------------
-# our safetensors format
-
-
-def _metadata_for(
-    kind: str,
-    config: GPTConfig | VQConfig,
-    extras: Mapping[str, Any] | None,
-    dtypes: Iterable[torch.dtype],
-) -> dict[str, str]:
-    meta: dict[str, str] = {}
-    for key, value in (extras or {}).items():
-        if value is not None:
-            meta[str(key)] = value if isinstance(value, str) else json.dumps(value)
-    meta.update(
-        format=FORMAT,
-        format_version=FORMAT_VERSION,
-        kind=kind,
-        config=json.dumps(config.to_dict(), sort_keys=True),
-        dtype=_float_dtype_name(dtypes),
-    )
-    if kind == "gpt":
-        meta.update(
-            arch=config.arch,
-            regions=str(config.regions),
-            grid="x".join(map(str, config.grid)),
-            num_classes=str(config.num_classes),
-            vocab_size=str(config.vocab_size),
-        )
-    else:
-        meta.update(arch=f"VQ-{config.downsample}", vocab_size=str(config.codebook_size))
-    return meta
-
-
-def save_checkpoint(
-    path: str | os.PathLike,
-    state: Mapping[str, torch.Tensor],
-    kind: str,
-    config: GPTConfig | VQConfig,
-    metadata: Mapping[str, Any] | None = None,
-    dtype: str | torch.dtype | None = None,
-    progress: Progress | None = None,
-) -> dict[str, str]:
-    """Write ``state`` as a parcli safetensors file, atomically; returns the header metadata.
-
-    Floating tensors are cast to ``dtype`` ("fp32", "bf16", "fp16"; None/"keep" keeps them).
-    ``metadata`` adds extra string fields (non-strings are stored as JSON); the standard fields
-    are always computed from ``kind``, ``config`` and the tensors.
-    """
-    if kind not in CHECKPOINT_KINDS:
-        raise ValueError(f"kind must be one of {', '.join(CHECKPOINT_KINDS)}, not {kind!r}")
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise WeightsError(f"folder {path.parent} does not exist; create it first")
-    target = storage_dtype(dtype)
-    meta = _metadata_for(kind, config, metadata, (stored_dtype(t, target) for t in state.values()))
-    write_safetensors(path, state, meta, target, progress)
-    return meta
-
-
-def _open_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"):
-    path = Path(path)
-    _check_readable(path)
-    try:
-        return safe_open(str(path), framework="pt", device=str(torch.device(device)))
-    except Exception as exc:
-        if _sniff(path) in ("zip", "pickle"):
-            raise WeightsError(
-                f"{path} is a PyTorch pickle, not a parcli checkpoint; convert it with "
-                "`par convert-weights`"
-            ) from None
-        raise WeightsError(
-            f"{path} is not a readable safetensors file ({one_line(exc, 80)}); "
-            "download or convert it again"
-        ) from None
-
-
-def _parse_metadata(path: str | os.PathLike, meta: Mapping[str, str] | None):
-    meta = dict(meta or {})
-    if meta.get("format") != FORMAT:
-        raise WeightsError(
-            f"{path} is not a parcli checkpoint; convert it with `par convert-weights`"
-        )
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise WeightsError(
-            f"{path} has parcli format version {meta.get('format_version')!r}, this parcli reads "
-            f"{FORMAT_VERSION}; upgrade parcli or convert the file again"
-        )
-    kind = meta.get("kind")
-    if kind not in CHECKPOINT_KINDS:
-        raise WeightsError(f"{path} has unknown kind {kind!r}; convert it again")
-    try:
-        data = json.loads(meta["config"])
-        config = GPTConfig.from_dict(data) if kind == "gpt" else VQConfig.from_dict(data)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise WeightsError(
-            f"{path} has an unreadable config ({one_line(exc, 80)}); convert it again"
-        ) from None
-    return kind, config, meta
-
-
-def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The header metadata of a parcli checkpoint, without reading any tensor."""
-    with _open_checkpoint(path) as handle:
-        return _parse_metadata(path, handle.metadata())[2]
-
-
-def _load_checked(
-    path: str | os.PathLike,
-    device: str | torch.device,
-    dtype: torch.dtype | None,
-    expect_kind: str | None = None,
-):
-    with _open_checkpoint(path, device) as handle:
-        kind, config, meta = _parse_metadata(path, handle.metadata())
-        if expect_kind is not None and kind != expect_kind:
-            wanted = CHECKPOINT_KINDS[expect_kind]
-            raise WeightsError(f"{path} holds a {kind} checkpoint, not a {wanted}")
-        keys = list(handle.keys())
-        shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in keys}
-        validate(
-            shapes,
-            expected_shapes(kind, config),
-            what=f"{path} ({_describe(kind, config)})",
-            hint="convert it again",
-        )
-        state: dict[str, torch.Tensor] = {}
-        try:
-            for key in keys:
-                tensor = handle.get_tensor(key)
-                state[key] = tensor.to(stored_dtype(tensor, dtype))
-        except Exception as exc:
-            raise WeightsError(
-                f"{path} is truncated or corrupt ({one_line(exc, 80)}); convert it again"
-            ) from None
-    return state, kind, config, meta
-
-
-def read_checkpoint(
-    path: str | os.PathLike,
-    device: str | torch.device = "cpu",
-    dtype: str | torch.dtype | None = None,
-) -> tuple[dict[str, torch.Tensor], str, GPTConfig | VQConfig, dict[str, str]]:
-    """(state, kind, config, metadata) of a parcli checkpoint, validated against its config."""
-    return _load_checked(path, device, storage_dtype(dtype))
-
-
-def _materialise(
-    kind: str,
-    config: GPTConfig | VQConfig,
-    state: dict[str, torch.Tensor],
-) -> nn.Module:
-    module = build_meta(kind, config)
-    module.load_state_dict(state, strict=True, assign=True)
-    left = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
-    if left:
-        raise RuntimeError(f"{type(module).__name__} has tensors not in its state dict: {left}")
-    return module.eval()
-
-
-def load_transformer(
-    path: str | os.PathLike,
-    device: str | torch.device = "cpu",
-    dtype: str | torch.dtype | None = None,
-) -> tuple[Transformer, dict[str, str]]:
-    """The transformer of a parcli checkpoint, in eval mode, with its metadata.
-
-    Tensors go straight from the file to ``device`` and ``dtype`` (floating ones only), and the
-    module adopts them without a second copy.
-    """
-    state, kind, config, meta = _load_checked(path, device, storage_dtype(dtype), "gpt")
-    return _materialise(kind, config, state), meta
-
-
-def load_vq(
-    path: str | os.PathLike,
-    device: str | torch.device = "cpu",
-    dtype: str | torch.dtype | None = None,
-) -> tuple[VQModel, dict[str, str]]:
-    """The VQ tokenizer of a parcli checkpoint, in eval mode, with its metadata."""
-    state, kind, config, meta = _load_checked(path, device, storage_dtype(dtype), "vq")
-    return _materialise(kind, config, state), meta
 
 
 # --------------------------------------------------------------------------------------------
@@ -677,7 +364,7 @@ def convert(
     ``dst`` atomically with the sha256 of ``src`` in its metadata.
     """
     src, dst = Path(src), Path(dst)
-    _check_readable(src)
+    check_readable(src)
     if src.resolve() == dst.resolve() or (dst.exists() and os.path.samefile(src, dst)):
         raise WeightsError(f"refusing to overwrite the source {src}; choose another output path")
     if not dst.parent.is_dir():
@@ -694,7 +381,7 @@ def convert(
         if kind == "gpt"
         else infer_vq_config(state, norm_groups=norm_groups)
     )
-    validate(state, expected_shapes(kind, config), what=f"{src} ({_describe(kind, config)})")
+    validate(state, expected_shapes(kind, config), what=f"{src} ({describe(kind, config)})")
     extras = dict(extra_metadata or {})
     extras.update(
         source_file=src.name,

@@ -16,7 +16,7 @@ A catalogue entry is fetched in three steps, under an inter-process lock on ``NA
    ``<file>`` in the same folder; nothing partial is ever taken for the complete file.
 2. The sha256 of the downloaded file is computed; where ``weights.toml`` gives one, a mismatch
    deletes the downloaded blob and fails.
-3. ``parcli.weights.convert`` writes the safetensors file into a temporary name in our cache;
+3. ``parcli.io.convert.convert`` writes the safetensors file into a temporary name in our cache;
    it must load with ``read_checkpoint`` and agree with the entry before it is renamed to
    ``<cache>/weights/NAME.safetensors``. A ``NAME.json`` sidecar records where it came from and
    the sha256 of what was downloaded (also in the file's ``source_sha256`` metadata). The raw
@@ -43,8 +43,8 @@ from urllib.parse import urlsplit
 
 from parcli.config import GPT_PRESETS
 from parcli.errors import UserError
+from parcli.io.catalogue import Entry
 from parcli.io.files import atomic_path, file_sha256
-from parcli.registry import Entry
 
 try:
     import fcntl
@@ -446,7 +446,9 @@ def _convert(
     on_status: StatusCallback | None,
 ) -> str:
     """Convert ``source`` into the cache under the final name; returns the source sha256."""
-    from parcli.weights import WeightsError, convert, read_checkpoint
+    from parcli.io.checkpoints import read_checkpoint
+    from parcli.io.convert import convert
+    from parcli.io.tensors import WeightsError
 
     target = converted_path(entry)
     target.parent.mkdir(parents=True, exist_ok=True)
