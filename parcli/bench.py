@@ -8,17 +8,42 @@ import resource
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import torch
 
+from parcli.config import GPT_PRESETS, GPTConfig
+from parcli.errors import SettingError
+from parcli.load import Fetch, open_pipelines
 from parcli.pipeline import Pipeline
 from parcli.sampling import SamplingConfig
+from parcli.vq import VQConfig
 
 WIDE_SPREAD = 0.15  # (max - min) / median above which a row is flagged as noisy
 
 
 OURS, PLAIN = "ours", "plain"  # engines: every speed-up on, or none (the --baseline yardstick)
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """What every timed case shares."""
+
+    batch_sizes: tuple[int, ...]
+    sampling: SamplingConfig
+    warmup: int = 1  # untimed rounds first (graph capture, compile)
+    repeats: int = 3  # timed rounds; the cases interleave within each
+    decode: bool = True  # also time the VQ decoder
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.warmup < 0:
+            raise SettingError("warmup", f"must be >= 0, not {self.warmup}")
+        if self.repeats < 1:
+            raise SettingError("repeats", f"must be >= 1, not {self.repeats}")
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise SettingError("batch_size", f"must be positive, not {self.batch_sizes}")
 
 
 @dataclass
@@ -133,12 +158,7 @@ def machine_info(device: torch.device) -> dict:
 
 def run_bench(
     pipelines: dict[int, Pipeline],
-    batch_sizes: Sequence[int],
-    sampling: SamplingConfig,
-    warmup: int = 1,
-    repeats: int = 3,
-    decode: bool = True,
-    seed: int = 0,
+    settings: BenchSettings,
     rate: float | None = None,
     on_run: Callable[[str], None] | None = None,
     baselines: dict[int, Pipeline] | None = None,
@@ -149,10 +169,10 @@ def run_bench(
     pipelines for the same region counts, are timed beside ours (ours, plain, ours, plain, ...).
     """
     engines = {OURS: pipelines, **({PLAIN: baselines} if baselines else {})}
-    cases = [Case(n, b, e) for n in pipelines for b in batch_sizes for e in engines]
-    total_rounds = warmup + repeats
+    cases = [Case(n, b, e) for n in pipelines for b in settings.batch_sizes for e in engines]
+    total_rounds = settings.warmup + settings.repeats
     for round_index in range(total_rounds):
-        measured = round_index >= warmup
+        measured = round_index >= settings.warmup
         for case in cases:
             pipe = engines[case.engine][case.regions]
             device = pipe.device
@@ -166,10 +186,10 @@ def run_bench(
             reset_peak_memory(device)
             synchronize(device)
             started = time.perf_counter()
-            tokens = pipe.generate(labels, sampling, seed, case.batch)
+            tokens = pipe.generate(labels, settings.sampling, settings.seed, case.batch)
             synchronize(device)
             generated = time.perf_counter()
-            if decode:
+            if settings.decode:
                 pipe.decode(tokens, batch_size=case.batch)
                 synchronize(device)
             finished = time.perf_counter()
@@ -219,35 +239,107 @@ def summarise(
 
 
 def random_pipelines(
-    arch: str,
+    cfg: GPTConfig,
     regions: Sequence[int],
-    grid: tuple[int, ...],
     device: torch.device,
     dtype: torch.dtype,
+    vq_config: VQConfig | None = None,
     seed: int = 0,
     compile_model: bool | None = None,
 ) -> dict[int, Pipeline]:
-    """Published architectures with random weights (speed only), one weight set for every n."""
-    from parcli.config import GPTConfig
+    """Random weights of an architecture (speed only), one weight set shared by every n: the
+    n-region model takes the first n - 1 transition rows. The tokenizer is LlamaGen's unless
+    `vq_config` says otherwise."""
     from parcli.model import Transformer
-    from parcli.vq import VQConfig, VQModel
+    from parcli.vq import VQModel
 
     torch.manual_seed(seed)
     with torch.device(device):
-        base = Transformer(GPTConfig.preset(arch, grid=grid, regions=max(regions)))
+        base = Transformer(replace(cfg, regions=max(regions)))
         base.init_weights(zero_output=False)
-        vq = VQModel(VQConfig.llamagen_ds16()).eval()
+        vq = VQModel(vq_config or VQConfig.llamagen_ds16()).eval()
     base = base.to(dtype).eval()
     shared = base.state_dict()
     special = "spe_tok_embeddings.special_embeddings.weight"
+    name = f"{cfg.arch} (random weights)"
     pipelines = {}
     for n in regions:
         with torch.device("meta"):
-            model = Transformer(GPTConfig.preset(arch, grid=grid, regions=n))
+            model = Transformer(replace(cfg, regions=n))
         state = {k: v for k, v in shared.items() if k != special}
         if n > 1:
             state[special] = shared[special][: n - 1]
         model.load_state_dict(state, assign=True)
-        name = f"{arch} (random weights)"
         pipelines[n] = Pipeline(model.eval(), vq, name, 1.5, compile_model)
     return pipelines
+
+
+def pipelines_to_time(
+    model: str | None,
+    arch: str | None,
+    regions: Sequence[int],
+    device: torch.device,
+    dtype: torch.dtype,
+    checkpoint: Path | None = None,
+    tokenizer: Path | None = None,
+    grid: tuple[int, ...] = (24, 24),
+    compile_model: bool | None = None,
+    seed: int = 0,
+    fetch: Fetch | None = None,
+) -> tuple[dict[int, Pipeline], str]:
+    """One pipeline per region count, and a title: random weights of a published architecture
+    (`arch`, on `grid`), or the model a name or files give."""
+    if arch is None:
+        pipelines = open_pipelines(
+            model, regions, device, dtype, checkpoint, tokenizer, compile_model, fetch
+        )
+        return pipelines, " / ".join(p.name for p in pipelines.values())
+    if model is not None or checkpoint is not None:
+        raise SettingError("arch", "times random weights; give no model or checkpoint with it")
+    if arch not in GPT_PRESETS:
+        raise SettingError("arch", f"unknown architecture {arch!r}; use {', '.join(GPT_PRESETS)}")
+    cfg = GPTConfig.preset(arch, grid=grid)
+    pipelines = random_pipelines(
+        cfg, regions, device, dtype, seed=seed, compile_model=compile_model
+    )
+    return pipelines, f"{arch} · random weights: speed only · grid {'x'.join(map(str, grid))}"
+
+
+def default_sampling(pipe: Pipeline, cfg_scale: float | None) -> SamplingConfig:
+    """Guidance on unless asked otherwise: the model's scale, at least 1.5."""
+    return SamplingConfig(cfg_scale if cfg_scale is not None else max(pipe.default_cfg_scale, 1.5))
+
+
+def report(
+    rows: list[Row],
+    pipelines: dict[int, Pipeline],
+    settings: BenchSettings,
+    title: str,
+    random_weights: bool,
+    rate: float | None,
+    command: str,
+) -> dict:
+    """Every figure of a run, with what it ran on, for `par bench --json`."""
+    first = next(iter(pipelines.values()))
+    return {
+        "command": command,
+        "machine": machine_info(first.device),
+        "model": title,
+        "random_weights": random_weights,
+        "settings": {
+            "dtype": str(first.model.dtype).removeprefix("torch."),
+            "cfg_scale": settings.sampling.cfg_scale,
+            "guided": settings.sampling.guided,
+            "warmup": settings.warmup,
+            "repeats": settings.repeats,
+            "compile": first.engine.compiled,
+            "decode": settings.decode,
+            "baseline": any(row.engine == PLAIN for row in rows),
+            "grid": list(first.plan.grid),
+            "runner": first.engine.runner,
+            "speedups": first.engine.speedups(),
+        },
+        "weight_bytes": weight_bytes(first),
+        "copy_rate_bytes_per_s": rate,
+        "rows": [row.to_dict() for row in rows],
+    }

@@ -82,12 +82,14 @@ class GPTConfig:
     dropout: float = 0.0  # training only
 
     def __post_init__(self) -> None:
-        if self.dim % self.n_head:
-            raise ValueError(f"dim {self.dim} is not divisible by {self.n_head} heads")
+        if self.n_head < 1 or self.dim % self.n_head:
+            raise SettingError("heads", f"dim {self.dim} is not divisible by {self.n_head} heads")
         if (self.dim // self.n_head) % 4:
-            raise ValueError("head_dim must be divisible by 4 for the 2D rotary embedding")
+            message = f"a head of {self.dim // self.n_head} is not divisible by 4, as rotary needs"
+            raise SettingError("heads", message)
         if self.regions not in SUPPORTED_REGIONS:
-            raise ValueError(f"regions must be one of {SUPPORTED_REGIONS}, not {self.regions}")
+            allowed = ", ".join(map(str, SUPPORTED_REGIONS))
+            raise SettingError("regions", f"must be one of {allowed}, not {self.regions}")
         object.__setattr__(self, "grid", tuple(int(g) for g in self.grid))
 
     @property

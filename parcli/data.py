@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from parcli.errors import UserError
+from parcli.errors import SettingError, UserError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -75,6 +75,20 @@ def load_image_folder(path: str | Path, size: int) -> tuple[np.ndarray, np.ndarr
     if not images:
         raise DataError(f"no images found under {root}")
     return np.stack(images), np.asarray(labels, dtype=np.int64), classes
+
+
+def training_images(
+    data: str, image_size: int | None, channels: int = 3
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """(uint8 images (N, H, W, C), labels, class count) of `digits` or of a folder of class
+    sub-folders, resized to `image_size` and kept to `channels` (1 or 3)."""
+    if data == "digits":
+        images, labels = load_digits()
+        return images, labels, 10
+    if image_size is None:
+        raise SettingError("image_size", f"is needed to train on the image folder {data}")
+    images, labels, classes = load_image_folder(data, image_size)
+    return (images[..., :1] if channels == 1 else images), labels, len(classes)
 
 
 def resize_rgb(image: np.ndarray, size: int) -> np.ndarray:

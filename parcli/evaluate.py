@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from parcli.errors import SettingError
 from parcli.io.tensors import WeightsError, read_safetensors, write_safetensors
 from parcli.pipeline import Pipeline, PipelineError
-from parcli.sampling import SamplingConfig
 
 DEFAULT_CLASSIFIER = (
     Path(__file__).resolve().parent / "assets" / "digits" / "classifier.safetensors"
@@ -337,6 +337,41 @@ def goals_met(
     return ok, accuracy_goal, fd_goal
 
 
+def check_settings(samples_per_class: int, batch_size: int, cfg_scale: float | None) -> None:
+    """Refuse settings `evaluate` cannot use, before anything is loaded."""
+    for setting, value in (("samples_per_class", samples_per_class), ("batch_size", batch_size)):
+        if value < 1:
+            raise SettingError(setting, f"must be at least 1, not {value}")
+    if cfg_scale is not None and not cfg_scale >= 0:
+        raise SettingError("cfg_scale", f"must be >= 0, not {cfg_scale}")
+
+
+def evaluate_against_real(
+    pipelines: Mapping[int, Pipeline],
+    classifier: DigitClassifier,
+    samples_per_class: int = 50,
+    seed: int = 0,
+    cfg_scale: float | None = None,
+    batch_size: int = 100,
+    on_progress: Callable[[int, int, int], None] | None = None,
+) -> tuple[list[EvalResult], RealBaseline]:
+    """`evaluate`, and the real held-out digits scored the same way: the best one can expect."""
+    train_images, _, held_images, held_labels = reference_images()
+    reference = features(classifier, train_images)
+    baseline = real_baseline(classifier, reference, held_images, held_labels, samples_per_class)
+    results = evaluate(
+        pipelines,
+        classifier,
+        samples_per_class,
+        seed,
+        cfg_scale,
+        batch_size,
+        reference,
+        on_progress,
+    )
+    return results, baseline
+
+
 def evaluate(
     pipelines: Mapping[int, Pipeline],
     classifier: DigitClassifier,
@@ -354,8 +389,7 @@ def evaluate(
     the distance is measured against (default: the classifier's training split of the digits).
     `on_progress(n, passes done, passes total)` follows generation.
     """
-    if samples_per_class < 1 or batch_size < 1:
-        raise PipelineError("--samples-per-class and --batch-size must be at least 1")
+    check_settings(samples_per_class, batch_size, cfg_scale)
     if reference_feats is None:
         reference_feats = features(classifier, reference_images()[0])
     classes = classifier.num_classes
@@ -369,8 +403,7 @@ def evaluate(
                 f"{pipe.name} knows {pipe.model.cfg.num_classes} classes but the classifier "
                 f"{classes}; evaluation needs a digits model"
             )
-        scale = pipe.default_cfg_scale if cfg_scale is None else cfg_scale
-        sampling = SamplingConfig(cfg_scale=scale)
+        sampling = pipe.sampling(cfg_scale)
         passes = pipe.plan.num_passes
         total = passes * -(-len(labels) // batch_size)
         done = 0

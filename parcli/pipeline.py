@@ -76,6 +76,17 @@ class Pipeline:
                     f"class {label} is out of range: {self.name} knows classes 0 to {classes - 1}"
                 )
 
+    def sampling(
+        self,
+        cfg_scale: float | None = None,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+    ) -> SamplingConfig:
+        """Sampling settings, with the model's own guidance scale unless one is given."""
+        scale = self.default_cfg_scale if cfg_scale is None else cfg_scale
+        return SamplingConfig(scale, temperature, top_k, top_p)
+
     def check_regions(self, regions: int | None) -> None:
         trained = self.model.cfg.regions
         if regions is not None and regions != trained:

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+from parcli.errors import SettingError
+
 
 @dataclass(frozen=True)
 class SamplingConfig:
@@ -18,14 +20,14 @@ class SamplingConfig:
     top_p: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.cfg_scale < 0:
-            raise ValueError(f"--cfg-scale must be >= 0, not {self.cfg_scale}")
-        if self.temperature < 0:
-            raise ValueError(f"--temperature must be >= 0, not {self.temperature}")
+        if not self.cfg_scale >= 0:
+            raise SettingError("cfg_scale", f"must be >= 0, not {self.cfg_scale}")
+        if not self.temperature >= 0:
+            raise SettingError("temperature", f"must be >= 0, not {self.temperature}")
         if self.top_k < 0:
-            raise ValueError(f"--top-k must be >= 0 (0 turns it off), not {self.top_k}")
+            raise SettingError("top_k", f"must be >= 0 (0 turns it off), not {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"--top-p must be in (0, 1], not {self.top_p}")
+            raise SettingError("top_p", f"must be in (0, 1], not {self.top_p}")
 
     @property
     def guided(self) -> bool:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from parcli.config import GPTConfig
-from parcli.errors import UserError
+from parcli.errors import SettingError, UserError
 from parcli.io.tensors import read_safetensors, write_safetensors
 from parcli.model import Transformer
 from parcli.plan import Plan
@@ -56,6 +56,11 @@ class TrainRun:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out_path", Path(self.out_path))
+        for setting in ("steps", "batch_size"):
+            if getattr(self, setting) < 1:
+                raise SettingError(setting, f"must be at least 1, not {getattr(self, setting)}")
+        if not self.lr > 0:
+            raise SettingError("lr", f"must be positive, not {self.lr}")
 
 
 @dataclass(frozen=True)
@@ -175,10 +180,10 @@ def _resume_state(out_path: Path, kind: str) -> tuple[dict, int, float, object]:
     from parcli.io.checkpoints import read_checkpoint
 
     if not out_path.is_file():
-        raise TrainError(f"--resume: no checkpoint at {out_path}")
+        raise TrainError(f"no checkpoint at {out_path} to resume from", "resume")
     state, found, config, metadata = read_checkpoint(out_path)
     if found != kind:
-        raise TrainError(f"--resume: {out_path} is a {found} checkpoint, not {kind}")
+        raise TrainError(f"{out_path} is a {found} checkpoint, not {kind}", "resume")
     step = int(metadata.get("step", 0))
     training = json.loads(metadata.get("training", "{}"))
     return state, step, float(training.get("seconds", 0.0)), config
@@ -295,7 +300,8 @@ def load_shared_weights(model: Transformer, state: dict[str, torch.Tensor]) -> l
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     mismatched = [k for k in state if k in own and k not in usable]
     if mismatched:
-        raise TrainError(f"--init-from: shapes differ for {', '.join(sorted(mismatched)[:3])}")
+        shown = ", ".join(sorted(mismatched)[:3])
+        raise TrainError(f"shapes differ for {shown}", "init_from")
     model.load_state_dict(usable, strict=False)
     return sorted(set(own) - set(usable))
 
@@ -330,14 +336,15 @@ def train_gpt(
     if run.resume:
         state, start, seconds_before, found = _resume_state(out_path, "gpt")
         if found != cfg:
-            raise TrainError(f"--resume: {out_path} was trained with a different architecture")
+            message = f"{out_path} was trained with a different architecture"
+            raise TrainError(message, "resume")
         model.load_state_dict(state)
     elif init_from is not None:
         from parcli.io.checkpoints import read_checkpoint
 
         state, found_kind, _, _ = read_checkpoint(init_from)
         if found_kind != "gpt":
-            raise TrainError(f"--init-from: {init_from} is not a transformer checkpoint")
+            raise TrainError(f"{init_from} is not a transformer checkpoint", "init_from")
         load_shared_weights(model, state)
         origin = str(init_from)
     model.to(device)

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from parcli.errors import SettingError
+
 # Keys that published LlamaGen checkpoints carry but this model does not register.
 UNUSED_CHECKPOINT_KEYS = ("quantize.codebook_used",)
 
@@ -55,13 +57,14 @@ class VQConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "ch_mult", tuple(int(m) for m in self.ch_mult))
         if not self.ch_mult or min(self.ch_mult) < 1:
-            raise ValueError(f"ch_mult must be non-empty positive integers, got {self.ch_mult}")
+            raise SettingError("ch_mult", f"must be positive integers, not {self.ch_mult}")
         for positive in ("codebook_size", "codebook_dim", "z_channels", "ch", "num_res_blocks"):
             if getattr(self, positive) < 1:
-                raise ValueError(f"{positive} must be >= 1")
+                raise SettingError(positive, f"must be >= 1, not {getattr(self, positive)}")
         bad = [self.ch * m for m in self.ch_mult if (self.ch * m) % self.norm_groups]
         if bad:
-            raise ValueError(f"norm_groups={self.norm_groups} must divide every width, not {bad}")
+            message = f"{self.norm_groups} GroupNorm groups must divide every width, not {bad}"
+            raise SettingError("norm_groups", message)
 
     @property
     def downsample(self) -> int:
@@ -89,6 +92,11 @@ class VQConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VQConfig:
         return cls(**data)
+
+
+def most_norm_groups(widths: list[int]) -> int:
+    """The most GroupNorm groups (32 at most, as LlamaGen) that divide every width."""
+    return max(g for g in (32, 16, 8, 4, 2, 1) if all(w % g == 0 for w in widths))
 
 
 def _norm(channels: int, cfg: VQConfig) -> nn.GroupNorm:

@@ -102,11 +102,14 @@ def test_resolve_missing_region_count_lists_available(cat):
     with pytest.raises(CatalogueError) as info:
         cat.resolve("par-xl", 16)
     assert str(info.value) == "par-xl has no 16-region checkpoint; available: 1, 4"
+    assert info.value.setting == "regions"
 
 
 def test_resolve_entry_with_mismatched_regions(cat):
-    with pytest.raises(CatalogueError, match="par-3b-4x is a 4-region checkpoint, not 16"):
+    with pytest.raises(CatalogueError, match="par-3b-4x is a 4-region checkpoint, not 16") as info:
         cat.resolve("par-3b-4x", 16)
+    assert "give no region count, or use family 'par-3b'" in str(info.value)
+    assert info.value.setting == "regions"
 
 
 def test_resolve_tokenizer_is_not_a_model(cat):

@@ -224,7 +224,16 @@ def test_bench_on_a_checkpoint_writes_json(files, tmp_path, monkeypatch):
     assert data["machine"]["torch"] == torch.__version__ and data["command"].startswith("par bench")
 
 
-def test_bench_random_architecture_interleaves_and_compares(tmp_path, monkeypatch):
+@pytest.fixture
+def tiny_preset(monkeypatch):
+    """A published-architecture stand-in small enough to time here: 2 layers, 4 heads, dim 64."""
+    from parcli.config import GPT_PRESETS
+
+    monkeypatch.setitem(GPT_PRESETS, "GPT-tiny", (2, 4, 64))
+    return "GPT-tiny"
+
+
+def test_bench_random_architecture_interleaves_and_compares(tmp_path, monkeypatch, tiny_preset):
     import parcli.bench as bench
 
     order = []
@@ -235,12 +244,11 @@ def test_bench_random_architecture_interleaves_and_compares(tmp_path, monkeypatc
         return real(self, labels, *args, **kwargs)
 
     monkeypatch.setattr(bench.Pipeline, "generate", spy)
-    monkeypatch.setattr(bench, "random_pipelines", small_random_pipelines)
     report = tmp_path / "b.json"
     result = run(
         "bench",
         "--arch",
-        "GPT-B",
+        tiny_preset,
         "--grid",
         "8",
         "--repeats",
@@ -253,19 +261,16 @@ def test_bench_random_architecture_interleaves_and_compares(tmp_path, monkeypatc
     )
     assert result.exit_code == 0, result.output
     assert order == [1, 4, 16] * 3
-    rows = json.loads(report.read_text())["rows"]
+    document = json.loads(report.read_text())
+    rows = document["rows"]
     assert rows[0]["speedup_vs_1"] == 1.0 and all(r["speedup_vs_1"] > 0 for r in rows)
-    assert "random weights: speed only" in result.output
+    assert [r["passes"] for r in rows] == [64, 19, 19]
+    assert document["random_weights"] and document["settings"]["grid"] == [8, 8]
+    assert document["settings"]["runner"] == "prefix" and not document["settings"]["compile"]
+    assert "GPT-tiny · random weights: speed only · grid 8x8" in result.output
 
 
-def small_random_pipelines(arch, regions, grid, device, dtype, seed=0):
-    from parcli.pipeline import Pipeline
-
-    vq = VQModel(TINY_VQ)
-    return {n: Pipeline(tiny_model(regions=n, grid=grid), vq, "tiny") for n in regions}
-
-
-def test_bench_baseline_times_a_plain_engine_beside_ours(tmp_path, monkeypatch):
+def test_bench_baseline_times_a_plain_engine_beside_ours(tmp_path, monkeypatch, tiny_preset):
     import parcli.bench as bench
 
     order = []
@@ -276,9 +281,8 @@ def test_bench_baseline_times_a_plain_engine_beside_ours(tmp_path, monkeypatch):
         return real(self, labels, *args, **kwargs)
 
     monkeypatch.setattr(bench.Pipeline, "generate", spy)
-    monkeypatch.setattr(bench, "random_pipelines", small_random_pipelines)
     report = tmp_path / "b.json"
-    args = ["bench", "--arch", "GPT-B", "--grid", "8", "--regions", "1,4", "--repeats", 1]
+    args = ["bench", "--arch", tiny_preset, "--grid", "8", "--regions", "1,4", "--repeats", 1]
     result = run(*args, "--warmup", 0, "--no-decode", "--baseline", "--json", report)
     assert result.exit_code == 0, result.output
     assert order == [(1, False), (1, True), (4, False), (4, True)]

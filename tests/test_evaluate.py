@@ -228,8 +228,8 @@ def test_par_eval_trains_a_classifier(tmp_path):
 
 def test_par_eval_prints_a_table_and_json(tmp_path, monkeypatch):
     pytest.importorskip("mlxtend")
-    from parcli.commands.models import ModelFiles
     from parcli.io.checkpoints import save_checkpoint
+    from parcli.load import ModelFiles
 
     torch.manual_seed(0)
     save_checkpoint(tmp_path / "vq.safetensors", VQModel(TINY_VQ).state_dict(), "vq", TINY_VQ)
@@ -246,7 +246,7 @@ def test_par_eval_prints_a_table_and_json(tmp_path, monkeypatch):
             2.0,
         )
 
-    monkeypatch.setattr("parcli.commands.models.locate_model", locate)
+    monkeypatch.setattr("parcli.load.model_files", locate)
     out = tmp_path / "eval.json"
     args = ["--regions", "1,4", "--samples-per-class", "1", "--device", "cpu", "-q"]
     result = runner.invoke(eval_app(), [*args, "--json", str(out)])

@@ -353,7 +353,7 @@ def test_packaged_entries_are_present_without_download(cat, fake_hub):
     assert hub.is_present(digits)
     assert hub.converted_path(digits) == digits.package_path
     assert hub.missing_files([digits, cat.get("digits-vq")]) == []
-    paths = weights_cli.ensure_model_files([digits, cat.get("digits-vq")], offline=True)
+    paths = hub.ensure_files([digits, cat.get("digits-vq")], offline=True)
     assert paths == {
         "digits-4x": digits.package_path,
         "digits-vq": cat.get("digits-vq").package_path,
@@ -432,9 +432,25 @@ def test_heads_from_a_preset(cat, env, fake_hub, monkeypatch):
     from parcli.config import GPT_PRESETS
 
     monkeypatch.setitem(GPT_PRESETS, "GPT-tiny", (2, 4, 64))
-    paths = weights_cli.ensure_model_files([cat.get("tiny-4x"), cat.get("tiny-vq")], offline=False)
+    paths = hub.ensure_files([cat.get("tiny-4x"), cat.get("tiny-vq")], offline=False)
     model, _ = load_transformer(paths["tiny-4x"])
     assert model.cfg.n_head == 4
+
+
+def test_commands_say_what_they_download(cat, env, fake_hub, monkeypatch):
+    from rich.console import Console
+
+    from parcli.commands.downloads import ensure_model_files
+    from parcli.config import GPT_PRESETS
+
+    monkeypatch.setitem(GPT_PRESETS, "GPT-tiny", (2, 4, 64))
+    shown = io.StringIO()
+    entries = [cat.get("tiny-4x"), cat.get("tiny-vq"), cat.get("digits-4x")]
+    paths = ensure_model_files(entries, console=Console(file=shown, width=200))
+    assert "Downloading tiny-4x" in shown.getvalue() and "Downloading tiny-vq" in shown.getvalue()
+    assert "digits" not in shown.getvalue()  # packaged: nothing to download
+    assert paths == {entry.name: hub.converted_path(entry) for entry in entries}
+    assert paths["tiny-4x"].is_file() and paths["tiny-vq"].is_file()
 
 
 def test_unknown_heads_fail_without_leaving_a_file(cat, env, fake_hub):
@@ -592,10 +608,10 @@ def test_offline_never_touches_the_network(cat, env, fake_hub, monkeypatch, swit
         monkeypatch.setenv(switch, "1")
     entries = [cat.get("tiny-4x"), cat.get("tiny-vq")]
     with pytest.raises(hub.FetchError) as info:
-        weights_cli.ensure_model_files(entries, offline=switch == "flag")
+        hub.ensure_files(entries, offline=switch == "flag")
     assert str(info.value) == (
         "tiny-4x is not downloaded (tiny-4x.pt); run `par weights fetch tiny-4x`, "
-        "or try `--model digits` offline"
+        "or use the model `digits`, which ships with parcli"
     )
     with pytest.raises(hub.FetchError, match="tiny-vq is not downloaded"):
         hub.fetch(entries[1], offline=switch == "flag")

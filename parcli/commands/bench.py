@@ -6,21 +6,25 @@ import json
 import shlex
 import sys
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 from parcli.bench import (
     OURS,
     PLAIN,
+    BenchSettings,
+    Row,
     copy_rate,
-    machine_info,
-    random_pipelines,
+    default_sampling,
+    pipelines_to_time,
+    report,
     run_bench,
-    weight_bytes,
 )
 from parcli.commands.common import (
     CompileOption,
@@ -29,15 +33,16 @@ from parcli.commands.common import (
     OfflineOption,
     console,
     err_console,
+    parse_ints,
+    parse_region_list,
     user_errors,
     warn_if_emulated,
 )
-from parcli.commands.models import load_pipelines, parse_ints, parse_region_list
+from parcli.commands.downloads import model_fetcher
 from parcli.config import GPT_PRESETS, token_grid
-from parcli.dtypes import compute_dtype
-from parcli.engine.devices import resolve_device
+from parcli.engine.devices import resolve
 from parcli.io.files import atomic_path, check_writable
-from parcli.pipeline import Pipeline, PipelineError
+from parcli.pipeline import Pipeline
 from parcli.sampling import SamplingConfig
 
 
@@ -88,63 +93,36 @@ def bench(
     """Time generation at 1, 4 and 16 regions on the real `par generate` path."""
     with user_errors():
         region_list = parse_region_list(regions)
-        batches = parse_ints(batch_size, "--batch-size")
-        if warmup < 0 or repeats < 1:
-            raise PipelineError("--warmup must be >= 0 and --repeats >= 1")
+        batches = tuple(parse_ints(batch_size, "batch_size"))
         if json_path is not None:
-            check_writable(json_path, (".json",))
-        torch_device = resolve_device(device)
-        torch_dtype = compute_dtype(dtype, torch_device)
+            check_writable(json_path, (".json",), setting="json")
+        torch_device, torch_dtype = resolve(device, dtype)
         warn_if_emulated(torch_device, torch_dtype)
-
-        random_weights = arch is not None
-        if random_weights:
-            if model is not None or checkpoint is not None:
-                raise PipelineError("--arch times random weights; drop --model / --checkpoint")
-            if arch not in GPT_PRESETS:
-                raise PipelineError(
-                    f"unknown --arch {arch!r}; choose one of {', '.join(GPT_PRESETS)}"
-                )
-            sides = token_grid(grid, image_size)
-            with console.status(f"building {arch} with random weights"):
-                pipelines = random_pipelines(
-                    arch, region_list, sides, torch_device, torch_dtype, seed, compile_model
-                )
-            title = f"{arch} · random weights: speed only · grid {'x'.join(map(str, sides))}"
-        else:
-            pipelines = load_pipelines(
+        building = console.status(f"building {arch} with random weights") if arch else nullcontext()
+        with building:
+            pipelines, title = pipelines_to_time(
                 model,
+                arch,
                 region_list,
-                checkpoint,
-                tokenizer,
                 torch_device,
                 torch_dtype,
-                offline,
-                console,
-                compile_model=compile_model,
+                checkpoint,
+                tokenizer,
+                token_grid(grid, image_size),
+                compile_model,
+                seed,
+                model_fetcher(offline, quiet=False),
             )
-            title = " / ".join(p.name for p in pipelines.values())
         baselines = {n: p.plain_engine_twin() for n, p in pipelines.items()} if baseline else None
         first = next(iter(pipelines.values()))
-        scale = cfg_scale if cfg_scale is not None else max(first.default_cfg_scale, 1.5)
-        sampling = SamplingConfig(cfg_scale=scale)
-
+        sampling = default_sampling(first, cfg_scale)
+        settings = BenchSettings(batches, sampling, warmup, repeats, decode, seed)
         rate = copy_rate(torch_device)
         with console.status("timing") as status:
-            rows = run_bench(
-                pipelines,
-                batches,
-                sampling,
-                warmup,
-                repeats,
-                decode,
-                seed,
-                rate,
-                on_run=lambda text: status.update(f"timing · {text}"),
-                baselines=baselines,
-            )
+            on_run = lambda text: status.update(f"timing · {escape(text)}")  # noqa: E731
+            rows = run_bench(pipelines, settings, rate, on_run, baselines)
         ours = [row for row in rows if row.engine == OURS]
-        print_table(title, ours, torch_device, torch_dtype, sampling, rate, first, decode)
+        print_table(title, ours, first, sampling, rate, decode)
         if baselines:
             print_baseline_table(rows)
         if any(row.noisy for row in rows):
@@ -154,32 +132,21 @@ def bench(
                 style="yellow",
             )
         if json_path is not None:
-            report = {
-                "command": shlex.join(["par", *sys.argv[1:]]),
-                "machine": machine_info(torch_device),
-                "model": title,
-                "random_weights": random_weights,
-                "settings": {
-                    "dtype": str(torch_dtype).removeprefix("torch."),
-                    "cfg_scale": sampling.cfg_scale,
-                    "guided": sampling.guided,
-                    "warmup": warmup,
-                    "repeats": repeats,
-                    "compile": first.engine.compiled,
-                    "decode": decode,
-                    "baseline": baseline,
-                    "grid": list(first.plan.grid),
-                },
-                "weight_bytes": weight_bytes(first),
-                "copy_rate_bytes_per_s": rate,
-                "rows": [row.to_dict() for row in rows],
-            }
-            with atomic_path(json_path) as tmp:
-                tmp.write_text(json.dumps(report, indent=2) + "\n")
-            console.print(f"wrote {json_path}", highlight=False)
+            command = shlex.join(["par", *sys.argv[1:]])
+            document = report(rows, pipelines, settings, title, arch is not None, rate, command)
+            with atomic_path(json_path, "json") as tmp:
+                tmp.write_text(json.dumps(document, indent=2) + "\n")
+            console.print(f"wrote {escape(str(json_path))}", highlight=False)
 
 
-def print_table(title, rows, device, dtype, sampling, rate, pipe: Pipeline, decoded: bool) -> None:
+def print_table(
+    title: str,
+    rows: list[Row],
+    pipe: Pipeline,
+    sampling: SamplingConfig,
+    rate: float | None,
+    decoded: bool,
+) -> None:
     """One row per (n, batch), times per image; compact enough for 80 columns."""
     unit, time_text = time_format(rows)
     columns = [
@@ -204,8 +171,8 @@ def print_table(title, rows, device, dtype, sampling, rate, pipe: Pipeline, deco
     ]
     if rate:
         columns.append(("floor", lambda r: f"{100 * r.floor_fraction:.0f}%"))
-    caption = _caption(device, dtype, sampling, rate, pipe) + f" · times in {unit} per image"
-    table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0))
+    caption = _caption(pipe, sampling, rate) + f" · times in {unit} per image"
+    table = Table(title=escape(title), caption=caption, box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0))
     for header, _ in columns:
         table.add_column(header, justify="right", no_wrap=True)
     for row in rows:
@@ -252,10 +219,10 @@ def print_baseline_table(rows) -> None:
     console.print(table)
 
 
-def _caption(device, dtype, sampling, rate, pipe: Pipeline) -> str:
+def _caption(pipe: Pipeline, sampling: SamplingConfig, rate: float | None) -> str:
     parts = [
-        str(device),
-        str(dtype).removeprefix("torch."),
+        str(pipe.device),
+        str(pipe.model.dtype).removeprefix("torch."),
         f"cfg {sampling.cfg_scale}" if sampling.guided else "no guidance",
     ]
     if rate:

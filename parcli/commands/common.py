@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Annotated
 
 import typer
@@ -11,7 +11,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from parcli.errors import UserError
+from parcli.config import SUPPORTED_REGIONS
+from parcli.errors import SettingError, UserError
+from parcli.plan import Pass
 
 console = Console()
 err_console = Console(stderr=True)
@@ -58,23 +60,46 @@ def option_name(setting: str) -> str:
 
 
 @contextlib.contextmanager
-def user_errors() -> Iterator[None]:
+def user_errors(options: Mapping[str, str] | None = None) -> Iterator[None]:
     """Turn known failures into one red line and exit code 2; Ctrl-C into exit code 130.
 
-    A failure that names a setting is shown under the option that set it.
+    A failure that names a setting is shown under the option that set it: `options` maps the
+    settings whose option is not simply `--setting-name`.
     """
     try:
         yield
     except UserError as exc:
         message = str(exc)
         if exc.setting is not None:
-            message = f"{option_name(exc.setting)}: {message}"
+            option = (options or {}).get(exc.setting) or option_name(exc.setting)
+            message = f"{option}: {message}"
         raise fail(message) from None
     except KeyboardInterrupt:
         err_console.print("interrupted", style="yellow")
         raise typer.Exit(130) from None
     except OSError as exc:
         raise fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)) from None
+
+
+def parse_ints(text: str, setting: str) -> list[int]:
+    """`1,4,16` -> [1, 4, 16]: positive integers, in the order given."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        message = f"takes comma-separated integers, e.g. 1,4,16; not {text!r}"
+        raise SettingError(setting, message) from None
+    if not values or min(values) < 1:
+        raise SettingError(setting, f"needs positive integers, not {text!r}")
+    return values
+
+
+def parse_region_list(text: str) -> list[int]:
+    """`1,4,16` -> [1, 4, 16], refusing counts PAR has no checkpoints for."""
+    values = sorted(set(parse_ints(text, "regions")))
+    if any(n not in SUPPORTED_REGIONS for n in values):
+        allowed = ", ".join(map(str, SUPPORTED_REGIONS))
+        raise SettingError("regions", f"must be among {allowed}, not {text!r}")
+    return values
 
 
 def warn_if_emulated(device, dtype) -> None:
@@ -86,6 +111,21 @@ def warn_if_emulated(device, dtype) -> None:
         err_console.print(
             f"[yellow]note:[/] {escape(note)} (--dtype fp32)", highlight=False, soft_wrap=True
         )
+
+
+def pass_counter(
+    progress: Progress, description: str, passes: int, batches: int
+) -> Callable[[Pass], None]:
+    """A task on ``progress`` counting forward passes, and the callback that advances it."""
+    task = progress.add_task(escape(description), total=passes * batches, status="")
+
+    def advance(step: Pass) -> None:
+        status = f"pass {step.index + 1}/{passes}"
+        if batches > 1:
+            status += f" · batch {int(progress.tasks[task].completed) // passes + 1}/{batches}"
+        progress.update(task, advance=1, status=status)
+
+    return advance
 
 
 def pass_progress(quiet: bool) -> Progress:

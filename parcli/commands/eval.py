@@ -18,6 +18,7 @@ from typing import Annotated
 
 import torch
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from parcli.commands.common import (
@@ -27,16 +28,16 @@ from parcli.commands.common import (
     QuietOption,
     console,
     err_console,
-    fail,
+    parse_region_list,
     pass_progress,
     user_errors,
     warn_if_emulated,
 )
-from parcli.commands.models import load_pipelines, parse_region_list
-from parcli.dtypes import compute_dtype
-from parcli.engine.devices import resolve_device
+from parcli.commands.downloads import model_fetcher
+from parcli.engine.devices import resolve
+from parcli.errors import SettingError
 from parcli.io.files import atomic_path, check_writable
-from parcli.pipeline import PipelineError
+from parcli.load import open_pipelines
 
 
 def _command() -> str:
@@ -83,31 +84,66 @@ def eval_digits(
     quiet: QuietOption = False,
 ) -> None:
     """Score generated digits per n: class accuracy and Fréchet distance of classifier features."""
-    from parcli.data import DataError
-    from parcli.evaluate import DEFAULT_CLASSIFIER
+    from parcli.evaluate import (
+        DEFAULT_CLASSIFIER,
+        check_settings,
+        evaluate_against_real,
+        load_classifier,
+        report,
+    )
 
     classifier_path = classifier if classifier is not None else DEFAULT_CLASSIFIER
     with user_errors():
-        try:
-            if train_classifier:
-                _train(classifier_path, classifier_steps, seed, quiet)
-                return
-            _evaluate(
-                model,
-                regions,
-                samples_per_class,
-                cfg_scale,
-                seed,
-                batch_size,
-                device,
-                dtype,
-                json_path,
-                classifier_path,
-                offline,
-                quiet,
+        if train_classifier:
+            _train(classifier_path, classifier_steps, seed, quiet)
+            return
+        region_list = parse_region_list(regions)
+        check_settings(samples_per_class, batch_size, cfg_scale)
+        if json_path is not None:
+            check_writable(json_path, (".json",), setting="json")
+        net, info = load_classifier(classifier_path)
+        torch_device, torch_dtype = resolve(device, dtype)
+        warn_if_emulated(torch_device, torch_dtype)
+        fetch = model_fetcher(offline, quiet)
+        pipelines = open_pipelines(model, region_list, torch_device, torch_dtype, fetch=fetch)
+
+        started = time.perf_counter()
+        with pass_progress(quiet) as progress:
+            tasks = {
+                n: progress.add_task(escape(f"n={n} {pipe.name}"), total=None, status="")
+                for n, pipe in pipelines.items()
+            }
+
+            def on_progress(n: int, done: int, total: int) -> None:
+                status = f"pass {done}/{total}"
+                progress.update(tasks[n], completed=done, total=total, status=status)
+
+            results, baseline = evaluate_against_real(
+                pipelines, net, samples_per_class, seed, cfg_scale, batch_size, on_progress
             )
-        except (DataError, ValueError) as exc:
-            raise fail(str(exc)) from None
+        seconds = time.perf_counter() - started
+
+        scales = sorted({p.sampling(cfg_scale).cfg_scale for p in pipelines.values()})
+        title = f"{model} · {samples_per_class} samples per class · seed {seed}"
+        print_results(title, results, _caption(info, baseline, scales, torch_device))
+        if json_path is not None:
+            settings = {
+                "command": _command(),
+                "model": model,
+                "regions": region_list,
+                "samples_per_class": samples_per_class,
+                "cfg_scale": cfg_scale,
+                "default_cfg_scales": {str(n): p.default_cfg_scale for n, p in pipelines.items()},
+                "seed": seed,
+                "batch_size": batch_size,
+                "device": str(torch_device),
+                "dtype": str(torch_dtype).removeprefix("torch."),
+                "classifier": str(classifier_path),
+                "seconds": round(seconds, 2),
+            }
+            with atomic_path(json_path, "json") as tmp:
+                tmp.write_text(report(results, info, baseline, settings))
+            console.print(f"wrote {escape(str(json_path))}", highlight=False)
 
 
 def _train(path: Path, steps: int, seed: int, quiet: bool) -> None:
@@ -115,8 +151,8 @@ def _train(path: Path, steps: int, seed: int, quiet: bool) -> None:
     from parcli.evaluate import save_classifier, train_classifier
 
     if steps < 1:
-        raise PipelineError("--classifier-steps must be at least 1")
-    check_writable(path, (".safetensors",))
+        raise SettingError("classifier_steps", f"must be at least 1, not {steps}")
+    check_writable(path, (".safetensors",), setting="classifier")
     images, labels = load_digits()
     with pass_progress(quiet) as progress:
         task = progress.add_task("classifier", total=steps, status="")
@@ -128,81 +164,14 @@ def _train(path: Path, steps: int, seed: int, quiet: bool) -> None:
     save_classifier(path, net, info, _command())
     console.print(
         f"held-out accuracy {100 * info.held_out_accuracy:.1f}% on {info.held_out_count} digits "
-        f"· {info.steps} steps · {info.seconds:.0f} s -> {path}",
+        f"· {info.steps} steps · {info.seconds:.0f} s -> {escape(str(path))}",
         highlight=False,
     )
 
 
-def _evaluate(
-    model: str,
-    regions: str,
-    samples_per_class: int,
-    cfg_scale: float | None,
-    seed: int,
-    batch_size: int,
-    device: str,
-    dtype: str,
-    json_path: Path | None,
-    classifier_path: Path,
-    offline: bool,
-    quiet: bool,
-) -> None:
-    from parcli.evaluate import (
-        evaluate,
-        features,
-        load_classifier,
-        real_baseline,
-        reference_images,
-        report,
-    )
-
-    region_list = parse_region_list(regions)
-    if samples_per_class < 1 or batch_size < 1:
-        raise PipelineError("--samples-per-class and --batch-size must be at least 1")
-    if cfg_scale is not None and cfg_scale < 0:
-        raise PipelineError(f"--cfg-scale must be >= 0, not {cfg_scale}")
-    if json_path is not None:
-        check_writable(json_path, (".json",))
-    net, info = load_classifier(classifier_path)
-    torch_device = resolve_device(device)
-    torch_dtype = compute_dtype(dtype, torch_device)
-    warn_if_emulated(torch_device, torch_dtype)
-
-    pipelines = load_pipelines(
-        model, region_list, None, None, torch_device, torch_dtype, offline, console, quiet
-    )
-
-    train_images, _, held_images, held_labels = reference_images()
-    reference = features(net, train_images)
-    baseline = real_baseline(net, reference, held_images, held_labels, samples_per_class)
-
-    started = time.perf_counter()
-    with pass_progress(quiet) as progress:
-        tasks = {
-            n: progress.add_task(f"n={n} {pipelines[n].name}", total=None, status="")
-            for n in region_list
-        }
-
-        def on_progress(n: int, done: int, total: int) -> None:
-            progress.update(tasks[n], completed=done, total=total, status=f"pass {done}/{total}")
-
-        results = evaluate(
-            pipelines,
-            net,
-            samples_per_class,
-            seed,
-            cfg_scale,
-            batch_size,
-            reference_feats=reference,
-            on_progress=on_progress,
-        )
-    seconds = time.perf_counter() - started
-
-    scales = sorted(
-        {p.default_cfg_scale if cfg_scale is None else cfg_scale for p in pipelines.values()}
-    )
-    title = f"{model} · {samples_per_class} samples per class · seed {seed}"
-    table = Table(title=title, caption=_caption(info, baseline, scales, torch_device))
+def print_results(title: str, results, caption: str) -> None:
+    """One row per n: accuracy, distance, time and whether the goals are met."""
+    table = Table(title=escape(title), caption=caption)
     for header in ("n", "passes", "accuracy", "Fréchet distance", "FD vs n=1", "seconds", "goals"):
         table.add_column(header, justify="right")
     for row in results:
@@ -222,25 +191,6 @@ def _evaluate(
     console.print(table)
     if not all(row.passes_goals for row in results):
         err_console.print("some quality goals were missed", style="yellow")
-
-    if json_path is not None:
-        settings = {
-            "command": _command(),
-            "model": model,
-            "regions": region_list,
-            "samples_per_class": samples_per_class,
-            "cfg_scale": cfg_scale,
-            "default_cfg_scales": {str(n): p.default_cfg_scale for n, p in pipelines.items()},
-            "seed": seed,
-            "batch_size": batch_size,
-            "device": str(torch_device),
-            "dtype": str(torch_dtype).removeprefix("torch."),
-            "classifier": str(classifier_path),
-            "seconds": round(seconds, 2),
-        }
-        with atomic_path(json_path) as tmp:
-            tmp.write_text(report(results, info, baseline, settings))
-        console.print(f"wrote {json_path}", highlight=False)
 
 
 def _caption(info, baseline, scales: list[float], device: torch.device) -> str:

@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
 
 from parcli.commands.common import (
@@ -16,24 +15,25 @@ from parcli.commands.common import (
     OfflineOption,
     QuietOption,
     console,
+    pass_counter,
     pass_progress,
     user_errors,
     warn_if_emulated,
 )
-from parcli.commands.models import locate_model
-from parcli.dtypes import compute_dtype
-from parcli.engine.devices import resolve_device
+from parcli.commands.downloads import model_fetcher
+from parcli.engine.devices import resolve
+from parcli.errors import SettingError
 from parcli.io.files import check_writable, is_directory_target
 from parcli.io.media import (
     IMAGE_SUFFIXES,
     TOKEN_SUFFIXES,
     VIDEO_SUFFIXES,
-    save_images,
+    check_output_kind,
+    enlarge,
+    save_samples,
     save_tokens,
-    save_video,
 )
-from parcli.pipeline import PipelineError, load_pipeline
-from parcli.sampling import SamplingConfig
+from parcli.load import open_pipeline
 
 
 def generate(
@@ -89,80 +89,41 @@ def generate(
 ) -> None:
     """Generate images of the given classes with 1, 4 or 16 PAR regions."""
     with user_errors():
-        if num_samples < 1 or batch_size < 1:
-            raise PipelineError("--num-samples and --batch-size must be at least 1")
-        directory = is_directory_target(output)
+        for setting, value in (("num_samples", num_samples), ("batch_size", batch_size)):
+            if value < 1:
+                raise SettingError(setting, f"must be at least 1, not {value}")
         check_writable(output, IMAGE_SUFFIXES + VIDEO_SUFFIXES, allow_directory=True)
         if save_tokens_to is not None:
-            check_writable(save_tokens_to, TOKEN_SUFFIXES)
-        files = locate_model(model, regions, checkpoint, tokenizer, offline, console, quiet)
-        torch_device = resolve_device(device)
-        torch_dtype = compute_dtype(dtype, torch_device)
+            check_writable(save_tokens_to, TOKEN_SUFFIXES, setting="save_tokens")
+        torch_device, torch_dtype = resolve(device, dtype)
         if not quiet:
             warn_if_emulated(torch_device, torch_dtype)
-        pipe = load_pipeline(
-            files.checkpoint,
-            files.tokenizer,
-            torch_device,
-            torch_dtype,
-            files.name,
-            files.cfg_scale,
-            compile_model,
+        fetch = model_fetcher(offline, quiet)
+        pipe = open_pipeline(
+            model, regions, torch_device, torch_dtype, checkpoint, tokenizer, compile_model, fetch
         )
-        pipe.check_regions(regions)
-        if pipe.is_video != (Path(output).suffix in VIDEO_SUFFIXES) and not directory:
-            kind = "video" if pipe.is_video else "image"
-            raise PipelineError(
-                f"{pipe.name} makes {kind}s; choose an output to match, not {output}"
-            )
-        try:
-            sampling = SamplingConfig(
-                cfg_scale=pipe.default_cfg_scale if cfg_scale is None else cfg_scale,
-                temperature=temperature,
-                top_k=top_k,
-                top_p=top_p,
-            )
-        except ValueError as exc:
-            raise PipelineError(str(exc)) from None
+        check_output_kind(output, pipe.is_video, pipe.name)
+        sampling = pipe.sampling(cfg_scale, temperature, top_k, top_p)
         labels = [c for c in classes for _ in range(num_samples)]
         pipe.check_labels(labels)
 
-        passes = pipe.plan.num_passes
-        batches = -(-len(labels) // batch_size)
         started = time.perf_counter()
         with pass_progress(quiet) as progress:
-            task = progress.add_task(pipe.name, total=passes * batches, status="")
-
-            def advance(step) -> None:
-                batch = progress.tasks[task].completed // passes + 1
-                status = f"pass {step.index + 1}/{passes}"
-                if batches > 1:
-                    status += f" · batch {batch}/{batches}"
-                progress.update(task, advance=1, status=status)
-
-            tokens = pipe.generate(labels, sampling, seed, batch_size, advance)
-            pixels = pipe.decode(tokens)
-        if torch_device.type == "cuda":
-            torch.cuda.synchronize(torch_device)
+            batches = -(-len(labels) // batch_size)
+            on_pass = pass_counter(progress, pipe.name, pipe.plan.num_passes, batches)
+            tokens = pipe.generate(labels, sampling, seed, batch_size, on_pass)
+            pixels = pipe.decode(tokens)  # on the host, so the device has finished
         seconds = time.perf_counter() - started
 
         if save_tokens_to is not None:
             save_tokens(save_tokens_to, tokens.cpu().numpy())
-        if scale > 1:
-            pixels = pixels.repeat(scale, axis=-3).repeat(scale, axis=-2)
         names = [f"class{label}_s{i % num_samples}" for i, label in enumerate(labels)]
-        if pipe.is_video and directory:
-            Path(output).mkdir(exist_ok=True)
-            for i, (name, video) in enumerate(zip(names, pixels, strict=True)):
-                save_video(Path(output) / f"{i:04d}_{name}.mp4", video)
-        elif pipe.is_video:
-            save_video(output, pixels)
-        else:
-            save_images(output, pixels, names)
+        save_samples(output, enlarge(pixels, scale), names, pipe.is_video)
         if not quiet:
-            where = output if not directory else f"{len(labels)} files in {output}"
+            kind = "videos" if pipe.is_video else "images"
+            where = f"{len(labels)} files in {output}" if is_directory_target(output) else output
             console.print(
-                f"{len(labels)} {'videos' if pipe.is_video else 'images'} · {passes} passes each · "
-                f"{seconds:.2f} s · {len(labels) / seconds:.2f} images/s -> {where}",
+                f"{len(labels)} {kind} · {pipe.plan.num_passes} passes each · {seconds:.2f} s · "
+                f"{len(labels) / seconds:.2f} images/s -> {where}",
                 highlight=False,
             )

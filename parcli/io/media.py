@@ -106,6 +106,52 @@ def image_names(labels: Sequence[str] | None, count: int, suffix: str = ".png") 
     return names
 
 
+def _make_directory(output: PathLike) -> Path:
+    directory = check_writable(output, allow_directory=True)
+    try:
+        directory.mkdir(exist_ok=True)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise OutputError(f"cannot create directory {directory}: {reason}", "output") from exc
+    return directory
+
+
+def check_output_kind(output: PathLike, video: bool, maker: str = "the model") -> None:
+    """Refuse a video file for images and an image file for videos; a folder takes either."""
+    if is_directory_target(output):
+        return
+    suffixes = VIDEO_SUFFIXES if video else IMAGE_SUFFIXES
+    if Path(output).suffix.lower() not in suffixes:
+        kind = "videos" if video else "images"
+        raise OutputError(
+            f"{maker} makes {kind}; write them to a {' or '.join(suffixes)} file or a folder, "
+            f"not {output}",
+            "output",
+        )
+
+
+def enlarge(pixels: np.ndarray, scale: int) -> np.ndarray:
+    """Images (..., H, W, C) with every pixel repeated `scale` times each way."""
+    return pixels.repeat(scale, axis=-3).repeat(scale, axis=-2) if scale > 1 else pixels
+
+
+def save_samples(
+    output: PathLike, samples: np.ndarray, names: Sequence[str], video: bool
+) -> list[Path]:
+    """Write generated images (N, H, W, C) or videos (N, T, H, W, C) where ``output`` says.
+
+    A folder gets one file each (PNG or MP4), named in generation order; a file gets one image,
+    a grid of images, or one video with the clips side by side.
+    """
+    if not video:
+        return save_images(output, samples, names)
+    if is_directory_target(output):
+        directory = _make_directory(output)
+        pairs = zip(image_names(names, len(samples), ".mp4"), samples, strict=True)
+        return [save_video(directory / name, clip) for name, clip in pairs]
+    return [save_video(output, samples)]
+
+
 def save_images(
     output: PathLike,
     images: np.ndarray | Sequence[np.ndarray],
@@ -125,14 +171,8 @@ def save_images(
     if not stack:
         raise ValueError("no images to save")
     if is_directory_target(output):
-        directory = check_writable(output, allow_directory=True)
-        file_names = image_names(names, len(stack))
-        try:
-            directory.mkdir(exist_ok=True)
-        except OSError as exc:
-            reason = exc.strerror or type(exc).__name__
-            raise OutputError(f"cannot create directory {directory}: {reason}", "output") from exc
-        pairs = zip(file_names, stack, strict=True)
+        directory = _make_directory(output)
+        pairs = zip(image_names(names, len(stack)), stack, strict=True)
         return [save_png(directory / name, image) for name, image in pairs]
     target = check_writable(output, IMAGE_SUFFIXES)
     if len(stack) == 1:

@@ -1,0 +1,79 @@
+"""How commands show downloads: what is fetched, how large, and a byte progress bar."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from parcli.commands.common import console
+from parcli.io import hub
+from parcli.io.catalogue import Entry
+from parcli.load import Fetch
+
+
+def download_progress(target: Console) -> Progress:
+    """A byte progress bar: size done / total, rate, time left."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=target,
+    )
+
+
+def fetch_with_progress(entry: Entry, target: Console | None, offline: bool = False) -> Path:
+    """``hub.fetch`` with a Rich bar on ``target`` (no output at all when None)."""
+    if target is None:
+        return hub.fetch(entry, offline=offline)
+    with download_progress(target) as progress:
+        task = progress.add_task(entry.filename, total=entry.approx_size_bytes)
+
+        def on_bytes(done: int, total: int | None) -> None:
+            progress.update(task, completed=done, total=total or entry.approx_size_bytes)
+
+        def on_status(text: str) -> None:
+            progress.console.print(f"  {text} ...", style="dim", highlight=False)
+
+        try:
+            path = hub.fetch(entry, offline=offline, on_bytes=on_bytes, on_status=on_status)
+        except BaseException:
+            progress.update(task, visible=False)
+            raise
+        done = progress.tasks[task].total or progress.tasks[task].completed
+        progress.update(task, completed=done)
+        return path
+
+
+def announce(entry: Entry, target: Console) -> None:
+    """Say what is about to be downloaded and about how large it is."""
+    size = entry.approx_size_bytes
+    about = f"about {hub.human_size(size)}" if size else "size unknown"
+    target.print(f"Downloading {entry.name} ({about}) from {entry.repo} ...", highlight=False)
+
+
+def ensure_model_files(
+    entries: list[Entry], offline: bool = False, console: Console | None = None
+) -> dict[str, Path]:
+    """``hub.ensure_files``, saying on ``console`` what is downloaded, how large, and how far."""
+
+    def download(entry: Entry) -> Path:
+        announce(entry, console)
+        return fetch_with_progress(entry, console)
+
+    return hub.ensure_files(entries, offline, download if console is not None else None)
+
+
+def model_fetcher(offline: bool, quiet: bool) -> Fetch:
+    """How a command fetches what it names: with a progress display, unless quiet."""
+    return lambda entries: ensure_model_files(entries, offline, None if quiet else console)

@@ -1,0 +1,94 @@
+"""What a command names, loaded: a catalogue entry or family (fetched on first use), or files.
+
+Showing downloads is the caller's business: ``fetch`` turns catalogue entries into local paths,
+downloading what is missing (by default quietly, with `parcli.io.hub.ensure_files`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from parcli.errors import SettingError
+from parcli.io import hub
+from parcli.io.catalogue import Entry, load_catalogue
+from parcli.pipeline import Pipeline, load_pipeline
+
+Fetch = Callable[[list[Entry]], dict[str, Path]]
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    name: str
+    checkpoint: Path
+    tokenizer: Path
+    cfg_scale: float | None  # None: take it from the checkpoint's metadata
+
+
+def model_files(
+    model: str | None,
+    regions: int | None,
+    checkpoint: Path | None = None,
+    tokenizer: Path | None = None,
+    fetch: Fetch | None = None,
+) -> ModelFiles:
+    """The checkpoint and tokenizer files meant by a model name (the catalogue's default family
+    without one) and a region count, or by explicit files."""
+    fetch = fetch or hub.ensure_files
+    if checkpoint is not None:
+        if tokenizer is None and model is None:
+            raise SettingError(
+                "tokenizer",
+                "a checkpoint file needs its tokenizer: give the tokenizer file, or a model "
+                "whose tokenizer it shares",
+            )
+        if tokenizer is None:
+            catalogue = load_catalogue()
+            entry = catalogue.tokenizer_for(catalogue.resolve(str(model)))
+            tokenizer = fetch([entry])[entry.name]
+        return ModelFiles(checkpoint.name, checkpoint, tokenizer, None)
+    catalogue = load_catalogue()
+    entry = catalogue.resolve(model or catalogue.default_family, regions)
+    wanted = [entry] if tokenizer is not None else [entry, catalogue.tokenizer_for(entry)]
+    paths = fetch(wanted)
+    tokenizer = tokenizer or paths[catalogue.tokenizer_for(entry).name]
+    return ModelFiles(entry.name, paths[entry.name], tokenizer, entry.cfg_scale)
+
+
+def open_pipeline(
+    model: str | None,
+    regions: int | None,
+    device: torch.device,
+    dtype: torch.dtype,
+    checkpoint: Path | None = None,
+    tokenizer: Path | None = None,
+    compile_model: bool | None = None,
+    fetch: Fetch | None = None,
+) -> Pipeline:
+    """The pipeline of a model name (or files) for a region count (None: the model's own)."""
+    files = model_files(model, regions, checkpoint, tokenizer, fetch)
+    pipe = load_pipeline(
+        files.checkpoint, files.tokenizer, device, dtype, files.name, files.cfg_scale, compile_model
+    )
+    pipe.check_regions(regions)
+    return pipe
+
+
+def open_pipelines(
+    model: str | None,
+    regions: Sequence[int],
+    device: torch.device,
+    dtype: torch.dtype,
+    checkpoint: Path | None = None,
+    tokenizer: Path | None = None,
+    compile_model: bool | None = None,
+    fetch: Fetch | None = None,
+) -> dict[int, Pipeline]:
+    """One pipeline per region count, each checked to be trained for it."""
+    return {
+        n: open_pipeline(model, n, device, dtype, checkpoint, tokenizer, compile_model, fetch)
+        for n in regions
+    }
