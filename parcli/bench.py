@@ -248,7 +248,7 @@ def random_pipelines(
     compile_model: bool | None = None,
 ) -> dict[int, Pipeline]:
     """Random weights of an architecture (speed only), one weight set shared by every n: the
-    n-region model takes the first n - 1 transition rows. The tokenizer is LlamaGen's unless
+    n-region model takes the first n - 1 transition tokens. The tokenizer is LlamaGen's unless
     `vq_config` says otherwise."""
     from parcli.model import Transformer
     from parcli.vq import VQModel

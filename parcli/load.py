@@ -51,7 +51,7 @@ def model_files(
             tokenizer = fetch([entry])[entry.name]
         return ModelFiles(checkpoint.name, checkpoint, tokenizer, None)
     catalogue = load_catalogue()
-    entry = catalogue.resolve(model or catalogue.default_family, regions)
+    entry = catalogue.resolve(model, regions) if model else catalogue.default(regions)
     wanted = [entry] if tokenizer is not None else [entry, catalogue.tokenizer_for(entry)]
     paths = fetch(wanted)
     tokenizer = tokenizer or paths[catalogue.tokenizer_for(entry).name]

@@ -119,8 +119,8 @@ class Plan:
     def slot_runs(self) -> tuple[tuple[int, int, int, int], ...]:
         """(kind, first slot, end slot, first source) for each run of slots of one kind.
 
-        Sources are sequence indices for TOKEN runs and transition rows for TRANSITION runs;
-        within a run they increase by one per slot, so a pass reads them as a slice.
+        Sources are sequence indices for TOKEN runs and transition-token indices for TRANSITION
+        runs; within a run they increase by one per slot, so a pass reads them as a slice.
         """
         n, slots = self.regions, self.num_slots
         runs = [(CLASS, 0, 1, 0), (TOKEN, 1, n + 1, 0)]
@@ -140,7 +140,7 @@ class Plan:
 
     @cached_property
     def slot_source(self) -> np.ndarray:
-        """Per slot: sequence index of the token fed there, transition row, or 0 for the class."""
+        """Per slot: sequence index of the token fed there, transition index, or 0 for the class."""
         source = np.empty(self.num_slots, dtype=np.int64)
         for _, start, end, first in self.slot_runs:
             source[start:end] = np.arange(first, first + end - start)
@@ -166,16 +166,6 @@ class Plan:
         """(slots, slots) boolean mask, True where a query slot may attend to a key slot."""
         keys = np.arange(self.num_slots)
         return keys[None, :] < self.block_end[:, None]
-
-    def teacher_inputs(self, seq_tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Token id per slot for teacher forcing (0 where the slot holds no token) and kinds.
-
-        `seq_tokens` is (..., num_tokens) in PAR order; the logits of slot s are trained
-        against `seq_tokens[..., s]`.
-        """
-        ids = seq_tokens[..., self.slot_source]
-        ids = np.where(self.slot_kind == TOKEN, ids, 0)
-        return ids, self.slot_kind
 
     def to_raster(self, seq_tokens: np.ndarray) -> np.ndarray:
         """(..., num_tokens) in PAR order -> (..., *grid) in raster order."""

@@ -36,7 +36,7 @@ class SamplingConfig:
 
 
 def mix_guidance(logits: torch.Tensor, cfg_scale: float) -> torch.Tensor:
-    """Conditional rows first, unconditional second -> guided logits (LlamaGen's op order)."""
+    """Conditional sequences first, unconditional second -> guided logits (LlamaGen's op order)."""
     cond, uncond = logits.chunk(2, dim=0)
     return uncond + (cond - uncond) * cfg_scale
 

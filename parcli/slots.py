@@ -1,4 +1,4 @@
-"""What goes into the KV-cache slots of a plan: embeddings, rotary rows, guidance rows.
+"""What goes into the KV-cache slots of a plan: embeddings, rotary rows, the classes of guidance.
 
 The glue between the PAR schedule (`parcli.plan`, pure data) and LlamaGen's transformer
 (`parcli.model`, which knows nothing of PAR), shared by decoding and training.

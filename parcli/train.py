@@ -2,7 +2,8 @@
 
 The transformer is trained with the very modules and plan used for generation: codes are put in
 PAR sequence order, one teacher-forced forward runs over every slot under the plan's attention
-mask, and the logits of slot s are scored against sequence index s (spec 3.3).
+mask, and the logits of slot s are scored against sequence index s: the token that slot's
+input predicts, as at generation.
 
 Checkpoints are written atomically every `TrainRun.checkpoint_every` steps, at the end, and when
 training is interrupted (KeyboardInterrupt), so the newest complete checkpoint is always readable.
@@ -286,7 +287,7 @@ def gpt_loss(
     rope: torch.Tensor,
     mask: torch.Tensor,
 ) -> torch.Tensor:
-    """Teacher-forced cross-entropy: slot s's logits against PAR sequence index s (spec 3.3)."""
+    """Teacher-forced cross-entropy: slot s's logits against PAR sequence index s."""
     h = embed_slots(model, plan, labels, seq, 0, plan.num_slots)
     logits = model(h, rope, mask=mask)
     return F.cross_entropy(

@@ -4,7 +4,7 @@ One module serves both the published 72M LlamaGen ``vq_ds16_c2i`` tokenizer
 (``VQConfig.llamagen_ds16()``) and small tokenizers trained here (e.g. 1-channel
 32x32 digits). Submodule names are chosen so that ``VQModel.state_dict()`` has
 exactly the keys of a LlamaGen checkpoint, except the training-only usage buffer
-``quantize.codebook_used``, which is not registered (see ``UNUSED_CHECKPOINT_KEYS``).
+``quantize.codebook_used``, which is not registered and is dropped when a state dict loads.
 
 Layout (L = len(ch_mult)):
 
@@ -31,9 +31,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from parcli.errors import SettingError
-
-# Keys that published LlamaGen checkpoints carry but this model does not register.
-UNUSED_CHECKPOINT_KEYS = ("quantize.codebook_used",)
 
 
 @dataclass(frozen=True)

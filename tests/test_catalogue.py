@@ -7,10 +7,10 @@ import parcli
 from parcli.config import GPT_PRESETS
 from parcli.io.catalogue import Catalogue, CatalogueError, load_catalogue
 
-# Spec section 6: name -> (repo, file, arch, regions, fid)
+# The published files and the paper's FIDs: name -> (repo, file, arch, regions, fid)
 LLAMAGEN = "FoundationVision/LlamaGen"
 PAR = "Epiphqny/PAR"
-SPEC = {
+PUBLISHED = {
     "vq-ds16-c2i": (LLAMAGEN, "vq_ds16_c2i.pt", "VQ-16", None, 2.19),
     "llamagen-b-384": (LLAMAGEN, "c2i_B_384.pt", "GPT-B", 1, 6.09),
     "llamagen-l-384": (LLAMAGEN, "c2i_L_384.pt", "GPT-L", 1, 3.07),
@@ -40,8 +40,8 @@ def test_packaged_file_is_the_repository_file():
 
 def test_all_spec_entries(cat):
     downloaded = [e.name for e in cat if not e.is_packaged]
-    assert sorted(downloaded) == sorted(SPEC)
-    for name, (repo, file, arch, regions, fid) in SPEC.items():
+    assert sorted(downloaded) == sorted(PUBLISHED)
+    for name, (repo, file, arch, regions, fid) in PUBLISHED.items():
         entry = cat.get(name)
         assert entry.name == name
         assert entry.repo == repo and entry.file == file and entry.arch == arch
@@ -142,13 +142,6 @@ def test_tokenizer_lookup(cat):
     assert cat.tokenizer_for(vq) is vq
 
 
-def test_gpt_config(cat):
-    config = cat.get("par-3b-16x").gpt_config()
-    assert (config.n_layer, config.dim, config.regions, config.grid) == (24, 3200, 16, (24, 24))
-    with pytest.raises(CatalogueError):
-        cat.get("vq-ds16-c2i").gpt_config()
-
-
 def test_load_catalogue_is_cached():
     assert load_catalogue() is load_catalogue()
 
@@ -209,8 +202,6 @@ def test_package_relative_path_entries(tmp_path):
     assert entry.cfg_scale == 1.5 and isinstance(cat.get("tiny-1x").cfg_scale, float)
     assert entry.sha256 == "ab" * 32
     assert cat.tokenizer_for(entry).package_path.name == "vq.safetensors"
-    with pytest.raises(CatalogueError, match="not one of"):
-        entry.gpt_config()
 
 
 def test_url_is_derived_when_omitted(tmp_path):

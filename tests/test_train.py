@@ -82,7 +82,7 @@ def test_training_loss_is_teacher_forced_par_cross_entropy(tmp_path, regions):
     train_gpt(codes.numpy(), labels, cfg, run, on_step=rec, init_from=init)
 
     plan = Plan((8, 8), regions)
-    # PAR order written out from spec section 2, independently of Plan.
+    # PAR order written out from the paper's definition, independently of Plan.
     side = int(regions**0.5)
     q = np.arange(64)
     r, j = q % regions, q // regions

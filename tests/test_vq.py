@@ -23,7 +23,7 @@ def tiny_model(seed: int = 0, **overrides) -> VQModel:
 
 
 def expected_llamagen_keys(ch_mult, num_res_blocks) -> set[str]:
-    """Key names of LlamaGen's VQModel, written out from PAR_SPEC section 5."""
+    """Key names of LlamaGen's VQModel (its tokenizer/tokenizer_image/vq_model.py), written out."""
 
     def conv(p):
         return {f"{p}.weight", f"{p}.bias"}

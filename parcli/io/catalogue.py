@@ -24,7 +24,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-from parcli.config import CHECKPOINT_KINDS, GPT_PRESETS, SUPPORTED_REGIONS, GPTConfig
+from parcli.config import CHECKPOINT_KINDS, SUPPORTED_REGIONS
 from parcli.errors import UserError
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
@@ -82,19 +82,6 @@ class Entry:
         if self.path is not None:
             return str(self.package_path)
         return str(self.url)
-
-    def gpt_config(self, **overrides: Any) -> GPTConfig:
-        """The transformer configuration of a "gpt" entry with a published architecture."""
-        if self.kind != "gpt":
-            raise CatalogueError(f"{self.name} is a {self.kind} entry, not a transformer")
-        if self.arch not in GPT_PRESETS:
-            raise CatalogueError(
-                f"{self.name} has architecture {self.arch!r}, which is not one of "
-                f"{', '.join(GPT_PRESETS)}; read its configuration from the checkpoint"
-            )
-        settings: dict[str, Any] = {"grid": self.grid, "regions": self.regions}
-        settings.update(overrides)
-        return GPTConfig.preset(self.arch, **settings)
 
 
 # field name -> (accepted types, description for error messages)

@@ -183,7 +183,8 @@ def _read_official(path: str | os.PathLike, use_ema: bool) -> tuple[dict[str, to
 
 
 def read_official(path: str | os.PathLike, use_ema: bool = False) -> dict[str, torch.Tensor]:
-    """Weights of a published checkpoint (any layout of PAR_SPEC section 6), on CPU.
+    """Weights of a published checkpoint, on CPU: a flat state dict, or one under "model",
+    "module" or "state_dict" (DDP, DeepSpeed, plain saves), with or without compile prefixes.
 
     Zip-format files are memory-mapped, so this costs little memory until tensors are touched.
     """
