@@ -40,3 +40,31 @@ def test_random_pipelines_share_one_weight_set():
     assert pipes[4].model.output.weight.abs().sum() > 0  # a random model worth sampling
     tokens = pipes[4].generate([1, 2], pipes[4].sampling(), seed=0, batch_size=2)
     assert tokens.shape == (2, 8, 8)
+
+
+def test_summary_rows_say_speed_ups_noise_and_the_bandwidth_floor():
+    from parcli.bench import OURS, PLAIN, Case, summarise
+
+    ours = {n: Pipeline(tiny_model(regions=n), VQModel(TINY_VQ).eval()) for n in (1, 4)}
+    plain = {n: pipe.plain_engine_twin() for n, pipe in ours.items()}
+    cases = [
+        Case(1, 2, OURS, gen_seconds=[2.0, 2.1, 2.0], decode_seconds=[0.5, 0.5, 0.5]),
+        Case(1, 2, PLAIN, gen_seconds=[3.0, 3.0, 3.0], decode_seconds=[0.6, 0.6, 0.6]),
+        Case(4, 2, OURS, gen_seconds=[0.5, 0.6, 0.45], decode_seconds=[0.5, 0.5, 0.5]),
+        Case(4, 2, PLAIN, gen_seconds=[1.0, 1.0, 1.0], decode_seconds=[0.6, 0.6, 0.6]),
+    ]
+    rate = 1e9
+    rows = summarise(cases, {OURS: ours, PLAIN: plain}, rate)
+    by = {(r.regions, r.engine): r for r in rows}
+    one, four = by[1, OURS], by[4, OURS]
+    assert one.gen_s_per_image == 1.0 and one.gen_s_per_image_max == 1.05
+    assert one.total_s_per_image == 1.25 and one.images_per_s == 2 / 2.5
+    assert one.speedup_vs_1 == 1.0 and four.speedup_vs_1 == 4.0
+    assert one.speedup_vs_plain == 1.5 and four.speedup_vs_plain == 2.0
+    assert by[4, PLAIN].speedup_vs_plain is None
+    # Spread (max - min) / median: 0.1 / 2.0 is quiet, 0.15 / 0.5 is noisy.
+    assert not one.noisy and four.noisy and not by[4, PLAIN].noisy
+    # The floor: every pass reads the weights once, at the copy rate, over the time taken.
+    floor = weight_bytes(ours[4]) * ours[4].plan.num_passes / rate / 0.5
+    assert four.floor_fraction == floor and four.passes == 19
+    assert summarise(cases, {OURS: ours, PLAIN: plain})[0].floor_fraction is None

@@ -108,14 +108,37 @@ def test_progress_and_summary_line(files, tmp_path):
     assert "1 images · 19 passes each" in result.output
 
 
-def test_video_mp4(files, tmp_path):
-    out = tmp_path / "clip.mp4"
-    result = generate(files, "-c", 0, "-o", out, model="gpt4video")
-    assert result.exit_code == 0, result.output
+def test_video_gif_mp4_and_folder_show_the_decoded_frames(files, tmp_path):
     import imageio.v3 as iio
 
-    frames = iio.imread(out)
-    assert frames.shape[0] == 2
+    from parcli.io.checkpoints import load_vq
+    from parcli.vq import to_pixels
+
+    gif, mp4, tokens = tmp_path / "clip.gif", tmp_path / "clip.mp4", tmp_path / "t.npy"
+    result = generate(files, "-c", 0, "-o", gif, "--save-tokens", tokens, model="gpt4video")
+    assert result.exit_code == 0, result.output
+    ids = torch.from_numpy(np.load(tokens))
+    assert ids.shape == (1, 2, 8, 8)
+    vq, _ = load_vq(files["vq"])
+    with torch.no_grad():
+        expected = to_pixels(vq.decode_codes(ids.reshape(2, 8, 8))).numpy().astype(int)
+    frames = iio.imread(gif)[..., :3].astype(int)  # 256 pixels a frame: the palette is exact
+    assert frames.shape == (2, 16, 16, 3) and np.abs(frames - expected).max() <= 1
+
+    result = generate(files, "-c", 0, "-o", mp4, model="gpt4video")
+    assert result.exit_code == 0, result.output
+    frames = iio.imread(mp4).astype(int)  # lossy: each frame is nearer its own than the other
+    assert frames.shape == (2, 16, 16, 3)
+    for t in range(2):
+        own, other = np.abs(frames[t] - expected[t]).mean(), np.abs(frames[t] - expected[1 - t])
+        assert own < other.mean()
+
+    folder = tmp_path / "clips"
+    result = generate(files, "-c", 0, "-n", 2, "-o", f"{folder}/", model="gpt4video")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in folder.iterdir()) == ["0000_class0_s0.mp4", "0001_class0_s1.mp4"]
+    result = generate(files, "-c", 0, "-o", tmp_path / "still.png", model="gpt4video")
+    assert_user_error(result, "--output: ", "makes videos", ".mp4 or .gif")
 
 
 def test_class_out_of_range(files, tmp_path):
@@ -300,9 +323,13 @@ def test_bench_baseline_times_a_plain_engine_beside_ours(tmp_path, monkeypatch, 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
 def test_half_precision_on_cpu(files, tmp_path, dtype):
-    tokens = tmp_path / "t.npy"
-    result = generate(
-        files, "-c", 1, "--dtype", dtype, "-o", tmp_path / "x.png", "--save-tokens", tokens
-    )
-    assert result.exit_code == 0, result.output
-    assert np.load(tokens).shape == (1, 8, 8)
+    runs = []
+    for name in ("a", "b"):
+        tokens = tmp_path / f"{name}.npy"
+        args = ("-c", 1, "-c", 2, "--dtype", dtype, "-o", tmp_path / f"{name}.png")
+        result = generate(files, *args, "--save-tokens", tokens)
+        assert result.exit_code == 0, result.output
+        runs.append(np.load(tokens))
+    assert runs[0].shape == (2, 8, 8) and runs[0].min() >= 0 and runs[0].max() < 32
+    assert np.array_equal(runs[0], runs[1])  # same seed, same device: same tokens
+    assert not np.array_equal(runs[0][0], runs[0][1])

@@ -58,11 +58,16 @@ def test_angles_formula():
 def test_video_angles_cover_time_row_col():
     angles = cell_angles((3, 4, 4), 64, 10000.0)
     assert angles.shape == (48, 32)
-    t, r, c = 2, 1, 3
-    index = t * 16 + r * 4 + c
-    assert angles[index, 0] == 0 or math.isclose(angles[index, 0].item(), t)
-    assert math.isclose(angles[index, 12].item(), r)
-    assert math.isclose(angles[index, 22].item(), c)
+    # 32 pairs: 12 for time, 10 for rows, 10 for columns, each axis with its own frequencies.
+    time_freqs = [10000 ** (-(2 * i) / 24) for i in range(12)]
+    space_freqs = [10000 ** (-(2 * i) / 20) for i in range(10)]
+    for t, r, c in [(2, 1, 3), (1, 3, 0), (0, 2, 2)]:
+        expected = [t * f for f in time_freqs] + [r * f for f in space_freqs]
+        expected += [c * f for f in space_freqs]
+        got = angles[t * 16 + r * 4 + c]
+        assert torch.allclose(got, torch.tensor(expected), rtol=1e-6, atol=1e-6)
+    # Two cells that differ only in time are rotated differently.
+    assert not torch.allclose(angles[0 * 16 + 5], angles[2 * 16 + 5])
 
 
 def test_zero_rows_make_query_and_key_zero():
