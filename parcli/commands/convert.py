@@ -7,13 +7,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
-from parcli.commands.common import console, user_errors
+from parcli.commands.common import QuietOption, console, user_errors
 from parcli.config import token_grid
 from parcli.io.convert import convert
-from parcli.io.tensors import WeightsError
-
-DTYPE_CHOICES = ("keep", "fp32", "bf16", "fp16")
 
 
 def convert_weights(
@@ -30,14 +28,13 @@ def convert_weights(
         str | None, typer.Option(help="Token grid instead of --image-size, e.g. 24 or 24x24.")
     ] = None,
     dtype: Annotated[str, typer.Option(help="Stored dtype: keep, fp32, bf16 or fp16.")] = "keep",
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Convert a LlamaGen / PAR transformer or the VQ tokenizer to safetensors."""
     with user_errors():
-        if dtype not in DTYPE_CHOICES:
-            raise WeightsError(f"--dtype must be one of {', '.join(DTYPE_CHOICES)}, not {dtype!r}")
         sides = token_grid(grid, image_size)
-        status = console.status(f"converting {src.name}") if not quiet else contextlib.nullcontext()
+        converting = f"converting {escape(src.name)}"
+        status = console.status(converting) if not quiet else contextlib.nullcontext()
         with status:
             metadata = convert(src, dst, use_ema=ema, heads=heads, grid=sides, dtype=dtype)
         if not quiet:
@@ -46,4 +43,4 @@ def convert_weights(
                 for key in ("kind", "arch", "regions", "grid", "num_classes", "vocab_size", "dtype")
                 if key in metadata
             )
-            console.print(f"wrote {dst} ({described})", highlight=False)
+            console.print(f"wrote {escape(str(dst))} ({escape(described)})", highlight=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -32,21 +33,19 @@ def download_progress(target: Console) -> Progress:
     )
 
 
-def fetch_with_progress(entry: Entry, target: Console | None, offline: bool = False) -> Path:
-    """``hub.fetch`` with a Rich bar on ``target`` (no output at all when None)."""
-    if target is None:
-        return hub.fetch(entry, offline=offline)
+def fetch_with_progress(entry: Entry, target: Console) -> Path:
+    """``hub.fetch`` with a Rich bar on ``target``."""
     with download_progress(target) as progress:
-        task = progress.add_task(entry.filename, total=entry.approx_size_bytes)
+        task = progress.add_task(escape(entry.filename), total=entry.approx_size_bytes)
 
         def on_bytes(done: int, total: int | None) -> None:
             progress.update(task, completed=done, total=total or entry.approx_size_bytes)
 
         def on_status(text: str) -> None:
-            progress.console.print(f"  {text} ...", style="dim", highlight=False)
+            progress.console.print(f"  {escape(text)} ...", style="dim", highlight=False)
 
         try:
-            path = hub.fetch(entry, offline=offline, on_bytes=on_bytes, on_status=on_status)
+            path = hub.fetch(entry, on_bytes=on_bytes, on_status=on_status)
         except BaseException:
             progress.update(task, visible=False)
             raise
@@ -59,7 +58,8 @@ def announce(entry: Entry, target: Console) -> None:
     """Say what is about to be downloaded and about how large it is."""
     size = entry.approx_size_bytes
     about = f"about {hub.human_size(size)}" if size else "size unknown"
-    target.print(f"Downloading {entry.name} ({about}) from {entry.repo} ...", highlight=False)
+    text = f"Downloading {entry.name} ({about}) from {entry.repo} ..."
+    target.print(escape(text), highlight=False)
 
 
 def ensure_model_files(

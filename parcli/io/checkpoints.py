@@ -69,9 +69,6 @@ def sniff_format(path: Path) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-
-
-# --------------------------------------------------------------------------------------------
 # modules and validation
 
 
@@ -107,7 +104,7 @@ def expected_shapes(kind: str, config: GPTConfig | VQConfig) -> dict[str, Shape]
     return {k: tuple(v.shape) for k, v in build_meta(kind, config).state_dict().items()}
 
 
-def _fmtshape_of(shape: Shape) -> str:
+def _shape_text(shape: Shape) -> str:
     return "(" + ", ".join(map(str, shape)) + ")"
 
 
@@ -128,7 +125,7 @@ def validate(
     missing = sorted(k for k in expected if k not in found)
     extra = sorted(k for k in found if k not in expected)
     wrong = sorted(
-        f"{k} {_fmtshape_of(found[k])} != {_fmtshape_of(expected[k])}"
+        f"{k} {_shape_text(found[k])} != {_shape_text(expected[k])}"
         for k in expected
         if k in found and found[k] != expected[k]
     )
@@ -145,9 +142,6 @@ def describe(kind: str, config: GPTConfig | VQConfig) -> str:
     if kind == "gpt":
         return f"{config.arch} with {config.regions} region(s)"
     return f"VQ-{config.downsample} tokenizer"
-
-
-# --------------------------------------------------------------------------------------------
 
 
 # --------------------------------------------------------------------------------------------
@@ -339,6 +333,3 @@ def load_vq(
     """The VQ tokenizer of a parcli checkpoint, in eval mode, with its metadata."""
     state, kind, config, meta = _load_checked(path, device, storage_dtype(dtype), "vq")
     return _materialise(kind, config, state), meta
-
-
-# --------------------------------------------------------------------------------------------

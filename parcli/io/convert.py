@@ -192,9 +192,6 @@ def read_official(path: str | os.PathLike, use_ema: bool = False) -> dict[str, t
 
 
 # --------------------------------------------------------------------------------------------
-
-
-# --------------------------------------------------------------------------------------------
 # architecture from shapes
 
 
@@ -337,9 +334,6 @@ def infer_vq_config(state: Mapping[str, Any], norm_groups: int | None = None) ->
         )
     except ValueError as exc:
         raise WeightsError(f"unsupported VQ architecture: {one_line(exc)}") from None
-
-
-# --------------------------------------------------------------------------------------------
 
 
 # --------------------------------------------------------------------------------------------
