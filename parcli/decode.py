@@ -23,14 +23,16 @@ def generate_tokens(
     plan: Plan,
     labels: torch.Tensor,
     sampling: SamplingConfig,
-    generator: torch.Generator | None = None,
+    uniforms: torch.Tensor,
     on_pass: Callable[[Pass], None] | None = None,
     runner: Runner | None = None,
 ) -> torch.Tensor:
     """Generate one token grid per label: (batch, *plan.grid) int64 in raster order.
 
-    Without a runner, each pass runs plainly over the visible cache prefix. Nothing here waits
-    for the device: sampling, guidance and scattering stay on it.
+    `uniforms` (batch, plan.num_tokens) are each image's random numbers (see
+    `parcli.sampling.image_uniforms`), one per token in PAR order. Without a runner, each pass
+    runs plainly over the visible cache prefix. Nothing here waits for the device: sampling,
+    guidance and scattering stay on it.
     """
     cfg = model.cfg
     device = labels.device
@@ -46,7 +48,7 @@ def generate_tokens(
         logits = runner(step, h)
         if sampling.guided:
             logits = mix_guidance(logits, sampling.cfg_scale)
-        tokens = sample(logits, sampling, generator)
+        tokens = sample(logits, sampling, uniforms[:, step.start : step.end])
         seq[:, step.start : step.end] = tokens.repeat(sequences // tokens.shape[0], 1)
         if on_pass is not None:
             on_pass(step)

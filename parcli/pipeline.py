@@ -14,10 +14,10 @@ from parcli.decode import generate_tokens
 from parcli.engine.packing import pack_projections
 from parcli.engine.policy import FIXED_SHAPE, choose_engine
 from parcli.engine.runners import FixedShapeRunner, PrefixRunner, Runner
-from parcli.errors import UserError
+from parcli.errors import SettingError, UserError
 from parcli.model import Transformer
 from parcli.plan import Pass, Plan
-from parcli.sampling import SamplingConfig
+from parcli.sampling import SamplingConfig, image_uniforms
 from parcli.slots import guided_labels
 from parcli.vq import VQModel, to_pixels
 
@@ -135,18 +135,26 @@ class Pipeline:
         seed: int,
         batch_size: int,
         on_pass: Callable[[Pass], None] | None = None,
+        first_index: int = 0,
     ) -> torch.Tensor:
-        """Token grids (len(labels), *grid) in raster order, generated batch by batch."""
+        """Token grids (len(labels), *grid) in raster order, generated batch by batch.
+
+        Label k is image `first_index + k` of the run seeded with `seed`: its tokens depend on
+        that pair alone, not on the batch size or on the other images.
+        """
         self.check_labels(labels)
-        generator = torch.Generator(self.device).manual_seed(seed)
-        all_labels = torch.tensor(list(labels), dtype=torch.long, device=self.device)
-        num_classes = self.model.cfg.num_classes
+        if batch_size < 1:
+            raise SettingError("batch_size", f"must be at least 1, not {batch_size}")
+        num_classes, count = self.model.cfg.num_classes, self.plan.num_tokens
         chunks = []
-        for chunk in all_labels.split(batch_size):
+        for start in range(0, len(labels), batch_size):
+            chunk = torch.tensor(labels[start : start + batch_size], device=self.device)
+            indices = range(first_index + start, first_index + start + len(chunk))
+            uniforms = image_uniforms(seed, indices, count, self.device)
             sequences = guided_labels(chunk, num_classes, sampling.guided).shape[0]
             runner = self.runner(sequences)
             chunks.append(
-                generate_tokens(self.model, self.plan, chunk, sampling, generator, on_pass, runner)
+                generate_tokens(self.model, self.plan, chunk, sampling, uniforms, on_pass, runner)
             )
         return torch.cat(chunks)
 

@@ -1,12 +1,17 @@
 """Turning logits into tokens: guidance mix, temperature, top-k / top-p, seeded draws.
 
-Everything stays on the device: no host synchronisation, no branching on tensor values.
+Every image draws its random numbers from its own generator, seeded by (run seed, image index),
+all at once before decoding: an image is the same whatever else shares its batch, however many
+processes share the run, and wherever a resumed run restarted. The decode loop then only reads
+them, so everything stays on the device: no host synchronisation, no branching on tensor values.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from parcli.errors import SettingError
@@ -57,18 +62,33 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
     return logits
 
 
-def sample(
-    logits: torch.Tensor, config: SamplingConfig, generator: torch.Generator | None
+def image_seed(seed: int, index: int) -> int:
+    """The seed of image `index` in a run seeded with `seed` (both >= 0)."""
+    if seed < 0:
+        raise SettingError("seed", f"must be >= 0, not {seed}")
+    return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0])
+
+
+def image_uniforms(
+    seed: int, indices: Sequence[int], count: int, device: torch.device | str = "cpu"
 ) -> torch.Tensor:
-    """Draw one token per row of (..., vocab) logits."""
+    """(len(indices), count) numbers uniform in [0, 1): row k from image indices[k]'s own
+    generator, made on the CPU so that every device gets the same numbers."""
+    rows = [
+        torch.rand(count, generator=torch.Generator().manual_seed(image_seed(seed, index)))
+        for index in indices
+    ]
+    return torch.stack(rows).to(device)
+
+
+def sample(logits: torch.Tensor, config: SamplingConfig, uniforms: torch.Tensor) -> torch.Tensor:
+    """Draw one token per row of (..., vocab) logits, with one uniform number (...) per row."""
     logits = logits / max(config.temperature, 1e-5)
     logits = filter_logits(logits, config.top_k, config.top_p)
     probs = logits.softmax(dim=-1)
-    # Inverse-CDF draw: one uniform number per row, and no host sync. u lies in (0, 1], so the
-    # first index whose cumulative mass reaches u * total always has a non-zero probability.
+    # Inverse-CDF draw. u lies in (0, 1], so the first index whose cumulative mass reaches
+    # u * total always has a non-zero probability.
     cumulative = probs.cumsum(dim=-1)
-    u = 1.0 - torch.rand(
-        (*probs.shape[:-1], 1), generator=generator, device=probs.device, dtype=probs.dtype
-    )
+    u = (1.0 - uniforms.to(probs.dtype)).unsqueeze(-1)
     index = torch.searchsorted(cumulative, u * cumulative[..., -1:])
     return index.squeeze(-1).clamp_(max=probs.shape[-1] - 1)

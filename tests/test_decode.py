@@ -6,8 +6,12 @@ from parcli.decode import generate_tokens
 from parcli.engine.packing import PackedFeedForward, pack_projections, packing_available
 from parcli.engine.runners import FixedShapeRunner, PrefixRunner
 from parcli.plan import Plan
-from parcli.sampling import SamplingConfig, mix_guidance
+from parcli.sampling import SamplingConfig, image_uniforms, mix_guidance
 from parcli.slots import embed_slots, slot_rotary
+
+
+def draws(seed, plan, labels):
+    return image_uniforms(seed, range(len(labels)), plan.num_tokens)
 
 
 def greedy_by_full_recompute(model, plan, labels, cfg_scale):
@@ -35,7 +39,8 @@ def test_greedy_decoding_matches_full_recompute(make_model, n, grid, cfg_scale):
     plan = Plan(grid, n)
     labels = torch.tensor([1, 4])
     with torch.no_grad():
-        ours = generate_tokens(model, plan, labels, SamplingConfig(cfg_scale=cfg_scale, top_k=1))
+        greedy = SamplingConfig(cfg_scale=cfg_scale, top_k=1)
+        ours = generate_tokens(model, plan, labels, greedy, draws(0, plan, labels))
         expected = greedy_by_full_recompute(model, plan, labels, cfg_scale)
     assert ours.shape == (2, *grid)
     assert (ours.numpy() == expected).all()
@@ -52,15 +57,11 @@ def test_same_seed_same_tokens_and_progress_counts_passes(make_model):
         plan,
         labels,
         SamplingConfig(cfg_scale=1.5),
-        torch.Generator().manual_seed(7),
+        draws(7, plan, labels),
         seen.append,
     )
-    b = generate_tokens(
-        model, plan, labels, SamplingConfig(cfg_scale=1.5), torch.Generator().manual_seed(7)
-    )
-    c = generate_tokens(
-        model, plan, labels, SamplingConfig(cfg_scale=1.5), torch.Generator().manual_seed(8)
-    )
+    b = generate_tokens(model, plan, labels, SamplingConfig(cfg_scale=1.5), draws(7, plan, labels))
+    c = generate_tokens(model, plan, labels, SamplingConfig(cfg_scale=1.5), draws(8, plan, labels))
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert len(seen) == plan.num_passes == 4 + 60 // 4
 
@@ -71,15 +72,11 @@ def test_fixed_shape_runner_gives_the_same_tokens_as_the_prefix_runner(make_mode
     plan = Plan((8, 8), n)
     labels = torch.tensor([2, 9])
     sampling = SamplingConfig(cfg_scale=1.5, temperature=1.0)
-    eager = generate_tokens(model, plan, labels, sampling, torch.Generator().manual_seed(3))
+    eager = generate_tokens(model, plan, labels, sampling, draws(3, plan, labels))
     runner = FixedShapeRunner(model, plan, sequences=4)
-    static = generate_tokens(
-        model, plan, labels, sampling, torch.Generator().manual_seed(3), runner=runner
-    )
+    static = generate_tokens(model, plan, labels, sampling, draws(3, plan, labels), runner=runner)
     assert torch.equal(eager, static)
-    again = generate_tokens(
-        model, plan, labels, sampling, torch.Generator().manual_seed(3), runner=runner
-    )
+    again = generate_tokens(model, plan, labels, sampling, draws(3, plan, labels), runner=runner)
     assert torch.equal(static, again)  # a reused cache holds nothing a new generation can see
 
 
@@ -93,7 +90,7 @@ def test_packed_cpu_weights_give_the_same_tokens(make_model, monkeypatch, region
     plan = Plan((8, 8), regions)
     labels = torch.tensor([5, 6])
     sampling = SamplingConfig(cfg_scale=2.0)
-    before = generate_tokens(model, plan, labels, sampling, torch.Generator().manual_seed(1))
+    before = generate_tokens(model, plan, labels, sampling, draws(1, plan, labels))
     # Packed for 8-row inputs: the 4-row passes multiply by the unpacked weights.
     if not packing_available(keep_unpacked):
         pytest.skip("this torch build cannot pack weights")
@@ -102,7 +99,7 @@ def test_packed_cpu_weights_give_the_same_tokens(make_model, monkeypatch, region
     assert all(isinstance(layer.feed_forward, PackedFeedForward) for layer in model.layers)
     packed = [m for m in model.modules() if isinstance(m, packing.PackedLinear)]
     assert all((m.weight is not None) == keep_unpacked for m in packed)
-    after = generate_tokens(model, plan, labels, sampling, torch.Generator().manual_seed(1))
+    after = generate_tokens(model, plan, labels, sampling, draws(1, plan, labels))
     assert torch.equal(before, after)
 
 
@@ -112,6 +109,8 @@ def test_decode_loop_never_reads_a_device_value_on_the_host(make_model, monkeypa
     model = make_model(regions=4)
     plan = Plan((8, 8), 4)
     runner = (FixedShapeRunner if static else PrefixRunner)(model, plan, sequences=4)
+    labels = torch.tensor([1, 2])
+    uniforms = draws(0, plan, labels)
 
     def host_read(*args, **kwargs):
         raise AssertionError("the decode loop read a tensor value on the host")
@@ -119,7 +118,5 @@ def test_decode_loop_never_reads_a_device_value_on_the_host(make_model, monkeypa
     for name in ("item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__"):
         monkeypatch.setattr(torch.Tensor, name, host_read)
     sampling = SamplingConfig(cfg_scale=2.0, temperature=0.9, top_k=5, top_p=0.9)
-    tokens = generate_tokens(
-        model, plan, torch.tensor([1, 2]), sampling, torch.Generator().manual_seed(0), runner=runner
-    )
+    tokens = generate_tokens(model, plan, labels, sampling, uniforms, runner=runner)
     assert tokens.shape == (2, 8, 8)

@@ -72,3 +72,34 @@ def test_compiled_pipeline_gives_the_same_tokens_and_leaves_weights_unpacked():
     tokens = compiled.generate([2, 9], sampling, seed=3, batch_size=2)
     assert torch.equal(tokens, eager.generate([2, 9], sampling, seed=3, batch_size=2))
     assert not compiled.packed and eager.packed
+
+
+@pytest.mark.parametrize("regions", [1, 4, 16])
+def test_an_image_is_the_same_whatever_the_batch(regions):
+    pipe = Pipeline(tiny_model(regions=regions), VQModel(TINY_VQ).eval())
+    sampling = SamplingConfig(cfg_scale=2.0, temperature=0.9, top_k=12)
+    labels = [3, 1, 4, 1, 5, 9, 2, 6, 5]
+    runs = [pipe.generate(labels, sampling, seed=11, batch_size=b) for b in (1, 3, 8)]
+    assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])
+    # A run that starts at image 4 (a resumed run, another process's share) draws the same.
+    tail = pipe.generate(labels[4:], sampling, seed=11, batch_size=2, first_index=4)
+    assert torch.equal(tail, runs[0][4:])
+    # Images of the same class differ, and another seed gives other images.
+    assert not torch.equal(runs[0][1], runs[0][3])
+    assert not torch.equal(pipe.generate(labels, sampling, seed=12, batch_size=3), runs[0])
+
+
+def test_the_shipped_digits_draw_the_same_images_in_any_batch():
+    from pathlib import Path
+
+    import parcli
+    from parcli.pipeline import load_pipeline
+
+    digits = Path(parcli.__file__).parent / "assets" / "digits"
+    labels = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+    runs = []
+    for batch in (1, 3, 8):
+        files = (digits / "gpt-4.safetensors", digits / "vq.safetensors")
+        pipe = load_pipeline(*files, torch.device("cpu"), torch.float32)
+        runs.append(pipe.generate(labels, pipe.sampling(), seed=0, batch_size=batch))
+    assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])

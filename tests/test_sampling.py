@@ -31,15 +31,16 @@ def test_top_p_keeps_the_smallest_nucleus_reaching_p():
 
 def test_top_k_one_is_greedy():
     logits = torch.randn(64, 100)
-    tokens = sample(logits, SamplingConfig(top_k=1), torch.Generator().manual_seed(0))
+    tokens = sample(logits, SamplingConfig(top_k=1), torch.rand(64))
     assert torch.equal(tokens, logits.argmax(-1))
 
 
 def test_seeded_sampling_is_reproducible_and_follows_the_distribution():
     logits = torch.log(torch.tensor([[0.7, 0.2, 0.1]])).expand(20000, -1)
     config = SamplingConfig()
-    a = sample(logits, config, torch.Generator().manual_seed(1))
-    b = sample(logits, config, torch.Generator().manual_seed(1))
+    draws = torch.rand(20000, generator=torch.Generator().manual_seed(1))
+    a = sample(logits, config, draws)
+    b = sample(logits, config, draws.clone())
     assert torch.equal(a, b)
     freq = torch.bincount(a, minlength=3).float() / a.numel()
     assert torch.allclose(freq, torch.tensor([0.7, 0.2, 0.1]), atol=0.02)
@@ -51,3 +52,16 @@ def test_seeded_sampling_is_reproducible_and_follows_the_distribution():
 def test_bad_settings_are_refused(kwargs):
     with pytest.raises(ValueError):
         SamplingConfig(**kwargs)
+
+
+def test_each_image_has_its_own_draws():
+    from parcli.sampling import image_seed, image_uniforms
+
+    together = image_uniforms(7, range(8), 50)
+    assert torch.equal(image_uniforms(7, [5], 50)[0], together[5])
+    assert torch.equal(image_uniforms(7, [3, 1], 50), together[[3, 1]])
+    assert len({image_seed(seed, index) for seed in range(4) for index in range(100)}) == 400
+    assert not torch.equal(image_uniforms(8, [5], 50)[0], together[5])
+    assert together.min() >= 0.0 and together.max() < 1.0
+    with pytest.raises(ValueError, match="must be >= 0"):
+        image_seed(-1, 0)
