@@ -270,7 +270,7 @@ def random_pipelines(
         if n > 1:
             state[special] = shared[special][: n - 1]
         model.load_state_dict(state, assign=True)
-        pipelines[n] = Pipeline(model.eval(), vq, name, 1.5, compile_model)
+        pipelines[n] = Pipeline(model.eval(), vq, name, SamplingConfig(1.5), compile_model)
     return pipelines
 
 
@@ -307,7 +307,7 @@ def pipelines_to_time(
 
 def default_sampling(pipe: Pipeline, cfg_scale: float | None) -> SamplingConfig:
     """Guidance on unless asked otherwise: the model's scale, at least 1.5."""
-    return SamplingConfig(cfg_scale if cfg_scale is not None else max(pipe.default_cfg_scale, 1.5))
+    return pipe.sampling(cfg_scale if cfg_scale is not None else max(pipe.default_cfg_scale, 1.5))
 
 
 def report(

@@ -16,6 +16,7 @@ from parcli.errors import SettingError
 from parcli.io import hub
 from parcli.io.catalogue import Entry, load_catalogue
 from parcli.pipeline import Pipeline, load_pipeline
+from parcli.sampling import SamplingConfig
 
 Fetch = Callable[[list[Entry]], dict[str, Path]]
 
@@ -25,7 +26,7 @@ class ModelFiles:
     name: str
     checkpoint: Path
     tokenizer: Path
-    cfg_scale: float | None  # None: take it from the checkpoint's metadata
+    defaults: SamplingConfig | None  # the catalogue's; None: the checkpoint metadata's scale
 
 
 def model_files(
@@ -55,7 +56,18 @@ def model_files(
     wanted = [entry] if tokenizer is not None else [entry, catalogue.tokenizer_for(entry)]
     paths = fetch(wanted)
     tokenizer = tokenizer or paths[catalogue.tokenizer_for(entry).name]
-    return ModelFiles(entry.name, paths[entry.name], tokenizer, entry.cfg_scale)
+    return ModelFiles(entry.name, paths[entry.name], tokenizer, entry_sampling(entry))
+
+
+def entry_sampling(entry: Entry) -> SamplingConfig:
+    """The sampling settings a catalogue entry gives, the tool's defaults for any it lacks."""
+    settings = {
+        "cfg_scale": entry.cfg_scale,
+        "temperature": entry.temperature,
+        "top_k": entry.top_k,
+        "top_p": entry.top_p,
+    }
+    return SamplingConfig(**{k: v for k, v in settings.items() if v is not None})
 
 
 def open_pipeline(
@@ -71,7 +83,7 @@ def open_pipeline(
     """The pipeline of a model name (or files) for a region count (None: the model's own)."""
     files = model_files(model, regions, checkpoint, tokenizer, fetch)
     pipe = load_pipeline(
-        files.checkpoint, files.tokenizer, device, dtype, files.name, files.cfg_scale, compile_model
+        files.checkpoint, files.tokenizer, device, dtype, files.name, files.defaults, compile_model
     )
     pipe.check_regions(regions)
     return pipe

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,15 +30,16 @@ class PipelineError(UserError):
 class Pipeline:
     """A transformer, the tokenizer that decodes its tokens, and the plan for its regions.
 
-    The engine (`parcli.engine.policy.choose_engine`) is chosen once, when the pipeline is made:
-    from the model's device and dtype, `compile_model` (None: the device's default) and
-    `plain_engine`, the yardstick of `par bench --baseline` that has no speed-ups at all.
+    `defaults` are the model's own sampling settings. The engine
+    (`parcli.engine.policy.choose_engine`) is chosen once, when the pipeline is made: from the
+    model's device and dtype, `compile_model` (None: the device's default) and `plain_engine`,
+    the yardstick of `par bench --baseline` that has no speed-ups at all.
     """
 
     model: Transformer
     vq: VQModel
     name: str = "model"
-    default_cfg_scale: float = 1.0
+    defaults: SamplingConfig = SamplingConfig()
     compile_model: bool | None = None
     plain_engine: bool = False
 
@@ -76,16 +77,20 @@ class Pipeline:
                     f"class {label} is out of range: {self.name} knows classes 0 to {classes - 1}"
                 )
 
+    @property
+    def default_cfg_scale(self) -> float:
+        return self.defaults.cfg_scale
+
     def sampling(
         self,
         cfg_scale: float | None = None,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
     ) -> SamplingConfig:
-        """Sampling settings, with the model's own guidance scale unless one is given."""
-        scale = self.default_cfg_scale if cfg_scale is None else cfg_scale
-        return SamplingConfig(scale, temperature, top_k, top_p)
+        """The model's own sampling settings, but for those given."""
+        given = {"cfg_scale": cfg_scale, "temperature": temperature, "top_k": top_k, "top_p": top_p}
+        return replace(self.defaults, **{k: v for k, v in given.items() if v is not None})
 
     def check_regions(self, regions: int | None) -> None:
         trained = self.model.cfg.regions
@@ -126,7 +131,7 @@ class Pipeline:
             model = Transformer(self.model.cfg)
         model.load_state_dict(self.model.state_dict(), assign=True)
         vq = copy.deepcopy(self.vq).to(memory_format=torch.contiguous_format)
-        return Pipeline(model.eval(), vq, self.name, self.default_cfg_scale, plain_engine=True)
+        return Pipeline(model.eval(), vq, self.name, self.defaults, plain_engine=True)
 
     def generate(
         self,
@@ -178,14 +183,16 @@ def load_pipeline(
     device: torch.device,
     dtype: torch.dtype,
     name: str | None = None,
-    default_cfg_scale: float | None = None,
+    defaults: SamplingConfig | None = None,
     compile_model: bool | None = None,
 ) -> Pipeline:
+    """The pipeline of two converted files; `defaults` None takes the guidance scale the
+    checkpoint's metadata records."""
     from parcli.io.checkpoints import load_transformer, load_vq
 
     model, metadata = load_transformer(checkpoint, device, dtype)
     # The reference decodes in float32; pixels stay within a level of it that way on every device.
     vq, _ = load_vq(tokenizer, device, torch.float32)
-    if default_cfg_scale is None:
-        default_cfg_scale = float(metadata.get("cfg_scale", 1.0))
-    return Pipeline(model, vq, name or checkpoint.name, default_cfg_scale, compile_model)
+    if defaults is None:
+        defaults = SamplingConfig(cfg_scale=float(metadata.get("cfg_scale", 1.0)))
+    return Pipeline(model, vq, name or checkpoint.name, defaults, compile_model)

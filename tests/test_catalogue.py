@@ -271,3 +271,25 @@ def test_unreadable_or_malformed_file(tmp_path):
         Catalogue.load(tmp_path / "nope.toml")
     with pytest.raises(CatalogueError, match="cannot parse"):
         Catalogue.load(_write(tmp_path, "default_family = \n"))
+
+
+def test_sampling_defaults_come_from_the_sampling_table_unless_an_entry_sets_its_own(tmp_path):
+    text = PACKAGED.replace("{sha}", "ab" * 32).replace(
+        'default_family = "tiny"\n',
+        'default_family = "tiny"\n\n[sampling]\ntop_k = 40\ntop_p = 0.9\n',
+    )
+    text = text.replace("cfg_scale = 1.5\n", "cfg_scale = 1.5\ntop_k = 8\n")
+    cat = Catalogue.load(_write(tmp_path, text))
+    one, four = cat.get("tiny-1x"), cat.get("tiny-4x")
+    assert (one.top_k, one.top_p, one.temperature) == (40, 0.9, None)
+    assert (four.top_k, four.top_p) == (8, 0.9)
+    assert cat.get("tiny-vq").top_k is None  # tokenizers sample nothing
+    with pytest.raises(CatalogueError, match=r"\[sampling\] may only set"):
+        Catalogue.load(_write(tmp_path, text.replace("top_p = 0.9", "seed = 3")))
+    with pytest.raises(CatalogueError, match="'top_p' must be in"):
+        Catalogue.load(_write(tmp_path, text.replace("top_p = 0.9", "top_p = 0")))
+
+
+def test_the_published_entries_sample_as_the_reference_fid_protocol(cat):
+    for entry in cat.entries("gpt"):
+        assert (entry.temperature, entry.top_k, entry.top_p) == (1.0, 0, 1.0), entry.name

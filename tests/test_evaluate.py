@@ -28,6 +28,7 @@ from parcli.evaluate import (
     to_input,
 )
 from parcli.pipeline import Pipeline, load_pipeline
+from parcli.sampling import SamplingConfig
 from parcli.vq import VQModel
 
 ASSETS = DEFAULT_CLASSIFIER.parent
@@ -137,7 +138,9 @@ def test_shipped_classifier_recognises_held_out_digits():
 def tiny_pipelines(regions=(1, 4, 16)) -> dict[int, Pipeline]:
     torch.manual_seed(0)
     vq = VQModel(TINY_VQ).eval()
-    return {n: Pipeline(tiny_model(regions=n), vq, f"tiny-{n}", 2.0) for n in regions}
+    return {
+        n: Pipeline(tiny_model(regions=n), vq, f"tiny-{n}", SamplingConfig(2.0)) for n in regions
+    }
 
 
 def test_goals():
@@ -243,7 +246,7 @@ def test_par_eval_prints_a_table_and_json(tmp_path, monkeypatch):
             f"tiny-{regions}",
             tmp_path / f"gpt{regions}.safetensors",
             tmp_path / "vq.safetensors",
-            2.0,
+            SamplingConfig(cfg_scale=2.0),
         )
 
     monkeypatch.setattr("parcli.load.model_files", locate)
@@ -291,7 +294,7 @@ def test_shipped_digits_are_recognised_at_every_n(n: int):
         ASSETS / "vq.safetensors",
         torch.device("cpu"),
         torch.float32,
-        default_cfg_scale=shipped_cfg_scale(n),
+        defaults=SamplingConfig(cfg_scale=shipped_cfg_scale(n)),
     )
     pipe.check_regions(n)
     (row,) = evaluate(

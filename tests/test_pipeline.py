@@ -103,3 +103,12 @@ def test_the_shipped_digits_draw_the_same_images_in_any_batch():
         pipe = load_pipeline(*files, torch.device("cpu"), torch.float32)
         runs.append(pipe.generate(labels, pipe.sampling(), seed=0, batch_size=batch))
     assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])
+
+
+def test_sampling_settings_default_to_the_models_own():
+    defaults = SamplingConfig(cfg_scale=1.75, temperature=0.9, top_k=40, top_p=0.95)
+    pipe = Pipeline(tiny_model(regions=4), VQModel(TINY_VQ).eval(), "tiny", defaults)
+    assert pipe.sampling() == defaults and pipe.default_cfg_scale == 1.75
+    assert pipe.sampling(top_k=0) == SamplingConfig(1.75, 0.9, 0, 0.95)
+    assert pipe.sampling(cfg_scale=1.0, temperature=1.0, top_p=1.0) == SamplingConfig(1.0, 1.0, 40)
+    assert pipe.plain_engine_twin().defaults == defaults

@@ -9,11 +9,15 @@ from typing import Annotated
 import typer
 
 from parcli.commands.common import (
+    CfgScaleOption,
     CompileOption,
     DeviceOption,
     DtypeOption,
     OfflineOption,
     QuietOption,
+    TemperatureOption,
+    TopKOption,
+    TopPOption,
     console,
     pass_counter,
     pass_progress,
@@ -55,15 +59,10 @@ def generate(
         int | None, typer.Option(help="PAR regions: 1 (sequential), 4 or 16.")
     ] = None,
     num_samples: Annotated[int, typer.Option("--num-samples", "-n", help="Samples per class.")] = 1,
-    cfg_scale: Annotated[
-        float | None,
-        typer.Option(
-            help="Classifier-free guidance scale; <= 1 turns guidance off. Default: model's."
-        ),
-    ] = None,
-    temperature: Annotated[float, typer.Option(help="Softmax temperature.")] = 1.0,
-    top_k: Annotated[int, typer.Option(help="Keep the k most likely tokens; 0 = all.")] = 0,
-    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass; 1.0 = off.")] = 1.0,
+    cfg_scale: CfgScaleOption = None,
+    temperature: TemperatureOption = None,
+    top_k: TopKOption = None,
+    top_p: TopPOption = None,
     seed: Annotated[
         int, typer.Option(help="Random seed; same seed, same device -> same images.")
     ] = 0,

@@ -56,6 +56,9 @@ class Entry:
     family: str | None = None  # gpt only
     tokenizer: str | None = None  # gpt only: name of a "vq" entry
     cfg_scale: float | None = None  # gpt only
+    temperature: float | None = None  # gpt only: the rest of its sampling settings
+    top_k: int | None = None
+    top_p: float | None = None
     fid: float | None = None
     approx_size_bytes: int | None = None
     sha256: str | None = None
@@ -98,11 +101,16 @@ _FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "family": ((str,), "a string"),
     "tokenizer": ((str,), "a string"),
     "cfg_scale": ((int, float), "a number"),
+    "temperature": ((int, float), "a number"),
+    "top_k": ((int,), "an integer"),
+    "top_p": ((int, float), "a number"),
     "fid": ((int, float), "a number"),
     "approx_size_bytes": ((int,), "an integer"),
     "sha256": ((str,), "a string"),
     "notes": ((str,), "a string"),
 }
+# Sampling settings the [sampling] table gives every transformer that sets none of its own.
+SAMPLING_FIELDS = ("temperature", "top_k", "top_p")
 _REQUIRED = {
     "gpt": ("kind", "arch", "licence", "grid", "regions", "family", "tokenizer", "cfg_scale"),
     "vq": ("kind", "arch", "licence"),
@@ -161,9 +169,13 @@ def _entry_from_table(name: str, table: Any) -> Entry:
     if "regions" in data and data["regions"] not in SUPPORTED_REGIONS:
         allowed = ", ".join(map(str, SUPPORTED_REGIONS))
         raise CatalogueError(f"{where}: field 'regions' must be one of {allowed}")
-    for key in ("cfg_scale", "fid"):
+    for key in ("cfg_scale", "fid", "temperature", "top_p"):
         if key in data:
             data[key] = float(data[key])
+    if data.get("cfg_scale", 0) < 0 or data.get("temperature", 0) < 0 or data.get("top_k", 0) < 0:
+        raise CatalogueError(f"{where}: cfg_scale, temperature and top_k must be >= 0")
+    if not 0 < data.get("top_p", 1) <= 1:
+        raise CatalogueError(f"{where}: field 'top_p' must be in (0, 1]")
     if "sha256" in data:
         data["sha256"] = data["sha256"].lower()
         if not _SHA256_RE.match(data["sha256"]):
@@ -214,7 +226,7 @@ class Catalogue:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: Path | None = None) -> Catalogue:
-        unknown = sorted(set(data) - {"default_family", "models"})
+        unknown = sorted(set(data) - {"default_family", "models", "sampling"})
         if unknown:
             raise CatalogueError(f"weights.toml: unknown top-level key {unknown[0]!r}")
         models = data.get("models")
@@ -223,7 +235,15 @@ class Catalogue:
         default_family = data.get("default_family")
         if not isinstance(default_family, str):
             raise CatalogueError("weights.toml: missing top-level string 'default_family'")
-        entries = {name: _entry_from_table(name, table) for name, table in models.items()}
+        sampling = data.get("sampling", {})
+        if not isinstance(sampling, dict) or set(sampling) - set(SAMPLING_FIELDS):
+            fields = ", ".join(SAMPLING_FIELDS)
+            raise CatalogueError(f"weights.toml: [sampling] may only set {fields}")
+        entries = {}
+        for name, table in models.items():
+            if isinstance(table, dict) and table.get("kind") == "gpt":
+                table = {**sampling, **table}
+            entries[name] = _entry_from_table(name, table)
         return cls(entries, default_family, source)
 
     def _validate(self) -> None:
