@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from parcli.decode import generate_tokens
 from parcli.engine.packing import pack_projections
@@ -140,22 +141,25 @@ class Pipeline:
         seed: int,
         batch_size: int,
         on_pass: Callable[[Pass], None] | None = None,
-        first_index: int = 0,
+        indices: Sequence[int] | None = None,
     ) -> torch.Tensor:
         """Token grids (len(labels), *grid) in raster order, generated batch by batch.
 
-        Label k is image `first_index + k` of the run seeded with `seed`: its tokens depend on
-        that pair alone, not on the batch size or on the other images.
+        Label k is image `indices[k]` (default: k) of the run seeded with `seed`: its tokens
+        depend on that pair alone, not on the batch size or on the other images.
         """
         self.check_labels(labels)
         if batch_size < 1:
             raise SettingError("batch_size", f"must be at least 1, not {batch_size}")
+        indices = range(len(labels)) if indices is None else indices
+        if len(indices) != len(labels):
+            raise ValueError(f"{len(indices)} image indices for {len(labels)} labels")
         num_classes, count = self.model.cfg.num_classes, self.plan.num_tokens
         chunks = []
         for start in range(0, len(labels), batch_size):
             chunk = torch.tensor(labels[start : start + batch_size], device=self.device)
-            indices = range(first_index + start, first_index + start + len(chunk))
-            uniforms = image_uniforms(seed, indices, count, self.device)
+            batch_indices = indices[start : start + batch_size]
+            uniforms = image_uniforms(seed, batch_indices, count, self.device)
             sequences = guided_labels(chunk, num_classes, sampling.guided).shape[0]
             runner = self.runner(sequences)
             chunks.append(
@@ -164,13 +168,22 @@ class Pipeline:
         return torch.cat(chunks)
 
     @torch.inference_mode()
-    def decode(self, tokens: torch.Tensor, batch_size: int = 16) -> np.ndarray:
-        """uint8 pixels: (N, H, W, C) for images, (N, T, H, W, C) for videos."""
+    def decode(
+        self, tokens: torch.Tensor, batch_size: int = 16, size: int | None = None
+    ) -> np.ndarray:
+        """uint8 pixels: (N, H, W, C) for images, (N, T, H, W, C) for videos.
+
+        With `size`, frames are resized to size x size before they are rounded to pixels, by
+        bicubic interpolation, as the reference FID samplers resize to their evaluation size.
+        """
         grid = self.plan.grid
         flat = tokens.reshape(-1, *grid[-2:]).to(self.device)
-        frames = [
-            to_pixels(self.vq.decode_codes(chunk).float()).cpu() for chunk in flat.split(batch_size)
-        ]
+        frames = []
+        for chunk in flat.split(batch_size):
+            images = self.vq.decode_codes(chunk).float()
+            if size is not None and images.shape[-2:] != (size, size):
+                images = F.interpolate(images, size=(size, size), mode="bicubic")
+            frames.append(to_pixels(images).cpu())
         pixels = torch.cat(frames).numpy()
         return pixels.reshape(
             *tokens.shape[: tokens.dim() - len(grid)], *grid[:-2], *pixels.shape[1:]

@@ -82,7 +82,7 @@ def test_an_image_is_the_same_whatever_the_batch(regions):
     runs = [pipe.generate(labels, sampling, seed=11, batch_size=b) for b in (1, 3, 8)]
     assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])
     # A run that starts at image 4 (a resumed run, another process's share) draws the same.
-    tail = pipe.generate(labels[4:], sampling, seed=11, batch_size=2, first_index=4)
+    tail = pipe.generate(labels[4:], sampling, seed=11, batch_size=2, indices=range(4, 9))
     assert torch.equal(tail, runs[0][4:])
     # Images of the same class differ, and another seed gives other images.
     assert not torch.equal(runs[0][1], runs[0][3])

@@ -116,6 +116,26 @@ def parse_region_list(text: str) -> list[int]:
     return values
 
 
+def parse_classes(text: str | None, num_classes: int) -> tuple[int, ...]:
+    """`0-9,207` -> (0, 1, ..., 9, 207): ids and inclusive ranges, sorted; None: every class."""
+    if text is None:
+        return tuple(range(num_classes))
+    wrong = f"takes class ids and ranges, e.g. 0-9,207; not {text!r}"
+    chosen: set[int] = set()
+    for part in text.split(","):
+        first, _, last = part.strip().partition("-")
+        try:
+            low, high = int(first), int(last or first)
+        except ValueError:
+            raise SettingError("classes", wrong) from None
+        if low > high:
+            raise SettingError("classes", wrong)
+        chosen.update(range(low, high + 1))
+    if not chosen or min(chosen) < 0 or max(chosen) >= num_classes:
+        raise SettingError("classes", f"must lie in 0 to {num_classes - 1}, not {text!r}")
+    return tuple(sorted(chosen))
+
+
 def warn_if_emulated(device, dtype) -> None:
     """Say so when the chosen dtype would run emulated (bf16 on most CPUs)."""
     from parcli.engine.devices import emulated_dtype_note

@@ -1,0 +1,184 @@
+"""`par sample`: the FID protocol's images of every class, into the ADM evaluator's `.npz`."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from parcli import __version__
+from parcli.bench import machine_info
+from parcli.commands.common import (
+    CfgScaleOption,
+    CompileOption,
+    DeviceOption,
+    DtypeOption,
+    OfflineOption,
+    QuietOption,
+    TemperatureOption,
+    TopKOption,
+    TopPOption,
+    console,
+    err_console,
+    parse_classes,
+    user_errors,
+    warn_if_emulated,
+)
+from parcli.commands.downloads import model_fetcher
+from parcli.engine.devices import resolve
+from parcli.io.files import file_sha256
+from parcli.load import model_files
+from parcli.pipeline import load_pipeline
+from parcli.ranks import Ranks
+from parcli.sample import SampleError, SampleRun, SampleSettings, Shard, identity
+
+
+def sample(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder of the run (made if new).")],
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Catalogue entry or family.")
+    ] = None,
+    regions: Annotated[int | None, typer.Option(help="PAR regions: 1, 4 or 16.")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="A converted transformer.")] = None,
+    tokenizer: Annotated[Path | None, typer.Option(help="A converted VQ tokenizer.")] = None,
+    per_class: Annotated[int, typer.Option(help="Images of every class.")] = 50,
+    classes: Annotated[
+        str | None, typer.Option(help="Classes to sample, e.g. 0-9,207. Default: all.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Image k of class c draws from (seed, c x K + k).")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Images generated together.")] = 32,
+    shard_size: Annotated[int, typer.Option(help="Images written (and resumed) together.")] = 1000,
+    image_size_eval: Annotated[
+        int | None, typer.Option(help="Resize to this side (bicubic). Default: the model's.")
+    ] = None,
+    png: Annotated[bool, typer.Option(help="Also keep one PNG per image.")] = False,
+    cfg_scale: CfgScaleOption = None,
+    temperature: TemperatureOption = None,
+    top_k: TopKOption = None,
+    top_p: TopPOption = None,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    compile_model: CompileOption = None,
+    offline: OfflineOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Sample K images of every class into OUT/samples.npz (runs under torchrun too)."""
+    with user_errors():
+        ranks = Ranks.from_environment()
+        torch_device, torch_dtype = resolve(ranks.device(device), dtype)
+        ranks.start(torch_device)
+        try:
+            started = time.perf_counter()
+            if ranks.is_first and not quiet:
+                warn_if_emulated(torch_device, torch_dtype)
+            fetch = model_fetcher(offline, quiet or not ranks.is_first)
+            files = model_files(model, regions, checkpoint, tokenizer, fetch)
+            pipe = load_pipeline(
+                files.checkpoint,
+                files.tokenizer,
+                torch_device,
+                torch_dtype,
+                files.name,
+                files.defaults,
+                compile_model,
+            )
+            pipe.check_regions(regions)
+            wanted = parse_classes(classes, pipe.model.cfg.num_classes)
+            settings = SampleSettings(
+                wanted, per_class, seed, batch_size, shard_size, image_size_eval, png
+            )
+            sampling = pipe.sampling(cfg_scale, temperature, top_k, top_p)
+            pipe.check_labels(settings.classes)
+            run_identity = None
+            if ranks.is_first:
+                checksums = file_sha256(files.checkpoint), file_sha256(files.tokenizer)
+                run_identity = identity(pipe, settings, sampling, *checksums)
+            run = SampleRun(out, pipe, settings, sampling, ranks.from_first(run_identity))
+            problem, complete = None, False
+            if ranks.is_first:
+                try:
+                    complete = run.prepare()
+                except SampleError as exc:
+                    problem = (str(exc), exc.setting)
+            problem, complete = ranks.from_first((problem, complete))
+            if problem is not None:
+                raise SampleError(*problem)
+            if complete:
+                if ranks.is_first:
+                    console.print(f"{escape(str(out))} is complete already", highlight=False)
+                return
+
+            todo = run.todo(ranks.rank, ranks.world)
+            _generate(run, todo, ranks, quiet or not ranks.is_first)
+            ranks.barrier()
+            if ranks.is_first:
+                manifest = {
+                    "parcli": __version__,
+                    "command": shlex.join(["par", *sys.argv[1:]]),
+                    "machine": machine_info(torch_device),
+                    "processes": ranks.world,
+                    "seconds": round(time.perf_counter() - started, 1),
+                }
+                target = run.merge(manifest)
+                if not quiet:
+                    console.print(
+                        f"{settings.count} images · {pipe.plan.num_passes} passes each · "
+                        f"{ranks.world} process(es) -> {escape(str(target))}",
+                        highlight=False,
+                    )
+        finally:
+            ranks.stop()
+
+
+def _generate(run: SampleRun, todo: list[Shard], ranks: Ranks, quiet: bool) -> None:
+    """Make this process's shards, with a bar in images (a line per shard when quiet)."""
+    batch, passes = run.settings.batch_size, run.pipe.plan.num_passes
+    batches = [
+        min(batch, shard.stop - start)
+        for shard in todo
+        for start in range(shard.start, shard.stop, batch)
+    ]
+    done_before = [sum(batches[:k]) for k in range(len(batches) + 1)]
+    total = done_before[-1]
+    shown = f"rank {ranks.rank}/{ranks.world}: images" if ranks.world > 1 else "images"
+
+    if quiet:
+
+        def report(shard: Shard, seconds: float) -> None:
+            if ranks.is_first:
+                err_console.print(
+                    f"shard {shard.number + 1}/{len(run.shards)}: {shard.size} images in "
+                    f"{seconds:.1f} s ({shard.size / seconds:.2f} images/s)",
+                    highlight=False,
+                )
+
+        run.run(todo, on_shard=report)
+        return
+
+    progress = Progress(
+        TextColumn(f"[bold]{shown}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+        console=err_console,
+    )
+    with progress:
+        task = progress.add_task("sample", total=total, rate="")
+        started, passes_done = time.perf_counter(), 0
+
+        def on_pass(_step) -> None:
+            nonlocal passes_done
+            passes_done += 1
+            index, within = divmod(passes_done, passes)
+            images = done_before[index] + (within / passes * batches[index] if within else 0)
+            rate = images / max(time.perf_counter() - started, 1e-9)
+            progress.update(task, completed=images, rate=f"{rate:.2f} images/s")
+
+        run.run(todo, on_pass=on_pass)

@@ -1,0 +1,283 @@
+"""The FID protocol: K images of every class, in shards that survive interruption, merged into
+the `.npz` of OpenAI's ADM evaluator, byte for byte the same however the work was split.
+
+Image k of class c is image c * K + k of the run: its random numbers, and so the image, depend
+on (seed, that index) alone. The images are listed class by class and cut into shards of
+`shard_size`; a shard is generated in batches of `batch_size` from its own start, and decoded
+image by image on one CPU thread, so it comes out the same, to the byte, whichever process makes
+it and whenever (a batched or multi-threaded decode rounds a few pixels differently with the
+batch and the thread count). Decoding and writing run beside the next shard's generation. Each
+shard lands atomically as
+`OUT/shards/NNNNN.npz` with its sha256 in `NNNNN.json`, and a run started again with the same
+settings keeps the shards that check out and makes the rest. `OUT/run.json` holds everything
+the bytes depend on; another run's settings in the same folder are refused. When every shard is
+there, `OUT/samples.npz` (`arr_0`: uint8 (N, H, W, 3); `labels`: int64 (N,)) is streamed from
+the shards, and `OUT/manifest.json` says how it was made.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from parcli.errors import SettingError, UserError
+from parcli.io.files import atomic_path, file_sha256
+from parcli.io.media import save_png
+from parcli.io.npz import Member, write_arrays, write_npz
+from parcli.pipeline import Pipeline
+from parcli.plan import Pass
+from parcli.sampling import SamplingConfig
+
+FORMAT = 1
+RUN, SAMPLES, MANIFEST, SHARDS, PNGS = "run.json", "samples.npz", "manifest.json", "shards", "png"
+
+
+class SampleError(UserError):
+    """An output folder that holds something else, or shards that no longer check out."""
+
+
+@dataclass(frozen=True)
+class SampleSettings:
+    """Which images a run makes, and how it cuts the work."""
+
+    classes: tuple[int, ...]
+    per_class: int
+    seed: int = 0
+    batch_size: int = 16
+    shard_size: int = 1000
+    image_size_eval: int | None = None  # resize to this side (bicubic), as reference samplers do
+    png: bool = False  # also keep one PNG per image
+
+    def __post_init__(self) -> None:
+        if not self.classes:
+            raise SettingError("classes", "no classes to sample")
+        for setting in ("per_class", "batch_size", "shard_size"):
+            if getattr(self, setting) < 1:
+                raise SettingError(setting, f"must be at least 1, not {getattr(self, setting)}")
+        if self.image_size_eval is not None and self.image_size_eval < 1:
+            raise SettingError("image_size_eval", f"must be positive, not {self.image_size_eval}")
+        if self.seed < 0:
+            raise SettingError("seed", f"must be >= 0, not {self.seed}")
+
+    @property
+    def count(self) -> int:
+        return len(self.classes) * self.per_class
+
+    def labels(self) -> np.ndarray:
+        """The class of every image, in the order of `samples.npz`: class by class."""
+        return np.repeat(np.asarray(self.classes, dtype=np.int64), self.per_class)
+
+    def indices(self) -> np.ndarray:
+        """Every image's index in the run: image k of class c is c * per_class + k."""
+        within = np.tile(np.arange(self.per_class), len(self.classes))
+        return self.labels() * self.per_class + within
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Images [start, stop) of the run, in the order of `samples.npz`."""
+
+    number: int
+    start: int
+    stop: int
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+
+def identity(
+    pipe: Pipeline,
+    settings: SampleSettings,
+    sampling: SamplingConfig,
+    checkpoint_sha256: str,
+    tokenizer_sha256: str,
+) -> dict:
+    """Everything the bytes of `samples.npz` depend on, as `run.json` keeps it."""
+    return {
+        "format": FORMAT,
+        "model": pipe.name,
+        "checkpoint_sha256": checkpoint_sha256,
+        "tokenizer_sha256": tokenizer_sha256,
+        "regions": pipe.plan.regions,
+        "grid": list(pipe.plan.grid),
+        "device": pipe.device.type,
+        "dtype": str(pipe.model.dtype).removeprefix("torch."),
+        "engine": pipe.engine.runner + (" compiled" if pipe.engine.compiled else ""),
+        "sampling": asdict(sampling),
+        **{key: value for key, value in asdict(settings).items() if key != "classes"},
+        "classes": list(settings.classes),
+    }
+
+
+class SampleRun:
+    """The shards of one run in one folder: which are done, making one, merging them."""
+
+    def __init__(
+        self,
+        out: Path,
+        pipe: Pipeline,
+        settings: SampleSettings,
+        sampling: SamplingConfig,
+        run_identity: dict,
+    ):
+        self.out, self.pipe, self.settings, self.sampling = Path(out), pipe, settings, sampling
+        self.identity = run_identity
+        count, size = settings.count, settings.shard_size
+        self.shards = [
+            Shard(number, start, min(start + size, count))
+            for number, start in enumerate(range(0, count, size))
+        ]
+        self._labels, self._indices = settings.labels(), settings.indices()
+
+    # ------------------------------------------------------------------ the folder
+
+    def prepare(self) -> bool:
+        """Make the folder, or check that it holds this very run (never another); True when
+        that run is complete already."""
+        run_file = self.out / RUN
+        if run_file.is_file():
+            try:
+                found = json.loads(run_file.read_text(encoding="utf-8"))
+            except ValueError:
+                found = None
+            if found != self.identity:
+                differ = sorted(
+                    key
+                    for key in set(self.identity) | set(found or {})
+                    if (found or {}).get(key) != self.identity.get(key)
+                )
+                raise SampleError(
+                    f"{self.out} holds a run with other settings ({', '.join(differ)}); "
+                    "choose another folder, or remove it to start afresh",
+                    "out",
+                )
+            return (self.out / SAMPLES).is_file() and (self.out / MANIFEST).is_file()
+        if self.out.exists() and (not self.out.is_dir() or any(self.out.iterdir())):
+            raise SampleError(
+                f"{self.out} exists and holds no par sample run; choose a new or empty folder",
+                "out",
+            )
+        (self.out / SHARDS).mkdir(parents=True, exist_ok=True)
+        with atomic_path(run_file, "out") as tmp:
+            tmp.write_text(json.dumps(self.identity, indent=2) + "\n", encoding="utf-8")
+        return False
+
+    def _paths(self, shard: Shard) -> tuple[Path, Path]:
+        stem = self.out / SHARDS / f"{shard.number:05d}"
+        return stem.with_suffix(".npz"), stem.with_suffix(".json")
+
+    def is_done(self, shard: Shard) -> bool:
+        """The shard is there, whole: its record exists and its data match the sha256 in it."""
+        data, record = self._paths(shard)
+        try:
+            expected = json.loads(record.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        if expected.get("images") != shard.size or not data.is_file():
+            return False
+        return file_sha256(data) == expected.get("sha256")
+
+    def todo(self, rank: int = 0, world: int = 1) -> list[Shard]:
+        """The shards process `rank` of `world` makes that are not done yet."""
+        return [s for s in self.shards[rank::world] if not self.is_done(s)]
+
+    # ------------------------------------------------------------------ making shards
+
+    def tokens(self, shard: Shard, on_pass: Callable[[Pass], None] | None = None) -> torch.Tensor:
+        """The token grids of a shard's images, generated in batches from its start."""
+        span = slice(shard.start, shard.stop)
+        labels, indices = self._labels[span].tolist(), self._indices[span].tolist()
+        settings = self.settings
+        return self.pipe.generate(
+            labels, self.sampling, settings.seed, settings.batch_size, on_pass, indices
+        )
+
+    def pixels(self, tokens: torch.Tensor) -> np.ndarray:
+        """uint8 RGB images (N, H, W, 3): decoded one at a time, the same whatever the batch."""
+        pixels = self.pipe.decode(tokens, batch_size=1, size=self.settings.image_size_eval)
+        return np.repeat(pixels, 3, axis=-1) if pixels.shape[-1] == 1 else pixels
+
+    def write(self, shard: Shard, tokens: torch.Tensor) -> None:
+        """Land a shard: its images (and PNGs), then the record that says it is whole."""
+        images = self.pixels(tokens)
+        data, record = self._paths(shard)
+        span = slice(shard.start, shard.stop)
+        write_arrays(
+            data, {"images": images, "labels": self._labels[span], "indices": self._indices[span]}
+        )
+        if self.settings.png:
+            folder = self.out / PNGS
+            folder.mkdir(exist_ok=True)
+            for position, image in enumerate(images, start=shard.start):
+                save_png(folder / f"{position:06d}.png", image)
+        entry = {"images": shard.size, "first": shard.start, "sha256": file_sha256(data)}
+        with atomic_path(record, "out") as tmp:
+            tmp.write_text(json.dumps(entry) + "\n", encoding="utf-8")
+
+    def run(
+        self,
+        shards: Sequence[Shard],
+        on_pass: Callable[[Pass], None] | None = None,
+        on_shard: Callable[[Shard, float], None] | None = None,
+    ) -> None:
+        """Make `shards`: each is decoded and written while the next one is generated."""
+        pending: Future | None = None
+        with ThreadPoolExecutor(
+            max_workers=1, initializer=torch.set_num_threads, initargs=(1,)
+        ) as writer:
+            for shard in shards:
+                started = time.perf_counter()
+                tokens = self.tokens(shard, on_pass)
+                if pending is not None:
+                    pending.result()
+                pending = writer.submit(self.write, shard, tokens)
+                if on_shard is not None:
+                    on_shard(shard, time.perf_counter() - started)
+            if pending is not None:
+                pending.result()
+
+    # ------------------------------------------------------------------ the result
+
+    def merge(self, manifest: dict) -> Path:
+        """Stream every shard into `samples.npz`, shard by shard, and write the manifest."""
+        missing = [shard.number for shard in self.shards if not self.is_done(shard)]
+        if missing:
+            raise SampleError(
+                f"{len(missing)} shard(s) of {self.out} are missing or damaged (first: "
+                f"{missing[0]:05d}); run the same command again to make them"
+            )
+        first = np.load(self._paths(self.shards[0])[0])["images"]
+        shape = (self.settings.count, *first.shape[1:])
+
+        def images():
+            for shard in self.shards:
+                with np.load(self._paths(shard)[0]) as data:
+                    yield data["images"]
+
+        target = self.out / SAMPLES
+        write_npz(
+            target,
+            {
+                "arr_0": Member(shape, np.dtype(np.uint8), images()),
+                "labels": Member((self.settings.count,), np.dtype(np.int64), [self._labels]),
+            },
+            "out",
+        )
+        document = {
+            **manifest,
+            "settings": self.identity,
+            "images": self.settings.count,
+            "shape": list(shape),
+            "samples_sha256": file_sha256(target),
+        }
+        with atomic_path(self.out / MANIFEST, "out") as tmp:
+            tmp.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        return target
