@@ -6,6 +6,7 @@ from parcli.commands.bench import bench
 from parcli.commands.common import command_app
 from parcli.commands.convert import convert_weights
 from parcli.commands.eval import eval_digits
+from parcli.commands.fid import fid_command
 from parcli.commands.generate import generate
 from parcli.commands.sample import sample
 from parcli.commands.train import app as train_app
@@ -19,6 +20,7 @@ app.command("convert-weights")(convert_weights)
 app.command()(bench)
 app.command()(sample)
 app.command("eval")(eval_digits)
+app.command("fid")(fid_command)
 app.add_typer(train_app, name="train", help="Train a VQ tokenizer or a PAR transformer.")
 app.add_typer(weights_app, name="weights", help="List, fetch, locate and remove checkpoints.")
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from parcli.errors import SettingError
+from parcli.frechet import frechet_distance
 from parcli.io.tensors import WeightsError, read_safetensors, write_safetensors
 from parcli.pipeline import Pipeline, PipelineError
 
@@ -240,32 +241,6 @@ def load_classifier(
     except (KeyError, ValueError, RuntimeError) as exc:
         raise WeightsError(f"{path} is a damaged digit classifier ({exc})") from None
     return model.eval(), info
-
-
-def _sqrtm_psd(matrix: np.ndarray) -> np.ndarray:
-    values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
-    return (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
-
-
-def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
-    """Fréchet distance between Gaussians fitted to two sets of feature vectors (N, D).
-
-    |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2), in float64, with matrix square
-    roots from symmetric eigen-decompositions (negative eigenvalues from round-off clipped to 0).
-    """
-    a = np.asarray(feats_a, dtype=np.float64)
-    b = np.asarray(feats_b, dtype=np.float64)
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise ValueError(f"feature sets must be (N, D) with equal D, got {a.shape} and {b.shape}")
-    if len(a) < 2 or len(b) < 2:
-        raise ValueError("each feature set needs at least two vectors")
-    mean_term = float(np.sum((a.mean(0) - b.mean(0)) ** 2))
-    cov_a = np.cov(a, rowvar=False).reshape(a.shape[1], a.shape[1])
-    cov_b = np.cov(b, rowvar=False).reshape(b.shape[1], b.shape[1])
-    root_a = _sqrtm_psd(cov_a)
-    middle = root_a @ cov_b @ root_a
-    cross = np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0.0, None)).sum()
-    return max(0.0, mean_term + float(np.trace(cov_a) + np.trace(cov_b) - 2.0 * cross))
 
 
 @dataclass

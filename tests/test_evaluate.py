@@ -19,7 +19,6 @@ from parcli.evaluate import (
     DigitClassifier,
     evaluate,
     features,
-    frechet_distance,
     goals_met,
     load_classifier,
     predict,
@@ -27,6 +26,7 @@ from parcli.evaluate import (
     save_classifier,
     to_input,
 )
+from parcli.frechet import frechet_distance
 from parcli.pipeline import Pipeline, load_pipeline
 from parcli.sampling import SamplingConfig
 from parcli.vq import VQModel

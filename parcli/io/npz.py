@@ -2,13 +2,14 @@
 
 `numpy.savez` stamps each member with the time of writing and needs every array whole in memory.
 Here each member is an uncompressed `.npy` (as `savez` writes them, so `numpy.load` and OpenAI's
-ADM evaluator read it) whose data arrive in chunks, under a fixed timestamp, atomically.
+ADM evaluator read it) whose data arrive in chunks, under a fixed timestamp, atomically; and a
+member can be read back a few rows at a time.
 """
 
 from __future__ import annotations
 
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,3 +53,31 @@ def write_npz(path: PathLike, members: Mapping[str, Member], setting: str | None
 def write_arrays(path: PathLike, arrays: Mapping[str, np.ndarray]) -> None:
     """`write_npz` of whole arrays."""
     write_npz(path, {name: Member(a.shape, a.dtype, [a]) for name, a in arrays.items()})
+
+
+def npz_members(path: PathLike) -> list[str]:
+    """The array names of an `.npz`."""
+    with zipfile.ZipFile(path) as archive:
+        return [name.removesuffix(".npy") for name in archive.namelist()]
+
+
+def read_rows(path: PathLike, name: str, rows: int) -> Iterator[np.ndarray]:
+    """Member `name` of an `.npz`, `rows` entries of its first axis at a time, in order."""
+    with zipfile.ZipFile(path) as archive, archive.open(f"{name}.npy") as handle:
+        version = np.lib.format.read_magic(handle)
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, fortran_order, dtype = read_header(handle)
+        if fortran_order or dtype.hasobject or not shape:
+            raise ValueError(f"{name} in {path} is not a plain C-ordered array")
+        row_shape = shape[1:]
+        row_bytes = int(np.prod(row_shape)) * dtype.itemsize
+        for start in range(0, shape[0], rows):
+            count = min(rows, shape[0] - start)
+            data = handle.read(count * row_bytes)
+            if len(data) != count * row_bytes:
+                raise ValueError(f"{name} in {path} is truncated")
+            yield np.frombuffer(data, dtype=dtype).reshape(count, *row_shape)

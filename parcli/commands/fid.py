@@ -1,0 +1,58 @@
+"""`par fid`: FID between two `.npz` files of images (or a reference's stored statistics)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from parcli.commands.common import (
+    DeviceOption,
+    OfflineOption,
+    QuietOption,
+    console,
+    err_console,
+    user_errors,
+)
+from parcli.engine.devices import resolve_device
+from parcli.errors import SettingError
+from parcli.io.files import atomic_path, check_writable
+
+
+def fid_command(
+    samples: Annotated[Path, typer.Argument(help="Images: an .npz with arr_0 (N, H, W, 3).")],
+    reference: Annotated[
+        Path, typer.Argument(help="Images too, or an .npz with mu and sigma (ADM's batches).")
+    ],
+    batch_size: Annotated[int, typer.Option(help="Images through the network together.")] = 50,
+    device: DeviceOption = "auto",
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write it here.")] = None,
+    offline: OfflineOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """FID with torch-fidelity's TensorFlow-compatible Inception-v3 (pip install 'parcli[fid]')."""
+    from parcli.fid import fid, inception
+
+    with user_errors():
+        if batch_size < 1:
+            raise SettingError("batch_size", f"must be at least 1, not {batch_size}")
+        if json_path is not None:
+            check_writable(json_path, (".json",), setting="json")
+        extractor = inception(resolve_device(device), offline)
+
+        def on_batch(done: int, _: int) -> None:
+            if not quiet:
+                err_console.print(f"\r{done} images through Inception-v3", end="")
+
+        result = fid(samples, reference, extractor, batch_size, on_batch)
+        if not quiet:
+            err_console.print()
+        console.print(f"FID {result['fid']:.4f}", highlight=False)
+        if json_path is not None:
+            with atomic_path(json_path, "json") as tmp:
+                tmp.write_text(json.dumps(result, indent=2) + "\n")
+            if not quiet:
+                console.print(f"wrote {escape(str(json_path))}", highlight=False)

@@ -1,0 +1,144 @@
+"""FID between two `.npz` files of images, with the TensorFlow-compatible Inception-v3 of
+torch-fidelity (an optional extra), in the manner of OpenAI's ADM evaluator.
+
+The network's 2048 pool features of every image (uint8 RGB, resized inside the network to 299
+as TensorFlow resizes) are gathered batch by batch into a Gaussian; the FID is the Fréchet
+distance between two such Gaussians. A reference `.npz` that stores `mu` and `sigma` (the ADM
+reference batches do) is used through them. Any other feature extractor can stand in: the tests
+use a small one, so that everything but the network runs offline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from parcli.errors import UserError
+from parcli.frechet import Gaussian, frechet
+from parcli.io.hub import offline_requested
+from parcli.io.npz import npz_members, read_rows
+
+# The weights torch-fidelity converts from TensorFlow's 2015-12-05 Inception graph; the name
+# carries the first digits of the file's sha256, which is checked.
+INCEPTION_URL = (
+    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
+    "weights-inception-2015-12-05-6726825d.pth"
+)
+
+Extractor = Callable[[torch.Tensor], torch.Tensor]
+"""uint8 images (N, 3, H, W) -> float features (N, D)."""
+
+
+class FidError(UserError):
+    """An input or a network that FID cannot be computed with."""
+
+
+def _inception_weights(offline: bool) -> Path:
+    """The Inception weights file, downloaded once into torch's hub cache and checked."""
+    target = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_URL.rsplit("/", 1)[1]
+    if not target.is_file():
+        if offline_requested(offline):
+            raise FidError(
+                f"the Inception-v3 weights are not downloaded ({target.name}) and offline mode "
+                "is on; run once with the network to fetch them (about 95 MB)"
+            )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(INCEPTION_URL, str(target), progress=False)
+        except Exception as exc:  # noqa: BLE001 - urllib raises many kinds
+            raise FidError(
+                f"cannot download the Inception-v3 weights from {INCEPTION_URL}: {exc}"
+            ) from None
+    expected = target.stem.rsplit("-", 1)[1]
+    if not hashlib.sha256(target.read_bytes()).hexdigest().startswith(expected):
+        target.unlink()
+        raise FidError("the downloaded Inception-v3 weights are damaged; run again to fetch them")
+    return target
+
+
+def inception(device: torch.device, offline: bool = False) -> Extractor:
+    """torch-fidelity's TensorFlow-compatible Inception-v3, giving the 2048 pool features."""
+    try:
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+    except ImportError as exc:
+        raise FidError(
+            f"par fid needs torch-fidelity (and torchvision): pip install 'parcli[fid]' ({exc})"
+        ) from None
+    weights = _inception_weights(offline)
+    # Our rule: a pickle is read only with weights_only=True. torch-fidelity unpickles the file
+    # itself, so it is first read here that way: it holds tensors and nothing else.
+    torch.load(weights, map_location="cpu", weights_only=True)
+    network = FeatureExtractorInceptionV3(
+        "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(weights)
+    )
+    network = network.to(device).eval()
+
+    @torch.inference_mode()
+    def features(images: torch.Tensor) -> torch.Tensor:
+        return network(images.to(device))[0].reshape(len(images), -1)
+
+    return features
+
+
+def statistics(
+    path: Path,
+    extractor: Extractor,
+    batch_size: int = 50,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray, int | None]:
+    """(mu, sigma, image count) of an `.npz`: its stored `mu` and `sigma` where it has them
+    (count None), else those of its `arr_0` images through `extractor`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FidError(f"{path} does not exist")
+    try:
+        members = npz_members(path)
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise FidError(f"{path} is not a readable .npz ({exc})") from None
+    if "mu" in members and "sigma" in members:
+        with np.load(path) as data:
+            return data["mu"], data["sigma"], None
+    if "arr_0" not in members:
+        raise FidError(f"{path} holds neither arr_0 (images) nor mu and sigma")
+    gaussian = Gaussian()
+    for images in read_rows(path, "arr_0", batch_size):
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+            found = f"{images.dtype} {images.shape}"
+            raise FidError(f"{path}: arr_0 must be uint8 (N, H, W, 3), not {found}")
+        batch = torch.from_numpy(images.copy()).permute(0, 3, 1, 2)
+        gaussian.add(extractor(batch).double().cpu().numpy())
+        if on_batch is not None:
+            on_batch(gaussian.count, len(images))
+    if gaussian.count < 2:
+        raise FidError(f"{path} holds {gaussian.count} image(s); FID needs at least two")
+    mu, sigma = gaussian.moments()
+    return mu, sigma, gaussian.count
+
+
+def fid(
+    samples: Path,
+    reference: Path,
+    extractor: Extractor,
+    batch_size: int = 50,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> dict:
+    """The FID of `samples` against `reference`, with the image counts behind it."""
+    mu_a, sigma_a, count_a = statistics(samples, extractor, batch_size, on_batch)
+    mu_b, sigma_b, count_b = statistics(reference, extractor, batch_size, on_batch)
+    if mu_a.shape != mu_b.shape:
+        raise FidError(
+            f"{samples} and {reference} have features of {mu_a.shape[0]} and {mu_b.shape[0]} "
+            "dimensions; use statistics of the same network"
+        )
+    return {
+        "fid": frechet(mu_a, sigma_a, mu_b, sigma_b),
+        "samples": str(samples),
+        "samples_images": count_a,
+        "reference": str(reference),
+        "reference_images": count_b,
+    }
