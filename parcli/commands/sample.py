@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import shlex
 import sys
 import time
@@ -144,7 +145,7 @@ def _generate(run: SampleRun, todo: list[Shard], ranks: Ranks, quiet: bool) -> N
         for shard in todo
         for start in range(shard.start, shard.stop, batch)
     ]
-    done_before = [sum(batches[:k]) for k in range(len(batches) + 1)]
+    done_before = [0, *itertools.accumulate(batches)]
     total = done_before[-1]
     shown = f"rank {ranks.rank}/{ranks.world}: images" if ranks.world > 1 else "images"
 
