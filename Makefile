@@ -1,7 +1,7 @@
 # The two commands of the README. Each installs what it needs first.
 PYTHON ?= python3
 
-.PHONY: install demo test lint
+.PHONY: install demo test lint gpu-check
 
 install:
 	$(PYTHON) -m pip install -q -e '.[dev,train]'
@@ -15,3 +15,8 @@ test: install
 lint: install
 	ruff check parcli tests
 	ruff format --check parcli tests
+
+# On a machine with a CUDA GPU (installs nothing): make gpu-check DIR=gpu-results
+gpu-check:
+	@test -n "$(DIR)" || { echo "usage: make gpu-check DIR=path"; exit 2; }
+	scripts/gpu_check.sh "$(DIR)"

@@ -119,7 +119,12 @@ def bench(
         settings = BenchSettings(batches, sampling, warmup, repeats, decode, seed)
         rate = copy_rate(torch_device)
         with console.status("timing") as status:
-            on_run = lambda text: status.update(f"timing · {escape(text)}")  # noqa: E731
+
+            def on_run(text: str) -> None:
+                status.update(f"timing · {escape(text)}")
+                if not err_console.is_terminal:  # logs get a plain line a case
+                    err_console.print(f"timing · {text}", markup=False, highlight=False)
+
             rows = run_bench(pipelines, settings, rate, on_run, baselines)
         ours = [row for row in rows if row.engine == OURS]
         print_table(title, ours, first, sampling, rate, decode)

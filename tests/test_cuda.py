@@ -1,0 +1,104 @@
+"""What only a GPU can show; skipped where CUDA is absent. `make gpu-check DIR=...` runs these
+first, then the GPT-3B benchmarks, and keeps everything in DIR."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_VQ, tiny_model
+from typer.testing import CliRunner
+
+import parcli
+from parcli.cli import app
+from parcli.decode import generate_tokens
+from parcli.engine.runners import FixedShapeRunner, PrefixRunner
+from parcli.io.checkpoints import load_vq, save_checkpoint
+from parcli.plan import Plan
+from parcli.sampling import SamplingConfig, image_uniforms
+from parcli.vq import VQModel, to_pixels
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+CUDA = torch.device("cuda")
+DIGITS = Path(parcli.__file__).parent / "assets" / "digits"
+
+
+def decode_with(runner_kind, model, plan, labels, sampling):
+    sequences = 2 * len(labels) if sampling.guided else len(labels)
+    if runner_kind == "eager":
+        runner = PrefixRunner(model, plan, sequences)
+    else:
+        compiled = runner_kind == "compiled"
+        runner = FixedShapeRunner(model, plan, sequences, cuda_graphs=True, compiled=compiled)
+    uniforms = image_uniforms(0, range(len(labels)), plan.num_tokens, CUDA)
+    tokens = generate_tokens(model, plan, labels, sampling, uniforms, runner=runner)
+    again = generate_tokens(model, plan, labels, sampling, uniforms, runner=runner)
+    assert torch.equal(tokens, again)  # a replayed graph holds no state of the last generation
+    return tokens
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("regions", [1, 4, 16])
+def test_graphed_and_compiled_steps_give_the_eager_tokens(dtype, regions):
+    model = tiny_model(regions=regions).to(CUDA, dtype)
+    plan = Plan((8, 8), regions)
+    labels = torch.tensor([1, 4, 7], device=CUDA)
+    sampling = SamplingConfig(cfg_scale=1.5)
+    eager = decode_with("eager", model, plan, labels, sampling)
+    assert torch.equal(decode_with("graphed", model, plan, labels, sampling), eager)
+    assert torch.equal(decode_with("compiled", model, plan, labels, sampling), eager)
+
+
+def test_the_decode_loop_never_waits_for_the_gpu():
+    model = tiny_model(regions=4).to(CUDA, torch.bfloat16)
+    plan = Plan((8, 8), 4)
+    labels = torch.tensor([2, 3], device=CUDA)
+    sampling = SamplingConfig(cfg_scale=2.0, temperature=0.9, top_k=8, top_p=0.9)
+    runner = FixedShapeRunner(model, plan, 4, cuda_graphs=True)
+    uniforms = image_uniforms(0, range(2), plan.num_tokens, CUDA)
+    generate_tokens(model, plan, labels, sampling, uniforms, runner=runner)  # capture first
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        generate_tokens(model, plan, labels, sampling, uniforms, runner=runner)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def test_vq_pixels_on_the_gpu_are_within_one_level_of_the_cpu():
+    vq, _ = load_vq(DIGITS / "vq.safetensors")
+    codes = torch.randint(0, vq.config.codebook_size, (16, 16, 16))
+    with torch.no_grad():
+        cpu = to_pixels(vq.decode_codes(codes)).numpy().astype(int)
+        gpu_vq = vq.to(CUDA).to(memory_format=torch.channels_last)
+        gpu = to_pixels(gpu_vq.decode_codes(codes.to(CUDA))).cpu().numpy().astype(int)
+    difference = np.abs(gpu - cpu)
+    assert difference.max() <= 1 and (difference > 0).mean() <= 0.001
+
+
+def test_bench_and_generate_run_on_the_gpu(tmp_path):
+    runner = CliRunner()
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "vq.safetensors", VQModel(TINY_VQ).state_dict(), "vq", TINY_VQ)
+    model = tiny_model(regions=4)
+    save_checkpoint(tmp_path / "gpt.safetensors", model.state_dict(), "gpt", model.cfg)
+    files = [
+        "--checkpoint",
+        tmp_path / "gpt.safetensors",
+        "--tokenizer",
+        tmp_path / "vq.safetensors",
+    ]
+    args = ["generate", *files, "-c", 1, "-c", 2, "--device", "cuda", "-q"]
+    result = runner.invoke(app, [str(a) for a in [*args, "-o", tmp_path / "x.png"]])
+    assert result.exit_code == 0, result.output
+    report = tmp_path / "bench.json"
+    args = ["bench", *files, "--regions", 4, "--batch-size", "1,2", "--repeats", 1]
+    result = runner.invoke(app, [str(a) for a in [*args, "--device", "cuda", "--json", report]])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(report.read_text())["rows"]
+    assert [row["batch"] for row in rows] == [1, 2] and all(r["floor_fraction"] for r in rows)
