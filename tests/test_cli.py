@@ -333,3 +333,17 @@ def test_half_precision_on_cpu(files, tmp_path, dtype):
     assert runs[0].shape == (2, 8, 8) and runs[0].min() >= 0 and runs[0].max() < 32
     assert np.array_equal(runs[0], runs[1])  # same seed, same device: same tokens
     assert not np.array_equal(runs[0][0], runs[0][1])
+
+
+def test_several_classes_make_one_row_each(files, tmp_path):
+    import imageio.v3 as iio
+
+    args = ("-c", 3, "-c", 5, "-c", 9, "-n", 2, "--seed", 1)
+    assert generate(files, *args, "-o", tmp_path / "grid.png").exit_code == 0
+    assert generate(files, *args, "-o", f"{tmp_path / 'each'}/").exit_code == 0
+    grid = iio.imread(tmp_path / "grid.png")
+    assert grid.shape[:2] == (3 * 16 + 2 * 2, 2 * 16 + 2)  # three rows of two, 2 px apart
+    singles = [iio.imread(path) for path in sorted((tmp_path / "each").iterdir())]
+    for index, single in enumerate(singles):
+        row, col = divmod(index, 2)
+        assert np.array_equal(grid[row * 18 : row * 18 + 16, col * 18 : col * 18 + 16], single)

@@ -117,7 +117,9 @@ def generate(
         if save_tokens_to is not None:
             save_tokens(save_tokens_to, tokens.cpu().numpy())
         names = [f"class{label}_s{i % num_samples}" for i, label in enumerate(labels)]
-        save_samples(output, enlarge(pixels, scale), names, pipe.is_video)
+        # Several classes: one row each, so that the samples of a class line up.
+        per_row = num_samples if len(classes) > 1 else None
+        save_samples(output, enlarge(pixels, scale), names, pipe.is_video, per_row)
         if not quiet:
             kind = "videos" if pipe.is_video else "images"
             where = f"{len(labels)} files in {output}" if is_directory_target(output) else output

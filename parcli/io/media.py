@@ -136,20 +136,25 @@ def enlarge(pixels: np.ndarray, scale: int) -> np.ndarray:
 
 
 def save_samples(
-    output: PathLike, samples: np.ndarray, names: Sequence[str], video: bool
+    output: PathLike,
+    samples: np.ndarray,
+    names: Sequence[str],
+    video: bool,
+    ncols: int | None = None,
 ) -> list[Path]:
     """Write generated images (N, H, W, C) or videos (N, T, H, W, C) where ``output`` says.
 
     A folder gets one file each (PNG or MP4), named in generation order; a file gets one image,
-    a grid of images, or one video with the clips side by side.
+    a grid of images, or one video with the clips side by side, ``ncols`` to a row (default:
+    as square as can be).
     """
     if not video:
-        return save_images(output, samples, names)
+        return save_images(output, samples, names, ncols=ncols)
     if is_directory_target(output):
         directory = _make_directory(output)
         pairs = zip(image_names(names, len(samples), ".mp4"), samples, strict=True)
         return [save_video(directory / name, clip) for name, clip in pairs]
-    return [save_video(output, samples)]
+    return [save_video(output, samples, ncols=ncols)]
 
 
 def save_images(
