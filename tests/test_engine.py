@@ -43,6 +43,7 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
         ),
         (CUDA, torch.bfloat16, None, True, Engine(FIXED_SHAPE)),
         (CPU, torch.float32, True, True, Engine(FIXED_SHAPE)),
+        (torch.device("mps"), torch.float32, None, False, Engine(PREFIX, channels_last_vq=True)),
     ],
 )
 def test_one_table_says_what_runs_where(device, dtype, compile, plain, expected):
@@ -66,3 +67,33 @@ def test_the_model_imports_no_engine_and_no_plan():
         "'parcli.errors',",
         "'parcli.model']",
     ]
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("meta", "does not run on meta devices"),
+        ("cpu:1", "one CPU device"),
+        ("xpu", "does not run on xpu devices"),
+        ("bogus", "unknown device 'bogus'"),
+        ("mps", "MPS was asked for but is not available"),
+        ("cuda:2", "cuda:2 does not exist: the GPUs here are cuda:0 to cuda:1"),
+    ],
+)
+def test_devices_that_cannot_run_are_refused_by_name(monkeypatch, name, message):
+    from parcli.engine.devices import resolve_device
+    from parcli.errors import SettingError
+
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(SettingError, match=message) as info:
+        resolve_device(name)
+    assert info.value.setting == "device"
+
+
+def test_devices_that_can_run():
+    from parcli.engine.devices import resolve_device
+
+    assert resolve_device("cpu:0") == CPU and resolve_device("cpu") == CPU
+    assert resolve_device("auto") == (CUDA if torch.cuda.is_available() else CPU)

@@ -9,17 +9,31 @@ from parcli.errors import SettingError
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` (CUDA when a GPU is visible, else CPU), `cpu`, `cuda` or `cuda:N`."""
+    """`auto` (CUDA when a GPU is visible, else CPU), `cpu`, `cuda`, `cuda:N` or `mps`."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    choices = "use auto, cpu, cuda, cuda:N or mps"
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise SettingError(
-            "device", f"unknown device {name!r}; use auto, cpu, cuda or cuda:N"
-        ) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SettingError("device", "CUDA was asked for but no GPU is visible; use cpu")
+        raise SettingError("device", f"unknown device {name!r}; {choices}") from None
+    if device.type == "cpu":
+        if device.index not in (None, 0):
+            raise SettingError("device", f"there is one CPU device, not {name!r}; use cpu")
+        device = torch.device("cpu")  # safetensors does not take cpu:0
+    elif device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SettingError("device", "CUDA was asked for but no GPU is visible; use cpu")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise SettingError(
+                "device", f"{name} does not exist: the GPUs here are cuda:0 to cuda:{count - 1}"
+            )
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise SettingError("device", "MPS was asked for but is not available here; use cpu")
+    else:
+        raise SettingError("device", f"par does not run on {device.type} devices; {choices}")
     return device
 
 

@@ -52,6 +52,7 @@ def choose_engine(
     |        |           |         |       |             | weights), channels-last VQ            |
     | cpu    | fp32      | no      | no    | prefix      | packed projections, channels-last VQ  |
     | cpu    | bf16/fp16 | no      | no    | prefix      | channels-last VQ                      |
+    | mps    | any       | no      | no    | prefix      | channels-last VQ                      |
 
     Every row draws the same tokens from the same weights and seed (the VQ's pixels stay within
     one level). Packed weights are never compiled: Inductor crashes on them.
@@ -69,6 +70,6 @@ def choose_engine(
         )
     return Engine(
         PREFIX,
-        packed_projections=dtype == torch.float32,
+        packed_projections=device.type == "cpu" and dtype == torch.float32,
         channels_last_vq=True,
     )
