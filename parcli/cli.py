@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+import typer
+
+from parcli import __version__
 from parcli.commands.bench import bench
 from parcli.commands.common import command_app
 from parcli.commands.convert import convert_weights
@@ -15,6 +20,26 @@ from parcli.commands.weights import app as weights_app
 app = command_app(
     "par", "Parallelized Autoregressive (PAR) visual generation with LlamaGen-family transformers."
 )
+
+
+def show_version(asked: bool) -> None:
+    if asked:
+        print(f"parcli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=show_version, is_eager=True, help="Print the version and stop."
+        ),
+    ] = False,
+) -> None:
+    """Parallelized Autoregressive (PAR) visual generation with LlamaGen-family transformers."""
+
+
 app.command()(generate)
 app.command("convert-weights")(convert_weights)
 app.command()(bench)

@@ -347,3 +347,10 @@ def test_several_classes_make_one_row_each(files, tmp_path):
     for index, single in enumerate(singles):
         row, col = divmod(index, 2)
         assert np.array_equal(grid[row * 18 : row * 18 + 16, col * 18 : col * 18 + 16], single)
+
+
+def test_version():
+    import parcli
+
+    result = run("--version")
+    assert result.exit_code == 0 and result.output.strip() == f"parcli {parcli.__version__}"
