@@ -82,6 +82,17 @@ def open_pipeline(
 ) -> Pipeline:
     """The pipeline of a model name (or files) for a region count (None: the model's own)."""
     files = model_files(model, regions, checkpoint, tokenizer, fetch)
+    return pipeline_of(files, regions, device, dtype, compile_model)
+
+
+def pipeline_of(
+    files: ModelFiles,
+    regions: int | None,
+    device: torch.device,
+    dtype: torch.dtype,
+    compile_model: bool | None = None,
+) -> Pipeline:
+    """The pipeline of located files, checked to be trained for `regions` (None: any)."""
     pipe = load_pipeline(
         files.checkpoint, files.tokenizer, device, dtype, files.name, files.defaults, compile_model
     )

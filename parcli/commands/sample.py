@@ -34,8 +34,7 @@ from parcli.commands.common import (
 from parcli.commands.downloads import model_fetcher
 from parcli.engine.devices import resolve
 from parcli.io.files import file_sha256
-from parcli.load import model_files
-from parcli.pipeline import load_pipeline
+from parcli.load import model_files, pipeline_of
 from parcli.ranks import Ranks
 from parcli.sample import SampleError, SampleRun, SampleSettings, Shard, identity
 
@@ -80,16 +79,7 @@ def sample(
                 warn_if_emulated(torch_device, torch_dtype)
             fetch = model_fetcher(offline, quiet or not ranks.is_first)
             files = model_files(model, regions, checkpoint, tokenizer, fetch)
-            pipe = load_pipeline(
-                files.checkpoint,
-                files.tokenizer,
-                torch_device,
-                torch_dtype,
-                files.name,
-                files.defaults,
-                compile_model,
-            )
-            pipe.check_regions(regions)
+            pipe = pipeline_of(files, regions, torch_device, torch_dtype, compile_model)
             wanted = parse_classes(classes, pipe.model.cfg.num_classes)
             settings = SampleSettings(
                 wanted, per_class, seed, batch_size, shard_size, image_size_eval, png
