@@ -11,8 +11,12 @@ import torch
 import torch.nn.functional as F
 
 from parcli.errors import SettingError, UserError
+from parcli.moving_digits import FRAMES as MOVING_FRAMES
+from parcli.moving_digits import NAME as MOVING_DIGITS
+from parcli.moving_digits import load_moving_digits
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+CLIP_SUFFIXES = {".mp4", ".gif"}
 
 
 class DataError(UserError, ValueError):
@@ -56,11 +60,7 @@ def load_image_folder(path: str | Path, size: int) -> tuple[np.ndarray, np.ndarr
     import imageio.v3 as iio
 
     root = Path(path)
-    if not root.is_dir():
-        raise DataError(f"{root} is not a folder (expected one sub-folder per class)")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    if not classes:
-        raise DataError(f"{root} has no class sub-folders")
+    classes = class_folders(root)
     images, labels = [], []
     for index, name in enumerate(classes):
         for file in sorted((root / name).iterdir()):
@@ -78,13 +78,18 @@ def load_image_folder(path: str | Path, size: int) -> tuple[np.ndarray, np.ndarr
 
 
 def training_images(
-    data: str, image_size: int | None, channels: int = 3
+    data: str, image_size: int | None, channels: int = 3, frames: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """(uint8 images (N, H, W, C), labels, class count) of `digits` or of a folder of class
-    sub-folders, resized to `image_size` and kept to `channels` (1 or 3)."""
+    sub-folders, resized to `image_size` and kept to `channels` (1 or 3). Clip data (see
+    `is_clip_data`) gives every frame as one image: what a per-frame tokenizer learns from."""
     if data == "digits":
         images, labels = load_digits()
         return images, labels, 10
+    if is_clip_data(data):
+        clips, labels, classes = training_clips(data, image_size, frames, channels)
+        frames = clips.shape[1]
+        return clips.reshape(-1, *clips.shape[2:]), np.repeat(labels, frames), classes
     if image_size is None:
         raise SettingError("image_size", f"is needed to train on the image folder {data}")
     images, labels, classes = load_image_folder(data, image_size)
@@ -101,3 +106,69 @@ def resize_rgb(image: np.ndarray, size: int) -> np.ndarray:
     x = torch.from_numpy(np.ascontiguousarray(image)).float().permute(2, 0, 1)[None]
     x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     return x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def is_clip_data(data: str) -> bool:
+    """True for `moving-digits` and for a folder whose class sub-folders hold .mp4 files."""
+    if data == MOVING_DIGITS:
+        return True
+    root = Path(data)
+    return root.is_dir() and any(
+        file.suffix.lower() == ".mp4" for file in root.glob("*/*") if file.is_file()
+    )
+
+
+def class_folders(root: Path) -> list[str]:
+    if not root.is_dir():
+        raise DataError(f"{root} is not a folder (expected one sub-folder per class)")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"{root} has no class sub-folders")
+    return classes
+
+
+def load_clip_folder(
+    path: str | Path, size: int, frames: int
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """RGB uint8 clips (N, frames, size, size, 3), labels and class names from `path/<class>/*`.
+
+    Each .mp4 or .gif keeps its first `frames` frames; a shorter clip is refused by name.
+    """
+    import imageio.v3 as iio
+
+    root = Path(path)
+    classes = class_folders(root)
+    clips, labels = [], []
+    for index, name in enumerate(classes):
+        for file in sorted((root / name).iterdir()):
+            if file.suffix.lower() not in CLIP_SUFFIXES:
+                continue
+            try:
+                video = np.asarray(iio.imread(file, index=None))
+            except Exception as error:  # noqa: BLE001 - report the file, not the codec
+                raise DataError(f"cannot read {file}: {error}") from error
+            if video.ndim == 3 and video.shape[-1] not in (1, 3, 4):
+                video = video[..., None]  # (T, H, W) grey
+            if video.ndim != 4 or len(video) < frames:
+                count = len(video) if video.ndim == 4 else 1
+                raise DataError(f"{file} has {count} frame(s); --frames asks for {frames}")
+            clips.append(np.stack([resize_rgb(frame, size) for frame in video[:frames]]))
+            labels.append(index)
+    if not clips:
+        raise DataError(f"no .mp4 or .gif clips found under {root}")
+    return np.stack(clips), np.asarray(labels, dtype=np.int64), classes
+
+
+def training_clips(
+    data: str, image_size: int | None, frames: int | None, channels: int = 3
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """(uint8 clips (N, T, H, W, C), labels, class count) of `moving-digits` or a clip folder."""
+    if frames is not None and frames < 1:
+        raise SettingError("frames", f"must be at least 1, not {frames}")
+    if data == MOVING_DIGITS:
+        clips, labels = load_moving_digits(frames=frames or MOVING_FRAMES)
+        return clips, labels, 10
+    if image_size is None:
+        raise SettingError("image_size", f"is needed to train on the clip folder {data}")
+    clips, labels, classes = load_clip_folder(data, image_size, frames or MOVING_FRAMES)
+    return (clips[..., :1] if channels == 1 else clips), labels, len(classes)

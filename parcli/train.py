@@ -33,6 +33,7 @@ from parcli.slots import embed_slots, slot_rotary
 from parcli.vq import VQConfig, VQModel, from_pixels
 
 OnStep = Callable[[int, int, float, float], None]
+PRECISIONS = ("fp32", "bf16")
 
 
 class TrainError(UserError, ValueError):
@@ -54,9 +55,13 @@ class TrainRun:
     dataset: str = ""
     command: str | None = None
     warmup: int = 100
+    precision: str = "fp32"  # "bf16": the forward pass under bfloat16 autocast, weights fp32
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out_path", Path(self.out_path))
+        if self.precision not in PRECISIONS:
+            choices = " or ".join(PRECISIONS)
+            raise SettingError("precision", f"must be {choices}, not {self.precision!r}")
         for setting in ("steps", "batch_size"):
             if getattr(self, setting) < 1:
                 raise SettingError(setting, f"must be at least 1, not {getattr(self, setting)}")
@@ -134,7 +139,12 @@ def _run(
             tick = time.perf_counter()
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, steps, run.lr, run.warmup)
-            loss = loss_fn(generator)
+            with torch.autocast(
+                torch.device(run.device).type,
+                dtype=torch.bfloat16,
+                enabled=run.precision == "bf16",
+            ):
+                loss = loss_fn(generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -252,7 +262,13 @@ def train_vq(
             F.l1_loss(recon, x) + F.mse_loss(recon, x) + losses["codebook"] + losses["commitment"]
         )
 
-    extra = {"batch_size": batch_size, "lr": run.lr, "seed": run.seed, "images": len(images)}
+    extra = {
+        "batch_size": batch_size,
+        "lr": run.lr,
+        "seed": run.seed,
+        "images": len(images),
+        "precision": run.precision,
+    }
 
     def save(step: int, seconds: float, loss: float) -> None:
         meta = _metadata("vq", step, seconds, loss, run.dataset, run.command, extra)
@@ -274,6 +290,12 @@ def encode_images(
         x = x.to(vq.post_quant_conv.weight.dtype)
         out.append(vq.encode(x)[1].cpu())
     return torch.cat(out).numpy().astype(np.int64)
+
+
+def encode_clips(vq: VQModel, clips: np.ndarray, device: str = "cpu") -> np.ndarray:
+    """uint8 (N, T, H, W, C) clips -> int64 (N, T, h, w): every frame encoded on its own."""
+    codes = encode_images(vq, clips.reshape(-1, *clips.shape[2:]), device=device)
+    return codes.reshape(*clips.shape[:2], *codes.shape[1:])
 
 
 # ------------------------------------------------------------------------------------------ GPT
@@ -375,7 +397,13 @@ def train_gpt(
         )
         return gpt_loss(model, plan, batch_labels.to(device), seqs[index].to(device), rope, mask)
 
-    extra = {"batch_size": batch_size, "lr": run.lr, "seed": run.seed, "sequences": len(codes)}
+    extra = {
+        "batch_size": batch_size,
+        "lr": run.lr,
+        "seed": run.seed,
+        "sequences": len(codes),
+        "precision": run.precision,
+    }
     if origin:
         extra["init_from"] = origin
 

