@@ -141,6 +141,51 @@ def test_video_gif_mp4_and_folder_show_the_decoded_frames(files, tmp_path):
     assert_user_error(result, "--output: ", "makes videos", ".mp4 or .gif")
 
 
+def test_clips_tile_into_one_video_at_the_asked_rate(files, tmp_path, monkeypatch):
+    import imageio.v3 as iio
+
+    gif = tmp_path / "four.gif"
+    result = generate(files, "-c", 0, "-n", 4, "--fps", 5, "-o", gif, model="gpt4video")
+    assert result.exit_code == 0, result.output
+    assert iio.imread(gif).shape == (2, 16 * 2 + 2, 16 * 2 + 2, 3)  # 2x2 clips, 2 frames
+    assert iio.immeta(gif)["duration"] == 200  # ms a frame at 5 fps
+    monkeypatch.chdir(tmp_path)
+    result = generate(files, "-c", 0, model="gpt4video")  # no -o: a video's default name
+    assert result.exit_code == 0, result.output
+    assert iio.imread(tmp_path / "generated.mp4").shape == (2, 16, 16, 3)
+
+
+def test_image_model_asked_for_a_video_points_at_animate(files, tmp_path):
+    result = generate(files, "-c", 0, "-o", tmp_path / "x.mp4")
+    assert_user_error(result, "--output: ", "makes images", ".png", "--animate x.mp4")
+    result = generate(files, "-c", 0, "--animate", tmp_path / "x.png")
+    assert_user_error(result, "--animate: ")
+
+
+@pytest.mark.parametrize("model, passes", [("gpt1", 64), ("gpt16", 19), ("gpt4video", 35)])
+def test_animate_shows_every_pass_and_ends_on_the_picture(files, tmp_path, model, passes):
+    import imageio.v3 as iio
+
+    still = tmp_path / ("still.gif" if "video" in model else "still.png")
+    anim, with_anim, without = tmp_path / "a.gif", tmp_path / "a.npy", tmp_path / "b.npy"
+    args = ("-c", 3, "--seed", 7)
+    result = generate(files, *args, "-o", still, "--animate", anim, "--save-tokens", with_anim,
+                      model=model)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    result = generate(files, *args, "-o", still, "--save-tokens", without, model=model)
+    assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(np.load(with_anim), np.load(without))
+    frames = iio.imread(anim)[..., :3]
+    assert len(frames) == passes
+    final = iio.imread(still)[..., :3]
+    if "video" in model:  # a film strip of the clip's frames, over 256 colours: GIF rounds
+        final = np.concatenate([final[0], np.zeros((16, 2, 3), np.uint8), final[1]], axis=1)
+        assert np.abs(frames[-1].astype(int) - final).mean() < 8
+    else:  # 256 pixels: the GIF palette holds them exactly
+        np.testing.assert_array_equal(frames[-1], final)
+    assert (frames[0] == 128).mean() > 0.9
+
+
 def test_class_out_of_range(files, tmp_path):
     out = tmp_path / "x.png"
     assert_user_error(generate(files, "-c", 10, "-o", out), "class 10", "0 to 9")

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from parcli.animate import FPS as ANIMATION_FPS
+from parcli.animate import animation_frames
 from parcli.commands.common import (
     CfgScaleOption,
     CompileOption,
@@ -29,6 +31,7 @@ from parcli.engine.devices import resolve
 from parcli.errors import SettingError
 from parcli.io.files import check_writable, is_directory_target
 from parcli.io.media import (
+    CLIP_FPS,
     IMAGE_SUFFIXES,
     TOKEN_SUFFIXES,
     VIDEO_SUFFIXES,
@@ -36,6 +39,7 @@ from parcli.io.media import (
     enlarge,
     save_samples,
     save_tokens,
+    save_video,
 )
 from parcli.load import open_pipeline
 
@@ -70,14 +74,37 @@ def generate(
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
     output: Annotated[
-        str,  # not Path: the trailing '/' of DIR/ matters
+        str | None,  # not Path: the trailing '/' of DIR/ matters
         typer.Option(
-            "--output", "-o", help="x.png (one image, or a grid), DIR/ (one PNG each) or x.mp4."
+            "--output",
+            "-o",
+            help="x.png (one image, or a grid) or DIR/ (one file each); x.mp4 or x.gif for "
+            "video models, the clips side by side. Default generated.png / generated.mp4.",
         ),
-    ] = "generated.png",
+    ] = None,
+    animate: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write x.gif or x.mp4: the picture after each pass, cells still to come "
+            "in gray (at most 120 frames; tokens unchanged).",
+        ),
+    ] = None,
+    fps: Annotated[
+        float | None,
+        typer.Option(
+            min=0.1,
+            max=120,
+            help=f"Frames per second of videos (default {CLIP_FPS:g}) and of --animate "
+            f"(default {ANIMATION_FPS:g}).",
+        ),
+    ] = None,
     save_tokens_to: Annotated[
         Path | None,
-        typer.Option("--save-tokens", help="Also write token ids (images, rows, cols) to a .npy."),
+        typer.Option(
+            "--save-tokens",
+            help="Also write token ids (images, rows, cols) or (clips, frames, rows, cols) "
+            "to a .npy.",
+        ),
     ] = None,
     scale: Annotated[
         int, typer.Option(min=1, max=16, help="Enlarge the written pixels N times (nearest).")
@@ -86,12 +113,15 @@ def generate(
     offline: OfflineOption = False,
     quiet: QuietOption = False,
 ) -> None:
-    """Generate images of the given classes with 1, 4 or 16 PAR regions."""
+    """Generate images (or clips) of the given classes with 1, 4 or 16 PAR regions."""
     with user_errors():
         for setting, value in (("num_samples", num_samples), ("batch_size", batch_size)):
             if value < 1:
                 raise SettingError(setting, f"must be at least 1, not {value}")
-        check_writable(output, IMAGE_SUFFIXES + VIDEO_SUFFIXES, allow_directory=True)
+        if output is not None:
+            check_writable(output, IMAGE_SUFFIXES + VIDEO_SUFFIXES, allow_directory=True)
+        if animate is not None:
+            check_writable(animate, VIDEO_SUFFIXES, setting="animate")
         if save_tokens_to is not None:
             check_writable(save_tokens_to, TOKEN_SUFFIXES, setting="save_tokens")
         torch_device, torch_dtype = resolve(device, dtype)
@@ -101,6 +131,8 @@ def generate(
         pipe = open_pipeline(
             model, regions, torch_device, torch_dtype, checkpoint, tokenizer, compile_model, fetch
         )
+        if output is None:
+            output = "generated.mp4" if pipe.is_video else "generated.png"
         check_output_kind(output, pipe.is_video, pipe.name)
         sampling = pipe.sampling(cfg_scale, temperature, top_k, top_p)
         labels = [c for c in classes for _ in range(num_samples)]
@@ -119,12 +151,19 @@ def generate(
         names = [f"class{label}_s{i % num_samples}" for i, label in enumerate(labels)]
         # Several classes: one row each, so that the samples of a class line up.
         per_row = num_samples if len(classes) > 1 else None
-        save_samples(output, enlarge(pixels, scale), names, pipe.is_video, per_row)
+        pixels = enlarge(pixels, scale)
+        save_samples(output, pixels, names, pipe.is_video, per_row, fps or CLIP_FPS)
+        if animate is not None:
+            frames = animation_frames(pixels, pipe.plan, per_row)
+            save_video(animate, frames, fps or ANIMATION_FPS)
         if not quiet:
             kind = "videos" if pipe.is_video else "images"
             where = f"{len(labels)} files in {output}" if is_directory_target(output) else output
             console.print(
                 f"{len(labels)} {kind} · {pipe.plan.num_passes} passes each · {seconds:.2f} s · "
-                f"{len(labels) / seconds:.2f} images/s -> {where}",
+                f"{len(labels) / seconds:.2f} {kind}/s -> {where}",
                 highlight=False,
+                markup=False,
             )
+            if animate is not None:
+                console.print(f"animation: {len(frames)} frames -> {animate}", markup=False)

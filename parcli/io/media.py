@@ -24,6 +24,8 @@ IMAGE_SUFFIXES = (".png",)
 VIDEO_SUFFIXES = (".mp4", ".gif")
 TOKEN_SUFFIXES = (".npy",)
 
+CLIP_FPS = 8.0
+
 # libx264 with yuv420p works on 16x16 macroblocks; frames are padded (never resized) to this.
 MACRO_BLOCK = 16
 
@@ -121,11 +123,15 @@ def check_output_kind(output: PathLike, video: bool, maker: str = "the model") -
     if is_directory_target(output):
         return
     suffixes = VIDEO_SUFFIXES if video else IMAGE_SUFFIXES
-    if Path(output).suffix.lower() not in suffixes:
+    suffix = Path(output).suffix.lower()
+    if suffix not in suffixes:
         kind = "videos" if video else "images"
+        hint = ""
+        if not video and suffix in VIDEO_SUFFIXES:
+            hint = f" (--animate {Path(output).name} animates how they are generated)"
         raise OutputError(
             f"{maker} makes {kind}; write them to a {' or '.join(suffixes)} file or a folder, "
-            f"not {output}",
+            f"not {output}{hint}",
             "output",
         )
 
@@ -141,6 +147,7 @@ def save_samples(
     names: Sequence[str],
     video: bool,
     ncols: int | None = None,
+    fps: float = CLIP_FPS,
 ) -> list[Path]:
     """Write generated images (N, H, W, C) or videos (N, T, H, W, C) where ``output`` says.
 
@@ -153,8 +160,8 @@ def save_samples(
     if is_directory_target(output):
         directory = _make_directory(output)
         pairs = zip(image_names(names, len(samples), ".mp4"), samples, strict=True)
-        return [save_video(directory / name, clip) for name, clip in pairs]
-    return [save_video(output, samples, ncols=ncols)]
+        return [save_video(directory / name, clip, fps) for name, clip in pairs]
+    return [save_video(output, samples, fps, ncols=ncols)]
 
 
 def save_images(
@@ -220,7 +227,7 @@ def _as_frames(frames: np.ndarray, ncols: int | None, pad: int) -> np.ndarray:
 def save_video(
     path: PathLike,
     frames: np.ndarray,
-    fps: float = 8.0,
+    fps: float = CLIP_FPS,
     *,
     ncols: int | None = None,
     pad: int = 2,
