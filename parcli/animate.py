@@ -72,5 +72,7 @@ def animation_frames(
     video = len(plan.grid) == 3
     passes = shown_passes(plan.num_passes, max_frames)
     # One pass at a time: all frames of full-size images at once would take hundreds of MB.
-    frames = [reveal(pixels, plan, passes[k : k + 1])[0] for k in range(len(passes))]
-    return np.stack([layout(frame, video, ncols) for frame in frames])
+    frames = []
+    for index in range(len(passes)):
+        frames.append(layout(reveal(pixels, plan, passes[index : index + 1])[0], video, ncols))
+    return np.stack(frames)
