@@ -1,10 +1,15 @@
 """`moving-digits`: class-conditional clips of one MNIST digit bouncing around a small canvas.
 
 Moving-MNIST style, but one digit per clip so the class is the digit's. Every clip is drawn
-deterministically from (seed, clip index): the digit's 20x20 box (MNIST digits fit one) starts
-anywhere on a 32x32 black canvas and moves at a constant speed of 1.5 to 3 pixels a frame in any
-direction, bouncing off the walls. Positions are rounded to whole pixels, so every frame shows the
-digit's own pixels, never a resampled copy.
+deterministically from (seed, clip index): the digit's 20x20 box (MNIST digits fit one) starts at
+one of 4x4 places on a 32x32 black canvas and moves STEP = 4 pixels a frame along each axis it
+moves on (one of 8 directions: straight or diagonal), bouncing off the walls.
+
+The step is the tokenizer's stride on purpose. A move by whole token cells turns a frame's codes
+into the previous frame's shifted by one cell, so what a small transformer must learn about
+motion is where to copy from; with sub-cell moves every frame is a new tokenization of the digit,
+and a first attempt with speeds of 1.5 to 3 pixels a frame (MODEL_CARD.md) learned neither the
+digits nor their motion within the training budget.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ import numpy as np
 CANVAS = 32
 PATCH = 20
 FRAMES = 6
-SPEED = (1.5, 3.0)  # pixels a frame
+STEP = 4  # pixels a frame along each moving axis: one cell of the 4x-downsampling tokenizer
+DIRECTIONS = np.array([(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if dr or dc])
 CLIPS_PER_DIGIT = 2
 NAME = "moving-digits"
 
@@ -45,17 +51,17 @@ def bounce(position: np.ndarray, span: int) -> np.ndarray:
 def trajectories(count: int, seed: int, frames: int = FRAMES, span: int = CANVAS - PATCH):
     """(count, frames, 2) integer (row, col) top-left corners of the digit in each frame.
 
-    Clip i's path depends only on (seed, i), so a larger data set starts with the smaller one.
+    Clip i's path depends only on (seed, i), and frame t's place only on t, so a larger data set
+    starts with the smaller one and a longer clip with the shorter one.
     """
     paths = np.empty((count, frames, 2), dtype=np.int64)
     steps = np.arange(frames)[:, None]
+    places = span // STEP + 1
     for index in range(count):
         rng = np.random.default_rng([seed, index])
-        start = rng.uniform(0, span, size=2)
-        angle = rng.uniform(0, 2 * np.pi)
-        speed = rng.uniform(*SPEED)
-        velocity = speed * np.array([np.sin(angle), np.cos(angle)])
-        paths[index] = np.rint(bounce(start + steps * velocity, span)).astype(np.int64)
+        start = rng.integers(0, places, size=2) * STEP
+        velocity = DIRECTIONS[rng.integers(len(DIRECTIONS))] * STEP
+        paths[index] = bounce(start + steps * velocity, span)
     return paths
 
 

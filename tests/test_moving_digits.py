@@ -9,6 +9,7 @@ from parcli.io.media import save_video
 from parcli.moving_digits import (
     CANVAS,
     PATCH,
+    STEP,
     bounce,
     centres_of_mass,
     digit_crops,
@@ -56,9 +57,21 @@ def test_clips_are_deterministic_stay_on_the_canvas_and_move():
     # The whole digit is drawn in every frame: nothing is cut off at a wall.
     totals = clips.sum(axis=(2, 3, 4), dtype=np.int64)
     np.testing.assert_array_equal(totals, np.repeat(totals[:, :1], 7, axis=1))
+    # Every frame moves the digit by one token cell (4 px) along one or both axes.
     steps = np.linalg.norm(np.diff(centres_of_mass(clips), axis=1), axis=-1)
-    assert (steps.max(axis=1) > 1).all()  # every clip moves
-    assert 1.0 < mean_displacement(clips) < 3.5
+    straight, diagonal = np.isclose(steps, STEP), np.isclose(steps, STEP * np.sqrt(2))
+    assert (straight | diagonal).all()
+    assert STEP <= mean_displacement(clips) <= STEP * np.sqrt(2)
+
+
+def test_paths_move_by_whole_cells_and_bounce_inside_the_canvas():
+    paths = trajectories(200, seed=0, frames=9)
+    assert (paths % STEP == 0).all()
+    assert paths.min() == 0 and paths.max() == CANVAS - PATCH
+    moves = np.abs(np.diff(paths, axis=1))
+    assert np.isin(moves, (0, STEP)).all() and (moves.max(axis=-1) == STEP).all()
+    directions = {tuple(np.sign(path[1] - path[0])) for path in paths}
+    assert len(directions) == 8
 
 
 def test_a_longer_clip_starts_with_the_shorter_one():

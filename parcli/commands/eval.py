@@ -83,7 +83,10 @@ def eval_digits(
     offline: OfflineOption = False,
     quiet: QuietOption = False,
 ) -> None:
-    """Score generated digits per n: class accuracy and Fréchet distance of classifier features."""
+    """Score generated digits per n: class accuracy and Fréchet distance of classifier features.
+
+    For a video family (digits-video): per-frame accuracy, clips of one class throughout, and
+    motion against the training clips."""
     from parcli.evaluate import (
         DEFAULT_CLASSIFIER,
         check_settings,
@@ -91,6 +94,7 @@ def eval_digits(
         load_classifier,
         report,
     )
+    from parcli.evaluate_video import evaluate_video, video_report
 
     classifier_path = classifier if classifier is not None else DEFAULT_CLASSIFIER
     with user_errors():
@@ -118,14 +122,21 @@ def eval_digits(
                 status = f"pass {done}/{total}"
                 progress.update(tasks[n], completed=done, total=total, status=status)
 
-            results, baseline = evaluate_against_real(
+            video = any(pipe.is_video for pipe in pipelines.values())
+            evaluate = evaluate_video if video else evaluate_against_real
+            results, baseline = evaluate(
                 pipelines, net, samples_per_class, seed, cfg_scale, batch_size, on_progress
             )
         seconds = time.perf_counter() - started
 
         scales = sorted({p.sampling(cfg_scale).cfg_scale for p in pipelines.values()})
         title = f"{model} · {samples_per_class} samples per class · seed {seed}"
-        print_results(title, results, _caption(info, baseline, scales, torch_device))
+        if video:
+            print_video_results(
+                title, results, _video_caption(info, baseline, scales, torch_device)
+            )
+        else:
+            print_results(title, results, _caption(info, baseline, scales, torch_device))
         if json_path is not None:
             settings = {
                 "command": _command(),
@@ -141,8 +152,9 @@ def eval_digits(
                 "classifier": str(classifier_path),
                 "seconds": round(seconds, 2),
             }
+            write = video_report if video else report
             with atomic_path(json_path, "json") as tmp:
-                tmp.write_text(report(results, info, baseline, settings))
+                tmp.write_text(write(results, info, baseline, settings))
             console.print(f"wrote {escape(str(json_path))}", highlight=False)
 
 
@@ -200,4 +212,38 @@ def _caption(info, baseline, scales: list[float], device: torch.device) -> str:
         f" · real held-out digits ({baseline.samples}): accuracy {100 * baseline.accuracy:.1f}%,"
         f" FD {baseline.frechet_distance:.3g} · FD against the classifier's "
         f"{baseline.reference_count} training digits · cfg {guidance} · {device}"
+    )
+
+
+def print_video_results(title: str, results, caption: str) -> None:
+    """One row per n: per-frame accuracy, consistency, motion, passes and the goals."""
+    table = Table(title=escape(title), caption=caption)
+    headers = ("n", "passes", "frame accuracy", "one class", "motion (px)", "vs training")
+    for header in (*headers, "seconds", "goals"):
+        table.add_column(header, justify="right")
+    for row in results:
+        goal = f"≥{100 * row.accuracy_goal:.0f}%, motion ±50%, {row.planned_passes} passes"
+        mark = "[green]met[/]" if row.passes_goals else "[red]missed[/]"
+        table.add_row(
+            str(row.regions),
+            str(row.passes),
+            f"{100 * row.frame_accuracy:.1f}%",
+            f"{100 * row.consistency:.1f}%",
+            f"{row.motion:.2f}",
+            f"{row.motion_vs_training:.2f}x",
+            f"{row.seconds:.1f}",
+            f"{mark} ({goal})",
+        )
+    console.print(table)
+    if not all(row.passes_goals for row in results):
+        err_console.print("some quality goals were missed", style="yellow")
+
+
+def _video_caption(info, baseline, scales: list[float], device: torch.device) -> str:
+    guidance = ", ".join(f"{s:g}" for s in scales)
+    return (
+        f"classifier: {100 * info.held_out_accuracy:.1f}% on {info.held_out_count} held-out digits"
+        f" · training clips ({baseline.clips}): frame accuracy "
+        f"{100 * baseline.frame_accuracy:.1f}%, one class {100 * baseline.consistency:.1f}%, "
+        f"motion {baseline.motion:.2f} px · cfg {guidance} · {device}"
     )

@@ -1,0 +1,192 @@
+"""Clip quality of a `digits-video` family, per region count n.
+
+Every frame of a generated clip is cut to the 20x20 window around the digit's centre of mass and
+placed where MNIST puts a digit (the middle of a 32x32 canvas), so the shipped digit classifier
+(`parcli.evaluate`) can read it. Reported per n:
+
+* per-frame accuracy: the share of frames the classifier reads as the clip's class;
+* consistency: the share of clips whose every frame is read as one and the same class;
+* motion: the mean distance (pixels) the digit's centre of mass moves from frame to frame, next
+  to the same figure on the training clips, which the generated clips should match within 50 %;
+* passes: forward passes counted while generating, against the plan's first group token by
+  token and then n tokens a pass.
+
+The training clips, scored the same way, are the baseline: what a perfect generator would reach.
+No Typer or Rich here; `parcli.commands.eval` is the command line.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from parcli.evaluate import IMAGE_SIDE, DigitClassifier, check_settings, predict
+from parcli.moving_digits import PATCH, digit_crops, load_moving_digits, mean_displacement
+from parcli.pipeline import Pipeline, PipelineError
+
+ACCURACY_GOALS = {1: 0.90, 4: 0.90, 16: 0.85}
+DEFAULT_ACCURACY_GOAL = 0.85
+MOTION_TOLERANCE = 0.5  # generated motion within 50 % of the training clips'
+BASELINE_CLIPS = 1000
+
+
+@dataclass
+class VideoEvalResult:
+    regions: int
+    passes: int
+    planned_passes: int  # n + (tokens - n) / n, worked out from the grid alone
+    clips: int
+    frames: int
+    frame_accuracy: float
+    per_class_accuracy: list[float]
+    consistency: float
+    motion: float
+    motion_vs_training: float
+    accuracy_goal: float
+    passes_goals: bool
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class VideoBaseline:
+    """The training clips scored like generated ones."""
+
+    clips: int
+    frame_accuracy: float
+    consistency: float
+    motion: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def classifier_view(frames: np.ndarray) -> np.ndarray:
+    """(N, H, W[, 1]) frames -> (N, 32, 32, 1): each digit's window, centred as in MNIST."""
+    crops = digit_crops(frames)
+    border = (IMAGE_SIDE - PATCH) // 2
+    padded = np.pad(crops, ((0, 0), (border, border), (border, border)))
+    return padded[..., None]
+
+
+def clip_scores(
+    classifier: DigitClassifier, clips: np.ndarray, labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(per-frame correctness (N, T), every frame one class (N,)) of grey clips (N, T, H, W, C)."""
+    count, frames = clips.shape[:2]
+    grey = clips.mean(axis=-1, keepdims=True) if clips.shape[-1] != 1 else clips
+    flat = np.asarray(grey, dtype=np.uint8).reshape(count * frames, *clips.shape[2:4])
+    predicted = predict(classifier, classifier_view(flat)).reshape(count, frames)
+    return predicted == labels[:, None], (predicted == predicted[:, :1]).all(axis=1)
+
+
+def training_baseline(
+    classifier: DigitClassifier, frames: int, count: int = BASELINE_CLIPS
+) -> VideoBaseline:
+    clips, labels = load_moving_digits(frames=frames)
+    pick = np.linspace(0, len(clips) - 1, min(count, len(clips))).astype(np.int64)
+    correct, consistent = clip_scores(classifier, clips[pick], labels[pick])
+    return VideoBaseline(
+        clips=len(pick),
+        frame_accuracy=float(correct.mean()),
+        consistency=float(consistent.mean()),
+        motion=mean_displacement(clips[pick]),
+    )
+
+
+def planned_passes(tokens: int, regions: int) -> int:
+    return regions + (tokens - regions) // regions
+
+
+def evaluate_video(
+    pipelines: Mapping[int, Pipeline],
+    classifier: DigitClassifier,
+    samples_per_class: int = 50,
+    seed: int = 0,
+    cfg_scale: float | None = None,
+    batch_size: int = 100,
+    on_progress: Callable[[int, int, int], None] | None = None,
+) -> tuple[list[VideoEvalResult], VideoBaseline]:
+    """Generate `samples_per_class` clips of every class with each pipeline and score them."""
+    check_settings(samples_per_class, batch_size, cfg_scale)
+    classes = classifier.num_classes
+    labels = np.tile(np.arange(classes), samples_per_class)
+    results: list[VideoEvalResult] = []
+    baseline: VideoBaseline | None = None
+    for n in sorted(pipelines):
+        pipe = pipelines[n]
+        if not pipe.is_video or pipe.model.cfg.num_classes != classes:
+            raise PipelineError(f"{pipe.name} is not a digits video model")
+        frames = pipe.plan.grid[0]
+        if baseline is None:
+            baseline = training_baseline(classifier, frames)
+        batches = -(-len(labels) // batch_size)
+        total = pipe.plan.num_passes * batches
+        done = 0
+
+        def advance(_step, n=n, total=total) -> None:
+            nonlocal done
+            done += 1
+            if on_progress is not None:
+                on_progress(n, done, total)
+
+        started = time.perf_counter()
+        tokens = pipe.generate(labels.tolist(), pipe.sampling(cfg_scale), seed, batch_size, advance)
+        clips = pipe.decode(tokens, batch_size)
+        if pipe.device.type == "cuda":
+            torch.cuda.synchronize(pipe.device)
+        seconds = time.perf_counter() - started
+
+        correct, consistent = clip_scores(classifier, clips, labels)
+        motion = mean_displacement(clips)
+        ratio = motion / baseline.motion
+        accuracy = float(correct.mean())
+        goal = ACCURACY_GOALS.get(n, DEFAULT_ACCURACY_GOAL)
+        passes = done // batches
+        planned = planned_passes(pipe.plan.num_tokens, n)
+        results.append(
+            VideoEvalResult(
+                regions=n,
+                passes=passes,
+                planned_passes=planned,
+                clips=len(labels),
+                frames=frames,
+                frame_accuracy=accuracy,
+                per_class_accuracy=[float(correct[labels == c].mean()) for c in range(classes)],
+                consistency=float(consistent.mean()),
+                motion=motion,
+                motion_vs_training=ratio,
+                accuracy_goal=goal,
+                passes_goals=accuracy >= goal
+                and abs(ratio - 1) <= MOTION_TOLERANCE
+                and passes == planned == pipe.plan.num_passes,
+                seconds=seconds,
+            )
+        )
+    assert baseline is not None  # pipelines is never empty here
+    return results, baseline
+
+
+def video_report(
+    results: list[VideoEvalResult],
+    info,
+    baseline: VideoBaseline,
+    settings: Mapping[str, object],
+) -> str:
+    """The JSON text of a clip evaluation."""
+    import json
+
+    document = {
+        "settings": dict(settings),
+        "classifier": asdict(info),
+        "training_baseline": baseline.to_dict(),
+        "rows": [row.to_dict() for row in results],
+        "all_goals_met": all(row.passes_goals for row in results),
+    }
+    return json.dumps(document, indent=2) + "\n"
