@@ -105,7 +105,7 @@ def test_progress_and_summary_line(files, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "pass 19/19" in result.output
-    assert "1 images · 19 passes each" in result.output
+    assert "1 image · 19 passes each" in result.output
 
 
 def test_video_gif_mp4_and_folder_show_the_decoded_frames(files, tmp_path):

@@ -157,11 +157,12 @@ def generate(
             frames = animation_frames(pixels, pipe.plan, per_row)
             save_video(animate, frames, fps or ANIMATION_FPS)
         if not quiet:
-            kind = "videos" if pipe.is_video else "images"
+            kind = "video" if pipe.is_video else "image"
+            count = f"{len(labels)} {kind}" + ("s" if len(labels) != 1 else "")
             where = f"{len(labels)} files in {output}" if is_directory_target(output) else output
             console.print(
-                f"{len(labels)} {kind} · {pipe.plan.num_passes} passes each · {seconds:.2f} s · "
-                f"{len(labels) / seconds:.2f} {kind}/s -> {where}",
+                f"{count} · {pipe.plan.num_passes} passes each · {seconds:.2f} s · "
+                f"{len(labels) / seconds:.2f} {kind}s/s -> {where}",
                 highlight=False,
                 markup=False,
             )

@@ -91,7 +91,11 @@ def list_weights(
             return
         table = Table(title=f"Model weights (cache: {hub.cache_dir()})", title_justify="left")
         for column in ("name", "family", "n", "arch", "download", "licence", "present"):
-            table.add_column(column, justify="right" if column in ("n", "download") else "left")
+            table.add_column(
+                column,
+                justify="right" if column in ("n", "download") else "left",
+                no_wrap=column in ("name", "family"),  # names are typed back: never cut them
+            )
         for entry in entries:
             size = "-" if entry.is_packaged else hub.human_size(entry.approx_size_bytes)
             present = f"[green]yes[/] ({_where(entry)})" if hub.is_present(entry) else "[dim]no[/]"
