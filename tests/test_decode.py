@@ -32,7 +32,10 @@ def greedy_by_full_recompute(model, plan, labels, cfg_scale):
     return plan.to_raster(seq[: labels.shape[0]].numpy())
 
 
-@pytest.mark.parametrize(("n", "grid"), [(1, (8, 8)), (4, (8, 8)), (16, (8, 8)), (4, (2, 4, 4))])
+@pytest.mark.parametrize(
+    ("n", "grid"),
+    [(1, (8, 8)), (4, (8, 8)), (16, (8, 8)), (1, (2, 4, 4)), (4, (2, 4, 4)), (16, (2, 8, 8))],
+)
 @pytest.mark.parametrize("cfg_scale", [1.0, 2.0])
 def test_greedy_decoding_matches_full_recompute(make_model, n, grid, cfg_scale):
     model = make_model(regions=n, grid=grid)
