@@ -67,10 +67,19 @@ def test_all_spec_entries(cat):
 
 def test_families(cat):
     fams = cat.families()
-    assert set(fams) == {"par-xl", "par-xxl", "par-3b", "llamagen-b", "llamagen-l", "digits"}
+    shipped = {"digits", "digits-video"}
+    assert set(fams) == {"par-xl", "par-xxl", "par-3b", "llamagen-b", "llamagen-l", *shipped}
     assert [e.name for e in fams["digits"]] == ["digits-1", "digits-4", "digits-16"]
-    assert all(e.is_packaged and e.package_path.is_file() for e in fams["digits"])
-    assert cat.tokenizer_for("digits-4").package_path.is_file()
+    videos = ["digits-video-1", "digits-video-4", "digits-video-16"]
+    assert [e.name for e in fams["digits-video"]] == videos
+    for family in shipped:
+        for entry in fams[family]:
+            assert entry.is_packaged and entry.package_path.is_file()
+            tokenizer = cat.tokenizer_for(entry.name)
+            for shipped_file in (entry, tokenizer):
+                size = shipped_file.package_path.stat().st_size
+                assert shipped_file.approx_size_bytes == pytest.approx(size, rel=0.01)
+    assert cat.get("digits-video-4").grid == (6, 8, 8)
     assert [e.name for e in fams["par-3b"]] == ["llamagen-3b-384", "par-3b-4x", "par-3b-16x"]
     assert [e.name for e in fams["par-xl"]] == ["llamagen-xl-384", "par-xl-4x"]
     assert [e.name for e in fams["par-xxl"]] == ["llamagen-xxl-384", "par-xxl-4x"]

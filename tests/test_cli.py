@@ -399,3 +399,27 @@ def test_version():
 
     result = run("--version")
     assert result.exit_code == 0 and result.output.strip() == f"parcli {parcli.__version__}"
+
+
+def test_the_shipped_video_family_writes_a_playable_clip(tmp_path):
+    import imageio.v3 as iio
+
+    clip, tokens = tmp_path / "three.mp4", tmp_path / "t.npy"
+    result = run("generate", "--model", "digits-video", "--class", 3, "--regions", 16,
+                 "-o", clip, "--save-tokens", tokens, "--scale", 2)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "1 video · 39 passes each" in result.output
+    assert iio.imread(clip).shape == (6, 64, 64, 3)
+    assert np.load(tokens).shape == (1, 6, 8, 8)
+
+
+def test_bench_times_the_video_family_at_every_n(tmp_path, monkeypatch):
+    report = tmp_path / "bench.json"
+    args = ["bench", "--model", "digits-video", "--regions", "1,4,16", "--repeats", 1,
+            "--warmup", 0, "--no-decode", "--json", report]  # fmt: skip
+    monkeypatch.setattr("sys.argv", ["par", *map(str, args)])
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    rows = {row["regions"]: row for row in json.loads(report.read_text())["rows"]}
+    assert {n: row["passes"] for n, row in rows.items()} == {1: 384, 4: 99, 16: 39}
+    assert rows[1]["speedup_vs_1"] == 1.0 and rows[16]["speedup_vs_1"] > 0
