@@ -229,6 +229,18 @@ def test_par_eval_trains_a_classifier(tmp_path):
     assert info.steps == 3 and info.held_out_count == 500
 
 
+def test_training_a_classifier_never_writes_inside_the_package():
+    from parcli.evaluate import DEFAULT_CLASSIFIER
+
+    before = DEFAULT_CLASSIFIER.read_bytes()
+    result = runner.invoke(eval_app(), ["--train-classifier", "--classifier-steps", "1"])
+    assert result.exit_code == 2 and "--classifier: is needed" in result.output
+    inside = ["--train-classifier", "--classifier", str(DEFAULT_CLASSIFIER)]
+    result = runner.invoke(eval_app(), inside)
+    assert result.exit_code == 2 and "inside the parcli package" in result.output
+    assert DEFAULT_CLASSIFIER.read_bytes() == before
+
+
 def test_par_eval_prints_a_table_and_json(tmp_path, monkeypatch):
     pytest.importorskip("mlxtend")
     from parcli.io.checkpoints import save_checkpoint

@@ -2,10 +2,11 @@
 
 The shipped classifier `parcli/assets/digits/classifier.safetensors` was written by::
 
-    par eval --train-classifier
+    par eval --train-classifier --classifier classifier.safetensors
 
 (1,500 steps, seed 0, on the digits minus 50 held-out per class; its held-out accuracy is stored
-in the file and printed under every table).
+in the file and printed under every table), then copied into `parcli/assets/digits/` by hand:
+`par` itself never writes inside the package.
 """
 
 from __future__ import annotations
@@ -73,8 +74,8 @@ def eval_digits(
         bool,
         typer.Option(
             "--train-classifier",
-            help="Train the digit classifier afresh, write it to --classifier (default: the "
-            "shipped file) and stop.",
+            help="Train the digit classifier afresh, write it to --classifier (needed; never "
+            "inside the package) and stop.",
         ),
     ] = False,
     classifier_steps: Annotated[
@@ -99,6 +100,13 @@ def eval_digits(
     classifier_path = classifier if classifier is not None else DEFAULT_CLASSIFIER
     with user_errors():
         if train_classifier:
+            if classifier is None:
+                raise SettingError(
+                    "classifier",
+                    "is needed with --train-classifier: the file to write (the shipped "
+                    "classifier inside the package is never overwritten)",
+                )
+            _refuse_package_path(classifier)
             _train(classifier_path, classifier_steps, seed, quiet)
             return
         region_list = parse_region_list(regions)
@@ -156,6 +164,15 @@ def eval_digits(
             with atomic_path(json_path, "json") as tmp:
                 tmp.write_text(write(results, info, baseline, settings))
             console.print(f"wrote {escape(str(json_path))}", highlight=False)
+
+
+def _refuse_package_path(path: Path) -> None:
+    """Nothing parcli writes goes inside the installed package."""
+    package = Path(__file__).resolve().parents[1]
+    if path.resolve().is_relative_to(package):
+        raise SettingError(
+            "classifier", f"{path} is inside the parcli package; write the classifier elsewhere"
+        )
 
 
 def _train(path: Path, steps: int, seed: int, quiet: bool) -> None:
