@@ -77,12 +77,21 @@ def load_image_folder(path: str | Path, size: int) -> tuple[np.ndarray, np.ndarr
     return np.stack(images), np.asarray(labels, dtype=np.int64), classes
 
 
+def check_data(data: str) -> None:
+    """Refuse a --data that names no data set and no folder, before anything is loaded."""
+    if data not in ("digits", MOVING_DIGITS) and not Path(data).is_dir():
+        raise DataError(
+            f"{data} is not 'digits', '{MOVING_DIGITS}' or a folder of class sub-folders", "data"
+        )
+
+
 def training_images(
     data: str, image_size: int | None, channels: int = 3, frames: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """(uint8 images (N, H, W, C), labels, class count) of `digits` or of a folder of class
     sub-folders, resized to `image_size` and kept to `channels` (1 or 3). Clip data (see
     `is_clip_data`) gives every frame as one image: what a per-frame tokenizer learns from."""
+    check_data(data)
     if data == "digits":
         images, labels = load_digits()
         return images, labels, 10
@@ -163,6 +172,7 @@ def training_clips(
     data: str, image_size: int | None, frames: int | None, channels: int = 3
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """(uint8 clips (N, T, H, W, C), labels, class count) of `moving-digits` or a clip folder."""
+    check_data(data)
     if frames is not None and frames < 1:
         raise SettingError("frames", f"must be at least 1, not {frames}")
     if data == MOVING_DIGITS:

@@ -11,7 +11,7 @@ from parcli.io.checkpoints import read_checkpoint, read_metadata, save_checkpoin
 from parcli.plan import Plan
 from parcli.slots import embed_slots, slot_rotary
 from parcli.train import TrainError, TrainRun, train_gpt, train_vq
-from parcli.vq import VQConfig
+from parcli.vq import VQConfig, VQModel
 
 
 def grey_vq_config() -> VQConfig:
@@ -178,3 +178,27 @@ def test_load_image_folder(tmp_path):
     assert images.shape == (4, 16, 16, 3) and images.dtype == np.uint8
     assert labels.tolist() == [0, 0, 1, 1]
     assert images[0].min() == images[0].max() == 200
+
+
+def test_bad_data_and_regions_are_refused_before_any_work(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import parcli.train as train_module
+    from parcli.cli import app
+
+    def never(*args, **kwargs):
+        raise AssertionError("training data was encoded")
+
+    monkeypatch.setattr(train_module, "encode_images", never)
+    vq = tmp_path / "vq.safetensors"
+    save_checkpoint(vq, VQModel(grey_vq_config()).state_dict(), "vq", grey_vq_config())
+    out = str(tmp_path / "g.safetensors")
+    runner = CliRunner()
+    for args, fragment in (
+        (["--data", str(tmp_path / "missing")], "--data: "),
+        (["--regions", "3"], "--regions: must be one of 1, 4, 16"),
+    ):
+        result = runner.invoke(app, ["train", "gpt", "--tokenizer", str(vq), "--out", out, *args])
+        assert result.exit_code == 2 and fragment in result.output, result.output
+    result = runner.invoke(app, ["train", "vq", "--out", out, "--data", "nowhere"])
+    assert result.exit_code == 2 and "'digits', 'moving-digits' or a folder" in result.output

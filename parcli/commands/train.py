@@ -12,6 +12,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from parcli.commands.common import command_app, err_console, parse_ints, user_errors
+from parcli.errors import SettingError
 
 app = command_app("train", "Train a VQ tokenizer or a PAR transformer on a small data set.")
 
@@ -142,8 +143,8 @@ def gpt(
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "fp32",
 ) -> None:
     """Train a class-conditional PAR transformer on the tokenizer's codes (images or clips)."""
-    from parcli.config import GPTConfig
-    from parcli.data import is_clip_data, training_clips, training_images
+    from parcli.config import SUPPORTED_REGIONS, GPTConfig
+    from parcli.data import check_data, is_clip_data, training_clips, training_images
     from parcli.io.checkpoints import load_vq
     from parcli.train import TrainRun, encode_clips, encode_images, train_gpt
 
@@ -152,6 +153,10 @@ def gpt(
             steps, batch_size, lr, seed, out, resume, checkpoint_every, device, data,
             _command(), warmup, precision,
         )  # fmt: skip
+        if regions not in SUPPORTED_REGIONS:  # now, not after the data is encoded
+            choices = ", ".join(map(str, SUPPORTED_REGIONS))
+            raise SettingError("regions", f"must be one of {choices}, not {regions}")
+        check_data(data)
         vq_model, _ = load_vq(tokenizer, device)
         channels = vq_model.config.in_channels
         if is_clip_data(data):
