@@ -202,3 +202,18 @@ def test_bad_data_and_regions_are_refused_before_any_work(tmp_path, monkeypatch)
         assert result.exit_code == 2 and fragment in result.output, result.output
     result = runner.invoke(app, ["train", "vq", "--out", out, "--data", "nowhere"])
     assert result.exit_code == 2 and "'digits', 'moving-digits' or a folder" in result.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("command", ["vq", "gpt"])
+def test_training_on_a_missing_gpu_is_one_line(tmp_path, command):
+    from typer.testing import CliRunner
+
+    from parcli.cli import app
+
+    extra = ["--tokenizer", str(tmp_path / "vq.safetensors")] if command == "gpt" else []
+    args = ["train", command, "--out", str(tmp_path / "x.safetensors"), "--device", "cuda"]
+    result = CliRunner().invoke(app, [*args, *extra])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: --device: CUDA was asked for")
+    assert "Traceback" not in result.output

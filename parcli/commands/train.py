@@ -12,6 +12,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from parcli.commands.common import command_app, err_console, parse_ints, user_errors
+from parcli.engine.devices import resolve_device
 from parcli.errors import SettingError
 
 app = command_app("train", "Train a VQ tokenizer or a PAR transformer on a small data set.")
@@ -94,6 +95,7 @@ def vq(
     from parcli.vq import VQConfig, most_norm_groups
 
     with user_errors(OPTIONS):
+        device = str(resolve_device(device))  # a missing GPU is one line, before any work
         run = TrainRun(
             steps, batch_size, lr, seed, out, resume, checkpoint_every, device, data,
             _command(), warmup, precision,
@@ -149,6 +151,7 @@ def gpt(
     from parcli.train import TrainRun, encode_clips, encode_images, train_gpt
 
     with user_errors(OPTIONS):
+        device = str(resolve_device(device))  # a missing GPU is one line, before any work
         run = TrainRun(
             steps, batch_size, lr, seed, out, resume, checkpoint_every, device, data,
             _command(), warmup, precision,
