@@ -302,3 +302,29 @@ def test_sampling_defaults_come_from_the_sampling_table_unless_an_entry_sets_its
 def test_the_published_entries_sample_as_the_reference_fid_protocol(cat):
     for entry in cat.entries("gpt"):
         assert (entry.temperature, entry.top_k, entry.top_p) == (1.0, 0, 1.0), entry.name
+
+
+@pytest.mark.parametrize(
+    ("repo", "file", "field"),
+    [
+        ("x/y", "../../../../victim.txt", "file"),
+        ("x/y", "/etc/passwd", "file"),
+        ("x/y", "a\\\\..\\\\b.pt", "file"),
+        ("../y", "g.pt", "repo"),
+        ("x/..", "g.pt", "repo"),
+        ("x", "g.pt", "repo"),
+        ("x/y/z", "g.pt", "repo"),
+    ],
+)
+def test_repo_and_file_cannot_lead_out_of_the_cache(tmp_path, repo, file, field):
+    text = PACKAGED.replace(
+        'path = "assets/tiny/vq.safetensors"', f'repo = "{repo}"\nfile = "{file}"'
+    )
+    with pytest.raises(CatalogueError, match=f"'tiny-vq': field '{field}'"):
+        Catalogue.load(_write(tmp_path, text.replace("{sha}", "cd" * 32)))
+
+
+def test_a_file_in_a_repository_folder_is_fine(tmp_path):
+    text = PACKAGED.replace('path = "assets/tiny/vq.safetensors"', 'repo = "x/y"\nfile = "a/b.pt"')
+    cat = Catalogue.load(_write(tmp_path, text.replace("{sha}", "cd" * 32)))
+    assert cat.get("tiny-vq").url.endswith("/x/y/resolve/main/a/b.pt")

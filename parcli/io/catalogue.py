@@ -117,6 +117,9 @@ _REQUIRED = {
 }
 
 
+_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
 def _entry_from_table(name: str, table: Any) -> Entry:
     where = f"weights.toml entry {name!r}"
     if not _NAME_RE.match(name):
@@ -154,6 +157,12 @@ def _entry_from_table(name: str, table: Any) -> Entry:
         for key in ("repo", "file"):
             if key not in data:
                 raise CatalogueError(f"{where}: missing field {key!r} (or give a packaged 'path')")
+        # Both become parts of paths in the download cache: nothing may lead out of it.
+        if not _REPO_RE.match(data["repo"]) or ".." in data["repo"]:
+            raise CatalogueError(f"{where}: field 'repo' must be owner/name, like the hub's")
+        file = PurePosixPath(data["file"])
+        if file.is_absolute() or ".." in file.parts or "\\" in data["file"] or not file.parts:
+            raise CatalogueError(f"{where}: field 'file' must be a path inside the repository")
         if "url" not in data:
             data["url"] = HF_URL.format(repo=data["repo"], file=data["file"])
         elif not data["url"].startswith("https://"):
