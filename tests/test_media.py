@@ -163,3 +163,23 @@ def test_tokens_reject_floats_and_bad_suffix(tmp_path):
         save_tokens(tmp_path / "t.npy", np.zeros(3, np.float32))
     with pytest.raises(OutputError):
         save_tokens(tmp_path / "t.txt", np.zeros(3, np.int32))
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".jpeg", ".webp"])
+def test_lossy_stills_read_back_close_to_the_pixels(tmp_path, suffix):
+    import imageio.v3 as iio
+
+    from parcli.io.media import save_image
+
+    ramp = np.tile(np.linspace(0, 255, 48).astype(np.uint8), (48, 1))
+    image = np.stack([ramp, ramp.T, np.full_like(ramp, 128)], axis=-1)
+    path = save_image(tmp_path / f"x{suffix}", image)
+    back = iio.imread(path)[..., :3].astype(int)
+    assert back.shape == (48, 48, 3) and np.abs(back - image).mean() < 3
+
+
+def test_unknown_still_suffix_lists_what_can_be_written(tmp_path):
+    from parcli.io.media import save_image
+
+    with pytest.raises(OutputError, match=r"\.png, \.jpg, \.jpeg, \.webp"):
+        save_image(tmp_path / "x.bmp", np.zeros((4, 4), np.uint8))

@@ -78,8 +78,8 @@ def generate(
         typer.Option(
             "--output",
             "-o",
-            help="x.png (one image, or a grid) or DIR/ (one file each); x.mp4 or x.gif for "
-            "video models, the clips side by side. Default generated.png / generated.mp4.",
+            help="x.png, .jpg or .webp (one image, or a grid) or DIR/ (one file each); x.mp4 "
+            "or x.gif for video models, the clips side by side. Default generated.png / .mp4.",
         ),
     ] = None,
     animate: Annotated[

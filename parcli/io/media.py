@@ -20,7 +20,8 @@ from parcli.io.files import (
     is_directory_target,
 )
 
-IMAGE_SUFFIXES = (".png",)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+LOSSY_QUALITY = 95  # JPEG and WebP: near the eye's limit; PNG is the lossless choice
 VIDEO_SUFFIXES = (".mp4", ".gif")
 TOKEN_SUFFIXES = (".npy",)
 
@@ -47,13 +48,30 @@ def _as_image(image: np.ndarray) -> np.ndarray:
 
 def save_png(path: PathLike, image: np.ndarray) -> Path:
     """Write one uint8 image (HxW, HxWx1, HxWx3 or HxWx4) as PNG, atomically."""
+    if Path(path).suffix.lower() != ".png":
+        raise OutputError(f"cannot write {path}: expected a .png file name")
+    return save_image(path, image)
+
+
+def save_image(path: PathLike, image: np.ndarray) -> Path:
+    """Write one uint8 image as PNG (lossless), JPEG or WebP (quality 95) by its suffix,
+    atomically. JPEG has no alpha channel, so an RGBA image loses it there."""
     import imageio.v3 as iio
 
     pixels = _as_image(image)
     target = Path(path)
-    if target.suffix.lower() != ".png":
-        raise OutputError(f"cannot write {target}: expected a .png file name")
-    return atomic_write(target, lambda tmp: iio.imwrite(tmp, pixels, extension=".png"))
+    suffix = target.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise OutputError(
+            f"cannot write {target}: still images are {', '.join(IMAGE_SUFFIXES)} files"
+        )
+    if suffix == ".png":
+        return atomic_write(target, lambda tmp: iio.imwrite(tmp, pixels, extension=".png"))
+    if suffix in (".jpg", ".jpeg") and pixels.ndim == 3 and pixels.shape[2] == 4:
+        pixels = np.ascontiguousarray(pixels[..., :3])
+    return atomic_write(
+        target, lambda tmp: iio.imwrite(tmp, pixels, extension=suffix, quality=LOSSY_QUALITY)
+    )
 
 
 def make_grid(
@@ -188,9 +206,9 @@ def save_images(
         return [save_png(directory / name, image) for name, image in pairs]
     target = check_writable(output, IMAGE_SUFFIXES)
     if len(stack) == 1:
-        return [save_png(target, stack[0])]
+        return [save_image(target, stack[0])]
     squeezed = np.stack([_as_image(image) for image in stack])
-    return [save_png(target, make_grid(squeezed, ncols=ncols, pad=pad))]
+    return [save_image(target, make_grid(squeezed, ncols=ncols, pad=pad))]
 
 
 # ---------------------------------------------------------------------- video
