@@ -347,6 +347,45 @@ def evaluate_against_real(
     return results, baseline
 
 
+@dataclass
+class _PassCounter:
+    """Counts the passes of one n's generation and reports them to `on_progress`."""
+
+    regions: int
+    total: int
+    on_progress: Callable[[int, int, int], None] | None
+    done: int = 0
+
+    def __call__(self, _step) -> None:
+        self.done += 1
+        if self.on_progress is not None:
+            self.on_progress(self.regions, self.done, self.total)
+
+
+def generate_samples(
+    pipe: Pipeline,
+    regions: int,
+    labels: np.ndarray,
+    seed: int,
+    cfg_scale: float | None,
+    batch_size: int,
+    on_progress: Callable[[int, int, int], None] | None = None,
+) -> tuple[np.ndarray, int, float]:
+    """(pixels, passes run per batch, seconds) of `labels` generated and decoded by `pipe`.
+
+    `on_progress(regions, passes done, passes total)` follows generation; the seconds cover
+    generation and decoding, the device included.
+    """
+    batches = -(-len(labels) // batch_size)
+    counter = _PassCounter(regions, pipe.plan.num_passes * batches, on_progress)
+    started = time.perf_counter()
+    tokens = pipe.generate(labels.tolist(), pipe.sampling(cfg_scale), seed, batch_size, counter)
+    pixels = pipe.decode(tokens, batch_size)
+    if pipe.device.type == "cuda":
+        torch.cuda.synchronize(pipe.device)
+    return pixels, counter.done // batches, time.perf_counter() - started
+
+
 def evaluate(
     pipelines: Mapping[int, Pipeline],
     classifier: DigitClassifier,
@@ -378,23 +417,10 @@ def evaluate(
                 f"{pipe.name} knows {pipe.model.cfg.num_classes} classes but the classifier "
                 f"{classes}; evaluation needs a digits model"
             )
-        sampling = pipe.sampling(cfg_scale)
         passes = pipe.plan.num_passes
-        total = passes * -(-len(labels) // batch_size)
-        done = 0
-
-        def advance(_step, n=n, total=total) -> None:
-            nonlocal done
-            done += 1
-            if on_progress is not None:
-                on_progress(n, done, total)
-
-        started = time.perf_counter()
-        tokens = pipe.generate(labels.tolist(), sampling, seed, batch_size, advance)
-        pixels = pipe.decode(tokens, batch_size)
-        if pipe.device.type == "cuda":
-            torch.cuda.synchronize(pipe.device)
-        seconds = time.perf_counter() - started
+        pixels, _, seconds = generate_samples(
+            pipe, n, labels, seed, cfg_scale, batch_size, on_progress
+        )
 
         predicted = predict(classifier, pixels)
         correct = predicted == labels

@@ -17,14 +17,12 @@ No Typer or Rich here; `parcli.commands.eval` is the command line.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
 
-from parcli.evaluate import IMAGE_SIDE, DigitClassifier, check_settings, predict
+from parcli.evaluate import IMAGE_SIDE, DigitClassifier, check_settings, generate_samples, predict
 from parcli.moving_digits import PATCH, digit_crops, load_moving_digits, mean_displacement
 from parcli.pipeline import Pipeline, PipelineError
 
@@ -126,29 +124,15 @@ def evaluate_video(
         frames = pipe.plan.grid[0]
         if baseline is None:
             baseline = training_baseline(classifier, frames)
-        batches = -(-len(labels) // batch_size)
-        total = pipe.plan.num_passes * batches
-        done = 0
-
-        def advance(_step, n=n, total=total) -> None:
-            nonlocal done
-            done += 1
-            if on_progress is not None:
-                on_progress(n, done, total)
-
-        started = time.perf_counter()
-        tokens = pipe.generate(labels.tolist(), pipe.sampling(cfg_scale), seed, batch_size, advance)
-        clips = pipe.decode(tokens, batch_size)
-        if pipe.device.type == "cuda":
-            torch.cuda.synchronize(pipe.device)
-        seconds = time.perf_counter() - started
+        clips, passes, seconds = generate_samples(
+            pipe, n, labels, seed, cfg_scale, batch_size, on_progress
+        )
 
         correct, consistent = clip_scores(classifier, clips, labels)
         motion = mean_displacement(clips)
         ratio = motion / baseline.motion
         accuracy = float(correct.mean())
         goal = ACCURACY_GOALS.get(n, DEFAULT_ACCURACY_GOAL)
-        passes = done // batches
         planned = planned_passes(pipe.plan.num_tokens, n)
         results.append(
             VideoEvalResult(
