@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -57,24 +58,40 @@ def load_image_folder(path: str | Path, size: int) -> tuple[np.ndarray, np.ndarr
 
     Class indices follow the sorted sub-folder names.
     """
+    images, labels, classes = _read_class_folder(
+        path, IMAGE_SUFFIXES, lambda file, pixels: resize_rgb(pixels, size), "images"
+    )
+    return images, labels, classes
+
+
+def _read_class_folder(
+    path: str | Path,
+    suffixes: set[str],
+    convert: Callable[[Path, np.ndarray], np.ndarray],
+    what: str,
+    read_all_frames: bool = False,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(stacked `convert(file, pixels)` of every file with one of `suffixes`, int64 labels, class
+    names) from `path/<class>/*`; an unreadable file is refused by name."""
     import imageio.v3 as iio
 
     root = Path(path)
     classes = class_folders(root)
-    images, labels = [], []
+    items, labels = [], []
     for index, name in enumerate(classes):
         for file in sorted((root / name).iterdir()):
-            if file.suffix.lower() not in IMAGE_SUFFIXES:
+            if file.suffix.lower() not in suffixes:
                 continue
             try:
-                image = np.asarray(iio.imread(file))
+                options = {"index": None} if read_all_frames else {}
+                pixels = np.asarray(iio.imread(file, **options))
             except Exception as error:  # noqa: BLE001 - report the file, not the codec
                 raise DataError(f"cannot read {file}: {error}") from error
-            images.append(resize_rgb(image, size))
+            items.append(convert(file, pixels))
             labels.append(index)
-    if not images:
-        raise DataError(f"no images found under {root}")
-    return np.stack(images), np.asarray(labels, dtype=np.int64), classes
+    if not items:
+        raise DataError(f"no {what} found under {root}")
+    return np.stack(items), np.asarray(labels, dtype=np.int64), classes
 
 
 def check_data(data: str) -> None:
@@ -143,29 +160,18 @@ def load_clip_folder(
 
     Each .mp4 or .gif keeps its first `frames` frames; a shorter clip is refused by name.
     """
-    import imageio.v3 as iio
 
-    root = Path(path)
-    classes = class_folders(root)
-    clips, labels = [], []
-    for index, name in enumerate(classes):
-        for file in sorted((root / name).iterdir()):
-            if file.suffix.lower() not in CLIP_SUFFIXES:
-                continue
-            try:
-                video = np.asarray(iio.imread(file, index=None))
-            except Exception as error:  # noqa: BLE001 - report the file, not the codec
-                raise DataError(f"cannot read {file}: {error}") from error
-            if video.ndim == 3 and video.shape[-1] not in (1, 3, 4):
-                video = video[..., None]  # (T, H, W) grey
-            if video.ndim != 4 or len(video) < frames:
-                count = len(video) if video.ndim == 4 else 1
-                raise DataError(f"{file} has {count} frame(s); --frames asks for {frames}")
-            clips.append(np.stack([resize_rgb(frame, size) for frame in video[:frames]]))
-            labels.append(index)
-    if not clips:
-        raise DataError(f"no .mp4 or .gif clips found under {root}")
-    return np.stack(clips), np.asarray(labels, dtype=np.int64), classes
+    def first_frames(file: Path, video: np.ndarray) -> np.ndarray:
+        if video.ndim == 3 and video.shape[-1] not in (1, 3, 4):
+            video = video[..., None]  # (T, H, W) grey
+        if video.ndim != 4 or len(video) < frames:
+            count = len(video) if video.ndim == 4 else 1
+            raise DataError(f"{file} has {count} frame(s); --frames asks for {frames}")
+        return np.stack([resize_rgb(frame, size) for frame in video[:frames]])
+
+    return _read_class_folder(
+        path, CLIP_SUFFIXES, first_frames, ".mp4 or .gif clips", read_all_frames=True
+    )
 
 
 def training_clips(
