@@ -200,25 +200,37 @@ def _train(path: Path, steps: int, seed: int, quiet: bool) -> None:
 
 def print_results(title: str, results, caption: str) -> None:
     """One row per n: accuracy, distance, time and whether the goals are met."""
-    table = Table(title=escape(title), caption=caption)
-    for header in ("n", "passes", "accuracy", "Fréchet distance", "FD vs n=1", "seconds", "goals"):
-        table.add_column(header, justify="right")
+    rows = []
     for row in results:
         goal = f"≥{100 * row.accuracy_goal:.0f}%"
         if row.fd_goal is not None:
             goal += f", FD ≤{row.fd_goal:.1f}x"
-        mark = "[green]met[/]" if row.passes_goals else "[red]missed[/]"
-        table.add_row(
+        cells = (
             str(row.regions),
             str(row.passes),
             f"{100 * row.accuracy:.1f}%",
             f"{row.frechet_distance:.3g}",
             f"{row.fd_vs_n1:.2f}x" if row.fd_vs_n1 is not None else "–",
             f"{row.seconds:.1f}",
-            f"{mark} ({goal})",
         )
+        rows.append((cells, goal, row.passes_goals))
+    headers = ("n", "passes", "accuracy", "Fréchet distance", "FD vs n=1", "seconds")
+    _print_goal_table(title, caption, headers, rows)
+
+
+def _print_goal_table(
+    title: str, caption: str, headers: tuple[str, ...], rows: list[tuple[tuple, str, bool]]
+) -> None:
+    """A right-aligned table of (cells, goal, met) rows with a goals column, and a warning
+    below it when a goal was missed."""
+    table = Table(title=escape(title), caption=caption)
+    for header in (*headers, "goals"):
+        table.add_column(header, justify="right")
+    for cells, goal, met in rows:
+        mark = "[green]met[/]" if met else "[red]missed[/]"
+        table.add_row(*cells, f"{mark} ({goal})")
     console.print(table)
-    if not all(row.passes_goals for row in results):
+    if not all(met for _, _, met in rows):
         err_console.print("some quality goals were missed", style="yellow")
 
 
@@ -234,14 +246,10 @@ def _caption(info, baseline, scales: list[float], device: torch.device) -> str:
 
 def print_video_results(title: str, results, caption: str) -> None:
     """One row per n: per-frame accuracy, consistency, motion, passes and the goals."""
-    table = Table(title=escape(title), caption=caption)
-    headers = ("n", "passes", "frame accuracy", "one class", "motion (px)", "vs training")
-    for header in (*headers, "seconds", "goals"):
-        table.add_column(header, justify="right")
+    rows = []
     for row in results:
         goal = f"≥{100 * row.accuracy_goal:.0f}%, motion ±50%, {row.planned_passes} passes"
-        mark = "[green]met[/]" if row.passes_goals else "[red]missed[/]"
-        table.add_row(
+        cells = (
             str(row.regions),
             str(row.passes),
             f"{100 * row.frame_accuracy:.1f}%",
@@ -249,11 +257,10 @@ def print_video_results(title: str, results, caption: str) -> None:
             f"{row.motion:.2f}",
             f"{row.motion_vs_training:.2f}x",
             f"{row.seconds:.1f}",
-            f"{mark} ({goal})",
         )
-    console.print(table)
-    if not all(row.passes_goals for row in results):
-        err_console.print("some quality goals were missed", style="yellow")
+        rows.append((cells, goal, row.passes_goals))
+    headers = ("n", "passes", "frame accuracy", "one class", "motion (px)", "vs training")
+    _print_goal_table(title, caption, (*headers, "seconds"), rows)
 
 
 def _video_caption(info, baseline, scales: list[float], device: torch.device) -> str:
