@@ -8,6 +8,7 @@ import typer
 
 from parcli import __version__
 from parcli.commands.bench import bench
+from parcli.commands.classes import classes_command
 from parcli.commands.common import command_app
 from parcli.commands.convert import convert_weights
 from parcli.commands.eval import eval_digits
@@ -41,6 +42,7 @@ def root(
 
 
 app.command()(generate)
+app.command("classes")(classes_command)
 app.command("convert-weights")(convert_weights)
 app.command()(bench)
 app.command()(sample)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from parcli.classes import IMAGENET, ClassSet, class_set
 from parcli.errors import SettingError
 from parcli.io import hub
 from parcli.io.catalogue import Entry, load_catalogue
@@ -57,6 +58,14 @@ def model_files(
     paths = fetch(wanted)
     tokenizer = tokenizer or paths[catalogue.tokenizer_for(entry).name]
     return ModelFiles(entry.name, paths[entry.name], tokenizer, entry_sampling(entry))
+
+
+def catalogue_class_set(model: str | None, regions: int | None) -> ClassSet:
+    """The class names of a catalogue model (the default family without one), from the
+    catalogue alone: nothing is downloaded."""
+    catalogue = load_catalogue()
+    entry = catalogue.resolve(model, regions) if model else catalogue.default(regions)
+    return class_set(entry.classes or IMAGENET)
 
 
 def entry_sampling(entry: Entry) -> SamplingConfig:

@@ -247,6 +247,7 @@ def test_url_is_derived_when_omitted(tmp_path):
         ("regions = 4", "regions = 8", "'tiny-4x': field 'regions' must be one of"),
         ("regions = 4", 'regions = "4"', "'tiny-4x': field 'regions' must be an integer"),
         ("regions = 4", "regoins = 4", "'tiny-4x': unknown field 'regoins'"),
+        ("regions = 4", 'regions = 4\nclasses = "cifar"', "'classes' must be one of imagenet-1k"),
         ('path = "assets/tiny/gpt-1x', 'path = "../gpt-1x', "'tiny-1x': field 'path'"),
         ("grid = [8, 8]\nregions = 4", "grid = [8]\nregions = 4", "'tiny-4x': field 'grid'"),
         ('tokenizer = "tiny-vq"\ncfg_scale = 1.5', 'tokenizer = "x"\ncfg_scale = 1.5', "'x'"),

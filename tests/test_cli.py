@@ -66,18 +66,12 @@ def test_generate_grid_png_and_tokens(files, tmp_path):
 
 
 @pytest.mark.parametrize("model", ["gpt1", "gpt4", "gpt16"])
-def test_directory_output_one_png_each_in_generation_order(files, tmp_path, model):
+def test_directory_output_one_png_each_named_by_class(files, tmp_path, model):
     out = tmp_path / "samples"
     result = generate(files, "-c", 7, "-c", 2, "-n", 2, "-o", f"{out}/", model=model)
     assert result.exit_code == 0, result.output
     names = sorted(p.name for p in out.iterdir())
-    assert len(names) == 4
-    assert [n.split("_", 1)[1] for n in names] == [
-        "class7_s0.png",
-        "class7_s1.png",
-        "class2_s0.png",
-        "class2_s1.png",
-    ]
+    assert names == ["2-s0000.png", "2-s0001.png", "7-s0000.png", "7-s0001.png"]
 
 
 def test_same_seed_same_tokens(files, tmp_path):
@@ -136,7 +130,7 @@ def test_video_gif_mp4_and_folder_show_the_decoded_frames(files, tmp_path):
     folder = tmp_path / "clips"
     result = generate(files, "-c", 0, "-n", 2, "-o", f"{folder}/", model="gpt4video")
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in folder.iterdir()) == ["0000_class0_s0.mp4", "0001_class0_s1.mp4"]
+    assert sorted(p.name for p in folder.iterdir()) == ["0-s0000.mp4", "0-s0001.mp4"]
     result = generate(files, "-c", 0, "-o", tmp_path / "still.png", model="gpt4video")
     assert_user_error(result, "--output: ", "makes videos", ".mp4 or .gif")
 

@@ -7,6 +7,7 @@ import pytest
 
 from parcli.io.files import OutputError
 from parcli.io.media import (
+    image_names,
     make_grid,
     save_images,
     save_png,
@@ -77,15 +78,15 @@ def test_save_images_single_and_grid(tmp_path):
     assert _listing(tmp_path) == ["grid.png", "one.png"]
 
 
-def test_save_images_directory_mode_sorts_in_order(tmp_path):
+def test_save_images_directory_mode_names_each_file(tmp_path):
     count = 12
     images = _random_images(count, 4, 4)
-    labels = [f"class{(7 * i) % 5}_s{i}" for i in range(count)]
+    labels = [f"{(7 * i) % 5}-s{i:04d}" for i in range(count)]
     out = tmp_path / "samples"
     paths = save_images(str(out) + "/", images, labels)
     assert [p.parent for p in paths] == [out] * count
-    assert paths[0].name == "0000_class0_s0.png"
-    assert _listing(out) == [p.name for p in paths]  # sorted order == generation order
+    assert [p.name for p in paths] == [f"{label}.png" for label in labels]
+    assert _listing(out) == sorted(p.name for p in paths)
     for path, image in zip(paths, images, strict=True):
         np.testing.assert_array_equal(iio.imread(path), image)
 
@@ -93,8 +94,15 @@ def test_save_images_directory_mode_sorts_in_order(tmp_path):
 def test_save_images_existing_directory_and_grayscale(tmp_path):
     images = _random_images(2, 5, 6, 1)
     paths = save_images(tmp_path, images, ["x/y", "z"])
-    assert [p.name for p in paths] == ["0000_x_y.png", "0001_z.png"]
+    assert [p.name for p in paths] == ["x_y.png", "z.png"]
     assert iio.imread(paths[1]).shape == (5, 6)
+
+
+def test_folder_names_without_stems_sort_in_generation_order():
+    assert image_names(None, 3) == ["0000.png", "0001.png", "0002.png"]
+    assert image_names(None, 10001, ".mp4")[-1] == "10000.mp4"
+    with pytest.raises(ValueError, match="differ"):
+        image_names(["a/b", "a_b"], 2)
 
 
 def test_save_images_missing_parent(tmp_path):

@@ -10,6 +10,7 @@ import typer
 
 from parcli.animate import FPS as ANIMATION_FPS
 from parcli.animate import animation_frames
+from parcli.classes import ClassSet, class_set_of_size, resolve_classes
 from parcli.commands.common import (
     CfgScaleOption,
     CompileOption,
@@ -41,12 +42,18 @@ from parcli.io.media import (
     save_tokens,
     save_video,
 )
-from parcli.load import open_pipeline
+from parcli.load import catalogue_class_set, open_pipeline
 
 
 def generate(
     classes: Annotated[
-        list[int], typer.Option("--class", "-c", help="Class label; repeat for several classes.")
+        list[str],
+        typer.Option(
+            "--class",
+            "-c",
+            help='Class id or name (207, "golden retriever"; see `par classes`); repeat for '
+            "several classes.",
+        ),
     ],
     model: Annotated[
         str | None,
@@ -127,15 +134,21 @@ def generate(
         torch_device, torch_dtype = resolve(device, dtype)
         if not quiet:
             warn_if_emulated(torch_device, torch_dtype)
+        # Names are looked up before any download, where the catalogue says the class set.
+        names = None if checkpoint is not None else catalogue_class_set(model, regions)
+        class_ids = resolve_classes(classes, names) if names is not None else None
         fetch = model_fetcher(offline, quiet)
         pipe = open_pipeline(
             model, regions, torch_device, torch_dtype, checkpoint, tokenizer, compile_model, fetch
         )
+        if class_ids is None:
+            names = class_set_of_size(pipe.model.cfg.num_classes)
+            class_ids = resolve_classes(classes, names)
         if output is None:
             output = "generated.mp4" if pipe.is_video else "generated.png"
         check_output_kind(output, pipe.is_video, pipe.name)
         sampling = pipe.sampling(cfg_scale, temperature, top_k, top_p)
-        labels = [c for c in classes for _ in range(num_samples)]
+        labels = [c for c in class_ids for _ in range(num_samples)]
         pipe.check_labels(labels)
 
         started = time.perf_counter()
@@ -148,11 +161,11 @@ def generate(
 
         if save_tokens_to is not None:
             save_tokens(save_tokens_to, tokens.cpu().numpy())
-        names = [f"class{label}_s{i % num_samples}" for i, label in enumerate(labels)]
         # Several classes: one row each, so that the samples of a class line up.
-        per_row = num_samples if len(classes) > 1 else None
+        per_row = num_samples if len(class_ids) > 1 else None
         pixels = enlarge(pixels, scale)
-        save_samples(output, pixels, names, pipe.is_video, per_row, fps or CLIP_FPS)
+        stems = sample_stems(labels, names)
+        save_samples(output, pixels, stems, pipe.is_video, per_row, fps or CLIP_FPS)
         if animate is not None:
             frames = animation_frames(pixels, pipe.plan, per_row)
             save_video(animate, frames, fps or ANIMATION_FPS)
@@ -168,3 +181,15 @@ def generate(
             )
             if animate is not None:
                 console.print(f"animation: {len(frames)} frames -> {animate}", markup=False)
+
+
+def sample_stems(labels: list[int], names: ClassSet | None) -> list[str]:
+    """File names of a run's samples: class id, class name, and the sample's number within its
+    class over the whole run ("207-golden-retriever-s0000"), so repeated classes never collide."""
+    seen: dict[int, int] = {}
+    stems = []
+    for label in labels:
+        number = seen[label] = seen.get(label, -1) + 1
+        slug = names.slug(label) if names is not None else ""
+        stems.append("-".join([str(label), *([slug] if slug else []), f"s{number:04d}"]))
+    return stems

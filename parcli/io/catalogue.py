@@ -24,6 +24,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
+from parcli.classes import CLASS_SETS, IMAGENET
 from parcli.config import CHECKPOINT_KINDS, SUPPORTED_REGIONS
 from parcli.errors import UserError
 
@@ -63,6 +64,7 @@ class Entry:
     approx_size_bytes: int | None = None
     sha256: str | None = None
     notes: str | None = None
+    classes: str | None = None  # gpt only: the class set of its labels (default ImageNet-1k)
 
     @property
     def is_packaged(self) -> bool:
@@ -108,6 +110,7 @@ _FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "approx_size_bytes": ((int,), "an integer"),
     "sha256": ((str,), "a string"),
     "notes": ((str,), "a string"),
+    "classes": ((str,), "a string"),
 }
 # Sampling settings the [sampling] table gives every transformer that sets none of its own.
 SAMPLING_FIELDS = ("temperature", "top_k", "top_p")
@@ -189,6 +192,8 @@ def _entry_from_table(name: str, table: Any) -> Entry:
         data["sha256"] = data["sha256"].lower()
         if not _SHA256_RE.match(data["sha256"]):
             raise CatalogueError(f"{where}: field 'sha256' must be 64 hexadecimal digits")
+    if data.get("classes", IMAGENET) not in CLASS_SETS:
+        raise CatalogueError(f"{where}: field 'classes' must be one of {', '.join(CLASS_SETS)}")
     if "family" in data and not _NAME_RE.match(data["family"]):
         raise CatalogueError(f"{where}: field 'family' must be a lower-case name")
     return Entry(name=name, **data)

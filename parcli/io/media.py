@@ -112,17 +112,17 @@ def make_grid(
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def image_names(labels: Sequence[str] | None, count: int, suffix: str = ".png") -> list[str]:
-    """File names that sort in generation order: a zero-padded index, then the label."""
-    if labels is not None and len(labels) != count:
-        raise ValueError(f"got {len(labels)} names for {count} images")
-    width = max(4, len(str(count - 1)))
-    names = []
-    for index in range(count):
-        label = _UNSAFE.sub("_", labels[index]).strip("._") if labels is not None else ""
-        names.append(
-            f"{index:0{width}d}_{label}{suffix}" if label else f"{index:0{width}d}{suffix}"
-        )
+def image_names(stems: Sequence[str] | None, count: int, suffix: str = ".png") -> list[str]:
+    """File names of a folder output: the stems made safe for any file system, or, without
+    stems, a zero-padded index that sorts in generation order."""
+    if stems is None:
+        width = max(4, len(str(count - 1)))
+        return [f"{index:0{width}d}{suffix}" for index in range(count)]
+    if len(stems) != count:
+        raise ValueError(f"got {len(stems)} names for {count} images")
+    names = [(_UNSAFE.sub("_", stem).strip("._") or "sample") + suffix for stem in stems]
+    if len(set(names)) != count:
+        raise ValueError("file names must differ from one another")
     return names
 
 
@@ -169,7 +169,7 @@ def save_samples(
 ) -> list[Path]:
     """Write generated images (N, H, W, C) or videos (N, T, H, W, C) where ``output`` says.
 
-    A folder gets one file each (PNG or MP4), named in generation order; a file gets one image,
+    A folder gets one file each (PNG or MP4), named after ``names``; a file gets one image,
     a grid of images, or one video with the clips side by side, ``ncols`` to a row (default:
     as square as can be).
     """
@@ -193,7 +193,7 @@ def save_images(
     """Write generated images; return the paths written.
 
     * ``output`` ends with '/' or is an existing directory: one PNG per image inside it, named
-      ``0000_<label>.png``, ``0001_<label>.png``, ... with labels from ``names``. The directory is
+      ``<name>.png`` after ``names`` (``0000.png``, ``0001.png``, ... without). The directory is
       created if its parent exists.
     * otherwise one image is written as is, several as one grid PNG (``make_grid``).
     """

@@ -1,0 +1,126 @@
+"""Class names: which id is which class, for the class sets the catalogue's models use.
+
+Names are data, not weights: they come from files shipped inside the package, so `par classes`
+and `--class "golden retriever"` work offline, before anything is downloaded.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from parcli.errors import SettingError
+
+IMAGENET = "imagenet-1k"
+DIGITS = "digits"
+CLASS_SETS = (IMAGENET, DIGITS)
+_IMAGENET_FILE = Path(__file__).parent / "assets" / "imagenet-1k-classes.tsv"
+_NOT_SLUG = re.compile(r"[^a-z0-9]+")
+_SHOWN = 8  # matches named in a message about an ambiguous name
+
+
+@dataclass(frozen=True)
+class ClassSet:
+    name: str
+    names: tuple[tuple[str, ...], ...]  # the names of class id i, most common first
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def label(self, class_id: int) -> str:
+        """The class's first name ("golden retriever"); the id itself if it has none."""
+        return self.names[class_id][0] if 0 <= class_id < len(self) else str(class_id)
+
+    def slug(self, class_id: int) -> str:
+        """The first name as a file-name part ("golden-retriever"); '' where it is the id."""
+        slug = _NOT_SLUG.sub("-", self.label(class_id).casefold()).strip("-")
+        return "" if slug == str(class_id) else slug
+
+    def search(self, query: str) -> list[int]:
+        """Ids equal to the query, or whose names contain it (case-insensitive), in id order."""
+        query = query.strip().casefold()
+        return [
+            i
+            for i, names in enumerate(self.names)
+            if query == str(i) or any(query in name.casefold() for name in names)
+        ]
+
+    def resolve(self, text: str) -> int:
+        """The class id `text` means: an id, a name, or part of exactly one class's names."""
+        wanted = text.strip()
+        try:
+            class_id = int(wanted)
+        except ValueError:
+            pass
+        else:
+            if not 0 <= class_id < len(self):
+                raise SettingError(
+                    "class", f"class {class_id} is out of range: {self.name} ids run from 0 "
+                    f"to {len(self) - 1} (`par classes` lists them)",
+                )  # fmt: skip
+            return class_id
+        folded = wanted.casefold()
+        exact = [i for i, names in enumerate(self.names) if folded in map(str.casefold, names)]
+        found = exact or self.search(wanted)
+        if len(found) == 1:
+            return found[0]
+        if found:
+            shown = ", ".join(f"{i} {self.label(i)}" for i in found[:_SHOWN])
+            more = f" and {len(found) - _SHOWN} more" if len(found) > _SHOWN else ""
+            raise SettingError(
+                "class", f"{text!r} matches {len(found)} {self.name} classes: {shown}{more}; "
+                "give the id or a longer name",
+            )  # fmt: skip
+        everything = {name.casefold(): i for i, names in enumerate(self.names) for name in names}
+        close = difflib.get_close_matches(folded, list(everything), n=3, cutoff=0.6)
+        hint = (
+            "closest: " + ", ".join(f"{everything[n]} {self.label(everything[n])}" for n in close)
+            if close
+            else "`par classes QUERY` searches the names"
+        )
+        raise SettingError("class", f"no {self.name} class is called {text!r}; {hint}")
+
+
+@cache
+def class_set(name: str) -> ClassSet:
+    """One of CLASS_SETS."""
+    if name == IMAGENET:
+        return _read_imagenet()
+    if name == DIGITS:
+        words = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+        return ClassSet(DIGITS, tuple((str(i), word) for i, word in enumerate(words)), "MNIST")
+    raise ValueError(f"unknown class set {name!r}; known: {', '.join(CLASS_SETS)}")
+
+
+def class_set_of_size(count: int) -> ClassSet | None:
+    """The class set a model with `count` classes most likely uses; None when none fits."""
+    return next((class_set(n) for n in CLASS_SETS if len(class_set(n)) == count), None)
+
+
+def resolve_classes(texts: list[str], classes: ClassSet | None) -> list[int]:
+    """Class ids of --class values; names need a class set, ids do not."""
+    if classes is not None:
+        return [classes.resolve(text) for text in texts]
+    ids = []
+    for text in texts:
+        try:
+            ids.append(int(text))
+        except ValueError:
+            raise SettingError(
+                "class", f"{text!r} is not a class id, and this model's classes have no names"
+            ) from None
+    return ids
+
+
+def _read_imagenet() -> ClassSet:
+    names = []
+    for line in _IMAGENET_FILE.read_text(encoding="utf-8").splitlines():
+        if line and not line.startswith("#"):
+            class_id, _synset, lemmas = line.split("\t")
+            assert int(class_id) == len(names), f"{_IMAGENET_FILE.name} is out of order"
+            names.append(tuple(lemmas.split(", ")))
+    return ClassSet(IMAGENET, tuple(names), "ILSVRC-2012 synsets, WordNet 3.0 lemmas (timm)")

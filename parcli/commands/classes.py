@@ -1,0 +1,45 @@
+"""`par classes`: which class id is which, for a model's class set (offline, no download)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from parcli.commands.common import console, err_console, user_errors
+from parcli.errors import UserError
+from parcli.load import catalogue_class_set
+
+
+def classes_command(
+    query: Annotated[
+        str | None,
+        typer.Argument(help="Show only ids equal to this, or names containing it."),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model", "-m", help="Catalogue entry or family. Default: the default family."
+        ),
+    ] = None,
+) -> None:
+    """List or search the class ids and names that --class accepts."""
+    with user_errors():
+        names = catalogue_class_set(model, None)
+        ids = names.search(query) if query is not None else list(range(len(names)))
+        if not ids:
+            raise UserError(f"no {names.name} class matches {query!r}; try a shorter word")
+        width = len(str(len(names) - 1))
+        for class_id in ids:
+            console.print(
+                f"{class_id:>{width}}  {', '.join(names.names[class_id])}",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
+        err_console.print(
+            f"{len(ids)} of {len(names)} {names.name} classes (names: {names.source})",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
