@@ -37,8 +37,7 @@ class ClassSet:
 
     def slug(self, class_id: int) -> str:
         """The first name as a file-name part ("golden-retriever"); '' where it is the id."""
-        slug = _NOT_SLUG.sub("-", self.label(class_id).casefold()).strip("-")
-        return "" if slug == str(class_id) else slug
+        return class_slug(self.label(class_id), class_id)
 
     def search(self, query: str) -> list[int]:
         """Ids equal to the query, or whose names contain it (case-insensitive), in id order."""
@@ -99,6 +98,13 @@ def class_set(name: str) -> ClassSet:
 def class_set_of_size(count: int) -> ClassSet | None:
     """The class set a model with `count` classes most likely uses; None when none fits."""
     return next((class_set(n) for n in CLASS_SETS if len(class_set(n)) == count), None)
+
+
+def class_slug(name: str | None, class_id: int) -> str:
+    """A class name as a file-name part: "Labrador retriever" -> "labrador-retriever"; '' for
+    no name, or a name that only repeats the id."""
+    slug = _NOT_SLUG.sub("-", (name or "").casefold()).strip("-")
+    return "" if slug == str(class_id) else slug
 
 
 def resolve_classes(texts: list[str], classes: ClassSet | None) -> list[int]:

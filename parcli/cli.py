@@ -14,6 +14,7 @@ from parcli.commands.convert import convert_weights
 from parcli.commands.eval import eval_digits
 from parcli.commands.fid import fid_command
 from parcli.commands.generate import generate
+from parcli.commands.info import info
 from parcli.commands.sample import sample
 from parcli.commands.train import app as train_app
 from parcli.commands.weights import app as weights_app
@@ -43,6 +44,7 @@ def root(
 
 app.command()(generate)
 app.command("classes")(classes_command)
+app.command()(info)
 app.command("convert-weights")(convert_weights)
 app.command()(bench)
 app.command()(sample)

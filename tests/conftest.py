@@ -2,8 +2,9 @@ import pytest
 import torch
 
 from parcli.config import GPTConfig
+from parcli.io.checkpoints import save_checkpoint
 from parcli.model import Transformer
-from parcli.vq import VQConfig
+from parcli.vq import VQConfig, VQModel
 
 # A VQ small enough to build in milliseconds; codebook 32 matches tiny_config's vocabulary.
 TINY_VQ = VQConfig(
@@ -38,3 +39,22 @@ def tiny_model(regions: int = 1, grid=(8, 8), seed: int = 0, **overrides) -> Tra
 @pytest.fixture
 def make_model():
     return tiny_model
+
+
+@pytest.fixture(scope="session")
+def files(tmp_path_factory):
+    """Tiny random checkpoints for end-to-end runs of `par`: gpt1, gpt4, gpt16, gpt4video, vq."""
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    vq = VQModel(TINY_VQ)
+    save_checkpoint(root / "vq.safetensors", vq.state_dict(), "vq", TINY_VQ)
+    paths = {"vq": root / "vq.safetensors"}
+    for n, grid in ((1, (8, 8)), (4, (8, 8)), (16, (8, 8)), (4, (2, 8, 8))):
+        model = tiny_model(regions=n, grid=grid)
+        name = f"gpt{n}" + ("video" if len(grid) == 3 else "")
+        save_checkpoint(root / f"{name}.safetensors", model.state_dict(), "gpt", model.cfg)
+        paths[name] = root / f"{name}.safetensors"
+    small = tiny_vq_config(codebook_size=16)
+    save_checkpoint(root / "vq16.safetensors", VQModel(small).state_dict(), "vq", small)
+    paths["vq16"] = root / "vq16.safetensors"
+    return paths

@@ -5,6 +5,7 @@ import pytest
 from parcli.classes import DIGITS, IMAGENET, class_set, class_set_of_size, resolve_classes
 from parcli.commands.generate import sample_stems
 from parcli.errors import SettingError
+from parcli.provenance import Sample
 from tests.test_cli import assert_user_error, run
 
 WELL_KNOWN = {
@@ -79,15 +80,18 @@ def test_class_sets_by_size_and_ids_without_names():
 
 
 def test_file_stems_count_samples_per_class_over_the_run():
-    stems = sample_stems([207, 207, 1, 207], class_set(IMAGENET))
-    assert stems == [
+    imagenet, digits = class_set(IMAGENET), class_set(DIGITS)
+    labels = [207, 207, 1, 207]
+    samples = [Sample(c, imagenet.label(c), i) for i, c in enumerate(labels)]
+    assert sample_stems(samples) == [
         "207-golden-retriever-s0000",
         "207-golden-retriever-s0001",
         "1-goldfish-s0000",
         "207-golden-retriever-s0002",
     ]
-    assert sample_stems([3, 3], class_set(DIGITS)) == ["3-s0000", "3-s0001"]
-    assert sample_stems([5], None) == ["5-s0000"]
+    digits_samples = [Sample(3, digits.label(3), i) for i in range(2)]
+    assert sample_stems(digits_samples) == ["3-s0000", "3-s0001"]
+    assert sample_stems([Sample(5, None, 0)]) == ["5-s0000"]
 
 
 def test_par_classes_lists_and_searches_offline():

@@ -5,32 +5,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_VQ, tiny_model, tiny_vq_config
+from conftest import tiny_model
 from typer.testing import CliRunner
 
 from parcli.cli import app
-from parcli.io.checkpoints import save_checkpoint
-from parcli.vq import VQModel
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    vq = VQModel(TINY_VQ)
-    save_checkpoint(root / "vq.safetensors", vq.state_dict(), "vq", TINY_VQ)
-    paths = {"vq": root / "vq.safetensors"}
-    for n, grid in ((1, (8, 8)), (4, (8, 8)), (16, (8, 8)), (4, (2, 8, 8))):
-        model = tiny_model(regions=n, grid=grid)
-        name = f"gpt{n}" + ("video" if len(grid) == 3 else "")
-        save_checkpoint(root / f"{name}.safetensors", model.state_dict(), "gpt", model.cfg)
-        paths[name] = root / f"{name}.safetensors"
-    small = tiny_vq_config(codebook_size=16)
-    save_checkpoint(root / "vq16.safetensors", VQModel(small).state_dict(), "vq", small)
-    paths["vq16"] = root / "vq16.safetensors"
-    return paths
 
 
 def run(*args):
@@ -130,7 +110,12 @@ def test_video_gif_mp4_and_folder_show_the_decoded_frames(files, tmp_path):
     folder = tmp_path / "clips"
     result = generate(files, "-c", 0, "-n", 2, "-o", f"{folder}/", model="gpt4video")
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in folder.iterdir()) == ["0-s0000.mp4", "0-s0001.mp4"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "0-s0000.mp4",
+        "0-s0000.mp4.json",  # each clip's recipe
+        "0-s0001.mp4",
+        "0-s0001.mp4.json",
+    ]
     result = generate(files, "-c", 0, "-o", tmp_path / "still.png", model="gpt4video")
     assert_user_error(result, "--output: ", "makes videos", ".mp4 or .gif")
 

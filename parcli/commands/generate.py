@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Annotated
 
+import torch
 import typer
 
+from parcli import __version__
 from parcli.animate import FPS as ANIMATION_FPS
 from parcli.animate import animation_frames
-from parcli.classes import ClassSet, class_set_of_size, resolve_classes
+from parcli.classes import class_set_of_size, class_slug, resolve_classes
 from parcli.commands.common import (
     CfgScaleOption,
     CompileOption,
@@ -22,15 +25,17 @@ from parcli.commands.common import (
     TopKOption,
     TopPOption,
     console,
+    err_console,
     pass_counter,
     pass_progress,
     user_errors,
     warn_if_emulated,
 )
 from parcli.commands.downloads import model_fetcher
+from parcli.dtypes import dtype_name
 from parcli.engine.devices import resolve
-from parcli.errors import SettingError
-from parcli.io.files import check_writable, is_directory_target
+from parcli.errors import SettingError, UserError
+from parcli.io.files import atomic_write, check_writable, is_directory_target
 from parcli.io.media import (
     CLIP_FPS,
     IMAGE_SUFFIXES,
@@ -42,19 +47,23 @@ from parcli.io.media import (
     save_tokens,
     save_video,
 )
-from parcli.load import catalogue_class_set, open_pipeline
+from parcli.load import catalogue_class_set, model_files, pipeline_of
+from parcli.provenance import Recipe, Sample, checkpoint_sha256, read_recipe
+
+# Settings whose option is not simply --setting-name.
+OPTIONS = {"from_file": "--from", "manifest": "--json", "num_samples": "-n/--num-samples"}
 
 
 def generate(
     classes: Annotated[
-        list[str],
+        list[str] | None,
         typer.Option(
             "--class",
             "-c",
             help='Class id or name (207, "golden retriever"; see `par classes`); repeat for '
             "several classes.",
         ),
-    ],
+    ] = None,
     model: Annotated[
         str | None,
         typer.Option("--model", "-m", help="Catalogue entry or family (see `par weights list`)."),
@@ -75,8 +84,9 @@ def generate(
     top_k: TopKOption = None,
     top_p: TopPOption = None,
     seed: Annotated[
-        int, typer.Option(help="Random seed; same seed, same device -> same images.")
-    ] = 0,
+        int | None,
+        typer.Option(help="Random seed (default 0); same seed, same device -> same images."),
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Images decoded together.")] = 16,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
@@ -116,12 +126,24 @@ def generate(
     scale: Annotated[
         int, typer.Option(min=1, max=16, help="Enlarge the written pixels N times (nearest).")
     ] = 1,
+    manifest: Annotated[
+        Path | None,
+        typer.Option("--json", help="Also write the run's recipe and files to this .json."),
+    ] = None,
+    from_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--from",
+            help="Make the samples of a file written by par generate again (its PNG chunk or "
+            ".json; see `par info`).",
+        ),
+    ] = None,
     compile_model: CompileOption = None,
     offline: OfflineOption = False,
     quiet: QuietOption = False,
 ) -> None:
     """Generate images (or clips) of the given classes with 1, 4 or 16 PAR regions."""
-    with user_errors():
+    with user_errors(OPTIONS):
         for setting, value in (("num_samples", num_samples), ("batch_size", batch_size)):
             if value < 1:
                 raise SettingError(setting, f"must be at least 1, not {value}")
@@ -131,44 +153,114 @@ def generate(
             check_writable(animate, VIDEO_SUFFIXES, setting="animate")
         if save_tokens_to is not None:
             check_writable(save_tokens_to, TOKEN_SUFFIXES, setting="save_tokens")
+        if manifest is not None:
+            check_writable(manifest, (".json",), setting="manifest")
+        earlier = None
+        if from_file is not None:
+            earlier = read_recipe(from_file)
+            asked = {
+                "class": bool(classes), "model": model is not None and earlier.model is not None,
+                "regions": regions is not None, "seed": seed is not None,
+                "cfg_scale": cfg_scale is not None, "temperature": temperature is not None,
+                "top_k": top_k is not None, "top_p": top_p is not None, "dtype": dtype != "auto",
+                "num_samples": num_samples != 1, "scale": scale != 1,
+            }  # fmt: skip
+            clash = next((name for name, given in asked.items() if given), None)
+            if clash is not None:
+                raise SettingError(clash, f"comes from {from_file} with --from; leave it out")
+            if earlier.model is None and checkpoint is None:
+                raise SettingError(
+                    "from_file", f"{from_file} was made from the file {earlier.checkpoint}: give "
+                    "it again with --checkpoint (and --tokenizer)",
+                )  # fmt: skip
+            model = earlier.model if checkpoint is None else model
+            regions, seed, dtype = earlier.regions, earlier.seed, earlier.dtype
+            cfg_scale, temperature = earlier.cfg_scale, earlier.temperature
+            top_k, top_p, scale = earlier.top_k, earlier.top_p, earlier.scale
+        elif not classes:
+            raise SettingError("class", "give at least one class (an id or a name), or --from")
         torch_device, torch_dtype = resolve(device, dtype)
         if not quiet:
             warn_if_emulated(torch_device, torch_dtype)
-        # Names are looked up before any download, where the catalogue says the class set.
-        names = None if checkpoint is not None else catalogue_class_set(model, regions)
-        class_ids = resolve_classes(classes, names) if names is not None else None
+        if earlier is not None:
+            samples = list(earlier.samples)
+        else:
+            # Names are looked up before any download, where the catalogue says the class set.
+            names = None if checkpoint is not None else catalogue_class_set(model, regions)
+            class_ids = resolve_classes(classes, names) if names is not None else None
         fetch = model_fetcher(offline, quiet)
-        pipe = open_pipeline(
-            model, regions, torch_device, torch_dtype, checkpoint, tokenizer, compile_model, fetch
-        )
-        if class_ids is None:
-            names = class_set_of_size(pipe.model.cfg.num_classes)
-            class_ids = resolve_classes(classes, names)
+        files = model_files(model, regions, checkpoint, tokenizer, fetch)
+        # With --from, the weights are checked against the recipe before the region count.
+        pipe = pipeline_of(files, None if earlier else regions, torch_device, torch_dtype,
+                           compile_model)  # fmt: skip
+        weights_sha = checkpoint_sha256(files.checkpoint)
+        if earlier is not None:
+            check_same_weights(earlier, files.checkpoint, weights_sha, torch_device, quiet)
+            pipe.check_regions(regions)
+        else:
+            if class_ids is None:
+                names = class_set_of_size(pipe.model.cfg.num_classes)
+                class_ids = resolve_classes(classes, names)
+            labels = [c for c in class_ids for _ in range(num_samples)]
+            samples = [
+                Sample(label, names.label(label) if names else None, index)
+                for index, label in enumerate(labels)
+            ]
         if output is None:
             output = "generated.mp4" if pipe.is_video else "generated.png"
         check_output_kind(output, pipe.is_video, pipe.name)
         sampling = pipe.sampling(cfg_scale, temperature, top_k, top_p)
-        labels = [c for c in class_ids for _ in range(num_samples)]
+        labels = [sample.class_id for sample in samples]
         pipe.check_labels(labels)
 
         started = time.perf_counter()
         with pass_progress(quiet) as progress:
             batches = -(-len(labels) // batch_size)
             on_pass = pass_counter(progress, pipe.name, pipe.plan.num_passes, batches)
-            tokens = pipe.generate(labels, sampling, seed, batch_size, on_pass)
+            indices = [sample.index for sample in samples]
+            tokens = pipe.generate(labels, sampling, seed or 0, batch_size, on_pass, indices)
             pixels = pipe.decode(tokens)  # on the host, so the device has finished
         seconds = time.perf_counter() - started
 
+        if earlier is not None:
+            per_row = earlier.columns
+        else:  # several classes: one row each, so that the samples of a class line up
+            per_row = num_samples if len(class_ids) > 1 else None
+        recipe = Recipe(
+            parcli=__version__,
+            model=None if checkpoint is not None else files.name,
+            checkpoint=files.checkpoint.name,
+            checkpoint_sha256=weights_sha,
+            tokenizer=files.tokenizer.name,
+            regions=pipe.plan.regions,
+            seed=seed or 0,
+            cfg_scale=sampling.cfg_scale,
+            temperature=sampling.temperature,
+            top_k=sampling.top_k,
+            top_p=sampling.top_p,
+            dtype=dtype_name(torch_dtype),
+            device=torch_device.type,
+            scale=scale,
+            columns=per_row,
+            fps=(fps or CLIP_FPS) if pipe.is_video else None,
+            samples=tuple(samples),
+        )
+
+        def describe(numbers: list[int]) -> str:
+            return recipe.for_samples([samples[i] for i in numbers]).to_json()
+
         if save_tokens_to is not None:
             save_tokens(save_tokens_to, tokens.cpu().numpy())
-        # Several classes: one row each, so that the samples of a class line up.
-        per_row = num_samples if len(class_ids) > 1 else None
         pixels = enlarge(pixels, scale)
-        stems = sample_stems(labels, names)
-        save_samples(output, pixels, stems, pipe.is_video, per_row, fps or CLIP_FPS)
+        stems = sample_stems(samples)
+        written = save_samples(
+            output, pixels, stems, pipe.is_video, per_row, fps or CLIP_FPS, describe
+        )
         if animate is not None:
             frames = animation_frames(pixels, pipe.plan, per_row)
             save_video(animate, frames, fps or ANIMATION_FPS)
+        if manifest is not None:
+            save_manifest(manifest, recipe, written, seconds, pipe.plan.num_passes)
         if not quiet:
             kind = "video" if pipe.is_video else "image"
             count = f"{len(labels)} {kind}" + ("s" if len(labels) != 1 else "")
@@ -183,13 +275,46 @@ def generate(
                 console.print(f"animation: {len(frames)} frames -> {animate}", markup=False)
 
 
-def sample_stems(labels: list[int], names: ClassSet | None) -> list[str]:
+def check_same_weights(
+    recipe: Recipe, checkpoint: Path, sha256: str, device: torch.device, quiet: bool
+) -> None:
+    """--from must load the weights the recipe names; another device kind may change tokens."""
+    if sha256 != recipe.checkpoint_sha256:
+        raise UserError(
+            f"{checkpoint.name} is not the checkpoint the samples were made with (sha256 "
+            f"{sha256[:12]}..., the recipe says {recipe.checkpoint_sha256[:12]}...)",
+            "from_file",
+        )
+    if device.type != recipe.device and not quiet:
+        err_console.print(
+            f"note: made on {recipe.device}, now run on {device.type}: the tokens can differ",
+            markup=False,
+            highlight=False,
+        )
+
+
+def save_manifest(
+    path: Path, recipe: Recipe, written: list[Path], seconds: float, passes: int
+) -> None:
+    """The whole run: its recipe, the files it wrote, its time."""
+    document = {
+        "recipe": recipe.to_dict(),
+        "files": [str(p) for p in written],
+        "passes_per_sample": passes,
+        "seconds": round(seconds, 4),
+    }
+    text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def sample_stems(samples: list[Sample]) -> list[str]:
     """File names of a run's samples: class id, class name, and the sample's number within its
     class over the whole run ("207-golden-retriever-s0000"), so repeated classes never collide."""
     seen: dict[int, int] = {}
     stems = []
-    for label in labels:
+    for sample in samples:
+        label = sample.class_id
         number = seen[label] = seen.get(label, -1) + 1
-        slug = names.slug(label) if names is not None else ""
+        slug = class_slug(sample.class_name, label)
         stems.append("-".join([str(label), *([slug] if slug else []), f"s{number:04d}"]))
     return stems

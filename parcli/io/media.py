@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ from parcli.io.files import (
     check_writable,
     is_directory_target,
 )
+from parcli.provenance import RECIPE_KEY, sidecar_path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 LOSSY_QUALITY = 95  # JPEG and WebP: near the eye's limit; PNG is the lossless choice
@@ -26,6 +27,9 @@ VIDEO_SUFFIXES = (".mp4", ".gif")
 TOKEN_SUFFIXES = (".npy",)
 
 CLIP_FPS = 8.0
+
+# The recipe (JSON text) of the file that holds the given samples, by their number in the run.
+Describe = Callable[[list[int]], str]
 
 # libx264 with yuv420p works on 16x16 macroblocks; frames are padded (never resized) to this.
 MACRO_BLOCK = 16
@@ -46,16 +50,17 @@ def _as_image(image: np.ndarray) -> np.ndarray:
     raise ValueError(f"expected an HxW or HxWxC image with C in 1, 3, 4; got shape {array.shape}")
 
 
-def save_png(path: PathLike, image: np.ndarray) -> Path:
+def save_png(path: PathLike, image: np.ndarray, recipe: str | None = None) -> Path:
     """Write one uint8 image (HxW, HxWx1, HxWx3 or HxWx4) as PNG, atomically."""
     if Path(path).suffix.lower() != ".png":
         raise OutputError(f"cannot write {path}: expected a .png file name")
-    return save_image(path, image)
+    return save_image(path, image, recipe)
 
 
-def save_image(path: PathLike, image: np.ndarray) -> Path:
+def save_image(path: PathLike, image: np.ndarray, recipe: str | None = None) -> Path:
     """Write one uint8 image as PNG (lossless), JPEG or WebP (quality 95) by its suffix,
-    atomically. JPEG has no alpha channel, so an RGBA image loses it there."""
+    atomically. JPEG has no alpha channel, so an RGBA image loses it there. A `recipe` goes into
+    a PNG's "parcli" text chunk, and beside any other file (`parcli.provenance`)."""
     import imageio.v3 as iio
 
     pixels = _as_image(image)
@@ -66,12 +71,25 @@ def save_image(path: PathLike, image: np.ndarray) -> Path:
             f"cannot write {target}: still images are {', '.join(IMAGE_SUFFIXES)} files"
         )
     if suffix == ".png":
-        return atomic_write(target, lambda tmp: iio.imwrite(tmp, pixels, extension=".png"))
+        extra = {}
+        if recipe is not None:
+            from PIL.PngImagePlugin import PngInfo
+
+            extra["pnginfo"] = PngInfo()
+            extra["pnginfo"].add_itxt(RECIPE_KEY, recipe)
+        return atomic_write(target, lambda tmp: iio.imwrite(tmp, pixels, extension=".png", **extra))
     if suffix in (".jpg", ".jpeg") and pixels.ndim == 3 and pixels.shape[2] == 4:
         pixels = np.ascontiguousarray(pixels[..., :3])
-    return atomic_write(
+    atomic_write(
         target, lambda tmp: iio.imwrite(tmp, pixels, extension=suffix, quality=LOSSY_QUALITY)
     )
+    return _write_sidecar(target, recipe)
+
+
+def _write_sidecar(path: Path, recipe: str | None) -> Path:
+    if recipe is not None:
+        atomic_write(sidecar_path(path), lambda tmp: tmp.write_text(recipe, encoding="utf-8"))
+    return path
 
 
 def make_grid(
@@ -166,20 +184,29 @@ def save_samples(
     video: bool,
     ncols: int | None = None,
     fps: float = CLIP_FPS,
+    describe: Describe | None = None,
 ) -> list[Path]:
     """Write generated images (N, H, W, C) or videos (N, T, H, W, C) where ``output`` says.
 
     A folder gets one file each (PNG or MP4), named after ``names``; a file gets one image,
     a grid of images, or one video with the clips side by side, ``ncols`` to a row (default:
-    as square as can be).
+    as square as can be). ``describe(sample numbers)`` gives the recipe of the file holding them.
     """
     if not video:
-        return save_images(output, samples, names, ncols=ncols)
+        return save_images(output, samples, names, ncols=ncols, describe=describe)
     if is_directory_target(output):
         directory = _make_directory(output)
-        pairs = zip(image_names(names, len(samples), ".mp4"), samples, strict=True)
-        return [save_video(directory / name, clip, fps) for name, clip in pairs]
-    return [save_video(output, samples, fps, ncols=ncols)]
+        named = enumerate(image_names(names, len(samples), ".mp4"))
+        return [
+            save_video(directory / name, samples[i], fps, recipe=_recipe(describe, [i]))
+            for i, name in named
+        ]
+    recipe = _recipe(describe, list(range(len(samples))))
+    return [save_video(output, samples, fps, ncols=ncols, recipe=recipe)]
+
+
+def _recipe(describe: Describe | None, numbers: list[int]) -> str | None:
+    return describe(numbers) if describe is not None else None
 
 
 def save_images(
@@ -189,6 +216,7 @@ def save_images(
     *,
     ncols: int | None = None,
     pad: int = 2,
+    describe: Describe | None = None,
 ) -> list[Path]:
     """Write generated images; return the paths written.
 
@@ -202,13 +230,14 @@ def save_images(
         raise ValueError("no images to save")
     if is_directory_target(output):
         directory = _make_directory(output)
-        pairs = zip(image_names(names, len(stack)), stack, strict=True)
-        return [save_png(directory / name, image) for name, image in pairs]
+        named = enumerate(image_names(names, len(stack)))
+        return [save_png(directory / name, stack[i], _recipe(describe, [i])) for i, name in named]
     target = check_writable(output, IMAGE_SUFFIXES)
+    recipe = _recipe(describe, list(range(len(stack))))
     if len(stack) == 1:
-        return [save_image(target, stack[0])]
+        return [save_image(target, stack[0], recipe)]
     squeezed = np.stack([_as_image(image) for image in stack])
-    return [save_image(target, make_grid(squeezed, ncols=ncols, pad=pad))]
+    return [save_image(target, make_grid(squeezed, ncols=ncols, pad=pad), recipe)]
 
 
 # ---------------------------------------------------------------------- video
@@ -249,8 +278,10 @@ def save_video(
     *,
     ncols: int | None = None,
     pad: int = 2,
+    recipe: str | None = None,
 ) -> Path:
-    """Write frames as an MP4 (H.264, yuv420p) or an animated GIF, atomically.
+    """Write frames as an MP4 (H.264, yuv420p) or an animated GIF, atomically; a `recipe` goes
+    beside it (`parcli.provenance`).
 
     ``frames`` is (T, H, W, C) uint8, or (N, T, H, W, C) for N videos which are tiled side by side
     into one grid per frame. Grayscale frames are repeated to RGB and an alpha channel is dropped.
@@ -280,7 +311,7 @@ def save_video(
         def write_gif(tmp: Path) -> None:
             iio.imwrite(tmp, video, extension=".gif", duration=1000.0 / fps, loop=0)
 
-        return atomic_write(target, write_gif)
+        return _write_sidecar(atomic_write(target, write_gif), recipe)
 
     import imageio_ffmpeg
 
@@ -306,7 +337,7 @@ def save_video(
         finally:
             writer.close()
 
-    return atomic_write(target, write_mp4)
+    return _write_sidecar(atomic_write(target, write_mp4), recipe)
 
 
 # ---------------------------------------------------------------------- tokens

@@ -1,0 +1,71 @@
+"""`par info`: how a file written by `par generate` was made, from the recipe it carries."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from parcli.commands.common import console, user_errors
+from parcli.provenance import Recipe, read_recipe
+
+_SAMPLES_SHOWN = 12
+
+
+def info(
+    file: Annotated[
+        Path,
+        typer.Argument(help="A PNG, an MP4/GIF/JPEG/WebP with its .json, or a --json manifest."),
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the recipe as JSON.")] = False,
+) -> None:
+    """Print how a generated file was made, and the command that makes it again."""
+    with user_errors():
+        recipe = read_recipe(file)
+    if as_json:
+        console.print(recipe.to_json(indent=2), markup=False, highlight=False, soft_wrap=True)
+        return
+    for key, value in recipe_lines(recipe):
+        console.print(f"{key:<10} {value}", markup=False, highlight=False, soft_wrap=True)
+    again = f"par generate --from {shlex.quote(str(file))}"
+    if recipe.model is None:
+        again += f" --checkpoint {shlex.quote(recipe.checkpoint)} --tokenizer TOKENIZER"
+    console.print(f"{'again':<10} {again}", markup=False, highlight=False, soft_wrap=True)
+
+
+def recipe_lines(recipe: Recipe) -> list[tuple[str, str]]:
+    model = recipe.model or "(a checkpoint file)"
+    guidance = f"{recipe.cfg_scale:g}" if recipe.cfg_scale > 1 else f"off ({recipe.cfg_scale:g})"
+    top_k = str(recipe.top_k) if recipe.top_k else "off"
+    top_p = f"{recipe.top_p:g}" if recipe.top_p < 1 else "off"
+    samples = [
+        f"{s.class_id}"
+        + (f" {s.class_name}" if s.class_name and s.class_name != str(s.class_id) else "")
+        + f" (#{s.index})"
+        for s in recipe.samples[:_SAMPLES_SHOWN]
+    ]
+    more = len(recipe.samples) - _SAMPLES_SHOWN
+    lines = [
+        ("made by", f"parcli {recipe.parcli}"),
+        ("model", model),
+        ("weights", f"{recipe.checkpoint} (sha256 {recipe.checkpoint_sha256})"),
+        ("tokenizer", recipe.tokenizer),
+        ("regions", str(recipe.regions)),
+        (
+            "sampling",
+            f"guidance {guidance}, temperature {recipe.temperature:g}, "
+            f"top-k {top_k}, top-p {top_p}",
+        ),
+        ("seed", f"{recipe.seed} (sample #k draws from seed and k alone)"),
+        ("compute", f"{recipe.dtype} on {recipe.device}"),
+        ("pixels", f"enlarged {recipe.scale}x" + (f", {recipe.fps:g} fps" if recipe.fps else "")),
+        (
+            "samples",
+            f"{len(recipe.samples)}: "
+            + ", ".join(samples)
+            + (f" and {more} more" if more > 0 else ""),
+        ),
+    ]
+    return lines

@@ -1,0 +1,194 @@
+"""How a file was made: the recipe `par generate` writes into (or beside) every output.
+
+A PNG carries the recipe as an iTXt chunk named "parcli"; MP4, GIF, JPEG and WebP files get it in
+a `<file>.json` beside them; `--json` writes the whole run's. `par info` reads any of these back,
+and `par generate --from FILE` makes the same samples again (the same tokens on the same kind of
+device). A recipe read from a file is untrusted text, so every field is checked before use.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from parcli.errors import UserError
+
+RECIPE_KEY = "parcli"  # the PNG chunk's keyword
+SIDECAR_SUFFIX = ".json"
+_MAX_SAMPLES = 1_000_000
+
+
+class RecipeError(UserError):
+    """A file that carries no recipe, or one that is not a parcli recipe."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    class_id: int
+    class_name: str | None
+    index: int  # the image's number in its run: its random numbers come from (seed, index)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    parcli: str  # version that wrote it
+    model: str | None  # catalogue entry; None for files given with --checkpoint
+    checkpoint: str  # file name
+    # sha256 of the published file a converted checkpoint came from (its `source_sha256`), or of
+    # the checkpoint file itself where it has none, so that a 12 GB file is never hashed per run
+    checkpoint_sha256: str
+    tokenizer: str
+    regions: int
+    seed: int
+    cfg_scale: float
+    temperature: float
+    top_k: int
+    top_p: float
+    dtype: str  # of the transformer: fp32, bf16 or fp16
+    device: str  # kind: cpu, cuda or mps; tokens are reproducible on the same kind
+    scale: int  # pixels enlarged N times
+    columns: int | None  # grid columns of a file holding several samples (None: as square)
+    fps: float | None  # videos only
+    samples: tuple[Sample, ...] = field(default_factory=tuple)
+
+    def for_samples(self, samples: list[Sample]) -> Recipe:
+        return Recipe(**{**self._fields(), "samples": tuple(samples)})
+
+    def _fields(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> Recipe:
+        """A recipe from parsed JSON, every field's type and range checked."""
+        if not isinstance(data, dict):
+            raise RecipeError(f"{where}: the recipe is not a JSON object")
+        if RECIPE_KEY not in data:
+            raise RecipeError(f"{where} is not a parcli recipe")
+        names = {f.name for f in fields(cls)}
+        missing = sorted(names - set(data))
+        if missing:
+            raise RecipeError(f"{where}: the recipe lacks {', '.join(missing)}")
+        values = {name: data[name] for name in names}
+        for name, (kinds, optional) in _FIELD_KINDS.items():
+            value = values[name]
+            if value is None and optional:
+                continue
+            if isinstance(value, bool) or not isinstance(value, kinds):
+                raise RecipeError(f"{where}: recipe field {name!r} has the wrong type")
+        for name in ("regions", "scale", "top_k"):
+            if values[name] < 0 or (name != "top_k" and values[name] == 0):
+                raise RecipeError(f"{where}: recipe field {name!r} is out of range")
+        samples = values["samples"]
+        if not isinstance(samples, list) or not 0 < len(samples) <= _MAX_SAMPLES:
+            raise RecipeError(f"{where}: recipe field 'samples' must list the samples")
+        values["samples"] = tuple(_sample(item, where) for item in samples)
+        for name in ("cfg_scale", "temperature", "top_p"):
+            values[name] = float(values[name])
+        return cls(**values)
+
+
+_FIELD_KINDS: dict[str, tuple[tuple[type, ...], bool]] = {
+    "parcli": ((str,), False),
+    "model": ((str,), True),
+    "checkpoint": ((str,), False),
+    "checkpoint_sha256": ((str,), False),
+    "tokenizer": ((str,), False),
+    "regions": ((int,), False),
+    "seed": ((int,), False),
+    "cfg_scale": ((int, float), False),
+    "temperature": ((int, float), False),
+    "top_k": ((int,), False),
+    "top_p": ((int, float), False),
+    "dtype": ((str,), False),
+    "device": ((str,), False),
+    "scale": ((int,), False),
+    "columns": ((int,), True),
+    "fps": ((int, float), True),
+}
+
+
+def _sample(item: Any, where: str) -> Sample:
+    if not isinstance(item, dict):
+        raise RecipeError(f"{where}: a recipe sample is not a JSON object")
+    class_id, index, name = item.get("class_id"), item.get("index"), item.get("class_name")
+    for value in (class_id, index):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise RecipeError(f"{where}: a recipe sample needs a class_id and an index >= 0")
+    if name is not None and not isinstance(name, str):
+        raise RecipeError(f"{where}: a recipe sample's class_name must be text")
+    return Sample(class_id, name, index)
+
+
+@cache
+def weights_sha256(path: Path, size: int, modified_ns: int) -> str:
+    """The sha256 a recipe records for a checkpoint file (see Recipe.checkpoint_sha256);
+    size and modification time key the cache, so a changed file is hashed again."""
+    from safetensors import safe_open
+
+    from parcli.io.files import file_sha256
+
+    with safe_open(str(path), framework="pt") as handle:
+        source = (handle.metadata() or {}).get("source_sha256")
+    return source or file_sha256(path)
+
+
+def checkpoint_sha256(path: Path) -> str:
+    status = Path(path).stat()
+    return weights_sha256(Path(path).resolve(), status.st_size, status.st_mtime_ns)
+
+
+def sidecar_path(path: Path) -> Path:
+    """Where the recipe of a file that cannot carry text goes: `clip.mp4` -> `clip.mp4.json`."""
+    return path.with_name(path.name + SIDECAR_SUFFIX)
+
+
+def read_recipe(path: Path) -> Recipe:
+    """The recipe of a PNG (its chunk), of any output with a sidecar, or of a `--json` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path} does not exist")
+    text = None
+    if path.suffix.lower() == ".png":
+        text = _png_text(path)
+    elif path.suffix.lower() == SIDECAR_SUFFIX:
+        text = _read_text(path)
+    elif sidecar_path(path).is_file():
+        text = _read_text(sidecar_path(path))
+    if text is None:
+        raise RecipeError(
+            f"{path} carries no parcli recipe (PNGs made by `par generate` carry one; other "
+            f"files have it in {sidecar_path(path).name})"
+        )
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise RecipeError(f"{path}: the recipe is not valid JSON") from None
+    if isinstance(data, dict) and "recipe" in data:  # a --json manifest
+        data = data["recipe"]
+    return Recipe.from_dict(data, str(path))
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def _png_text(path: Path) -> str | None:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.text.get(RECIPE_KEY)  # type: ignore[attr-defined]
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+        raise RecipeError(f"{path} is not a readable PNG") from None

@@ -1,0 +1,120 @@
+"""Every output says how it was made: the PNG chunk, the sidecars, the manifest, `par info` and
+`par generate --from`, which makes the same tokens again."""
+
+import json
+
+import numpy as np
+import pytest
+
+from parcli.io.media import save_image, save_video
+from parcli.provenance import Recipe, RecipeError, Sample, read_recipe, sidecar_path
+from tests.test_cli import assert_user_error, generate, run
+
+
+def _recipe(**changes):
+    fields = dict(
+        parcli="0.1.0", model="digits-4", checkpoint="gpt-4.safetensors",
+        checkpoint_sha256="ab" * 32, tokenizer="vq.safetensors", regions=4, seed=3,
+        cfg_scale=2.0, temperature=1.0, top_k=0, top_p=1.0, dtype="fp32", device="cpu",
+        scale=1, columns=None, fps=None, samples=(Sample(207, "golden retriever", 5),),
+    )  # fmt: skip
+    fields.update(changes)
+    return Recipe(**fields)
+
+
+def test_png_chunk_and_sidecars_round_trip(tmp_path):
+    recipe = _recipe()
+    image = np.zeros((4, 4, 3), np.uint8)
+    png = save_image(tmp_path / "a.png", image, recipe.to_json())
+    assert read_recipe(png) == recipe
+    assert not sidecar_path(png).exists()  # a PNG carries its own
+    for name in ("a.jpg", "a.webp"):
+        path = save_image(tmp_path / name, image, recipe.to_json())
+        assert sidecar_path(path).name == f"{name}.json"
+        assert read_recipe(path) == recipe
+    clip = np.zeros((2, 16, 16, 3), np.uint8)
+    gif = save_video(tmp_path / "c.gif", clip, recipe=_recipe(fps=8.0).to_json())
+    assert read_recipe(gif).fps == 8.0
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"regions": "4"},
+        {"regions": True},
+        {"regions": 0},
+        {"seed": 1.5},
+        {"samples": []},
+        {"samples": [{"class_id": -1, "index": 0}]},
+        {"samples": [{"class_id": 1}]},
+        {"samples": "all"},
+        {"cfg_scale": None},
+    ],
+)
+def test_a_lying_recipe_is_refused(tmp_path, change):
+    data = {**_recipe().to_dict(), **change}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(RecipeError, match="r.json"):
+        read_recipe(path)
+
+
+def test_files_without_a_recipe(tmp_path):
+    (tmp_path / "x.json").write_text("not json")
+    (tmp_path / "y.png").write_bytes(b"not a png")
+    (tmp_path / "z.mp4").write_bytes(b"")
+    for name, message in (
+        ("x.json", "not valid JSON"),
+        ("y.png", "not a readable PNG"),
+        ("z.mp4", "z.mp4.json"),
+        ("missing.png", "does not exist"),
+    ):
+        assert_user_error(run("info", tmp_path / name), message)
+
+
+def test_from_makes_the_same_tokens(files, tmp_path):
+    grid, ids = tmp_path / "grid.png", tmp_path / "a.npy"
+    result = generate(files, "-c", 3, "-c", 5, "-n", 2, "--seed", 7, "-o", grid,
+                      "--save-tokens", ids, "--json", tmp_path / "run.json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    recipe = read_recipe(grid)
+    assert [(s.class_id, s.index) for s in recipe.samples] == [(3, 0), (3, 1), (5, 2), (5, 3)]
+    assert recipe.model is None and recipe.seed == 7 and recipe.columns == 2
+    assert read_recipe(tmp_path / "run.json") == recipe
+
+    again = tmp_path / "again.npy"
+    result = generate(files, "--from", grid, "-o", tmp_path / "b.png", "--save-tokens", again)
+    assert result.exit_code == 0, result.output
+    assert np.array_equal(np.load(ids), np.load(again))
+
+    folder = tmp_path / "each"
+    result = generate(files, "-c", 3, "-c", 5, "-n", 2, "--seed", 7, "-o", f"{folder}/")
+    assert result.exit_code == 0, result.output
+    one = tmp_path / "one.npy"
+    result = generate(files, "--from", folder / "5-s0001.png", "-o", tmp_path / "c.png",
+                      "--save-tokens", one)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert np.array_equal(np.load(ids)[3], np.load(one)[0])  # sample #3 alone, same tokens
+
+
+def test_from_refuses_what_it_cannot_honour(files, tmp_path):
+    grid = tmp_path / "grid.png"
+    assert generate(files, "-c", 3, "-o", grid).exit_code == 0
+    assert_user_error(generate(files, "--from", grid, "-c", 4), "--class: comes from")
+    assert_user_error(generate(files, "--from", grid, "--seed", 1), "--seed: comes from")
+    other = generate(files, "--from", grid, "-o", tmp_path / "x.png", model="gpt16")
+    assert_user_error(other, "gpt16.safetensors is not the checkpoint the samples were made with")
+    alone = run("generate", "--from", grid, "-o", tmp_path / "x.png")
+    assert_user_error(alone, "--from: ", "give it again with --checkpoint")
+
+
+def test_par_info_prints_the_recipe_and_the_command(files, tmp_path):
+    clip = tmp_path / "clip.mp4"
+    result = generate(files, "-c", 1, "-o", clip, model="gpt4video")
+    assert result.exit_code == 0, result.output
+    result = run("info", clip)
+    assert result.exit_code == 0, result.output
+    assert "gpt4video.safetensors" in result.output and "8 fps" in result.output
+    assert "par generate --from" in result.output
+    result = run("info", clip, "--json")
+    assert json.loads(result.output)["samples"] == [{"class_id": 1, "class_name": "1", "index": 0}]
