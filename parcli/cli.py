@@ -20,7 +20,9 @@ from parcli.commands.train import app as train_app
 from parcli.commands.weights import app as weights_app
 
 app = command_app(
-    "par", "Parallelized Autoregressive (PAR) visual generation with LlamaGen-family transformers."
+    "par",
+    "Parallelized Autoregressive (PAR) visual generation with LlamaGen-family transformers.",
+    completion=True,
 )
 
 

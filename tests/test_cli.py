@@ -415,3 +415,10 @@ def test_bench_times_the_video_family_at_every_n(tmp_path, monkeypatch):
     rows = {row["regions"]: row for row in json.loads(report.read_text())["rows"]}
     assert {n: row["passes"] for n, row in rows.items()} == {1: 384, 4: 99, 16: 39}
     assert rows[1]["speedup_vs_1"] == 1.0 and rows[16]["speedup_vs_1"] > 0
+
+
+def test_shell_completion_is_offered():
+    assert "--install-completion" in run("--help").output
+    result = run("--show-completion", "bash")
+    assert result.exit_code == 0, result.output
+    assert "complete" in result.output and "COMP_WORDS" in result.output

@@ -51,15 +51,16 @@ TopPOption = Annotated[
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
 
 
-def command_app(name: str, help: str) -> typer.Typer:
-    """A Typer app (or sub-app) with the settings every `par` command group shares."""
+def command_app(name: str, help: str, completion: bool = False) -> typer.Typer:
+    """A Typer app (or sub-app) with the settings every `par` command group shares;
+    `completion` adds Typer's --install-completion and --show-completion (the root app's)."""
     return typer.Typer(
         name=name,
         help=help,
         no_args_is_help=True,
         rich_markup_mode="rich",
         pretty_exceptions_enable=False,
-        add_completion=False,
+        add_completion=completion,
     )
 
 
