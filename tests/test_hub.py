@@ -382,6 +382,7 @@ def test_fetch_convert_and_generate(cat, env, fake_hub, published):
         heads=4,
         on_bytes=lambda d, t: reports.append((d, t)),
         on_status=statuses.append,
+        keep_original=True,
     )
     vq_path = hub.fetch(vq_entry)
 
@@ -403,10 +404,12 @@ def test_fetch_convert_and_generate(cat, env, fake_hub, published):
     assert meta["source_sha256"] == _sha(published[GPT_FILE])
     assert meta["catalogue_name"] == "tiny-4x"
     assert model.cfg.regions == 4 and model.cfg.grid == (8, 8) and model.cfg.n_head == 4
-    # The downloaded originals are kept in our downloads folder, complete, under their own names.
-    assert _downloads(env) == sorted([GPT_FILE, VQ_FILE])
+    # One copy stays: the original is deleted once converted, unless asked to keep it; a kept
+    # one lies in our downloads folder, complete, under its own name.
+    assert _downloads(env) == [GPT_FILE]
     assert hub.raw_download_path(model_entry).read_bytes() == published[GPT_FILE]
     assert record["downloaded_to"] == str(hub.raw_download_path(model_entry))
+    assert record["download_kept"] and not hub.read_record(vq_entry)["download_kept"]
     assert _hf_blobs(env) == []
 
     # End to end: tokens of the converted model equal those of the model that was published.
@@ -479,13 +482,13 @@ def test_download_cut_off_midway_is_resumed(cat, env, fake_hub, published):
     assert reports[-1] == size and max(reports) == size
     assert hub.read_record(cat.get("tiny-4x"))["sha256"] == _sha(published[GPT_FILE])
     assert load_transformer(path)[1]["source_sha256"] == _sha(published[GPT_FILE])
-    assert _downloads(env) == [GPT_FILE]  # no part file, no sidecar left
+    assert _downloads(env) == []  # no part file, no sidecar, no original left
 
 
 def _check_converted(entry, path: Path, data: bytes) -> None:
     assert hub.read_record(entry)["sha256"] == _sha(data)
     assert load_transformer(path)[1]["source_sha256"] == _sha(data)
-    assert hub.raw_download_path(entry).read_bytes() == data
+    assert not hub.raw_download_path(entry).exists()  # converted, so deleted
 
 
 def test_failed_download_is_resumed_by_the_next_run(cat, env, fake_hub, published):
@@ -510,7 +513,7 @@ def test_failed_download_is_resumed_by_the_next_run(cat, env, fake_hub, publishe
     assert fake_hub.gets("/blobs/")[-1][3] == f"bytes={kept}-"
     assert reports[0] == (kept, size) and reports[-1] == (size, size)  # the bar starts at the part
     _check_converted(entry, path, published[GPT_FILE])
-    assert _downloads(env) == [GPT_FILE]
+    assert _downloads(env) == []
 
 
 def _interrupt_after(limit: int):
@@ -534,7 +537,7 @@ def test_interrupted_fetch_resumes_across_runs(cat, env, fake_hub, published):
     path = hub.fetch(entry, heads=4)
     assert [r[3] for r in fake_hub.gets("/blobs/")] == [None, f"bytes={kept}-"]
     _check_converted(entry, path, published[GPT_FILE])
-    assert _downloads(env) == [GPT_FILE]
+    assert _downloads(env) == []
 
 
 def test_changed_remote_file_restarts_the_download(cat, env, fake_hub, published):
@@ -619,7 +622,8 @@ def test_offline_never_touches_the_network(cat, env, fake_hub, monkeypatch, swit
     assert fake_hub.requests == []
 
 
-def test_offline_converts_a_complete_download(cat, env, fake_hub):
+def test_offline_converts_a_complete_download(cat, env, fake_hub, monkeypatch):
+    monkeypatch.setenv("PARCLI_KEEP_ORIGINAL", "1")
     entry = cat.get("tiny-4x")
     hub.fetch(entry, heads=4)
     assert hub.remove(entry) > 0
@@ -692,7 +696,7 @@ def test_lock_is_exclusive_between_processes(cat, env):
 def test_remove(cat, env, fake_hub):
     entry = cat.get("tiny-vq")
     assert hub.remove(entry) == 0
-    hub.fetch(entry)
+    hub.fetch(entry, keep_original=True)
     assert hub.remove(entry) > 0
     assert not hub.is_present(entry)
     assert _downloads(env) == [VQ_FILE]
@@ -764,3 +768,39 @@ def test_cli_errors_are_one_line(cat, env, fake_hub):
 
     result = _run("fetch", "no-such-model", "--catalogue", toml)
     assert result.exit_code == 2 and "unknown model" in result.stderr
+
+
+def test_a_file_in_the_hf_cache_is_never_deleted(cat, env, fake_hub, monkeypatch):
+    entry = cat.get("tiny-vq")
+    hub.fetch(entry, keep_original=True)
+    assert hub.remove(entry) > 0
+    # Pretend the original is in the user's Hugging Face cache: it stays after conversion.
+    elsewhere = env / "hf-cache" / VQ_FILE
+    elsewhere.parent.mkdir()
+    hub.raw_download_path(entry).rename(elsewhere)
+    monkeypatch.setattr(hub, "cached_download", lambda e: elsewhere)
+    hub.fetch(entry)
+    assert elsewhere.is_file() and hub.read_record(entry)["download_kept"]
+
+
+@pytest.mark.parametrize("where", ["download", "conversion"])
+def test_a_full_disk_is_refused_before_anything_is_written(cat, env, fake_hub, monkeypatch, where):
+    entry = cat.get("tiny-4x")
+    if where == "conversion":  # the original is on disk; only the converted copy must fit
+        hub.fetch(entry, heads=4, keep_original=True)
+        hub.remove(entry)
+    before = sorted(p.relative_to(env) for p in env.rglob("*") if p.is_file())
+    size = len(hub.raw_download_path(entry).read_bytes()) if where == "conversion" else None
+    monkeypatch.setattr(hub, "free_bytes", lambda folder: 1000)
+    with pytest.raises(hub.FetchError) as info:
+        hub.fetch(entry, heads=4)
+    message = str(info.value)
+    assert "tiny-4x needs" in message and "that disk has 1.0 kB free" in message
+    assert "PARCLI_HOME" in message
+    if size is not None:
+        assert "to download" not in message
+    after = sorted(
+        p.relative_to(env) for p in env.rglob("*") if p.is_file() and p.suffix != ".lock"
+    )
+    assert [p for p in after if p.suffix != ".lock"] == [p for p in before if p.suffix != ".lock"]
+    assert not hub.is_present(entry)

@@ -33,7 +33,7 @@ def download_progress(target: Console) -> Progress:
     )
 
 
-def fetch_with_progress(entry: Entry, target: Console) -> Path:
+def fetch_with_progress(entry: Entry, target: Console, keep_original: bool = False) -> Path:
     """``hub.fetch`` with a Rich bar on ``target``."""
     with download_progress(target) as progress:
         task = progress.add_task(escape(entry.filename), total=entry.approx_size_bytes)
@@ -45,7 +45,9 @@ def fetch_with_progress(entry: Entry, target: Console) -> Path:
             progress.console.print(f"  {escape(text)} ...", style="dim", highlight=False)
 
         try:
-            path = hub.fetch(entry, on_bytes=on_bytes, on_status=on_status)
+            path = hub.fetch(
+                entry, on_bytes=on_bytes, on_status=on_status, keep_original=keep_original
+            )
         except BaseException:
             progress.update(task, visible=False)
             raise

@@ -115,6 +115,13 @@ def list_weights(
 def fetch(
     names: Annotated[list[str], typer.Argument(help="Entry or family names.")],
     regions: RegionsOption = None,
+    keep_original: Annotated[
+        bool,
+        typer.Option(
+            help="Keep the published file after conversion (default: one copy stays, the "
+            "converted one; also PARCLI_KEEP_ORIGINAL=1)."
+        ),
+    ] = False,
     catalogue_path: CatalogueOption = None,
 ) -> None:
     """Download, convert and verify checkpoints (always with the tokenizer they need)."""
@@ -138,10 +145,10 @@ def fetch(
                         f"{entry.name} is not downloaded and offline mode is on "
                         "(PARCLI_OFFLINE or HF_HUB_OFFLINE); unset it to download"
                     )
-                path = hub.fetch(entry, offline=True)
+                path = hub.fetch(entry, offline=True, keep_original=keep_original)
             else:
                 announce(entry, console)
-                path = fetch_with_progress(entry, console)
+                path = fetch_with_progress(entry, console, keep_original)
             console.print(f"{entry.name}: ready at {path}", highlight=False)
 
 

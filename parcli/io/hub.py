@@ -19,8 +19,9 @@ A catalogue entry is fetched in three steps, under an inter-process lock on ``NA
 3. ``parcli.io.convert.convert`` writes the safetensors file into a temporary name in our cache;
    it must load with ``read_checkpoint`` and agree with the entry before it is renamed to
    ``<cache>/weights/NAME.safetensors``. A ``NAME.json`` sidecar records where it came from and
-   the sha256 of what was downloaded (also in the file's ``source_sha256`` metadata). The raw
-   download is kept (``par weights remove NAME --download`` deletes it).
+   the sha256 of what was downloaded (also in the file's ``source_sha256`` metadata). Our raw
+   download is then deleted, so one copy stays (``keep_original`` or PARCLI_KEEP_ORIGINAL=1 keep
+   it); a file in the user's Hugging Face cache is left as it is.
 
 A converted file exists under its final name only when complete, so "present" means "the file
 exists". Packaged entries (``path = "assets/..."``) are never downloaded and always present.
@@ -36,6 +37,7 @@ import contextlib
 import datetime
 import json
 import os
+import shutil
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -184,6 +186,33 @@ def human_size(size: int | None) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1000
     raise AssertionError("unreachable")
+
+
+def free_bytes(folder: Path) -> int:
+    """Free bytes on the file system that holds `folder` (or would, once it is created)."""
+    probe = Path(folder).absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return shutil.disk_usage(probe).free
+
+
+def check_free_space(entry: Entry, download: int, converted: int) -> None:
+    """Refuse, before writing anything, a fetch whose download and converted copy (both in the
+    cache during conversion) would not fit on the cache's disk."""
+    needed = download + converted
+    free = free_bytes(cache_dir())
+    if needed > free:
+        parts = f"{human_size(download)} to download, " if download else ""
+        raise FetchError(
+            f"{entry.name} needs {human_size(needed)} free in {cache_dir()} ({parts}"
+            f"{human_size(converted)} for the converted copy), but that disk has "
+            f"{human_size(free)} free; make room, or set PARCLI_HOME to a folder on a larger disk"
+        )
+
+
+def keep_original_requested(flag: bool = False) -> bool:
+    """--keep-original, or PARCLI_KEEP_ORIGINAL=1: keep our raw download after conversion."""
+    return flag or os.environ.get("PARCLI_KEEP_ORIGINAL", "").strip().lower() in _TRUE
 
 
 @contextlib.contextmanager
@@ -374,7 +403,11 @@ def _download(entry: Entry, on_bytes: BytesCallback | None) -> Path:
     stored = _read_json(info) or {}
     have = part.stat().st_size if part.is_file() else 0
     same = stored.get("etag") == remote.etag and stored.get("size") == remote.size
-    if not same or remote.etag is None or remote.size is None or have > remote.size:
+    resumable = same and remote.etag is not None and remote.size is not None
+    resumable = resumable and have <= remote.size
+    if remote.size is not None:  # the converted copy is at most the size of the download
+        check_free_space(entry, remote.size - (have if resumable else 0), remote.size)
+    if not resumable:
         # Another version of the file, or no way to tell: start over.
         with contextlib.suppress(FileNotFoundError):
             part.unlink()
@@ -475,7 +508,7 @@ def _convert(
     return meta.get("source_sha256") or sha256 or ""
 
 
-def _write_record(entry: Entry, source: Path, sha256: str) -> None:
+def _write_record(entry: Entry, source: Path, sha256: str, kept: bool) -> None:
 
     record = {
         "name": entry.name,
@@ -484,6 +517,7 @@ def _write_record(entry: Entry, source: Path, sha256: str) -> None:
         "revision": REVISION,
         "url": download_url(entry),
         "downloaded_to": str(source),
+        "download_kept": kept,
         "size_bytes": source.stat().st_size,
         "sha256": sha256,
         "sha256_expected": entry.sha256,
@@ -505,6 +539,7 @@ def fetch(
     on_bytes: BytesCallback | None = None,
     heads: int | None = None,
     on_status: StatusCallback | None = None,
+    keep_original: bool = False,
 ) -> Path:
     """Make ``entry`` available locally and return the path of its converted file.
 
@@ -512,7 +547,10 @@ def fetch(
     huggingface_hub's helpers (resuming what an earlier, interrupted run left), checks the sha256
     where ``weights.toml`` gives one, converts to safetensors atomically and verifies the result
     loads. ``heads`` overrides the attention heads given to ``convert`` (for architectures without
-    a preset). Offline, only local copies are looked at; nothing touches the network.
+    a preset). Offline, only local copies are looked at; nothing touches the network. Both the
+    download and the conversion are refused up front when the cache's disk cannot hold them.
+    Once converted, our raw download is deleted unless ``keep_original`` (or
+    PARCLI_KEEP_ORIGINAL=1); a file in the user's Hugging Face cache is never touched.
     """
     target = converted_path(entry)
     if entry.is_packaged:
@@ -543,9 +581,14 @@ def fetch(
                     f"{entry.name}: sha256 of the downloaded {entry.file} is {sha256}, but "
                     f"weights.toml expects {entry.sha256}; the download was discarded"
                 )
+        check_free_space(entry, 0, source.stat().st_size)
         # convert() hashes the source too and records it as the file's `source_sha256`.
         sha256 = _convert(entry, source, sha256, heads, on_status)
-        _write_record(entry, source, sha256)
+        ours = source == raw_download_path(entry)
+        kept = not ours or keep_original_requested(keep_original)
+        _write_record(entry, source, sha256, kept)
+        if not kept:
+            source.unlink()
         return target
 
 
