@@ -252,6 +252,13 @@ def _parse_metadata(path: str | os.PathLike, meta: Mapping[str, str] | None):
     return kind, config, meta
 
 
+def read_config(path: str | os.PathLike) -> tuple[str, GPTConfig | VQConfig]:
+    """(kind, config) of a parcli checkpoint, from its header alone."""
+    with _open_checkpoint(path) as handle:
+        kind, config, _ = _parse_metadata(path, handle.metadata())
+    return kind, config
+
+
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The header metadata of a parcli checkpoint, without reading any tensor."""
     with _open_checkpoint(path) as handle:

@@ -1,0 +1,162 @@
+"""Will a generation fit? Memory estimated from the checkpoints' headers, before anything large
+is allocated, against what the device has free.
+
+The estimates are deliberately generous (they count the widest pass, float32 logits with their
+sorted copy, the VQ decoder's largest feature maps, and every output pixel held at once); a run
+they pass can still be squeezed by other processes, but a run they refuse would not have fit.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from parcli.config import GPTConfig
+from parcli.io.checkpoints import expected_shapes
+from parcli.plan import Plan
+from parcli.vq import VQConfig
+
+HEADROOM = 0.9  # of the free memory a run may plan to use
+DECODE_BATCH = 16  # images the VQ decodes together (Pipeline.decode's default)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    weights: int  # transformer and tokenizer
+    cache: int  # KV cache of one batch
+    activations: int  # one pass of one batch, and the VQ decoder's
+    outputs: int  # every token and pixel of the run, held until written
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.cache + self.activations + self.outputs
+
+
+def parameter_count(kind: str, config: GPTConfig | VQConfig) -> int:
+    total = 0
+    for shape in expected_shapes(kind, config).values():
+        count = 1
+        for size in shape:
+            count *= size
+        total += count
+    return total
+
+
+def estimate(
+    gpt: GPTConfig,
+    vq: VQConfig,
+    dtype: torch.dtype,
+    batch: int,
+    samples: int,
+    guided: bool,
+    scale: int = 1,
+) -> Estimate:
+    """Bytes a `par generate` of `samples` samples, `batch` at a time, needs at its peak."""
+    size = torch.tensor([], dtype=dtype).element_size()
+    plan = Plan(gpt.grid, gpt.regions)
+    sequences = batch * (2 if guided else 1)
+    cache = 2 * gpt.n_layer * sequences * plan.num_slots * gpt.dim * size
+    width = max(p.width for p in plan.passes)
+    hidden = sequences * width * gpt.dim * 12 * size  # residual, q/k/v, FFN (hidden ~ 2.7 dim)
+    scores = sequences * gpt.n_head * width * plan.num_slots * 4
+    logits = sequences * width * gpt.vocab_size * 4 * 3  # float32, softmax, sorted for top-p
+    rows, cols = gpt.grid[-2:]
+    frames = gpt.grid[0] if len(gpt.grid) == 3 else 1
+    height, width_px = rows * vq.downsample, cols * vq.downsample
+    # The decoder's largest feature map over its resolutions (channels ch x mult at 1/2^k of the
+    # image), float32, three of them alive at once (a block's input, output and norm).
+    largest = max(
+        (height >> k) * (width_px >> k) * vq.ch * mult for k, mult in enumerate(vq.ch_mult)
+    )
+    decode = min(DECODE_BATCH, samples * frames) * largest * 4 * 3
+    pixels = samples * frames * height * width_px * vq.out_channels * scale * scale
+    tokens = samples * plan.num_tokens * 8
+    weights = parameter_count("gpt", gpt) * size + parameter_count("vq", vq) * 4
+    return Estimate(weights, cache, hidden + scores + logits + decode, 2 * pixels + tokens)
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Free memory of the device (RAM for the CPU), or None where it cannot be told."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def largest_batch(fits, upper: int) -> int:
+    """The largest batch in [1, upper] for which `fits(batch)` holds (0 if none); `fits` is
+    monotone, so a bisection finds it."""
+    low, high = 0, upper
+    while low < high:
+        middle = (low + high + 1) // 2
+        if fits(middle):
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+def check_fits(
+    gpt: GPTConfig,
+    vq: VQConfig,
+    device: torch.device,
+    dtype: torch.dtype,
+    batch: int,
+    samples: int,
+    guided: bool,
+    scale: int = 1,
+) -> None:
+    """Refuse in one line a run that would not fit in the device's free memory, naming the
+    batch size that would."""
+    from parcli.errors import SettingError, UserError
+    from parcli.io.hub import human_size
+
+    free = available_bytes(device)
+    if free is None:
+        return
+    budget = free * HEADROOM
+    batch = min(batch, samples)
+
+    def need(size: int) -> Estimate:
+        return estimate(gpt, vq, dtype, size, samples, guided, scale)
+
+    wanted = need(batch)
+    if wanted.total <= budget:
+        return
+    where = "this machine's RAM" if device.type == "cpu" else str(device)
+    smallest = need(1)
+    if smallest.total > budget:
+        if smallest.outputs > budget / 2:
+            raise SettingError(
+                "num_samples", f"{samples} samples hold {human_size(smallest.outputs)} of "
+                f"pixels at once, and {where} has {human_size(free)} free; ask for fewer, or "
+                "use `par sample`, which writes its images as it goes",
+            )  # fmt: skip
+        raise UserError(
+            f"the model needs about {human_size(smallest.total)} to run "
+            f"({human_size(smallest.weights)} of weights), and {where} has "
+            f"{human_size(free)} free"
+        )
+    best = largest_batch(lambda size: need(size).total <= budget, batch)
+    parts = (
+        f"weights {human_size(wanted.weights)}, KV cache {human_size(wanted.cache)}, "
+        f"activations {human_size(wanted.activations)}, outputs {human_size(wanted.outputs)}"
+    )
+    raise SettingError(
+        "batch_size", f"{batch} samples a batch need about {human_size(wanted.total)} "
+        f"({parts}), and {where} has {human_size(free)} free; --batch-size {best} fits",
+    )  # fmt: skip
