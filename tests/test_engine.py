@@ -97,3 +97,16 @@ def test_devices_that_can_run():
 
     assert resolve_device("cpu:0") == CPU and resolve_device("cpu") == CPU
     assert resolve_device("auto") == (CUDA if torch.cuda.is_available() else CPU)
+
+
+def test_auto_prefers_cuda_then_mps_then_cpu(monkeypatch):
+    from parcli.engine.devices import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("mps")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert resolve_device("auto") == CPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda")

@@ -21,7 +21,9 @@ err_console = Console(stderr=True)
 EXIT_USER_ERROR = 2
 
 # Options several commands take, declared once so their names, help and parsing agree.
-DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
+DeviceOption = Annotated[
+    str, typer.Option(help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps.")
+]
 DtypeOption = Annotated[
     str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16.")
 ]

@@ -9,9 +9,12 @@ from parcli.errors import SettingError
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` (CUDA when a GPU is visible, else CPU), `cpu`, `cuda`, `cuda:N` or `mps`."""
+    """`auto` (CUDA when a GPU is visible, else MPS where PyTorch has it, else the CPU), `cpu`,
+    `cuda`, `cuda:N` or `mps`."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
     choices = "use auto, cpu, cuda, cuda:N or mps"
     try:
         device = torch.device(name)
