@@ -36,10 +36,15 @@ def model_files(
     checkpoint: Path | None = None,
     tokenizer: Path | None = None,
     fetch: Fetch | None = None,
+    on_status: Callable[[str], None] | None = None,
 ) -> ModelFiles:
     """The checkpoint and tokenizer files meant by a model name (the catalogue's default family
     without one) and a region count, or by explicit files."""
     fetch = fetch or hub.ensure_files
+    checkpoint, tokenizer = (
+        None if path is None else as_safetensors(path, on_status)
+        for path in (checkpoint, tokenizer)
+    )
     if checkpoint is not None:
         if tokenizer is None and model is None:
             raise SettingError(
@@ -58,6 +63,17 @@ def model_files(
     paths = fetch(wanted)
     tokenizer = tokenizer or paths[catalogue.tokenizer_for(entry).name]
     return ModelFiles(entry.name, paths[entry.name], tokenizer, entry_sampling(entry))
+
+
+def as_safetensors(path: Path, on_status: Callable[[str], None] | None = None) -> Path:
+    """A checkpoint given by path, as a parcli safetensors file: a published `.pt` is converted
+    into the cache once (`parcli.io.hub.convert_local`); anything else is used as it is."""
+    from parcli.io.checkpoints import sniff_format
+
+    path = Path(path)
+    if path.is_file() and path.stat().st_size > 0 and sniff_format(path) in ("zip", "pickle"):
+        return hub.convert_local(path, on_status)
+    return path
 
 
 def catalogue_class_set(model: str | None, regions: int | None) -> ClassSet:

@@ -9,6 +9,7 @@ from conftest import tiny_model
 from typer.testing import CliRunner
 
 from parcli.cli import app
+from parcli.config import GPT_PRESETS
 
 runner = CliRunner()
 
@@ -422,3 +423,30 @@ def test_shell_completion_is_offered():
     result = run("--show-completion", "bash")
     assert result.exit_code == 0, result.output
     assert "complete" in result.output and "COMP_WORDS" in result.output
+
+
+def test_checkpoint_takes_a_published_pt_converted_once(tmp_path, files, monkeypatch):
+    monkeypatch.setenv("PARCLI_HOME", str(tmp_path / "home"))
+    # A published architecture, so that its heads are known without --heads, but tiny.
+    monkeypatch.setitem(GPT_PRESETS, "GPT-tiny", (2, 4, 64))
+    model = tiny_model(regions=4, grid=(24, 24))  # published grids are 24x24 (384 px)
+    src = tmp_path / "PAR-tiny-4x.pt"
+    torch.save({"model": model.state_dict(), "steps": 3}, src)
+    before = src.read_bytes()
+    converted = tmp_path / "explicit.safetensors"
+    assert run("convert-weights", src, converted).exit_code == 0
+
+    def tokens(checkpoint, name):
+        out = tmp_path / f"{name}.npy"
+        result = run("generate", "--checkpoint", checkpoint, "--tokenizer", files["vq"], "-c", 2,
+                     "-q", "-o", tmp_path / f"{name}.png", "--save-tokens", out)  # fmt: skip
+        assert result.exit_code == 0, result.output
+        return np.load(out)
+
+    expected = tokens(converted, "explicit")
+    assert np.array_equal(tokens(src, "direct"), expected)
+    (cached,) = (tmp_path / "home" / "converted").glob("PAR-tiny-4x-*.safetensors")
+    stamp = cached.stat().st_mtime_ns
+    assert np.array_equal(tokens(src, "again"), expected)
+    assert cached.stat().st_mtime_ns == stamp  # reused, not converted again
+    assert src.read_bytes() == before

@@ -193,7 +193,7 @@ def generate(
             names = None if checkpoint is not None else catalogue_class_set(model, regions)
             class_ids = resolve_classes(classes, names) if names is not None else None
         fetch = model_fetcher(offline, quiet)
-        files = model_files(model, regions, checkpoint, tokenizer, fetch)
+        files = model_files(model, regions, checkpoint, tokenizer, fetch, status_printer(quiet))
         count = len(samples) if earlier is not None else len(classes) * num_samples
         guided = (cfg_scale is None or cfg_scale > 1) if earlier is None else cfg_scale > 1
         check_memory(files, torch_device, torch_dtype, batch_size, count, guided, scale)
@@ -341,3 +341,10 @@ def check_memory(
     _, vq = read_config(files.tokenizer)
     if isinstance(gpt, GPTConfig) and isinstance(vq, VQConfig):  # else loading says what is wrong
         check_fits(gpt, vq, device, dtype, batch, samples, guided, scale)
+
+
+def status_printer(quiet: bool):
+    """Where slow steps before generation (converting a `.pt`) say what they do."""
+    if quiet:
+        return None
+    return lambda text: err_console.print(f"{text} ...", style="dim", markup=False, highlight=False)

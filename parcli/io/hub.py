@@ -532,6 +532,46 @@ def _write_record(entry: Entry, source: Path, sha256: str, kept: bool) -> None:
 # ------------------------------------------------------------------------------ public
 
 
+def local_converted_path(source: Path) -> Path:
+    """Where the converted copy of a published file given by path lives: named after the file,
+    keyed by its absolute path, size and modification time, so a changed file converts again."""
+    import hashlib
+
+    status = source.stat()
+    key = f"{source.resolve()}|{status.st_size}|{status.st_mtime_ns}"
+    digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return cache_dir() / "converted" / f"{source.stem}-{digest}.safetensors"
+
+
+def convert_local(source: Path, on_status: StatusCallback | None = None) -> Path:
+    """The safetensors copy of a published `.pt` the user gave by path, converted safely into
+    the cache on first use and reused after; the source itself is never changed."""
+    from parcli.io.convert import convert
+    from parcli.io.tensors import WeightsError
+
+    target = local_converted_path(source)
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(target.with_suffix(".lock"), on_status, source.name):
+        if target.is_file():
+            return target
+        need = source.stat().st_size
+        free = free_bytes(target.parent)
+        if need > free:
+            raise FetchError(
+                f"converting {source.name} needs {human_size(need)} in {target.parent}, which "
+                f"has {human_size(free)} free; make room, or set PARCLI_HOME to a larger disk"
+            )
+        if on_status is not None:
+            on_status(f"converting {source.name} to safetensors (once; kept in {target.parent})")
+        try:
+            convert(source, target)
+        except WeightsError as exc:
+            raise FetchError(f"cannot convert {source}: {exc}") from None
+    return target
+
+
 def fetch(
     entry: Entry,
     *,
