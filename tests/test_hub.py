@@ -35,7 +35,7 @@ from parcli.commands import weights as weights_cli
 from parcli.decode import generate_tokens
 from parcli.io import hub
 from parcli.io.catalogue import Catalogue
-from parcli.io.checkpoints import load_transformer, load_vq
+from parcli.io.checkpoints import load_transformer, load_vq, read_checkpoint
 from parcli.plan import Plan
 from parcli.sampling import SamplingConfig, image_uniforms
 from parcli.vq import VQConfig, VQModel
@@ -804,3 +804,25 @@ def test_a_full_disk_is_refused_before_anything_is_written(cat, env, fake_hub, m
     )
     assert [p for p in after if p.suffix != ".lock"] == [p for p in before if p.suffix != ".lock"]
     assert not hub.is_present(entry)
+
+
+def test_fetch_can_store_bf16_at_half_the_size(cat, env, fake_hub, published):
+    entry = cat.get("tiny-4x")
+    full = hub.fetch(entry, heads=4, keep_original=True)
+    full_size = full.stat().st_size
+    hub.remove(entry)
+    half = hub.fetch(entry, heads=4, dtype="bf16")
+    state, *_ = read_checkpoint(half)
+    floats = [t for t in state.values() if t.is_floating_point()]
+    assert floats and all(t.dtype == torch.bfloat16 for t in floats)
+    assert half.stat().st_size < 0.6 * full_size
+
+
+def test_weights_fetch_refuses_an_unknown_dtype_before_downloading(fake_hub, env):
+    from typer.testing import CliRunner
+
+    from parcli.cli import app
+
+    result = CliRunner().invoke(app, ["weights", "fetch", "par-3b-4x", "--dtype", "int3"])
+    assert result.exit_code == 2 and "--dtype: unknown dtype 'int3'" in result.output
+    assert fake_hub.requests == []

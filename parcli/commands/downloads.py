@@ -33,7 +33,9 @@ def download_progress(target: Console) -> Progress:
     )
 
 
-def fetch_with_progress(entry: Entry, target: Console, keep_original: bool = False) -> Path:
+def fetch_with_progress(
+    entry: Entry, target: Console, keep_original: bool = False, dtype: str = "keep"
+) -> Path:
     """``hub.fetch`` with a Rich bar on ``target``."""
     with download_progress(target) as progress:
         task = progress.add_task(escape(entry.filename), total=entry.approx_size_bytes)
@@ -46,7 +48,11 @@ def fetch_with_progress(entry: Entry, target: Console, keep_original: bool = Fal
 
         try:
             path = hub.fetch(
-                entry, on_bytes=on_bytes, on_status=on_status, keep_original=keep_original
+                entry,
+                on_bytes=on_bytes,
+                on_status=on_status,
+                keep_original=keep_original,
+                dtype=dtype,
             )
         except BaseException:
             progress.update(task, visible=False)

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from parcli.commands.common import command_app, console, err_console, user_errors
 from parcli.commands.downloads import announce, fetch_with_progress
+from parcli.dtypes import storage_dtype
 from parcli.io import hub
 from parcli.io.catalogue import Catalogue, Entry, load_catalogue
 
@@ -122,6 +123,13 @@ def fetch(
             "converted one; also PARCLI_KEEP_ORIGINAL=1)."
         ),
     ] = False,
+    dtype: Annotated[
+        str,
+        typer.Option(
+            help="Store the transformers as published (keep), or as fp32, bf16 or fp16: bf16 "
+            "halves a float32 file, and its tokens then differ from float32's."
+        ),
+    ] = "keep",
     catalogue_path: CatalogueOption = None,
 ) -> None:
     """Download, convert and verify checkpoints (always with the tokenizer they need)."""
@@ -135,7 +143,10 @@ def fetch(
                 tok = catalogue.tokenizer_for(entry)
                 with_tokenizers.setdefault(tok.name, tok)
         offline = hub.offline_requested(False)
+        storage_dtype(dtype)  # an unknown name is one line, before any download
         for entry in with_tokenizers.values():
+            # The tokenizer decodes in float32 whatever is asked, so it is stored as published.
+            stored = dtype if entry.kind == "gpt" else "keep"
             if hub.is_present(entry):
                 console.print(f"{entry.name}: present ({_where(entry)})", highlight=False)
                 continue
@@ -145,10 +156,10 @@ def fetch(
                         f"{entry.name} is not downloaded and offline mode is on "
                         "(PARCLI_OFFLINE or HF_HUB_OFFLINE); unset it to download"
                     )
-                path = hub.fetch(entry, offline=True, keep_original=keep_original)
+                path = hub.fetch(entry, offline=True, keep_original=keep_original, dtype=stored)
             else:
                 announce(entry, console)
-                path = fetch_with_progress(entry, console, keep_original)
+                path = fetch_with_progress(entry, console, keep_original, stored)
             console.print(f"{entry.name}: ready at {path}", highlight=False)
 
 

@@ -477,6 +477,7 @@ def _convert(
     sha256: str | None,
     heads: int | None,
     on_status: StatusCallback | None,
+    dtype: str = "keep",
 ) -> str:
     """Convert ``source`` into the cache under the final name; returns the source sha256."""
     from parcli.io.checkpoints import read_checkpoint
@@ -492,7 +493,8 @@ def _convert(
         extra["cfg_scale"] = str(entry.cfg_scale)
     try:
         with atomic_path(target) as tmp:
-            meta = convert(source, tmp, extra_metadata=extra, **conversion_args(entry, heads))
+            args = conversion_args(entry, heads)
+            meta = convert(source, tmp, extra_metadata=extra, dtype=dtype, **args)
             if sha256 is not None and meta.get("source_sha256") != sha256:
                 raise FetchError(f"{entry.name}: {source} changed while it was converted")
             if on_status is not None:
@@ -580,6 +582,7 @@ def fetch(
     heads: int | None = None,
     on_status: StatusCallback | None = None,
     keep_original: bool = False,
+    dtype: str = "keep",
 ) -> Path:
     """Make ``entry`` available locally and return the path of its converted file.
 
@@ -591,6 +594,7 @@ def fetch(
     download and the conversion are refused up front when the cache's disk cannot hold them.
     Once converted, our raw download is deleted unless ``keep_original`` (or
     PARCLI_KEEP_ORIGINAL=1); a file in the user's Hugging Face cache is never touched.
+    ``dtype`` stores the weights as published ("keep") or as fp32, bf16 or fp16.
     """
     target = converted_path(entry)
     if entry.is_packaged:
@@ -623,7 +627,7 @@ def fetch(
                 )
         check_free_space(entry, 0, source.stat().st_size)
         # convert() hashes the source too and records it as the file's `source_sha256`.
-        sha256 = _convert(entry, source, sha256, heads, on_status)
+        sha256 = _convert(entry, source, sha256, heads, on_status, dtype)
         ours = source == raw_download_path(entry)
         kept = not ours or keep_original_requested(keep_original)
         _write_record(entry, source, sha256, kept)
