@@ -37,9 +37,12 @@ def model_files(
     tokenizer: Path | None = None,
     fetch: Fetch | None = None,
     on_status: Callable[[str], None] | None = None,
+    demo: bool = False,
 ) -> ModelFiles:
     """The checkpoint and tokenizer files meant by a model name (the catalogue's default family
-    without one) and a region count, or by explicit files."""
+    without one) and a region count, or by explicit files. `demo`: sample a published checkpoint
+    with the catalogue's [demo] settings (the authors' demo script's), as `par generate` does;
+    otherwise with the entry's own (the paper's evaluation settings)."""
     fetch = fetch or hub.ensure_files
     checkpoint, tokenizer = (
         None if path is None else as_safetensors(path, on_status)
@@ -62,7 +65,10 @@ def model_files(
     wanted = [entry] if tokenizer is not None else [entry, catalogue.tokenizer_for(entry)]
     paths = fetch(wanted)
     tokenizer = tokenizer or paths[catalogue.tokenizer_for(entry).name]
-    return ModelFiles(entry.name, paths[entry.name], tokenizer, entry_sampling(entry))
+    defaults = entry_sampling(entry)
+    if demo and not entry.is_packaged and catalogue.demo:
+        defaults = SamplingConfig(**catalogue.demo)
+    return ModelFiles(entry.name, paths[entry.name], tokenizer, defaults)
 
 
 def as_safetensors(path: Path, on_status: Callable[[str], None] | None = None) -> Path:

@@ -1,3 +1,4 @@
+import re
 import textwrap
 from pathlib import Path
 
@@ -5,7 +6,7 @@ import pytest
 
 import parcli
 from parcli.config import GPT_PRESETS
-from parcli.io.catalogue import Catalogue, CatalogueError, load_catalogue
+from parcli.io.catalogue import DEFAULT_PATH, Catalogue, CatalogueError, load_catalogue, tomllib
 
 # The published files and the paper's FIDs: name -> (repo, file, arch, regions, fid)
 LLAMAGEN = "FoundationVision/LlamaGen"
@@ -329,3 +330,34 @@ def test_a_file_in_a_repository_folder_is_fine(tmp_path):
     text = PACKAGED.replace('path = "assets/tiny/vq.safetensors"', 'repo = "x/y"\nfile = "a/b.pt"')
     cat = Catalogue.load(_write(tmp_path, text.replace("{sha}", "cd" * 32)))
     assert cat.get("tiny-vq").url.endswith("/x/y/resolve/main/a/b.pt")
+
+
+def test_generate_samples_published_models_as_the_authors_demo_does():
+    from parcli.load import model_files
+    from parcli.sampling import SamplingConfig
+
+    def fetch(entries):
+        return {entry.name: Path(entry.filename) for entry in entries}
+
+    demo = model_files("par-3b-4x", None, fetch=fetch, demo=True).defaults
+    assert demo == SamplingConfig(cfg_scale=4.0, temperature=1.0, top_k=2000, top_p=1.0)
+    evaluation = model_files("par-3b-4x", None, fetch=fetch).defaults
+    assert evaluation == SamplingConfig(cfg_scale=1.345, temperature=1.0, top_k=0, top_p=1.0)
+    # Trained here, no authors' demo: the entry's own settings either way.
+    assert model_files("digits-4", None, demo=True).defaults.cfg_scale == 2.0
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ("[demo]\nseed = 1", "may only set cfg_scale"),
+        ("[demo]\ntop_k = 1.5", "'top_k' must be an integer"),
+        ("[demo]\ncfg_scale = -1", "'cfg_scale' must be a number >= 0"),
+        ("[demo]\ntop_p = 0", "'top_p' must be in (0, 1]"),
+    ],
+)
+def test_demo_table_is_checked(table, message):
+    data = tomllib.loads(table)
+    data.update(tomllib.loads(DEFAULT_PATH.read_text(encoding="utf-8")) | {"demo": data["demo"]})
+    with pytest.raises(CatalogueError, match=re.escape(message)):
+        Catalogue.from_dict(data)

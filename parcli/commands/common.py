@@ -41,14 +41,17 @@ CfgScaleOption = Annotated[
     typer.Option(help="Classifier-free guidance scale; <= 1 turns it off. Default: the model's."),
 ]
 TemperatureOption = Annotated[
-    float | None, typer.Option(help="Softmax temperature. Default: the model's (1.0).")
+    float | None, typer.Option(help="Softmax temperature. Default: the model's (weights.toml).")
 ]
 TopKOption = Annotated[
     int | None,
-    typer.Option(help="Keep the k most likely tokens; 0 = all. Default: the model's (0)."),
+    typer.Option(
+        help="Keep the k most likely tokens; 0 = all. Default: the model's (weights.toml)."
+    ),
 ]
 TopPOption = Annotated[
-    float | None, typer.Option(help="Nucleus sampling mass; 1.0 = off. Default: the model's (1.0).")
+    float | None,
+    typer.Option(help="Nucleus sampling mass; 1.0 = off. Default: the model's (weights.toml)."),
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
 

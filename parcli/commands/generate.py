@@ -193,7 +193,8 @@ def generate(
             names = None if checkpoint is not None else catalogue_class_set(model, regions)
             class_ids = resolve_classes(classes, names) if names is not None else None
         fetch = model_fetcher(offline, quiet)
-        files = model_files(model, regions, checkpoint, tokenizer, fetch, status_printer(quiet))
+        printer = status_printer(quiet)
+        files = model_files(model, regions, checkpoint, tokenizer, fetch, printer, demo=True)
         count = len(samples) if earlier is not None else len(classes) * num_samples
         guided = (cfg_scale is None or cfg_scale > 1) if earlier is None else cfg_scale > 1
         check_memory(files, torch_device, torch_dtype, batch_size, count, guided, scale)

@@ -199,6 +199,25 @@ def _entry_from_table(name: str, table: Any) -> Entry:
     return Entry(name=name, **data)
 
 
+DEMO_FIELDS = ("cfg_scale", *SAMPLING_FIELDS)
+
+
+def _demo_settings(table: Any) -> dict[str, float]:
+    """The [demo] table: sampling settings `par generate` uses for published checkpoints."""
+    where = "weights.toml: [demo]"
+    if not isinstance(table, dict) or set(table) - set(DEMO_FIELDS):
+        raise CatalogueError(f"{where} may only set {', '.join(DEMO_FIELDS)}")
+    for key, value in table.items():
+        integral = key == "top_k"
+        kinds = (int,) if integral else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds) or not value >= 0:
+            what = "an integer" if integral else "a number"
+            raise CatalogueError(f"{where}: {key!r} must be {what} >= 0")
+    if not 0 < table.get("top_p", 1) <= 1:
+        raise CatalogueError(f"{where}: 'top_p' must be in (0, 1]")
+    return dict(table)
+
+
 def _close(name: str, candidates: list[str]) -> list[str]:
     return difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
 
@@ -207,11 +226,17 @@ class Catalogue:
     """All entries of a ``weights.toml``, with lookup by entry or family name."""
 
     def __init__(
-        self, entries: Mapping[str, Entry], default_family: str, source: Path | None = None
+        self,
+        entries: Mapping[str, Entry],
+        default_family: str,
+        source: Path | None = None,
+        demo: Mapping[str, float] | None = None,
     ) -> None:
         self._entries = dict(entries)
         self.default_family = default_family
         self.source = source
+        # `par generate`'s sampling settings for published entries: the authors' demo script's.
+        self.demo = dict(demo or {})
         families: dict[str, list[Entry]] = {}
         for entry in self._entries.values():
             if entry.family is not None:
@@ -240,7 +265,7 @@ class Catalogue:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: Path | None = None) -> Catalogue:
-        unknown = sorted(set(data) - {"default_family", "models", "sampling"})
+        unknown = sorted(set(data) - {"default_family", "models", "sampling", "demo"})
         if unknown:
             raise CatalogueError(f"weights.toml: unknown top-level key {unknown[0]!r}")
         models = data.get("models")
@@ -258,7 +283,7 @@ class Catalogue:
             if isinstance(table, dict) and table.get("kind") == "gpt":
                 table = {**sampling, **table}
             entries[name] = _entry_from_table(name, table)
-        return cls(entries, default_family, source)
+        return cls(entries, default_family, source, _demo_settings(data.get("demo", {})))
 
     def _validate(self) -> None:
         for entry in self._entries.values():
