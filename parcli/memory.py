@@ -116,12 +116,12 @@ def check_fits(
     device: torch.device,
     dtype: torch.dtype,
     batch: int,
-    samples: int,
+    samples: int | None,
     guided: bool,
     scale: int = 1,
 ) -> None:
     """Refuse in one line a run that would not fit in the device's free memory, naming the
-    batch size that would."""
+    batch size that would. `samples` None: a run that holds one batch of outputs at a time."""
     from parcli.errors import SettingError, UserError
     from parcli.io.hub import human_size
 
@@ -129,10 +129,10 @@ def check_fits(
     if free is None:
         return
     budget = free * HEADROOM
-    batch = min(batch, samples)
+    batch = min(batch, samples) if samples is not None else batch
 
     def need(size: int) -> Estimate:
-        return estimate(gpt, vq, dtype, size, samples, guided, scale)
+        return estimate(gpt, vq, dtype, size, samples or size, guided, scale)
 
     wanted = need(batch)
     if wanted.total <= budget:
@@ -140,7 +140,7 @@ def check_fits(
     where = "this machine's RAM" if device.type == "cpu" else str(device)
     smallest = need(1)
     if smallest.total > budget:
-        if smallest.outputs > budget / 2:
+        if samples is not None and smallest.outputs > budget / 2:
             raise SettingError(
                 "num_samples", f"{samples} samples hold {human_size(smallest.outputs)} of "
                 f"pixels at once, and {where} has {human_size(free)} free; ask for fewer, or "
@@ -160,3 +160,17 @@ def check_fits(
         "batch_size", f"{batch} samples a batch need about {human_size(wanted.total)} "
         f"({parts}), and {where} has {human_size(free)} free; --batch-size {best} fits",
     )  # fmt: skip
+
+
+def check_files_fit(
+    checkpoint, tokenizer, device: torch.device, dtype: torch.dtype, batch: int,
+    samples: int | None, guided: bool, scale: int = 1,
+) -> None:  # fmt: skip
+    """check_fits for checkpoint files, from their headers alone (a header that is not a parcli
+    checkpoint's is left to loading, which says what is wrong with it)."""
+    from parcli.io.checkpoints import read_config
+
+    _, gpt = read_config(checkpoint)
+    _, vq = read_config(tokenizer)
+    if isinstance(gpt, GPTConfig) and isinstance(vq, VQConfig):
+        check_fits(gpt, vq, device, dtype, batch, samples, guided, scale)

@@ -72,3 +72,11 @@ def test_generate_refuses_more_pixels_than_memory(free_bytes, tmp_path):
 def test_available_memory_is_known_here():
     free = memory.available_bytes(torch.device("cpu"))
     assert free is None or free > 0
+
+
+def test_bench_refuses_before_building_what_cannot_fit(free_bytes):
+    free_bytes(8 * 10**9)
+    result = run("bench", "--arch", "GPT-3B", "--grid", "1024", "--regions", "16")
+    assert_user_error(result, "the model needs about", "12.7 GB of weights")
+    result = run("bench", "--arch", "GPT-B", "--regions", "1", "--batch-size", "1,4096")
+    assert_user_error(result, "--batch-size: 4096 samples a batch need about", "fits")

@@ -39,11 +39,13 @@ from parcli.commands.common import (
     warn_if_emulated,
 )
 from parcli.commands.downloads import model_fetcher
-from parcli.config import GPT_PRESETS, token_grid
+from parcli.config import GPT_PRESETS, GPTConfig, token_grid
 from parcli.engine.devices import resolve
 from parcli.io.files import atomic_path, check_writable
+from parcli.memory import check_fits
 from parcli.pipeline import Pipeline
 from parcli.sampling import SamplingConfig
+from parcli.vq import VQConfig
 
 
 def bytes_text(count: int) -> str:
@@ -98,6 +100,12 @@ def bench(
             check_writable(json_path, (".json",), setting="json")
         torch_device, torch_dtype = resolve(device, dtype)
         warn_if_emulated(torch_device, torch_dtype)
+        sides = token_grid(grid, image_size)
+        if arch in GPT_PRESETS:  # random weights: refuse what cannot fit before building it
+            cfg = GPTConfig.preset(arch, grid=sides, regions=max(region_list))
+            guided = cfg_scale is None or cfg_scale > 1
+            most = max(batches)
+            check_fits(cfg, VQConfig.llamagen_ds16(), torch_device, torch_dtype, most, None, guided)
         building = console.status(f"building {arch} with random weights") if arch else nullcontext()
         with building:
             pipelines, title = pipelines_to_time(
@@ -108,7 +116,7 @@ def bench(
                 torch_dtype,
                 checkpoint,
                 tokenizer,
-                token_grid(grid, image_size),
+                sides,
                 compile_model,
                 seed,
                 model_fetcher(offline, quiet=False),

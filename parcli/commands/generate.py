@@ -32,11 +32,9 @@ from parcli.commands.common import (
     warn_if_emulated,
 )
 from parcli.commands.downloads import model_fetcher
-from parcli.config import GPTConfig
 from parcli.dtypes import dtype_name
 from parcli.engine.devices import resolve
 from parcli.errors import SettingError, UserError
-from parcli.io.checkpoints import read_config
 from parcli.io.files import atomic_write, check_writable, is_directory_target
 from parcli.io.media import (
     CLIP_FPS,
@@ -49,10 +47,9 @@ from parcli.io.media import (
     save_tokens,
     save_video,
 )
-from parcli.load import ModelFiles, catalogue_class_set, model_files, pipeline_of
-from parcli.memory import check_fits
+from parcli.load import catalogue_class_set, model_files, pipeline_of
+from parcli.memory import check_files_fit
 from parcli.provenance import Recipe, Sample, checkpoint_sha256, read_recipe
-from parcli.vq import VQConfig
 
 # Settings whose option is not simply --setting-name.
 OPTIONS = {"from_file": "--from", "manifest": "--json", "num_samples": "-n/--num-samples"}
@@ -197,7 +194,10 @@ def generate(
         files = model_files(model, regions, checkpoint, tokenizer, fetch, printer, demo=True)
         count = len(samples) if earlier is not None else len(classes) * num_samples
         guided = (cfg_scale is None or cfg_scale > 1) if earlier is None else cfg_scale > 1
-        check_memory(files, torch_device, torch_dtype, batch_size, count, guided, scale)
+        check_files_fit(
+            files.checkpoint, files.tokenizer, torch_device, torch_dtype, batch_size, count,
+            guided, scale,
+        )  # fmt: skip
         # With --from, the weights are checked against the recipe before the region count.
         pipe = pipeline_of(files, None if earlier else regions, torch_device, torch_dtype,
                            compile_model)  # fmt: skip
@@ -326,22 +326,6 @@ def sample_stems(samples: list[Sample]) -> list[str]:
         slug = class_slug(sample.class_name, label)
         stems.append("-".join([str(label), *([slug] if slug else []), f"s{number:04d}"]))
     return stems
-
-
-def check_memory(
-    files: ModelFiles,
-    device: torch.device,
-    dtype: torch.dtype,
-    batch: int,
-    samples: int,
-    guided: bool,
-    scale: int,
-) -> None:
-    """Refuse, from the checkpoints' headers, a run the device's free memory cannot hold."""
-    _, gpt = read_config(files.checkpoint)
-    _, vq = read_config(files.tokenizer)
-    if isinstance(gpt, GPTConfig) and isinstance(vq, VQConfig):  # else loading says what is wrong
-        check_fits(gpt, vq, device, dtype, batch, samples, guided, scale)
 
 
 def status_printer(quiet: bool):

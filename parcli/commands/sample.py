@@ -35,6 +35,7 @@ from parcli.commands.downloads import model_fetcher
 from parcli.engine.devices import resolve
 from parcli.io.files import file_sha256
 from parcli.load import model_files, pipeline_of
+from parcli.memory import check_files_fit
 from parcli.ranks import Ranks
 from parcli.sample import SampleError, SampleRun, SampleSettings, Shard, identity
 
@@ -79,6 +80,12 @@ def sample(
                 warn_if_emulated(torch_device, torch_dtype)
             fetch = model_fetcher(offline, quiet or not ranks.is_first)
             files = model_files(model, regions, checkpoint, tokenizer, fetch)
+            # Images go to disk shard by shard: one batch of them is held at a time.
+            guided = cfg_scale is None or cfg_scale > 1
+            check_files_fit(
+                files.checkpoint, files.tokenizer, torch_device, torch_dtype, batch_size, None,
+                guided,
+            )  # fmt: skip
             pipe = pipeline_of(files, regions, torch_device, torch_dtype, compile_model)
             wanted = parse_classes(classes, pipe.model.cfg.num_classes)
             settings = SampleSettings(
