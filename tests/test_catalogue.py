@@ -361,3 +361,55 @@ def test_demo_table_is_checked(table, message):
     data.update(tomllib.loads(DEFAULT_PATH.read_text(encoding="utf-8")) | {"demo": data["demo"]})
     with pytest.raises(CatalogueError, match=re.escape(message)):
         Catalogue.from_dict(data)
+
+
+def test_every_catalogue_command_takes_catalogue_or_the_environment(tmp_path):
+    from typer.testing import CliRunner
+
+    from parcli.cli import app
+
+    mine = tmp_path / "mine.toml"
+    mine.write_text(
+        DEFAULT_PATH.read_text(encoding="utf-8").replace(
+            'default_family = "par-3b"', 'default_family = "digits"'
+        ),
+        encoding="utf-8",
+    )
+    empty = tmp_path / "empty.toml"
+    empty.write_text("", encoding="utf-8")
+    (tmp_path / "latin1.toml").write_bytes("# caf\xe9\n".encode("latin-1"))
+    runner = CliRunner()
+    commands = [
+        ["classes", "7"],
+        ["generate", "-c", "7", "-q", "-o", str(tmp_path / "x.png")],
+        ["weights", "list"],
+        ["weights", "path", "digits-4"],
+        ["bench", "-m", "digits", "--regions", "4", "--repeats", "1", "--warmup", "0"],
+        ["sample", "--per-class", "1", "--classes", "1", "--out", str(tmp_path / "s")],
+        ["eval", "-m", "digits", "--regions", "4", "--samples-per-class", "1"],
+    ]
+    for command in commands:
+        for args, env in (
+            ([*command, "--catalogue", str(empty)], {}),
+            (command, {"PARCLI_CATALOGUE": str(empty)}),
+        ):
+            result = runner.invoke(app, args, env=env)
+            assert result.exit_code == 2, (args, result.output)
+            assert "empty.toml: no [models.NAME] tables" in result.output, result.output
+    bad = runner.invoke(app, ["weights", "list", "--catalogue", str(tmp_path / "latin1.toml")])
+    assert bad.exit_code == 2 and "latin1.toml is not UTF-8 text" in bad.output
+    # The chosen catalogue is read: its default family is the digits one.
+    result = runner.invoke(app, ["classes", "--catalogue", str(mine)])
+    assert result.exit_code == 0 and "10 of 10 digits classes" in result.output
+    # ... and forgotten by the next command that names none.
+    assert "1000 imagenet-1k" in runner.invoke(app, ["classes"]).output
+
+
+def test_catalogue_messages_name_the_file_and_bound_the_grid(tmp_path):
+    text = DEFAULT_PATH.read_text(encoding="utf-8").replace(
+        "grid = [24, 24]", "grid = [100000, 100000]", 1
+    )
+    path = tmp_path / "other-name.toml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(CatalogueError, match=r"^other-name.toml entry .*more than 65536 tokens"):
+        Catalogue.load(path)

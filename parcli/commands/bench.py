@@ -27,6 +27,7 @@ from parcli.bench import (
     run_bench,
 )
 from parcli.commands.common import (
+    CatalogueOption,
     CompileOption,
     DeviceOption,
     DtypeOption,
@@ -41,6 +42,7 @@ from parcli.commands.common import (
 from parcli.commands.downloads import model_fetcher
 from parcli.config import GPT_PRESETS, GPTConfig, token_grid
 from parcli.engine.devices import resolve
+from parcli.io.catalogue import use_catalogue
 from parcli.io.files import atomic_path, check_writable
 from parcli.memory import check_fits
 from parcli.pipeline import Pipeline
@@ -91,9 +93,11 @@ def bench(
         Path | None, typer.Option("--json", help="Write every figure here.")
     ] = None,
     offline: OfflineOption = False,
+    catalogue: CatalogueOption = None,
 ) -> None:
     """Time generation at 1, 4 and 16 regions on the real `par generate` path."""
     with user_errors():
+        use_catalogue(catalogue)
         region_list = parse_region_list(regions)
         batches = tuple(parse_ints(batch_size, "batch_size"))
         if json_path is not None:

@@ -6,8 +6,9 @@ from typing import Annotated
 
 import typer
 
-from parcli.commands.common import console, err_console, user_errors
+from parcli.commands.common import CatalogueOption, console, err_console, user_errors
 from parcli.errors import UserError
+from parcli.io.catalogue import use_catalogue
 from parcli.load import catalogue_class_set
 
 
@@ -22,9 +23,11 @@ def classes_command(
             "--model", "-m", help="Catalogue entry or family. Default: the default family."
         ),
     ] = None,
+    catalogue: CatalogueOption = None,
 ) -> None:
     """List or search the class ids and names that --class accepts."""
     with user_errors():
+        use_catalogue(catalogue)
         names = catalogue_class_set(model, None)
         ids = names.search(query) if query is not None else list(range(len(names)))
         if not ids:

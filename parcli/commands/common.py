@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -52,6 +53,14 @@ TopKOption = Annotated[
 TopPOption = Annotated[
     float | None,
     typer.Option(help="Nucleus sampling mass; 1.0 = off. Default: the model's (weights.toml)."),
+]
+CatalogueOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--catalogue",
+        envvar="PARCLI_CATALOGUE",
+        help="Read this weights.toml instead of the packaged one (also PARCLI_CATALOGUE).",
+    ),
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
 

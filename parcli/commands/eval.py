@@ -23,6 +23,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from parcli.commands.common import (
+    CatalogueOption,
     DeviceOption,
     DtypeOption,
     OfflineOption,
@@ -37,6 +38,7 @@ from parcli.commands.common import (
 from parcli.commands.downloads import model_fetcher
 from parcli.engine.devices import resolve
 from parcli.errors import SettingError
+from parcli.io.catalogue import use_catalogue
 from parcli.io.files import atomic_path, check_writable
 from parcli.load import open_pipelines
 
@@ -83,6 +85,7 @@ def eval_digits(
     ] = 1500,
     offline: OfflineOption = False,
     quiet: QuietOption = False,
+    catalogue: CatalogueOption = None,
 ) -> None:
     """Score generated digits per n: class accuracy and Fréchet distance of classifier features.
 
@@ -99,6 +102,7 @@ def eval_digits(
 
     classifier_path = classifier if classifier is not None else DEFAULT_CLASSIFIER
     with user_errors():
+        use_catalogue(catalogue)
         if train_classifier:
             if classifier is None:
                 raise SettingError(

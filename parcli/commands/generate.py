@@ -15,6 +15,7 @@ from parcli.animate import FPS as ANIMATION_FPS
 from parcli.animate import animation_frames
 from parcli.classes import class_set_of_size, class_slug, resolve_classes
 from parcli.commands.common import (
+    CatalogueOption,
     CfgScaleOption,
     CompileOption,
     DeviceOption,
@@ -35,6 +36,7 @@ from parcli.commands.downloads import model_fetcher
 from parcli.dtypes import dtype_name
 from parcli.engine.devices import resolve
 from parcli.errors import SettingError, UserError
+from parcli.io.catalogue import use_catalogue
 from parcli.io.files import atomic_write, check_writable, is_directory_target
 from parcli.io.media import (
     CLIP_FPS,
@@ -142,9 +144,11 @@ def generate(
     compile_model: CompileOption = None,
     offline: OfflineOption = False,
     quiet: QuietOption = False,
+    catalogue: CatalogueOption = None,
 ) -> None:
     """Generate images (or clips) of the given classes with 1, 4 or 16 PAR regions."""
     with user_errors(OPTIONS):
+        use_catalogue(catalogue)
         for setting, value in (("num_samples", num_samples), ("batch_size", batch_size)):
             if value < 1:
                 raise SettingError(setting, f"must be at least 1, not {value}")

@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from parcli import __version__
 from parcli.bench import machine_info
 from parcli.commands.common import (
+    CatalogueOption,
     CfgScaleOption,
     CompileOption,
     DeviceOption,
@@ -33,6 +34,7 @@ from parcli.commands.common import (
 )
 from parcli.commands.downloads import model_fetcher
 from parcli.engine.devices import resolve
+from parcli.io.catalogue import use_catalogue
 from parcli.io.files import file_sha256
 from parcli.load import model_files, pipeline_of
 from parcli.memory import check_files_fit
@@ -68,9 +70,11 @@ def sample(
     compile_model: CompileOption = None,
     offline: OfflineOption = False,
     quiet: QuietOption = False,
+    catalogue: CatalogueOption = None,
 ) -> None:
     """Sample K images of every class into OUT/samples.npz (runs under torchrun too)."""
     with user_errors():
+        use_catalogue(catalogue)
         ranks = Ranks.from_environment()
         torch_device, torch_dtype = resolve(ranks.device(device), dtype)
         ranks.start(torch_device)

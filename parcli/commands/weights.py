@@ -9,18 +9,20 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from parcli.commands.common import command_app, console, err_console, user_errors
+from parcli.commands.common import (
+    CatalogueOption,
+    command_app,
+    console,
+    err_console,
+    user_errors,
+)
 from parcli.commands.downloads import announce, fetch_with_progress
 from parcli.dtypes import storage_dtype
 from parcli.io import hub
-from parcli.io.catalogue import Catalogue, Entry, load_catalogue
+from parcli.io.catalogue import Catalogue, Entry, load_catalogue, use_catalogue
 
 app = command_app("weights", "List, download, locate and remove model weights.")
 
-CatalogueOption = Annotated[
-    Path | None,
-    typer.Option("--catalogue", hidden=True, help="Read this weights.toml instead."),
-]
 RegionsOption = Annotated[
     int | None, typer.Option("--regions", "-n", help="With a family name: its n-region member.")
 ]
@@ -30,7 +32,8 @@ RegionsOption = Annotated[
 
 
 def _catalogue(path: Path | None) -> Catalogue:
-    return load_catalogue(path)
+    use_catalogue(path)
+    return load_catalogue()
 
 
 def _select(catalogue: Catalogue, names: list[str], regions: int | None) -> list[Entry]:

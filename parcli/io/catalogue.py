@@ -11,6 +11,7 @@ architecture is the family's n = 1 member.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import sys
 from collections.abc import Iterator, Mapping
@@ -25,7 +26,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 from parcli.classes import CLASS_SETS, IMAGENET
-from parcli.config import CHECKPOINT_KINDS, SUPPORTED_REGIONS
+from parcli.config import CHECKPOINT_KINDS, MAX_TOKENS, SUPPORTED_REGIONS
 from parcli.errors import UserError
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
@@ -123,8 +124,8 @@ _REQUIRED = {
 _REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-def _entry_from_table(name: str, table: Any) -> Entry:
-    where = f"weights.toml entry {name!r}"
+def _entry_from_table(name: str, table: Any, label: str = "weights.toml") -> Entry:
+    where = f"{label} entry {name!r}"
     if not _NAME_RE.match(name):
         raise CatalogueError(f"{where}: names must be lower-case letters, digits, '.', '_' or '-'")
     if not isinstance(table, dict):
@@ -177,6 +178,8 @@ def _entry_from_table(name: str, table: Any) -> Entry:
             isinstance(g, int) and not isinstance(g, bool) and g > 0 for g in grid
         ):
             raise CatalogueError(f"{where}: field 'grid' must be 2 or 3 positive integers")
+        if math.prod(grid) > MAX_TOKENS:
+            raise CatalogueError(f"{where}: field 'grid' has more than {MAX_TOKENS} tokens")
         data["grid"] = tuple(grid)
     if "regions" in data and data["regions"] not in SUPPORTED_REGIONS:
         allowed = ", ".join(map(str, SUPPORTED_REGIONS))
@@ -202,9 +205,9 @@ def _entry_from_table(name: str, table: Any) -> Entry:
 DEMO_FIELDS = ("cfg_scale", *SAMPLING_FIELDS)
 
 
-def _demo_settings(table: Any) -> dict[str, float]:
+def _demo_settings(table: Any, label: str = "weights.toml") -> dict[str, float]:
     """The [demo] table: sampling settings `par generate` uses for published checkpoints."""
-    where = "weights.toml: [demo]"
+    where = f"{label}: [demo]"
     if not isinstance(table, dict) or set(table) - set(DEMO_FIELDS):
         raise CatalogueError(f"{where} may only set {', '.join(DEMO_FIELDS)}")
     for key, value in table.items():
@@ -257,6 +260,8 @@ class Catalogue:
             text = file.read_text(encoding="utf-8")
         except OSError as exc:
             raise CatalogueError(f"cannot read model catalogue {file}: {exc.strerror}") from exc
+        except UnicodeDecodeError:
+            raise CatalogueError(f"model catalogue {file} is not UTF-8 text") from None
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
@@ -265,51 +270,51 @@ class Catalogue:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: Path | None = None) -> Catalogue:
+        label = source.name if source is not None else "weights.toml"
         unknown = sorted(set(data) - {"default_family", "models", "sampling", "demo"})
         if unknown:
-            raise CatalogueError(f"weights.toml: unknown top-level key {unknown[0]!r}")
+            raise CatalogueError(f"{label}: unknown top-level key {unknown[0]!r}")
         models = data.get("models")
         if not isinstance(models, dict) or not models:
-            raise CatalogueError("weights.toml: no [models.NAME] tables")
+            raise CatalogueError(f"{label}: no [models.NAME] tables")
         default_family = data.get("default_family")
         if not isinstance(default_family, str):
-            raise CatalogueError("weights.toml: missing top-level string 'default_family'")
+            raise CatalogueError(f"{label}: missing top-level string 'default_family'")
         sampling = data.get("sampling", {})
         if not isinstance(sampling, dict) or set(sampling) - set(SAMPLING_FIELDS):
             fields = ", ".join(SAMPLING_FIELDS)
-            raise CatalogueError(f"weights.toml: [sampling] may only set {fields}")
+            raise CatalogueError(f"{label}: [sampling] may only set {fields}")
         entries = {}
         for name, table in models.items():
             if isinstance(table, dict) and table.get("kind") == "gpt":
                 table = {**sampling, **table}
-            entries[name] = _entry_from_table(name, table)
-        return cls(entries, default_family, source, _demo_settings(data.get("demo", {})))
+            entries[name] = _entry_from_table(name, table, label)
+        return cls(entries, default_family, source, _demo_settings(data.get("demo", {}), label))
 
     def _validate(self) -> None:
+        label = self.source.name if self.source is not None else "weights.toml"
         for entry in self._entries.values():
             if entry.kind != "gpt":
                 continue
             tok = self._entries.get(entry.tokenizer or "")
             if tok is None or tok.kind != "vq":
                 raise CatalogueError(
-                    f"weights.toml entry {entry.name!r}: field 'tokenizer' names "
+                    f"{label} entry {entry.name!r}: field 'tokenizer' names "
                     f"{entry.tokenizer!r}, which is not a 'vq' entry"
                 )
         for fam, members in self._families.items():
             if fam in self._entries:
-                raise CatalogueError(f"weights.toml: {fam!r} is both a family and an entry name")
+                raise CatalogueError(f"{label}: {fam!r} is both a family and an entry name")
             seen: dict[int | None, str] = {}
             for member in members:
                 if member.regions in seen:
                     raise CatalogueError(
-                        f"weights.toml: family {fam!r} has two {member.regions}-region "
+                        f"{label}: family {fam!r} has two {member.regions}-region "
                         f"checkpoints ({seen[member.regions]}, {member.name})"
                     )
                 seen[member.regions] = member.name
         if self.default_family not in self._families:
-            raise CatalogueError(
-                f"weights.toml: default_family {self.default_family!r} is not a family"
-            )
+            raise CatalogueError(f"{label}: default_family {self.default_family!r} is not a family")
 
     # ------------------------------------------------------------------ lookup
 
@@ -402,11 +407,24 @@ class Catalogue:
         return f"unknown {what} {name!r}; known: {', '.join(candidates)}"
 
 
-@lru_cache(maxsize=1)
-def _default_catalogue() -> Catalogue:
-    return Catalogue.load()
+CATALOGUE_ENV = "PARCLI_CATALOGUE"
+_chosen: list[Path] = []  # the --catalogue of this run, if one was given
+
+
+def use_catalogue(path: str | Path | None) -> None:
+    """Make `path` the catalogue every later `load_catalogue()` of this process reads (the
+    command line's --catalogue, which also reads PARCLI_CATALOGUE); None: the packaged one."""
+    _chosen[:] = [Path(path)] if path is not None else []
+
+
+@lru_cache(maxsize=8)
+def _read_once(path: Path) -> Catalogue:
+    return Catalogue.load(path)
 
 
 def load_catalogue(path: str | Path | None = None) -> Catalogue:
-    """The catalogue at ``path``; without a path the packaged one, read once and cached."""
-    return Catalogue.load(path) if path is not None else _default_catalogue()
+    """The catalogue at ``path``; without one, the one chosen with `use_catalogue` or else the
+    packaged one, read once and cached."""
+    if path is not None:
+        return Catalogue.load(path)
+    return _read_once(_chosen[0] if _chosen else DEFAULT_PATH)
