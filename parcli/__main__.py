@@ -1,3 +1,3 @@
-from parcli.cli import main
+from parcli.entry import main
 
 main()

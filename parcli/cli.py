@@ -54,7 +54,3 @@ app.command("eval")(eval_digits)
 app.command("fid")(fid_command)
 app.add_typer(train_app, name="train", help="Train a VQ tokenizer or a PAR transformer.")
 app.add_typer(weights_app, name="weights", help="List, fetch, locate and remove checkpoints.")
-
-
-def main() -> None:
-    app()

@@ -8,6 +8,7 @@ device). A recipe read from a file is untrusted text, so every field is checked 
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import asdict, dataclass, field, fields
 from functools import cache
@@ -190,5 +191,29 @@ def _png_text(path: Path) -> str | None:
     try:
         with Image.open(path) as image:
             return image.text.get(RECIPE_KEY)  # type: ignore[attr-defined]
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, AttributeError):
         raise RecipeError(f"{path} is not a readable PNG") from None
+
+
+def earlier_outputs(folder: Path) -> list[Path]:
+    """The files in `folder` (not below) that a parcli run wrote: PNGs carrying a recipe, and
+    sidecars with the files they describe. Other files are not ours and are never listed."""
+    found: list[Path] = []
+    if not folder.is_dir():
+        return found
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        if path.suffix.lower() == ".png":
+            with contextlib.suppress(RecipeError):
+                if _png_text(path) is not None:
+                    found.append(path)
+        elif path.name.endswith(SIDECAR_SUFFIX) and path.stem:
+            described = path.with_name(path.name[: -len(SIDECAR_SUFFIX)])
+            with contextlib.suppress(RecipeError, OSError, ValueError):
+                data = json.loads(_read_text(path))
+                if isinstance(data, dict) and RECIPE_KEY in data:
+                    found.append(path)
+                    if described.is_file():
+                        found.append(described)
+    return sorted(set(found))

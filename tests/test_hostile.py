@@ -102,3 +102,43 @@ def test_truncated_and_bit_flipped_files(files, tmp_path):
             continue
         assert_clean_refusal(result)
         assert not out.exists()
+
+
+def _run_and_signal(args, signum, after, cwd):
+    """`python -m parcli ARGS`, sent `signum` `after` seconds in; (exit code, stderr)."""
+    import os
+    import signal  # noqa: F401  (signum values)
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "parcli", *map(str, args)],
+        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(after)
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=120)
+    return process.returncode, err
+
+
+@pytest.mark.parametrize(
+    ("signum", "code", "word"), [(2, 130, "interrupted"), (15, 143, "terminated")]
+)
+@pytest.mark.parametrize("after", [0.3, 4.0])  # during start-up (imports), and while writing
+def test_signals_clean_up_and_say_one_line(tmp_path, signum, code, word, after):
+    out = tmp_path / "out"
+    args = ["generate", "-m", "digits-1", "-c", "1", "-n", "400", "--batch-size", "400", "-q",
+            "-o", f"{out}/"]  # fmt: skip
+    returncode, err = _run_and_signal(args, signum, after, tmp_path)
+    TRIED["count"] += 1
+    if returncode == 0:  # the machine was fast enough to finish first
+        return
+    assert returncode == code, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines and lines[-1].strip().endswith(word) or word in lines[-1], err
+    assert len(lines) == 1, err
+    leftovers = [p.name for p in tmp_path.rglob("*") if p.name.startswith(".")]
+    assert leftovers == [], leftovers

@@ -118,3 +118,39 @@ def test_par_info_prints_the_recipe_and_the_command(files, tmp_path):
     assert "par generate --from" in result.output
     result = run("info", clip, "--json")
     assert json.loads(result.output)["samples"] == [{"class_id": 1, "class_name": "1", "index": 0}]
+
+
+def test_a_folder_never_mixes_two_runs(files, tmp_path):
+    folder = tmp_path / "out"
+    assert generate(files, "-c", 1, "-n", 2, "-o", f"{folder}/").exit_code == 0
+    (folder / "notes.txt").write_text("mine")
+    result = generate(files, "-c", 2, "-o", f"{folder}/")
+    assert_user_error(result, "--output: ", "holds 2 files of an earlier run (1-s0000.png, ",
+                      "--overwrite")  # fmt: skip
+    assert sorted(p.name for p in folder.iterdir()) == ["1-s0000.png", "1-s0001.png", "notes.txt"]
+    result = generate(files, "-c", 2, "-o", f"{folder}/", "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in folder.iterdir()) == ["2-s0000.png", "notes.txt"]
+    clips = tmp_path / "clips"
+    assert generate(files, "-c", 0, "-o", f"{clips}/", model="gpt4video").exit_code == 0
+    result = generate(files, "-c", 1, "-o", f"{clips}/", model="gpt4video")
+    assert_user_error(result, "holds 2 files of an earlier run (0-s0000.mp4, 0-s0000.mp4.json)")
+
+
+@pytest.mark.parametrize(("signal_error", "code", "word"), [("int", 130, "interrupted"),
+                                                          ("term", 143, "terminated")])  # fmt: skip
+def test_an_interrupted_folder_says_how_many_files_are_complete(tmp_path, capsys, signal_error,
+                                                                code, word):  # fmt: skip
+    from parcli.commands.generate import counted_on_interruption
+    from parcli.entry import Terminated
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    stems = [f"1-s{i:04d}" for i in range(5)]
+    for stem in stems[:2]:
+        (folder / f"{stem}.png").write_bytes(b"x")
+    error = KeyboardInterrupt() if signal_error == "int" else Terminated()
+    with pytest.raises(SystemExit) as info, counted_on_interruption(f"{folder}/", stems, False):
+        raise error
+    assert info.value.code == code
+    assert f"{word}: 2 of 5 files written to {folder}/" in capsys.readouterr().err

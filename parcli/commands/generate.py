@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -35,6 +36,7 @@ from parcli.commands.common import (
 from parcli.commands.downloads import model_fetcher
 from parcli.dtypes import dtype_name
 from parcli.engine.devices import resolve
+from parcli.entry import Terminated
 from parcli.errors import SettingError, UserError
 from parcli.io.catalogue import use_catalogue
 from parcli.io.files import atomic_write, check_writable, is_directory_target
@@ -45,13 +47,20 @@ from parcli.io.media import (
     VIDEO_SUFFIXES,
     check_output_kind,
     enlarge,
+    image_names,
     save_samples,
     save_tokens,
     save_video,
 )
 from parcli.load import catalogue_class_set, model_files, pipeline_of
 from parcli.memory import check_files_fit
-from parcli.provenance import Recipe, Sample, checkpoint_sha256, read_recipe
+from parcli.provenance import (
+    Recipe,
+    Sample,
+    checkpoint_sha256,
+    earlier_outputs,
+    read_recipe,
+)
 
 # Settings whose option is not simply --setting-name.
 OPTIONS = {"from_file": "--from", "manifest": "--json", "num_samples": "-n/--num-samples"}
@@ -133,6 +142,13 @@ def generate(
         Path | None,
         typer.Option("--json", help="Also write the run's recipe and files to this .json."),
     ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            help="With -o DIR/: first delete the files an earlier par run wrote there (only "
+            "those), instead of refusing to mix two runs."
+        ),
+    ] = False,
     from_file: Annotated[
         Path | None,
         typer.Option(
@@ -221,6 +237,14 @@ def generate(
         if output is None:
             output = "generated.mp4" if pipe.is_video else "generated.png"
         check_output_kind(output, pipe.is_video, pipe.name)
+        old_files = earlier_outputs(Path(output)) if is_directory_target(output) else []
+        if old_files and not overwrite:
+            shown = ", ".join(path.name for path in old_files[:2])
+            raise SettingError(
+                "output", f"{output} holds {len(old_files)} files of an earlier run ({shown}"
+                f"{', ...' if len(old_files) > 2 else ''}); choose an empty folder, or --overwrite "
+                "to replace them",
+            )  # fmt: skip
         sampling = pipe.sampling(cfg_scale, temperature, top_k, top_p)
         labels = [sample.class_id for sample in samples]
         pipe.check_labels(labels)
@@ -265,9 +289,12 @@ def generate(
             save_tokens(save_tokens_to, tokens.cpu().numpy())
         pixels = enlarge(pixels, scale)
         stems = sample_stems(samples)
-        written = save_samples(
-            output, pixels, stems, pipe.is_video, per_row, fps or CLIP_FPS, describe
-        )
+        for path in old_files:  # only with --overwrite; else the run was refused above
+            path.unlink(missing_ok=True)
+        with counted_on_interruption(output, stems, pipe.is_video):
+            written = save_samples(
+                output, pixels, stems, pipe.is_video, per_row, fps or CLIP_FPS, describe
+            )
         if animate is not None:
             frames = animation_frames(pixels, pipe.plan, per_row)
             save_video(animate, frames, fps or ANIMATION_FPS)
@@ -276,7 +303,10 @@ def generate(
         if not quiet:
             kind = "video" if pipe.is_video else "image"
             count = f"{len(labels)} {kind}" + ("s" if len(labels) != 1 else "")
-            where = f"{len(labels)} files in {output}" if is_directory_target(output) else output
+            files_word = "file" if len(labels) == 1 else "files"
+            where = (
+                f"{len(labels)} {files_word} in {output}" if is_directory_target(output) else output
+            )
             console.print(
                 f"{count} · {pipe.plan.num_passes} passes each · {seconds:.2f} s · "
                 f"{len(labels) / seconds:.2f} {kind}s/s -> {where}",
@@ -285,6 +315,26 @@ def generate(
             )
             if animate is not None:
                 console.print(f"animation: {len(frames)} frames -> {animate}", markup=False)
+
+
+@contextlib.contextmanager
+def counted_on_interruption(output: str, stems: list[str], video: bool):
+    """Ctrl-C or SIGTERM while a folder fills: say how many files are complete, then stop."""
+    try:
+        yield
+    except (KeyboardInterrupt, Terminated) as exc:
+        if not is_directory_target(output):
+            raise
+        names = image_names(stems, len(stems), ".mp4" if video else ".png")
+        done = sum((Path(output) / name).is_file() for name in names)
+        word, code = ("terminated", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
+        err_console.print(
+            f"{word}: {done} of {len(names)} files written to {output}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise SystemExit(code) from None
 
 
 def check_same_weights(
