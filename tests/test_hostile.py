@@ -142,3 +142,33 @@ def test_signals_clean_up_and_say_one_line(tmp_path, signum, code, word, after):
     assert len(lines) == 1, err
     leftovers = [p.name for p in tmp_path.rglob("*") if p.name.startswith(".")]
     assert leftovers == [], leftovers
+
+
+def test_bad_destinations_are_named_before_any_work(files, tmp_path):
+    source = files["gpt4"]  # a safetensors source: converting it would read and hash it
+    cases = [
+        (["convert-weights", source, tmp_path / "out.png"], "DST: ", "use .safetensors"),
+        (["convert-weights", source, tmp_path], "DST: ", "(no suffix)"),
+        (["convert-weights", source, tmp_path / "no" / "x.safetensors"], "DST: ", "does not exist"),
+        (["convert-weights", source, tmp_path / "x.safetensors", "--heads", "0"], "--heads: "),
+        (["train", "vq", "--data", "digits", "--out", tmp_path / "v.png"], "--out: ", ".png"),
+        (
+            [
+                "train",
+                "gpt",
+                "--data",
+                "digits",
+                "--tokenizer",
+                files["vq"],
+                "--out",
+                tmp_path / "no" / "g.safetensors",
+            ],
+            "--out: ",
+            "does not exist",
+        ),  # fmt: skip
+        (["bench", "--arch", "GPT-B", "--cfg-scale", "-2"], "--cfg-scale: must be >= 0"),
+        (["eval", "-m", "digits", "--json", tmp_path / "no" / "e.json"], "--json: "),
+    ]
+    for args, *fragments in cases:
+        assert_clean_refusal(run(*args), *fragments)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -11,7 +11,9 @@ from rich.markup import escape
 
 from parcli.commands.common import QuietOption, console, user_errors
 from parcli.config import token_grid
+from parcli.errors import SettingError
 from parcli.io.convert import convert
+from parcli.io.files import check_writable
 
 
 def convert_weights(
@@ -31,8 +33,12 @@ def convert_weights(
     quiet: QuietOption = False,
 ) -> None:
     """Convert a LlamaGen / PAR transformer or the VQ tokenizer to safetensors."""
-    with user_errors():
+    with user_errors({"dst": "DST", "src": "SRC"}):
         sides = token_grid(grid, image_size)
+        # Before the source is read and hashed: a bad destination is one line, at once.
+        check_writable(dst, (".safetensors",), setting="dst")
+        if heads is not None and heads < 1:
+            raise SettingError("heads", f"must be at least 1, not {heads}")
         converting = f"converting {escape(src.name)}"
         status = console.status(converting) if not quiet else contextlib.nullcontext()
         with status:

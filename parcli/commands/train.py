@@ -14,6 +14,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from parcli.commands.common import command_app, err_console, parse_ints, user_errors
 from parcli.engine.devices import resolve_device
 from parcli.errors import SettingError
+from parcli.io.files import check_writable
 
 app = command_app("train", "Train a VQ tokenizer or a PAR transformer on a small data set.")
 
@@ -96,6 +97,7 @@ def vq(
 
     with user_errors(OPTIONS):
         device = str(resolve_device(device))  # a missing GPU is one line, before any work
+        check_writable(out, (".safetensors",), setting="out")  # before hours of training
         run = TrainRun(
             steps, batch_size, lr, seed, out, resume, checkpoint_every, device, data,
             _command(), warmup, precision,
@@ -152,6 +154,7 @@ def gpt(
 
     with user_errors(OPTIONS):
         device = str(resolve_device(device))  # a missing GPU is one line, before any work
+        check_writable(out, (".safetensors",), setting="out")  # before hours of training
         run = TrainRun(
             steps, batch_size, lr, seed, out, resume, checkpoint_every, device, data,
             _command(), warmup, precision,
