@@ -58,3 +58,9 @@ def files(tmp_path_factory):
     save_checkpoint(root / "vq16.safetensors", VQModel(small).state_dict(), "vq", small)
     paths["vq16"] = root / "vq16.safetensors"
     return paths
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path_factory, monkeypatch):
+    """No test reads or writes the user's parcli cache: each gets a fresh one."""
+    monkeypatch.setenv("PARCLI_HOME", str(tmp_path_factory.mktemp("parcli-home")))

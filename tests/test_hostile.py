@@ -172,3 +172,25 @@ def test_bad_destinations_are_named_before_any_work(files, tmp_path):
     for args, *fragments in cases:
         assert_clean_refusal(run(*args), *fragments)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_files_that_are_not_what_their_name_says(files, tmp_path):
+    import zipfile
+
+    import torch
+
+    archive = tmp_path / "notes.pt"
+    with zipfile.ZipFile(archive, "w") as handle:
+        handle.writestr("notes/readme.txt", "hello")
+    legacy = tmp_path / "model.safetensors"
+    torch.save({"a": torch.zeros(2)}, legacy, _use_new_zipfile_serialization=False)
+    for source, message in (
+        (archive, "is a zip archive but not a PyTorch checkpoint"),
+        (legacy, "model.safetensors: neither a LlamaGen/PAR transformer nor a VQ tokenizer"),
+    ):
+        out = tmp_path / "x.safetensors"
+        assert_clean_refusal(run("convert-weights", source, out), message)
+        result = run("generate", "--checkpoint", source, "--tokenizer", files["vq"], "-c", 1,
+                     "-q", "-o", tmp_path / "x.png")  # fmt: skip
+        assert_clean_refusal(result, message)
+        assert not out.exists() and not (tmp_path / "x.png").exists()

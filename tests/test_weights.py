@@ -582,7 +582,7 @@ def test_official_read_is_weights_only_and_memory_mapped(tmp_path, monkeypatch):
     calls.clear()
     torch.save(state, src, _use_new_zipfile_serialization=False)
     assert_same(read_official(src), state)
-    assert calls == [dict(map_location="cpu", weights_only=True, mmap=False)]
+    assert calls == [dict(map_location="cpu", weights_only=True)]  # legacy: never mmap
 
 
 def test_unsafe_message_lists_first_few(tmp_path):

@@ -386,4 +386,6 @@ def status_printer(quiet: bool):
     """Where slow steps before generation (converting a `.pt`) say what they do."""
     if quiet:
         return None
-    return lambda text: err_console.print(f"{text} ...", style="dim", markup=False, highlight=False)
+    return lambda text: err_console.print(
+        f"{text} ...", style="dim", markup=False, highlight=False, soft_wrap=True
+    )

@@ -59,13 +59,23 @@ def sniff_format(path: Path) -> str:
         return "zip"
     if head.startswith(b"version https://git-lfs"):
         return "lfs"
-    if len(head) >= 9 and head[8:9] == b"{":
-        (header_len,) = struct.unpack("<Q", head[:8])
-        if header_len <= path.stat().st_size - 8:
-            return "safetensors"
+    if len(head) >= 9 and head[8:9] == b"{" and _json_header(path):
+        return "safetensors"
     if head[:1] == b"\x80":  # pickle protocol opcode: the legacy torch.save format
         return "pickle"
     return "unknown"
+
+
+def _json_header(path: Path, limit: int = 100 << 20) -> bool:
+    """True when the file starts with a safetensors header: a length, then that much JSON."""
+    with open(path, "rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        if length > min(limit, path.stat().st_size - 8):
+            return False
+        try:
+            return isinstance(json.loads(handle.read(length)), dict)
+        except ValueError:
+            return False
 
 
 # --------------------------------------------------------------------------------------------

@@ -74,13 +74,24 @@ def _torch_load(path: Path) -> Any:
         return read_safetensors(path)[0]
     if kind == "zip" and not zipfile.is_zipfile(path):
         raise WeightsError(f"{path} is truncated or corrupt (incomplete zip); download it again")
+    if kind == "zip":
+        with zipfile.ZipFile(path) as archive:
+            if not any(name.endswith("data.pkl") for name in archive.namelist()):
+                raise WeightsError(
+                    f"{path} is a zip archive but not a PyTorch checkpoint (it holds no data.pkl)"
+                )
     if kind not in ("zip", "pickle"):
         raise WeightsError(
             f"{path} is not a PyTorch checkpoint (unrecognised contents); check the file"
         )
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=kind == "zip")
+            if kind == "zip":  # memory-mapped
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            # A handle, not the path: torch reads a path by its suffix, and a legacy pickle may
+            # be misnamed `.safetensors`.
+            with open(path, "rb") as handle:
+                return torch.load(handle, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         message = str(exc)
         names = re.findall(r"GLOBAL ([\w.]+)", message)
@@ -370,7 +381,10 @@ def convert(
     state, layout = _read_official(src, use_ema)
     if progress is not None:
         progress("read", 1, 1)
-    kind = detect_kind(state)
+    try:
+        kind = detect_kind(state)
+    except WeightsError as exc:
+        raise WeightsError(f"{src}: {exc}") from None
     config = (
         infer_gpt_config(state, heads=heads, grid=grid)
         if kind == "gpt"

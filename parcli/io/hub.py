@@ -570,7 +570,7 @@ def convert_local(source: Path, on_status: StatusCallback | None = None) -> Path
         try:
             convert(source, target)
         except WeightsError as exc:
-            raise FetchError(f"cannot convert {source}: {exc}") from None
+            raise FetchError(str(exc)) from None
     return target
 
 
