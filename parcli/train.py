@@ -337,8 +337,10 @@ def train_gpt(
     on_step: OnStep | None = None,
     init_from: str | Path | None = None,
     weight_decay: float = 0.05,
+    cfg_scale: float | None = None,
 ) -> TrainResult:
-    """Train a class-conditional PAR transformer on raster code grids (N, *cfg.grid)."""
+    """Train a class-conditional PAR transformer on raster code grids (N, *cfg.grid).
+    `cfg_scale` is recorded in the checkpoint as its default guidance scale."""
     codes, labels = np.asarray(codes), np.asarray(labels)
     if codes.shape[1:] != cfg.grid:
         raise TrainError(f"code grids are {codes.shape[1:]}, the model expects {cfg.grid}")
@@ -409,6 +411,8 @@ def train_gpt(
 
     def save(step: int, seconds: float, loss: float) -> None:
         meta = _metadata("gpt", step, seconds, loss, run.dataset, run.command, extra)
+        if cfg_scale is not None:
+            meta["cfg_scale"] = str(cfg_scale)
         _save(model, out_path, "gpt", cfg, meta, optimizer, step)
 
     done, seconds, loss = _run(model, loss_fn, save, optimizer, run, start, seconds_before, on_step)

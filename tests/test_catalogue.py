@@ -413,3 +413,12 @@ def test_catalogue_messages_name_the_file_and_bound_the_grid(tmp_path):
     path.write_text(text, encoding="utf-8")
     with pytest.raises(CatalogueError, match=r"^other-name.toml entry .*more than 65536 tokens"):
         Catalogue.load(path)
+
+
+def test_shipped_checkpoints_carry_the_guidance_their_entries_give():
+    from parcli.io.checkpoints import read_metadata
+
+    for entry in load_catalogue().entries("gpt"):
+        if entry.is_packaged:
+            recorded = float(read_metadata(entry.package_path).get("cfg_scale", "nan"))
+            assert recorded == entry.cfg_scale, entry.name

@@ -1,6 +1,7 @@
 """End-to-end runs of `par` with tiny random models."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ import torch
 from conftest import tiny_model
 from typer.testing import CliRunner
 
+import parcli
 from parcli.cli import app
 from parcli.config import GPT_PRESETS
 
@@ -450,3 +452,26 @@ def test_checkpoint_takes_a_published_pt_converted_once(tmp_path, files, monkeyp
     assert np.array_equal(tokens(src, "again"), expected)
     assert cached.stat().st_mtime_ns == stamp  # reused, not converted again
     assert src.read_bytes() == before
+
+
+def test_converted_and_trained_checkpoints_carry_their_guidance(tmp_path, files):
+    # A published file (by name) converts with its catalogue entry's guidance scale ...
+    mine = tmp_path / "mine.toml"
+    text = (Path(parcli.__file__).parent / "weights.toml").read_text(encoding="utf-8")
+    mine.write_text(text.replace('file = "PAR-XL-4x.pt"', 'file = "PAR-tiny-4x.pt"'))
+    src = tmp_path / "PAR-tiny-4x.pt"
+    torch.save(tiny_model(regions=4).state_dict(), src)
+    dst = tmp_path / "tiny.safetensors"
+    result = run("convert-weights", src, dst, "--heads", 4, "--grid", 8, "--catalogue", mine)
+    assert result.exit_code == 0, result.output
+    assert "default guidance 1.5 recorded from the catalogue entry par-xl-4x" in result.output
+    out = tmp_path / "x.png"
+    result = run("generate", "--checkpoint", dst, "--tokenizer", files["vq"], "-c", 1, "-q",
+                 "-o", out)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    from parcli.provenance import read_recipe
+
+    assert read_recipe(out).cfg_scale == 1.5
+    # ... and without --grid the assumption is said aloud.
+    result = run("convert-weights", src, tmp_path / "t2.safetensors", "--heads", 4)
+    assert "grid 24x24 assumed" in result.output

@@ -217,3 +217,12 @@ def test_training_on_a_missing_gpu_is_one_line(tmp_path, command):
     assert result.exit_code == 2, result.output
     assert result.output.startswith("error: --device: CUDA was asked for")
     assert "Traceback" not in result.output
+
+
+def test_a_trained_checkpoint_records_its_guidance_scale(tmp_path):
+    codes, labels = patterned_codes()
+    out = tmp_path / "g.safetensors"
+    train_gpt(codes, labels, tiny_config(regions=4), TrainRun(1, 4, 1e-3, 0, out), cfg_scale=2.5)
+    assert read_metadata(out)["cfg_scale"] == "2.5"
+    train_gpt(codes, labels, tiny_config(regions=4), TrainRun(1, 4, 1e-3, 0, out))
+    assert "cfg_scale" not in read_metadata(out)

@@ -9,9 +9,10 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from parcli.commands.common import QuietOption, console, user_errors
+from parcli.commands.common import CatalogueOption, QuietOption, console, user_errors
 from parcli.config import token_grid
 from parcli.errors import SettingError
+from parcli.io.catalogue import use_catalogue
 from parcli.io.convert import convert
 from parcli.io.files import check_writable
 
@@ -24,25 +25,35 @@ def convert_weights(
         int | None, typer.Option(help="Attention heads, when (layers, dim) match no preset.")
     ] = None,
     image_size: Annotated[
-        int, typer.Option(help="Image side in pixels the model generates (tokenizer stride 16).")
-    ] = 384,
+        int | None,
+        typer.Option(
+            help="Image side in pixels the model generates (tokenizer stride 16). Default: "
+            "384, the published checkpoints' (a checkpoint does not record it)."
+        ),
+    ] = None,
     grid: Annotated[
         str | None, typer.Option(help="Token grid instead of --image-size, e.g. 24 or 24x24.")
     ] = None,
     dtype: Annotated[str, typer.Option(help="Stored dtype: keep, fp32, bf16 or fp16.")] = "keep",
     quiet: QuietOption = False,
+    catalogue: CatalogueOption = None,
 ) -> None:
     """Convert a LlamaGen / PAR transformer or the VQ tokenizer to safetensors."""
     with user_errors({"dst": "DST", "src": "SRC"}):
-        sides = token_grid(grid, image_size)
+        use_catalogue(catalogue)
+        sides = token_grid(grid, image_size or 384)
+        assumed = grid is None and image_size is None
         # Before the source is read and hashed: a bad destination is one line, at once.
         check_writable(dst, (".safetensors",), setting="dst")
         if heads is not None and heads < 1:
             raise SettingError("heads", f"must be at least 1, not {heads}")
         converting = f"converting {escape(src.name)}"
         status = console.status(converting) if not quiet else contextlib.nullcontext()
+        extra = catalogue_defaults(src)
         with status:
-            metadata = convert(src, dst, use_ema=ema, heads=heads, grid=sides, dtype=dtype)
+            metadata = convert(
+                src, dst, use_ema=ema, heads=heads, grid=sides, dtype=dtype, extra_metadata=extra
+            )
         if not quiet:
             described = ", ".join(
                 f"{key} {metadata[key]}"
@@ -50,3 +61,29 @@ def convert_weights(
                 if key in metadata
             )
             console.print(f"wrote {escape(str(dst))} ({escape(described)})", highlight=False)
+            if assumed and metadata.get("kind") == "gpt":
+                console.print(
+                    "grid 24x24 assumed (384 px, as published; a checkpoint does not record its "
+                    "grid): give --grid or --image-size for another",
+                    style="yellow",
+                    markup=False,
+                    highlight=False,
+                )
+            if "cfg_scale" in extra:
+                console.print(
+                    f"default guidance {extra['cfg_scale']} recorded from the catalogue entry "
+                    f"{extra['catalogue_name']}",
+                    markup=False,
+                    highlight=False,
+                )
+
+
+def catalogue_defaults(src: Path) -> dict[str, str]:
+    """The defaults a published transformer file carries once converted: its catalogue entry's
+    guidance scale, found by file name, so that it samples the same by path or by name."""
+    from parcli.io.catalogue import load_catalogue
+
+    for entry in load_catalogue().entries("gpt"):
+        if entry.file == src.name and not entry.is_packaged and entry.cfg_scale is not None:
+            return {"catalogue_name": entry.name, "cfg_scale": str(entry.cfg_scale)}
+    return {}

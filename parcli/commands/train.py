@@ -145,6 +145,14 @@ def gpt(
     checkpoint_every: int = 200,
     warmup: Annotated[int, typer.Option(help=WARMUP_HELP)] = 100,
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "fp32",
+    cfg_scale: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            help="Guidance scale to record in the checkpoint as its default, so that it "
+            "samples the same by file or by catalogue name. Default: none (guidance off).",
+        ),
+    ] = None,
 ) -> None:
     """Train a class-conditional PAR transformer on the tokenizer's codes (images or clips)."""
     from parcli.config import SUPPORTED_REGIONS, GPTConfig
@@ -184,7 +192,9 @@ def gpt(
         del vq_model
         progress, on_step = _progress(f"gpt n={regions}")
         with progress:
-            result = train_gpt(codes, labels, cfg, run, on_step=on_step, init_from=init_from)
+            result = train_gpt(
+                codes, labels, cfg, run, on_step=on_step, init_from=init_from, cfg_scale=cfg_scale
+            )
     _report(result)
 
 
