@@ -194,3 +194,23 @@ def test_files_that_are_not_what_their_name_says(files, tmp_path):
                      "-q", "-o", tmp_path / "x.png")  # fmt: skip
         assert_clean_refusal(result, message)
         assert not out.exists() and not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("name", ["x.png", "x.jpg", "x.gif", "x.mp4"])
+def test_a_full_disk_is_one_line_and_leaves_nothing(files, tmp_path, monkeypatch, capfd, name):
+    import errno
+
+    import imageio_ffmpeg
+    from PIL import Image
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", no_space)
+    monkeypatch.setattr(imageio_ffmpeg, "count_frames_and_secs", lambda path: (0, 0.0))
+    model = "gpt4video" if name.endswith((".gif", ".mp4")) else "gpt4"
+    result = run("generate", "--checkpoint", files[model], "--tokenizer", files["vq"], "-c", 1,
+                 "-q", "-o", tmp_path / name)  # fmt: skip
+    assert_clean_refusal(result, f"cannot write {tmp_path / name}")
+    assert "Exception ignored" not in capfd.readouterr().err
+    assert list(tmp_path.iterdir()) == []

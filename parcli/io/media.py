@@ -5,6 +5,7 @@ Every file goes through `parcli.io.files.atomic_write`, so none is ever left hal
 
 from __future__ import annotations
 
+import errno
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -60,8 +61,12 @@ def save_png(path: PathLike, image: np.ndarray, recipe: str | None = None) -> Pa
 def save_image(path: PathLike, image: np.ndarray, recipe: str | None = None) -> Path:
     """Write one uint8 image as PNG (lossless), JPEG or WebP (quality 95) by its suffix,
     atomically. JPEG has no alpha channel, so an RGBA image loses it there. A `recipe` goes into
-    a PNG's "parcli" text chunk, and beside any other file (`parcli.provenance`)."""
-    import imageio.v3 as iio
+    a PNG's "parcli" text chunk, and beside any other file (`parcli.provenance`).
+
+    Pillow writes directly, inside `atomic_path`: a failure (a full disk) is one OutputError and
+    nothing is left behind, with no writer object flushing again later from a finaliser.
+    """
+    from PIL import Image
 
     pixels = _as_image(image)
     target = Path(path)
@@ -70,25 +75,30 @@ def save_image(path: PathLike, image: np.ndarray, recipe: str | None = None) -> 
         raise OutputError(
             f"cannot write {target}: still images are {', '.join(IMAGE_SUFFIXES)} files"
         )
+    if suffix in (".jpg", ".jpeg") and pixels.ndim == 3 and pixels.shape[2] == 4:
+        pixels = np.ascontiguousarray(pixels[..., :3])
+    picture = Image.fromarray(pixels)
     if suffix == ".png":
-        extra = {}
+        options: dict = {"format": "PNG"}
         if recipe is not None:
             from PIL.PngImagePlugin import PngInfo
 
-            extra["pnginfo"] = PngInfo()
-            extra["pnginfo"].add_itxt(RECIPE_KEY, recipe)
-        return atomic_write(target, lambda tmp: iio.imwrite(tmp, pixels, extension=".png", **extra))
-    if suffix in (".jpg", ".jpeg") and pixels.ndim == 3 and pixels.shape[2] == 4:
-        pixels = np.ascontiguousarray(pixels[..., :3])
-    atomic_write(
-        target, lambda tmp: iio.imwrite(tmp, pixels, extension=suffix, quality=LOSSY_QUALITY)
-    )
+            options["pnginfo"] = PngInfo()
+            options["pnginfo"].add_itxt(RECIPE_KEY, recipe)
+        return atomic_write(target, lambda tmp: picture.save(tmp, **options))
+    kind = "JPEG" if suffix in (".jpg", ".jpeg") else "WEBP"
+    atomic_write(target, lambda tmp: picture.save(tmp, format=kind, quality=LOSSY_QUALITY))
     return _write_sidecar(target, recipe)
 
 
 def _write_sidecar(path: Path, recipe: str | None) -> Path:
+    """The recipe beside `path`; if it cannot be written, neither is the file it describes."""
     if recipe is not None:
-        atomic_write(sidecar_path(path), lambda tmp: tmp.write_text(recipe, encoding="utf-8"))
+        try:
+            atomic_write(sidecar_path(path), lambda tmp: tmp.write_text(recipe, encoding="utf-8"))
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
     return path
 
 
@@ -306,10 +316,15 @@ def save_video(
     video = np.ascontiguousarray(video)
 
     if suffix == ".gif":
-        import imageio.v3 as iio
+        from PIL import Image
+
+        frames = [Image.fromarray(frame) for frame in video]
 
         def write_gif(tmp: Path) -> None:
-            iio.imwrite(tmp, video, extension=".gif", duration=1000.0 / fps, loop=0)
+            frames[0].save(
+                tmp, format="GIF", save_all=True, append_images=frames[1:],
+                duration=1000.0 / fps, loop=0,
+            )  # fmt: skip
 
         return _write_sidecar(atomic_write(target, write_gif), recipe)
 
@@ -328,7 +343,7 @@ def save_video(
             pix_fmt_out="yuv420p",
             quality=8,
             macro_block_size=MACRO_BLOCK,
-            ffmpeg_log_level="error",
+            ffmpeg_log_level="quiet",  # its failures are detected below and said in one line
         )
         writer.send(None)  # start ffmpeg
         try:
@@ -336,6 +351,16 @@ def save_video(
                 writer.send(frame)
         finally:
             writer.close()
+        # ffmpeg can fail to finish the file (a full disk) without the writer raising: count
+        # the frames of what it wrote, so that a damaged video never gets the final name.
+        try:
+            frames, _ = imageio_ffmpeg.count_frames_and_secs(str(tmp))
+        except (RuntimeError, OSError, ValueError):
+            frames = -1
+        if frames != len(video):
+            full = _disk_full(tmp)
+            why = "no space left on the device" if full else "its output is incomplete"
+            raise OSError(errno.ENOSPC if full else errno.EIO, f"ffmpeg could not finish ({why})")
 
     return _write_sidecar(atomic_write(target, write_mp4), recipe)
 
@@ -357,3 +382,9 @@ def save_tokens(path: PathLike, tokens: np.ndarray) -> Path:
             np.save(handle, array, allow_pickle=False)
 
     return atomic_write(target, write)
+
+
+def _disk_full(path: Path) -> bool:
+    import shutil
+
+    return shutil.disk_usage(path.parent).free < (1 << 20)
