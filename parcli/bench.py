@@ -142,6 +142,7 @@ def machine_info(device: torch.device) -> dict:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "device": str(device),
+        "threads": torch.get_num_threads(),
     }
     try:
         with open("/proc/cpuinfo") as handle:

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -5,6 +7,10 @@ from parcli.config import GPTConfig
 from parcli.io.checkpoints import save_checkpoint
 from parcli.model import Transformer
 from parcli.vq import VQConfig, VQModel
+
+# The suite's models are tiny: one thread is as fast, and keeps the suite quick when another
+# process keeps the machine busy (PARCLI_TEST_THREADS to try others).
+torch.set_num_threads(int(os.environ.get("PARCLI_TEST_THREADS", "1")))
 
 # A VQ small enough to build in milliseconds; codebook 32 matches tiny_config's vocabulary.
 TINY_VQ = VQConfig(

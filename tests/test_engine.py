@@ -110,3 +110,15 @@ def test_auto_prefers_cuda_then_mps_then_cpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
     assert resolve_device("auto") == torch.device("cuda")
+
+
+def test_threads_follow_the_work_unless_asked(monkeypatch):
+    from parcli.engine.threads import SMALL_MODEL, choose_threads
+    from parcli.errors import SettingError
+
+    monkeypatch.setattr("parcli.engine.threads._default_threads", lambda: 8)
+    assert choose_threads(1_200_000) == 1  # the digits models
+    assert choose_threads(SMALL_MODEL) == 8  # GPT-B and up: one per core
+    assert choose_threads(1_200_000, requested=3) == 3
+    with pytest.raises(SettingError, match="at least 1"):
+        choose_threads(10, requested=0)

@@ -10,6 +10,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
+import torch
 import typer
 from rich import box
 from rich.markup import escape
@@ -32,6 +33,7 @@ from parcli.commands.common import (
     DeviceOption,
     DtypeOption,
     OfflineOption,
+    ThreadsOption,
     console,
     err_console,
     parse_ints,
@@ -42,6 +44,7 @@ from parcli.commands.common import (
 from parcli.commands.downloads import model_fetcher
 from parcli.config import GPT_PRESETS, GPTConfig, token_grid
 from parcli.engine.devices import resolve
+from parcli.engine.threads import use_threads
 from parcli.io.catalogue import use_catalogue
 from parcli.io.files import atomic_path, check_writable
 from parcli.memory import check_fits
@@ -94,6 +97,7 @@ def bench(
     ] = None,
     offline: OfflineOption = False,
     catalogue: CatalogueOption = None,
+    threads: ThreadsOption = None,
 ) -> None:
     """Time generation at 1, 4 and 16 regions on the real `par generate` path."""
     with user_errors():
@@ -127,6 +131,7 @@ def bench(
             )
         baselines = {n: p.plain_engine_twin() for n, p in pipelines.items()} if baseline else None
         first = next(iter(pipelines.values()))
+        use_threads(first.model, threads)
         sampling = default_sampling(first, cfg_scale)
         settings = BenchSettings(batches, sampling, warmup, repeats, decode, seed)
         rate = copy_rate(torch_device)
@@ -237,8 +242,10 @@ def print_baseline_table(rows) -> None:
 
 
 def _caption(pipe: Pipeline, sampling: SamplingConfig, rate: float | None) -> str:
+    threads = torch.get_num_threads()
     parts = [
-        str(pipe.device),
+        str(pipe.device)
+        + (f" ({threads} thread{'s' if threads > 1 else ''})" if pipe.device.type == "cpu" else ""),
         str(pipe.model.dtype).removeprefix("torch."),
         f"cfg {sampling.cfg_scale}" if sampling.guided else "no guidance",
     ]

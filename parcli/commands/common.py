@@ -62,6 +62,14 @@ CatalogueOption = Annotated[
         help="Read this weights.toml instead of the packaged one (also PARCLI_CATALOGUE).",
     ),
 ]
+ThreadsOption = Annotated[
+    int | None,
+    typer.Option(
+        envvar="PARCLI_THREADS",
+        help="CPU threads. Default: 1 for small models (as fast, and unhurt by other busy "
+        "processes), one per core for large ones (also PARCLI_THREADS).",
+    ),
+]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
 
 

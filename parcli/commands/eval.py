@@ -28,6 +28,7 @@ from parcli.commands.common import (
     DtypeOption,
     OfflineOption,
     QuietOption,
+    ThreadsOption,
     console,
     err_console,
     parse_region_list,
@@ -37,6 +38,7 @@ from parcli.commands.common import (
 )
 from parcli.commands.downloads import model_fetcher
 from parcli.engine.devices import resolve
+from parcli.engine.threads import use_threads
 from parcli.errors import SettingError
 from parcli.io.catalogue import use_catalogue
 from parcli.io.files import atomic_path, check_writable
@@ -86,6 +88,7 @@ def eval_digits(
     offline: OfflineOption = False,
     quiet: QuietOption = False,
     catalogue: CatalogueOption = None,
+    threads: ThreadsOption = None,
 ) -> None:
     """Score generated digits per n: class accuracy and Fréchet distance of classifier features.
 
@@ -122,6 +125,7 @@ def eval_digits(
         warn_if_emulated(torch_device, torch_dtype)
         fetch = model_fetcher(offline, quiet)
         pipelines = open_pipelines(model, region_list, torch_device, torch_dtype, fetch=fetch)
+        use_threads(next(iter(pipelines.values())).model, threads)
 
         started = time.perf_counter()
         with pass_progress(quiet) as progress:

@@ -24,6 +24,7 @@ from parcli.commands.common import (
     OfflineOption,
     QuietOption,
     TemperatureOption,
+    ThreadsOption,
     TopKOption,
     TopPOption,
     console,
@@ -36,6 +37,7 @@ from parcli.commands.common import (
 from parcli.commands.downloads import model_fetcher
 from parcli.dtypes import dtype_name
 from parcli.engine.devices import resolve
+from parcli.engine.threads import use_threads
 from parcli.entry import Terminated
 from parcli.errors import SettingError, UserError
 from parcli.io.catalogue import use_catalogue
@@ -161,6 +163,7 @@ def generate(
     offline: OfflineOption = False,
     quiet: QuietOption = False,
     catalogue: CatalogueOption = None,
+    threads: ThreadsOption = None,
 ) -> None:
     """Generate images (or clips) of the given classes with 1, 4 or 16 PAR regions."""
     with user_errors(OPTIONS):
@@ -221,6 +224,7 @@ def generate(
         # With --from, the weights are checked against the recipe before the region count.
         pipe = pipeline_of(files, None if earlier else regions, torch_device, torch_dtype,
                            compile_model)  # fmt: skip
+        use_threads(pipe.model, threads)
         weights_sha = checkpoint_sha256(files.checkpoint)
         if earlier is not None:
             check_same_weights(earlier, files.checkpoint, weights_sha, torch_device, quiet)

@@ -24,6 +24,7 @@ from parcli.commands.common import (
     OfflineOption,
     QuietOption,
     TemperatureOption,
+    ThreadsOption,
     TopKOption,
     TopPOption,
     console,
@@ -34,6 +35,7 @@ from parcli.commands.common import (
 )
 from parcli.commands.downloads import model_fetcher
 from parcli.engine.devices import resolve
+from parcli.engine.threads import use_threads
 from parcli.io.catalogue import use_catalogue
 from parcli.io.files import file_sha256
 from parcli.load import model_files, pipeline_of
@@ -71,6 +73,7 @@ def sample(
     offline: OfflineOption = False,
     quiet: QuietOption = False,
     catalogue: CatalogueOption = None,
+    threads: ThreadsOption = None,
 ) -> None:
     """Sample K images of every class into OUT/samples.npz (runs under torchrun too)."""
     with user_errors():
@@ -91,6 +94,7 @@ def sample(
                 guided,
             )  # fmt: skip
             pipe = pipeline_of(files, regions, torch_device, torch_dtype, compile_model)
+            use_threads(pipe.model, threads)
             wanted = parse_classes(classes, pipe.model.cfg.num_classes)
             settings = SampleSettings(
                 wanted, per_class, seed, batch_size, shard_size, image_size_eval, png
