@@ -475,3 +475,14 @@ def test_converted_and_trained_checkpoints_carry_their_guidance(tmp_path, files)
     # ... and without --grid the assumption is said aloud.
     result = run("convert-weights", src, tmp_path / "t2.safetensors", "--heads", 4)
     assert "grid 24x24 assumed" in result.output
+
+
+def test_a_log_gets_plain_progress_lines(files, tmp_path, monkeypatch):
+    import parcli.commands.common as common
+
+    monkeypatch.setattr(common, "PLAIN_PROGRESS_SECONDS", 0.0)
+    result = run("generate", "--checkpoint", files["gpt1"], "--tokenizer", files["vq"], "-c", 1,
+                 "-o", tmp_path / "x.png")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if "s left" in line]
+    assert lines and "gpt1.safetensors: pass " in lines[0] and "%)" in lines[0]

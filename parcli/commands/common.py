@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated
@@ -176,13 +177,34 @@ def pass_counter(
     """A task on ``progress`` counting forward passes, and the callback that advances it."""
     task = progress.add_task(escape(description), total=passes * batches, status="")
 
+    plain = not progress.disable and not progress.console.is_terminal
+    last_line = [time.monotonic()]
+
     def advance(step: Pass) -> None:
         status = f"pass {step.index + 1}/{passes}"
         if batches > 1:
             status += f" · batch {int(progress.tasks[task].completed) // passes + 1}/{batches}"
         progress.update(task, advance=1, status=status)
+        if plain and time.monotonic() - last_line[0] >= PLAIN_PROGRESS_SECONDS:
+            last_line[0] = time.monotonic()
+            progress.console.print(
+                plain_progress_line(description, progress.tasks[task], status),
+                markup=False, highlight=False, soft_wrap=True,
+            )  # fmt: skip
 
     return advance
+
+
+PLAIN_PROGRESS_SECONDS = 30.0  # a log (stderr not a terminal) gets a plain line this often
+
+
+def plain_progress_line(description: str, task, status: str) -> str:
+    """What a log sees of a progress bar: where it is, the time spent and the time left."""
+    done, total, elapsed = task.completed, task.total or 0, task.elapsed or 0.0
+    left = elapsed * (total - done) / done if done else None
+    percent = f"{100 * done / total:.0f} %" if total else ""
+    remaining = f", about {left:.0f} s left" if left is not None else ""
+    return f"{description}: {status} ({percent}), {elapsed:.0f} s{remaining}"
 
 
 def pass_progress(quiet: bool) -> Progress:
