@@ -214,3 +214,29 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(files, tmp_path, monkeypatch
     assert_clean_refusal(result, f"cannot write {tmp_path / name}")
     assert "Exception ignored" not in capfd.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+MARKUP = ["x[/]y", "[bold]b[/bold]", "no[red]dir", "[old]", "[link=file:///etc]e[/link]", "\\[x]"]
+
+
+@pytest.mark.parametrize("text", MARKUP)
+def test_text_from_the_user_is_never_markup(files, tmp_path, text):
+    tokenizer = ["--tokenizer", files["vq"]]
+    cases = [
+        (["generate", "--model", text, "-c", 1, "-o", tmp_path / "a.png"], text),
+        (["generate", "--checkpoint", tmp_path / f"{text}.safetensors", *tokenizer, "-c", 1],
+         str(tmp_path / f"{text}.safetensors")),
+        (["generate", "-m", "digits", "-c", text, "-o", tmp_path / "a.png"], text),
+        (["generate", "-m", "digits", "-c", 1, "-o", tmp_path / text / "o.png"],
+         str(tmp_path / text)),
+        (["classes", text], text),
+        (["weights", "path", text], text),
+        (["info", tmp_path / f"{text}.png"], str(tmp_path / f"{text}.png")),
+        (["weights", "list", "--catalogue", tmp_path / f"{text}.toml"],
+         str(tmp_path / f"{text}.toml")),
+        (["bench", "--arch", text], text),
+    ]  # fmt: skip
+    for args, shown in cases:
+        result = run(*args)
+        assert result.exception is None or isinstance(result.exception, SystemExit), args
+        assert_clean_refusal(result, shown)

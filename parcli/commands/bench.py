@@ -114,7 +114,11 @@ def bench(
             guided = cfg_scale is None or cfg_scale > 1
             most = max(batches)
             check_fits(cfg, VQConfig.llamagen_ds16(), torch_device, torch_dtype, most, None, guided)
-        building = console.status(f"building {arch} with random weights") if arch else nullcontext()
+        building = (
+            console.status(f"building {escape(arch)} with random weights")
+            if arch
+            else nullcontext()
+        )
         with building:
             pipelines, title = pipelines_to_time(
                 model,

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from parcli.commands.common import (
@@ -93,7 +94,9 @@ def list_weights(
         if as_json:
             print(json.dumps([_row(e) for e in entries], indent=2))
             return
-        table = Table(title=f"Model weights (cache: {hub.cache_dir()})", title_justify="left")
+        table = Table(
+            title=f"Model weights (cache: {escape(str(hub.cache_dir()))})", title_justify="left"
+        )
         for column in ("name", "family", "n", "arch", "download", "licence", "present"):
             table.add_column(
                 column,
@@ -102,14 +105,15 @@ def list_weights(
             )
         for entry in entries:
             size = "-" if entry.is_packaged else hub.human_size(entry.approx_size_bytes)
-            present = f"[green]yes[/] ({_where(entry)})" if hub.is_present(entry) else "[dim]no[/]"
-            table.add_row(
+            where = escape(_where(entry))
+            present = f"[green]yes[/] ({where})" if hub.is_present(entry) else "[dim]no[/]"
+            table.add_row(  # catalogue text is the user's: never markup
                 entry.name,
                 entry.family or "-",
                 str(entry.regions) if entry.regions is not None else "-",
-                entry.arch,
+                escape(entry.arch),
                 size,
-                entry.licence,
+                escape(entry.licence),
                 present,
             )
         console.print(table)
@@ -151,7 +155,9 @@ def fetch(
             # The tokenizer decodes in float32 whatever is asked, so it is stored as published.
             stored = dtype if entry.kind == "gpt" else "keep"
             if hub.is_present(entry):
-                console.print(f"{entry.name}: present ({_where(entry)})", highlight=False)
+                console.print(
+                    f"{entry.name}: present ({_where(entry)})", highlight=False, markup=False
+                )
                 continue
             if offline:
                 if hub.local_download(entry) is None:
@@ -163,7 +169,7 @@ def fetch(
             else:
                 announce(entry, console)
                 path = fetch_with_progress(entry, console, keep_original, stored)
-            console.print(f"{entry.name}: ready at {path}", highlight=False)
+            console.print(f"{entry.name}: ready at {path}", highlight=False, markup=False)
 
 
 @app.command("path")
