@@ -208,20 +208,30 @@ def load_pipeline(
     # The reference decodes in float32; pixels stay within a level of it that way on every device.
     vq, _ = load_vq(tokenizer, device, torch.float32)
     if defaults is None:
-        defaults = SamplingConfig(cfg_scale=recorded_cfg_scale(checkpoint, metadata))
+        defaults = recorded_sampling(checkpoint, metadata)
     return Pipeline(model, vq, name or checkpoint.name, defaults, compile_model)
 
 
-def recorded_cfg_scale(checkpoint: Path, metadata: dict[str, str]) -> float:
-    """The guidance scale a checkpoint's metadata records (1.0, guidance off, where none is)."""
-    text = metadata.get("cfg_scale", "1.0")
-    try:
-        scale = float(text)
-    except ValueError:
-        scale = math.nan
-    if not (math.isfinite(scale) and 0 <= scale <= 100):
-        raise PipelineError(
-            f"{checkpoint} records cfg_scale {text[:20]!r}, which is no guidance scale; "
-            "convert the file again"
-        )
-    return scale
+def recorded_sampling(checkpoint: Path, metadata: dict[str, str]) -> SamplingConfig:
+    """The sampling defaults a checkpoint's metadata records (`par train --cfg-scale`,
+    `convert-weights`); guidance off and the tool's defaults for what it does not record."""
+    limits = {"cfg_scale": (0, 100), "temperature": (0, 100), "top_k": (0, 1 << 24),
+              "top_p": (1e-9, 1)}  # fmt: skip
+    settings: dict[str, float | int] = {"cfg_scale": 1.0}
+    for name, (low, high) in limits.items():
+        text = metadata.get(name)
+        if text is None:
+            continue
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and low <= value <= high) or (
+            name == "top_k" and value != int(value)
+        ):
+            raise PipelineError(
+                f"{checkpoint} records {name} {text[:20]!r}, which is out of range; "
+                "convert the file again"
+            )
+        settings[name] = int(value) if name == "top_k" else value
+    return SamplingConfig(**settings)

@@ -57,6 +57,8 @@ LYING_CONFIGS = [
     ({"vocab_size": True}, "vocab_size must be an integer"),
     ({"norm_eps": float("nan")}, "unreadable config"),
     ({"cfg_scale": "abc"}, "records cfg_scale 'abc'"),
+    ({"temperature": "-1"}, "records temperature '-1'"),
+    ({"top_k": "2.5"}, "records top_k '2.5'"),
     ({"cfg_scale": "nan"}, "records cfg_scale 'nan'"),
     ({"cfg_scale": "-5"}, "records cfg_scale '-5'"),
 ]
