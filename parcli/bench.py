@@ -24,6 +24,7 @@ WIDE_SPREAD = 0.15  # (max - min) / median above which a row is flagged as noisy
 
 
 OURS, PLAIN = "ours", "plain"  # engines: every speed-up on, or none (the --baseline yardstick)
+INT8 = "int8"  # ours with weight-only int8 projections (--quantize int8), timed beside float
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class Row:
     images_per_s: float
     speedup_vs_1: float | None  # same engine, same batch
     speedup_vs_plain: float | None  # ours over the plain engine, same n and batch
+    speedup_vs_float: float | None  # int8 rows: float32 ours over int8, same n and batch
     peak_memory_bytes: int
     floor_fraction: float | None  # weight bytes x passes / time, over the copy rate (CUDA only)
     noisy: bool
@@ -163,13 +165,17 @@ def run_bench(
     rate: float | None = None,
     on_run: Callable[[str], None] | None = None,
     baselines: dict[int, Pipeline] | None = None,
+    quantized: dict[int, Pipeline] | None = None,
 ) -> list[Row]:
     """Time every (regions, batch) case, interleaved so that drift hits all cases alike.
 
     `rate` is the device's copy rate (bytes/s) for the bandwidth-floor column. `baselines`, plain
-    pipelines for the same region counts, are timed beside ours (ours, plain, ours, plain, ...).
+    pipelines for the same region counts, are timed beside ours (ours, plain, ours, plain, ...);
+    `quantized`, int8 pipelines of the same weights, likewise.
     """
     engines = {OURS: pipelines, **({PLAIN: baselines} if baselines else {})}
+    if quantized:
+        engines[INT8] = quantized
     cases = [Case(n, b, e) for n in pipelines for b in settings.batch_sizes for e in engines]
     total_rounds = settings.warmup + settings.repeats
     for round_index in range(total_rounds):
@@ -211,6 +217,7 @@ def summarise(
         gen = median[case.regions, case.batch, case.engine]
         sequential = median.get((1, case.batch, case.engine))
         plain = median.get((case.regions, case.batch, PLAIN)) if case.engine == OURS else None
+        floating = median.get((case.regions, case.batch, OURS)) if case.engine == INT8 else None
         dec = statistics.median(case.decode_seconds)
         per_image = [t / case.batch for t in case.gen_seconds]
         spread = (max(case.gen_seconds) - min(case.gen_seconds)) / gen if gen else 0.0
@@ -231,6 +238,7 @@ def summarise(
                 images_per_s=case.batch / (gen + dec),
                 speedup_vs_1=sequential / gen if sequential else None,
                 speedup_vs_plain=plain / gen if plain else None,
+                speedup_vs_float=floating / gen if floating else None,
                 peak_memory_bytes=case.peak_bytes,
                 floor_fraction=floor,
                 noisy=spread > WIDE_SPREAD,
@@ -247,6 +255,7 @@ def random_pipelines(
     vq_config: VQConfig | None = None,
     seed: int = 0,
     compile_model: bool | None = None,
+    quantize: str | None = None,
 ) -> dict[int, Pipeline]:
     """Random weights of an architecture (speed only), one weight set shared by every n: the
     n-region model takes the first n - 1 transition tokens. The tokenizer is LlamaGen's unless
@@ -271,7 +280,9 @@ def random_pipelines(
         if n > 1:
             state[special] = shared[special][: n - 1]
         model.load_state_dict(state, assign=True)
-        pipelines[n] = Pipeline(model.eval(), vq, name, SamplingConfig(1.5), compile_model)
+        pipelines[n] = Pipeline(
+            model.eval(), vq, name, SamplingConfig(1.5), compile_model, quantize=quantize
+        )
     return pipelines
 
 
@@ -287,12 +298,13 @@ def pipelines_to_time(
     compile_model: bool | None = None,
     seed: int = 0,
     fetch: Fetch | None = None,
+    quantize: str | None = None,
 ) -> tuple[dict[int, Pipeline], str]:
     """One pipeline per region count, and a title: random weights of a published architecture
     (`arch`, on `grid`), or the model a name or files give."""
     if arch is None:
         pipelines = open_pipelines(
-            model, regions, device, dtype, checkpoint, tokenizer, compile_model, fetch
+            model, regions, device, dtype, checkpoint, tokenizer, compile_model, fetch, quantize
         )
         return pipelines, " / ".join(p.name for p in pipelines.values())
     if model is not None or checkpoint is not None:
@@ -301,7 +313,7 @@ def pipelines_to_time(
         raise SettingError("arch", f"unknown architecture {arch!r}; use {', '.join(GPT_PRESETS)}")
     cfg = GPTConfig.preset(arch, grid=grid)
     pipelines = random_pipelines(
-        cfg, regions, device, dtype, seed=seed, compile_model=compile_model
+        cfg, regions, device, dtype, seed=seed, compile_model=compile_model, quantize=quantize
     )
     return pipelines, f"{arch} · random weights: speed only · grid {'x'.join(map(str, grid))}"
 

@@ -110,10 +110,11 @@ def open_pipeline(
     tokenizer: Path | None = None,
     compile_model: bool | None = None,
     fetch: Fetch | None = None,
+    quantize: str | None = None,
 ) -> Pipeline:
     """The pipeline of a model name (or files) for a region count (None: the model's own)."""
     files = model_files(model, regions, checkpoint, tokenizer, fetch)
-    return pipeline_of(files, regions, device, dtype, compile_model)
+    return pipeline_of(files, regions, device, dtype, compile_model, quantize)
 
 
 def pipeline_of(
@@ -122,11 +123,13 @@ def pipeline_of(
     device: torch.device,
     dtype: torch.dtype,
     compile_model: bool | None = None,
+    quantize: str | None = None,
 ) -> Pipeline:
     """The pipeline of located files, checked to be trained for `regions` (None: any)."""
     pipe = load_pipeline(
-        files.checkpoint, files.tokenizer, device, dtype, files.name, files.defaults, compile_model
-    )
+        files.checkpoint, files.tokenizer, device, dtype, files.name, files.defaults,
+        compile_model, quantize,
+    )  # fmt: skip
     pipe.check_regions(regions)
     return pipe
 
@@ -140,9 +143,12 @@ def open_pipelines(
     tokenizer: Path | None = None,
     compile_model: bool | None = None,
     fetch: Fetch | None = None,
+    quantize: str | None = None,
 ) -> dict[int, Pipeline]:
     """One pipeline per region count, each checked to be trained for it."""
     return {
-        n: open_pipeline(model, n, device, dtype, checkpoint, tokenizer, compile_model, fetch)
+        n: open_pipeline(
+            model, n, device, dtype, checkpoint, tokenizer, compile_model, fetch, quantize
+        )
         for n in regions
     }

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from parcli.decode import generate_tokens
 from parcli.engine.packing import pack_projections
 from parcli.engine.policy import FIXED_SHAPE, choose_engine
+from parcli.engine.quantize import QUANTIZATIONS, quantize_int8
 from parcli.engine.runners import FixedShapeRunner, PrefixRunner, Runner
 from parcli.errors import SettingError, UserError
 from parcli.model import Transformer
@@ -44,6 +45,7 @@ class Pipeline:
     defaults: SamplingConfig = SamplingConfig()
     compile_model: bool | None = None
     plain_engine: bool = False
+    quantize: str | None = None  # "int8": weight-only int8 projections (tokens differ)
 
     def __post_init__(self) -> None:
         cfg = self.model.cfg
@@ -55,8 +57,17 @@ class Pipeline:
                 setting="tokenizer",
             )
         self.plan = Plan(cfg.grid, cfg.regions)
+        if self.quantize is not None:
+            if self.quantize not in QUANTIZATIONS:
+                choices = ", ".join(QUANTIZATIONS)
+                raise SettingError("quantize", f"must be {choices}, not {self.quantize!r}")
+            quantize_int8(self.model)
         self.engine = choose_engine(
-            self.device, self.model.dtype, self.compile_model, self.plain_engine
+            self.device,
+            self.model.dtype,
+            self.compile_model,
+            self.plain_engine,
+            quantized=self.quantize is not None,
         )
         self._runners: dict[int, Runner] = {}
         self.packed = False
@@ -129,6 +140,11 @@ class Pipeline:
         """
         if self.packed:
             raise PipelineError("a plain-engine twin must be made before the weights are packed")
+        if self.quantize is not None:
+            raise PipelineError(
+                "the plain engine runs float weights; compare it without --quantize",
+                setting="quantize",
+            )
         with torch.device("meta"):
             model = Transformer(self.model.cfg)
         model.load_state_dict(self.model.state_dict(), assign=True)
@@ -199,8 +215,9 @@ def load_pipeline(
     name: str | None = None,
     defaults: SamplingConfig | None = None,
     compile_model: bool | None = None,
+    quantize: str | None = None,
 ) -> Pipeline:
-    """The pipeline of two converted files; `defaults` None takes the guidance scale the
+    """The pipeline of two converted files; `defaults` None takes the sampling settings the
     checkpoint's metadata records."""
     from parcli.io.checkpoints import load_transformer, load_vq
 
@@ -209,7 +226,7 @@ def load_pipeline(
     vq, _ = load_vq(tokenizer, device, torch.float32)
     if defaults is None:
         defaults = recorded_sampling(checkpoint, metadata)
-    return Pipeline(model, vq, name or checkpoint.name, defaults, compile_model)
+    return Pipeline(model, vq, name or checkpoint.name, defaults, compile_model, quantize=quantize)
 
 
 def recorded_sampling(checkpoint: Path, metadata: dict[str, str]) -> SamplingConfig:

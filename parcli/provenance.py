@@ -53,6 +53,7 @@ class Recipe:
     scale: int  # pixels enlarged N times
     columns: int | None  # grid columns of a file holding several samples (None: as square)
     fps: float | None  # videos only
+    quantize: str | None = None  # "int8": weight-only int8 projections
     samples: tuple[Sample, ...] = field(default_factory=tuple)
 
     def for_samples(self, samples: list[Sample]) -> Recipe:
@@ -114,6 +115,7 @@ _FIELD_KINDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "scale": ((int,), False),
     "columns": ((int,), True),
     "fps": ((int, float), True),
+    "quantize": ((str,), True),
 }
 
 

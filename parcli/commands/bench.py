@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from parcli.bench import (
+    INT8,
     OURS,
     PLAIN,
     BenchSettings,
@@ -26,6 +27,7 @@ from parcli.bench import (
     pipelines_to_time,
     report,
     run_bench,
+    weight_bytes,
 )
 from parcli.commands.common import (
     CatalogueOption,
@@ -33,6 +35,7 @@ from parcli.commands.common import (
     DeviceOption,
     DtypeOption,
     OfflineOption,
+    QuantizeOption,
     ThreadsOption,
     console,
     err_console,
@@ -98,6 +101,7 @@ def bench(
     offline: OfflineOption = False,
     catalogue: CatalogueOption = None,
     threads: ThreadsOption = None,
+    quantize: QuantizeOption = None,
 ) -> None:
     """Time generation at 1, 4 and 16 regions on the real `par generate` path."""
     with user_errors():
@@ -133,6 +137,12 @@ def bench(
                 seed,
                 model_fetcher(offline, quiet=False),
             )
+            quantized = None
+            if quantize is not None:  # the same weights again, int8, timed beside float32
+                quantized, _ = pipelines_to_time(
+                    model, arch, region_list, torch_device, torch_dtype, checkpoint, tokenizer,
+                    sides, compile_model, seed, model_fetcher(offline, quiet=True), quantize,
+                )  # fmt: skip
         baselines = {n: p.plain_engine_twin() for n, p in pipelines.items()} if baseline else None
         first = next(iter(pipelines.values()))
         use_threads(first.model, threads)
@@ -146,11 +156,13 @@ def bench(
                 if not err_console.is_terminal:  # logs get a plain line a case
                     err_console.print(f"timing · {text}", markup=False, highlight=False)
 
-            rows = run_bench(pipelines, settings, rate, on_run, baselines)
+            rows = run_bench(pipelines, settings, rate, on_run, baselines, quantized)
         ours = [row for row in rows if row.engine == OURS]
         print_table(title, ours, first, sampling, rate, decode)
         if baselines:
             print_baseline_table(rows)
+        if quantized:
+            print_quantized_table(rows, first, next(iter(quantized.values())))
         if any(row.noisy for row in rows):
             err_console.print(
                 "⚠ timed repeats of these rows spread widely (see min–max): the machine is "
@@ -241,6 +253,36 @@ def print_baseline_table(rows) -> None:
             time_text(row.gen_s_per_image) + (" ⚠" if row.noisy else ""),
             f"{time_text(row.gen_s_per_image_min)}–{time_text(row.gen_s_per_image_max)}",
             f"{row.speedup_vs_plain:.2f}x",
+        )
+    console.print(table)
+
+
+def print_quantized_table(rows, floating: Pipeline, quantized: Pipeline) -> None:
+    """int8 against float32, same weights, generation only, same n and batch."""
+    float_rows = {(r.regions, r.batch): r for r in rows if r.engine == OURS}
+    unit, time_text = time_format(rows)
+    float_bytes, int8_bytes = weight_bytes(floating), weight_bytes(quantized)
+    table = Table(
+        title=f"int8 vs float32 weights: token generation, {unit} per image",
+        caption=f"weights read per pass: {bytes_text(float_bytes)} float32, "
+        f"{bytes_text(int8_bytes)} int8 ({int8_bytes / float_bytes:.2f}x); tokens differ",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1, 0, 0),
+    )
+    for header in ("n", "batch", "float32", "min–max", "int8", "min–max", "speed-up"):
+        table.add_column(header, justify="right", no_wrap=True)
+    for row in rows:
+        if row.engine != INT8 or (row.regions, row.batch) not in float_rows:
+            continue
+        base = float_rows[row.regions, row.batch]
+        table.add_row(
+            str(row.regions),
+            str(row.batch),
+            time_text(base.gen_s_per_image) + (" ⚠" if base.noisy else ""),
+            f"{time_text(base.gen_s_per_image_min)}–{time_text(base.gen_s_per_image_max)}",
+            time_text(row.gen_s_per_image) + (" ⚠" if row.noisy else ""),
+            f"{time_text(row.gen_s_per_image_min)}–{time_text(row.gen_s_per_image_max)}",
+            f"{row.speedup_vs_float:.2f}x",
         )
     console.print(table)
 

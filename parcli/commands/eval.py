@@ -27,6 +27,7 @@ from parcli.commands.common import (
     DeviceOption,
     DtypeOption,
     OfflineOption,
+    QuantizeOption,
     QuietOption,
     ThreadsOption,
     console,
@@ -89,6 +90,7 @@ def eval_digits(
     quiet: QuietOption = False,
     catalogue: CatalogueOption = None,
     threads: ThreadsOption = None,
+    quantize: QuantizeOption = None,
 ) -> None:
     """Score generated digits per n: class accuracy and Fréchet distance of classifier features.
 
@@ -124,7 +126,9 @@ def eval_digits(
         torch_device, torch_dtype = resolve(device, dtype)
         warn_if_emulated(torch_device, torch_dtype)
         fetch = model_fetcher(offline, quiet)
-        pipelines = open_pipelines(model, region_list, torch_device, torch_dtype, fetch=fetch)
+        pipelines = open_pipelines(
+            model, region_list, torch_device, torch_dtype, fetch=fetch, quantize=quantize
+        )
         use_threads(next(iter(pipelines.values())).model, threads)
 
         started = time.perf_counter()

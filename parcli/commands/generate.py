@@ -22,6 +22,7 @@ from parcli.commands.common import (
     DeviceOption,
     DtypeOption,
     OfflineOption,
+    QuantizeOption,
     QuietOption,
     TemperatureOption,
     ThreadsOption,
@@ -164,6 +165,7 @@ def generate(
     quiet: QuietOption = False,
     catalogue: CatalogueOption = None,
     threads: ThreadsOption = None,
+    quantize: QuantizeOption = None,
 ) -> None:
     """Generate images (or clips) of the given classes with 1, 4 or 16 PAR regions."""
     with user_errors(OPTIONS):
@@ -188,6 +190,7 @@ def generate(
                 "cfg_scale": cfg_scale is not None, "temperature": temperature is not None,
                 "top_k": top_k is not None, "top_p": top_p is not None, "dtype": dtype != "auto",
                 "num_samples": num_samples != 1, "scale": scale != 1,
+                "quantize": quantize is not None,
             }  # fmt: skip
             clash = next((name for name, given in asked.items() if given), None)
             if clash is not None:
@@ -201,6 +204,7 @@ def generate(
             regions, seed, dtype = earlier.regions, earlier.seed, earlier.dtype
             cfg_scale, temperature = earlier.cfg_scale, earlier.temperature
             top_k, top_p, scale = earlier.top_k, earlier.top_p, earlier.scale
+            quantize = earlier.quantize
         elif not classes:
             raise SettingError("class", "give at least one class (an id or a name), or --from")
         torch_device, torch_dtype = resolve(device, dtype)
@@ -223,7 +227,7 @@ def generate(
         )  # fmt: skip
         # With --from, the weights are checked against the recipe before the region count.
         pipe = pipeline_of(files, None if earlier else regions, torch_device, torch_dtype,
-                           compile_model)  # fmt: skip
+                           compile_model, quantize)  # fmt: skip
         use_threads(pipe.model, threads)
         weights_sha = checkpoint_sha256(files.checkpoint)
         if earlier is not None:
@@ -283,6 +287,7 @@ def generate(
             scale=scale,
             columns=per_row,
             fps=(fps or CLIP_FPS) if pipe.is_video else None,
+            quantize=quantize,
             samples=tuple(samples),
         )
 

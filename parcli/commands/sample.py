@@ -22,6 +22,7 @@ from parcli.commands.common import (
     DeviceOption,
     DtypeOption,
     OfflineOption,
+    QuantizeOption,
     QuietOption,
     TemperatureOption,
     ThreadsOption,
@@ -74,6 +75,7 @@ def sample(
     quiet: QuietOption = False,
     catalogue: CatalogueOption = None,
     threads: ThreadsOption = None,
+    quantize: QuantizeOption = None,
 ) -> None:
     """Sample K images of every class into OUT/samples.npz (runs under torchrun too)."""
     with user_errors():
@@ -93,7 +95,7 @@ def sample(
                 files.checkpoint, files.tokenizer, torch_device, torch_dtype, batch_size, None,
                 guided,
             )  # fmt: skip
-            pipe = pipeline_of(files, regions, torch_device, torch_dtype, compile_model)
+            pipe = pipeline_of(files, regions, torch_device, torch_dtype, compile_model, quantize)
             use_threads(pipe.model, threads)
             wanted = parse_classes(classes, pipe.model.cfg.num_classes)
             settings = SampleSettings(

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from parcli.engine.quantize import quantized_bytes
 from parcli.model import FeedForward, Transformer
 
 
@@ -101,4 +102,4 @@ def projection_bytes(model: Transformer) -> int:
             total += module.weight.numel() * module.weight.element_size()
         elif isinstance(module, PackedLinear):
             total += module.nbytes
-    return total
+    return total + quantized_bytes(model)

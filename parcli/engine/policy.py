@@ -36,7 +36,11 @@ def default_compile(device: torch.device) -> bool:
 
 
 def choose_engine(
-    device: torch.device, dtype: torch.dtype, compile: bool | None = None, plain: bool = False
+    device: torch.device,
+    dtype: torch.dtype,
+    compile: bool | None = None,
+    plain: bool = False,
+    quantized: bool = False,
 ) -> Engine:
     """How passes run on `device` in `dtype`; `compile` None takes `default_compile`.
 
@@ -55,7 +59,8 @@ def choose_engine(
     | mps    | any       | no      | no    | prefix      | channels-last VQ                      |
 
     Every row draws the same tokens from the same weights and seed (the VQ's pixels stay within
-    one level). Packed weights are never compiled: Inductor crashes on them.
+    one level). Packed weights are never compiled: Inductor crashes on them. `quantized` (int8
+    weights, `parcli.engine.quantize`) turns packing off: there are no float weights to pack.
     """
     if plain:
         return Engine(FIXED_SHAPE)
@@ -70,6 +75,6 @@ def choose_engine(
         )
     return Engine(
         PREFIX,
-        packed_projections=device.type == "cpu" and dtype == torch.float32,
+        packed_projections=device.type == "cpu" and dtype == torch.float32 and not quantized,
         channels_last_vq=True,
     )
