@@ -346,6 +346,7 @@ def report(
             "warmup": settings.warmup,
             "repeats": settings.repeats,
             "compile": first.engine.compiled,
+            "packed_kernel": first.packed,
             "decode": settings.decode,
             "baseline": any(row.engine == PLAIN for row in rows),
             "grid": list(first.plan.grid),

@@ -70,7 +70,7 @@ class Pipeline:
             quantized=self.quantize is not None,
         )
         self._runners: dict[int, Runner] = {}
-        self.packed = False
+        self.packed: str | None = None  # the kernel that packed the projections, once packed
         if self.engine.channels_last_vq:
             self.vq.to(memory_format=torch.channels_last)
 

@@ -97,13 +97,26 @@ def test_packed_cpu_weights_give_the_same_tokens(make_model, monkeypatch, region
     # Packed for 8-row inputs: the 4-row passes multiply by the unpacked weights.
     if not packing_available(keep_unpacked):
         pytest.skip("this torch build cannot pack weights")
-    assert pack_projections(model, input_rows=8)
+    kernel = packing.MKL if keep_unpacked else packing.ONEDNN
+    assert pack_projections(model, input_rows=8, kernel=kernel) == kernel
     assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
     assert all(isinstance(layer.feed_forward, PackedFeedForward) for layer in model.layers)
     packed = [m for m in model.modules() if isinstance(m, packing.PackedLinear)]
     assert all((m.weight is not None) == keep_unpacked for m in packed)
     after = generate_tokens(model, plan, labels, sampling, draws(1, plan, labels))
     assert torch.equal(before, after)
+
+
+def test_the_faster_kernel_is_measured_once_and_packs(make_model):
+    from parcli.engine import packing
+
+    if not packing.packing_available(False):
+        pytest.skip("this torch build cannot pack weights")
+    first = packing.fastest_kernel((96, 64), 8)
+    assert first in (packing.MKL, packing.ONEDNN)
+    assert packing.fastest_kernel((96, 64), 8) == first  # cached: the same answer, no timing
+    model = make_model(regions=4)
+    assert pack_projections(model, input_rows=8) in (packing.MKL, packing.ONEDNN)
 
 
 @pytest.mark.parametrize("static", [False, True])

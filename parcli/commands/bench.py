@@ -295,6 +295,8 @@ def _caption(pipe: Pipeline, sampling: SamplingConfig, rate: float | None) -> st
         str(pipe.model.dtype).removeprefix("torch."),
         f"cfg {sampling.cfg_scale}" if sampling.guided else "no guidance",
     ]
+    if pipe.packed:
+        parts.append(f"{pipe.packed} packed projections")
     if rate:
         parts.append(f"copy rate {rate / 1e12:.2f} TB/s; floor = weights x passes / copy rate")
     return " · ".join(parts)
