@@ -2,8 +2,8 @@
 # The GPU check, for a machine with one CUDA GPU: the tests only a GPU can run, then GPT-3B's
 # speed with random weights, and GPT-B's with int8 weights. Every step has its own time limit,
 # so that the whole stays within 6 minutes on one H100, compilation included; nothing is
-# installed. Everything it prints
-# and writes lands in DIR: gpu-check.log (the summary), one log per step, the bench JSON files.
+# installed. Everything it prints and writes lands in DIR: gpu-check.log (the summary), one log
+# per step, the bench JSON files.
 set -uo pipefail
 DIR=${1:?usage: scripts/gpu_check.sh DIR}
 mkdir -p "$DIR"
