@@ -6,6 +6,7 @@ KV cache.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -52,5 +53,12 @@ def generate_tokens(
         seq[:, step.start : step.end] = tokens.repeat(sequences // tokens.shape[0], 1)
         if on_pass is not None:
             on_pass(step)
-    inverse = torch.from_numpy(plan.inverse).to(device)
+    inverse = device_inverse(plan, device)
     return seq[: labels.shape[0], inverse].reshape(labels.shape[0], *plan.grid)
+
+
+@functools.lru_cache(maxsize=64)
+def device_inverse(plan: Plan, device: torch.device) -> torch.Tensor:
+    """The plan's raster-from-PAR index on `device`, copied there once (a host-to-device copy
+    per batch would make the host wait for the device)."""
+    return torch.from_numpy(plan.inverse).to(device)

@@ -102,3 +102,27 @@ def test_bench_and_generate_run_on_the_gpu(tmp_path):
     assert result.exit_code == 0, result.output
     rows = json.loads(report.read_text())["rows"]
     assert [row["batch"] for row in rows] == [1, 2] and all(r["floor_fraction"] for r in rows)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_graphs_are_captured_on_the_models_gpu_not_the_current_one():
+    other = torch.device(f"cuda:{torch.cuda.device_count() - 1}")
+    model = tiny_model(regions=4).to(other)
+    plan, labels = Plan((8, 8), 4), torch.tensor([1, 2], device=other)
+    sampling = SamplingConfig(cfg_scale=1.5)
+    uniforms = image_uniforms(0, range(2), plan.num_tokens, other)
+    eager = generate_tokens(model, plan, labels, sampling, uniforms)
+    assert torch.cuda.current_device() == 0
+    runner = FixedShapeRunner(model, plan, 4, cuda_graphs=True, compiled=False)
+    graphed = generate_tokens(model, plan, labels, sampling, uniforms, runner=runner)
+    assert torch.equal(eager, graphed)
+
+
+def test_int8_weights_run_on_the_gpu():
+    from parcli.engine.quantize import quantize_int8
+
+    model = tiny_model(regions=4).to(CUDA, torch.bfloat16)
+    plan, labels = Plan((8, 8), 4), torch.tensor([1, 2], device=CUDA)
+    quantize_int8(model)
+    tokens = decode_with("graphed", model, plan, labels, SamplingConfig(cfg_scale=1.5))
+    assert tokens.shape == (2, 8, 8) and int(tokens.max()) < model.cfg.vocab_size

@@ -63,18 +63,28 @@ class FixedShapeRunner:
         return self.model(h, rope, self.cache, positions=positions, mask=mask)
 
     def _capture(self, h: torch.Tensor) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]:
-        static_in = h.clone()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        # Warm-up runs do this pass's real work (same input, same slots), so they are harmless.
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                self.forward(static_in)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            static_out = self.forward(static_in)
+        # Streams and graphs belong to the current CUDA device: make it the model's, so that
+        # `--device cuda:1` captures on cuda:1 whichever device is current.
+        with torch.cuda.device(h.device):
+            static_in = h.clone()
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            # Warm-up runs do this pass's real work (same input, same slots): harmless.
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    self.forward(static_in)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool):
+                static_out = self.forward(static_in)
         return graph, static_in, static_out
+
+    def _replay(self, width: int, h: torch.Tensor) -> torch.Tensor:
+        graph, static_in, static_out = self.graphs[width]
+        with torch.cuda.device(h.device):
+            static_in.copy_(h)
+            graph.replay()
+        return static_out
 
     def __call__(self, step: Pass, h: torch.Tensor) -> torch.Tensor:
         self.start.fill_(step.start)
@@ -83,10 +93,7 @@ class FixedShapeRunner:
         width = h.shape[1]
         if width not in self.graphs:
             self.graphs[width] = self._capture(h)
-        graph, static_in, static_out = self.graphs[width]
-        static_in.copy_(h)
-        graph.replay()
-        return static_out
+        return self._replay(width, h)
 
 
 Runner = PrefixRunner | FixedShapeRunner
