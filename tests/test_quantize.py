@@ -10,7 +10,7 @@ from parcli.pipeline import Pipeline
 from parcli.provenance import read_recipe
 from parcli.sampling import SamplingConfig
 from parcli.vq import VQModel
-from tests.test_cli import assert_user_error, generate
+from tests.test_cli import assert_user_error, generate, run
 
 
 def test_an_int8_product_is_within_rounding_of_float32():
@@ -52,6 +52,7 @@ def test_generate_quantize_is_recorded_and_checked(files, tmp_path):
     result = generate(files, "-c", 1, "--quantize", "int8", "-o", out)
     assert result.exit_code == 0, result.output
     assert read_recipe(out).quantize == "int8"
+    assert "int8 weights" in run("info", out).output
     again = generate(files, "--from", out, "-o", tmp_path / "y.png", "--save-tokens",
                      tmp_path / "b.npy")  # fmt: skip
     assert again.exit_code == 0, again.output

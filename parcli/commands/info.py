@@ -59,7 +59,11 @@ def recipe_lines(recipe: Recipe) -> list[tuple[str, str]]:
             f"top-k {top_k}, top-p {top_p}",
         ),
         ("seed", f"{recipe.seed} (sample #k draws from seed and k alone)"),
-        ("compute", f"{recipe.dtype} on {recipe.device}"),
+        (
+            "compute",
+            f"{recipe.dtype} on {recipe.device}"
+            + (f", {recipe.quantize} weights" if recipe.quantize else ""),
+        ),
         ("pixels", f"enlarged {recipe.scale}x" + (f", {recipe.fps:g} fps" if recipe.fps else "")),
         (
             "samples",
