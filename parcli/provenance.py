@@ -76,6 +76,7 @@ class Recipe:
         if RECIPE_KEY not in data:
             raise RecipeError(f"{where} is not a parcli recipe")
         names = {f.name for f in fields(cls)}
+        data = {**_ADDED_LATER, **data}
         missing = sorted(names - set(data))
         if missing:
             raise RecipeError(f"{where}: the recipe lacks {', '.join(missing)}")
@@ -97,6 +98,9 @@ class Recipe:
             values[name] = float(values[name])
         return cls(**values)
 
+
+# Fields newer than the first recipes, with the value an older recipe means.
+_ADDED_LATER = {"quantize": None}
 
 _FIELD_KINDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "parcli": ((str,), False),

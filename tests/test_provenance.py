@@ -154,3 +154,11 @@ def test_an_interrupted_folder_says_how_many_files_are_complete(tmp_path, capsys
         raise error
     assert info.value.code == code
     assert f"{word}: 2 of 5 files written to {folder}/" in capsys.readouterr().err
+
+
+def test_a_recipe_from_before_quantize_existed_still_reads(tmp_path):
+    data = _recipe().to_dict()
+    del data["quantize"]
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(data))
+    assert read_recipe(path).quantize is None
