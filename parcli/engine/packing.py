@@ -114,11 +114,21 @@ def pack_projections(model: Transformer, input_rows: int, kernel: str | None = N
 
 @functools.cache
 def fastest_kernel(shape: tuple[int, int], rows: int) -> str | None:
-    """The faster packed product for a (out, in) weight and `rows`-row inputs on this machine,
-    timed once per process (a few milliseconds); None where neither is available."""
+    """The faster packed product for a (out, in) weight and `rows`-row inputs on this machine;
+    None where neither is available.
+
+    Timed once per machine and kept in `<cache>/kernels.json` (keyed by CPU, torch version,
+    shape and rows): the two products round differently in the last bits, so a choice that
+    changed from run to run with the machine's noise would change tokens with it. oneDNN must
+    win by 10 % to replace MKL, the kernel earlier versions always used.
+    """
     usable = [k for k in (MKL, ONEDNN) if packing_available(k == MKL)]
     if len(usable) < 2:
         return usable[0] if usable else None
+    key = f"{_cpu_name()} | torch {torch.__version__} | {shape[0]}x{shape[1]} | {rows} rows"
+    known = _read_choices()
+    if known.get(key) in usable:
+        return known[key]
     weight = torch.randn(shape)
     x = torch.randn(rows, shape[1])
     seconds = {}
@@ -129,7 +139,54 @@ def fastest_kernel(shape: tuple[int, int], rows: int) -> str | None:
         for _ in range(KERNEL_TRIALS):
             linear(x)
         seconds[kernel] = time.perf_counter() - started
-    return min(seconds, key=seconds.__getitem__)
+    choice = ONEDNN if seconds[ONEDNN] < 0.9 * seconds[MKL] else MKL
+    _write_choice(key, choice)
+    return choice
+
+
+def _choices_path():
+    from parcli.io.hub import cache_dir
+
+    return cache_dir() / "kernels.json"
+
+
+def _read_choices() -> dict[str, str]:
+    import json
+
+    try:
+        data = json.loads(_choices_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_choice(key: str, choice: str) -> None:
+    """Remember a measured choice; a cache that cannot be written only costs a re-measure."""
+    import json
+
+    from parcli.errors import UserError
+    from parcli.io.files import atomic_write
+
+    data = {**_read_choices(), key: choice}
+    try:
+        _choices_path().parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+        atomic_write(_choices_path(), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    except (OSError, UserError):  # atomic_write reports OSErrors as OutputError
+        pass
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
 
 
 KERNEL_TRIALS = 10
