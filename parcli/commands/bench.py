@@ -231,50 +231,44 @@ def time_format(rows) -> tuple[str, Callable[..., str]]:
 
 def print_baseline_table(rows) -> None:
     """Ours against the plain engine, generation only, same n and batch."""
-    plain = {(r.regions, r.batch): r for r in rows if r.engine == PLAIN}
-    unit, time_text = time_format(rows)
-    table = Table(
-        title=f"ours vs plain engine: token generation, {unit} per image",
+    _print_comparison(
+        rows, PLAIN, OURS, ("plain", "ours"), "speedup_vs_plain",
+        title="ours vs plain engine",
         caption="plain: unpacked products, whole-cache masked attention, no graphs, no compile",
-        box=box.SIMPLE_HEAD,
-        padding=(0, 1, 0, 0),
-    )
-    for header in ("n", "batch", "plain", "min–max", "ours", "min–max", "speed-up"):
-        table.add_column(header, justify="right", no_wrap=True)
-    for row in rows:
-        if row.engine != OURS or (row.regions, row.batch) not in plain:
-            continue
-        base = plain[row.regions, row.batch]
-        table.add_row(
-            str(row.regions),
-            str(row.batch),
-            time_text(base.gen_s_per_image) + (" ⚠" if base.noisy else ""),
-            f"{time_text(base.gen_s_per_image_min)}–{time_text(base.gen_s_per_image_max)}",
-            time_text(row.gen_s_per_image) + (" ⚠" if row.noisy else ""),
-            f"{time_text(row.gen_s_per_image_min)}–{time_text(row.gen_s_per_image_max)}",
-            f"{row.speedup_vs_plain:.2f}x",
-        )
-    console.print(table)
+    )  # fmt: skip
 
 
 def print_quantized_table(rows, floating: Pipeline, quantized: Pipeline) -> None:
     """int8 against float32, same weights, generation only, same n and batch."""
-    float_rows = {(r.regions, r.batch): r for r in rows if r.engine == OURS}
-    unit, time_text = time_format(rows)
     float_bytes, int8_bytes = weight_bytes(floating), weight_bytes(quantized)
-    table = Table(
-        title=f"int8 vs float32 weights: token generation, {unit} per image",
+    _print_comparison(
+        rows, OURS, INT8, ("float32", "int8"), "speedup_vs_float",
+        title="int8 vs float32 weights",
         caption=f"weights read per pass: {bytes_text(float_bytes)} float32, "
         f"{bytes_text(int8_bytes)} int8 ({int8_bytes / float_bytes:.2f}x); tokens differ",
+    )  # fmt: skip
+
+
+def _print_comparison(
+    rows, base_engine: str, engine: str, names: tuple[str, str], speedup: str, title: str,
+    caption: str,
+) -> None:  # fmt: skip
+    """One engine's rows against another's, generation only, same n and batch: both times with
+    their spread, and the row's `speedup` field."""
+    base_rows = {(r.regions, r.batch): r for r in rows if r.engine == base_engine}
+    unit, time_text = time_format(rows)
+    table = Table(
+        title=f"{title}: token generation, {unit} per image",
+        caption=caption,
         box=box.SIMPLE_HEAD,
         padding=(0, 1, 0, 0),
     )
-    for header in ("n", "batch", "float32", "min–max", "int8", "min–max", "speed-up"):
+    for header in ("n", "batch", names[0], "min–max", names[1], "min–max", "speed-up"):
         table.add_column(header, justify="right", no_wrap=True)
     for row in rows:
-        if row.engine != INT8 or (row.regions, row.batch) not in float_rows:
+        if row.engine != engine or (row.regions, row.batch) not in base_rows:
             continue
-        base = float_rows[row.regions, row.batch]
+        base = base_rows[row.regions, row.batch]
         table.add_row(
             str(row.regions),
             str(row.batch),
@@ -282,7 +276,7 @@ def print_quantized_table(rows, floating: Pipeline, quantized: Pipeline) -> None
             f"{time_text(base.gen_s_per_image_min)}–{time_text(base.gen_s_per_image_max)}",
             time_text(row.gen_s_per_image) + (" ⚠" if row.noisy else ""),
             f"{time_text(row.gen_s_per_image_min)}–{time_text(row.gen_s_per_image_max)}",
-            f"{row.speedup_vs_float:.2f}x",
+            f"{getattr(row, speedup):.2f}x",
         )
     console.print(table)
 
