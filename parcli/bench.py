@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from parcli.config import GPT_PRESETS, GPTConfig
+from parcli.engine.devices import cpu_name
 from parcli.errors import SettingError
 from parcli.load import Fetch, open_pipelines
 from parcli.pipeline import Pipeline
@@ -139,21 +140,13 @@ def weight_bytes(pipe: Pipeline) -> int:
 
 def machine_info(device: torch.device) -> dict:
     info = {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "device": str(device),
         "threads": torch.get_num_threads(),
     }
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    info["cpu"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info

@@ -8,12 +8,12 @@ they pass can still be squeezed by other processes, but a run they refuse would 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 
 from parcli.config import GPTConfig
+from parcli.engine.devices import available_memory
 from parcli.io.checkpoints import expected_shapes
 from parcli.plan import Plan
 from parcli.vq import VQConfig
@@ -82,19 +82,7 @@ def available_bytes(device: torch.device) -> int | None:
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return int(free)
-    if device.type != "cpu":
-        return None
-    try:
-        with open("/proc/meminfo", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
+    return available_memory() if device.type == "cpu" else None
 
 
 def largest_batch(fits, upper: int) -> int:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import platform
+
 import torch
 
 from parcli.dtypes import compute_dtype, dtype_name
@@ -38,6 +41,34 @@ def resolve_device(name: str) -> torch.device:
     else:
         raise SettingError("device", f"par does not run on {device.type} devices; {choices}")
     return device
+
+
+def available_memory() -> int | None:
+    """Bytes of RAM new allocations can still get (Linux's MemAvailable, else the free pages
+    where the system tells them); None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def cpu_name() -> str:
+    """The CPU's model name ("AMD EPYC ..."), or the platform's word for it."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def resolve(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:

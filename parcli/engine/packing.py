@@ -16,20 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from parcli.engine.devices import available_memory, cpu_name
 from parcli.engine.quantize import quantized_bytes
 from parcli.model import FeedForward, Transformer
-
-
-def available_memory() -> int | None:
-    """Bytes the kernel says new allocations can still get (Linux); None where unknown."""
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 class PackedLinear(nn.Module):
@@ -125,7 +114,7 @@ def fastest_kernel(shape: tuple[int, int], rows: int) -> str | None:
     usable = [k for k in (MKL, ONEDNN) if packing_available(k == MKL)]
     if len(usable) < 2:
         return usable[0] if usable else None
-    key = f"{_cpu_name()} | torch {torch.__version__} | {shape[0]}x{shape[1]} | {rows} rows"
+    key = f"{cpu_name()} | torch {torch.__version__} | {shape[0]}x{shape[1]} | {rows} rows"
     known = _read_choices()
     if known.get(key) in usable:
         return known[key]
@@ -174,19 +163,6 @@ def _write_choice(key: str, choice: str) -> None:
         atomic_write(_choices_path(), lambda tmp: tmp.write_text(text, encoding="utf-8"))
     except (OSError, UserError):  # atomic_write reports OSErrors as OutputError
         pass
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 KERNEL_TRIALS = 10
