@@ -196,15 +196,16 @@ def free_bytes(folder: Path) -> int:
     return shutil.disk_usage(probe).free
 
 
-def check_free_space(entry: Entry, download: int, converted: int) -> None:
-    """Refuse, before writing anything, a fetch whose download and converted copy (both in the
-    cache during conversion) would not fit on the cache's disk."""
+def check_free_space(what: str, download: int, converted: int) -> None:
+    """Refuse, before writing anything, a fetch or conversion (`what`: the entry or file) whose
+    download and converted copy (both in the cache during conversion) would not fit on the
+    cache's disk."""
     needed = download + converted
     free = free_bytes(cache_dir())
     if needed > free:
         parts = f"{human_size(download)} to download, " if download else ""
         raise FetchError(
-            f"{entry.name} needs {human_size(needed)} free in {cache_dir()} ({parts}"
+            f"{what} needs {human_size(needed)} free in {cache_dir()} ({parts}"
             f"{human_size(converted)} for the converted copy), but that disk has "
             f"{human_size(free)} free; make room, or set PARCLI_HOME to a folder on a larger disk"
         )
@@ -406,7 +407,7 @@ def _download(entry: Entry, on_bytes: BytesCallback | None) -> Path:
     resumable = same and remote.etag is not None and remote.size is not None
     resumable = resumable and have <= remote.size
     if remote.size is not None:  # the converted copy is at most the size of the download
-        check_free_space(entry, remote.size - (have if resumable else 0), remote.size)
+        check_free_space(entry.name, remote.size - (have if resumable else 0), remote.size)
     if not resumable:
         # Another version of the file, or no way to tell: start over.
         with contextlib.suppress(FileNotFoundError):
@@ -558,13 +559,7 @@ def convert_local(source: Path, on_status: StatusCallback | None = None) -> Path
     with _locked(target.with_suffix(".lock"), on_status, source.name):
         if target.is_file():
             return target
-        need = source.stat().st_size
-        free = free_bytes(target.parent)
-        if need > free:
-            raise FetchError(
-                f"converting {source.name} needs {human_size(need)} in {target.parent}, which "
-                f"has {human_size(free)} free; make room, or set PARCLI_HOME to a larger disk"
-            )
+        check_free_space(source.name, 0, source.stat().st_size)
         if on_status is not None:
             on_status(f"converting {source.name} to safetensors (once; kept in {target.parent})")
         try:
@@ -625,7 +620,7 @@ def fetch(
                     f"{entry.name}: sha256 of the downloaded {entry.file} is {sha256}, but "
                     f"weights.toml expects {entry.sha256}; the download was discarded"
                 )
-        check_free_space(entry, 0, source.stat().st_size)
+        check_free_space(entry.name, 0, source.stat().st_size)
         # convert() hashes the source too and records it as the file's `source_sha256`.
         sha256 = _convert(entry, source, sha256, heads, on_status, dtype)
         ours = source == raw_download_path(entry)
