@@ -20,6 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 QUANTIZATIONS = ("int8",)
+# What the projections' inputs are rounded to: CUDA runs the model in bf16 already, and on the
+# CPU bf16 is the kernel's fast path.
+ACTIVATION_DTYPE = torch.bfloat16
 
 
 class Int8Linear(nn.Module):
@@ -33,23 +36,17 @@ class Int8Linear(nn.Module):
         self.out_features, self.in_features = weight.shape
         self.register_buffer("weight_int8", quantized)
         self.register_buffer("scales", scales)
-        self.activation_dtype = _activation_dtype(weight.device)
-        self.fused = _kernel_runs(weight.device, self.activation_dtype)
-        self.register_buffer("kernel_scales", scales.to(self.activation_dtype), persistent=False)
+        self.fused = _kernel_runs(weight.device, ACTIVATION_DTYPE)
+        self.register_buffer("kernel_scales", scales.to(ACTIVATION_DTYPE), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features).to(self.activation_dtype)
+        rows = x.reshape(-1, self.in_features).to(ACTIVATION_DTYPE)
         if self.fused:
             out = torch._weight_int8pack_mm(rows, self.weight_int8, self.kernel_scales)
         else:
-            weight = self.weight_int8.to(self.activation_dtype) * self.kernel_scales[:, None]
+            weight = self.weight_int8.to(ACTIVATION_DTYPE) * self.kernel_scales[:, None]
             out = F.linear(rows, weight)
         return out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
-
-
-def _activation_dtype(device: torch.device) -> torch.dtype:
-    # CUDA runs the model in bf16 already; on the CPU bf16 is the kernel's fast path.
-    return torch.bfloat16
 
 
 @cache
