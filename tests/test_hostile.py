@@ -109,7 +109,6 @@ def test_truncated_and_bit_flipped_files(files, tmp_path):
 def _run_and_signal(args, signum, after, cwd):
     """`python -m parcli ARGS`, sent `signum` `after` seconds in; (exit code, stderr)."""
     import os
-    import signal  # noqa: F401  (signum values)
     import subprocess
     import sys
     import time
