@@ -15,6 +15,7 @@ import torch
 from parcli.config import GPTConfig
 from parcli.engine.devices import available_memory
 from parcli.io.checkpoints import expected_shapes
+from parcli.model import cache_head_dim
 from parcli.plan import Plan
 from parcli.vq import VQConfig
 
@@ -57,7 +58,9 @@ def estimate(
     size = torch.tensor([], dtype=dtype).element_size()
     plan = Plan(gpt.grid, gpt.regions)
     sequences = batch * (2 if guided else 1)
-    cache = 2 * gpt.n_layer * sequences * plan.num_slots * gpt.dim * size
+    # Heads as a CUDA cache stores them (`cache_head_dim`): padded, where padding applies.
+    heads = gpt.n_head * cache_head_dim(gpt.head_dim, "cuda")
+    cache = 2 * gpt.n_layer * sequences * plan.num_slots * heads * size
     width = max(p.width for p in plan.passes)
     hidden = sequences * width * gpt.dim * 12 * size  # residual, q/k/v, FFN (hidden ~ 2.7 dim)
     scores = sequences * gpt.n_head * width * plan.num_slots * 4

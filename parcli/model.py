@@ -8,6 +8,8 @@ swaps modules from the outside).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -86,8 +88,23 @@ class RMSNorm(nn.Module):
         return normed.type_as(x) * self.weight
 
 
+# SDPA's fused CUDA kernels (memory-efficient, cuDNN) take half-precision heads only in widths
+# that are multiples of 8; any other width (GPT-3B's 100) falls to the math kernel, which upcasts
+# keys and values to float32 every pass. Zero columns add nothing to a dot product, so a cache on
+# CUDA stores such heads padded with zeros and attention runs at the padded width.
+HEAD_ALIGNMENT = 8
+
+
+def cache_head_dim(head_dim: int, device: torch.device | str) -> int:
+    """The width a KV cache on `device` stores each head at."""
+    if torch.device(device).type != "cuda":
+        return head_dim
+    return -(-head_dim // HEAD_ALIGNMENT) * HEAD_ALIGNMENT
+
+
 class KVCache:
-    """Keys and values of every layer for one generation, allocated once."""
+    """Keys and values of every layer for one generation, allocated once: one tensor per layer,
+    so that a compiled pass writes each in place rather than through a view of a shared one."""
 
     def __init__(
         self,
@@ -96,10 +113,12 @@ class KVCache:
         slots: int,
         device: torch.device | str,
         dtype: torch.dtype,
+        head_dim: int | None = None,
     ):
-        shape = (cfg.n_layer, batch, cfg.n_head, slots, cfg.head_dim)
-        self.keys = torch.zeros(shape, device=device, dtype=dtype)
-        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.head_dim = head_dim or cache_head_dim(cfg.head_dim, device)
+        shape = (batch, cfg.n_head, slots, self.head_dim)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
 
     def write_prefix(
         self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor
@@ -107,9 +126,9 @@ class KVCache:
         """Store k, v (batch, heads, new, head_dim) at slots [start, start + new); return the
         keys and values of every slot before the end of the new ones."""
         end = start + k.shape[2]
-        self.keys[layer, :, :, start:end] = k
-        self.values[layer, :, :, start:end] = v
-        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+        self.keys[layer][:, :, start:end] = k
+        self.values[layer][:, :, start:end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
     def write_positions(
         self, layer: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor
@@ -146,11 +165,19 @@ class Attention(nn.Module):
         q, k = apply_rotary(qkv[:, :, :2], rope).unbind(2)
         v = qkv[:, :, 2]
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        padding = 0 if cache is None else cache.head_dim - self.head_dim
+        if padding:
+            q, k, v = (F.pad(t, (0, padding)) for t in (q, k, v))
         if cache is not None and positions is not None:
             k, v = cache.write_positions(layer, positions, k, v)
         elif cache is not None:
             k, v = cache.write_prefix(layer, start, k, v)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        # The padded width must not change the scale; unpadded, SDPA's own default keeps the
+        # reference's rounding.
+        scale = 1 / math.sqrt(self.head_dim) if padding else None
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        if padding:
+            out = out[..., : self.head_dim]
         return self.wo(out.transpose(1, 2).reshape(batch, seq, dim))
 
 

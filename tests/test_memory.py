@@ -29,9 +29,9 @@ def test_the_estimate_grows_with_the_batch_and_guidance():
     one, many = total(1), total(32)
     assert one.weights == many.weights and many.cache == 32 * one.cache
     assert total(8, guided=False).cache * 2 == total(8).cache
-    # KV cache: 2 x 24 layers x 64 sequences x slots x 3200 x 2 bytes
+    # KV cache: 2 x 24 layers x 64 sequences x slots x 32 heads of 100, stored at 104, x 2 bytes
     slots = Plan((24, 24), 16).num_slots
-    assert many.cache == 2 * 24 * 64 * slots * 3200 * 2
+    assert many.cache == 2 * 24 * 64 * slots * 32 * 104 * 2
 
 
 def test_largest_batch_bisects():

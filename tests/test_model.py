@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from parcli.model import KVCache, apply_rotary, cell_angles, rotary_rows
+from parcli.model import KVCache, apply_rotary, cache_head_dim, cell_angles, rotary_rows
 from parcli.plan import Plan
 from parcli.slots import embed_slots
 
@@ -105,6 +105,34 @@ def test_kv_cache_passes_equal_one_teacher_forced_pass(make_model, n, grid):
             h = embed_slots(model, plan, labels, seq, p.start, p.end)
             step = model(h, rope[p.start : p.end], cache, start=p.start)
             torch.testing.assert_close(step, full[:, p.start : p.end], rtol=1e-4, atol=1e-4)
+
+
+def test_caches_pad_heads_to_multiples_of_8_on_cuda_only():
+    assert [cache_head_dim(d, "cuda") for d in (64, 100, 12, 8)] == [64, 104, 16, 8]
+    assert cache_head_dim(100, "cpu") == 100 and cache_head_dim(100, torch.device("cpu")) == 100
+
+
+@pytest.mark.parametrize("fixed_shapes", [False, True])
+def test_a_cache_of_padded_heads_gives_the_unpadded_logits(make_model, fixed_shapes):
+    # GPT-3B's heads are 100 wide; here 12 wide, stored at 16 as CUDA stores 100 at 104.
+    model = make_model(regions=4, n_head=4, dim=48)
+    plan = Plan((8, 8), 4)
+    labels = torch.tensor([3, 7])
+    seq = torch.randint(0, model.cfg.vocab_size, (2, plan.num_tokens))
+    rope = rotary_table(plan, model.cfg.head_dim)
+    mask = torch.from_numpy(plan.attention_mask())
+    with torch.no_grad():
+        full = teacher_forced_logits(model, plan, labels, seq)
+        cache = KVCache(model.cfg, 2, plan.num_slots, "cpu", torch.float32, head_dim=16)
+        for p in plan.passes:
+            h = embed_slots(model, plan, labels, seq, p.start, p.end)
+            if fixed_shapes:
+                positions = torch.arange(p.start, p.end)
+                step = model(h, rope[positions], cache, positions=positions, mask=mask[positions])
+            else:
+                step = model(h, rope[p.start : p.end], cache, start=p.start)
+            torch.testing.assert_close(step, full[:, p.start : p.end], rtol=1e-5, atol=1e-5)
+    assert cache.keys[0].shape[-1] == 16 and not cache.keys[0][..., 12:].any()
 
 
 def test_teacher_forced_logits_ignore_future_tokens(make_model):
