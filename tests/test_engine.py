@@ -3,8 +3,11 @@ import sys
 
 import pytest
 import torch
+from conftest import tiny_model
 
 from parcli.engine.policy import FIXED_SHAPE, PREFIX, Engine, choose_engine
+from parcli.engine.runners import COMPILED_VERSIONS, FixedShapeRunner
+from parcli.plan import Plan
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -122,3 +125,10 @@ def test_threads_follow_the_work_unless_asked(monkeypatch):
     assert choose_threads(1_200_000, requested=3) == 3
     with pytest.raises(SettingError, match="at least 1"):
         choose_threads(10, requested=0)
+
+
+def test_a_compiled_runner_lets_dynamo_keep_a_bench_worth_of_versions():
+    # Three region counts at two batch sizes with two pass widths each: past Dynamo's default 8.
+    with torch._dynamo.config.patch(recompile_limit=8):
+        FixedShapeRunner(tiny_model(regions=4), Plan((8, 8), 4), 2, compiled=True)
+        assert torch._dynamo.config.recompile_limit == COMPILED_VERSIONS >= 3 * 2 * 2

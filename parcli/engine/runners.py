@@ -14,6 +14,17 @@ from parcli.model import KVCache, Transformer
 from parcli.plan import Pass, Plan
 from parcli.slots import slot_rotary
 
+# Dynamo keeps a few compiled versions of one function and then runs it uncompiled, warning
+# once. Every runner (batch size, region count) and pass width is a version of `_forward`: a
+# bench of three region counts at two batch sizes needs about 12, against a default of 8.
+COMPILED_VERSIONS = 64
+
+
+def allow_compiled_versions(count: int) -> None:
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), count))
+
 
 class PrefixRunner:
     """Runs each pass over the cache prefix it may see."""
@@ -51,7 +62,10 @@ class FixedShapeRunner:
         self.offsets = {
             width: torch.arange(width, device=device) for width in {p.width for p in plan.passes}
         }
-        self.forward = torch.compile(self._forward, dynamic=False) if compiled else self._forward
+        self.forward = self._forward
+        if compiled:
+            allow_compiled_versions(COMPILED_VERSIONS)
+            self.forward = torch.compile(self._forward, dynamic=False)
         self.cuda_graphs = cuda_graphs
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
         self.pool = torch.cuda.graph_pool_handle() if cuda_graphs else None
