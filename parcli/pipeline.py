@@ -172,16 +172,24 @@ class Pipeline:
         if len(indices) != len(labels):
             raise ValueError(f"{len(indices)} image indices for {len(labels)} labels")
         num_classes, count = self.model.cfg.num_classes, self.plan.num_tokens
+        pad_short_batches = self.engine.fixed_batches and len(labels) > batch_size
         chunks = []
         for start in range(0, len(labels), batch_size):
-            chunk = torch.tensor(labels[start : start + batch_size], device=self.device)
-            batch_indices = indices[start : start + batch_size]
+            chunk_labels = list(labels[start : start + batch_size])
+            batch_indices = list(indices[start : start + batch_size])
+            real = len(chunk_labels)
+            if pad_short_batches and real < batch_size:
+                # Rows that repeat the last image, generated and dropped: no new shapes.
+                chunk_labels += chunk_labels[-1:] * (batch_size - real)
+                batch_indices += batch_indices[-1:] * (batch_size - real)
+            chunk = torch.tensor(chunk_labels, device=self.device)
             uniforms = image_uniforms(seed, batch_indices, count, self.device)
             sequences = guided_labels(chunk, num_classes, sampling.guided).shape[0]
             runner = self.runner(sequences)
-            chunks.append(
-                generate_tokens(self.model, self.plan, chunk, sampling, uniforms, on_pass, runner)
+            tokens = generate_tokens(
+                self.model, self.plan, chunk, sampling, uniforms, on_pass, runner
             )
+            chunks.append(tokens[:real])
         return torch.cat(chunks)
 
     @torch.inference_mode()

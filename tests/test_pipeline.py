@@ -70,9 +70,14 @@ def test_compiled_pipeline_gives_the_same_tokens_and_leaves_weights_unpacked():
     sampling = SamplingConfig(cfg_scale=1.5)
     eager = Pipeline(tiny_model(regions=4), VQModel(TINY_VQ).eval())
     compiled = Pipeline(tiny_model(regions=4), VQModel(TINY_VQ).eval(), compile_model=True)
-    tokens = compiled.generate([2, 9], sampling, seed=3, batch_size=2)
-    assert torch.equal(tokens, eager.generate([2, 9], sampling, seed=3, batch_size=2))
+    tokens = compiled.generate([2, 9, 4], sampling, seed=3, batch_size=2)
+    assert torch.equal(tokens, eager.generate([2, 9, 4], sampling, seed=3, batch_size=2))
     assert not compiled.packed and eager.packed
+    # The short last batch ran padded to the first one's size: one runner, nothing recompiled.
+    assert list(compiled._runners) == [4]
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        again = compiled.generate([9, 4, 2], sampling, seed=3, batch_size=2, indices=[1, 2, 0])
+    assert torch.equal(again, tokens[[1, 2, 0]])
 
 
 @pytest.mark.parametrize("regions", [1, 4, 16])

@@ -19,6 +19,12 @@ class Engine:
     packed_projections: bool = False  # CPU float32: MKL/oneDNN pre-packed weights, w1+w3 fused
     channels_last_vq: bool = False  # VQ decoder convolutions in channels-last layout
 
+    @property
+    def fixed_batches(self) -> bool:
+        """Whether a new batch size costs a compile or a graph capture: then a short last batch
+        is padded to the others' size rather than run at its own."""
+        return self.cuda_graphs or self.compiled
+
     def speedups(self) -> list[str]:
         names = {
             "cuda_graphs": "CUDA graphs",
