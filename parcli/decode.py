@@ -7,6 +7,7 @@ KV cache.
 from __future__ import annotations
 
 import functools
+from collections import deque
 from collections.abc import Callable
 
 import torch
@@ -44,6 +45,8 @@ def generate_tokens(
     if runner.sequences != sequences:
         raise ValueError(f"the runner was built for {runner.sequences} sequences, not {sequences}")
     seq = torch.zeros(sequences, plan.num_tokens, dtype=torch.long, device=device)
+    if on_pass is not None and device.type == "cuda":
+        on_pass = DeviceProgress(on_pass, device)
     for step in plan.passes:
         h = embed_slots(model, plan, sequence_labels, seq, step.start, step.end)
         logits = runner(step, h)
@@ -53,6 +56,8 @@ def generate_tokens(
         seq[:, step.start : step.end] = tokens.repeat(sequences // tokens.shape[0], 1)
         if on_pass is not None:
             on_pass(step)
+    if isinstance(on_pass, DeviceProgress):
+        on_pass.finish()
     inverse = device_inverse(plan, device)
     return seq[: labels.shape[0], inverse].reshape(labels.shape[0], *plan.grid)
 
@@ -62,3 +67,35 @@ def device_inverse(plan: Plan, device: torch.device) -> torch.Tensor:
     """The plan's raster-from-PAR index on `device`, copied there once (a host-to-device copy
     per batch would make the host wait for the device)."""
     return torch.from_numpy(plan.inverse).to(device)
+
+
+class DeviceProgress:
+    """Reports a CUDA pass when the device has run it, not when the host queued it.
+
+    The host queues passes far faster than a large model runs them, so a bar fed at queueing
+    would reach its end while the device still had most of the work before it. Each pass gets an
+    event; at most `ahead` passes wait unreported, the host waiting on the oldest, which keeps
+    the device's queue full without racing ahead of it. Waiting on an event is not a sync that
+    `torch.cuda.set_sync_debug_mode` reports, and no tensor is read back.
+    """
+
+    def __init__(self, report: Callable[[Pass], None], device: torch.device, ahead: int = 8):
+        self.report, self.ahead = report, ahead
+        self.stream = torch.cuda.current_stream(device)
+        self.queued: deque[tuple[torch.cuda.Event, Pass]] = deque()
+
+    def __call__(self, step: Pass) -> None:
+        event = torch.cuda.Event()
+        event.record(self.stream)
+        self.queued.append((event, step))
+        while self.queued and (len(self.queued) > self.ahead or self.queued[0][0].query()):
+            self._report_oldest()
+
+    def finish(self) -> None:
+        while self.queued:
+            self._report_oldest()
+
+    def _report_oldest(self) -> None:
+        event, step = self.queued.popleft()
+        event.synchronize()
+        self.report(step)

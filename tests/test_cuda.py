@@ -54,6 +54,22 @@ def test_graphed_and_compiled_steps_give_the_eager_tokens(dtype, regions):
     assert torch.equal(decode_with("compiled", model, plan, labels, sampling), eager)
 
 
+@pytest.mark.parametrize("head_dim", [64, 100])
+def test_masked_attention_runs_without_the_math_kernel(head_dim):
+    # GPT-3B's 100-wide heads would fall to SDPA's math kernel in bf16 unless the cache pads them.
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    model = tiny_model(regions=4, n_head=2, dim=2 * head_dim).to(CUDA, torch.bfloat16)
+    plan, labels = Plan((8, 8), 4), torch.tensor([1, 2], device=CUDA)
+    sampling = SamplingConfig(cfg_scale=1.5)
+    eager = decode_with("eager", model, plan, labels, sampling)
+    fused = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]
+    with sdpa_kernel(fused):
+        assert torch.equal(decode_with("eager", model, plan, labels, sampling), eager)
+        graphed = decode_with("graphed", model, plan, labels, sampling)
+    assert graphed.shape == eager.shape
+
+
 def test_the_decode_loop_never_waits_for_the_gpu():
     model = tiny_model(regions=4).to(CUDA, torch.bfloat16)
     plan = Plan((8, 8), 4)
@@ -66,8 +82,12 @@ def test_the_decode_loop_never_waits_for_the_gpu():
     torch.cuda.set_sync_debug_mode("error")
     try:
         generate_tokens(model, plan, labels, sampling, uniforms, runner=runner)
+        # A progress callback gets each pass once the device has run it, still without a sync.
+        reported = []
+        generate_tokens(model, plan, labels, sampling, uniforms, reported.append, runner)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+    assert reported == list(plan.passes)
 
 
 def test_vq_pixels_on_the_gpu_are_within_one_level_of_the_cpu():
