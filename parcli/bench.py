@@ -55,7 +55,7 @@ class Case:
     engine: str = OURS
     gen_seconds: list[float] = field(default_factory=list)  # per batch, one per repeat
     decode_seconds: list[float] = field(default_factory=list)
-    peak_bytes: int = 0
+    added_bytes: int = 0  # peak memory over what was in use when the case started
 
 
 @dataclass
@@ -73,8 +73,8 @@ class Row:
     speedup_vs_1: float | None  # same engine, same batch
     speedup_vs_plain: float | None  # ours over the plain engine, same n and batch
     speedup_vs_float: float | None  # int8 rows: float32 ours over int8, same n and batch
-    peak_memory_bytes: int
-    floor_fraction: float | None  # weight bytes x passes / time, over the copy rate (CUDA only)
+    peak_memory_added_bytes: int  # over what was in use before the case (weights, other caches)
+    floor_fraction: float | None  # floor_seconds / time (CUDA only: the copy rate is measured)
     noisy: bool
 
     def to_dict(self) -> dict:
@@ -97,6 +97,20 @@ def reset_peak_memory(device: torch.device) -> None:
         pass
 
 
+def memory_in_use(device: torch.device) -> int:
+    """Bytes allocated on a GPU, or this process's resident memory elsewhere (0 if unknown)."""
+    if device.type == "cuda":
+        return int(torch.cuda.memory_allocated(device))
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def peak_memory(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
@@ -111,21 +125,25 @@ def peak_memory(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
-def copy_rate(device: torch.device, size_bytes: int = 1 << 30, repeats: int = 5) -> float | None:
-    """Device-to-device copy rate in bytes per second (bytes read + bytes written)."""
+def copy_rate(device: torch.device, size_bytes: int = 1 << 30, repeats: int = 50) -> float | None:
+    """Device-to-device copy rate in bytes per second (bytes read + bytes written): the best of
+    `repeats` copies, each timed by CUDA events, so that the host's timer and a slow first copy
+    never lower it."""
     if device.type != "cuda":
         return None
     src = torch.empty(size_bytes // 2, dtype=torch.float16, device=device)
     dst = torch.empty_like(src)
     dst.copy_(src)
-    synchronize(device)
-    started = time.perf_counter()
-    for _ in range(repeats):
+    stream = torch.cuda.current_stream(device)
+    marks = [torch.cuda.Event(enable_timing=True) for _ in range(repeats + 1)]
+    marks[0].record(stream)
+    for mark in marks[1:]:
         dst.copy_(src)
+        mark.record(stream)
     synchronize(device)
-    rate = 2 * size_bytes * repeats / (time.perf_counter() - started)
+    fastest = min(a.elapsed_time(b) for a, b in zip(marks, marks[1:], strict=False)) / 1e3
     del src, dst
-    return rate
+    return 2 * size_bytes / fastest
 
 
 def weight_bytes(pipe: Pipeline) -> int:
@@ -136,6 +154,22 @@ def weight_bytes(pipe: Pipeline) -> int:
 
     norms = [m.weight for m in pipe.model.modules() if isinstance(m, RMSNorm)]
     return projection_bytes(pipe.model) + sum(w.numel() * w.element_size() for w in norms)
+
+
+def cache_bytes_read(pipe: Pipeline, sequences: int) -> int:
+    """Bytes of keys and values a whole generation of `sequences` sequences must read: each pass
+    the cache up to its last slot, every layer, heads at their own width (padding is ours)."""
+    cfg = pipe.model.cfg
+    per_slot = 2 * cfg.n_layer * sequences * cfg.dim * pipe.model.dtype.itemsize
+    return per_slot * sum(step.end for step in pipe.plan.passes)
+
+
+def floor_seconds(pipe: Pipeline, batch: int, guided: bool, rate: float) -> float:
+    """The least time a batch's generation can take at copy rate `rate`: every pass reads the
+    weights once and the visible KV cache once."""
+    sequences = batch * (2 if guided else 1)
+    weights = weight_bytes(pipe) * pipe.plan.num_passes
+    return (weights + cache_bytes_read(pipe, sequences)) / rate
 
 
 def machine_info(device: torch.device) -> dict:
@@ -183,8 +217,9 @@ def run_bench(
                     f"{phase} {round_index + 1}/{total_rounds}: "
                     f"n={case.regions} b={case.batch} {case.engine}"
                 )
-            reset_peak_memory(device)
             synchronize(device)
+            reset_peak_memory(device)
+            in_use = memory_in_use(device)
             started = time.perf_counter()
             tokens = pipe.generate(labels, settings.sampling, settings.seed, case.batch)
             synchronize(device)
@@ -196,12 +231,15 @@ def run_bench(
             if measured:
                 case.gen_seconds.append(generated - started)
                 case.decode_seconds.append(finished - generated)
-                case.peak_bytes = max(case.peak_bytes, peak_memory(device))
-    return summarise(cases, engines, rate)
+                case.added_bytes = max(case.added_bytes, peak_memory(device) - in_use)
+    return summarise(cases, engines, rate, settings.sampling.guided)
 
 
 def summarise(
-    cases: list[Case], engines: dict[str, dict[int, Pipeline]], rate: float | None = None
+    cases: list[Case],
+    engines: dict[str, dict[int, Pipeline]],
+    rate: float | None = None,
+    guided: bool = True,
 ) -> list[Row]:
     rows = []
     median = {(c.regions, c.batch, c.engine): statistics.median(c.gen_seconds) for c in cases}
@@ -216,7 +254,7 @@ def summarise(
         spread = (max(case.gen_seconds) - min(case.gen_seconds)) / gen if gen else 0.0
         floor = None
         if rate:
-            floor = weight_bytes(pipe) * pipe.plan.num_passes / rate / gen
+            floor = floor_seconds(pipe, case.batch, guided, rate) / gen
         rows.append(
             Row(
                 regions=case.regions,
@@ -232,7 +270,7 @@ def summarise(
                 speedup_vs_1=sequential / gen if sequential else None,
                 speedup_vs_plain=plain / gen if plain else None,
                 speedup_vs_float=floating / gen if floating else None,
-                peak_memory_bytes=case.peak_bytes,
+                peak_memory_added_bytes=case.added_bytes,
                 floor_fraction=floor,
                 noisy=spread > WIDE_SPREAD,
             )

@@ -205,7 +205,7 @@ def print_table(
     columns += [
         ("img/s", lambda r: f"{r.images_per_s:.3g}"),
         ("vs n=1", lambda r: f"{r.speedup_vs_1:.2f}x" if r.speedup_vs_1 is not None else "–"),
-        ("peak mem", lambda r: bytes_text(r.peak_memory_bytes)),
+        ("added mem", lambda r: bytes_text(r.peak_memory_added_bytes)),
     ]
     if rate:
         columns.append(("floor", lambda r: f"{100 * r.floor_fraction:.0f}%"))
@@ -292,5 +292,6 @@ def _caption(pipe: Pipeline, sampling: SamplingConfig, rate: float | None) -> st
     if pipe.packed:
         parts.append(f"{pipe.packed} packed projections")
     if rate:
-        parts.append(f"copy rate {rate / 1e12:.2f} TB/s; floor = weights x passes / copy rate")
+        rate_text = f"copy rate {rate / 1e12:.2f} TB/s"
+        parts.append(f"{rate_text}; floor = (weights x passes + KV cache read) / copy rate")
     return " · ".join(parts)
