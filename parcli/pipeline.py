@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from parcli.decode import generate_tokens
 from parcli.engine.packing import pack_projections
-from parcli.engine.policy import FIXED_SHAPE, choose_engine
+from parcli.engine.policy import FIXED_SHAPE, choose_engine, set_cuda_backends
 from parcli.engine.quantize import QUANTIZATIONS, quantize_int8
 from parcli.engine.runners import FixedShapeRunner, PrefixRunner, Runner
 from parcli.errors import SettingError, UserError
@@ -69,6 +69,8 @@ class Pipeline:
             self.plain_engine,
             quantized=self.quantize is not None,
         )
+        if self.device.type == "cuda":
+            set_cuda_backends()
         self._runners: dict[int, Runner] = {}
         self.packed: str | None = None  # the kernel that packed the projections, once packed
         if self.engine.channels_last_vq:

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check, for a machine with one CUDA GPU: the tests only a GPU can run, then GPT-3B's
-# speed with random weights, and GPT-B's with int8 weights. Every step has its own time limit,
-# so that the whole stays within 6 minutes on one H100, compilation included; nothing is
-# installed. Everything it prints and writes lands in DIR: gpu-check.log (the summary), one log
-# per step, the bench JSON files.
+# speed with random weights, GPT-B's with int8 weights, and the VQ decoder's layouts. Every step
+# has its own time limit, so that the whole stays within 6 minutes on one H100, compilation
+# included; nothing is installed. Everything it prints and writes lands in DIR: gpu-check.log
+# (the summary), one log per step, the bench JSON files.
 set -uo pipefail
 DIR=${1:?usage: scripts/gpu_check.sh DIR}
 mkdir -p "$DIR"
@@ -26,11 +26,12 @@ step() {  # name, time limit in seconds, command...
 nvidia-smi >"$DIR/nvidia-smi.txt" 2>&1
 "$PY" -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))" \
   2>&1 | tee -a "$LOG"
-step tests 80 "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/test_cuda.py
+step tests 75 "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/test_cuda.py
 step bench-3b 160 "$PY" -m parcli bench --arch GPT-3B --regions 1,4,16 --batch-size 1,32 \
   --repeats 1 --warmup 1 --json "$DIR/bench-3b.json"
-step bench-3b-vs-plain 80 "$PY" -m parcli bench --arch GPT-3B --regions 1,4,16 --batch-size 1 \
+step bench-3b-vs-plain 70 "$PY" -m parcli bench --arch GPT-3B --regions 1,4,16 --batch-size 1 \
   --repeats 1 --warmup 1 --no-compile --baseline --json "$DIR/bench-3b-vs-plain.json"
-step bench-b-int8 40 "$PY" -m parcli bench --arch GPT-B --regions 1,4,16 --batch-size 1 \
+step bench-b-int8 35 "$PY" -m parcli bench --arch GPT-B --regions 1,4,16 --batch-size 1 \
   --repeats 1 --warmup 1 --no-compile --quantize int8 --json "$DIR/bench-b-int8.json"
+step vq-layouts 20 "$PY" scripts/vq_cuda_layouts.py 4
 echo "== done; figures in $DIR" | tee -a "$LOG"

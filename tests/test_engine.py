@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from parcli.engine.policy import FIXED_SHAPE, PREFIX, Engine, choose_engine
+from parcli.engine.policy import FIXED_SHAPE, PREFIX, Engine, choose_engine, set_cuda_backends
 from parcli.engine.runners import COMPILED_VERSIONS, FixedShapeRunner
 from parcli.plan import Plan
 
@@ -132,3 +132,14 @@ def test_a_compiled_runner_lets_dynamo_keep_a_bench_worth_of_versions():
     with torch._dynamo.config.patch(recompile_limit=8):
         FixedShapeRunner(tiny_model(regions=4), Plan((8, 8), 4), 2, compiled=True)
         assert torch._dynamo.config.recompile_limit == COMPILED_VERSIONS >= 3 * 2 * 2
+
+
+def test_cuda_backends_are_set_explicitly():
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32
+    try:
+        cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = False, False, True
+        set_cuda_backends()
+        assert cudnn.benchmark and cudnn.allow_tf32 and not matmul.allow_tf32
+    finally:
+        cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = saved

@@ -35,6 +35,17 @@ class Engine:
         return [label for field, label in names.items() if getattr(self, field)]
 
 
+def set_cuda_backends() -> None:
+    """Said once, here, rather than left to PyTorch's defaults or to whatever else the process
+    set: cuDNN times its convolution algorithms for each of the VQ decoder's shapes and keeps the
+    fastest, in TF32 (the decoder's pixels stay within a level of the CPU's; `tests/test_cuda.py`
+    checks it), while float32 matrix products stay full float32, since the transformer's tokens
+    must be float32's."""
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
 def default_compile(device: torch.device) -> bool:
     """torch.compile by default on CUDA only, where it fuses the graphed step; on CPU it costs
     minutes of compiling and ran about 3x slower per pass than the eager prefix runner."""
