@@ -70,6 +70,30 @@ def test_masked_attention_runs_without_the_math_kernel(head_dim):
     assert graphed.shape == eager.shape
 
 
+def test_a_compiled_pass_writes_the_kv_cache_in_place():
+    # Were a layer's cache written through a copy, one pass would need a layer's cache more.
+    from parcli.slots import embed_slots
+
+    model = tiny_model(regions=4, n_layer=4, n_head=4, dim=256).to(CUDA, torch.bfloat16)
+    plan, rows = Plan((16, 16), 4), 64
+    runner = FixedShapeRunner(model, plan, rows, cuda_graphs=False, compiled=True)
+    labels = torch.arange(rows, device=CUDA) % 10
+    seq = torch.zeros(rows, plan.num_tokens, dtype=torch.long, device=CUDA)
+    step = plan.passes[-1]
+    with torch.inference_mode():
+        h = embed_slots(model, plan, labels, seq, step.start, step.end)
+        for _ in range(2):
+            runner(step, h)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        runner(step, h)
+        torch.cuda.synchronize()
+    rise = torch.cuda.max_memory_allocated() - before
+    layer_keys = runner.cache.keys[0]
+    assert rise < layer_keys.numel() * layer_keys.element_size()
+
+
 def test_the_decode_loop_never_waits_for_the_gpu():
     model = tiny_model(regions=4).to(CUDA, torch.bfloat16)
     plan = Plan((8, 8), 4)
