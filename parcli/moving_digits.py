@@ -2,14 +2,20 @@
 
 Moving-MNIST style, but one digit per clip so the class is the digit's. Every clip is drawn
 deterministically from (seed, clip index): the digit's 20x20 box (MNIST digits fit one) starts at
-one of 4x4 places on a 32x32 black canvas and moves STEP = 4 pixels a frame along each axis it
-moves on (one of 8 directions: straight or diagonal), bouncing off the walls.
+START on a 32x32 black canvas and moves STEP = 4 pixels a frame along each axis it moves on, in
+one of 8 directions (straight or diagonal), bouncing off the walls.
 
 The step is the tokenizer's stride on purpose. A move by whole token cells turns a frame's codes
 into the previous frame's shifted by one cell, so what a small transformer must learn about
 motion is where to copy from; with sub-cell moves every frame is a new tokenization of the digit,
 and a first attempt with speeds of 1.5 to 3 pixels a frame (MODEL_CARD.md) learned neither the
 digits nor their motion within the training budget.
+
+Every clip starts at the same place because a PAR model draws n far-apart tokens of a frame in
+one pass, independently: with the digit at one of several places, the regions of the first frame
+disagreed on where it was (MODEL_CARD.md). The direction stays random: with a direction fixed by
+the class, the place of the digit in every frame follows from the class alone, and the models
+learned to draw each frame anew rather than copy the one before.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ CANVAS = 32
 PATCH = 20
 FRAMES = 6
 STEP = 4  # pixels a frame along each moving axis: one cell of the 4x-downsampling tokenizer
+START = (4, 4)  # (row, col) of the digit's box in the first frame
 DIRECTIONS = np.array([(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if dr or dc])
 CLIPS_PER_DIGIT = 2
 NAME = "moving-digits"
@@ -51,17 +58,15 @@ def bounce(position: np.ndarray, span: int) -> np.ndarray:
 def trajectories(count: int, seed: int, frames: int = FRAMES, span: int = CANVAS - PATCH):
     """(count, frames, 2) integer (row, col) top-left corners of the digit in each frame.
 
-    Clip i's path depends only on (seed, i), and frame t's place only on t, so a larger data set
-    starts with the smaller one and a longer clip with the shorter one.
+    Clip i's direction depends only on (seed, i), and frame t's place only on t, so a larger data
+    set starts with the smaller one and a longer clip with the shorter one.
     """
-    paths = np.empty((count, frames, 2), dtype=np.int64)
     steps = np.arange(frames)[:, None]
-    places = span // STEP + 1
+    paths = np.empty((count, frames, 2), dtype=np.int64)
     for index in range(count):
         rng = np.random.default_rng([seed, index])
-        start = rng.integers(0, places, size=2) * STEP
         velocity = DIRECTIONS[rng.integers(len(DIRECTIONS))] * STEP
-        paths[index] = bounce(start + steps * velocity, span)
+        paths[index] = bounce(np.array(START) + steps * velocity, span)
     return paths
 
 

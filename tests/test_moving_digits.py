@@ -9,6 +9,7 @@ from parcli.io.media import save_video
 from parcli.moving_digits import (
     CANVAS,
     PATCH,
+    START,
     STEP,
     bounce,
     centres_of_mass,
@@ -64,8 +65,9 @@ def test_clips_are_deterministic_stay_on_the_canvas_and_move():
     assert STEP <= mean_displacement(clips) <= STEP * np.sqrt(2)
 
 
-def test_paths_move_by_whole_cells_and_bounce_inside_the_canvas():
+def test_paths_start_together_move_by_whole_cells_and_bounce_inside_the_canvas():
     paths = trajectories(200, seed=0, frames=9)
+    assert (paths[:, 0] == START).all()
     assert (paths % STEP == 0).all()
     assert paths.min() == 0 and paths.max() == CANVAS - PATCH
     moves = np.abs(np.diff(paths, axis=1))
