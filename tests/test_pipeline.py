@@ -122,3 +122,14 @@ def test_sampling_settings_default_to_the_models_own():
     assert pipe.sampling(top_k=0) == SamplingConfig(1.75, 0.9, 0, 0.95)
     assert pipe.sampling(cfg_scale=1.0, temperature=1.0, top_p=1.0) == SamplingConfig(1.0, 1.0, 40)
     assert pipe.plain_engine_twin().defaults == defaults
+
+
+def test_pipelines_of_other_region_counts_share_a_cache_and_keep_their_tokens():
+    sampling = SamplingConfig(cfg_scale=1.5)
+    four = Pipeline(tiny_model(regions=4), VQModel(TINY_VQ).eval())
+    expected = four.generate([2, 9], sampling, seed=3, batch_size=2)
+    sixteen = Pipeline(tiny_model(regions=16, seed=1), VQModel(TINY_VQ).eval())
+    sixteen.generate([5, 1], sampling, seed=4, batch_size=2)  # leaves its keys in the cache
+    assert sixteen.runner(4).cache is four.runner(4).cache
+    assert four.runner(2).cache is not four.runner(4).cache
+    assert torch.equal(four.generate([2, 9], sampling, seed=3, batch_size=2), expected)

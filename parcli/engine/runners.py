@@ -8,6 +8,8 @@ tokens; `parcli.engine.policy` says which one runs where.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from parcli.model import KVCache, Transformer
@@ -26,12 +28,30 @@ def allow_compiled_versions(count: int) -> None:
     setattr(config, name, max(getattr(config, name), count))
 
 
+# Caches by shape: the pipelines of one weight set at n = 1, 4 and 16 (`par bench`) hold one
+# cache per batch size between them rather than one each. A generation writes every slot before
+# it reads it (or masks it), so what another run left in a cache never reaches the tokens.
+_caches: weakref.WeakValueDictionary[tuple, KVCache] = weakref.WeakValueDictionary()
+
+
+def shared_cache(model: Transformer, sequences: int, slots: int) -> KVCache:
+    """A KV cache for `sequences` sequences of `slots` slots, shared by every runner of the same
+    shapes while any of them lives."""
+    cfg, device, dtype = model.cfg, model.device, model.dtype
+    key = (cfg.n_layer, cfg.n_head, cfg.head_dim, sequences, slots, str(device), dtype)
+    cache = _caches.get(key)
+    if cache is None:
+        cache = KVCache(cfg, sequences, slots, device, dtype)
+        _caches[key] = cache
+    return cache
+
+
 class PrefixRunner:
     """Runs each pass over the cache prefix it may see."""
 
     def __init__(self, model: Transformer, plan: Plan, sequences: int):
         self.model, self.sequences = model, sequences
-        self.cache = KVCache(model.cfg, sequences, plan.num_slots, model.device, model.dtype)
+        self.cache = shared_cache(model, sequences, plan.num_slots)
         self.rope = slot_rotary(model, plan)
 
     def __call__(self, step: Pass, h: torch.Tensor) -> torch.Tensor:
@@ -55,7 +75,7 @@ class FixedShapeRunner:
     ):
         device = model.device
         self.model, self.sequences = model, sequences
-        self.cache = KVCache(model.cfg, sequences, plan.num_slots, device, model.dtype)
+        self.cache = shared_cache(model, sequences, plan.num_slots)
         self.rope = slot_rotary(model, plan)
         self.mask = torch.from_numpy(plan.attention_mask()).to(device)
         self.start = torch.zeros((), dtype=torch.long, device=device)
