@@ -97,30 +97,32 @@ def reset_peak_memory(device: torch.device) -> None:
         pass
 
 
+def process_status_bytes(field: str) -> int | None:
+    """A size Linux's /proc/self/status gives this process (`VmRSS`, `VmHWM`), in bytes; None
+    where there is no such file or field."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def memory_in_use(device: torch.device) -> int:
     """Bytes allocated on a GPU, or this process's resident memory elsewhere (0 if unknown)."""
     if device.type == "cuda":
         return int(torch.cuda.memory_allocated(device))
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return process_status_bytes("VmRSS") or 0
 
 
 def peak_memory(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    peak = process_status_bytes("VmHWM")
+    if peak is not None:
+        return peak
     scale = 1 if platform.system() == "Darwin" else 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
