@@ -109,6 +109,31 @@ def test_packed_cpu_weights_give_the_same_tokens(make_model, monkeypatch, region
     assert torch.equal(before, after)
 
 
+@pytest.mark.parametrize("regions", [1, 4])
+def test_packed_bf16_weights_give_the_same_tokens(make_model, regions):
+    """bfloat16 packs through oneDNN alone (MKL has no bfloat16 product), in place."""
+    from parcli.engine import packing
+
+    if not packing_available(False, torch.bfloat16):
+        pytest.skip("this torch build cannot pack bfloat16 weights")
+    model = make_model(regions=regions).to(torch.bfloat16)
+    plan = Plan((8, 8), regions)
+    labels = torch.tensor([5, 6])
+    sampling = SamplingConfig(cfg_scale=2.0)
+    before = generate_tokens(model, plan, labels, sampling, draws(1, plan, labels))
+    assert pack_projections(model, input_rows=8, kernel=packing.MKL) == packing.ONEDNN
+    packed = [m for m in model.modules() if isinstance(m, packing.PackedLinear)]
+    assert packed and all(m.weight is None for m in packed)
+    after = generate_tokens(model, plan, labels, sampling, draws(1, plan, labels))
+    assert torch.equal(before, after)
+
+
+def test_half_precision_is_not_packed(make_model):
+    model = make_model(regions=4).to(torch.float16)
+    assert pack_projections(model, input_rows=8) is None
+    assert not any(isinstance(m, PackedFeedForward) for m in model.modules())
+
+
 def test_the_faster_kernel_is_measured_once_and_packs(make_model):
     from parcli.engine import packing
 

@@ -22,7 +22,14 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
             False,
             Engine(PREFIX, packed_projections=True, channels_last_vq=True),
         ),
-        (CPU, torch.bfloat16, None, False, Engine(PREFIX, channels_last_vq=True)),
+        (
+            CPU,
+            torch.bfloat16,
+            None,
+            False,
+            Engine(PREFIX, packed_projections=True, channels_last_vq=True),
+        ),
+        (CPU, torch.float16, None, False, Engine(PREFIX, channels_last_vq=True)),
         (
             CPU,
             torch.float32,

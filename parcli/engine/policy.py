@@ -16,7 +16,7 @@ class Engine:
     runner: str  # PREFIX: attend to the visible cache prefix; FIXED_SHAPE: whole cache, masked
     cuda_graphs: bool = False  # replay each pass width from a captured CUDA graph
     compiled: bool = False  # torch.compile the fixed-shape step
-    packed_projections: bool = False  # CPU float32: MKL/oneDNN pre-packed weights, w1+w3 fused
+    packed_projections: bool = False  # CPU fp32/bf16: MKL/oneDNN pre-packed weights, w1+w3 fused
     channels_last_vq: bool = False  # VQ decoder convolutions in channels-last layout
 
     @property
@@ -71,8 +71,8 @@ def choose_engine(
     | cuda   | any       | no      | no    | fixed shape | CUDA graphs, channels-last VQ         |
     | cpu    | any       | yes     | no    | fixed shape | compiled step (Inductor packs its own |
     |        |           |         |       |             | weights), channels-last VQ            |
-    | cpu    | fp32      | no      | no    | prefix      | packed projections, channels-last VQ  |
-    | cpu    | bf16/fp16 | no      | no    | prefix      | channels-last VQ                      |
+    | cpu    | fp32/bf16 | no      | no    | prefix      | packed projections, channels-last VQ  |
+    | cpu    | fp16      | no      | no    | prefix      | channels-last VQ                      |
     | mps    | any       | no      | no    | prefix      | channels-last VQ                      |
 
     Every row draws the same tokens from the same weights and seed (the VQ's pixels stay within
@@ -92,6 +92,8 @@ def choose_engine(
         )
     return Engine(
         PREFIX,
-        packed_projections=device.type == "cpu" and dtype == torch.float32 and not quantized,
+        packed_projections=device.type == "cpu"
+        and dtype in (torch.float32, torch.bfloat16)
+        and not quantized,
         channels_last_vq=True,
     )
