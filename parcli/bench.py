@@ -15,6 +15,7 @@ import torch
 
 from parcli.config import GPT_PRESETS, GPTConfig
 from parcli.engine.devices import cpu_name
+from parcli.engine.quantize import int8_products
 from parcli.errors import SettingError
 from parcli.load import Fetch, open_pipelines
 from parcli.pipeline import Pipeline
@@ -364,9 +365,11 @@ def report(
     random_weights: bool,
     rate: float | None,
     command: str,
+    quantized: dict[int, Pipeline] | None = None,
 ) -> dict:
     """Every figure of a run, with what it ran on, for `par bench --json`."""
     first = next(iter(pipelines.values()))
+    int8 = next(iter(quantized.values())) if quantized else None
     return {
         "command": command,
         "machine": machine_info(first.device),
@@ -380,6 +383,7 @@ def report(
             "repeats": settings.repeats,
             "compile": first.engine.compiled,
             "packed_kernel": first.packed,
+            "int8_products": int8_products(int8.model) if int8 is not None else None,
             "decode": settings.decode,
             "baseline": any(row.engine == PLAIN for row in rows),
             "grid": list(first.plan.grid),

@@ -135,7 +135,7 @@ def test_half_precision_is_not_packed(make_model):
 
 
 def test_the_faster_kernel_is_measured_once_and_packs(make_model):
-    from parcli.engine import packing
+    from parcli.engine import choices, packing
 
     if not packing.packing_available(False):
         pytest.skip("this torch build cannot pack weights")
@@ -144,9 +144,9 @@ def test_the_faster_kernel_is_measured_once_and_packs(make_model):
     assert packing.fastest_kernel((96, 64), 8) == first  # cached: the same answer, no timing
     # Remembered on disk for this machine, so that the next process packs the same way.
     packing.fastest_kernel.cache_clear()
-    remembered = {key: "MKL" for key in packing._read_choices()}
+    remembered = {key: "MKL" for key in json.loads(choices.path().read_text())}
     assert remembered, "the choice was not written to the cache"
-    packing._choices_path().write_text(json.dumps(remembered))
+    choices.path().write_text(json.dumps(remembered))
     assert packing.fastest_kernel((96, 64), 8) == packing.MKL
     model = make_model(regions=4)
     assert pack_projections(model, input_rows=8) in (packing.MKL, packing.ONEDNN)

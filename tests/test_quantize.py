@@ -1,11 +1,14 @@
 """Weight-only int8: close to float32 per product, opt-in everywhere, recorded in the recipe."""
 
+import json
+
 import torch
+import torch.nn.functional as F
 from conftest import TINY_VQ, tiny_model
 from torch import nn
 
 from parcli.engine.packing import projection_bytes
-from parcli.engine.quantize import Int8Linear, quantize_int8
+from parcli.engine.quantize import Int8Linear, int8_linears, int8_products, quantize_int8
 from parcli.pipeline import Pipeline
 from parcli.provenance import read_recipe
 from parcli.sampling import SamplingConfig
@@ -57,3 +60,68 @@ def test_generate_quantize_is_recorded_and_checked(files, tmp_path):
                      tmp_path / "b.npy")  # fmt: skip
     assert again.exit_code == 0, again.output
     assert_user_error(generate(files, "-c", 1, "--quantize", "int4"), "--quantize: must be int8")
+
+
+def _rows(count: int, width: int) -> torch.Tensor:
+    return torch.randn(count, width, generator=torch.Generator().manual_seed(count))
+
+
+def test_each_product_takes_the_kernel_its_row_count_asks_for():
+    torch.manual_seed(0)
+    linear = Int8Linear(nn.Linear(64, 48, bias=False).weight)
+    linear.widen_from_rows = 4
+    weight, scales = linear.weight_int8, linear.kernel_scales
+    few, many = _rows(3, 64), _rows(4, 64)
+    fused = torch._weight_int8pack_mm(few.bfloat16(), weight, scales).float()
+    assert torch.equal(linear(few), fused)
+    widened = (F.linear(many.bfloat16(), weight.bfloat16()) * scales).float()
+    assert torch.equal(linear(many), widened)
+    # The two kernels compute the same product, up to where they round.
+    both = torch._weight_int8pack_mm(many.bfloat16(), weight, scales).float()
+    assert (both - widened).abs().max() <= 0.01 * widened.abs().max()
+
+
+def test_without_the_fused_kernel_every_product_widens(monkeypatch):
+    from parcli.engine import quantize
+
+    monkeypatch.setattr(quantize, "_kernel_runs", lambda device: False)
+    model = quantize_int8(tiny_model(regions=4))
+    assert {m.widen_from_rows for m in int8_linears(model)} == {1}
+    assert int8_products(model) == quantize.WIDENED
+    x = _rows(2, 64)
+    linear = int8_linears(model)[0]
+    assert linear(x[:, : linear.in_features]).isfinite().all()
+
+
+def test_the_widening_threshold_is_measured_once_and_remembered():
+    from parcli.engine import choices, quantize
+
+    shape = (3 * 64, 64)  # the tiny model's wqkv
+    quantize.widening_rows.cache_clear()  # measured by an earlier test, in another cache
+    first = quantize.widening_rows(shape)
+    assert first is None or first in quantize.ROW_CANDIDATES
+    assert quantize.widening_rows(shape) == first  # cached: no second timing
+    quantize.widening_rows.cache_clear()
+    stored = json.loads(choices.path().read_text())
+    key = next(k for k in stored if "int8 192x64" in k)
+    choices.path().write_text(json.dumps({**stored, key: "16"}))
+    assert quantize.widening_rows(shape) == 16  # read back, not measured again
+    model = quantize_int8(tiny_model(regions=4))
+    wqkv = model.layers[0].attention.wqkv
+    assert (wqkv.out_features, wqkv.in_features) == shape and wqkv.widen_from_rows == 16
+    quantize.widening_rows.cache_clear()
+    choices.path().write_text(json.dumps({**stored, key: quantize.NEVER}))
+    assert quantize.widening_rows(shape) is None
+    quantize.widening_rows.cache_clear()
+
+
+def test_the_products_are_named():
+    model = quantize_int8(tiny_model(regions=4))
+    linears = int8_linears(model)
+    for linear, rows in zip(linears, [8, 16] * len(linears), strict=False):
+        linear.widen_from_rows = rows
+    linears[0].widen_from_rows = None
+    assert int8_products(model) == (
+        "torch._weight_int8pack_mm below 8 to 16 rows, widened to bf16 from there "
+        "(some shapes never)"
+    )

@@ -47,6 +47,7 @@ from parcli.commands.common import (
 from parcli.commands.downloads import model_fetcher
 from parcli.config import GPT_PRESETS, GPTConfig, token_grid
 from parcli.engine.devices import resolve
+from parcli.engine.quantize import int8_products
 from parcli.engine.threads import use_threads
 from parcli.io.catalogue import use_catalogue
 from parcli.io.files import atomic_path, check_writable
@@ -171,7 +172,9 @@ def bench(
             )
         if json_path is not None:
             command = shlex.join(["par", *sys.argv[1:]])
-            document = report(rows, pipelines, settings, title, arch is not None, rate, command)
+            document = report(
+                rows, pipelines, settings, title, arch is not None, rate, command, quantized
+            )
             with atomic_path(json_path, "json") as tmp:
                 tmp.write_text(json.dumps(document, indent=2) + "\n")
             console.print(f"wrote {escape(str(json_path))}", highlight=False)
@@ -245,7 +248,8 @@ def print_quantized_table(rows, floating: Pipeline, quantized: Pipeline) -> None
         rows, OURS, INT8, ("float32", "int8"), "speedup_vs_float",
         title="int8 vs float32 weights",
         caption=f"weights read per pass: {bytes_text(float_bytes)} float32, "
-        f"{bytes_text(int8_bytes)} int8 ({int8_bytes / float_bytes:.2f}x); tokens differ",
+        f"{bytes_text(int8_bytes)} int8 ({int8_bytes / float_bytes:.2f}x); tokens differ · "
+        f"int8 products: {int8_products(quantized.model)}",
     )  # fmt: skip
 
 

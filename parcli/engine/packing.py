@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from parcli.engine.devices import available_memory, cpu_name
+from parcli.engine.choices import machine_key, remember, remembered
+from parcli.engine.devices import available_memory
 from parcli.engine.quantize import quantized_bytes
 from parcli.model import FeedForward, Transformer
 
@@ -124,18 +125,16 @@ def fastest_kernel(shape: tuple[int, int], rows: int) -> str | None:
     """The faster packed product for a (out, in) weight and `rows`-row inputs on this machine;
     None where neither is available.
 
-    Timed once per machine and kept in `<cache>/kernels.json` (keyed by CPU, torch version,
-    shape and rows): the two products round differently in the last bits, so a choice that
-    changed from run to run with the machine's noise would change tokens with it. oneDNN must
-    win by 10 % to replace MKL, the kernel earlier versions always used.
+    Timed once per machine, shape and row count (`parcli.engine.choices`). oneDNN must win by
+    10 % to replace MKL, the kernel earlier versions always used.
     """
     usable = [k for k in (MKL, ONEDNN) if packing_available(k == MKL)]
     if len(usable) < 2:
         return usable[0] if usable else None
-    key = f"{cpu_name()} | torch {torch.__version__} | {shape[0]}x{shape[1]} | {rows} rows"
-    known = _read_choices()
-    if known.get(key) in usable:
-        return known[key]
+    key = machine_key(f"{shape[0]}x{shape[1]} | {rows} rows")
+    known = remembered(key)
+    if known in usable:
+        return known
     weight = torch.randn(shape)
     x = torch.randn(rows, shape[1])
     seconds = {}
@@ -147,40 +146,8 @@ def fastest_kernel(shape: tuple[int, int], rows: int) -> str | None:
             linear(x)
         seconds[kernel] = time.perf_counter() - started
     choice = ONEDNN if seconds[ONEDNN] < 0.9 * seconds[MKL] else MKL
-    _write_choice(key, choice)
+    remember(key, choice)
     return choice
-
-
-def _choices_path():
-    from parcli.io.hub import cache_dir
-
-    return cache_dir() / "kernels.json"
-
-
-def _read_choices() -> dict[str, str]:
-    import json
-
-    try:
-        data = json.loads(_choices_path().read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _write_choice(key: str, choice: str) -> None:
-    """Remember a measured choice; a cache that cannot be written only costs a re-measure."""
-    import json
-
-    from parcli.errors import UserError
-    from parcli.io.files import atomic_write
-
-    data = {**_read_choices(), key: choice}
-    try:
-        _choices_path().parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-        atomic_write(_choices_path(), lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    except (OSError, UserError):  # atomic_write reports OSErrors as OutputError
-        pass
 
 
 KERNEL_TRIALS = 10

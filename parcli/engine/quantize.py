@@ -2,27 +2,41 @@
 channel, as gpt-fast does; embeddings, norms and the VQ stay as they are.
 
 A pass at small batch reads every weight once, so a quarter of float32's bytes is most of the
-speed-up. On the CPU the product runs through `torch._weight_int8pack_mm` with bfloat16
-activations: its float32 path is a slow reference loop (6x slower than float32 here), its
-bfloat16 one 3 to 4x faster than MKL's packed float32 product at 2 to 8 rows on an AVX512-BF16
-CPU. Where the kernel is missing, the weight is widened per product instead (correct, not fast).
+speed-up. The product multiplies bfloat16 inputs by the int8 weight and applies the scales to
+its output, by one of two kernels:
 
-Opt-in only: the tokens differ from float32's (the weights are rounded, and on the CPU the
-projections' inputs too), so `--quantize int8` never replaces the exact default.
+* `torch._weight_int8pack_mm` reads the int8 weight as it is: the fastest at 2 rows (a pass of
+  one image under guidance), but its arithmetic is slow, so at 8 and 32 rows on an AMD EPYC it
+  was slower than float32 (its float32-input path is a slow reference loop, hence bfloat16).
+* widened: the weight is copied to bfloat16 (exactly: int8 values are bfloat16 integers) into a
+  scratch buffer, and oneDNN's bfloat16 product runs on it; at 8 and 32 rows it beat the first by
+  1.2 and 1.8x there, at 2 rows it lost.
+
+Which one a product takes is measured on the machine at hand, per weight shape, as the row count
+from which widening wins (`widening_rows`, remembered in `<cache>/kernels.json`). Where the fused
+kernel is missing, every product widens.
+
+Opt-in only: the tokens differ from float32's (the weights are rounded, and the projections'
+inputs too), so `--quantize int8` never replaces the exact default.
 """
 
 from __future__ import annotations
 
+import time
 from functools import cache
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from parcli.engine.choices import machine_key, remember, remembered
+
 QUANTIZATIONS = ("int8",)
 # What the projections' inputs are rounded to: CUDA runs the model in bf16 already, and on the
-# CPU bf16 is the kernel's fast path.
+# CPU bf16 is the fused kernel's fast path.
 ACTIVATION_DTYPE = torch.bfloat16
+FUSED, WIDENED = "torch._weight_int8pack_mm", "widened to bf16"
+NEVER = "never"
 
 
 class Int8Linear(nn.Module):
@@ -36,26 +50,39 @@ class Int8Linear(nn.Module):
         self.out_features, self.in_features = weight.shape
         self.register_buffer("weight_int8", quantized)
         self.register_buffer("scales", scales)
-        self.fused = _kernel_runs(weight.device, ACTIVATION_DTYPE)
         self.register_buffer("kernel_scales", scales.to(ACTIVATION_DTYPE), persistent=False)
+        # Products of this many rows or more widen the weight; None: none do.
+        self.widen_from_rows: int | None = None if _kernel_runs(weight.device) else 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features).to(ACTIVATION_DTYPE)
-        if self.fused:
-            out = torch._weight_int8pack_mm(rows, self.weight_int8, self.kernel_scales)
+        if self.widen_from_rows is not None and rows.shape[0] >= self.widen_from_rows:
+            out = F.linear(rows, _widened(self.weight_int8)) * self.kernel_scales
         else:
-            weight = self.weight_int8.to(ACTIVATION_DTYPE) * self.kernel_scales[:, None]
-            out = F.linear(rows, weight)
+            out = torch._weight_int8pack_mm(rows, self.weight_int8, self.kernel_scales)
         return out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
 
+_scratch: dict[torch.device, torch.Tensor] = {}
+
+
+def _widened(weight: torch.Tensor) -> torch.Tensor:
+    """`weight` as bfloat16, in one scratch buffer per device that every projection reuses: a
+    fresh tensor per product would cost the allocator (and the page faults) more than the copy."""
+    buffer = _scratch.get(weight.device)
+    if buffer is None or buffer.numel() < weight.numel():
+        buffer = torch.empty(weight.numel(), dtype=ACTIVATION_DTYPE, device=weight.device)
+        _scratch[weight.device] = buffer
+    return buffer[: weight.numel()].view(weight.shape).copy_(weight)
+
+
 @cache
-def _kernel_runs(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether this build has the fused int8 product for `device` and `dtype` (probed once)."""
+def _kernel_runs(device: torch.device) -> bool:
+    """Whether this build has the fused int8 product for `device` (probed once)."""
     try:
-        x = torch.ones(1, 64, device=device, dtype=dtype)
+        x = torch.ones(1, 64, device=device, dtype=ACTIVATION_DTYPE)
         w = torch.ones(8, 64, device=device, dtype=torch.int8)
-        s = torch.ones(8, device=device, dtype=dtype)
+        s = torch.ones(8, device=device, dtype=ACTIVATION_DTYPE)
         return bool(torch._weight_int8pack_mm(x, w, s).isfinite().all())
     except (RuntimeError, AttributeError, NotImplementedError):
         return False
@@ -63,20 +90,98 @@ def _kernel_runs(device: torch.device, dtype: torch.dtype) -> bool:
 
 def quantize_int8(model: nn.Module) -> nn.Module:
     """Swap every `nn.Linear` of the transformer (attention, feed-forward, output head) for an
-    `Int8Linear`, in place; returns the model."""
+    `Int8Linear`, in place, each taking the faster product for its shape on this CPU; returns
+    the model."""
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, nn.Linear):
                 if child.bias is not None:
                     raise ValueError(f"{name} has a bias; only bias-free projections quantize")
                 setattr(module, name, Int8Linear(child.weight))
+    for linear in int8_linears(model):
+        if linear.weight_int8.device.type == "cpu" and linear.widen_from_rows is None:
+            linear.widen_from_rows = widening_rows((linear.out_features, linear.in_features))
     return model
+
+
+def int8_linears(model: nn.Module) -> list[Int8Linear]:
+    return [m for m in model.modules() if isinstance(m, Int8Linear)]
+
+
+# Row counts a pass of PAR multiplies by at batch 1 to 16 under guidance, the widening measured
+# at each; POOL_BYTES of weights per timing, more than a CPU's last-level cache holds, so that
+# the products read their weights from memory as a pass does.
+ROW_CANDIDATES = (4, 8, 16, 32, 64)
+POOL_BYTES = 64 << 20
+MOST_COPIES = 64
+
+
+@cache
+def widening_rows(shape: tuple[int, int]) -> int | None:
+    """The fewest rows from which widening an int8 (out, in) weight beats the fused product on
+    this CPU by 10 % at that count and every larger one measured; None where it never does.
+
+    Timed once per machine and shape (a second or less) and remembered: the two round
+    differently, so the choice must not move with the machine's noise.
+    """
+    key = machine_key(f"int8 {shape[0]}x{shape[1]} widen from rows")
+    known = remembered(key)
+    if known is not None:
+        return None if known == NEVER else int(known)
+    copies = max(2, min(MOST_COPIES, POOL_BYTES // (shape[0] * shape[1])))
+    pool = torch.full((copies, *shape), 3, dtype=torch.int8)
+    scales = torch.ones(shape[0], dtype=ACTIVATION_DTYPE)
+    wins = []
+    for rows in ROW_CANDIDATES:
+        x = torch.ones(rows, shape[1], dtype=ACTIVATION_DTYPE)
+
+        def fused(x=x):
+            for weight in pool:
+                torch._weight_int8pack_mm(x, weight, scales)
+
+        def widened(x=x):
+            for weight in pool:
+                F.linear(x, _widened(weight)) * scales
+
+        wins.append(_best_seconds(widened) < 0.9 * _best_seconds(fused))
+    threshold = None
+    for rows, won in zip(reversed(ROW_CANDIDATES), reversed(wins), strict=True):
+        if not won:
+            break
+        threshold = rows
+    remember(key, NEVER if threshold is None else str(threshold))
+    return threshold
+
+
+def _best_seconds(sweep, rounds: int = 2) -> float:
+    sweep()
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        sweep()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def int8_products(model: nn.Module) -> str | None:
+    """Which products the int8 projections take, in words; None without any."""
+    linears = int8_linears(model)
+    if not linears:
+        return None
+    thresholds = {linear.widen_from_rows for linear in linears}
+    if thresholds == {None}:
+        return FUSED
+    if thresholds == {1}:
+        return WIDENED
+    known = sorted(t for t in thresholds if t is not None)
+    span = str(known[0]) if len(known) == 1 else f"{known[0]} to {known[-1]}"
+    some = " (some shapes never)" if None in thresholds else ""
+    return f"{FUSED} below {span} rows, {WIDENED} from there{some}"
 
 
 def quantized_bytes(model: nn.Module) -> int:
     """Bytes a pass reads from the quantized projections (int8 weights and their scales)."""
     total = 0
-    for module in model.modules():
-        if isinstance(module, Int8Linear):
-            total += module.weight_int8.numel() + module.scales.numel() * 4
+    for linear in int8_linears(model):
+        total += linear.weight_int8.numel() + linear.scales.numel() * 4
     return total

@@ -1,0 +1,53 @@
+"""Kernel choices measured once on a machine and remembered in `<cache>/kernels.json`.
+
+Kernels that compute the same product round differently in the last bits, so a choice that
+changed from run to run with the machine's noise would change tokens with it: each is timed the
+first time it is needed and read back after that. A cache that cannot be written only costs a
+re-measure in the next process.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from parcli.engine.devices import cpu_name
+
+
+def machine_key(what: str) -> str:
+    """`what` qualified by the CPU and the torch version, which decide which kernel is faster."""
+    return f"{cpu_name()} | torch {torch.__version__} | {what}"
+
+
+def remembered(key: str) -> str | None:
+    value = _read().get(key)
+    return value if isinstance(value, str) else None
+
+
+def remember(key: str, choice: str) -> None:
+    from parcli.errors import UserError
+    from parcli.io.files import atomic_write
+
+    data = {**_read(), key: choice}
+    try:
+        path().parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+        atomic_write(path(), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    except (OSError, UserError):  # atomic_write reports OSErrors as OutputError
+        pass
+
+
+def path() -> Path:
+    from parcli.io.hub import cache_dir
+
+    return cache_dir() / "kernels.json"
+
+
+def _read() -> dict[str, str]:
+    try:
+        data = json.loads(path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
