@@ -27,6 +27,7 @@ WIDE_SPREAD = 0.15  # (max - min) / median above which a row is flagged as noisy
 
 OURS, PLAIN = "ours", "plain"  # engines: every speed-up on, or none (the --baseline yardstick)
 INT8 = "int8"  # ours with weight-only int8 projections (--quantize int8), timed beside float
+# Any other engine name is ours in another dtype ("bf16"), timed beside the first dtype.
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ class Row:
     images_per_s: float
     speedup_vs_1: float | None  # same engine, same batch
     speedup_vs_plain: float | None  # ours over the plain engine, same n and batch
-    speedup_vs_float: float | None  # int8 rows: float32 ours over int8, same n and batch
+    speedup_vs_first: float | None  # int8 and other-dtype rows: ours over them, same n and batch
     peak_memory_added_bytes: int  # over what was in use before the case (weights, other caches)
     floor_fraction: float | None  # floor_seconds / time (CUDA only: the copy rate is measured)
     noisy: bool
@@ -195,17 +196,15 @@ def run_bench(
     rate: float | None = None,
     on_run: Callable[[str], None] | None = None,
     baselines: dict[int, Pipeline] | None = None,
-    quantized: dict[int, Pipeline] | None = None,
+    others: dict[str, dict[int, Pipeline]] | None = None,
 ) -> list[Row]:
     """Time every (regions, batch) case, interleaved so that drift hits all cases alike.
 
     `rate` is the device's copy rate (bytes/s) for the bandwidth-floor column. `baselines`, plain
     pipelines for the same region counts, are timed beside ours (ours, plain, ours, plain, ...);
-    `quantized`, int8 pipelines of the same weights, likewise.
+    `others`, pipelines of the same weights by engine name (INT8, or a dtype's name), likewise.
     """
-    engines = {OURS: pipelines, **({PLAIN: baselines} if baselines else {})}
-    if quantized:
-        engines[INT8] = quantized
+    engines = {OURS: pipelines, **({PLAIN: baselines} if baselines else {}), **(others or {})}
     cases = [Case(n, b, e) for n in pipelines for b in settings.batch_sizes for e in engines]
     total_rounds = settings.warmup + settings.repeats
     for round_index in range(total_rounds):
@@ -251,7 +250,8 @@ def summarise(
         gen = median[case.regions, case.batch, case.engine]
         sequential = median.get((1, case.batch, case.engine))
         plain = median.get((case.regions, case.batch, PLAIN)) if case.engine == OURS else None
-        floating = median.get((case.regions, case.batch, OURS)) if case.engine == INT8 else None
+        compared = case.engine not in (OURS, PLAIN)
+        first = median.get((case.regions, case.batch, OURS)) if compared else None
         dec = statistics.median(case.decode_seconds)
         per_image = [t / case.batch for t in case.gen_seconds]
         spread = (max(case.gen_seconds) - min(case.gen_seconds)) / gen if gen else 0.0
@@ -272,7 +272,7 @@ def summarise(
                 images_per_s=case.batch / (gen + dec),
                 speedup_vs_1=sequential / gen if sequential else None,
                 speedup_vs_plain=plain / gen if plain else None,
-                speedup_vs_float=floating / gen if floating else None,
+                speedup_vs_first=first / gen if first else None,
                 peak_memory_added_bytes=case.added_bytes,
                 floor_fraction=floor,
                 noisy=spread > WIDE_SPREAD,
@@ -365,11 +365,12 @@ def report(
     random_weights: bool,
     rate: float | None,
     command: str,
-    quantized: dict[int, Pipeline] | None = None,
+    others: dict[str, dict[int, Pipeline]] | None = None,
 ) -> dict:
     """Every figure of a run, with what it ran on, for `par bench --json`."""
     first = next(iter(pipelines.values()))
-    int8 = next(iter(quantized.values())) if quantized else None
+    others = others or {}
+    int8 = next(iter(others[INT8].values())) if INT8 in others else None
     return {
         "command": command,
         "machine": machine_info(first.device),
@@ -384,6 +385,7 @@ def report(
             "compile": first.engine.compiled,
             "packed_kernel": first.packed,
             "int8_products": int8_products(int8.model) if int8 is not None else None,
+            "compared_dtypes": [name for name in others if name != INT8],
             "decode": settings.decode,
             "baseline": any(row.engine == PLAIN for row in rows),
             "grid": list(first.plan.grid),

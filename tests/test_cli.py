@@ -361,6 +361,44 @@ def test_bench_baseline_times_a_plain_engine_beside_ours(tmp_path, monkeypatch, 
     assert "ours vs plain engine" in result.output
 
 
+def test_bench_times_other_dtypes_and_int8_beside_the_first(tmp_path, monkeypatch, tiny_preset):
+    import parcli.bench as bench
+
+    order = []
+    real = bench.Pipeline.generate
+
+    def spy(self, labels, *args, **kwargs):
+        order.append((self.model.cfg.regions, str(self.model.dtype), self.quantize))
+        return real(self, labels, *args, **kwargs)
+
+    monkeypatch.setattr(bench.Pipeline, "generate", spy)
+    report = tmp_path / "b.json"
+    args = ["bench", "--arch", tiny_preset, "--grid", "8", "--regions", "1,4", "--repeats", 1]
+    result = run(*args, "--warmup", 0, "--no-decode", "--dtype", "fp32,bf16,fp32",
+                 "--quantize", "int8", "--json", report)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    f32, b16 = "torch.float32", "torch.bfloat16"
+    assert order == [
+        (n, d, q) for n in (1, 4) for d, q in ((f32, None), (b16, None), (f32, "int8"))
+    ]
+    document = json.loads(report.read_text())
+    rows = document["rows"]
+    assert [(r["regions"], r["engine"]) for r in rows] == [
+        (n, e) for n in (1, 4) for e in ("ours", "bf16", "int8")
+    ]
+    assert all((r["speedup_vs_first"] is None) == (r["engine"] == "ours") for r in rows)
+    assert all(r["speedup_vs_first"] > 0 for r in rows if r["engine"] != "ours")
+    settings = document["settings"]
+    assert settings["dtype"] == "float32" and settings["compared_dtypes"] == ["bf16"]
+    assert "torch._weight_int8pack_mm" in settings["int8_products"]
+    assert "bf16 vs fp32" in result.output and "int8 vs fp32" in result.output
+
+
+def test_bench_refuses_an_unknown_dtype_in_a_list(tiny_preset):
+    result = run("bench", "--arch", tiny_preset, "--dtype", "fp32,fp64")
+    assert_user_error(result, "--dtype: unknown dtype 'fp64'")
+
+
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
 def test_half_precision_on_cpu(files, tmp_path, dtype):
     runs = []

@@ -33,7 +33,6 @@ from parcli.commands.common import (
     CatalogueOption,
     CompileOption,
     DeviceOption,
-    DtypeOption,
     OfflineOption,
     QuantizeOption,
     ThreadsOption,
@@ -46,7 +45,8 @@ from parcli.commands.common import (
 )
 from parcli.commands.downloads import model_fetcher
 from parcli.config import GPT_PRESETS, GPTConfig, token_grid
-from parcli.engine.devices import resolve
+from parcli.dtypes import dtype_name
+from parcli.engine.devices import resolve_dtypes
 from parcli.engine.quantize import int8_products
 from parcli.engine.threads import use_threads
 from parcli.io.catalogue import use_catalogue
@@ -82,7 +82,13 @@ def bench(
     cfg_scale: Annotated[
         float | None, typer.Option(help="Guidance scale (on by default); <= 1 turns it off.")
     ] = None,
-    dtype: DtypeOption = "auto",
+    dtype: Annotated[
+        str,
+        typer.Option(
+            help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16; a list (fp32,bf16) times "
+            "the same weights in each, interleaved, against the first."
+        ),
+    ] = "auto",
     device: DeviceOption = "auto",
     warmup: Annotated[int, typer.Option(help="Untimed rounds first (graph capture, compile).")] = 1,
     repeats: Annotated[int, typer.Option(help="Timed rounds; configurations interleave.")] = 3,
@@ -111,14 +117,17 @@ def bench(
         batches = tuple(parse_ints(batch_size, "batch_size"))
         if json_path is not None:
             check_writable(json_path, (".json",), setting="json")
-        torch_device, torch_dtype = resolve(device, dtype)
-        warn_if_emulated(torch_device, torch_dtype)
+        torch_device, dtypes = resolve_dtypes(device, dtype)
+        torch_dtype, other_dtypes = dtypes[0], dtypes[1:]
+        for each in dtypes:
+            warn_if_emulated(torch_device, each)
         sides = token_grid(grid, image_size)
         if arch in GPT_PRESETS:  # random weights: refuse what cannot fit before building it
             cfg = GPTConfig.preset(arch, grid=sides, regions=max(region_list))
             guided = cfg_scale is None or cfg_scale > 1
             most = max(batches)
-            check_fits(cfg, VQConfig.llamagen_ds16(), torch_device, torch_dtype, most, None, guided)
+            for each in dtypes:
+                check_fits(cfg, VQConfig.llamagen_ds16(), torch_device, each, most, None, guided)
         building = (
             console.status(f"building {escape(arch)} with random weights")
             if arch
@@ -138,9 +147,14 @@ def bench(
                 seed,
                 model_fetcher(offline, quiet=False),
             )
-            quantized = None
-            if quantize is not None:  # the same weights again, int8, timed beside float32
-                quantized, _ = pipelines_to_time(
+            others = {}  # the same weights again, in another dtype or int8, timed beside
+            for each in other_dtypes:
+                others[dtype_name(each)], _ = pipelines_to_time(
+                    model, arch, region_list, torch_device, each, checkpoint, tokenizer,
+                    sides, compile_model, seed, model_fetcher(offline, quiet=True),
+                )  # fmt: skip
+            if quantize is not None:
+                others[INT8], _ = pipelines_to_time(
                     model, arch, region_list, torch_device, torch_dtype, checkpoint, tokenizer,
                     sides, compile_model, seed, model_fetcher(offline, quiet=True), quantize,
                 )  # fmt: skip
@@ -157,13 +171,13 @@ def bench(
                 if not err_console.is_terminal:  # logs get a plain line a case
                     err_console.print(f"timing · {text}", markup=False, highlight=False)
 
-            rows = run_bench(pipelines, settings, rate, on_run, baselines, quantized)
+            rows = run_bench(pipelines, settings, rate, on_run, baselines, others)
         ours = [row for row in rows if row.engine == OURS]
         print_table(title, ours, first, sampling, rate, decode)
         if baselines:
             print_baseline_table(rows)
-        if quantized:
-            print_quantized_table(rows, first, next(iter(quantized.values())))
+        for engine, timed in others.items():
+            print_comparison_table(rows, engine, first, next(iter(timed.values())))
         if any(row.noisy for row in rows):
             err_console.print(
                 "⚠ timed repeats of these rows spread widely (see min–max): the machine is "
@@ -173,7 +187,7 @@ def bench(
         if json_path is not None:
             command = shlex.join(["par", *sys.argv[1:]])
             document = report(
-                rows, pipelines, settings, title, arch is not None, rate, command, quantized
+                rows, pipelines, settings, title, arch is not None, rate, command, others
             )
             with atomic_path(json_path, "json") as tmp:
                 tmp.write_text(json.dumps(document, indent=2) + "\n")
@@ -241,15 +255,22 @@ def print_baseline_table(rows) -> None:
     )  # fmt: skip
 
 
-def print_quantized_table(rows, floating: Pipeline, quantized: Pipeline) -> None:
-    """int8 against float32, same weights, generation only, same n and batch."""
-    float_bytes, int8_bytes = weight_bytes(floating), weight_bytes(quantized)
+def print_comparison_table(rows, engine: str, first: Pipeline, other: Pipeline) -> None:
+    """Another dtype, or int8, against the first dtype: same weights, generation only, same n
+    and batch."""
+    base_name = dtype_name(first.model.dtype)
+    base_bytes, other_bytes = weight_bytes(first), weight_bytes(other)
+    caption = (
+        f"weights read per pass: {bytes_text(base_bytes)} {base_name}, "
+        f"{bytes_text(other_bytes)} {engine} ({other_bytes / base_bytes:.2f}x); tokens differ"
+    )
+    if engine == INT8:
+        caption += f" · int8 products: {int8_products(other.model)}"
+    elif other.packed:
+        caption += f" · {engine}: {other.packed} packed projections"
     _print_comparison(
-        rows, OURS, INT8, ("float32", "int8"), "speedup_vs_float",
-        title="int8 vs float32 weights",
-        caption=f"weights read per pass: {bytes_text(float_bytes)} float32, "
-        f"{bytes_text(int8_bytes)} int8 ({int8_bytes / float_bytes:.2f}x); tokens differ · "
-        f"int8 products: {int8_products(quantized.model)}",
+        rows, OURS, engine, (base_name, engine), "speedup_vs_first",
+        title=f"{engine} vs {base_name}", caption=caption,
     )  # fmt: skip
 
 
