@@ -1,0 +1,62 @@
+"""How often int8 weights draw float32's greedy tokens, on random weights of a published
+architecture.
+
+Two figures per region count: free-running (both pipelines generate greedily, and every token
+after the first that differs follows from it) and teacher-forced (both score the same random
+token sequence in one pass, so each cell's arg-max is compared on the same prefix).
+Usage: python scripts/int8_agreement.py [ARCH] [SIDE] [IMAGES]  (defaults: GPT-B 8 8)
+"""
+
+import copy
+import sys
+
+import torch
+
+from parcli.config import GPTConfig
+from parcli.engine.quantize import quantize_int8
+from parcli.model import Transformer, rotary_rows
+from parcli.pipeline import Pipeline
+from parcli.plan import Plan
+from parcli.sampling import SamplingConfig
+from parcli.slots import embed_slots
+from parcli.vq import VQConfig, VQModel
+
+
+def teacher_forced_argmax(model, plan, labels, tokens) -> torch.Tensor:
+    hidden = embed_slots(model, plan, labels, tokens, 0, plan.num_slots)
+    rope = rotary_rows(plan.grid, plan.slot_cell, model.cfg.head_dim)
+    mask = torch.from_numpy(plan.attention_mask())
+    return model(hidden, rope, mask=mask).argmax(-1)
+
+
+def main() -> None:
+    arch = sys.argv[1] if len(sys.argv) > 1 else "GPT-B"
+    side = int(sys.argv[2]) if len(sys.argv) > 2 else 8
+    images = int(sys.argv[3]) if len(sys.argv) > 3 else 8
+    greedy = SamplingConfig(cfg_scale=1.0, top_k=1)
+    with torch.device("meta"):  # tokens only: the decoder is never run
+        vq = VQModel(VQConfig.llamagen_ds16())
+    for regions in (1, 4, 16):
+        torch.manual_seed(0)
+        cfg = GPTConfig.preset(arch, grid=(side, side), regions=regions)
+        model = Transformer(cfg)
+        model.init_weights(zero_output=False)
+        model.eval()
+        plan = Plan((side, side), regions)
+        labels = [k * 100 % cfg.num_classes for k in range(images)]
+        tokens = torch.randint(0, cfg.vocab_size, (images, plan.num_tokens))
+        with torch.no_grad():
+            exact = teacher_forced_argmax(model, plan, torch.tensor(labels), tokens)
+            int8 = quantize_int8(copy.deepcopy(model))
+            rounded = teacher_forced_argmax(int8, plan, torch.tensor(labels), tokens)
+        forced = (exact == rounded).float().mean().item()
+        floats = Pipeline(copy.deepcopy(model), vq).generate(labels, greedy, 0, images)
+        ints = Pipeline(copy.deepcopy(model), vq, quantize="int8").generate(
+            labels, greedy, 0, images
+        )
+        free = (floats == ints).float().mean().item()
+        print(f"n = {regions:2d}: free-running {free:.1%}, teacher-forced {forced:.1%}")
+
+
+if __name__ == "__main__":
+    main()
