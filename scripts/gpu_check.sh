@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check, for a machine with one CUDA GPU: the tests only a GPU can run, then GPT-3B's
-# speed with random weights, GPT-B's with int8 weights, and the VQ decoder's layouts. Every step
-# has its own time limit, so that the whole stays within 6 minutes on one H100, compilation
-# included; nothing is installed. Everything it prints and writes lands in DIR: gpu-check.log
+# speed with random weights, GPT-B's in bf16, fp32 and int8 side by side, and the VQ decoder's
+# layouts. Every step has its own time limit, so that the whole stays within 6 minutes on one
+# H100, compilation included; nothing is installed. Everything it prints and writes lands in DIR: gpu-check.log
 # (the summary), one log per step, the bench JSON files.
 set -uo pipefail
 DIR=${1:?usage: scripts/gpu_check.sh DIR}
@@ -26,12 +26,14 @@ step() {  # name, time limit in seconds, command...
 nvidia-smi >"$DIR/nvidia-smi.txt" 2>&1
 "$PY" -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))" \
   2>&1 | tee -a "$LOG"
-step tests 75 "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/test_cuda.py
-step bench-3b 160 "$PY" -m parcli bench --arch GPT-3B --regions 1,4,16 --batch-size 1,32 \
+# -v: a line per test as it ends, so that a step cut short still says which passed.
+step tests 75 "$PY" -m pytest -v -p no:cacheprovider -m cuda tests/test_cuda.py
+step bench-3b 150 "$PY" -m parcli bench --arch GPT-3B --regions 1,4,16 --batch-size 1,32 \
   --repeats 1 --warmup 1 --json "$DIR/bench-3b.json"
 step bench-3b-vs-plain 70 "$PY" -m parcli bench --arch GPT-3B --regions 1,4,16 --batch-size 1 \
   --repeats 1 --warmup 1 --no-compile --baseline --json "$DIR/bench-3b-vs-plain.json"
-step bench-b-int8 35 "$PY" -m parcli bench --arch GPT-B --regions 1,4,16 --batch-size 1 \
-  --repeats 1 --warmup 1 --no-compile --quantize int8 --json "$DIR/bench-b-int8.json"
+step bench-b-dtypes 45 "$PY" -m parcli bench --arch GPT-B --regions 1,4,16 --batch-size 1 \
+  --repeats 1 --warmup 1 --no-compile --dtype bf16,fp32 --quantize int8 --no-decode \
+  --json "$DIR/bench-b-dtypes.json"
 step vq-layouts 20 "$PY" scripts/vq_cuda_layouts.py 4
 echo "== done; figures in $DIR" | tee -a "$LOG"
