@@ -15,7 +15,7 @@ import torch
 from parcli.config import GPTConfig
 from parcli.engine.devices import available_memory
 from parcli.io.checkpoints import expected_shapes
-from parcli.model import cache_head_dim
+from parcli.model import cache_dtype, cache_head_dim
 from parcli.plan import Plan
 from parcli.vq import VQConfig
 
@@ -53,15 +53,19 @@ def estimate(
     samples: int,
     guided: bool,
     scale: int = 1,
+    device: torch.device | str = "cuda",
 ) -> Estimate:
-    """Bytes a `par generate` of `samples` samples, `batch` at a time, needs at its peak."""
+    """Bytes a `par generate` of `samples` samples, `batch` at a time, needs at its peak on
+    `device`."""
     size = torch.tensor([], dtype=dtype).element_size()
     plan = Plan(gpt.grid, gpt.regions)
     sequences = batch * (2 if guided else 1)
-    # Heads as a CUDA cache stores them (`cache_head_dim`): padded, where padding applies.
+    # Heads as a CUDA cache stores them (`cache_head_dim`): padded, where padding applies; in
+    # the dtype the device's cache holds (`cache_dtype`).
     heads = gpt.n_head * cache_head_dim(gpt.head_dim, "cuda")
-    cache = 2 * gpt.n_layer * sequences * plan.num_slots * heads * size
     width = max(p.width for p in plan.passes)
+    cached = torch.tensor([], dtype=cache_dtype(dtype, device, width)).element_size()
+    cache = 2 * gpt.n_layer * sequences * plan.num_slots * heads * cached
     hidden = sequences * width * gpt.dim * 12 * size  # residual, q/k/v, FFN (hidden ~ 2.7 dim)
     scores = sequences * gpt.n_head * width * plan.num_slots * 4
     logits = sequences * width * gpt.vocab_size * 4 * 3  # float32, softmax, sorted for top-p
@@ -123,7 +127,7 @@ def check_fits(
     batch = min(batch, samples) if samples is not None else batch
 
     def need(size: int) -> Estimate:
-        return estimate(gpt, vq, dtype, size, samples or size, guided, scale)
+        return estimate(gpt, vq, dtype, size, samples or size, guided, scale, device)
 
     wanted = need(batch)
     if wanted.total <= budget:

@@ -4,7 +4,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from parcli.model import KVCache, apply_rotary, cache_head_dim, cell_angles, rotary_rows
+from parcli.model import (
+    KVCache,
+    apply_rotary,
+    cache_dtype,
+    cache_head_dim,
+    cell_angles,
+    rotary_rows,
+)
 from parcli.plan import Plan
 from parcli.slots import embed_slots
 
@@ -110,6 +117,34 @@ def test_kv_cache_passes_equal_one_teacher_forced_pass(make_model, n, grid):
 def test_caches_pad_heads_to_multiples_of_8_on_cuda_only():
     assert [cache_head_dim(d, "cuda") for d in (64, 100, 12, 8)] == [64, 104, 16, 8]
     assert cache_head_dim(100, "cpu") == 100 and cache_head_dim(100, torch.device("cpu")) == 100
+
+
+def test_half_precision_caches_are_float32_for_one_query_passes_on_the_cpu_only():
+    assert cache_dtype(torch.bfloat16, "cpu", 1) == torch.float32
+    assert cache_dtype(torch.float16, torch.device("cpu"), 1) == torch.float32
+    assert cache_dtype(torch.bfloat16, "cpu", 4) == torch.bfloat16
+    assert cache_dtype(torch.bfloat16, "cuda", 1) == torch.bfloat16
+    assert cache_dtype(torch.float32, "cpu", 1) == torch.float32
+
+
+@pytest.mark.parametrize("fixed_shapes", [False, True])
+def test_a_bf16_model_over_a_float32_cache_keeps_to_its_own_logits(make_model, fixed_shapes):
+    """Keys and values widen exactly, so only attention's rounding moves: the logits stay within
+    bf16's rounding of a teacher-forced bf16 pass, through either way of writing the cache."""
+    from parcli.engine.runners import FixedShapeRunner, PrefixRunner
+
+    model = make_model(regions=1).to(torch.bfloat16)
+    plan = Plan((8, 8), 1)
+    labels = torch.tensor([3, 7])
+    seq = torch.randint(0, model.cfg.vocab_size, (2, plan.num_tokens))
+    runner = (FixedShapeRunner if fixed_shapes else PrefixRunner)(model, plan, 2)
+    assert runner.cache.keys[0].dtype == torch.float32
+    with torch.no_grad():
+        full = teacher_forced_logits(model, plan, labels, seq).float()
+        for p in plan.passes:
+            step = runner(p, embed_slots(model, plan, labels, seq, p.start, p.end))
+            error = (step.float() - full[:, p.start : p.end]).abs().max()
+            assert error <= 0.03 * full.abs().max()
 
 
 @pytest.mark.parametrize("fixed_shapes", [False, True])

@@ -12,7 +12,7 @@ import weakref
 
 import torch
 
-from parcli.model import KVCache, Transformer
+from parcli.model import KVCache, Transformer, cache_dtype
 from parcli.plan import Pass, Plan
 from parcli.slots import slot_rotary
 
@@ -34,10 +34,11 @@ def allow_compiled_versions(count: int) -> None:
 _caches: weakref.WeakValueDictionary[tuple, KVCache] = weakref.WeakValueDictionary()
 
 
-def shared_cache(model: Transformer, sequences: int, slots: int) -> KVCache:
-    """A KV cache for `sequences` sequences of `slots` slots, shared by every runner of the same
-    shapes while any of them lives."""
-    cfg, device, dtype = model.cfg, model.device, model.dtype
+def shared_cache(model: Transformer, sequences: int, plan: Plan) -> KVCache:
+    """A KV cache for `sequences` sequences of `plan`'s slots, shared by every runner of the same
+    shapes and cache dtype while any of them lives."""
+    cfg, device, slots = model.cfg, model.device, plan.num_slots
+    dtype = cache_dtype(model.dtype, device, max(step.width for step in plan.passes))
     key = (cfg.n_layer, cfg.n_head, cfg.head_dim, sequences, slots, str(device), dtype)
     cache = _caches.get(key)
     if cache is None:
@@ -51,7 +52,7 @@ class PrefixRunner:
 
     def __init__(self, model: Transformer, plan: Plan, sequences: int):
         self.model, self.sequences = model, sequences
-        self.cache = shared_cache(model, sequences, plan.num_slots)
+        self.cache = shared_cache(model, sequences, plan)
         self.rope = slot_rotary(model, plan)
 
     def __call__(self, step: Pass, h: torch.Tensor) -> torch.Tensor:
@@ -75,7 +76,7 @@ class FixedShapeRunner:
     ):
         device = model.device
         self.model, self.sequences = model, sequences
-        self.cache = shared_cache(model, sequences, plan.num_slots)
+        self.cache = shared_cache(model, sequences, plan)
         self.rope = slot_rotary(model, plan)
         self.mask = torch.from_numpy(plan.attention_mask()).to(device)
         self.start = torch.zeros((), dtype=torch.long, device=device)
