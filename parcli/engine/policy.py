@@ -80,8 +80,8 @@ def choose_engine(
     row: on the CPU, the prefix, fixed-shape and compiled steps of tiny random models agreed on
     27 to 72 % of tokens; a CUDA graph replays its eager step exactly; oneDNN's packed and
     unpacked bf16 products drew the same tokens. Packed weights are never compiled: Inductor
-    crashes on them. `quantized` (int8
-    weights, `parcli.engine.quantize`) turns packing off: there are no float weights to pack.
+    crashes on them. `quantized` (int8 weights, `parcli.engine.quantize`) turns packing off:
+    there are no float weights to pack.
     """
     if plain:
         return Engine(FIXED_SHAPE)
