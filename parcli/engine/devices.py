@@ -82,7 +82,7 @@ def resolve_dtypes(device: str, dtypes: str) -> tuple[torch.device, list[torch.d
     once."""
     torch_device = resolve_device(device)
     resolved = []
-    for name in dtypes.split(",") if dtypes.strip() else [dtypes]:
+    for name in [part for part in dtypes.split(",") if part.strip()] or [dtypes]:
         dtype = compute_dtype(name, torch_device)
         if dtype not in resolved:
             resolved.append(dtype)
