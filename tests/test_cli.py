@@ -392,6 +392,7 @@ def test_bench_times_other_dtypes_and_int8_beside_the_first(tmp_path, monkeypatc
     assert settings["dtype"] == "float32" and settings["compared_dtypes"] == ["bf16"]
     assert "torch._weight_int8pack_mm" in settings["int8_products"]
     assert "bf16 vs fp32" in result.output and "int8 vs fp32" in result.output
+    assert "int8 vs n=1" in result.output  # each engine's own ratio of n = 4 over n = 1
 
 
 def test_bench_refuses_an_unknown_dtype_in_a_list(tiny_preset):

@@ -288,7 +288,9 @@ def _print_comparison(
         box=box.SIMPLE_HEAD,
         padding=(0, 1, 0, 0),
     )
-    for header in ("n", "batch", names[0], "min–max", names[1], "min–max", "speed-up"):
+    headers = ("n", "batch", names[0], "min–max", names[1], "min–max", "speed-up",
+               f"{names[1]} vs n=1")  # fmt: skip
+    for header in headers:
         table.add_column(header, justify="right", no_wrap=True)
     for row in rows:
         if row.engine != engine or (row.regions, row.batch) not in base_rows:
@@ -302,6 +304,7 @@ def _print_comparison(
             time_text(row.gen_s_per_image) + (" ⚠" if row.noisy else ""),
             f"{time_text(row.gen_s_per_image_min)}–{time_text(row.gen_s_per_image_max)}",
             f"{getattr(row, speedup):.2f}x",
+            f"{row.speedup_vs_1:.2f}x" if row.speedup_vs_1 else "",
         )
     console.print(table)
 
