@@ -9,6 +9,8 @@ re-measure in the next process.
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -19,6 +21,17 @@ from parcli.engine.devices import cpu_name
 def machine_key(what: str) -> str:
     """`what` qualified by the CPU and the torch version, which decide which kernel is faster."""
     return f"{cpu_name()} | torch {torch.__version__} | {what}"
+
+
+def best_seconds(run: Callable[[], object], rounds: int) -> float:
+    """The fastest of `rounds` timed calls of `run`, after one untimed call to warm it."""
+    run()
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - started)
+    return best
 
 
 def remembered(key: str) -> str | None:

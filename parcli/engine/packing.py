@@ -10,13 +10,12 @@ w1 and w3 become one product. Inference only.
 from __future__ import annotations
 
 import functools
-import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from parcli.engine.choices import machine_key, remember, remembered
+from parcli.engine.choices import best_seconds, machine_key, remember, remembered
 from parcli.engine.devices import available_memory
 from parcli.engine.quantize import quantized_bytes
 from parcli.model import FeedForward, Transformer
@@ -140,11 +139,12 @@ def fastest_kernel(shape: tuple[int, int], rows: int) -> str | None:
     seconds = {}
     for kernel in usable:
         linear = PackedLinear(weight, rows, keep_unpacked=kernel == MKL)
-        linear(x)
-        started = time.perf_counter()
-        for _ in range(KERNEL_TRIALS):
-            linear(x)
-        seconds[kernel] = time.perf_counter() - started
+
+        def trials(linear=linear):
+            for _ in range(KERNEL_TRIALS):
+                linear(x)
+
+        seconds[kernel] = best_seconds(trials, rounds=1)
     choice = ONEDNN if seconds[ONEDNN] < 0.9 * seconds[MKL] else MKL
     remember(key, choice)
     return choice

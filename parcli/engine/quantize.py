@@ -22,14 +22,13 @@ inputs too), so `--quantize int8` never replaces the exact default.
 
 from __future__ import annotations
 
-import time
 from functools import cache
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from parcli.engine.choices import machine_key, remember, remembered
+from parcli.engine.choices import best_seconds, machine_key, remember, remembered
 
 QUANTIZATIONS = ("int8",)
 # What the projections' inputs are rounded to: CUDA runs the model in bf16 already, and on the
@@ -143,7 +142,7 @@ def widening_rows(shape: tuple[int, int]) -> int | None:
             for weight in pool:
                 F.linear(x, _widened(weight)) * scales
 
-        wins.append(_best_seconds(widened) < 0.9 * _best_seconds(fused))
+        wins.append(best_seconds(widened, rounds=2) < 0.9 * best_seconds(fused, rounds=2))
     threshold = None
     for rows, won in zip(reversed(ROW_CANDIDATES), reversed(wins), strict=True):
         if not won:
@@ -151,16 +150,6 @@ def widening_rows(shape: tuple[int, int]) -> int | None:
         threshold = rows
     remember(key, NEVER if threshold is None else str(threshold))
     return threshold
-
-
-def _best_seconds(sweep, rounds: int = 2) -> float:
-    sweep()
-    best = float("inf")
-    for _ in range(rounds):
-        started = time.perf_counter()
-        sweep()
-        best = min(best, time.perf_counter() - started)
-    return best
 
 
 def int8_products(model: nn.Module) -> str | None:
