@@ -55,7 +55,7 @@ def test_graphed_and_compiled_steps_give_the_eager_tokens_in_float32(regions):
     assert torch.equal(decode_with("compiled", model, plan, labels, sampling), eager)
 
 
-def teacher_forced_logits(runner, model, plan, labels, tokens) -> torch.Tensor:
+def logits_pass_by_pass(runner, model, plan, labels, tokens) -> torch.Tensor:
     """Every pass's logits for the same given tokens, in pass order."""
     from parcli.slots import embed_slots
 
@@ -80,9 +80,9 @@ def test_in_bf16_a_graph_replays_the_eager_step_and_compiling_stays_within_round
     fixed = decode_with("fixed", model, plan, labels, sampling)
     assert torch.equal(decode_with("graphed", model, plan, labels, sampling), fixed)
     tokens = torch.randint(0, model.cfg.vocab_size, (3, plan.num_tokens), device=CUDA)
-    eager = teacher_forced_logits(FixedShapeRunner(model, plan, 3), model, plan, labels, tokens)
+    eager = logits_pass_by_pass(FixedShapeRunner(model, plan, 3), model, plan, labels, tokens)
     compiled_runner = FixedShapeRunner(model, plan, 3, compiled=True)
-    compiled = teacher_forced_logits(compiled_runner, model, plan, labels, tokens)
+    compiled = logits_pass_by_pass(compiled_runner, model, plan, labels, tokens)
     assert (compiled - eager).abs().max() <= 0.03 * eager.abs().max()
 
 
