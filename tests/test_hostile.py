@@ -145,6 +145,39 @@ def test_signals_clean_up_and_say_one_line(tmp_path, signum, code, word, after):
     assert leftovers == [], leftovers
 
 
+def test_a_signal_inside_a_c_extension_import_still_ends_in_one_line(tmp_path):
+    """Ctrl-C while numpy's C core initialises (as a CI run once met by chance): the half-done
+    import cannot be retried, so start-up must end the process rather than raise into it."""
+    import os
+    import subprocess
+    import sys
+
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    fired = tmp_path / "fired"
+    (hook / "sitecustomize.py").write_text(
+        "import os, signal, sys\n"
+        "class InterruptInsideNumpysCore:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        core = [m for m in sys.modules if m.endswith('._multiarray_umath')]\n"
+        f"        if core and not os.path.exists({str(fired)!r}):\n"
+        f"            open({str(fired)!r}, 'w').close()\n"
+        "            os.kill(os.getpid(), signal.SIGINT)\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, InterruptInsideNumpysCore())\n"
+    )
+    search_path = os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])
+    result = subprocess.run(
+        [sys.executable, "-m", "parcli", "generate", "-m", "digits-1", "-q", "-o", "x.png"],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": search_path}, capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+    assert fired.exists(), "the signal was never sent: numpy's core was not seen importing"
+    assert result.returncode == 130, result.stderr
+    assert result.stderr.strip() == "interrupted", result.stderr
+    assert list(tmp_path.glob("*.png")) == []
+
+
 def test_bad_destinations_are_named_before_any_work(files, tmp_path):
     source = files["gpt4"]  # a safetensors source: converting it would read and hash it
     cases = [
