@@ -7,7 +7,9 @@ During start-up nothing has been written yet, so a signal ends the process at on
 there instead would interrupt a C extension's import half-way (numpy's cannot be retried in the
 same process), and the run would end in an ImportError traceback rather than one line. Once the
 imports are done, the signal is raised as an exception where the program is, so that every
-`atomic_path` unwinds and removes its temporary file.
+`atomic_path` unwinds and removes its temporary file. A module imported later (PIL at the first
+PNG) can be interrupted the same way and fail with some other exception; once a signal has
+arrived, whatever unwinds to here is reported as that signal.
 """
 
 from __future__ import annotations
@@ -23,7 +25,16 @@ class Terminated(BaseException):
     """SIGTERM, raised where the program is so that cleanup code runs as for Ctrl-C."""
 
 
+received: list[int] = []  # the signals that arrived after start-up
+
+
+def _raise_interrupted(signum, frame) -> None:
+    received.append(signum)
+    raise KeyboardInterrupt()
+
+
 def _raise_terminated(signum, frame) -> None:
+    received.append(signum)
     raise Terminated()
 
 
@@ -38,14 +49,18 @@ def main() -> None:
         signal.signal(signum, _exit_during_start_up)
     from parcli.cli import app
 
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGINT, _raise_interrupted)
     signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         app()
     except KeyboardInterrupt:
-        _stop("interrupted", 130)
+        _stop(*WORDS[signal.SIGINT])
     except Terminated:
-        _stop("terminated", 143)
+        _stop(*WORDS[signal.SIGTERM])
+    except Exception:
+        if not received:
+            raise
+        _stop(*WORDS[received[0]])
 
 
 def _stop(word: str, code: int) -> None:
