@@ -4,6 +4,10 @@ architecture.
 Two figures per region count: free-running (both pipelines generate greedily, and every token
 after the first that differs follows from it) and teacher-forced (both score the same random
 token sequence in one pass, so each cell's arg-max is compared on the same prefix).
+
+Beside int8, teacher-forced figures for other roundings of the same weights, to show how much
+agreement random weights allow: the int8 weights alone (float32 inputs and products), int8
+with a scale per 128 inputs instead of per row, and the whole model in bf16 (free-running too).
 Usage: python scripts/int8_agreement.py [ARCH] [SIDE] [IMAGES]  (defaults: GPT-B 8 8)
 """
 
@@ -29,6 +33,18 @@ def teacher_forced_argmax(model, plan, labels, tokens) -> torch.Tensor:
     return model(hidden, rope, mask=mask).argmax(-1)
 
 
+def rounded_weights(model: Transformer, group: int | None) -> Transformer:
+    """`model` with every projection's weight rounded to int8 and back, in float32: a scale per
+    output row, or per `group` inputs of a row."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            weight = module.weight.data
+            blocks = weight.reshape(weight.shape[0], -1, group or weight.shape[1])
+            scales = blocks.abs().amax(-1, keepdim=True) / 127
+            module.weight.data = (torch.round(blocks / scales) * scales).reshape(weight.shape)
+    return model
+
+
 def main() -> None:
     arch = sys.argv[1] if len(sys.argv) > 1 else "GPT-B"
     side = int(sys.argv[2]) if len(sys.argv) > 2 else 8
@@ -49,13 +65,36 @@ def main() -> None:
             exact = teacher_forced_argmax(model, plan, torch.tensor(labels), tokens)
             int8 = quantize_int8(copy.deepcopy(model))
             rounded = teacher_forced_argmax(int8, plan, torch.tensor(labels), tokens)
+            others = {
+                "int8 weights alone": rounded_weights(copy.deepcopy(model), None),
+                "int8, a scale per 128 inputs": rounded_weights(copy.deepcopy(model), 128),
+                "bf16 model": copy.deepcopy(model).to(torch.bfloat16),
+            }
+            ceilings = {
+                name: (teacher_forced_argmax(other, plan, torch.tensor(labels), tokens) == exact)
+                .float()
+                .mean()
+                .item()
+                for name, other in others.items()
+            }
         forced = (exact == rounded).float().mean().item()
         floats = Pipeline(copy.deepcopy(model), vq).generate(labels, greedy, 0, images)
         ints = Pipeline(copy.deepcopy(model), vq, quantize="int8").generate(
             labels, greedy, 0, images
         )
         free = (floats == ints).float().mean().item()
-        print(f"n = {regions:2d}: free-running {free:.1%}, teacher-forced {forced:.1%}")
+        halves = Pipeline(copy.deepcopy(model).to(torch.bfloat16), vq).generate(
+            labels, greedy, 0, images
+        )
+        free_bf16 = (floats == halves).float().mean().item()
+        print(
+            f"n = {regions:2d}: int8 free-running {free:.1%} (bf16 model {free_bf16:.1%}), "
+            f"teacher-forced {forced:.1%}"
+        )
+        print(
+            "        teacher-forced, other roundings: "
+            + ", ".join(f"{name} {share:.1%}" for name, share in ceilings.items())
+        )
 
 
 if __name__ == "__main__":
