@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from parcli.decode import generate_tokens
 from parcli.engine.packing import pack_projections
 from parcli.engine.policy import FIXED_SHAPE, choose_engine, set_cuda_backends
-from parcli.engine.quantize import QUANTIZATIONS, quantize_int8
+from parcli.engine.quantize import QUANTIZATIONS, choose_products, quantize_int8
 from parcli.engine.runners import FixedShapeRunner, PrefixRunner, Runner
 from parcli.errors import SettingError, UserError
 from parcli.model import Transformer
@@ -125,6 +125,8 @@ class Pipeline:
 
     def _new_runner(self, sequences: int) -> Runner:
         engine = self.engine
+        if self.quantize is not None and not self._runners:
+            choose_products(self.model)  # here, once the run's thread count is set
         if engine.runner == FIXED_SHAPE:
             return FixedShapeRunner(
                 self.model, self.plan, sequences, engine.cuda_graphs, engine.compiled

@@ -17,7 +17,7 @@ import sys
 import torch
 
 from parcli.config import GPTConfig
-from parcli.engine.quantize import quantize_int8
+from parcli.engine.quantize import choose_products, quantize_int8
 from parcli.model import Transformer, rotary_rows
 from parcli.pipeline import Pipeline
 from parcli.plan import Plan
@@ -64,6 +64,7 @@ def main() -> None:
         with torch.no_grad():
             exact = teacher_forced_argmax(model, plan, torch.tensor(labels), tokens)
             int8 = quantize_int8(copy.deepcopy(model))
+            choose_products(int8)
             rounded = teacher_forced_argmax(int8, plan, torch.tensor(labels), tokens)
             others = {
                 "int8 weights alone": rounded_weights(copy.deepcopy(model), None),

@@ -139,15 +139,16 @@ def test_the_faster_kernel_is_measured_once_and_packs(make_model):
 
     if not packing.packing_available(False):
         pytest.skip("this torch build cannot pack weights")
-    first = packing.fastest_kernel((96, 64), 8)
+    threads = torch.get_num_threads()
+    first = packing.fastest_kernel((96, 64), 8, threads)
     assert first in (packing.MKL, packing.ONEDNN)
-    assert packing.fastest_kernel((96, 64), 8) == first  # cached: the same answer, no timing
+    assert packing.fastest_kernel((96, 64), 8, threads) == first  # cached: no timing
     # Remembered on disk for this machine, so that the next process packs the same way.
     packing.fastest_kernel.cache_clear()
     remembered = {key: "MKL" for key in json.loads(choices.path().read_text())}
     assert remembered, "the choice was not written to the cache"
     choices.path().write_text(json.dumps(remembered))
-    assert packing.fastest_kernel((96, 64), 8) == packing.MKL
+    assert packing.fastest_kernel((96, 64), 8, threads) == packing.MKL
     model = make_model(regions=4)
     assert pack_projections(model, input_rows=8) in (packing.MKL, packing.ONEDNN)
 

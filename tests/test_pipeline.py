@@ -56,7 +56,7 @@ def test_second_weight_copy_only_where_memory_allows(monkeypatch, spare, keeps_u
     from parcli.engine import packing
 
     monkeypatch.setattr(packing, "available_memory", lambda: spare)
-    monkeypatch.setattr(packing, "fastest_kernel", lambda shape, rows: packing.MKL)
+    monkeypatch.setattr(packing, "fastest_kernel", lambda shape, rows, threads: packing.MKL)
     pipe = Pipeline(tiny_model(regions=4), VQModel(TINY_VQ).eval())
     pipe.runner(sequences=8)
     packed = [m for m in pipe.model.modules() if isinstance(m, PackedLinear)]

@@ -97,22 +97,44 @@ def test_the_widening_threshold_is_measured_once_and_remembered():
     from parcli.engine import choices, quantize
 
     shape = (3 * 64, 64)  # the tiny model's wqkv
+    threads = torch.get_num_threads()
     quantize.widening_rows.cache_clear()  # measured by an earlier test, in another cache
-    first = quantize.widening_rows(shape)
+    first = quantize.widening_rows(shape, threads)
     assert first is None or first in quantize.ROW_CANDIDATES
-    assert quantize.widening_rows(shape) == first  # cached: no second timing
+    assert quantize.widening_rows(shape, threads) == first  # cached: no second timing
     quantize.widening_rows.cache_clear()
     stored = json.loads(choices.path().read_text())
-    key = next(k for k in stored if "int8 192x64" in k)
+    key = next(k for k in stored if "int8 192x64" in k and f"| {threads} threads |" in k)
     choices.path().write_text(json.dumps({**stored, key: "16"}))
-    assert quantize.widening_rows(shape) == 16  # read back, not measured again
+    assert quantize.widening_rows(shape, threads) == 16  # read back, not measured again
     model = quantize_int8(tiny_model(regions=4))
+    quantize.choose_products(model)
     wqkv = model.layers[0].attention.wqkv
     assert (wqkv.out_features, wqkv.in_features) == shape and wqkv.widen_from_rows == 16
     quantize.widening_rows.cache_clear()
     choices.path().write_text(json.dumps({**stored, key: quantize.NEVER}))
-    assert quantize.widening_rows(shape) is None
+    assert quantize.widening_rows(shape, threads) is None
     quantize.widening_rows.cache_clear()
+
+
+def test_the_products_are_chosen_at_the_thread_count_the_run_uses(monkeypatch):
+    from parcli.engine import quantize
+    from parcli.engine.threads import use_threads
+
+    asked = []
+    monkeypatch.setattr(quantize, "widening_rows", lambda shape, threads: asked.append(threads))
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        pipe = Pipeline(tiny_model(regions=4), VQModel(TINY_VQ).eval(), quantize="int8")
+        assert asked == []  # not at load, where the thread count is not the run's yet
+        assert use_threads(pipe.model) == 1  # a small model runs on one thread
+        pipe.runner(sequences=2)
+        pipe.runner(sequences=4)
+        assert asked and set(asked) == {1}
+        assert len(asked) == len(quantize.int8_linears(pipe.model))  # once, at the first runner
+    finally:
+        torch.set_num_threads(saved)
 
 
 def test_the_products_are_named():

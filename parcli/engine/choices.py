@@ -18,9 +18,10 @@ import torch
 from parcli.engine.devices import cpu_name
 
 
-def machine_key(what: str) -> str:
-    """`what` qualified by the CPU and the torch version, which decide which kernel is faster."""
-    return f"{cpu_name()} | torch {torch.__version__} | {what}"
+def machine_key(what: str, threads: int) -> str:
+    """`what` qualified by the CPU, the torch version and the thread count, which decide which
+    kernel is faster."""
+    return f"{cpu_name()} | torch {torch.__version__} | {threads} threads | {what}"
 
 
 def best_seconds(run: Callable[[], object], rounds: int) -> float:

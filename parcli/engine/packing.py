@@ -102,7 +102,7 @@ def pack_projections(model: Transformer, input_rows: int, kernel: str | None = N
     elif dtype != torch.float32:
         return None
     elif kernel is None:
-        kernel = fastest_kernel(tuple(largest.shape), input_rows)
+        kernel = fastest_kernel(tuple(largest.shape), input_rows, torch.get_num_threads())
     if kernel == MKL:
         spare = available_memory()
         if not (spare is None or 2 * projection_bytes(model) < spare):
@@ -120,17 +120,17 @@ def pack_projections(model: Transformer, input_rows: int, kernel: str | None = N
 
 
 @functools.cache
-def fastest_kernel(shape: tuple[int, int], rows: int) -> str | None:
-    """The faster packed product for a (out, in) weight and `rows`-row inputs on this machine;
-    None where neither is available.
+def fastest_kernel(shape: tuple[int, int], rows: int, threads: int) -> str | None:
+    """The faster packed product for a (out, in) weight and `rows`-row inputs on this machine,
+    on `threads` threads (the count the run uses); None where neither is available.
 
-    Timed once per machine, shape and row count (`parcli.engine.choices`). oneDNN must win by
-    10 % to replace MKL, the kernel earlier versions always used.
+    Timed once per machine, shape, row count and thread count (`parcli.engine.choices`). oneDNN
+    must win by 10 % to replace MKL, the kernel earlier versions always used.
     """
     usable = [k for k in (MKL, ONEDNN) if packing_available(k == MKL)]
     if len(usable) < 2:
         return usable[0] if usable else None
-    key = machine_key(f"{shape[0]}x{shape[1]} | {rows} rows")
+    key = machine_key(f"{shape[0]}x{shape[1]} | {rows} rows", threads)
     known = remembered(key)
     if known in usable:
         return known

@@ -12,9 +12,10 @@ its output, by one of two kernels:
   scratch buffer, and oneDNN's bfloat16 product runs on it; at 8 and 32 rows it beat the first by
   1.2 and 1.8x there, at 2 rows it lost.
 
-Which one a product takes is measured on the machine at hand, per weight shape, as the row count
-from which widening wins (`widening_rows`, remembered in `<cache>/kernels.json`). Where the fused
-kernel is missing, every product widens.
+Which one a product takes is measured on the machine at hand, per weight shape and thread count,
+as the row count from which widening wins (`widening_rows`, remembered in `<cache>/kernels.json`),
+once the run's thread count is set (`choose_products`). Where the fused kernel is missing, every
+product widens.
 
 Opt-in only: the tokens differ from float32's (the weights are rounded, and the projections'
 inputs too), so `--quantize int8` never replaces the exact default.
@@ -89,18 +90,25 @@ def _kernel_runs(device: torch.device) -> bool:
 
 def quantize_int8(model: nn.Module) -> nn.Module:
     """Swap every `nn.Linear` of the transformer (attention, feed-forward, output head) for an
-    `Int8Linear`, in place, each taking the faster product for its shape on this CPU; returns
-    the model."""
+    `Int8Linear`, in place; returns the model. Every product is fused (or widened where the
+    fused kernel is missing) until `choose_products`."""
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, nn.Linear):
                 if child.bias is not None:
                     raise ValueError(f"{name} has a bias; only bias-free projections quantize")
                 setattr(module, name, Int8Linear(child.weight))
-    for linear in int8_linears(model):
-        if linear.weight_int8.device.type == "cpu" and linear.widen_from_rows is None:
-            linear.widen_from_rows = widening_rows((linear.out_features, linear.in_features))
     return model
+
+
+def choose_products(model: nn.Module) -> None:
+    """Let each CPU int8 projection of `model` take the faster product for its shape on this
+    machine at the current thread count: called once that count is the run's."""
+    threads = torch.get_num_threads()
+    for linear in int8_linears(model):
+        if linear.weight_int8.device.type == "cpu" and _kernel_runs(linear.weight_int8.device):
+            shape = (linear.out_features, linear.in_features)
+            linear.widen_from_rows = widening_rows(shape, threads)
 
 
 def int8_linears(model: nn.Module) -> list[Int8Linear]:
@@ -116,14 +124,15 @@ MOST_COPIES = 64
 
 
 @cache
-def widening_rows(shape: tuple[int, int]) -> int | None:
+def widening_rows(shape: tuple[int, int], threads: int) -> int | None:
     """The fewest rows from which widening an int8 (out, in) weight beats the fused product on
-    this CPU by 10 % at that count and every larger one measured; None where it never does.
+    this CPU, on `threads` threads (the count the run uses), by 10 % at that count and every
+    larger one measured; None where it never does.
 
-    Timed once per machine and shape (a second or less) and remembered: the two round
-    differently, so the choice must not move with the machine's noise.
+    Timed once per machine, shape and thread count (a second or less) and remembered: the two
+    round differently, so the choice must not move with the machine's noise.
     """
-    key = machine_key(f"int8 {shape[0]}x{shape[1]} widen from rows")
+    key = machine_key(f"int8 {shape[0]}x{shape[1]} widen from rows", threads)
     known = remembered(key)
     if known is not None:
         return None if known == NEVER else int(known)
