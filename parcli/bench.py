@@ -203,6 +203,8 @@ def run_bench(
     `rate` is the device's copy rate (bytes/s) for the bandwidth-floor column. `baselines`, plain
     pipelines for the same region counts, are timed beside ours (ours, plain, ours, plain, ...);
     `others`, pipelines of the same weights by engine name (INT8, or a dtype's name), likewise.
+    `on_run` hears of each case as it starts, then with its seconds (a warm-up's include
+    compiling and capture).
     """
     engines = {OURS: pipelines, **({PLAIN: baselines} if baselines else {}), **(others or {})}
     cases = [Case(n, b, e) for n in pipelines for b in settings.batch_sizes for e in engines]
@@ -213,12 +215,13 @@ def run_bench(
             pipe = engines[case.engine][case.regions]
             device = pipe.device
             labels = [i % pipe.model.cfg.num_classes for i in range(case.batch)]
+            phase = "measure" if measured else "warm-up"
+            name = (
+                f"{phase} {round_index + 1}/{total_rounds}: "
+                f"n={case.regions} b={case.batch} {case.engine}"
+            )
             if on_run is not None:
-                phase = "measure" if measured else "warm-up"
-                on_run(
-                    f"{phase} {round_index + 1}/{total_rounds}: "
-                    f"n={case.regions} b={case.batch} {case.engine}"
-                )
+                on_run(name)
             synchronize(device)
             reset_peak_memory(device)
             in_use = memory_in_use(device)
@@ -230,6 +233,11 @@ def run_bench(
                 pipe.decode(tokens, batch_size=case.batch)
                 synchronize(device)
             finished = time.perf_counter()
+            if on_run is not None:  # as they come: a run cut short still shows them
+                seconds = f"generation {generated - started:.3g} s"
+                if settings.decode:
+                    seconds += f", decode {finished - generated:.3g} s"
+                on_run(f"{name}: {seconds}")
             if measured:
                 case.gen_seconds.append(generated - started)
                 case.decode_seconds.append(finished - generated)
