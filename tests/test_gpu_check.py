@@ -1,0 +1,67 @@
+"""`make gpu-check` runs once, on a GPU lent for minutes: its commands must be right before then.
+
+Each step's command is run here as the script words it, but on the CPU, with a tiny stand-in for
+the published architectures and small batches, so that a mistyped option fails here and not on
+the GPU."""
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from tests.test_cli import run
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "scripts" / "gpu_check.sh"
+BUDGET_S = 360  # the issue's 6 minutes on one H100, compiling included
+
+
+def steps() -> list[tuple[str, int, list[str]]]:
+    """(name, time limit in seconds, command) of every `step` line of the script."""
+    text = SCRIPT.read_text().replace("\\\n", " ")
+    found = []
+    for line in text.splitlines():
+        match = re.match(r"\s*step (\S+) (\d+) (.+)$", line)
+        if match:
+            found.append((match[1], int(match[2]), shlex.split(match[3])))
+    return found
+
+
+def test_the_steps_fit_the_time_budget():
+    limits = {name: limit for name, limit, _ in steps()}
+    assert {"tests", "bench-3b", "bench-3b-vs-plain", "bench-b-dtypes", "vq-layouts"} <= set(limits)
+    assert sum(limits.values()) <= BUDGET_S
+
+
+def test_the_test_and_script_steps_name_files_that_exist():
+    for name, _, command in steps():
+        if name == "tests":
+            assert command[-1] == "tests/test_cuda.py" and (ROOT / command[-1]).is_file()
+        elif "parcli" not in command:
+            assert (ROOT / command[1]).is_file(), command
+
+
+@pytest.mark.parametrize("name", ["bench-3b", "bench-3b-vs-plain", "bench-b-dtypes"])
+def test_each_bench_step_runs_as_worded(name, tmp_path, monkeypatch):
+    from parcli.config import GPT_PRESETS
+
+    monkeypatch.setitem(GPT_PRESETS, "GPT-tiny", (2, 4, 64))
+    (command,) = [command for step, _, command in steps() if step == name]
+    assert command[:4] == ["$PY", "-m", "parcli", "bench"]
+    args = [
+        "GPT-tiny" if word in ("GPT-3B", "GPT-B") else word.replace("$DIR", str(tmp_path))
+        for word in command[4:]
+    ]
+    args = [",".join(str(min(int(b), 2)) for b in a.split(",")) if _is_batches(args, i) else a
+            for i, a in enumerate(args)]  # fmt: skip
+    result = run("bench", *args, "--grid", "8", "--no-decode")
+    assert result.exit_code == 0, result.output
+    (report,) = tmp_path.glob("*.json")
+    rows = json.loads(report.read_text())["rows"]
+    assert {row["regions"] for row in rows} == {1, 4, 16}
+
+
+def _is_batches(args: list[str], index: int) -> bool:
+    return index > 0 and args[index - 1] == "--batch-size"
