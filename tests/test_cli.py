@@ -1,5 +1,6 @@
 """End-to-end runs of `par` with tiny random models."""
 
+import io
 import json
 import re
 from pathlib import Path
@@ -7,12 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import TINY_VQ, tiny_model
 from typer.testing import CliRunner
 
 import parcli
 from parcli.cli import app
 from parcli.config import GPT_PRESETS
+from parcli.pipeline import Pipeline
+from parcli.vq import VQModel
 
 runner = CliRunner()
 
@@ -530,3 +533,22 @@ def test_a_log_gets_plain_progress_lines(files, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     lines = [line for line in result.output.splitlines() if "s left" in line]
     assert lines and "gpt1.safetensors: pass " in lines[0] and "%)" in lines[0]
+
+
+def test_the_bar_says_when_the_first_passes_compile():
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from parcli.commands.common import pass_counter
+    from parcli.commands.generate import waiting_status
+    from parcli.plan import Pass
+
+    compiled = Pipeline(tiny_model(regions=4), VQModel(TINY_VQ).eval(), compile_model=True)
+    eager = Pipeline(tiny_model(regions=4), VQModel(TINY_VQ).eval(), compile_model=False)
+    assert waiting_status(compiled).startswith("compiling") and waiting_status(eager) == ""
+    progress = Progress(console=Console(file=io.StringIO()))
+    advance = pass_counter(progress, "m", passes=19, batches=1, waiting=waiting_status(compiled))
+    (task,) = progress.tasks
+    assert task.fields["status"].startswith("compiling")
+    advance(Pass(index=0, start=0, end=1))
+    assert task.fields["status"] == "pass 1/19"

@@ -179,10 +179,11 @@ def warn_if_emulated(device, dtype) -> None:
 
 
 def pass_counter(
-    progress: Progress, description: str, passes: int, batches: int
+    progress: Progress, description: str, passes: int, batches: int, waiting: str = ""
 ) -> Callable[[Pass], None]:
-    """A task on ``progress`` counting forward passes, and the callback that advances it."""
-    task = progress.add_task(escape(description), total=passes * batches, status="")
+    """A task on ``progress`` counting forward passes, and the callback that advances it;
+    `waiting` is its status until the first pass is done."""
+    task = progress.add_task(escape(description), total=passes * batches, status=waiting)
 
     plain = not progress.disable and not progress.console.is_terminal
     last_line = [time.monotonic()]

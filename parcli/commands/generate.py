@@ -57,6 +57,7 @@ from parcli.io.media import (
 )
 from parcli.load import catalogue_class_set, model_files, pipeline_of
 from parcli.memory import check_files_fit
+from parcli.pipeline import Pipeline
 from parcli.provenance import (
     Recipe,
     Sample,
@@ -260,7 +261,9 @@ def generate(
         started = time.perf_counter()
         with pass_progress(quiet) as progress:
             batches = -(-len(labels) // batch_size)
-            on_pass = pass_counter(progress, pipe.name, pipe.plan.num_passes, batches)
+            on_pass = pass_counter(
+                progress, pipe.name, pipe.plan.num_passes, batches, waiting_status(pipe)
+            )
             indices = [sample.index for sample in samples]
             tokens = pipe.generate(labels, sampling, seed or 0, batch_size, on_pass, indices)
             pixels = pipe.decode(tokens)  # on the host, so the device has finished
@@ -324,6 +327,13 @@ def generate(
             )
             if animate is not None:
                 console.print(f"animation: {len(frames)} frames -> {animate}", markup=False)
+
+
+def waiting_status(pipe: Pipeline) -> str:
+    """What the bar says before the first pass: compiling takes a while, and says so."""
+    if pipe.engine.compiled:
+        return "compiling the step (the first run of each pass width; later runs reuse the cache)"
+    return ""
 
 
 @contextlib.contextmanager
