@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The GPU check, for a machine with one CUDA GPU: the tests only a GPU can run, then GPT-3B's
 # speed with random weights (graphed, against the plain engine), GPT-B's in bf16, fp32 and int8
-# side by side, the VQ decoder's layouts, and last GPT-3B compiled. Every step has its own time
-# limit, so that the whole stays within 6 minutes on one H100, compilation included; nothing is
-# installed. Everything it prints and writes lands in DIR: gpu-check.log (the summary), one log
-# per step, the bench JSON files.
+# side by side, the VQ decoder's layouts, the int8 product against bf16 and against gpt-fast's
+# compiled form, and last GPT-3B compiled. Every step has its own time limit, so that the whole
+# stays within 6 minutes on one H100, compilation included; nothing is installed. Everything it
+# prints and writes lands in DIR: gpu-check.log (the summary), one log per step, the bench JSON
+# files.
 set -uo pipefail
 DIR=${1:?usage: scripts/gpu_check.sh DIR}
 mkdir -p "$DIR"
@@ -37,9 +38,10 @@ step bench-b-dtypes 45 "$PY" -m parcli bench --arch GPT-B --regions 1,4,16 --bat
   --repeats 1 --warmup 1 --no-compile --dtype bf16,fp32 --quantize int8 --no-decode \
   --json "$DIR/bench-b-dtypes.json"
 step vq-layouts 20 "$PY" scripts/vq_cuda_layouts.py 4
+step int8-products 30 "$PY" scripts/int8_products.py GPT-3B 512
 # Last, the default engine (compiled): about ten compiles of GPT-3B, which may not all fit. The
 # bench logs each case's seconds as it ends (a warm-up's include its compiling), so a step cut
 # short still says how far compiling got and what the compiled cases measured.
-step bench-3b 130 "$PY" -m parcli bench --arch GPT-3B --regions 1,4,16 --batch-size 1,32 \
+step bench-3b 100 "$PY" -m parcli bench --arch GPT-3B --regions 1,4,16 --batch-size 1,32 \
   --repeats 1 --warmup 1 --json "$DIR/bench-3b.json"
 echo "== done; figures in $DIR" | tee -a "$LOG"

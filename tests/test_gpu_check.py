@@ -31,7 +31,8 @@ def steps() -> list[tuple[str, int, list[str]]]:
 
 def test_the_steps_fit_the_time_budget():
     limits = {name: limit for name, limit, _ in steps()}
-    assert {"tests", "bench-3b", "bench-3b-vs-plain", "bench-b-dtypes", "vq-layouts"} <= set(limits)
+    expected = {"tests", "bench-3b", "bench-3b-vs-plain", "bench-b-dtypes", "vq-layouts"}
+    assert expected | {"int8-products"} <= set(limits)
     assert sum(limits.values()) <= BUDGET_S
 
 
@@ -41,6 +42,19 @@ def test_the_test_and_script_steps_name_files_that_exist():
             assert command[-1] == "tests/test_cuda.py" and (ROOT / command[-1]).is_file()
         elif "parcli" not in command:
             assert (ROOT / command[1]).is_file(), command
+
+
+def test_the_int8_products_script_runs_here():
+    import subprocess
+    import sys
+
+    (command,) = [command for step, _, command in steps() if step == "int8-products"]
+    script = ROOT / command[1]
+    result = subprocess.run([sys.executable, script, "GPT-B", "16"], capture_output=True,
+                            text=True, timeout=120, cwd=ROOT)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if " rows: " in line]
+    assert len(lines) == 8 and all("bf16" in line and "int8 op" in line for line in lines)
 
 
 @pytest.mark.parametrize("name", ["bench-3b", "bench-3b-vs-plain", "bench-b-dtypes"])
