@@ -129,7 +129,12 @@ class Pipeline:
             choose_products(self.model)  # here, once the run's thread count is set
         if engine.runner == FIXED_SHAPE:
             return FixedShapeRunner(
-                self.model, self.plan, sequences, engine.cuda_graphs, engine.compiled
+                self.model,
+                self.plan,
+                sequences,
+                engine.cuda_graphs,
+                engine.compiled,
+                engine.reference_kernels,
             )
         if engine.packed_projections and not self.packed:
             # Packed once, for the inputs of the first batch's widest passes; other batch sizes

@@ -9,6 +9,30 @@ from parcli.sampling import SamplingConfig
 from parcli.vq import VQModel
 
 
+@pytest.mark.parametrize("regions", [1, 4])
+def test_the_plain_engine_picks_attention_kernels_as_the_reference_does(regions, monkeypatch):
+    """LlamaGen's and PAR's decoding loop runs every pass after the first with SDPA's fused
+    kernels off (the math kernel), over a cache in the model's dtype; in bf16 their tokens
+    depend on it (GPT-B: all greedy tokens the same with it, 41 to 68 % without)."""
+    import torch.nn.functional as F
+
+    real, seen = F.scaled_dot_product_attention, []
+
+    def spy(q, k, v, **kwargs):
+        seen.append((torch.backends.cuda.flash_sdp_enabled(), k.dtype))
+        return real(q, k, v, **kwargs)
+
+    model = tiny_model(regions=regions).to(torch.bfloat16)
+    plain = Pipeline(model, VQModel(TINY_VQ).eval(), plain_engine=True)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    plain.generate([1, 2], SamplingConfig(cfg_scale=2.0), seed=0, batch_size=2)
+    layers, passes = model.cfg.n_layer, plain.plan.num_passes
+    assert len(seen) == layers * passes
+    assert [fused for fused, _ in seen] == [True] * layers + [False] * layers * (passes - 1)
+    assert {dtype for _, dtype in seen} == {torch.bfloat16}  # not the float32 cache of n = 1
+    assert torch.backends.cuda.flash_sdp_enabled()  # and the setting is back as it was
+
+
 def channels_last(vq: VQModel) -> bool:
     weight = vq.decoder.conv_in.weight
     return weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()

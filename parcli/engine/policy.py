@@ -18,6 +18,7 @@ class Engine:
     compiled: bool = False  # torch.compile the fixed-shape step
     packed_projections: bool = False  # CPU fp32/bf16: MKL/oneDNN pre-packed weights, w1+w3 fused
     channels_last_vq: bool = False  # VQ decoder convolutions in channels-last layout
+    reference_kernels: bool = False  # the plain engine: SDPA's kernels as the reference picks them
 
     @property
     def fixed_batches(self) -> bool:
@@ -65,7 +66,9 @@ def choose_engine(
     |--------|-----------|---------|-------|-------------|---------------------------------------|
     | any    | any       | any     | yes   | fixed shape | none: the yardstick of `par bench     |
     |        |           |         |       |             | --baseline` (LlamaGen's way: masked   |
-    |        |           |         |       |             | whole-cache attention, op by op)      |
+    |        |           |         |       |             | whole-cache attention, op by op, the  |
+    |        |           |         |       |             | cache in the model's dtype and SDPA's |
+    |        |           |         |       |             | math kernel after the first pass)     |
     | cuda   | any       | yes     | no    | fixed shape | CUDA graphs of the compiled step,     |
     |        |           |         |       |             | channels-last VQ                      |
     | cuda   | any       | no      | no    | fixed shape | CUDA graphs, channels-last VQ         |
@@ -84,7 +87,7 @@ def choose_engine(
     there are no float weights to pack.
     """
     if plain:
-        return Engine(FIXED_SHAPE)
+        return Engine(FIXED_SHAPE, reference_kernels=True)
     compiled = default_compile(device) if compile is None else compile
     on_cuda = device.type == "cuda"
     if compiled or on_cuda:

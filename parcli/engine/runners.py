@@ -8,11 +8,13 @@ tokens; `parcli.engine.policy` says which one runs where.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from parcli.model import KVCache, Transformer, cache_dtype
+from parcli.model import KVCache, Transformer, cache_dtype, cache_head_dim
 from parcli.plan import Pass, Plan
 from parcli.slots import slot_rotary
 
@@ -34,15 +36,22 @@ def allow_compiled_versions(count: int) -> None:
 _caches: weakref.WeakValueDictionary[tuple, KVCache] = weakref.WeakValueDictionary()
 
 
-def shared_cache(model: Transformer, sequences: int, plan: Plan) -> KVCache:
+def shared_cache(
+    model: Transformer, sequences: int, plan: Plan, as_the_model: bool = False
+) -> KVCache:
     """A KV cache for `sequences` sequences of `plan`'s slots, shared by every runner of the same
-    shapes and cache dtype while any of them lives."""
+    shapes and cache dtype while any of them lives. `as_the_model`: in the model's dtype and
+    head width, as the reference keeps it, rather than those that run fastest here."""
     cfg, device, slots = model.cfg, model.device, plan.num_slots
-    dtype = cache_dtype(model.dtype, device, max(step.width for step in plan.passes))
-    key = (cfg.n_layer, cfg.n_head, cfg.head_dim, sequences, slots, str(device), dtype)
+    if as_the_model:
+        dtype, head_dim = model.dtype, cfg.head_dim
+    else:
+        dtype = cache_dtype(model.dtype, device, max(step.width for step in plan.passes))
+        head_dim = cache_head_dim(cfg.head_dim, device)
+    key = (cfg.n_layer, cfg.n_head, head_dim, sequences, slots, str(device), dtype)
     cache = _caches.get(key)
     if cache is None:
-        cache = KVCache(cfg, sequences, slots, device, dtype)
+        cache = KVCache(cfg, sequences, slots, device, dtype, head_dim)
         _caches[key] = cache
     return cache
 
@@ -64,6 +73,12 @@ class FixedShapeRunner:
 
     The pass's first slot lives in a device tensor, so positions, rotary rows and mask rows are
     gathered on the device and one captured graph per pass width serves every pass.
+
+    `reference_kernels` runs the passes as LlamaGen's and PAR's sampling code does, for the
+    plain engine: the cache in the model's dtype and head width, and every pass after the first
+    under SDPA's math kernel (their decoding loop disables the fused ones; the first pass, outside
+    that loop, takes SDPA's default). In bf16 only this draws their tokens: with the fused CPU
+    kernel, a third of the tokens of a greedy GPT-B generation differed.
     """
 
     def __init__(
@@ -73,10 +88,12 @@ class FixedShapeRunner:
         sequences: int,
         cuda_graphs: bool = False,
         compiled: bool = False,
+        reference_kernels: bool = False,
     ):
         device = model.device
         self.model, self.sequences = model, sequences
-        self.cache = shared_cache(model, sequences, plan)
+        self.reference_kernels = reference_kernels
+        self.cache = shared_cache(model, sequences, plan, as_the_model=reference_kernels)
         self.rope = slot_rotary(model, plan)
         self.mask = torch.from_numpy(plan.attention_mask()).to(device)
         self.start = torch.zeros((), dtype=torch.long, device=device)
@@ -96,6 +113,11 @@ class FixedShapeRunner:
         rope = self.rope.index_select(0, positions)
         mask = self.mask.index_select(0, positions)
         return self.model(h, rope, self.cache, positions=positions, mask=mask)
+
+    def _kernels(self, step: Pass) -> contextlib.AbstractContextManager:
+        if self.reference_kernels and step.index > 0:
+            return sdpa_kernel(SDPBackend.MATH)
+        return contextlib.nullcontext()
 
     def _capture(self, h: torch.Tensor) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]:
         # Streams and graphs belong to the current CUDA device: make it the model's, so that
@@ -124,7 +146,8 @@ class FixedShapeRunner:
     def __call__(self, step: Pass, h: torch.Tensor) -> torch.Tensor:
         self.start.fill_(step.start)
         if not self.cuda_graphs:
-            return self.forward(h)
+            with self._kernels(step):
+                return self.forward(h)
         width = h.shape[1]
         if width not in self.graphs:
             self.graphs[width] = self._capture(h)
