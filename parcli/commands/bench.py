@@ -97,8 +97,9 @@ def bench(
     baseline: Annotated[
         bool,
         typer.Option(
-            help="Also time a plain engine (no packed weights, whole-cache masked attention, "
-            "no graphs or compile) on the same weights, interleaved with ours."
+            help="Also time a plain engine (no packed weights, whole-cache masked attention "
+            "with the reference's kernels, no graphs or compile) on the same weights, "
+            "interleaved with ours."
         ),
     ] = False,
     seed: Annotated[int, typer.Option()] = 0,
@@ -251,7 +252,8 @@ def print_baseline_table(rows) -> None:
     _print_comparison(
         rows, PLAIN, OURS, ("plain", "ours"), "speedup_vs_plain",
         title="ours vs plain engine",
-        caption="plain: unpacked products, whole-cache masked attention, no graphs, no compile",
+        caption="plain: unpacked products, whole-cache masked attention with the reference's "
+        "kernels (SDPA's math kernel after the first pass), no graphs, no compile",
     )  # fmt: skip
 
 
