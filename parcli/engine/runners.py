@@ -90,6 +90,9 @@ class FixedShapeRunner:
         compiled: bool = False,
         reference_kernels: bool = False,
     ):
+        if reference_kernels and cuda_graphs:
+            # A graph is captured per pass width, and the first pass shares its width with others.
+            raise ValueError("the reference's kernels change after the first pass: no CUDA graphs")
         device = model.device
         self.model, self.sequences = model, sequences
         self.reference_kernels = reference_kernels
