@@ -31,6 +31,10 @@ def test_the_plain_engine_picks_attention_kernels_as_the_reference_does(regions,
     assert [fused for fused, _ in seen] == [True] * layers + [False] * layers * (passes - 1)
     assert {dtype for _, dtype in seen} == {torch.bfloat16}  # not the float32 cache of n = 1
     assert torch.backends.cuda.flash_sdp_enabled()  # and the setting is back as it was
+    from parcli.engine.runners import FixedShapeRunner
+
+    with pytest.raises(ValueError, match="no CUDA graphs"):
+        FixedShapeRunner(model, plain.plan, 2, cuda_graphs=True, reference_kernels=True)
 
 
 def channels_last(vq: VQModel) -> bool:
