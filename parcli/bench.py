@@ -58,6 +58,7 @@ class Case:
     gen_seconds: list[float] = field(default_factory=list)  # per batch, one per repeat
     decode_seconds: list[float] = field(default_factory=list)
     added_bytes: int = 0  # peak memory over what was in use when the case started
+    tokens: torch.Tensor | None = None  # the last generation's, on the CPU
 
 
 @dataclass
@@ -78,6 +79,9 @@ class Row:
     peak_memory_added_bytes: int  # over what was in use before the case (weights, other caches)
     floor_fraction: float | None  # floor_seconds / time (CUDA only: the copy rate is measured)
     noisy: bool
+    # Other engines: the share of token cells equal to ours, same n, batch, labels and seed (after
+    # a sequence's first difference the rest follow from it, so this is not a per-token rate).
+    tokens_same_as_ours: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -233,6 +237,7 @@ def run_bench(
                 pipe.decode(tokens, batch_size=case.batch)
                 synchronize(device)
             finished = time.perf_counter()
+            case.tokens = tokens.cpu()
             if on_run is not None:  # as they come: a run cut short still shows them
                 seconds = f"generation {generated - started:.3g} s"
                 if settings.decode:
@@ -252,6 +257,7 @@ def summarise(
     guided: bool = True,
 ) -> list[Row]:
     rows = []
+    tokens_of = {(c.regions, c.batch): c.tokens for c in cases if c.engine == OURS}
     median = {(c.regions, c.batch, c.engine): statistics.median(c.gen_seconds) for c in cases}
     for case in cases:
         pipe = engines[case.engine][case.regions]
@@ -266,6 +272,10 @@ def summarise(
         floor = None
         if rate:
             floor = floor_seconds(pipe, case.batch, guided, rate) / gen
+        same = None
+        ours = tokens_of.get((case.regions, case.batch)) if case.engine != OURS else None
+        if ours is not None and case.tokens is not None:
+            same = (case.tokens == ours).float().mean().item()
         rows.append(
             Row(
                 regions=case.regions,
@@ -284,6 +294,7 @@ def summarise(
                 peak_memory_added_bytes=case.added_bytes,
                 floor_fraction=floor,
                 noisy=spread > WIDE_SPREAD,
+                tokens_same_as_ours=same,
             )
         )
     return rows

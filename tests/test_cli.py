@@ -366,7 +366,9 @@ def test_bench_baseline_times_a_plain_engine_beside_ours(tmp_path, monkeypatch, 
     ]
     assert all(r["speedup_vs_plain"] > 0 for r in rows if r["engine"] == "ours")
     assert all(r["speedup_vs_plain"] is None for r in rows if r["engine"] == "plain")
-    assert "ours vs plain engine" in result.output
+    # float32: the plain engine (the reference's kernels) draws every one of our tokens
+    assert [r["tokens_same_as_ours"] for r in rows] == [None, 1.0, None, 1.0]
+    assert "ours vs plain engine" in result.output and "100.0%" in result.output
 
 
 def test_bench_times_other_dtypes_and_int8_beside_the_first(tmp_path, monkeypatch, tiny_preset):
@@ -396,6 +398,9 @@ def test_bench_times_other_dtypes_and_int8_beside_the_first(tmp_path, monkeypatc
     ]
     assert all((r["speedup_vs_first"] is None) == (r["engine"] == "ours") for r in rows)
     assert all(r["speedup_vs_first"] > 0 for r in rows if r["engine"] != "ours")
+    shares = [r["tokens_same_as_ours"] for r in rows if r["engine"] != "ours"]
+    assert all(0 <= share <= 1 for share in shares)
+    assert all(r["tokens_same_as_ours"] is None for r in rows if r["engine"] == "ours")
     settings = document["settings"]
     assert settings["dtype"] == "float32" and settings["compared_dtypes"] == ["bf16"]
     assert "torch._weight_int8pack_mm" in settings["int8_products"]

@@ -264,7 +264,7 @@ def print_comparison_table(rows, engine: str, first: Pipeline, other: Pipeline) 
     base_bytes, other_bytes = weight_bytes(first), weight_bytes(other)
     caption = (
         f"weights read per pass: {bytes_text(base_bytes)} {base_name}, "
-        f"{bytes_text(other_bytes)} {engine} ({other_bytes / base_bytes:.2f}x); tokens differ"
+        f"{bytes_text(other_bytes)} {engine} ({other_bytes / base_bytes:.2f}x)"
     )
     if engine == INT8:
         caption += f" · int8 products: {int8_products(other.model)}"
@@ -281,17 +281,17 @@ def _print_comparison(
     caption: str,
 ) -> None:  # fmt: skip
     """One engine's rows against another's, generation only, same n and batch: both times with
-    their spread, and the row's `speedup` field."""
+    their spread, the row's `speedup` field, and how many token cells the two drew alike."""
     base_rows = {(r.regions, r.batch): r for r in rows if r.engine == base_engine}
     unit, time_text = time_format(rows)
     table = Table(
         title=f"{title}: token generation, {unit} per image",
-        caption=caption,
+        caption=caption + " · same: the share of token cells both drew alike",
         box=box.SIMPLE_HEAD,
         padding=(0, 1, 0, 0),
     )
     headers = ("n", "batch", names[0], "min–max", names[1], "min–max", "speed-up",
-               f"{names[1]} vs n=1")  # fmt: skip
+               f"{names[1]} vs n=1", "same")  # fmt: skip
     for header in headers:
         table.add_column(header, justify="right", no_wrap=True)
     for row in rows:
@@ -307,8 +307,15 @@ def _print_comparison(
             f"{time_text(row.gen_s_per_image_min)}–{time_text(row.gen_s_per_image_max)}",
             f"{getattr(row, speedup):.2f}x",
             f"{row.speedup_vs_1:.2f}x" if row.speedup_vs_1 else "",
+            _share_text(
+                row.tokens_same_as_ours if base.engine == OURS else base.tokens_same_as_ours
+            ),
         )
     console.print(table)
+
+
+def _share_text(share: float | None) -> str:
+    return "" if share is None else f"{100 * share:.1f}%"
 
 
 def _caption(pipe: Pipeline, sampling: SamplingConfig, rate: float | None) -> str:
