@@ -78,7 +78,7 @@ class FixedShapeRunner:
     plain engine: the cache in the model's dtype and head width, and every pass after the first
     under SDPA's math kernel (their decoding loop disables the fused ones; the first pass, outside
     that loop, takes SDPA's default). In bf16 only this draws their tokens: with the fused CPU
-    kernel, a third of the tokens of a greedy GPT-B generation differed.
+    kernel, 11 % of the greedy tokens of a GPT-B generation at n = 4 differed.
     """
 
     def __init__(
