@@ -63,7 +63,7 @@ def estimate(
     # Heads as a CUDA cache stores them (`cache_head_dim`): padded, where padding applies; in
     # the dtype the device's cache holds (`cache_dtype`).
     heads = gpt.n_head * cache_head_dim(gpt.head_dim, "cuda")
-    width = max(p.width for p in plan.passes)
+    width = plan.widest_pass
     cached = torch.tensor([], dtype=cache_dtype(dtype, device, width)).element_size()
     cache = 2 * gpt.n_layer * sequences * plan.num_slots * heads * cached
     hidden = sequences * width * gpt.dim * 12 * size  # residual, q/k/v, FFN (hidden ~ 2.7 dim)

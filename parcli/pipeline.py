@@ -139,7 +139,7 @@ class Pipeline:
         if engine.packed_projections and not self.packed:
             # Packed once, for the inputs of the first batch's widest passes; other batch sizes
             # multiply by the unpacked weight (or by oneDNN's in-place packing).
-            self.packed = pack_projections(self.model, sequences * self.plan.regions)
+            self.packed = pack_projections(self.model, sequences * self.plan.widest_pass)
         return PrefixRunner(self.model, self.plan, sequences)
 
     def plain_engine_twin(self) -> Pipeline:

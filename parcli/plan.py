@@ -115,6 +115,11 @@ class Plan:
     def num_passes(self) -> int:
         return len(self.passes)
 
+    @property
+    def widest_pass(self) -> int:
+        """The most tokens one pass feeds a sequence."""
+        return max(step.width for step in self.passes)
+
     @cached_property
     def slot_runs(self) -> tuple[tuple[int, int, int, int], ...]:
         """(kind, first slot, end slot, first source) for each run of slots of one kind.

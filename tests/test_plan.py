@@ -10,6 +10,7 @@ from parcli.plan import CLASS, TOKEN, TRANSITION, Plan, PlanError, inverse_order
 )
 def test_pass_counts(grid, counts):
     assert tuple(Plan(grid, n).num_passes for n in (1, 4, 16)) == counts
+    assert tuple(Plan(grid, n).widest_pass for n in (1, 4, 16)) == (1, 4, 16)
 
 
 def test_first_groups_match_the_spec_example():

@@ -46,7 +46,7 @@ def shared_cache(
     if as_the_model:
         dtype, head_dim = model.dtype, cfg.head_dim
     else:
-        dtype = cache_dtype(model.dtype, device, max(step.width for step in plan.passes))
+        dtype = cache_dtype(model.dtype, device, plan.widest_pass)
         head_dim = cache_head_dim(cfg.head_dim, device)
     key = (cfg.n_layer, cfg.n_head, head_dim, sequences, slots, str(device), dtype)
     cache = _caches.get(key)
