@@ -366,7 +366,8 @@ def test_bench_baseline_times_a_plain_engine_beside_ours(tmp_path, monkeypatch, 
     ]
     assert all(r["speedup_vs_plain"] > 0 for r in rows if r["engine"] == "ours")
     assert all(r["speedup_vs_plain"] is None for r in rows if r["engine"] == "plain")
-    # float32: the plain engine (the reference's kernels) draws every one of our tokens
+    # float32, tiny model: the plain engine (the reference's kernels) draws every one of our
+    # tokens (at full size a last-bit difference can flip a sampled draw: docs/benchmarks.md)
     assert [r["tokens_same_as_ours"] for r in rows] == [None, 1.0, None, 1.0]
     assert "ours vs plain engine" in result.output and "100.0%" in result.output
 
