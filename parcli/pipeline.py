@@ -15,7 +15,12 @@ import torch.nn.functional as F
 from parcli.decode import generate_tokens
 from parcli.engine.packing import pack_projections
 from parcli.engine.policy import FIXED_SHAPE, choose_engine, set_cuda_backends
-from parcli.engine.quantize import QUANTIZATIONS, choose_products, quantize_int8
+from parcli.engine.quantize import (
+    QUANTIZATIONS,
+    choose_products,
+    products_to_time,
+    quantize_int8,
+)
 from parcli.engine.runners import FixedShapeRunner, PrefixRunner, Runner
 from parcli.errors import SettingError, UserError
 from parcli.model import Transformer
@@ -122,6 +127,11 @@ class Pipeline:
         if sequences not in self._runners:
             self._runners[sequences] = self._new_runner(sequences)
         return self._runners[sequences]
+
+    def times_kernels_first(self) -> bool:
+        """Whether the first batch will time int8 products on this machine before its first
+        pass (seconds, once per machine and thread count)."""
+        return self.quantize is not None and not self._runners and products_to_time(self.model)
 
     def _new_runner(self, sequences: int) -> Runner:
         engine = self.engine

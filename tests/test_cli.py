@@ -15,6 +15,7 @@ import parcli
 from parcli.cli import app
 from parcli.config import GPT_PRESETS
 from parcli.pipeline import Pipeline
+from parcli.sampling import SamplingConfig
 from parcli.vq import VQModel
 
 runner = CliRunner()
@@ -545,8 +546,7 @@ def test_the_bar_says_when_the_first_passes_compile():
     from rich.console import Console
     from rich.progress import Progress
 
-    from parcli.commands.common import pass_counter
-    from parcli.commands.generate import waiting_status
+    from parcli.commands.common import pass_counter, waiting_status
     from parcli.plan import Pass
 
     compiled = Pipeline(tiny_model(regions=4), VQModel(TINY_VQ).eval(), compile_model=True)
@@ -558,3 +558,21 @@ def test_the_bar_says_when_the_first_passes_compile():
     assert task.fields["status"].startswith("compiling")
     advance(Pass(index=0, start=0, end=1))
     assert task.fields["status"] == "pass 1/19"
+
+
+def test_the_bar_says_when_the_first_batch_times_the_int8_products():
+    from parcli.commands.common import waiting_status
+    from parcli.engine import quantize
+
+    quantize.widening_rows.cache_clear()  # measured by an earlier test, in another cache
+
+    def int8_pipeline():
+        return Pipeline(tiny_model(regions=4), VQModel(TINY_VQ).eval(), quantize="int8")
+
+    first = int8_pipeline()
+    assert waiting_status(first).startswith("timing the int8 products")
+    first.generate([1], SamplingConfig(), seed=0, batch_size=1)
+    assert waiting_status(first) == ""  # its runner exists: nothing more to time
+    assert waiting_status(int8_pipeline()) == ""  # remembered in kernels.json
+    float_pipe = Pipeline(tiny_model(regions=4), VQModel(TINY_VQ).eval(), compile_model=False)
+    assert waiting_status(float_pipe) == ""

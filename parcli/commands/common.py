@@ -6,7 +6,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -16,6 +16,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from parcli.config import SUPPORTED_REGIONS
 from parcli.errors import SettingError, UserError
 from parcli.plan import Pass
+
+if TYPE_CHECKING:
+    from parcli.pipeline import Pipeline
 
 console = Console()
 err_console = Console(stderr=True)
@@ -201,6 +204,16 @@ def pass_counter(
             )  # fmt: skip
 
     return advance
+
+
+def waiting_status(pipe: Pipeline) -> str:
+    """What a bar says before the first pass, where that pass comes only after seconds of
+    one-time work: compiling, or timing the int8 products on this machine."""
+    if pipe.engine.compiled:
+        return "compiling the step (the first run of each pass width; later runs reuse the cache)"
+    if pipe.times_kernels_first():
+        return "timing the int8 products on this machine (once; remembered in kernels.json)"
+    return ""
 
 
 PLAIN_PROGRESS_SECONDS = 30.0  # a log (stderr not a terminal) gets a plain line this often

@@ -35,6 +35,7 @@ from parcli.commands.common import (
     parse_region_list,
     pass_progress,
     user_errors,
+    waiting_status,
     warn_if_emulated,
 )
 from parcli.commands.downloads import model_fetcher
@@ -133,9 +134,15 @@ def eval_digits(
 
         started = time.perf_counter()
         with pass_progress(quiet) as progress:
+            # Each pipeline compiles its own step, but the first to run times the int8
+            # products for all of them.
             tasks = {
-                n: progress.add_task(escape(f"n={n} {pipe.name}"), total=None, status="")
-                for n, pipe in pipelines.items()
+                n: progress.add_task(
+                    escape(f"n={n} {pipe.name}"),
+                    total=None,
+                    status=waiting_status(pipe) if k == 0 or pipe.engine.compiled else "",
+                )
+                for k, (n, pipe) in enumerate(pipelines.items())
             }
 
             def on_progress(n: int, done: int, total: int) -> None:

@@ -33,6 +33,7 @@ from parcli.commands.common import (
     pass_counter,
     pass_progress,
     user_errors,
+    waiting_status,
     warn_if_emulated,
 )
 from parcli.commands.downloads import model_fetcher
@@ -57,7 +58,6 @@ from parcli.io.media import (
 )
 from parcli.load import catalogue_class_set, model_files, pipeline_of
 from parcli.memory import check_files_fit
-from parcli.pipeline import Pipeline
 from parcli.provenance import (
     Recipe,
     Sample,
@@ -327,13 +327,6 @@ def generate(
             )
             if animate is not None:
                 console.print(f"animation: {len(frames)} frames -> {animate}", markup=False)
-
-
-def waiting_status(pipe: Pipeline) -> str:
-    """What the bar says before the first pass: compiling takes a while, and says so."""
-    if pipe.engine.compiled:
-        return "compiling the step (the first run of each pass width; later runs reuse the cache)"
-    return ""
 
 
 @contextlib.contextmanager

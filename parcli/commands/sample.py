@@ -32,6 +32,7 @@ from parcli.commands.common import (
     err_console,
     parse_classes,
     user_errors,
+    waiting_status,
     warn_if_emulated,
 )
 from parcli.commands.downloads import model_fetcher
@@ -178,7 +179,7 @@ def _generate(run: SampleRun, todo: list[Shard], ranks: Ranks, quiet: bool) -> N
         console=err_console,
     )
     with progress:
-        task = progress.add_task("sample", total=total, rate="")
+        task = progress.add_task("sample", total=total, rate=waiting_status(run.pipe))
         started, passes_done = time.perf_counter(), 0
 
         def on_pass(_step) -> None:

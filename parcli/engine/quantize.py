@@ -111,6 +111,22 @@ def choose_products(model: nn.Module) -> None:
             linear.widen_from_rows = widening_rows(shape, threads)
 
 
+def products_to_time(model: nn.Module) -> bool:
+    """Whether `choose_products` would time some of `model`'s products first: nothing for its
+    shapes at the current thread count is remembered yet (seconds, once per machine)."""
+    threads = torch.get_num_threads()
+    for linear in int8_linears(model):
+        if linear.weight_int8.device.type == "cpu" and _kernel_runs(linear.weight_int8.device):
+            shape = (linear.out_features, linear.in_features)
+            if remembered(_widening_key(shape, threads)) is None:
+                return True
+    return False
+
+
+def _widening_key(shape: tuple[int, int], threads: int) -> str:
+    return machine_key(f"int8 {shape[0]}x{shape[1]} widen from rows", threads)
+
+
 def int8_linears(model: nn.Module) -> list[Int8Linear]:
     return [m for m in model.modules() if isinstance(m, Int8Linear)]
 
@@ -132,7 +148,7 @@ def widening_rows(shape: tuple[int, int], threads: int) -> int | None:
     Timed once per machine, shape and thread count (a second or less) and remembered: the two
     round differently, so the choice must not move with the machine's noise.
     """
-    key = machine_key(f"int8 {shape[0]}x{shape[1]} widen from rows", threads)
+    key = _widening_key(shape, threads)
     known = remembered(key)
     if known is not None:
         return None if known == NEVER else int(known)
