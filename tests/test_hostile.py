@@ -5,6 +5,7 @@ it tried."""
 
 import json
 import random
+import signal
 
 import pytest
 from safetensors import safe_open
@@ -107,21 +108,35 @@ def test_truncated_and_bit_flipped_files(files, tmp_path):
 
 
 def _run_and_signal(args, signum, after, cwd):
-    """`python -m parcli ARGS`, sent `signum` `after` seconds in; (exit code, stderr)."""
+    """`python -m parcli ARGS`, sent `signum` `after` seconds in, but not before `main()` has
+    installed its handlers (earlier, Python's own defaults would answer); (exit code, stderr)."""
     import os
     import subprocess
     import sys
     import time
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    started = time.monotonic()
     process = subprocess.Popen(
         [sys.executable, "-m", "parcli", *map(str, args)],
         cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    time.sleep(after)
+    while not _catches(process.pid, signal.SIGTERM) and process.poll() is None:
+        time.sleep(0.005)
+    time.sleep(max(0.0, after - (time.monotonic() - started)))
     process.send_signal(signum)
     _, err = process.communicate(timeout=120)
     return process.returncode, err
+
+
+def _catches(pid: int, signum: int) -> bool:
+    """Whether process `pid` has a handler for `signum` (Linux's /proc; elsewhere, assume so)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            caught = next(line for line in status if line.startswith("SigCgt:"))
+    except (OSError, StopIteration):
+        return True
+    return bool(int(caught.split()[1], 16) >> (signum - 1) & 1)
 
 
 @pytest.mark.parametrize(
