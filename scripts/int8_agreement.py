@@ -7,7 +7,8 @@ token sequence in one pass, so each cell's arg-max is compared on the same prefi
 
 Beside int8, teacher-forced figures for other roundings of the same weights, to show how much
 agreement random weights allow: the int8 weights alone (float32 inputs and products), int8
-with a scale per 128 inputs instead of per row, and the whole model in bf16 (free-running too).
+with a scale per 128 or per 32 inputs instead of per row, and the whole model in bf16
+(free-running too).
 Usage: python scripts/int8_agreement.py [ARCH] [SIDE] [IMAGES]  (defaults: GPT-B 8 8)
 """
 
@@ -69,6 +70,7 @@ def main() -> None:
             others = {
                 "int8 weights alone": rounded_weights(copy.deepcopy(model), None),
                 "int8, a scale per 128 inputs": rounded_weights(copy.deepcopy(model), 128),
+                "int8, a scale per 32 inputs": rounded_weights(copy.deepcopy(model), 32),
                 "bf16 model": copy.deepcopy(model).to(torch.bfloat16),
             }
             ceilings = {
