@@ -60,9 +60,9 @@ def estimate(
     size = torch.tensor([], dtype=dtype).element_size()
     plan = Plan(gpt.grid, gpt.regions)
     sequences = batch * (2 if guided else 1)
-    # Heads as a CUDA cache stores them (`cache_head_dim`): padded, where padding applies; in
-    # the dtype the device's cache holds (`cache_dtype`).
-    heads = gpt.n_head * cache_head_dim(gpt.head_dim, "cuda")
+    # Heads as the device's cache stores them: padded on CUDA (`cache_head_dim`), in the dtype
+    # it holds them in (`cache_dtype`).
+    heads = gpt.n_head * cache_head_dim(gpt.head_dim, device)
     width = plan.widest_pass
     cached = torch.tensor([], dtype=cache_dtype(dtype, device, width)).element_size()
     cache = 2 * gpt.n_layer * sequences * plan.num_slots * heads * cached

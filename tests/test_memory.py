@@ -32,6 +32,9 @@ def test_the_estimate_grows_with_the_batch_and_guidance():
     # KV cache: 2 x 24 layers x 64 sequences x slots x 32 heads of 100, stored at 104, x 2 bytes
     slots = Plan((24, 24), 16).num_slots
     assert many.cache == 2 * 24 * 64 * slots * 32 * 104 * 2
+    # The CPU's cache stores heads unpadded.
+    on_cpu = memory.estimate(GPT_3B, VQConfig(), torch.bfloat16, 32, 32, True, device="cpu")
+    assert on_cpu.cache == 2 * 24 * 64 * slots * 32 * 100 * 2
 
 
 def test_largest_batch_bisects():
