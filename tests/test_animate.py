@@ -25,7 +25,7 @@ def test_cells_appear_in_plan_order(grid, regions):
     assert (cells[1:] >= cells[:-1]).all()  # a drawn cell stays drawn
     flat = cells.reshape(plan.num_passes, -1)
     for k, step in enumerate(plan.passes):  # exactly the cells the pass writes are new
-        new = np.flatnonzero(flat[k] & ~(flat[k - 1] if k else False))
+        new = np.flatnonzero(flat[k] & ~flat[k - 1] if k else flat[k])
         np.testing.assert_array_equal(np.sort(new), np.sort(plan.order[step.start : step.end]))
 
 

@@ -90,6 +90,22 @@ def test_progress_and_summary_line(files, tmp_path):
     assert "1 image · 19 passes each" in result.output
 
 
+def test_mp4_without_ffmpeg_is_refused_before_generating(files, tmp_path, monkeypatch):
+    from parcli.io import media
+
+    monkeypatch.setattr(media, "mp4_writer_installed", lambda: False)
+    generated = []
+    monkeypatch.setattr(Pipeline, "generate", lambda *a, **k: generated.append(1))
+    mp4 = tmp_path / "clip.mp4"
+    result = generate(files, "-c", 0, "-o", mp4, model="gpt4video")
+    assert_user_error(result, "--output", "imageio-ffmpeg", "pip install imageio-ffmpeg", ".gif")
+    result = generate(files, "-c", 0, "-o", f"{tmp_path / 'clips'}/", model="gpt4video")
+    assert_user_error(result, "MP4 clips into", "imageio-ffmpeg")
+    result = generate(files, "-c", 0, "-o", tmp_path / "x.png", "--animate", mp4)
+    assert_user_error(result, "--animate", "imageio-ffmpeg")
+    assert generated == [] and list(tmp_path.iterdir()) == []
+
+
 def test_video_gif_mp4_and_folder_show_the_decoded_frames(files, tmp_path):
     import imageio.v3 as iio
 

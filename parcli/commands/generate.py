@@ -49,6 +49,7 @@ from parcli.io.media import (
     IMAGE_SUFFIXES,
     TOKEN_SUFFIXES,
     VIDEO_SUFFIXES,
+    check_mp4_writer,
     check_output_kind,
     enlarge,
     image_names,
@@ -178,6 +179,7 @@ def generate(
             check_writable(output, IMAGE_SUFFIXES + VIDEO_SUFFIXES, allow_directory=True)
         if animate is not None:
             check_writable(animate, VIDEO_SUFFIXES, setting="animate")
+            check_mp4_writer(animate, setting="animate")
         if save_tokens_to is not None:
             check_writable(save_tokens_to, TOKEN_SUFFIXES, setting="save_tokens")
         if manifest is not None:
@@ -246,6 +248,8 @@ def generate(
         if output is None:
             output = "generated.mp4" if pipe.is_video else "generated.png"
         check_output_kind(output, pipe.is_video, pipe.name)
+        if pipe.is_video:
+            check_mp4_writer(output, folder=is_directory_target(output))
         old_files = earlier_outputs(Path(output)) if is_directory_target(output) else []
         if old_files and not overwrite:
             shown = ", ".join(path.name for path in old_files[:2])

@@ -6,6 +6,7 @@ Every file goes through `parcli.io.files.atomic_write`, so none is ever left hal
 from __future__ import annotations
 
 import errno
+import importlib.util
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -182,6 +183,26 @@ def check_output_kind(output: PathLike, video: bool, maker: str = "the model") -
         )
 
 
+def check_mp4_writer(target: PathLike, setting: str = "output", folder: bool = False) -> None:
+    """Refuse, before anything is generated, an MP4 (or a `folder` of them) that could not be
+    written: ffmpeg comes with imageio-ffmpeg, a dependency that an install made without its
+    dependencies lacks."""
+    if not folder and Path(target).suffix.lower() != ".mp4":
+        return
+    if mp4_writer_installed():
+        return
+    what = f"MP4 clips into {target}" if folder else str(target)
+    raise OutputError(
+        f"cannot write {what}: MP4 needs imageio-ffmpeg, which is not installed; "
+        "pip install imageio-ffmpeg, or write a .gif",
+        setting,
+    )
+
+
+def mp4_writer_installed() -> bool:
+    return importlib.util.find_spec("imageio_ffmpeg") is not None
+
+
 def enlarge(pixels: np.ndarray, scale: int) -> np.ndarray:
     """Images (..., H, W, C) with every pixel repeated `scale` times each way."""
     return pixels.repeat(scale, axis=-3).repeat(scale, axis=-2) if scale > 1 else pixels
@@ -328,6 +349,7 @@ def save_video(
 
         return _write_sidecar(atomic_write(target, write_gif), recipe)
 
+    check_mp4_writer(target)
     import imageio_ffmpeg
 
     video = np.ascontiguousarray(_pad_to_multiple(video, MACRO_BLOCK))
