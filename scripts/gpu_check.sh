@@ -2,7 +2,8 @@
 # The GPU check, for a machine with one CUDA GPU: the tests only a GPU can run, then GPT-3B's
 # speed with random weights (graphed, against the plain engine), GPT-B's in bf16, fp32 and int8
 # side by side, the VQ decoder's layouts, the int8 product against bf16 and against gpt-fast's
-# compiled form, and last GPT-3B compiled. Every step has its own time limit, so that the whole
+# compiled form, the reference's attention kernel against the fused ones, and last GPT-3B
+# compiled. Every step has its own time limit, so that the whole
 # stays within 6 minutes on one H100, compilation included; nothing is installed. Everything it
 # prints and writes lands in DIR: gpu-check.log (the summary), one log per step, the bench JSON
 # files.
@@ -39,9 +40,11 @@ step bench-b-dtypes 45 "$PY" -m parcli bench --arch GPT-B --regions 1,4,16 --bat
   --json "$DIR/bench-b-dtypes.json"
 step vq-layouts 20 "$PY" scripts/vq_cuda_layouts.py 4
 step int8-products 30 "$PY" scripts/int8_products.py GPT-3B 512
+# The price of the reference's attention kernel (its tokens in bf16) for the default engine.
+step attention-kernels 15 "$PY" scripts/attention_kernels.py GPT-3B 5
 # Last, the default engine (compiled): about ten compiles of GPT-3B, which may not all fit. The
 # bench logs each case's seconds as it ends (a warm-up's include its compiling), so a step cut
 # short still says how far compiling got and what the compiled cases measured.
-step bench-3b 100 "$PY" -m parcli bench --arch GPT-3B --regions 1,4,16 --batch-size 1,32 \
+step bench-3b 85 "$PY" -m parcli bench --arch GPT-3B --regions 1,4,16 --batch-size 1,32 \
   --repeats 1 --warmup 1 --json "$DIR/bench-3b.json"
 echo "== done; figures in $DIR" | tee -a "$LOG"

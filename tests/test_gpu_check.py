@@ -32,7 +32,7 @@ def steps() -> list[tuple[str, int, list[str]]]:
 def test_the_steps_fit_the_time_budget():
     limits = {name: limit for name, limit, _ in steps()}
     expected = {"tests", "bench-3b", "bench-3b-vs-plain", "bench-b-dtypes", "vq-layouts"}
-    assert expected | {"int8-products"} <= set(limits)
+    assert expected | {"int8-products", "attention-kernels"} <= set(limits)
     assert sum(limits.values()) <= BUDGET_S
 
 
@@ -55,6 +55,20 @@ def test_the_int8_products_script_runs_here():
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stdout.splitlines() if " rows: " in line]
     assert len(lines) == 8 and all("bf16" in line and "int8 op" in line for line in lines)
+
+
+def test_the_attention_kernels_script_runs_here():
+    import subprocess
+    import sys
+
+    (command,) = [command for step, _, command in steps() if step == "attention-kernels"]
+    script = ROOT / command[1]
+    result = subprocess.run([sys.executable, script, "GPT-B", "1", "2"], capture_output=True,
+                            text=True, timeout=120, cwd=ROOT)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("n = ")]
+    assert len(lines) == 3 and all("fused " in line and "math " in line for line in lines)
+    assert "failed" not in result.stdout
 
 
 @pytest.mark.parametrize("name", ["bench-3b", "bench-3b-vs-plain", "bench-b-dtypes"])
