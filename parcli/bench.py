@@ -309,6 +309,7 @@ def random_pipelines(
     seed: int = 0,
     compile_model: bool | None = None,
     quantize: str | None = None,
+    reference_kernels: bool = False,
 ) -> dict[int, Pipeline]:
     """Random weights of an architecture (speed only), one weight set shared by every n: the
     n-region model takes the first n - 1 transition tokens. The tokenizer is LlamaGen's unless
@@ -334,8 +335,9 @@ def random_pipelines(
             state[special] = shared[special][: n - 1]
         model.load_state_dict(state, assign=True)
         pipelines[n] = Pipeline(
-            model.eval(), vq, name, SamplingConfig(1.5), compile_model, quantize=quantize
-        )
+            model.eval(), vq, name, SamplingConfig(1.5), compile_model,
+            quantize=quantize, reference_kernels=reference_kernels,
+        )  # fmt: skip
     return pipelines
 
 
@@ -352,13 +354,15 @@ def pipelines_to_time(
     seed: int = 0,
     fetch: Fetch | None = None,
     quantize: str | None = None,
+    reference_kernels: bool = False,
 ) -> tuple[dict[int, Pipeline], str]:
     """One pipeline per region count, and a title: random weights of a published architecture
     (`arch`, on `grid`), or the model a name or files give."""
     if arch is None:
         pipelines = open_pipelines(
-            model, regions, device, dtype, checkpoint, tokenizer, compile_model, fetch, quantize
-        )
+            model, regions, device, dtype, checkpoint, tokenizer, compile_model, fetch, quantize,
+            reference_kernels=reference_kernels,
+        )  # fmt: skip
         return pipelines, " / ".join(p.name for p in pipelines.values())
     if model is not None or checkpoint is not None:
         raise SettingError("arch", "times random weights; give no model or checkpoint with it")
@@ -366,8 +370,9 @@ def pipelines_to_time(
         raise SettingError("arch", f"unknown architecture {arch!r}; use {', '.join(GPT_PRESETS)}")
     cfg = GPTConfig.preset(arch, grid=grid)
     pipelines = random_pipelines(
-        cfg, regions, device, dtype, seed=seed, compile_model=compile_model, quantize=quantize
-    )
+        cfg, regions, device, dtype, seed=seed, compile_model=compile_model, quantize=quantize,
+        reference_kernels=reference_kernels,
+    )  # fmt: skip
     return pipelines, f"{arch} · random weights: speed only · grid {'x'.join(map(str, grid))}"
 
 
@@ -410,6 +415,7 @@ def report(
             "grid": list(first.plan.grid),
             "runner": first.engine.runner,
             "speedups": first.engine.speedups(),
+            "reference_kernels": first.engine.reference_kernels,
         },
         "weight_bytes": weight_bytes(first),
         "copy_rate_bytes_per_s": rate,

@@ -111,10 +111,14 @@ def open_pipeline(
     compile_model: bool | None = None,
     fetch: Fetch | None = None,
     quantize: str | None = None,
+    *,
+    reference_kernels: bool = False,
 ) -> Pipeline:
     """The pipeline of a model name (or files) for a region count (None: the model's own)."""
     files = model_files(model, regions, checkpoint, tokenizer, fetch)
-    return pipeline_of(files, regions, device, dtype, compile_model, quantize)
+    return pipeline_of(
+        files, regions, device, dtype, compile_model, quantize, reference_kernels=reference_kernels
+    )
 
 
 def pipeline_of(
@@ -124,11 +128,13 @@ def pipeline_of(
     dtype: torch.dtype,
     compile_model: bool | None = None,
     quantize: str | None = None,
+    *,
+    reference_kernels: bool = False,
 ) -> Pipeline:
     """The pipeline of located files, checked to be trained for `regions` (None: any)."""
     pipe = load_pipeline(
         files.checkpoint, files.tokenizer, device, dtype, files.name, files.defaults,
-        compile_model, quantize,
+        compile_model, quantize, reference_kernels=reference_kernels,
     )  # fmt: skip
     pipe.check_regions(regions)
     return pipe
@@ -144,11 +150,22 @@ def open_pipelines(
     compile_model: bool | None = None,
     fetch: Fetch | None = None,
     quantize: str | None = None,
+    *,
+    reference_kernels: bool = False,
 ) -> dict[int, Pipeline]:
     """One pipeline per region count, each checked to be trained for it."""
     return {
         n: open_pipeline(
-            model, n, device, dtype, checkpoint, tokenizer, compile_model, fetch, quantize
-        )
+            model,
+            n,
+            device,
+            dtype,
+            checkpoint,
+            tokenizer,
+            compile_model,
+            fetch,
+            quantize,
+            reference_kernels=reference_kernels,
+        )  # fmt: skip
         for n in regions
     }

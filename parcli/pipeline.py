@@ -40,8 +40,9 @@ class Pipeline:
 
     `defaults` are the model's own sampling settings. The engine
     (`parcli.engine.policy.choose_engine`) is chosen once, when the pipeline is made: from the
-    model's device and dtype, `compile_model` (None: the device's default) and `plain_engine`,
-    the yardstick of `par bench --baseline` that has no speed-ups at all.
+    model's device and dtype, `compile_model` (None: the device's default), `plain_engine`, the
+    yardstick of `par bench --baseline` that has no speed-ups at all, and `reference_kernels`,
+    the plain engine's kernels (graphed on CUDA), for the reference's tokens in bf16 too.
     """
 
     model: Transformer
@@ -51,6 +52,7 @@ class Pipeline:
     compile_model: bool | None = None
     plain_engine: bool = False
     quantize: str | None = None  # "int8": weight-only int8 projections (tokens differ)
+    reference_kernels: bool = False
 
     def __post_init__(self) -> None:
         cfg = self.model.cfg
@@ -73,6 +75,7 @@ class Pipeline:
             self.compile_model,
             self.plain_engine,
             quantized=self.quantize is not None,
+            reference_kernels=self.reference_kernels,
         )
         if self.device.type == "cuda":
             set_cuda_backends()
@@ -243,6 +246,8 @@ def load_pipeline(
     defaults: SamplingConfig | None = None,
     compile_model: bool | None = None,
     quantize: str | None = None,
+    *,
+    reference_kernels: bool = False,
 ) -> Pipeline:
     """The pipeline of two converted files; `defaults` None takes the sampling settings the
     checkpoint's metadata records."""
@@ -253,7 +258,10 @@ def load_pipeline(
     vq, _ = load_vq(tokenizer, device, torch.float32)
     if defaults is None:
         defaults = recorded_sampling(checkpoint, metadata)
-    return Pipeline(model, vq, name or checkpoint.name, defaults, compile_model, quantize=quantize)
+    return Pipeline(
+        model, vq, name or checkpoint.name, defaults, compile_model,
+        quantize=quantize, reference_kernels=reference_kernels,
+    )  # fmt: skip
 
 
 def recorded_sampling(checkpoint: Path, metadata: dict[str, str]) -> SamplingConfig:

@@ -55,6 +55,7 @@ class Recipe:
     fps: float | None  # videos only
     quantize: str | None = None  # "int8": weight-only int8 projections
     samples: tuple[Sample, ...] = field(default_factory=tuple)
+    reference_kernels: bool = False  # run with the reference's kernels (--reference-kernels)
 
     def for_samples(self, samples: list[Sample]) -> Recipe:
         return Recipe(**{**self._fields(), "samples": tuple(samples)})
@@ -87,6 +88,8 @@ class Recipe:
                 continue
             if isinstance(value, bool) or not isinstance(value, kinds):
                 raise RecipeError(f"{where}: recipe field {name!r} has the wrong type")
+        if not isinstance(values["reference_kernels"], bool):
+            raise RecipeError(f"{where}: recipe field 'reference_kernels' has the wrong type")
         for name in ("regions", "scale", "top_k"):
             if values[name] < 0 or (name != "top_k" and values[name] == 0):
                 raise RecipeError(f"{where}: recipe field {name!r} is out of range")
@@ -100,7 +103,7 @@ class Recipe:
 
 
 # Fields newer than the first recipes, with the value an older recipe means.
-_ADDED_LATER = {"quantize": None}
+_ADDED_LATER = {"quantize": None, "reference_kernels": False}
 
 _FIELD_KINDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "parcli": ((str,), False),

@@ -389,6 +389,39 @@ def test_bench_baseline_times_a_plain_engine_beside_ours(tmp_path, monkeypatch, 
     assert "ours vs plain engine" in result.output and "100.0%" in result.output
 
 
+def test_bench_with_the_reference_kernels_draws_the_plain_engines_bf16_tokens(
+    tmp_path, tiny_preset
+):
+    report = tmp_path / "b.json"
+    args = ["bench", "--arch", tiny_preset, "--grid", "8", "--regions", "1,4", "--repeats", 1,
+            "--warmup", 0, "--no-decode", "--baseline", "--dtype", "bf16"]  # fmt: skip
+    result = run(*args, "--reference-kernels", "--json", report)
+    assert result.exit_code == 0, result.output
+    document = json.loads(report.read_text())
+    assert document["settings"]["reference_kernels"] and document["settings"]["speedups"] == []
+    plain = [r["tokens_same_as_ours"] for r in document["rows"] if r["engine"] == "plain"]
+    assert plain == [1.0, 1.0]  # in bf16, where our default kernels draw other tokens
+    assert "the reference's kernels" in result.output
+
+
+def test_generate_records_the_reference_kernels_and_from_replays_them(files, tmp_path):
+    from parcli.provenance import read_recipe
+
+    first, again = tmp_path / "a.png", tmp_path / "b.png"
+    tokens = [tmp_path / "a.npy", tmp_path / "b.npy"]
+    args = ["-c", 1, "-n", 2, "--dtype", "bf16", "--reference-kernels"]
+    result = generate(files, *args, "-o", first, "--save-tokens", tokens[0])
+    assert result.exit_code == 0, result.output
+    assert read_recipe(first).reference_kernels
+    result = run("generate", "--from", first, "--checkpoint", files["gpt4"], "--tokenizer",
+                 files["vq"], "-q", "-o", again, "--save-tokens", tokens[1])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert read_recipe(again).reference_kernels
+    assert np.array_equal(np.load(tokens[0]), np.load(tokens[1]))
+    result = generate(files, "-c", 1, "--reference-kernels", "--compile", "-o", again)
+    assert_user_error(result, "--compile", "--reference-kernels")
+
+
 def test_bench_times_other_dtypes_and_int8_beside_the_first(tmp_path, monkeypatch, tiny_preset):
     import parcli.bench as bench
 

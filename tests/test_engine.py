@@ -7,6 +7,7 @@ from conftest import tiny_model
 
 from parcli.engine.policy import FIXED_SHAPE, PREFIX, Engine, choose_engine, set_cuda_backends
 from parcli.engine.runners import COMPILED_VERSIONS, FixedShapeRunner
+from parcli.errors import SettingError
 from parcli.plan import Plan
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -58,6 +59,16 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 )
 def test_one_table_says_what_runs_where(device, dtype, compile, plain, expected):
     assert choose_engine(device, dtype, compile, plain) == expected
+
+
+def test_the_reference_kernels_are_graphed_on_cuda_and_never_compiled():
+    graphed = Engine(FIXED_SHAPE, cuda_graphs=True, reference_kernels=True)
+    assert choose_engine(CUDA, torch.bfloat16, reference_kernels=True) == graphed
+    assert choose_engine(CUDA, torch.bfloat16, False, reference_kernels=True) == graphed
+    plain = Engine(FIXED_SHAPE, reference_kernels=True)
+    assert choose_engine(CPU, torch.float32, reference_kernels=True) == plain
+    with pytest.raises(SettingError, match="compile"):
+        choose_engine(CUDA, torch.bfloat16, True, reference_kernels=True)
 
 
 def test_speedups_are_named():

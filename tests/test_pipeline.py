@@ -4,6 +4,7 @@ from conftest import TINY_VQ, tiny_model
 
 from parcli.engine.devices import emulated_dtype_note
 from parcli.engine.packing import PackedLinear
+from parcli.errors import SettingError
 from parcli.pipeline import Pipeline, PipelineError
 from parcli.sampling import SamplingConfig
 from parcli.vq import VQModel
@@ -31,10 +32,45 @@ def test_the_plain_engine_picks_attention_kernels_as_the_reference_does(regions,
     assert [fused for fused, _ in seen] == [True] * layers + [False] * layers * (passes - 1)
     assert {dtype for _, dtype in seen} == {torch.bfloat16}  # not the float32 cache of n = 1
     assert torch.backends.cuda.flash_sdp_enabled()  # and the setting is back as it was
-    from parcli.engine.runners import FixedShapeRunner
 
-    with pytest.raises(ValueError, match="no CUDA graphs"):
-        FixedShapeRunner(model, plain.plan, 2, cuda_graphs=True, reference_kernels=True)
+
+@pytest.mark.parametrize("regions", [1, 4])
+def test_reference_kernels_draw_the_plain_engines_bf16_tokens(regions):
+    # In bf16 the kernels decide the tokens: `--reference-kernels` runs the plain engine's.
+    sampling = SamplingConfig(cfg_scale=2.0)
+    model = tiny_model(regions=regions).to(torch.bfloat16)
+    chosen = Pipeline(model, VQModel(TINY_VQ).eval(), reference_kernels=True)
+    assert chosen.engine.reference_kernels and not chosen.engine.compiled
+    plain = chosen.plain_engine_twin()
+    tokens = chosen.generate([1, 2, 3], sampling, seed=5, batch_size=3)
+    assert torch.equal(tokens, plain.generate([1, 2, 3], sampling, seed=5, batch_size=3))
+    assert not channels_last(chosen.vq)  # the reference's decoder layout too
+    with pytest.raises(SettingError, match="--reference-kernels"):
+        Pipeline(model, VQModel(TINY_VQ).eval(), compile_model=True, reference_kernels=True)
+
+
+def test_graphs_of_the_reference_kernels_are_captured_apart_under_each(monkeypatch):
+    """The first pass takes SDPA's default kernels and the later ones of its width the math
+    kernel: each must be captured under its own (a replayed graph keeps what it captured)."""
+    from parcli.engine.runners import FixedShapeRunner
+    from parcli.plan import Plan
+
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)
+    model, plan = tiny_model(regions=1), Plan((8, 8), 1)
+    runner = FixedShapeRunner(model, plan, 2, cuda_graphs=True, reference_kernels=True)
+    captured = []
+
+    def capture(h):
+        captured.append((h.shape[1], torch.backends.cuda.flash_sdp_enabled()))
+        return None, None, runner.forward(h)
+
+    monkeypatch.setattr(runner, "_capture", capture)
+    monkeypatch.setattr(runner, "_replay", lambda key, h: runner.graphs[key][2])
+    h = torch.zeros(2, 1, model.cfg.dim)
+    for step in plan.passes[:3]:
+        runner(step, h)
+    assert captured == [(1, True), (1, False)]  # the first pass, then the others of width 1
+    assert set(runner.graphs) == {(1, False), (1, True)}
 
 
 def channels_last(vq: VQModel) -> bool:

@@ -162,3 +162,11 @@ def test_a_recipe_from_before_quantize_existed_still_reads(tmp_path):
     path = tmp_path / "old.json"
     path.write_text(json.dumps(data))
     assert read_recipe(path).quantize is None
+
+
+def test_a_recipe_from_before_reference_kernels_existed_reads_as_without():
+    data = json.loads(_recipe().to_json())
+    del data["reference_kernels"]
+    assert not Recipe.from_dict(data, "old.json").reference_kernels
+    with pytest.raises(RecipeError, match="reference_kernels"):
+        Recipe.from_dict({**data, "reference_kernels": "yes"}, "odd.json")

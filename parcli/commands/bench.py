@@ -35,6 +35,7 @@ from parcli.commands.common import (
     DeviceOption,
     OfflineOption,
     QuantizeOption,
+    ReferenceKernelsOption,
     ThreadsOption,
     console,
     err_console,
@@ -110,6 +111,7 @@ def bench(
     catalogue: CatalogueOption = None,
     threads: ThreadsOption = None,
     quantize: QuantizeOption = None,
+    reference_kernels: ReferenceKernelsOption = False,
 ) -> None:
     """Time generation at 1, 4 and 16 regions on the real `par generate` path."""
     with user_errors():
@@ -147,17 +149,20 @@ def bench(
                 compile_model,
                 seed,
                 model_fetcher(offline, quiet=False),
+                reference_kernels=reference_kernels,
             )
             others = {}  # the same weights again, in another dtype or int8, timed beside
             for each in other_dtypes:
                 others[dtype_name(each)], _ = pipelines_to_time(
                     model, arch, region_list, torch_device, each, checkpoint, tokenizer,
                     sides, compile_model, seed, model_fetcher(offline, quiet=True),
+                    reference_kernels=reference_kernels,
                 )  # fmt: skip
             if quantize is not None:
                 others[INT8], _ = pipelines_to_time(
                     model, arch, region_list, torch_device, torch_dtype, checkpoint, tokenizer,
                     sides, compile_model, seed, model_fetcher(offline, quiet=True), quantize,
+                    reference_kernels=reference_kernels,
                 )  # fmt: skip
         baselines = {n: p.plain_engine_twin() for n, p in pipelines.items()} if baseline else None
         first = next(iter(pipelines.values()))
@@ -328,6 +333,8 @@ def _caption(pipe: Pipeline, sampling: SamplingConfig, rate: float | None) -> st
     ]
     if pipe.packed:
         parts.append(f"{pipe.packed} packed projections")
+    if pipe.engine.reference_kernels:
+        parts.append("the reference's kernels")
     if rate:
         rate_text = f"copy rate {rate / 1e12:.2f} TB/s"
         parts.append(f"{rate_text}; floor = (weights x passes + KV cache read) / copy rate")

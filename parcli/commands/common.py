@@ -73,6 +73,15 @@ QuantizeOption = Annotated[
         "batches; the tokens differ from float32's, so it is never the default).",
     ),
 ]
+ReferenceKernelsOption = Annotated[
+    bool,
+    typer.Option(
+        "--reference-kernels",
+        help="Run the kernels LlamaGen's and PAR's code runs (SDPA's math kernel after the "
+        "first pass, the cache in the model's dtype and head width, unpacked products, nothing "
+        "compiled; graphed on CUDA): their tokens in bf16 too, at some speed.",
+    ),
+]
 ThreadsOption = Annotated[
     int | None,
     typer.Option(

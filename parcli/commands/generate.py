@@ -24,6 +24,7 @@ from parcli.commands.common import (
     OfflineOption,
     QuantizeOption,
     QuietOption,
+    ReferenceKernelsOption,
     TemperatureOption,
     ThreadsOption,
     TopKOption,
@@ -168,6 +169,7 @@ def generate(
     catalogue: CatalogueOption = None,
     threads: ThreadsOption = None,
     quantize: QuantizeOption = None,
+    reference_kernels: ReferenceKernelsOption = False,
 ) -> None:
     """Generate images (or clips) of the given classes with 1, 4 or 16 PAR regions."""
     with user_errors(OPTIONS):
@@ -193,7 +195,7 @@ def generate(
                 "cfg_scale": cfg_scale is not None, "temperature": temperature is not None,
                 "top_k": top_k is not None, "top_p": top_p is not None, "dtype": dtype != "auto",
                 "num_samples": num_samples != 1, "scale": scale != 1,
-                "quantize": quantize is not None,
+                "quantize": quantize is not None, "reference_kernels": reference_kernels,
             }  # fmt: skip
             clash = next((name for name, given in asked.items() if given), None)
             if clash is not None:
@@ -207,7 +209,7 @@ def generate(
             regions, seed, dtype = earlier.regions, earlier.seed, earlier.dtype
             cfg_scale, temperature = earlier.cfg_scale, earlier.temperature
             top_k, top_p, scale = earlier.top_k, earlier.top_p, earlier.scale
-            quantize = earlier.quantize
+            quantize, reference_kernels = earlier.quantize, earlier.reference_kernels
         elif not classes:
             raise SettingError("class", "give at least one class (an id or a name), or --from")
         torch_device, torch_dtype = resolve(device, dtype)
@@ -229,8 +231,10 @@ def generate(
             guided, scale,
         )  # fmt: skip
         # With --from, the weights are checked against the recipe before the region count.
-        pipe = pipeline_of(files, None if earlier else regions, torch_device, torch_dtype,
-                           compile_model, quantize)  # fmt: skip
+        pipe = pipeline_of(
+            files, None if earlier else regions, torch_device, torch_dtype, compile_model,
+            quantize, reference_kernels=reference_kernels,
+        )  # fmt: skip
         use_threads(pipe.model, threads)
         weights_sha = checkpoint_sha256(files.checkpoint)
         if earlier is not None:
@@ -296,6 +300,7 @@ def generate(
             fps=(fps or CLIP_FPS) if pipe.is_video else None,
             quantize=quantize,
             samples=tuple(samples),
+            reference_kernels=reference_kernels,
         )
 
         def describe(numbers: list[int]) -> str:

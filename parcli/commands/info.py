@@ -62,7 +62,8 @@ def recipe_lines(recipe: Recipe) -> list[tuple[str, str]]:
         (
             "compute",
             f"{recipe.dtype} on {recipe.device}"
-            + (f", {recipe.quantize} weights" if recipe.quantize else ""),
+            + (f", {recipe.quantize} weights" if recipe.quantize else "")
+            + (", the reference's kernels" if recipe.reference_kernels else ""),
         ),
         ("pixels", f"enlarged {recipe.scale}x" + (f", {recipe.fps:g} fps" if recipe.fps else "")),
         (

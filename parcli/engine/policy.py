@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from parcli.errors import SettingError
+
 PREFIX, FIXED_SHAPE = "prefix", "fixed-shape"
 
 
@@ -59,6 +61,7 @@ def choose_engine(
     compile: bool | None = None,
     plain: bool = False,
     quantized: bool = False,
+    reference_kernels: bool = False,
 ) -> Engine:
     """How passes run on `device` in `dtype`; `compile` None takes `default_compile`.
 
@@ -69,6 +72,10 @@ def choose_engine(
     |        |           |         |       |             | whole-cache attention, op by op, the  |
     |        |           |         |       |             | cache in the model's dtype and SDPA's |
     |        |           |         |       |             | math kernel after the first pass)     |
+    | cuda   | any       | no      | no,   | fixed shape | CUDA graphs of the plain engine's     |
+    |        |           |         | ref.  |             | kernels                               |
+    | other  | any       | no      | no,   | fixed shape | none: the plain engine                |
+    |        |           |         | ref.  |             |                                       |
     | cuda   | any       | yes     | no    | fixed shape | CUDA graphs of the compiled step,     |
     |        |           |         |       |             | channels-last VQ                      |
     | cuda   | any       | no      | no    | fixed shape | CUDA graphs, channels-last VQ         |
@@ -85,11 +92,23 @@ def choose_engine(
     unpacked bf16 products drew the same tokens. Packed weights are never compiled: Inductor
     crashes on them. `quantized` (int8 weights, `parcli.engine.quantize`) turns packing off:
     there are no float weights to pack.
+
+    `reference_kernels` (ref. above; `--reference-kernels`) runs the plain engine's kernels,
+    graphed on CUDA (a graph replays the kernels it captured): the reference's tokens in bf16
+    too. A compiled step fuses attention its own way, so the two refuse each other.
     """
     if plain:
         return Engine(FIXED_SHAPE, reference_kernels=True)
-    compiled = default_compile(device) if compile is None else compile
     on_cuda = device.type == "cuda"
+    if reference_kernels:
+        if compile:
+            raise SettingError(
+                "compile",
+                "a compiled step fuses attention its own way, not the reference's; "
+                "leave out --compile with --reference-kernels",
+            )
+        return Engine(FIXED_SHAPE, cuda_graphs=on_cuda, reference_kernels=True)
+    compiled = default_compile(device) if compile is None else compile
     if compiled or on_cuda:
         return Engine(
             FIXED_SHAPE,

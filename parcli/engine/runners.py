@@ -74,11 +74,13 @@ class FixedShapeRunner:
     The pass's first slot lives in a device tensor, so positions, rotary rows and mask rows are
     gathered on the device and one captured graph per pass width serves every pass.
 
-    `reference_kernels` runs the passes as LlamaGen's and PAR's sampling code does, for the
-    plain engine: the cache in the model's dtype and head width, and every pass after the first
-    under SDPA's math kernel (their decoding loop disables the fused ones; the first pass, outside
-    that loop, takes SDPA's default). In bf16 only this draws their tokens: with the fused CPU
-    kernel, 11 % of the greedy tokens of a GPT-B generation at n = 4 differed.
+    `reference_kernels` runs the passes as LlamaGen's and PAR's sampling code does (the plain
+    engine, and `--reference-kernels`): the cache in the model's dtype and head width, and every
+    pass after the first under SDPA's math kernel (their decoding loop disables the fused ones;
+    the first pass, outside that loop, takes SDPA's default). In bf16 only this draws their
+    tokens: with the fused CPU kernel, 11 % of the greedy tokens of a GPT-B generation at n = 4
+    differed. Graphed, the first pass and the later ones of its width are captured apart, each
+    under its own kernels.
     """
 
     def __init__(
@@ -90,9 +92,6 @@ class FixedShapeRunner:
         compiled: bool = False,
         reference_kernels: bool = False,
     ):
-        if reference_kernels and cuda_graphs:
-            # A graph is captured per pass width, and the first pass shares its width with others.
-            raise ValueError("the reference's kernels change after the first pass: no CUDA graphs")
         device = model.device
         self.model, self.sequences = model, sequences
         self.reference_kernels = reference_kernels
@@ -108,7 +107,10 @@ class FixedShapeRunner:
             allow_compiled_versions(COMPILED_VERSIONS)
             self.forward = torch.compile(self._forward, dynamic=False)
         self.cuda_graphs = cuda_graphs
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+        # By pass width and whether the pass takes the reference's math kernel.
+        self.graphs: dict[
+            tuple[int, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]
+        ] = {}
         self.pool = torch.cuda.graph_pool_handle() if cuda_graphs else None
 
     def _forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -117,10 +119,11 @@ class FixedShapeRunner:
         mask = self.mask.index_select(0, positions)
         return self.model(h, rope, self.cache, positions=positions, mask=mask)
 
+    def _math_kernel(self, step: Pass) -> bool:
+        return self.reference_kernels and step.index > 0
+
     def _kernels(self, step: Pass) -> contextlib.AbstractContextManager:
-        if self.reference_kernels and step.index > 0:
-            return sdpa_kernel(SDPBackend.MATH)
-        return contextlib.nullcontext()
+        return sdpa_kernel(SDPBackend.MATH) if self._math_kernel(step) else contextlib.nullcontext()
 
     def _capture(self, h: torch.Tensor) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]:
         # Streams and graphs belong to the current CUDA device: make it the model's, so that
@@ -139,8 +142,8 @@ class FixedShapeRunner:
                 static_out = self.forward(static_in)
         return graph, static_in, static_out
 
-    def _replay(self, width: int, h: torch.Tensor) -> torch.Tensor:
-        graph, static_in, static_out = self.graphs[width]
+    def _replay(self, key: tuple[int, bool], h: torch.Tensor) -> torch.Tensor:
+        graph, static_in, static_out = self.graphs[key]
         with torch.cuda.device(h.device):
             static_in.copy_(h)
             graph.replay()
@@ -151,10 +154,11 @@ class FixedShapeRunner:
         if not self.cuda_graphs:
             with self._kernels(step):
                 return self.forward(h)
-        width = h.shape[1]
-        if width not in self.graphs:
-            self.graphs[width] = self._capture(h)
-        return self._replay(width, h)
+        key = (h.shape[1], self._math_kernel(step))
+        if key not in self.graphs:
+            with self._kernels(step):  # the kernels chosen while capturing are those replayed
+                self.graphs[key] = self._capture(h)
+        return self._replay(key, h)
 
 
 Runner = PrefixRunner | FixedShapeRunner
