@@ -110,11 +110,24 @@ def identity(
         "grid": list(pipe.plan.grid),
         "device": pipe.device.type,
         "dtype": str(pipe.model.dtype).removeprefix("torch."),
-        "engine": pipe.engine.runner + (" compiled" if pipe.engine.compiled else ""),
+        "engine": engine_words(pipe),
         "sampling": asdict(sampling),
         **{key: value for key, value in asdict(settings).items() if key != "classes"},
         "classes": list(settings.classes),
     }
+
+
+def engine_words(pipe: Pipeline) -> str:
+    """What of the engine a run's tokens depend on, in words; a run made before a word existed
+    reads the same without it."""
+    words = [pipe.engine.runner]
+    if pipe.engine.compiled:
+        words.append("compiled")
+    if pipe.engine.reference_kernels:
+        words.append("reference kernels")
+    if pipe.quantize is not None:
+        words.append(f"{pipe.quantize} weights")
+    return " ".join(words)
 
 
 class SampleRun:

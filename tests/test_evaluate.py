@@ -270,6 +270,8 @@ def test_par_eval_prints_a_table_and_json(tmp_path, monkeypatch):
     document = json.loads(out.read_text())
     assert [row["regions"] for row in document["rows"]] == [1, 4]
     assert document["settings"]["default_cfg_scales"] == {"1": 2.0, "4": 2.0}
+    assert document["settings"]["quantize"] is None
+    assert document["settings"]["reference_kernels"] is False
     assert document["real_baseline"]["samples"] == 10
     assert document["classifier"]["held_out_accuracy"] == pytest.approx(0.988)
 

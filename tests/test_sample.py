@@ -136,6 +136,20 @@ def test_another_run_in_the_same_folder_is_refused_and_nothing_overwritten(files
     assert [p.name for p in (tmp_path / "other").iterdir()] == ["notes.txt"]
 
 
+def test_a_run_is_not_resumed_with_other_numerics(files, tmp_path):
+    # int8 weights or the reference's kernels draw other tokens: shards of both must not mix.
+    out = tmp_path / "run"
+    assert sample(files, out, *BASE).exit_code == 0
+    for other in (["--quantize", "int8"], ["--reference-kernels"]):
+        result = sample(files, out, *BASE, *other)
+        assert result.exit_code == 2 and "other settings (engine)" in result.output, other
+    fresh = tmp_path / "int8"
+    assert sample(files, fresh, *BASE, "--quantize", "int8").exit_code == 0
+    settings = json.loads((fresh / "run.json").read_text())
+    assert settings["engine"] == "prefix int8 weights"
+    assert json.loads((out / "run.json").read_text())["engine"] == "prefix"  # as before
+
+
 def test_pngs_and_the_evaluation_size(files, tmp_path):
     from parcli.io.checkpoints import load_vq
     from parcli.pipeline import load_pipeline

@@ -29,6 +29,7 @@ from parcli.commands.common import (
     OfflineOption,
     QuantizeOption,
     QuietOption,
+    ReferenceKernelsOption,
     ThreadsOption,
     console,
     err_console,
@@ -92,6 +93,7 @@ def eval_digits(
     catalogue: CatalogueOption = None,
     threads: ThreadsOption = None,
     quantize: QuantizeOption = None,
+    reference_kernels: ReferenceKernelsOption = False,
 ) -> None:
     """Score generated digits per n: class accuracy and Fréchet distance of classifier features.
 
@@ -128,7 +130,13 @@ def eval_digits(
         warn_if_emulated(torch_device, torch_dtype)
         fetch = model_fetcher(offline, quiet)
         pipelines = open_pipelines(
-            model, region_list, torch_device, torch_dtype, fetch=fetch, quantize=quantize
+            model,
+            region_list,
+            torch_device,
+            torch_dtype,
+            fetch=fetch,
+            quantize=quantize,
+            reference_kernels=reference_kernels,
         )
         use_threads(next(iter(pipelines.values())).model, threads)
 
@@ -176,6 +184,8 @@ def eval_digits(
                 "batch_size": batch_size,
                 "device": str(torch_device),
                 "dtype": str(torch_dtype).removeprefix("torch."),
+                "quantize": quantize,
+                "reference_kernels": reference_kernels,
                 "classifier": str(classifier_path),
                 "seconds": round(seconds, 2),
             }

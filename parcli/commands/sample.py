@@ -24,6 +24,7 @@ from parcli.commands.common import (
     OfflineOption,
     QuantizeOption,
     QuietOption,
+    ReferenceKernelsOption,
     TemperatureOption,
     ThreadsOption,
     TopKOption,
@@ -77,6 +78,7 @@ def sample(
     catalogue: CatalogueOption = None,
     threads: ThreadsOption = None,
     quantize: QuantizeOption = None,
+    reference_kernels: ReferenceKernelsOption = False,
 ) -> None:
     """Sample K images of every class into OUT/samples.npz (runs under torchrun too)."""
     with user_errors():
@@ -96,7 +98,10 @@ def sample(
                 files.checkpoint, files.tokenizer, torch_device, torch_dtype, batch_size, None,
                 guided,
             )  # fmt: skip
-            pipe = pipeline_of(files, regions, torch_device, torch_dtype, compile_model, quantize)
+            pipe = pipeline_of(
+                files, regions, torch_device, torch_dtype, compile_model, quantize,
+                reference_kernels=reference_kernels,
+            )  # fmt: skip
             use_threads(pipe.model, threads)
             wanted = parse_classes(classes, pipe.model.cfg.num_classes)
             settings = SampleSettings(
