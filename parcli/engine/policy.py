@@ -72,10 +72,9 @@ def choose_engine(
     |        |           |         |       |             | whole-cache attention, op by op, the  |
     |        |           |         |       |             | cache in the model's dtype and SDPA's |
     |        |           |         |       |             | math kernel after the first pass)     |
-    | cuda   | any       | no      | no,   | fixed shape | CUDA graphs of the plain engine's     |
-    |        |           |         | ref.  |             | kernels                               |
-    | other  | any       | no      | no,   | fixed shape | none: the plain engine                |
-    |        |           |         | ref.  |             |                                       |
+    | cuda   | any       | no      | ref.  | fixed shape | CUDA graphs of the plain engine's     |
+    |        |           |         |       |             | kernels (compile refused)             |
+    | other  | any       | no      | ref.  | fixed shape | none: the plain engine                |
     | cuda   | any       | yes     | no    | fixed shape | CUDA graphs of the compiled step,     |
     |        |           |         |       |             | channels-last VQ                      |
     | cuda   | any       | no      | no    | fixed shape | CUDA graphs, channels-last VQ         |
@@ -93,7 +92,7 @@ def choose_engine(
     crashes on them. `quantized` (int8 weights, `parcli.engine.quantize`) turns packing off:
     there are no float weights to pack.
 
-    `reference_kernels` (ref. above; `--reference-kernels`) runs the plain engine's kernels,
+    `reference_kernels` ("ref." above; `--reference-kernels`) runs the plain engine's kernels,
     graphed on CUDA (a graph replays the kernels it captured): the reference's tokens in bf16
     too. A compiled step fuses attention its own way, so the two refuse each other.
     """
