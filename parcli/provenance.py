@@ -56,6 +56,9 @@ class Recipe:
     quantize: str | None = None  # "int8": weight-only int8 projections
     samples: tuple[Sample, ...] = field(default_factory=tuple)
     reference_kernels: bool = False  # run with the reference's kernels (--reference-kernels)
+    # Whether the step was compiled, which moves bf16 tokens; None in recipes older than it (the
+    # device's default then).
+    compiled: bool | None = None
 
     def for_samples(self, samples: list[Sample]) -> Recipe:
         return Recipe(**{**self._fields(), "samples": tuple(samples)})
@@ -90,6 +93,8 @@ class Recipe:
                 raise RecipeError(f"{where}: recipe field {name!r} has the wrong type")
         if not isinstance(values["reference_kernels"], bool):
             raise RecipeError(f"{where}: recipe field 'reference_kernels' has the wrong type")
+        if values["compiled"] is not None and not isinstance(values["compiled"], bool):
+            raise RecipeError(f"{where}: recipe field 'compiled' has the wrong type")
         for name in ("regions", "scale", "top_k"):
             if values[name] < 0 or (name != "top_k" and values[name] == 0):
                 raise RecipeError(f"{where}: recipe field {name!r} is out of range")
@@ -103,7 +108,7 @@ class Recipe:
 
 
 # Fields newer than the first recipes, with the value an older recipe means.
-_ADDED_LATER = {"quantize": None, "reference_kernels": False}
+_ADDED_LATER = {"quantize": None, "reference_kernels": False, "compiled": None}
 
 _FIELD_KINDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "parcli": ((str,), False),

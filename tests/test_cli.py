@@ -422,6 +422,22 @@ def test_generate_records_the_reference_kernels_and_from_replays_them(files, tmp
     assert_user_error(result, "--compile", "--reference-kernels")
 
 
+def test_from_replays_whether_the_step_was_compiled(files, tmp_path, monkeypatch):
+    # In bf16 a compiled step draws other tokens: a recipe says which it was, and --from keeps it.
+    import parcli.commands.generate as command
+    from parcli.provenance import read_recipe
+
+    first = tmp_path / "a.png"
+    assert generate(files, "-c", 1, "--no-compile", "-o", first).exit_code == 0
+    assert read_recipe(first).compiled is False
+    asked, real = [], command.pipeline_of
+    monkeypatch.setattr(command, "pipeline_of", lambda *a, **k: asked.append(a[4]) or real(*a, **k))
+    again = ["generate", "--from", first, "--checkpoint", files["gpt4"], "--tokenizer",
+             files["vq"], "-q", "-o", tmp_path / "b.png"]  # fmt: skip
+    assert run(*again).exit_code == 0 and asked == [False]
+    assert_user_error(run(*again, "--compile"), "--compile", "comes from")
+
+
 def test_bench_times_other_dtypes_and_int8_beside_the_first(tmp_path, monkeypatch, tiny_preset):
     import parcli.bench as bench
 

@@ -170,3 +170,12 @@ def test_a_recipe_from_before_reference_kernels_existed_reads_as_without():
     assert not Recipe.from_dict(data, "old.json").reference_kernels
     with pytest.raises(RecipeError, match="reference_kernels"):
         Recipe.from_dict({**data, "reference_kernels": "yes"}, "odd.json")
+
+
+def test_a_recipe_from_before_compiled_existed_leaves_it_to_the_device():
+    data = json.loads(_recipe().to_json())
+    del data["compiled"]
+    assert Recipe.from_dict(data, "old.json").compiled is None
+    assert Recipe.from_dict({**data, "compiled": True}, "new.json").compiled is True
+    with pytest.raises(RecipeError, match="compiled"):
+        Recipe.from_dict({**data, "compiled": 1}, "odd.json")

@@ -196,6 +196,7 @@ def generate(
                 "top_k": top_k is not None, "top_p": top_p is not None, "dtype": dtype != "auto",
                 "num_samples": num_samples != 1, "scale": scale != 1,
                 "quantize": quantize is not None, "reference_kernels": reference_kernels,
+                "compile": compile_model is not None,
             }  # fmt: skip
             clash = next((name for name, given in asked.items() if given), None)
             if clash is not None:
@@ -210,6 +211,7 @@ def generate(
             cfg_scale, temperature = earlier.cfg_scale, earlier.temperature
             top_k, top_p, scale = earlier.top_k, earlier.top_p, earlier.scale
             quantize, reference_kernels = earlier.quantize, earlier.reference_kernels
+            compile_model = earlier.compiled
         elif not classes:
             raise SettingError("class", "give at least one class (an id or a name), or --from")
         torch_device, torch_dtype = resolve(device, dtype)
@@ -301,6 +303,7 @@ def generate(
             quantize=quantize,
             samples=tuple(samples),
             reference_kernels=reference_kernels,
+            compiled=pipe.engine.compiled,
         )
 
         def describe(numbers: list[int]) -> str:

@@ -63,7 +63,8 @@ def recipe_lines(recipe: Recipe) -> list[tuple[str, str]]:
             "compute",
             f"{recipe.dtype} on {recipe.device}"
             + (f", {recipe.quantize} weights" if recipe.quantize else "")
-            + (", the reference's kernels" if recipe.reference_kernels else ""),
+            + (", the reference's kernels" if recipe.reference_kernels else "")
+            + (", compiled" if recipe.compiled else ""),
         ),
         ("pixels", f"enlarged {recipe.scale}x" + (f", {recipe.fps:g} fps" if recipe.fps else "")),
         (
