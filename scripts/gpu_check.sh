@@ -47,4 +47,7 @@ step attention-kernels 15 "$PY" scripts/attention_kernels.py GPT-3B 5
 # short still says how far compiling got and what the compiled cases measured.
 step bench-3b 85 "$PY" -m parcli bench --arch GPT-3B --regions 1,4,16 --batch-size 1,32 \
   --repeats 1 --warmup 1 --json "$DIR/bench-3b.json"
-echo "== done; figures in $DIR" | tee -a "$LOG"
+# Markdown tables of every bench's JSON for docs/benchmarks.md, and the targets (JSON only: instant).
+"$PY" scripts/bench_tables.py "$DIR"/bench-*.json >"$DIR/tables.md" 2>&1
+grep "^\* target" "$DIR/tables.md" | tee -a "$LOG"
+echo "== done; figures in $DIR (tables: $DIR/tables.md)" | tee -a "$LOG"

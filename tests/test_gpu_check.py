@@ -89,6 +89,44 @@ def test_each_bench_step_runs_as_worded(name, tmp_path, monkeypatch):
     (report,) = tmp_path.glob("*.json")
     rows = json.loads(report.read_text())["rows"]
     assert {row["regions"] for row in rows} == {1, 4, 16}
+    # The script's last lines turn it into a markdown table, a row per case.
+    lines = bench_tables(report).splitlines()
+    assert lines[0] == "### GPT-tiny · random weights: speed only · grid 8x8"
+    assert sum(line.startswith("| ") for line in lines) == 1 + len(rows)
+
+
+def bench_tables(*paths) -> str:
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, ROOT / "scripts" / "bench_tables.py", *paths],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_the_tables_say_where_gpt_3b_stands_against_the_targets(tmp_path):
+    row = dict(regions=16, batch=1, engine="ours", passes=51, gen_s_per_image=0.12,
+               gen_s_per_image_min=0.11, gen_s_per_image_max=0.13, images_per_s=8.3,
+               speedup_vs_1=9.0, speedup_vs_plain=3.0, speedup_vs_first=None,
+               peak_memory_added_bytes=2**30, floor_fraction=0.5, noisy=False,
+               tokens_same_as_ours=None)  # fmt: skip
+    document = {
+        "command": "par bench --arch GPT-3B", "model": "GPT-3B · random weights: speed only",
+        "machine": {"gpu": "NVIDIA H200", "torch": "2.11.0"},
+        "settings": {"dtype": "bfloat16", "cfg_scale": 1.5, "guided": True, "speedups": []},
+        "rows": [row, {**row, "regions": 4, "gen_s_per_image": 0.5},
+                 {**row, "regions": 1, "batch": 32, "gen_s_per_image": 0.1}],
+    }  # fmt: skip
+    path = tmp_path / "bench-3b.json"
+    path.write_text(json.dumps(document))
+    text = bench_tables(path, tmp_path / "bench-cut-short.json")
+    assert "* target n = 16: 120.0 ms per image against 150.0 ms: met" in text
+    assert "* target n = 4: 500.0 ms per image against 400.0 ms: missed by 1.25x" in text
+    assert "target n = 1:" not in text  # batch 32 is not the target's batch
+    assert text.index("target n = 4:") < text.index("target n = 16:")
+    assert "NVIDIA H200 · torch 2.11.0 · bfloat16 · guidance 1.5" in text
+    assert "bench-cut-short.json: no table (FileNotFoundError" in text
 
 
 def _is_batches(args: list[str], index: int) -> bool:
