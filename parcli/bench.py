@@ -201,6 +201,7 @@ def run_bench(
     on_run: Callable[[str], None] | None = None,
     baselines: dict[int, Pipeline] | None = None,
     others: dict[str, dict[int, Pipeline]] | None = None,
+    on_measured: Callable[[list[Row]], None] | None = None,
 ) -> list[Row]:
     """Time every (regions, batch) case, interleaved so that drift hits all cases alike.
 
@@ -208,7 +209,8 @@ def run_bench(
     pipelines for the same region counts, are timed beside ours (ours, plain, ours, plain, ...);
     `others`, pipelines of the same weights by engine name (INT8, or a dtype's name), likewise.
     `on_run` hears of each case as it starts, then with its seconds (a warm-up's include
-    compiling and capture).
+    compiling and capture); `on_measured` gets the rows of every case measured so far after
+    each measurement, so that a run cut short still leaves them.
     """
     engines = {OURS: pipelines, **({PLAIN: baselines} if baselines else {}), **(others or {})}
     cases = [Case(n, b, e) for n in pipelines for b in settings.batch_sizes for e in engines]
@@ -247,7 +249,20 @@ def run_bench(
                 case.gen_seconds.append(generated - started)
                 case.decode_seconds.append(finished - generated)
                 case.added_bytes = max(case.added_bytes, peak_memory(device) - in_use)
+                if on_measured is not None:
+                    on_measured(summarise(cases, engines, rate, settings.sampling.guided))
     return summarise(cases, engines, rate, settings.sampling.guided)
+
+
+def planned_cases(
+    pipelines: dict[int, Pipeline],
+    settings: BenchSettings,
+    baselines: dict[int, Pipeline] | None = None,
+    others: dict[str, dict[int, Pipeline]] | None = None,
+) -> int:
+    """How many rows a whole run gives."""
+    engines = 1 + (1 if baselines else 0) + len(others or {})
+    return len(pipelines) * len(settings.batch_sizes) * engines
 
 
 def summarise(
@@ -256,8 +271,10 @@ def summarise(
     rate: float | None = None,
     guided: bool = True,
 ) -> list[Row]:
+    """The rows of the cases measured so far."""
     rows = []
     tokens_of = {(c.regions, c.batch): c.tokens for c in cases if c.engine == OURS}
+    cases = [case for case in cases if case.gen_seconds]
     median = {(c.regions, c.batch, c.engine): statistics.median(c.gen_seconds) for c in cases}
     for case in cases:
         pipe = engines[case.engine][case.regions]
@@ -390,8 +407,10 @@ def report(
     rate: float | None,
     command: str,
     others: dict[str, dict[int, Pipeline]] | None = None,
+    planned: int | None = None,
 ) -> dict:
-    """Every figure of a run, with what it ran on, for `par bench --json`."""
+    """Every figure of a run, with what it ran on, for `par bench --json`; `planned`: the rows
+    a whole run gives, where these may be fewer (the file is written as cases end)."""
     first = next(iter(pipelines.values()))
     others = others or {}
     int8 = next(iter(others[INT8].values())) if INT8 in others else None
@@ -420,4 +439,6 @@ def report(
         "weight_bytes": weight_bytes(first),
         "copy_rate_bytes_per_s": rate,
         "rows": [row.to_dict() for row in rows],
+        "complete": planned is None or len(rows) == planned,
+        "cases_planned": len(rows) if planned is None else planned,
     }

@@ -50,6 +50,8 @@ def table(document: dict) -> list[str]:
         document["rows"],
         key=lambda r: (r["regions"], r["batch"], rank.get(r["engine"], len(rank)), r["engine"]),
     )
+    if not document.get("complete", True):
+        lines.insert(4, f"Cut short: {len(rows)} of {document['cases_planned']} cases measured.\n")
     for r in rows:
         spread = f"{seconds(r['gen_s_per_image_min'])}–{seconds(r['gen_s_per_image_max'])}"
         floor = "–" if r["floor_fraction"] is None else f"{100 * r['floor_fraction']:.0f} %"

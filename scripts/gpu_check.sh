@@ -43,8 +43,9 @@ step int8-products 30 "$PY" scripts/int8_products.py GPT-3B 512
 # The price of the reference's attention kernel (its tokens in bf16) for the default engine.
 step attention-kernels 15 "$PY" scripts/attention_kernels.py GPT-3B 5
 # Last, the default engine (compiled): about ten compiles of GPT-3B, which may not all fit. The
-# bench logs each case's seconds as it ends (a warm-up's include its compiling), so a step cut
-# short still says how far compiling got and what the compiled cases measured.
+# bench logs each case's seconds as it ends (a warm-up's include its compiling), and rewrites its
+# JSON as each case is measured, so a step cut short still says how far compiling got and what
+# the compiled cases measured.
 step bench-3b 85 "$PY" -m parcli bench --arch GPT-3B --regions 1,4,16 --batch-size 1,32 \
   --repeats 1 --warmup 1 --json "$DIR/bench-3b.json"
 # Markdown tables of every bench's JSON for docs/benchmarks.md, and the targets (JSON only: instant).

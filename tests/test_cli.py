@@ -389,6 +389,32 @@ def test_bench_baseline_times_a_plain_engine_beside_ours(tmp_path, monkeypatch, 
     assert "ours vs plain engine" in result.output and "100.0%" in result.output
 
 
+def test_bench_json_keeps_the_cases_measured_before_a_stop(tmp_path, monkeypatch, tiny_preset):
+    # A bench cut short (a GPU check's time limit) still leaves the figures it measured.
+    import parcli.bench as bench
+
+    calls, real = [], bench.Pipeline.generate
+
+    def stopped_at_the_third(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(bench.Pipeline, "generate", stopped_at_the_third)
+    report = tmp_path / "b.json"
+    args = ["bench", "--arch", tiny_preset, "--grid", "8", "--regions", "1,4,16", "--repeats", 1,
+            "--warmup", 0, "--no-decode", "--json", report]  # fmt: skip
+    run(*args)
+    document = json.loads(report.read_text())
+    assert [row["regions"] for row in document["rows"]] == [1, 4]
+    assert document["complete"] is False and document["cases_planned"] == 3
+    monkeypatch.setattr(bench.Pipeline, "generate", real)
+    assert run(*args).exit_code == 0
+    document = json.loads(report.read_text())
+    assert document["complete"] and len(document["rows"]) == document["cases_planned"] == 3
+
+
 def test_bench_with_the_reference_kernels_draws_the_plain_engines_bf16_tokens(
     tmp_path, tiny_preset
 ):

@@ -119,7 +119,7 @@ def test_the_tables_say_where_gpt_3b_stands_against_the_targets(tmp_path):
                  {**row, "regions": 1, "batch": 32, "gen_s_per_image": 0.1}],
     }  # fmt: skip
     path = tmp_path / "bench-3b.json"
-    path.write_text(json.dumps(document))
+    path.write_text(json.dumps({**document, "complete": False, "cases_planned": 6}))
     text = bench_tables(path, tmp_path / "bench-cut-short.json")
     assert "* target n = 16: 120.0 ms per image against 150.0 ms: met" in text
     assert "* target n = 4: 500.0 ms per image against 400.0 ms: missed by 1.25x" in text
@@ -127,6 +127,7 @@ def test_the_tables_say_where_gpt_3b_stands_against_the_targets(tmp_path):
     assert text.index("target n = 4:") < text.index("target n = 16:")
     assert "NVIDIA H200 · torch 2.11.0 · bfloat16 · guidance 1.5" in text
     assert "bench-cut-short.json: no table (FileNotFoundError" in text
+    assert "Cut short: 3 of 6 cases measured." in text
 
 
 def _is_batches(args: list[str], index: int) -> bool:

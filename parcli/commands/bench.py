@@ -25,6 +25,7 @@ from parcli.bench import (
     copy_rate,
     default_sampling,
     pipelines_to_time,
+    planned_cases,
     report,
     run_bench,
     weight_bytes,
@@ -170,6 +171,17 @@ def bench(
         sampling = default_sampling(first, cfg_scale)
         settings = BenchSettings(batches, sampling, warmup, repeats, decode, seed)
         rate = copy_rate(torch_device)
+        planned = planned_cases(pipelines, settings, baselines, others)
+
+        def write_json(rows: list[Row]) -> None:
+            command = shlex.join(["par", *sys.argv[1:]])
+            document = report(
+                rows, pipelines, settings, title, arch is not None, rate, command, others,
+                planned,
+            )  # fmt: skip
+            with atomic_path(json_path, "json") as tmp:
+                tmp.write_text(json.dumps(document, indent=2) + "\n")
+
         with console.status("timing") as status:
 
             def on_run(text: str) -> None:
@@ -177,7 +189,9 @@ def bench(
                 if not err_console.is_terminal:  # logs get a plain line a case
                     err_console.print(f"timing · {text}", markup=False, highlight=False)
 
-            rows = run_bench(pipelines, settings, rate, on_run, baselines, others)
+            # The JSON is rewritten as each case is measured: a run stopped early leaves those.
+            on_measured = write_json if json_path is not None else None
+            rows = run_bench(pipelines, settings, rate, on_run, baselines, others, on_measured)
         ours = [row for row in rows if row.engine == OURS]
         print_table(title, ours, first, sampling, rate, decode)
         if baselines:
@@ -191,12 +205,7 @@ def bench(
                 style="yellow",
             )
         if json_path is not None:
-            command = shlex.join(["par", *sys.argv[1:]])
-            document = report(
-                rows, pipelines, settings, title, arch is not None, rate, command, others
-            )
-            with atomic_path(json_path, "json") as tmp:
-                tmp.write_text(json.dumps(document, indent=2) + "\n")
+            write_json(rows)
             console.print(f"wrote {escape(str(json_path))}", highlight=False)
 
 
