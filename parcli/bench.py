@@ -203,7 +203,10 @@ def run_bench(
     others: dict[str, dict[int, Pipeline]] | None = None,
     on_measured: Callable[[list[Row]], None] | None = None,
 ) -> list[Row]:
-    """Time every (regions, batch) case, interleaved so that drift hits all cases alike.
+    """Time every (regions, batch) case: each case's warm-ups just before its first
+    measurement, so that a run stopped early (a compile too slow for a time limit) has measured
+    every case it warmed up but the last; then the further repeats, interleaved across cases so
+    that drift hits them alike.
 
     `rate` is the device's copy rate (bytes/s) for the bandwidth-floor column. `baselines`, plain
     pipelines for the same region counts, are timed beside ours (ours, plain, ours, plain, ...);
@@ -215,43 +218,52 @@ def run_bench(
     engines = {OURS: pipelines, **({PLAIN: baselines} if baselines else {}), **(others or {})}
     cases = [Case(n, b, e) for n in pipelines for b in settings.batch_sizes for e in engines]
     total_rounds = settings.warmup + settings.repeats
-    for round_index in range(total_rounds):
+    for round_index, case in schedule(cases, settings.warmup, settings.repeats):
         measured = round_index >= settings.warmup
-        for case in cases:
-            pipe = engines[case.engine][case.regions]
-            device = pipe.device
-            labels = [i % pipe.model.cfg.num_classes for i in range(case.batch)]
-            phase = "measure" if measured else "warm-up"
-            name = (
-                f"{phase} {round_index + 1}/{total_rounds}: "
-                f"n={case.regions} b={case.batch} {case.engine}"
-            )
-            if on_run is not None:
-                on_run(name)
+        pipe = engines[case.engine][case.regions]
+        device = pipe.device
+        labels = [i % pipe.model.cfg.num_classes for i in range(case.batch)]
+        phase = "measure" if measured else "warm-up"
+        name = (
+            f"{phase} {round_index + 1}/{total_rounds}: "
+            f"n={case.regions} b={case.batch} {case.engine}"
+        )
+        if on_run is not None:
+            on_run(name)
+        synchronize(device)
+        reset_peak_memory(device)
+        in_use = memory_in_use(device)
+        started = time.perf_counter()
+        tokens = pipe.generate(labels, settings.sampling, settings.seed, case.batch)
+        synchronize(device)
+        generated = time.perf_counter()
+        if settings.decode:
+            pipe.decode(tokens, batch_size=case.batch)
             synchronize(device)
-            reset_peak_memory(device)
-            in_use = memory_in_use(device)
-            started = time.perf_counter()
-            tokens = pipe.generate(labels, settings.sampling, settings.seed, case.batch)
-            synchronize(device)
-            generated = time.perf_counter()
+        finished = time.perf_counter()
+        case.tokens = tokens.cpu()
+        if on_run is not None:  # as they come: a run cut short still shows them
+            seconds = f"generation {generated - started:.3g} s"
             if settings.decode:
-                pipe.decode(tokens, batch_size=case.batch)
-                synchronize(device)
-            finished = time.perf_counter()
-            case.tokens = tokens.cpu()
-            if on_run is not None:  # as they come: a run cut short still shows them
-                seconds = f"generation {generated - started:.3g} s"
-                if settings.decode:
-                    seconds += f", decode {finished - generated:.3g} s"
-                on_run(f"{name}: {seconds}")
-            if measured:
-                case.gen_seconds.append(generated - started)
-                case.decode_seconds.append(finished - generated)
-                case.added_bytes = max(case.added_bytes, peak_memory(device) - in_use)
-                if on_measured is not None:
-                    on_measured(summarise(cases, engines, rate, settings.sampling.guided))
+                seconds += f", decode {finished - generated:.3g} s"
+            on_run(f"{name}: {seconds}")
+        if measured:
+            case.gen_seconds.append(generated - started)
+            case.decode_seconds.append(finished - generated)
+            case.added_bytes = max(case.added_bytes, peak_memory(device) - in_use)
+            if on_measured is not None:
+                on_measured(summarise(cases, engines, rate, settings.sampling.guided))
     return summarise(cases, engines, rate, settings.sampling.guided)
+
+
+def schedule(cases: list[Case], warmup: int, repeats: int) -> list[tuple[int, Case]]:
+    """(round, case) in the order they run: rounds below `warmup` warm up."""
+    order = []
+    for case in cases:
+        order += [(r, case) for r in range(warmup + min(repeats, 1))]
+    for r in range(warmup + 1, warmup + repeats):
+        order += [(r, case) for case in cases]
+    return order
 
 
 def planned_cases(

@@ -74,3 +74,14 @@ def test_summary_rows_say_speed_ups_noise_and_the_bandwidth_floor():
     unguided = summarise(cases, {OURS: ours, PLAIN: plain}, rate, guided=False)
     assert unguided[2].floor_fraction < four.floor_fraction
     assert summarise(cases, {OURS: ours, PLAIN: plain})[0].floor_fraction is None
+
+
+def test_each_case_warms_up_just_before_its_first_measurement():
+    from parcli.bench import Case, schedule
+
+    cases = [Case(1, 1, "ours"), Case(4, 1, "ours")]
+    rounds = [(r, c.regions) for r, c in schedule(cases, warmup=2, repeats=3)]
+    first_measures = [(0, 1), (1, 1), (2, 1), (0, 4), (1, 4), (2, 4)]
+    assert rounds == first_measures + [(3, 1), (3, 4), (4, 1), (4, 4)]
+    assert [(r, c.regions) for r, c in schedule(cases, warmup=0, repeats=1)] == [(0, 1), (0, 4)]
+    assert schedule(cases, warmup=1, repeats=0) == [(0, cases[0]), (0, cases[1])]

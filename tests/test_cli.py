@@ -348,7 +348,8 @@ def test_bench_random_architecture_interleaves_and_compares(tmp_path, monkeypatc
         report,
     )
     assert result.exit_code == 0, result.output
-    assert order == [1, 4, 16] * 3
+    # Each case's warm-up just before its first measurement; the second repeat interleaved.
+    assert order == [1, 1, 4, 4, 16, 16] + [1, 4, 16]
     document = json.loads(report.read_text())
     rows = document["rows"]
     assert rows[0]["speedup_vs_1"] == 1.0 and all(r["speedup_vs_1"] > 0 for r in rows)

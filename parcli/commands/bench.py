@@ -92,7 +92,9 @@ def bench(
         ),
     ] = "auto",
     device: DeviceOption = "auto",
-    warmup: Annotated[int, typer.Option(help="Untimed rounds first (graph capture, compile).")] = 1,
+    warmup: Annotated[
+        int, typer.Option(help="Untimed runs of each case before its first timed one (capture).")
+    ] = 1,
     repeats: Annotated[int, typer.Option(help="Timed rounds; configurations interleave.")] = 3,
     compile_model: CompileOption = None,
     decode: Annotated[bool, typer.Option(help="Also time the VQ decoder.")] = True,
