@@ -463,6 +463,12 @@ def test_from_replays_whether_the_step_was_compiled(files, tmp_path, monkeypatch
              files["vq"], "-q", "-o", tmp_path / "b.png"]  # fmt: skip
     assert run(*again).exit_code == 0 and asked == [False]
     assert_user_error(run(*again, "--compile"), "--compile", "comes from")
+    # A recipe compiled on CUDA, replayed on a CPU: the CPU's default, not minutes of compiling.
+    from dataclasses import replace
+
+    made_on_cuda = replace(read_recipe(first), device="cuda", compiled=True)
+    monkeypatch.setattr(command, "read_recipe", lambda path: made_on_cuda)
+    assert run(*again).exit_code == 0 and asked == [False, None]
 
 
 def test_bench_times_other_dtypes_and_int8_beside_the_first(tmp_path, monkeypatch, tiny_preset):

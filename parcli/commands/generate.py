@@ -211,10 +211,13 @@ def generate(
             cfg_scale, temperature = earlier.cfg_scale, earlier.temperature
             top_k, top_p, scale = earlier.top_k, earlier.top_p, earlier.scale
             quantize, reference_kernels = earlier.quantize, earlier.reference_kernels
-            compile_model = earlier.compiled
         elif not classes:
             raise SettingError("class", "give at least one class (an id or a name), or --from")
         torch_device, torch_dtype = resolve(device, dtype)
+        if earlier is not None and earlier.device == torch_device.type:
+            # bf16 tokens depend on it; on another kind of device they differ anyway, and a
+            # CUDA recipe would otherwise compile for minutes on a CPU.
+            compile_model = earlier.compiled
         if not quiet:
             warn_if_emulated(torch_device, torch_dtype)
         if earlier is not None:
