@@ -14,10 +14,10 @@ Usage: python scripts/attention_kernels.py [ARCH] [ROUNDS] [SEQUENCES]  (default
 """
 
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
+from device_timing import best_ms
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from parcli.config import GPTConfig
@@ -31,29 +31,6 @@ FUSED = {
     "cuda": [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION],
     "cpu": [SDPBackend.FLASH_ATTENTION],
 }
-
-
-def call_ms(attend, device: torch.device, rounds: int) -> float:
-    """The best of `rounds` means of CALLS calls of `attend`, in ms."""
-    attend()
-    best = float("inf")
-    for _ in range(rounds):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(CALLS):
-                attend()
-            end.record()
-            torch.cuda.synchronize()
-            took = start.elapsed_time(end)
-        else:
-            started = time.perf_counter()
-            for _ in range(CALLS):
-                attend()
-            took = 1e3 * (time.perf_counter() - started)
-        best = min(best, took / CALLS)
-    return best
 
 
 def attention(sequences, heads, plan, head_dim, padded, device):
@@ -99,7 +76,7 @@ def main() -> None:
                 attend = attention(sequences, cfg.n_head, plan, cfg.head_dim, head_width, device)
                 try:
                     with sdpa_kernel(backends):
-                        ms = call_ms(attend, device, rounds) * cfg.n_layer
+                        ms = best_ms(attend, device, rounds, CALLS) * cfg.n_layer
                 except RuntimeError as error:  # no such kernel for these inputs: say so, go on
                     cells.append(f"{label} failed ({error})"[:100])
                     continue

@@ -13,10 +13,10 @@ Usage: python scripts/int8_products.py [ARCH] [POOL_MIB]  (defaults: GPT-3B 512)
 """
 
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
+from device_timing import best_ms
 
 from parcli.config import GPTConfig
 
@@ -27,25 +27,12 @@ ROUNDS = 5
 
 def sweep_ms(product, weights, x, device) -> float:
     """The best of ROUNDS sweeps over `weights`, in ms per product."""
-    product(x, weights[0])
-    best = float("inf")
-    for _ in range(ROUNDS):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for w in weights:
-                product(x, w)
-            end.record()
-            torch.cuda.synchronize()
-            took = start.elapsed_time(end)
-        else:
-            started = time.perf_counter()
-            for w in weights:
-                product(x, w)
-            took = 1e3 * (time.perf_counter() - started)
-        best = min(best, took / len(weights))
-    return best
+
+    def sweep():
+        for w in weights:
+            product(x, w)
+
+    return best_ms(sweep, device, ROUNDS) / len(weights)
 
 
 def main() -> None:

@@ -12,22 +12,9 @@ import sys
 
 import numpy as np
 import torch
+from device_timing import best_ms
 
 from parcli.vq import VQConfig, VQModel, to_pixels
-
-
-def best_ms(run, repeats: int = 5) -> float:
-    run()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        run()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return min(times)
 
 
 def main() -> None:
@@ -39,13 +26,14 @@ def main() -> None:
         cpu = to_pixels(vq.decode_codes(codes[:1])).numpy().astype(int)
     print(f"{torch.cuda.get_device_name(0)} · torch {torch.__version__} · batch {batch}")
     torch.backends.cudnn.benchmark = True
-    gpu_codes = codes.cuda()
+    gpu = torch.device("cuda")
+    gpu_codes = codes.to(gpu)
     for layout in (torch.contiguous_format, torch.channels_last):
         model = vq.cuda().to(memory_format=layout)
         for tf32 in (False, True):
             torch.backends.cudnn.allow_tf32 = tf32
             with torch.inference_mode():
-                took = best_ms(lambda model=model: model.decode_codes(gpu_codes))
+                took = best_ms(lambda model=model: model.decode_codes(gpu_codes), gpu, 5)
                 pixels = to_pixels(model.decode_codes(gpu_codes[:1])).cpu().numpy().astype(int)
             off = np.abs(pixels - cpu)
             print(
