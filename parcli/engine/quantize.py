@@ -105,22 +105,28 @@ def choose_products(model: nn.Module) -> None:
     """Let each CPU int8 projection of `model` take the faster product for its shape on this
     machine at the current thread count: called once that count is the run's."""
     threads = torch.get_num_threads()
-    for linear in int8_linears(model):
-        if linear.weight_int8.device.type == "cpu" and _kernel_runs(linear.weight_int8.device):
-            shape = (linear.out_features, linear.in_features)
-            linear.widen_from_rows = widening_rows(shape, threads)
+    for linear, shape in _products_with_a_choice(model):
+        linear.widen_from_rows = widening_rows(shape, threads)
 
 
 def products_to_time(model: nn.Module) -> bool:
     """Whether `choose_products` would time some of `model`'s products first: nothing for its
     shapes at the current thread count is remembered yet (seconds, once per machine)."""
     threads = torch.get_num_threads()
-    for linear in int8_linears(model):
-        if linear.weight_int8.device.type == "cpu" and _kernel_runs(linear.weight_int8.device):
-            shape = (linear.out_features, linear.in_features)
-            if remembered(_widening_key(shape, threads)) is None:
-                return True
-    return False
+    return any(
+        remembered(_widening_key(shape, threads)) is None
+        for _, shape in _products_with_a_choice(model)
+    )
+
+
+def _products_with_a_choice(model: nn.Module) -> list[tuple[Int8Linear, tuple[int, int]]]:
+    """The int8 projections that choose between the two products (on a CPU whose torch has the
+    fused one), with their (out, in) shapes."""
+    return [
+        (linear, (linear.out_features, linear.in_features))
+        for linear in int8_linears(model)
+        if linear.weight_int8.device.type == "cpu" and _kernel_runs(linear.weight_int8.device)
+    ]
 
 
 def _widening_key(shape: tuple[int, int], threads: int) -> str:
