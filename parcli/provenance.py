@@ -89,12 +89,9 @@ class Recipe:
             value = values[name]
             if value is None and optional:
                 continue
-            if isinstance(value, bool) or not isinstance(value, kinds):
+            # A bool is an int to isinstance: only a field of bools takes one.
+            if isinstance(value, bool) != (bool in kinds) or not isinstance(value, kinds):
                 raise RecipeError(f"{where}: recipe field {name!r} has the wrong type")
-        if not isinstance(values["reference_kernels"], bool):
-            raise RecipeError(f"{where}: recipe field 'reference_kernels' has the wrong type")
-        if values["compiled"] is not None and not isinstance(values["compiled"], bool):
-            raise RecipeError(f"{where}: recipe field 'compiled' has the wrong type")
         for name in ("regions", "scale", "top_k"):
             if values[name] < 0 or (name != "top_k" and values[name] == 0):
                 raise RecipeError(f"{where}: recipe field {name!r} is out of range")
@@ -128,6 +125,8 @@ _FIELD_KINDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "columns": ((int,), True),
     "fps": ((int, float), True),
     "quantize": ((str,), True),
+    "reference_kernels": ((bool,), False),
+    "compiled": ((bool,), True),
 }
 
 
