@@ -166,6 +166,6 @@ def open_pipelines(
             fetch,
             quantize,
             reference_kernels=reference_kernels,
-        )  # fmt: skip
+        )
         for n in regions
     }
