@@ -19,7 +19,6 @@ def test_weight_bytes_count_packed_projections_once():
     pipe = Pipeline(tiny_model(regions=4), VQModel(TINY_VQ).eval())
     before = weight_bytes(pipe)
     pipe.runner(sequences=8)
-    # MKL keeps the plain weight for other row counts; a pass reads only one of the two.
     assert pipe.packed and weight_bytes(pipe) == before
     assert not any(isinstance(m, torch.nn.Linear) for m in pipe.model.modules())
 
