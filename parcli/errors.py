@@ -20,3 +20,7 @@ class SettingError(UserError, ValueError):
 
     def __init__(self, setting: str, message: str):
         super().__init__(message, setting)
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the program is so that cleanup code runs as for Ctrl-C."""

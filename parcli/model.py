@@ -2,8 +2,8 @@
 
 Parameter names match the published checkpoints, so their state dicts load as they are.
 The forward pass keeps no state between calls beyond the KV cache it is handed. Nothing here
-knows about PAR's slot layout (`parcli.plan`, `parcli.decode`) or about speed (`parcli.engine`
-swaps modules from the outside).
+knows about PAR's slot layout (`parcli.plan`, `parcli.strategies`) or about speed
+(`parcli.engine` swaps modules from the outside).
 """
 
 from __future__ import annotations

@@ -12,7 +12,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from parcli.decode import generate_tokens
 from parcli.engine.packing import pack_projections
 from parcli.engine.policy import FIXED_SHAPE, choose_engine, set_cuda_backends
 from parcli.engine.quantize import (
@@ -27,6 +26,7 @@ from parcli.model import Transformer
 from parcli.plan import Pass, Plan
 from parcli.sampling import SamplingConfig, image_uniforms
 from parcli.slots import guided_labels
+from parcli.strategies.par import generate_tokens
 from parcli.vq import VQModel, to_pixels
 
 

@@ -2,8 +2,8 @@ import pytest
 import torch
 from conftest import TINY_VQ, tiny_model
 
-from parcli.bench import weight_bytes
 from parcli.pipeline import Pipeline
+from parcli.quality.bench import weight_bytes
 from parcli.vq import VQModel
 
 
@@ -24,8 +24,8 @@ def test_weight_bytes_count_packed_projections_once():
 
 
 def test_random_pipelines_share_one_weight_set():
-    from parcli.bench import random_pipelines
     from parcli.config import GPTConfig
+    from parcli.quality.bench import random_pipelines
 
     cfg = GPTConfig(n_layer=2, n_head=4, dim=64, vocab_size=32, grid=(8, 8))
     pipes = random_pipelines(cfg, [1, 4, 16], torch.device("cpu"), torch.float32, TINY_VQ)
@@ -43,7 +43,7 @@ def test_random_pipelines_share_one_weight_set():
 
 
 def test_summary_rows_say_speed_ups_noise_and_the_bandwidth_floor():
-    from parcli.bench import OURS, PLAIN, Case, summarise
+    from parcli.quality.bench import OURS, PLAIN, Case, summarise
 
     ours = {n: Pipeline(tiny_model(regions=n), VQModel(TINY_VQ).eval()) for n in (1, 4)}
     plain = {n: pipe.plain_engine_twin() for n, pipe in ours.items()}
@@ -76,7 +76,7 @@ def test_summary_rows_say_speed_ups_noise_and_the_bandwidth_floor():
 
 
 def test_each_case_warms_up_just_before_its_first_measurement():
-    from parcli.bench import Case, schedule
+    from parcli.quality.bench import Case, schedule
 
     cases = [Case(1, 1, "ours"), Case(4, 1, "ours")]
     rounds = [(r, c.regions) for r, c in schedule(cases, warmup=2, repeats=3)]

@@ -2,10 +2,10 @@
 
 import pytest
 
-from parcli.classes import DIGITS, IMAGENET, class_set, class_set_of_size, resolve_classes
 from parcli.commands.generate import sample_stems
 from parcli.errors import SettingError
-from parcli.provenance import Sample
+from parcli.io.classes import DIGITS, IMAGENET, class_set, class_set_of_size, resolve_classes
+from parcli.io.recipe import Sample
 from tests.test_cli import assert_user_error, run
 
 WELL_KNOWN = {

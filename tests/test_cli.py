@@ -322,7 +322,7 @@ def tiny_preset(monkeypatch):
 
 
 def test_bench_random_architecture_interleaves_and_compares(tmp_path, monkeypatch, tiny_preset):
-    import parcli.bench as bench
+    import parcli.quality.bench as bench
 
     order = []
     real = bench.Pipeline.generate
@@ -360,7 +360,7 @@ def test_bench_random_architecture_interleaves_and_compares(tmp_path, monkeypatc
 
 
 def test_bench_baseline_times_a_plain_engine_beside_ours(tmp_path, monkeypatch, tiny_preset):
-    import parcli.bench as bench
+    import parcli.quality.bench as bench
 
     order = []
     real = bench.Pipeline.generate
@@ -392,7 +392,7 @@ def test_bench_baseline_times_a_plain_engine_beside_ours(tmp_path, monkeypatch, 
 
 def test_bench_json_keeps_the_cases_measured_before_a_stop(tmp_path, monkeypatch, tiny_preset):
     # A bench cut short (a GPU check's time limit) still leaves the figures it measured.
-    import parcli.bench as bench
+    import parcli.quality.bench as bench
 
     calls, real = [], bench.Pipeline.generate
 
@@ -432,7 +432,7 @@ def test_bench_with_the_reference_kernels_draws_the_plain_engines_bf16_tokens(
 
 
 def test_generate_records_the_reference_kernels_and_from_replays_them(files, tmp_path):
-    from parcli.provenance import read_recipe
+    from parcli.io.recipe import read_recipe
 
     first, again = tmp_path / "a.png", tmp_path / "b.png"
     tokens = [tmp_path / "a.npy", tmp_path / "b.npy"]
@@ -452,7 +452,7 @@ def test_generate_records_the_reference_kernels_and_from_replays_them(files, tmp
 def test_from_replays_whether_the_step_was_compiled(files, tmp_path, monkeypatch):
     # In bf16 a compiled step draws other tokens: a recipe says which it was, and --from keeps it.
     import parcli.commands.generate as command
-    from parcli.provenance import read_recipe
+    from parcli.io.recipe import read_recipe
 
     first = tmp_path / "a.png"
     assert generate(files, "-c", 1, "--no-compile", "-o", first).exit_code == 0
@@ -472,7 +472,7 @@ def test_from_replays_whether_the_step_was_compiled(files, tmp_path, monkeypatch
 
 
 def test_bench_times_other_dtypes_and_int8_beside_the_first(tmp_path, monkeypatch, tiny_preset):
-    import parcli.bench as bench
+    import parcli.quality.bench as bench
 
     order = []
     real = bench.Pipeline.generate
@@ -621,7 +621,7 @@ def test_converted_and_trained_checkpoints_carry_their_guidance(tmp_path, files)
     result = run("generate", "--checkpoint", dst, "--tokenizer", files["vq"], "-c", 1, "-q",
                  "-o", out)  # fmt: skip
     assert result.exit_code == 0, result.output
-    from parcli.provenance import read_recipe
+    from parcli.io.recipe import read_recipe
 
     assert read_recipe(out).cfg_scale == 1.5
     # ... and without --grid the assumption is said aloud.

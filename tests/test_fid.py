@@ -7,10 +7,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from parcli import fid as fid_module
 from parcli.cli import app
-from parcli.fid import FidError, fid, statistics
 from parcli.io.npz import write_arrays
+from parcli.quality import fid as fid_module
+from parcli.quality.fid import FidError, fid, statistics
 
 runner = CliRunner()
 

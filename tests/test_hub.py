@@ -32,12 +32,12 @@ from conftest import tiny_model
 from typer.testing import CliRunner
 
 from parcli.commands import weights as weights_cli
-from parcli.decode import generate_tokens
 from parcli.io import hub
 from parcli.io.catalogue import Catalogue
 from parcli.io.checkpoints import load_transformer, load_vq, read_checkpoint
 from parcli.plan import Plan
 from parcli.sampling import SamplingConfig, image_uniforms
+from parcli.strategies.par import generate_tokens
 from parcli.vq import VQConfig, VQModel
 
 REPO = "test-org/tiny-par"

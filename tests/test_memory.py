@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import parcli
-from parcli import memory
 from parcli.config import GPTConfig
+from parcli.engine import memory
 from parcli.io.checkpoints import read_config
 from parcli.plan import Plan
 from parcli.vq import VQConfig

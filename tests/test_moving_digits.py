@@ -3,10 +3,11 @@ import pytest
 import torch
 from conftest import TINY_VQ, tiny_config
 
-from parcli.data import DataError, is_clip_data, load_clip_folder, training_clips
 from parcli.errors import SettingError
 from parcli.io.media import save_video
-from parcli.moving_digits import (
+from parcli.training.data import DataError, is_clip_data, load_clip_folder, training_clips
+from parcli.training.loops import TrainRun, encode_clips, train_gpt
+from parcli.training.moving_digits import (
     CANVAS,
     PATCH,
     START,
@@ -19,7 +20,6 @@ from parcli.moving_digits import (
     moving_digits,
     trajectories,
 )
-from parcli.train import TrainRun, encode_clips, train_gpt
 from parcli.vq import VQModel
 
 

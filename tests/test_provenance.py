@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from parcli.io.media import save_image, save_video
-from parcli.provenance import Recipe, RecipeError, Sample, read_recipe, sidecar_path
+from parcli.io.recipe import Recipe, RecipeError, Sample, read_recipe, sidecar_path
 from tests.test_cli import assert_user_error, generate, run
 
 
@@ -142,7 +142,7 @@ def test_a_folder_never_mixes_two_runs(files, tmp_path):
 def test_an_interrupted_folder_says_how_many_files_are_complete(tmp_path, capsys, signal_error,
                                                                 code, word):  # fmt: skip
     from parcli.commands.generate import counted_on_interruption
-    from parcli.entry import Terminated
+    from parcli.errors import Terminated
 
     folder = tmp_path / "out"
     folder.mkdir()

@@ -9,8 +9,8 @@ from torch import nn
 
 from parcli.engine.packing import projection_bytes
 from parcli.engine.quantize import Int8Linear, int8_linears, int8_products, quantize_int8
+from parcli.io.recipe import read_recipe
 from parcli.pipeline import Pipeline
-from parcli.provenance import read_recipe
 from parcli.sampling import SamplingConfig
 from parcli.vq import VQModel
 from tests.test_cli import assert_user_error, generate, run

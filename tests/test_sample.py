@@ -99,7 +99,7 @@ def test_an_interrupted_or_damaged_run_resumes_to_the_same_bytes(files, tmp_path
 
 def test_a_share_left_by_a_dead_process_is_finished_by_the_next_run(files, tmp_path):
     from parcli.pipeline import load_pipeline
-    from parcli.sample import SampleRun, SampleSettings, identity
+    from parcli.quality.shards import SampleRun, SampleSettings, identity
 
     out, fresh = tmp_path / "run", tmp_path / "fresh"
     assert sample(files, fresh, *BASE).exit_code == 0

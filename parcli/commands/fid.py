@@ -34,7 +34,7 @@ def fid_command(
     quiet: QuietOption = False,
 ) -> None:
     """FID with torch-fidelity's TensorFlow-compatible Inception-v3 (pip install 'parcli[fid]')."""
-    from parcli.fid import fid, inception
+    from parcli.quality.fid import fid, inception
 
     with user_errors():
         if batch_size < 1:

@@ -12,9 +12,6 @@ import torch
 import typer
 
 from parcli import __version__
-from parcli.animate import FPS as ANIMATION_FPS
-from parcli.animate import animation_frames
-from parcli.classes import class_set_of_size, class_slug, resolve_classes
 from parcli.commands.common import (
     CatalogueOption,
     CfgScaleOption,
@@ -38,12 +35,15 @@ from parcli.commands.common import (
     warn_if_emulated,
 )
 from parcli.commands.downloads import model_fetcher
-from parcli.dtypes import dtype_name
 from parcli.engine.devices import resolve
+from parcli.engine.dtypes import dtype_name
+from parcli.engine.memory import check_files_fit
 from parcli.engine.threads import use_threads
-from parcli.entry import Terminated
-from parcli.errors import SettingError, UserError
+from parcli.errors import SettingError, Terminated, UserError
+from parcli.io.animate import FPS as ANIMATION_FPS
+from parcli.io.animate import animation_frames
 from parcli.io.catalogue import use_catalogue
+from parcli.io.classes import class_set_of_size, class_slug, resolve_classes
 from parcli.io.files import atomic_write, check_writable, is_directory_target
 from parcli.io.media import (
     CLIP_FPS,
@@ -58,9 +58,8 @@ from parcli.io.media import (
     save_tokens,
     save_video,
 )
-from parcli.load import catalogue_class_set, model_files, pipeline_of
-from parcli.memory import check_files_fit
-from parcli.provenance import (
+from parcli.io.models import catalogue_class_set, model_files, pipeline_of
+from parcli.io.recipe import (
     Recipe,
     Sample,
     checkpoint_sha256,

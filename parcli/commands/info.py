@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from parcli.commands.common import console, user_errors
-from parcli.provenance import Recipe, read_recipe
+from parcli.io.recipe import Recipe, read_recipe
 
 _SAMPLES_SHOWN = 12
 

@@ -14,7 +14,6 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from parcli import __version__
-from parcli.bench import machine_info
 from parcli.commands.common import (
     CatalogueOption,
     CfgScaleOption,
@@ -38,13 +37,14 @@ from parcli.commands.common import (
 )
 from parcli.commands.downloads import model_fetcher
 from parcli.engine.devices import resolve
+from parcli.engine.memory import check_files_fit
 from parcli.engine.threads import use_threads
 from parcli.io.catalogue import use_catalogue
 from parcli.io.files import file_sha256
-from parcli.load import model_files, pipeline_of
-from parcli.memory import check_files_fit
-from parcli.ranks import Ranks
-from parcli.sample import SampleError, SampleRun, SampleSettings, Shard, identity
+from parcli.io.models import model_files, pipeline_of
+from parcli.quality.bench import machine_info
+from parcli.quality.ranks import Ranks
+from parcli.quality.shards import SampleError, SampleRun, SampleSettings, Shard, identity
 
 
 def sample(

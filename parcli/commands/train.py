@@ -91,8 +91,8 @@ def vq(
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "fp32",
 ) -> None:
     """Train a VQ tokenizer."""
-    from parcli.data import training_images
-    from parcli.train import TrainRun, train_vq
+    from parcli.training.data import training_images
+    from parcli.training.loops import TrainRun, train_vq
     from parcli.vq import VQConfig, most_norm_groups
 
     with user_errors(OPTIONS):
@@ -156,9 +156,9 @@ def gpt(
 ) -> None:
     """Train a class-conditional PAR transformer on the tokenizer's codes (images or clips)."""
     from parcli.config import SUPPORTED_REGIONS, GPTConfig
-    from parcli.data import check_data, is_clip_data, training_clips, training_images
     from parcli.io.checkpoints import load_vq
-    from parcli.train import TrainRun, encode_clips, encode_images, train_gpt
+    from parcli.training.data import check_data, is_clip_data, training_clips, training_images
+    from parcli.training.loops import TrainRun, encode_clips, encode_images, train_gpt
 
     with user_errors(OPTIONS):
         device = str(resolve_device(device))  # a missing GPU is one line, before any work

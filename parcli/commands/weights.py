@@ -18,7 +18,7 @@ from parcli.commands.common import (
     user_errors,
 )
 from parcli.commands.downloads import announce, fetch_with_progress
-from parcli.dtypes import storage_dtype
+from parcli.engine.dtypes import storage_dtype
 from parcli.io import hub
 from parcli.io.catalogue import Catalogue, Entry, load_catalogue, use_catalogue
 

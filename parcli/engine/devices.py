@@ -7,7 +7,7 @@ import platform
 
 import torch
 
-from parcli.dtypes import compute_dtype, dtype_name
+from parcli.engine.dtypes import compute_dtype, dtype_name
 from parcli.errors import SettingError
 
 

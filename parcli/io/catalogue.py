@@ -25,9 +25,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-from parcli.classes import CLASS_SETS, IMAGENET
 from parcli.config import CHECKPOINT_KINDS, MAX_TOKENS, SUPPORTED_REGIONS
 from parcli.errors import UserError
+from parcli.io.classes import CLASS_SETS, IMAGENET
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_PATH = Path(__file__).parent.parent / "weights.toml"

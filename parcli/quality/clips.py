@@ -2,7 +2,7 @@
 
 Every frame of a generated clip is cut to the 20x20 window around the digit's centre of mass and
 placed where MNIST puts a digit (the middle of a 32x32 canvas), so the shipped digit classifier
-(`parcli.evaluate`) can read it. Reported per n:
+(`parcli.quality.digits`) can read it. Reported per n:
 
 * per-frame accuracy: the share of frames the classifier reads as the clip's class;
 * consistency: the share of clips whose every frame is read as one and the same class;
@@ -22,9 +22,16 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from parcli.evaluate import IMAGE_SIDE, DigitClassifier, check_settings, generate_samples, predict
-from parcli.moving_digits import PATCH, digit_crops, load_moving_digits, mean_displacement
 from parcli.pipeline import Pipeline, PipelineError
+from parcli.quality.digits import (
+    IMAGE_SIDE,
+    DigitClassifier,
+    check_settings,
+    generate_samples,
+    predict,
+)
+from parcli.training.data import load_moving_digits
+from parcli.training.moving_digits import PATCH, digit_crops, mean_displacement
 
 ACCURACY_GOALS = {1: 0.90, 4: 0.90, 16: 0.85}
 DEFAULT_ACCURACY_GOAL = 0.85

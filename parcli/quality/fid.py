@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from parcli.errors import UserError
-from parcli.frechet import Gaussian, frechet
 from parcli.io.hub import offline_requested
 from parcli.io.npz import npz_members, read_rows
+from parcli.quality.frechet import Gaussian, frechet
 
 # The weights torch-fidelity converts from TensorFlow's 2015-12-05 Inception graph; the name
 # carries the first digits of the file's sha256, which is checked.

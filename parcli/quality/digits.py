@@ -1,8 +1,9 @@
 """Sample quality of a digits family: class accuracy and a Fréchet distance, per region count n.
 
 A small CNN (`DigitClassifier`) is trained on the same 5,000 MNIST digits the generator learned
-from, minus a held-out split (`parcli.data.split_held_out`, 50 per class) on which its own accuracy
-is measured and stored in the file's metadata. Generated digits are then scored two ways:
+from, minus a held-out split (`parcli.training.data.split_held_out`, 50 per class) on which
+its own accuracy is measured and stored in the file's metadata. Generated digits are then
+scored two ways:
 
 * accuracy: the share of samples the classifier assigns to the class they were generated for;
 * Fréchet distance: between Gaussians fitted to the classifier's feature vectors (the input of its
@@ -27,12 +28,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from parcli.errors import SettingError
-from parcli.frechet import frechet_distance
 from parcli.io.tensors import WeightsError, read_safetensors, write_safetensors
 from parcli.pipeline import Pipeline, PipelineError
+from parcli.quality.frechet import frechet_distance
 
 DEFAULT_CLASSIFIER = (
-    Path(__file__).resolve().parent / "assets" / "digits" / "classifier.safetensors"
+    Path(__file__).resolve().parents[1] / "assets" / "digits" / "classifier.safetensors"
 )
 KIND = "digit-classifier"
 IMAGE_SIDE = 32
@@ -158,7 +159,7 @@ def train_classifier(
     on_step: Callable[[int, int, float], None] | None = None,
 ) -> tuple[DigitClassifier, ClassifierInfo]:
     """Train on all but the held-out split (small random affine moves), then score held-out."""
-    from parcli.data import split_held_out
+    from parcli.training.data import split_held_out
 
     labels = np.asarray(labels, dtype=np.int64)
     train_idx, held_idx = split_held_out(labels, held_out_per_class)
@@ -276,7 +277,7 @@ class RealBaseline:
 
 def reference_images() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(train images, train labels, held-out images, held-out labels) of the digits data."""
-    from parcli.data import load_digits, split_held_out
+    from parcli.training.data import load_digits, split_held_out
 
     images, labels = load_digits()
     train_idx, held_idx = split_held_out(labels)

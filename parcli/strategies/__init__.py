@@ -1,0 +1,1 @@
+"""How a plan is walked: one module per decoding strategy, named in `STRATEGIES`."""

@@ -1,0 +1,1 @@
+"""Training a tokenizer and PAR transformers on small data sets."""
