@@ -15,18 +15,20 @@ import torch.nn.functional as F
 from parcli.engine.packing import pack_projections
 from parcli.engine.policy import FIXED_SHAPE, choose_engine, set_cuda_backends
 from parcli.engine.quantize import (
-    QUANTIZATIONS,
     choose_products,
     products_to_time,
     quantize_int8,
 )
 from parcli.engine.runners import FixedShapeRunner, PrefixRunner, Runner
+from parcli.engine.threads import use_threads
 from parcli.errors import SettingError, UserError
+from parcli.io.models import Fetch, ModelFiles, model_files
 from parcli.model import Transformer
+from parcli.options import RunOptions
 from parcli.plan import Pass, Plan
-from parcli.sampling import SamplingConfig, image_uniforms
+from parcli.sampling import SamplingConfig
 from parcli.slots import guided_labels
-from parcli.strategies.par import generate_tokens
+from parcli.strategies import DecodeStats, make_strategy
 from parcli.vq import VQModel, to_pixels
 
 
@@ -36,23 +38,21 @@ class PipelineError(UserError):
 
 @dataclass(eq=False)
 class Pipeline:
-    """A transformer, the tokenizer that decodes its tokens, and the plan for its regions.
+    """A transformer, the tokenizer that decodes its tokens, the plan for its regions, and the
+    decoding strategy that walks it.
 
-    `defaults` are the model's own sampling settings. The engine
-    (`parcli.engine.policy.choose_engine`) is chosen once, when the pipeline is made: from the
-    model's device and dtype, `compile_model` (None: the device's default), `plain_engine`, the
-    yardstick of `par bench --baseline` that has no speed-ups at all, and `reference_kernels`,
-    the plain engine's kernels (graphed on CUDA), for the reference's tokens in bf16 too.
+    `defaults` are the model's own sampling settings. `options` says how to run (its device and
+    dtype are the model's, already); the engine (`parcli.engine.policy.choose_engine`) is
+    chosen from them once, here. `plain_engine` is the yardstick of `par bench --baseline`, with
+    no speed-ups at all.
     """
 
     model: Transformer
     vq: VQModel
     name: str = "model"
     defaults: SamplingConfig = SamplingConfig()
-    compile_model: bool | None = None
+    options: RunOptions = RunOptions()
     plain_engine: bool = False
-    quantize: str | None = None  # "int8": weight-only int8 projections (tokens differ)
-    reference_kernels: bool = False
 
     def __post_init__(self) -> None:
         cfg = self.model.cfg
@@ -63,19 +63,19 @@ class Pipeline:
                 f"{cfg.vocab_size}; pass the tokenizer this model was trained with",
                 setting="tokenizer",
             )
+        self.options.check()
         self.plan = Plan(cfg.grid, cfg.regions)
+        self.strategy = make_strategy(self.options.strategy, self.options.window)
+        self.stats = DecodeStats()
         if self.quantize is not None:
-            if self.quantize not in QUANTIZATIONS:
-                choices = ", ".join(QUANTIZATIONS)
-                raise SettingError("quantize", f"must be {choices}, not {self.quantize!r}")
             quantize_int8(self.model)
         self.engine = choose_engine(
             self.device,
             self.model.dtype,
-            self.compile_model,
+            self.options.compile,
             self.plain_engine,
             quantized=self.quantize is not None,
-            reference_kernels=self.reference_kernels,
+            reference_kernels=self.options.reference_kernels,
         )
         if self.device.type == "cuda":
             set_cuda_backends()
@@ -83,6 +83,10 @@ class Pipeline:
         self.packed: str | None = None  # the kernel that packed the projections, once packed
         if self.engine.channels_last_vq:
             self.vq.to(memory_format=torch.channels_last)
+
+    @property
+    def quantize(self) -> str | None:
+        return self.options.quantize
 
     @property
     def device(self) -> torch.device:
@@ -104,16 +108,16 @@ class Pipeline:
     def default_cfg_scale(self) -> float:
         return self.defaults.cfg_scale
 
-    def sampling(
-        self,
-        cfg_scale: float | None = None,
-        temperature: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
-    ) -> SamplingConfig:
-        """The model's own sampling settings, but for those given."""
-        given = {"cfg_scale": cfg_scale, "temperature": temperature, "top_k": top_k, "top_p": top_p}
-        return replace(self.defaults, **{k: v for k, v in given.items() if v is not None})
+    def sampling(self, cfg_scale: float | None = None) -> SamplingConfig:
+        """The run's sampling settings: the options', the model's own for those they leave
+        out; `cfg_scale` overrides both."""
+        sampling = self.options.sampling_over(self.defaults)
+        return sampling if cfg_scale is None else replace(sampling, cfg_scale=cfg_scale)
+
+    def run_options(self, sampling: SamplingConfig | None = None) -> RunOptions:
+        """The options as this pipeline runs them, every sampling setting decided."""
+        options = replace(self.options, compile=self.engine.compiled)
+        return options.with_sampling(sampling or self.sampling())
 
     def check_regions(self, regions: int | None) -> None:
         trained = self.model.cfg.regions
@@ -171,7 +175,9 @@ class Pipeline:
             model = Transformer(self.model.cfg)
         model.load_state_dict(self.model.state_dict(), assign=True)
         vq = copy.deepcopy(self.vq).to(memory_format=torch.contiguous_format)
-        return Pipeline(model.eval(), vq, self.name, self.defaults, plain_engine=True)
+        options = replace(self.options, compile=False, reference_kernels=False, strategy="par",
+                          window=1)  # fmt: skip
+        return Pipeline(model.eval(), vq, self.name, self.defaults, options, plain_engine=True)
 
     def generate(
         self,
@@ -193,7 +199,7 @@ class Pipeline:
         indices = range(len(labels)) if indices is None else indices
         if len(indices) != len(labels):
             raise ValueError(f"{len(indices)} image indices for {len(labels)} labels")
-        num_classes, count = self.model.cfg.num_classes, self.plan.num_tokens
+        num_classes = self.model.cfg.num_classes
         pad_short_batches = self.engine.fixed_batches and len(labels) > batch_size
         chunks = []
         for start in range(0, len(labels), batch_size):
@@ -205,12 +211,12 @@ class Pipeline:
                 chunk_labels += chunk_labels[-1:] * (batch_size - real)
                 batch_indices += batch_indices[-1:] * (batch_size - real)
             chunk = torch.tensor(chunk_labels, device=self.device)
-            uniforms = image_uniforms(seed, batch_indices, count, self.device)
             sequences = guided_labels(chunk, num_classes, sampling.guided).shape[0]
             runner = self.runner(sequences)
-            tokens = generate_tokens(
-                self.model, self.plan, chunk, sampling, uniforms, on_pass, runner
+            tokens, stats = self.strategy.generate(
+                self.model, self.plan, chunk, sampling, seed, batch_indices, runner, on_pass
             )
+            self.stats.add(stats)
             chunks.append(tokens[:real])
         return torch.cat(chunks)
 
@@ -244,10 +250,7 @@ def load_pipeline(
     dtype: torch.dtype,
     name: str | None = None,
     defaults: SamplingConfig | None = None,
-    compile_model: bool | None = None,
-    quantize: str | None = None,
-    *,
-    reference_kernels: bool = False,
+    options: RunOptions | None = None,
 ) -> Pipeline:
     """The pipeline of two converted files; `defaults` None takes the sampling settings the
     checkpoint's metadata records."""
@@ -258,10 +261,29 @@ def load_pipeline(
     vq, _ = load_vq(tokenizer, device, torch.float32)
     if defaults is None:
         defaults = recorded_sampling(checkpoint, metadata)
-    return Pipeline(
-        model, vq, name or checkpoint.name, defaults, compile_model,
-        quantize=quantize, reference_kernels=reference_kernels,
+    return Pipeline(model, vq, name or checkpoint.name, defaults, options or RunOptions())
+
+
+def open_pipeline(files: ModelFiles, options: RunOptions, regions: int | None = None) -> Pipeline:
+    """The pipeline of located files, run as `options` say (threads included), checked to be
+    trained for `regions` (None: any)."""
+    pipe = load_pipeline(
+        files.checkpoint, files.tokenizer, options.torch_device, options.torch_dtype, files.name,
+        files.defaults, options,
     )  # fmt: skip
+    pipe.check_regions(regions)
+    use_threads(pipe.model, options.threads)
+    return pipe
+
+
+def open_pipelines(
+    model: str | None,
+    regions: Sequence[int],
+    options: RunOptions,
+    fetch: Fetch | None = None,
+) -> dict[int, Pipeline]:
+    """One pipeline of a catalogue model per region count, each checked to be trained for it."""
+    return {n: open_pipeline(model_files(model, n, fetch=fetch), options, n) for n in regions}
 
 
 def recorded_sampling(checkpoint: Path, metadata: dict[str, str]) -> SamplingConfig:

@@ -20,6 +20,7 @@ import torch
 from parcli.config import GPTConfig
 from parcli.engine.quantize import choose_products, quantize_int8
 from parcli.model import Transformer, rotary_rows
+from parcli.options import RunOptions
 from parcli.pipeline import Pipeline
 from parcli.plan import Plan
 from parcli.sampling import SamplingConfig
@@ -82,7 +83,7 @@ def main() -> None:
             }
         forced = (exact == rounded).float().mean().item()
         floats = Pipeline(copy.deepcopy(model), vq).generate(labels, greedy, 0, images)
-        ints = Pipeline(copy.deepcopy(model), vq, quantize="int8").generate(
+        ints = Pipeline(copy.deepcopy(model), vq, options=RunOptions(quantize="int8")).generate(
             labels, greedy, 0, images
         )
         free = (floats == ints).float().mean().item()

@@ -2,6 +2,7 @@ import pytest
 import torch
 from conftest import TINY_VQ, tiny_model
 
+from parcli.options import RunOptions
 from parcli.pipeline import Pipeline
 from parcli.quality.bench import weight_bytes
 from parcli.vq import VQModel
@@ -28,7 +29,7 @@ def test_random_pipelines_share_one_weight_set():
     from parcli.quality.bench import random_pipelines
 
     cfg = GPTConfig(n_layer=2, n_head=4, dim=64, vocab_size=32, grid=(8, 8))
-    pipes = random_pipelines(cfg, [1, 4, 16], torch.device("cpu"), torch.float32, TINY_VQ)
+    pipes = random_pipelines(cfg, [1, 4, 16], RunOptions(), TINY_VQ)
     assert [p.model.cfg.regions for p in pipes.values()] == [1, 4, 16]
     weights = [p.model.layers[1].attention.wqkv.weight for p in pipes.values()]
     assert len({w.data_ptr() for w in weights}) == 1  # shared, not copied

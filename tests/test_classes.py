@@ -2,9 +2,9 @@
 
 import pytest
 
-from parcli.commands.generate import sample_stems
 from parcli.errors import SettingError
 from parcli.io.classes import DIGITS, IMAGENET, class_set, class_set_of_size, resolve_classes
+from parcli.io.outputs import sample_stems
 from parcli.io.recipe import Sample
 from tests.test_cli import assert_user_error, run
 

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 import parcli
 from parcli.cli import app
 from parcli.config import GPT_PRESETS
+from parcli.options import RunOptions
 from parcli.pipeline import Pipeline
 from parcli.sampling import SamplingConfig
 from parcli.vq import VQModel
@@ -457,8 +458,10 @@ def test_from_replays_whether_the_step_was_compiled(files, tmp_path, monkeypatch
     first = tmp_path / "a.png"
     assert generate(files, "-c", 1, "--no-compile", "-o", first).exit_code == 0
     assert read_recipe(first).compiled is False
-    asked, real = [], command.pipeline_of
-    monkeypatch.setattr(command, "pipeline_of", lambda *a, **k: asked.append(a[4]) or real(*a, **k))
+    asked, real = [], command.open_pipeline
+    monkeypatch.setattr(
+        command, "open_pipeline", lambda *a, **k: asked.append(a[1].compile) or real(*a, **k)
+    )
     again = ["generate", "--from", first, "--checkpoint", files["gpt4"], "--tokenizer",
              files["vq"], "-q", "-o", tmp_path / "b.png"]  # fmt: skip
     assert run(*again).exit_code == 0 and asked == [False]
@@ -467,8 +470,10 @@ def test_from_replays_whether_the_step_was_compiled(files, tmp_path, monkeypatch
     from dataclasses import replace
 
     made_on_cuda = replace(read_recipe(first), device="cuda", compiled=True)
-    monkeypatch.setattr(command, "read_recipe", lambda path: made_on_cuda)
-    assert run(*again).exit_code == 0 and asked == [False, None]
+    import parcli.io.recipe as recipes
+
+    monkeypatch.setattr(recipes, "read_recipe", lambda path: made_on_cuda)
+    assert run(*again).exit_code == 0 and asked == [False, False]  # the CPU's default
 
 
 def test_bench_times_other_dtypes_and_int8_beside_the_first(tmp_path, monkeypatch, tiny_preset):
@@ -647,8 +652,12 @@ def test_the_bar_says_when_the_first_passes_compile():
     from parcli.commands.common import pass_counter, waiting_status
     from parcli.plan import Pass
 
-    compiled = Pipeline(tiny_model(regions=4), VQModel(TINY_VQ).eval(), compile_model=True)
-    eager = Pipeline(tiny_model(regions=4), VQModel(TINY_VQ).eval(), compile_model=False)
+    compiled = Pipeline(
+        tiny_model(regions=4), VQModel(TINY_VQ).eval(), options=RunOptions(compile=True)
+    )
+    eager = Pipeline(
+        tiny_model(regions=4), VQModel(TINY_VQ).eval(), options=RunOptions(compile=False)
+    )
     assert waiting_status(compiled).startswith("compiling") and waiting_status(eager) == ""
     progress = Progress(console=Console(file=io.StringIO()))
     advance = pass_counter(progress, "m", passes=19, batches=1, waiting=waiting_status(compiled))
@@ -665,12 +674,16 @@ def test_the_bar_says_when_the_first_batch_times_the_int8_products():
     quantize.widening_rows.cache_clear()  # measured by an earlier test, in another cache
 
     def int8_pipeline():
-        return Pipeline(tiny_model(regions=4), VQModel(TINY_VQ).eval(), quantize="int8")
+        return Pipeline(
+            tiny_model(regions=4), VQModel(TINY_VQ).eval(), options=RunOptions(quantize="int8")
+        )
 
     first = int8_pipeline()
     assert waiting_status(first).startswith("timing the int8 products")
     first.generate([1], SamplingConfig(), seed=0, batch_size=1)
     assert waiting_status(first) == ""  # its runner exists: nothing more to time
     assert waiting_status(int8_pipeline()) == ""  # remembered in kernels.json
-    float_pipe = Pipeline(tiny_model(regions=4), VQModel(TINY_VQ).eval(), compile_model=False)
+    float_pipe = Pipeline(
+        tiny_model(regions=4), VQModel(TINY_VQ).eval(), options=RunOptions(compile=False)
+    )
     assert waiting_status(float_pipe) == ""

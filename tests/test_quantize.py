@@ -10,6 +10,7 @@ from torch import nn
 from parcli.engine.packing import projection_bytes
 from parcli.engine.quantize import Int8Linear, int8_linears, int8_products, quantize_int8
 from parcli.io.recipe import read_recipe
+from parcli.options import RunOptions
 from parcli.pipeline import Pipeline
 from parcli.sampling import SamplingConfig
 from parcli.vq import VQModel
@@ -43,7 +44,7 @@ def test_an_int8_pipeline_generates_and_mostly_agrees_with_float32():
     vq = VQModel(TINY_VQ).eval()
     greedy = SamplingConfig(cfg_scale=1.0, top_k=1)
     exact = Pipeline(tiny_model(regions=4, seed=2), vq).generate([1, 2, 3, 4], greedy, 0, 4)
-    quantized = Pipeline(tiny_model(regions=4, seed=2), vq, quantize="int8")
+    quantized = Pipeline(tiny_model(regions=4, seed=2), vq, options=RunOptions(quantize="int8"))
     assert not quantized.engine.packed_projections
     tokens = quantized.generate([1, 2, 3, 4], greedy, 0, 4)
     assert tokens.shape == exact.shape
@@ -126,7 +127,9 @@ def test_the_products_are_chosen_at_the_thread_count_the_run_uses(monkeypatch):
     saved = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        pipe = Pipeline(tiny_model(regions=4), VQModel(TINY_VQ).eval(), quantize="int8")
+        pipe = Pipeline(
+            tiny_model(regions=4), VQModel(TINY_VQ).eval(), options=RunOptions(quantize="int8")
+        )
         assert asked == []  # not at load, where the thread count is not the run's yet
         assert use_threads(pipe.model) == 1  # a small model runs on one thread
         pipe.runner(sequences=2)

@@ -59,7 +59,8 @@ def test_samples_npz_is_the_adm_format_with_a_manifest(files, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     settings = manifest["settings"]
     assert settings["checkpoint_sha256"] == digest(files[0])
-    assert settings["sampling"] == {"cfg_scale": 1.5, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
+    sampling = {key: settings[key] for key in ("cfg_scale", "temperature", "top_k", "top_p")}
+    assert sampling == {"cfg_scale": 1.5, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
     assert settings["classes"] == [0, 1, 2, 7] and settings["per_class"] == 3
     assert manifest["samples_sha256"] == digest(out / "samples.npz")
     assert manifest["processes"] == 1 and manifest["parcli"] and manifest["machine"]["torch"]
@@ -140,14 +141,17 @@ def test_a_run_is_not_resumed_with_other_numerics(files, tmp_path):
     # int8 weights or the reference's kernels draw other tokens: shards of both must not mix.
     out = tmp_path / "run"
     assert sample(files, out, *BASE).exit_code == 0
-    for other in (["--quantize", "int8"], ["--reference-kernels"]):
+    for other, key in (
+        (["--quantize", "int8"], "quantize"),
+        (["--reference-kernels"], "reference_kernels"),
+    ):
         result = sample(files, out, *BASE, *other)
-        assert result.exit_code == 2 and "other settings (engine)" in result.output, other
+        assert result.exit_code == 2 and f"other settings ({key})" in result.output, other
     fresh = tmp_path / "int8"
     assert sample(files, fresh, *BASE, "--quantize", "int8").exit_code == 0
     settings = json.loads((fresh / "run.json").read_text())
-    assert settings["engine"] == "prefix int8 weights"
-    assert json.loads((out / "run.json").read_text())["engine"] == "prefix"  # as before
+    assert settings["quantize"] == "int8" and settings["reference_kernels"] is False
+    assert json.loads((out / "run.json").read_text())["quantize"] is None
 
 
 def test_pngs_and_the_evaluation_size(files, tmp_path):

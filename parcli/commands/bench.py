@@ -18,28 +18,23 @@ from rich.table import Table
 
 from parcli.commands.common import (
     CatalogueOption,
-    CompileOption,
-    DeviceOption,
     OfflineOption,
-    QuantizeOption,
-    ReferenceKernelsOption,
-    ThreadsOption,
     console,
     err_console,
     parse_ints,
     parse_region_list,
+    run_options,
     user_errors,
     warn_if_emulated,
 )
 from parcli.commands.downloads import model_fetcher
 from parcli.config import GPT_PRESETS, GPTConfig, token_grid
-from parcli.engine.devices import resolve_dtypes
 from parcli.engine.dtypes import dtype_name
 from parcli.engine.memory import check_fits
 from parcli.engine.quantize import int8_products
-from parcli.engine.threads import use_threads
 from parcli.io.catalogue import use_catalogue
 from parcli.io.files import atomic_path, check_writable
+from parcli.options import RunOptions
 from parcli.pipeline import Pipeline
 from parcli.quality.bench import (
     INT8,
@@ -67,6 +62,29 @@ def bytes_text(count: int) -> str:
     return str(count)
 
 
+BENCH_DTYPES = (
+    Annotated[
+        str,
+        typer.Option(
+            help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16; a list (fp32,bf16) times "
+            "the same weights in each, interleaved, against the first."
+        ),
+    ],
+    "auto",
+)
+BENCH_STRATEGIES = (
+    Annotated[
+        str,
+        typer.Option(
+            help="par, sjd, or a list (par,sjd) timed on the same weights, interleaved, "
+            "against the first."
+        ),
+    ],
+    "par",
+)
+
+
+@run_options(dtype=BENCH_DTYPES, strategy=BENCH_STRATEGIES)
 def bench(
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="Catalogue family or entry to time.")
@@ -81,22 +99,10 @@ def bench(
     batch_size: Annotated[str, typer.Option(help="Batch sizes, e.g. 1,8,32.")] = "1",
     grid: Annotated[str | None, typer.Option(help="Token grid for --arch, e.g. 24x24.")] = None,
     image_size: Annotated[int, typer.Option(help="Image side for --arch (stride 16).")] = 384,
-    cfg_scale: Annotated[
-        float | None, typer.Option(help="Guidance scale (on by default); <= 1 turns it off.")
-    ] = None,
-    dtype: Annotated[
-        str,
-        typer.Option(
-            help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16; a list (fp32,bf16) times "
-            "the same weights in each, interleaved, against the first."
-        ),
-    ] = "auto",
-    device: DeviceOption = "auto",
     warmup: Annotated[
         int, typer.Option(help="Untimed runs of each case before its first timed one (capture).")
     ] = 1,
     repeats: Annotated[int, typer.Option(help="Timed rounds; configurations interleave.")] = 3,
-    compile_model: CompileOption = None,
     decode: Annotated[bool, typer.Option(help="Also time the VQ decoder.")] = True,
     baseline: Annotated[
         bool,
@@ -106,15 +112,13 @@ def bench(
             "interleaved with ours."
         ),
     ] = False,
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the random weights and of the draws.")] = 0,
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write every figure here.")
     ] = None,
     offline: OfflineOption = False,
     catalogue: CatalogueOption = None,
-    threads: ThreadsOption = None,
-    quantize: QuantizeOption = None,
-    reference_kernels: ReferenceKernelsOption = False,
+    run: dict | None = None,
 ) -> None:
     """Time generation at 1, 4 and 16 regions on the real `par generate` path."""
     with user_errors():
@@ -123,56 +127,44 @@ def bench(
         batches = tuple(parse_ints(batch_size, "batch_size"))
         if json_path is not None:
             check_writable(json_path, (".json",), setting="json")
-        torch_device, dtypes = resolve_dtypes(device, dtype)
-        torch_dtype, other_dtypes = dtypes[0], dtypes[1:]
-        for each in dtypes:
-            warn_if_emulated(torch_device, each)
+        variants = bench_variants(run)
+        options = next(iter(variants.values()))
+        for each in variants.values():
+            warn_if_emulated(each.torch_device, each.torch_dtype)
         sides = token_grid(grid, image_size)
         if arch in GPT_PRESETS:  # random weights: refuse what cannot fit before building it
             cfg = GPTConfig.preset(arch, grid=sides, regions=max(region_list))
-            guided = cfg_scale is None or cfg_scale > 1
-            most = max(batches)
-            for each in dtypes:
-                check_fits(cfg, VQConfig.llamagen_ds16(), torch_device, each, most, None, guided)
+            guided = options.cfg_scale is None or options.cfg_scale > 1
+            for each in variants.values():
+                check_fits(cfg, VQConfig.llamagen_ds16(), each.torch_device, each.torch_dtype,
+                           max(batches), None, guided)  # fmt: skip
         building = (
             console.status(f"building {escape(arch)} with random weights")
             if arch
             else nullcontext()
         )
         with building:
-            pipelines, title = pipelines_to_time(
-                model,
-                arch,
-                region_list,
-                torch_device,
-                torch_dtype,
-                checkpoint,
-                tokenizer,
-                sides,
-                compile_model,
-                seed,
-                model_fetcher(offline, quiet=False),
-                reference_kernels=reference_kernels,
-            )
-            others = {}  # the same weights again, in another dtype or int8, timed beside
-            for each in other_dtypes:
-                others[dtype_name(each)], _ = pipelines_to_time(
-                    model, arch, region_list, torch_device, each, checkpoint, tokenizer,
-                    sides, compile_model, seed, model_fetcher(offline, quiet=True),
-                    reference_kernels=reference_kernels,
+            timed = {
+                label: pipelines_to_time(
+                    model,
+                    arch,
+                    region_list,
+                    each,
+                    checkpoint,
+                    tokenizer,
+                    sides,
+                    seed,
+                    model_fetcher(offline, quiet=label != OURS),
                 )  # fmt: skip
-            if quantize is not None:
-                others[INT8], _ = pipelines_to_time(
-                    model, arch, region_list, torch_device, torch_dtype, checkpoint, tokenizer,
-                    sides, compile_model, seed, model_fetcher(offline, quiet=True), quantize,
-                    reference_kernels=reference_kernels,
-                )  # fmt: skip
+                for label, each in variants.items()
+            }
+        pipelines, title = timed.pop(OURS)
+        others = {label: pipes for label, (pipes, _) in timed.items()}
         baselines = {n: p.plain_engine_twin() for n, p in pipelines.items()} if baseline else None
         first = next(iter(pipelines.values()))
-        use_threads(first.model, threads)
-        sampling = default_sampling(first, cfg_scale)
+        sampling = default_sampling(first, options.cfg_scale)
         settings = BenchSettings(batches, sampling, warmup, repeats, decode, seed)
-        rate = copy_rate(torch_device)
+        rate = copy_rate(options.torch_device)
         planned = planned_cases(pipelines, settings, baselines, others)
 
         def write_json(rows: list[Row]) -> None:
@@ -350,3 +342,22 @@ def _caption(pipe: Pipeline, sampling: SamplingConfig, rate: float | None) -> st
         rate_text = f"copy rate {rate / 1e12:.2f} TB/s"
         parts.append(f"{rate_text}; floor = (weights x passes + KV cache read) / copy rate")
     return " · ".join(parts)
+
+
+def bench_variants(run: dict) -> dict[str, RunOptions]:
+    """The options timed, by row label: ours (the first dtype and strategy), then the same
+    weights in each further dtype, in int8 (--quantize) and with each further strategy."""
+    dtypes = [part.strip() for part in run["dtype"].split(",") if part.strip()] or ["auto"]
+    strategies = [part.strip() for part in run["strategy"].split(",") if part.strip()] or ["par"]
+    base = {**run, "dtype": dtypes[0], "strategy": strategies[0], "quantize": None}
+    ours = RunOptions.resolve(**base)
+    variants = {OURS: ours}
+    for dtype in dtypes[1:]:
+        each = RunOptions.resolve(**{**base, "dtype": dtype})
+        if each.dtype != ours.dtype:
+            variants[each.dtype] = each
+    if run["quantize"] is not None:
+        variants[INT8] = RunOptions.resolve(**{**base, "quantize": run["quantize"]})
+    for strategy in strategies[1:]:
+        variants[strategy] = RunOptions.resolve(**{**base, "strategy": strategy})
+    return variants

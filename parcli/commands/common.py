@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -32,6 +34,15 @@ DeviceOption = Annotated[
 DtypeOption = Annotated[
     str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16.")
 ]
+OfflineOption = Annotated[bool, typer.Option(help="Never touch the network.")]
+CatalogueOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--catalogue",
+        envvar="PARCLI_CATALOGUE",
+        help="Read this weights.toml instead of the packaged one (also PARCLI_CATALOGUE).",
+    ),
+]
 CompileOption = Annotated[
     bool | None,
     typer.Option(
@@ -40,7 +51,6 @@ CompileOption = Annotated[
         "Inductor's disk cache). Default: on CUDA only.",
     ),
 ]
-OfflineOption = Annotated[bool, typer.Option(help="Never touch the network.")]
 CfgScaleOption = Annotated[
     float | None,
     typer.Option(help="Classifier-free guidance scale; <= 1 turns it off. Default: the model's."),
@@ -57,14 +67,6 @@ TopKOption = Annotated[
 TopPOption = Annotated[
     float | None,
     typer.Option(help="Nucleus sampling mass; 1.0 = off. Default: the model's (weights.toml)."),
-]
-CatalogueOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--catalogue",
-        envvar="PARCLI_CATALOGUE",
-        help="Read this weights.toml instead of the packaged one (also PARCLI_CATALOGUE).",
-    ),
 ]
 QuantizeOption = Annotated[
     str | None,
@@ -90,6 +92,68 @@ ThreadsOption = Annotated[
         "processes), one per core for large ones (also PARCLI_THREADS).",
     ),
 ]
+StrategyOption = Annotated[
+    str,
+    typer.Option(
+        help="How the passes are walked: par (one plan pass at a time) or sjd (speculative "
+        "Jacobi decoding: drafts of the next passes verified in one pass; the same law of "
+        "images in fewer passes)."
+    ),
+]
+WindowOption = Annotated[
+    int | None,
+    typer.Option(help="Plan passes per iteration of --strategy sjd. Default: the strategy's."),
+]
+
+# The options of a run's settings (`parcli.options.RunOptions`), by field: a command decorated
+# with `run_options` takes them all (but those it leaves out) and gets them as one dict, `run`.
+RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "device": (DeviceOption, "auto"),
+    "dtype": (DtypeOption, "auto"),
+    "compile": (CompileOption, None),
+    "quantize": (QuantizeOption, None),
+    "reference_kernels": (ReferenceKernelsOption, False),
+    "threads": (ThreadsOption, None),
+    "strategy": (StrategyOption, "par"),
+    "window": (WindowOption, None),
+    "cfg_scale": (CfgScaleOption, None),
+    "temperature": (TemperatureOption, None),
+    "top_k": (TopKOption, None),
+    "top_p": (TopPOption, None),
+}
+
+
+def run_options(*, without: tuple[str, ...] = (), **replaced: tuple[Any, Any]):
+    """Add the run options to a command's signature (after its own), collected into the
+    keyword `run`: {field: value as given}. `replaced` swaps one option's declaration for
+    another (bench takes lists where other commands take one value)."""
+    table = {**RUN_OPTIONS, **replaced}
+    names = [name for name in table if name not in without]
+
+    def decorate(func):
+        signature = inspect.signature(func, eval_str=True)
+        own = [p for p in signature.parameters.values() if p.name != "run"]
+        added = [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=table[name][0],
+                              default=table[name][1])
+            for name in names
+        ]  # fmt: skip
+
+        @functools.wraps(func)
+        def command(**kwargs):
+            run = {name: kwargs.pop(name) for name in names}
+            return func(**kwargs, run=run)
+
+        command.__signature__ = signature.replace(parameters=own + added)
+        command.__annotations__ = {
+            **{k: v for k, v in func.__annotations__.items() if k != "run"},
+            **{name: table[name][0] for name in names},
+        }
+        return command
+
+    return decorate
+
+
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
 
 

@@ -2,7 +2,7 @@
 
 The shipped classifier `parcli/assets/digits/classifier.safetensors` was written by::
 
-    par eval --train-classifier --classifier classifier.safetensors
+    par train classifier --out classifier.safetensors
 
 (1,500 steps, seed 0, on the digits minus 50 held-out per class; its held-out accuracy is stored
 in the file and printed under every table), then copied into `parcli/assets/digits/` by hand:
@@ -24,34 +24,29 @@ from rich.table import Table
 
 from parcli.commands.common import (
     CatalogueOption,
-    DeviceOption,
-    DtypeOption,
     OfflineOption,
-    QuantizeOption,
     QuietOption,
-    ReferenceKernelsOption,
-    ThreadsOption,
     console,
     err_console,
     parse_region_list,
     pass_progress,
+    run_options,
     user_errors,
     waiting_status,
     warn_if_emulated,
 )
 from parcli.commands.downloads import model_fetcher
-from parcli.engine.devices import resolve
-from parcli.engine.threads import use_threads
-from parcli.errors import SettingError
 from parcli.io.catalogue import use_catalogue
 from parcli.io.files import atomic_path, check_writable
-from parcli.io.models import open_pipelines
+from parcli.options import RunOptions
+from parcli.pipeline import open_pipelines
 
 
 def _command() -> str:
     return shlex.join(["par", *sys.argv[1:]])
 
 
+@run_options()
 def eval_digits(
     model: Annotated[
         str, typer.Option("--model", "-m", help="Catalogue family (or entry) to evaluate.")
@@ -62,14 +57,8 @@ def eval_digits(
     samples_per_class: Annotated[
         int, typer.Option(help="Digits generated per class and per n.")
     ] = 50,
-    cfg_scale: Annotated[
-        float | None,
-        typer.Option(help="Classifier-free guidance scale; <= 1 turns it off. Default: model's."),
-    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed, the same for every n.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Images generated together.")] = 100,
-    device: DeviceOption = "auto",
-    dtype: DtypeOption = "auto",
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Also write every figure here.")
     ] = None,
@@ -77,23 +66,10 @@ def eval_digits(
         Path | None,
         typer.Option(help="Digit classifier file. Default: the one shipped with parcli."),
     ] = None,
-    train_classifier: Annotated[
-        bool,
-        typer.Option(
-            "--train-classifier",
-            help="Train the digit classifier afresh, write it to --classifier (needed; never "
-            "inside the package) and stop.",
-        ),
-    ] = False,
-    classifier_steps: Annotated[
-        int, typer.Option(help="Training steps with --train-classifier.")
-    ] = 1500,
     offline: OfflineOption = False,
     quiet: QuietOption = False,
     catalogue: CatalogueOption = None,
-    threads: ThreadsOption = None,
-    quantize: QuantizeOption = None,
-    reference_kernels: ReferenceKernelsOption = False,
+    run: dict | None = None,
 ) -> None:
     """Score generated digits per n: class accuracy and Fréchet distance of classifier features.
 
@@ -111,34 +87,16 @@ def eval_digits(
     classifier_path = classifier if classifier is not None else DEFAULT_CLASSIFIER
     with user_errors():
         use_catalogue(catalogue)
-        if train_classifier:
-            if classifier is None:
-                raise SettingError(
-                    "classifier",
-                    "is needed with --train-classifier: the file to write (the shipped "
-                    "classifier inside the package is never overwritten)",
-                )
-            _refuse_package_path(classifier)
-            _train(classifier_path, classifier_steps, seed, quiet)
-            return
         region_list = parse_region_list(regions)
+        cfg_scale = run["cfg_scale"]
         check_settings(samples_per_class, batch_size, cfg_scale)
         if json_path is not None:
             check_writable(json_path, (".json",), setting="json")
         net, info = load_classifier(classifier_path)
-        torch_device, torch_dtype = resolve(device, dtype)
-        warn_if_emulated(torch_device, torch_dtype)
-        fetch = model_fetcher(offline, quiet)
-        pipelines = open_pipelines(
-            model,
-            region_list,
-            torch_device,
-            torch_dtype,
-            fetch=fetch,
-            quantize=quantize,
-            reference_kernels=reference_kernels,
-        )
-        use_threads(next(iter(pipelines.values())).model, threads)
+        options = RunOptions.resolve(**run)
+        torch_device = options.torch_device
+        warn_if_emulated(torch_device, options.torch_dtype)
+        pipelines = open_pipelines(model, region_list, options, model_fetcher(offline, quiet))
 
         started = time.perf_counter()
         with pass_progress(quiet) as progress:
@@ -178,14 +136,10 @@ def eval_digits(
                 "model": model,
                 "regions": region_list,
                 "samples_per_class": samples_per_class,
-                "cfg_scale": cfg_scale,
+                **options.to_dict(),
                 "default_cfg_scales": {str(n): p.default_cfg_scale for n, p in pipelines.items()},
                 "seed": seed,
                 "batch_size": batch_size,
-                "device": str(torch_device),
-                "dtype": str(torch_dtype).removeprefix("torch."),
-                "quantize": quantize,
-                "reference_kernels": reference_kernels,
                 "classifier": str(classifier_path),
                 "seconds": round(seconds, 2),
             }
@@ -193,38 +147,6 @@ def eval_digits(
             with atomic_path(json_path, "json") as tmp:
                 tmp.write_text(write(results, info, baseline, settings))
             console.print(f"wrote {escape(str(json_path))}", highlight=False)
-
-
-def _refuse_package_path(path: Path) -> None:
-    """Nothing parcli writes goes inside the installed package."""
-    package = Path(__file__).resolve().parents[1]
-    if path.resolve().is_relative_to(package):
-        raise SettingError(
-            "classifier", f"{path} is inside the parcli package; write the classifier elsewhere"
-        )
-
-
-def _train(path: Path, steps: int, seed: int, quiet: bool) -> None:
-    from parcli.quality.digits import save_classifier, train_classifier
-    from parcli.training.data import load_digits
-
-    if steps < 1:
-        raise SettingError("classifier_steps", f"must be at least 1, not {steps}")
-    check_writable(path, (".safetensors",), setting="classifier")
-    images, labels = load_digits()
-    with pass_progress(quiet) as progress:
-        task = progress.add_task("classifier", total=steps, status="")
-
-        def on_step(step: int, total: int, loss: float) -> None:
-            progress.update(task, completed=step, status=f"loss {loss:.4f}")
-
-        net, info = train_classifier(images, labels, steps=steps, seed=seed, on_step=on_step)
-    save_classifier(path, net, info, _command())
-    console.print(
-        f"held-out accuracy {100 * info.held_out_accuracy:.1f}% on {info.held_out_count} digits "
-        f"· {info.steps} steps · {info.seconds:.0f} s -> {escape(str(path))}",
-        highlight=False,
-    )
 
 
 def print_results(title: str, results, caption: str) -> None:

@@ -16,37 +16,29 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from parcli import __version__
 from parcli.commands.common import (
     CatalogueOption,
-    CfgScaleOption,
-    CompileOption,
-    DeviceOption,
-    DtypeOption,
     OfflineOption,
-    QuantizeOption,
     QuietOption,
-    ReferenceKernelsOption,
-    TemperatureOption,
-    ThreadsOption,
-    TopKOption,
-    TopPOption,
     console,
     err_console,
     parse_classes,
+    run_options,
     user_errors,
     waiting_status,
     warn_if_emulated,
 )
 from parcli.commands.downloads import model_fetcher
-from parcli.engine.devices import resolve
 from parcli.engine.memory import check_files_fit
-from parcli.engine.threads import use_threads
 from parcli.io.catalogue import use_catalogue
 from parcli.io.files import file_sha256
-from parcli.io.models import model_files, pipeline_of
+from parcli.io.models import model_files
+from parcli.options import RunOptions
+from parcli.pipeline import open_pipeline
 from parcli.quality.bench import machine_info
 from parcli.quality.ranks import Ranks
 from parcli.quality.shards import SampleError, SampleRun, SampleSettings, Shard, identity
 
 
+@run_options()
 def sample(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder of the run (made if new).")],
     model: Annotated[
@@ -66,25 +58,17 @@ def sample(
         int | None, typer.Option(help="Resize to this side (bicubic). Default: the model's.")
     ] = None,
     png: Annotated[bool, typer.Option(help="Also keep one PNG per image.")] = False,
-    cfg_scale: CfgScaleOption = None,
-    temperature: TemperatureOption = None,
-    top_k: TopKOption = None,
-    top_p: TopPOption = None,
-    device: DeviceOption = "auto",
-    dtype: DtypeOption = "auto",
-    compile_model: CompileOption = None,
     offline: OfflineOption = False,
     quiet: QuietOption = False,
     catalogue: CatalogueOption = None,
-    threads: ThreadsOption = None,
-    quantize: QuantizeOption = None,
-    reference_kernels: ReferenceKernelsOption = False,
+    run: dict | None = None,
 ) -> None:
     """Sample K images of every class into OUT/samples.npz (runs under torchrun too)."""
     with user_errors():
         use_catalogue(catalogue)
         ranks = Ranks.from_environment()
-        torch_device, torch_dtype = resolve(ranks.device(device), dtype)
+        options = RunOptions.resolve(**{**run, "device": ranks.device(run["device"])})
+        torch_device, torch_dtype = options.torch_device, options.torch_dtype
         ranks.start(torch_device)
         try:
             started = time.perf_counter()
@@ -93,31 +77,27 @@ def sample(
             fetch = model_fetcher(offline, quiet or not ranks.is_first)
             files = model_files(model, regions, checkpoint, tokenizer, fetch)
             # Images go to disk shard by shard: one batch of them is held at a time.
-            guided = cfg_scale is None or cfg_scale > 1
+            guided = options.cfg_scale is None or options.cfg_scale > 1
             check_files_fit(
                 files.checkpoint, files.tokenizer, torch_device, torch_dtype, batch_size, None,
                 guided,
             )  # fmt: skip
-            pipe = pipeline_of(
-                files, regions, torch_device, torch_dtype, compile_model, quantize,
-                reference_kernels=reference_kernels,
-            )  # fmt: skip
-            use_threads(pipe.model, threads)
+            pipe = open_pipeline(files, options, regions)
             wanted = parse_classes(classes, pipe.model.cfg.num_classes)
             settings = SampleSettings(
                 wanted, per_class, seed, batch_size, shard_size, image_size_eval, png
             )
-            sampling = pipe.sampling(cfg_scale, temperature, top_k, top_p)
+            sampling = pipe.sampling()
             pipe.check_labels(settings.classes)
             run_identity = None
             if ranks.is_first:
                 checksums = file_sha256(files.checkpoint), file_sha256(files.tokenizer)
                 run_identity = identity(pipe, settings, sampling, *checksums)
-            run = SampleRun(out, pipe, settings, sampling, ranks.from_first(run_identity))
+            run_state = SampleRun(out, pipe, settings, sampling, ranks.from_first(run_identity))
             problem, complete = None, False
             if ranks.is_first:
                 try:
-                    complete = run.prepare()
+                    complete = run_state.prepare()
                 except SampleError as exc:
                     problem = (str(exc), exc.setting)
             problem, complete = ranks.from_first((problem, complete))
@@ -128,8 +108,8 @@ def sample(
                     console.print(f"{escape(str(out))} is complete already", highlight=False)
                 return
 
-            todo = run.todo(ranks.rank, ranks.world)
-            _generate(run, todo, ranks, quiet or not ranks.is_first)
+            todo = run_state.todo(ranks.rank, ranks.world)
+            _generate(run_state, todo, ranks, quiet or not ranks.is_first)
             ranks.barrier()
             if ranks.is_first:
                 manifest = {
@@ -139,7 +119,7 @@ def sample(
                     "processes": ranks.world,
                     "seconds": round(time.perf_counter() - started, 1),
                 }
-                target = run.merge(manifest)
+                target = run_state.merge(manifest)
                 if not quiet:
                     console.print(
                         f"{settings.count} images · {pipe.plan.num_passes} passes each · "

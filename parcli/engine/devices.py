@@ -77,18 +77,6 @@ def resolve(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
     return torch_device, compute_dtype(dtype, torch_device)
 
 
-def resolve_dtypes(device: str, dtypes: str) -> tuple[torch.device, list[torch.dtype]]:
-    """`resolve` for a comma-separated list of dtypes (`fp32,bf16`), in the order given, each
-    once."""
-    torch_device = resolve_device(device)
-    resolved = []
-    for name in [part for part in dtypes.split(",") if part.strip()] or [dtypes]:
-        dtype = compute_dtype(name, torch_device)
-        if dtype not in resolved:
-            resolved.append(dtype)
-    return torch_device, resolved
-
-
 def emulated_dtype_note(device: torch.device, dtype: torch.dtype) -> str | None:
     """A one-line warning when this CPU has no native arithmetic for a half-precision dtype."""
     if device.type != "cpu" or dtype not in (torch.bfloat16, torch.float16):

@@ -6,17 +6,14 @@ downloading what is missing (by default quietly, with `parcli.io.hub.ensure_file
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
 
 from parcli.errors import SettingError
 from parcli.io import hub
 from parcli.io.catalogue import Entry, load_catalogue
 from parcli.io.classes import IMAGENET, ClassSet, class_set
-from parcli.pipeline import Pipeline, load_pipeline
 from parcli.sampling import SamplingConfig
 
 Fetch = Callable[[list[Entry]], dict[str, Path]]
@@ -99,73 +96,3 @@ def entry_sampling(entry: Entry) -> SamplingConfig:
         "top_p": entry.top_p,
     }
     return SamplingConfig(**{k: v for k, v in settings.items() if v is not None})
-
-
-def open_pipeline(
-    model: str | None,
-    regions: int | None,
-    device: torch.device,
-    dtype: torch.dtype,
-    checkpoint: Path | None = None,
-    tokenizer: Path | None = None,
-    compile_model: bool | None = None,
-    fetch: Fetch | None = None,
-    quantize: str | None = None,
-    *,
-    reference_kernels: bool = False,
-) -> Pipeline:
-    """The pipeline of a model name (or files) for a region count (None: the model's own)."""
-    files = model_files(model, regions, checkpoint, tokenizer, fetch)
-    return pipeline_of(
-        files, regions, device, dtype, compile_model, quantize, reference_kernels=reference_kernels
-    )
-
-
-def pipeline_of(
-    files: ModelFiles,
-    regions: int | None,
-    device: torch.device,
-    dtype: torch.dtype,
-    compile_model: bool | None = None,
-    quantize: str | None = None,
-    *,
-    reference_kernels: bool = False,
-) -> Pipeline:
-    """The pipeline of located files, checked to be trained for `regions` (None: any)."""
-    pipe = load_pipeline(
-        files.checkpoint, files.tokenizer, device, dtype, files.name, files.defaults,
-        compile_model, quantize, reference_kernels=reference_kernels,
-    )  # fmt: skip
-    pipe.check_regions(regions)
-    return pipe
-
-
-def open_pipelines(
-    model: str | None,
-    regions: Sequence[int],
-    device: torch.device,
-    dtype: torch.dtype,
-    checkpoint: Path | None = None,
-    tokenizer: Path | None = None,
-    compile_model: bool | None = None,
-    fetch: Fetch | None = None,
-    quantize: str | None = None,
-    *,
-    reference_kernels: bool = False,
-) -> dict[int, Pipeline]:
-    """One pipeline per region count, each checked to be trained for it."""
-    return {
-        n: open_pipeline(
-            model,
-            n,
-            device,
-            dtype,
-            checkpoint,
-            tokenizer,
-            compile_model,
-            fetch,
-            quantize,
-            reference_kernels=reference_kernels,
-        )
-        for n in regions
-    }

@@ -15,7 +15,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from parcli.errors import UserError
+from parcli import __version__
+from parcli.errors import SettingError, UserError
+from parcli.options import RunOptions
 
 RECIPE_KEY = "parcli"  # the PNG chunk's keyword
 SIDECAR_SUFFIX = ".json"
@@ -59,6 +61,25 @@ class Recipe:
     # Whether the step was compiled, which moves bf16 tokens; None in recipes older than it (the
     # device's default then).
     compiled: bool | None = None
+    strategy: str = "par"
+    window: int = 1
+
+    @classmethod
+    def of_run(cls, options: RunOptions, samples: list[Sample], **identity: Any) -> Recipe:
+        """The recipe of a run: what it made (`identity`) and how (`options.to_dict()`, every
+        sampling setting decided)."""
+        run = options.to_dict()
+        run["compiled"] = run.pop("compile")
+        run["device"] = options.device_kind
+        return cls(parcli=__version__, **identity, **run, samples=tuple(samples))
+
+    def run_settings(self, device_kind: str) -> dict[str, Any]:
+        """The run options that make these samples again on a device of `device_kind`: the
+        compiled setting only on the same kind (elsewhere the tokens differ anyway, and a CUDA
+        recipe would compile for minutes on a CPU)."""
+        settings = {name: getattr(self, name) for name in REPLAYED}
+        settings["compile"] = self.compiled if device_kind == self.device else None
+        return settings
 
     def for_samples(self, samples: list[Sample]) -> Recipe:
         return Recipe(**{**self._fields(), "samples": tuple(samples)})
@@ -92,7 +113,7 @@ class Recipe:
             # A bool is an int to isinstance: only a field of bools takes one.
             if isinstance(value, bool) != (bool in kinds) or not isinstance(value, kinds):
                 raise RecipeError(f"{where}: recipe field {name!r} has the wrong type")
-        for name in ("regions", "scale", "top_k"):
+        for name in ("regions", "scale", "top_k", "window"):
             if values[name] < 0 or (name != "top_k" and values[name] == 0):
                 raise RecipeError(f"{where}: recipe field {name!r} is out of range")
         samples = values["samples"]
@@ -105,7 +126,16 @@ class Recipe:
 
 
 # Fields newer than the first recipes, with the value an older recipe means.
-_ADDED_LATER = {"quantize": None, "reference_kernels": False, "compiled": None}
+_ADDED_LATER = {
+    "quantize": None,
+    "reference_kernels": False,
+    "compiled": None,
+    "strategy": "par",
+    "window": 1,
+}
+# What a recipe sets of a run's options when it is made again (the device is the user's).
+REPLAYED = ("dtype", "quantize", "reference_kernels", "strategy", "window", "cfg_scale",
+            "temperature", "top_k", "top_p")  # fmt: skip
 
 _FIELD_KINDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "parcli": ((str,), False),
@@ -127,6 +157,8 @@ _FIELD_KINDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "quantize": ((str,), True),
     "reference_kernels": ((bool,), False),
     "compiled": ((bool,), True),
+    "strategy": ((str,), False),
+    "window": ((int,), False),
 }
 
 
@@ -230,3 +262,19 @@ def earlier_outputs(folder: Path) -> list[Path]:
                     if described.is_file():
                         found.append(described)
     return sorted(set(found))
+
+
+def replay(path: Path, given: dict[str, bool], checkpoint_given: bool) -> Recipe:
+    """The recipe of `path` for `par generate --from`, refusing options that it sets
+    (`given`: option setting -> whether the user gave it)."""
+    recipe = read_recipe(path)
+    clash = next((name for name, was_given in given.items() if was_given), None)
+    if clash is not None:
+        raise SettingError(clash, f"comes from {path} with --from; leave it out")
+    if recipe.model is None and not checkpoint_given:
+        raise SettingError(
+            "from_file",
+            f"{path} was made from the file {recipe.checkpoint}: give it again with --checkpoint "
+            "(and --tokenizer)",
+        )
+    return recipe

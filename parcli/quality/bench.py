@@ -17,9 +17,11 @@ from parcli.config import GPT_PRESETS, GPTConfig
 from parcli.engine.devices import cpu_name
 from parcli.engine.quantize import int8_products
 from parcli.errors import SettingError
-from parcli.io.models import Fetch, open_pipelines
-from parcli.pipeline import Pipeline
+from parcli.io.models import Fetch, model_files
+from parcli.options import RunOptions
+from parcli.pipeline import Pipeline, open_pipeline
 from parcli.sampling import SamplingConfig
+from parcli.strategies import DecodeStats
 from parcli.vq import VQConfig
 
 WIDE_SPREAD = 0.15  # (max - min) / median above which a row is flagged as noisy
@@ -59,6 +61,7 @@ class Case:
     decode_seconds: list[float] = field(default_factory=list)
     added_bytes: int = 0  # peak memory over what was in use when the case started
     tokens: torch.Tensor | None = None  # the last generation's, on the CPU
+    stats: DecodeStats = field(default_factory=DecodeStats)  # over the measured generations
 
 
 @dataclass
@@ -66,7 +69,11 @@ class Row:
     regions: int
     batch: int
     engine: str
-    passes: int
+    strategy: str
+    passes: int  # the plan's
+    passes_per_image: float  # forward passes each image took part in (mean over images)
+    query_tokens_per_image: float  # tokens fed to the transformer per image
+    passes_per_iteration: float  # plan passes committed per forward pass
     gen_s_per_image: float  # median over repeats
     gen_s_per_image_min: float
     gen_s_per_image_max: float
@@ -233,6 +240,7 @@ def run_bench(
         synchronize(device)
         reset_peak_memory(device)
         in_use = memory_in_use(device)
+        pipe.stats = DecodeStats()
         started = time.perf_counter()
         tokens = pipe.generate(labels, settings.sampling, settings.seed, case.batch)
         synchronize(device)
@@ -251,6 +259,7 @@ def run_bench(
             case.gen_seconds.append(generated - started)
             case.decode_seconds.append(finished - generated)
             case.added_bytes = max(case.added_bytes, peak_memory(device) - in_use)
+            case.stats.add(pipe.stats)
             if on_measured is not None:
                 on_measured(summarise(cases, engines, rate, settings.sampling.guided))
     return summarise(cases, engines, rate, settings.sampling.guided)
@@ -310,7 +319,9 @@ def summarise(
                 regions=case.regions,
                 batch=case.batch,
                 engine=case.engine,
+                strategy=pipe.strategy.name,
                 passes=pipe.plan.num_passes,
+                **case.stats.per_image(),
                 gen_s_per_image=gen / case.batch,
                 gen_s_per_image_min=min(per_image),
                 gen_s_per_image_max=max(per_image),
@@ -332,13 +343,9 @@ def summarise(
 def random_pipelines(
     cfg: GPTConfig,
     regions: Sequence[int],
-    device: torch.device,
-    dtype: torch.dtype,
+    options: RunOptions,
     vq_config: VQConfig | None = None,
     seed: int = 0,
-    compile_model: bool | None = None,
-    quantize: str | None = None,
-    reference_kernels: bool = False,
 ) -> dict[int, Pipeline]:
     """Random weights of an architecture (speed only), one weight set shared by every n: the
     n-region model takes the first n - 1 transition tokens. The tokenizer is LlamaGen's unless
@@ -347,11 +354,11 @@ def random_pipelines(
     from parcli.vq import VQModel
 
     torch.manual_seed(seed)
-    with torch.device(device):
+    with torch.device(options.torch_device):
         base = Transformer(replace(cfg, regions=max(regions)))
         base.init_weights(zero_output=False)
         vq = VQModel(vq_config or VQConfig.llamagen_ds16()).eval()
-    base = base.to(dtype).eval()
+    base = base.to(options.torch_dtype).eval()
     shared = base.state_dict()
     special = "spe_tok_embeddings.special_embeddings.weight"
     name = f"{cfg.arch} (random weights)"
@@ -363,10 +370,7 @@ def random_pipelines(
         if n > 1:
             state[special] = shared[special][: n - 1]
         model.load_state_dict(state, assign=True)
-        pipelines[n] = Pipeline(
-            model.eval(), vq, name, SamplingConfig(1.5), compile_model,
-            quantize=quantize, reference_kernels=reference_kernels,
-        )  # fmt: skip
+        pipelines[n] = Pipeline(model.eval(), vq, name, SamplingConfig(1.5), options)
     return pipelines
 
 
@@ -374,34 +378,27 @@ def pipelines_to_time(
     model: str | None,
     arch: str | None,
     regions: Sequence[int],
-    device: torch.device,
-    dtype: torch.dtype,
+    options: RunOptions,
     checkpoint: Path | None = None,
     tokenizer: Path | None = None,
     grid: tuple[int, ...] = (24, 24),
-    compile_model: bool | None = None,
     seed: int = 0,
     fetch: Fetch | None = None,
-    quantize: str | None = None,
-    reference_kernels: bool = False,
 ) -> tuple[dict[int, Pipeline], str]:
     """One pipeline per region count, and a title: random weights of a published architecture
     (`arch`, on `grid`), or the model a name or files give."""
     if arch is None:
-        pipelines = open_pipelines(
-            model, regions, device, dtype, checkpoint, tokenizer, compile_model, fetch, quantize,
-            reference_kernels=reference_kernels,
-        )  # fmt: skip
+        pipelines = {
+            n: open_pipeline(model_files(model, n, checkpoint, tokenizer, fetch), options, n)
+            for n in regions
+        }
         return pipelines, " / ".join(p.name for p in pipelines.values())
     if model is not None or checkpoint is not None:
         raise SettingError("arch", "times random weights; give no model or checkpoint with it")
     if arch not in GPT_PRESETS:
         raise SettingError("arch", f"unknown architecture {arch!r}; use {', '.join(GPT_PRESETS)}")
     cfg = GPTConfig.preset(arch, grid=grid)
-    pipelines = random_pipelines(
-        cfg, regions, device, dtype, seed=seed, compile_model=compile_model, quantize=quantize,
-        reference_kernels=reference_kernels,
-    )  # fmt: skip
+    pipelines = random_pipelines(cfg, regions, options, seed=seed)
     return pipelines, f"{arch} · random weights: speed only · grid {'x'.join(map(str, grid))}"
 
 

@@ -35,7 +35,7 @@ from parcli.pipeline import Pipeline
 from parcli.plan import Pass
 from parcli.sampling import SamplingConfig
 
-FORMAT = 1
+FORMAT = 2  # 2: the run's options as `RunOptions.to_dict` writes them
 RUN, SAMPLES, MANIFEST, SHARDS, PNGS = "run.json", "samples.npz", "manifest.json", "shards", "png"
 
 
@@ -108,26 +108,10 @@ def identity(
         "tokenizer_sha256": tokenizer_sha256,
         "regions": pipe.plan.regions,
         "grid": list(pipe.plan.grid),
-        "device": pipe.device.type,
-        "dtype": str(pipe.model.dtype).removeprefix("torch."),
-        "engine": engine_words(pipe),
-        "sampling": asdict(sampling),
+        **pipe.run_options(sampling).to_dict(),
         **{key: value for key, value in asdict(settings).items() if key != "classes"},
         "classes": list(settings.classes),
     }
-
-
-def engine_words(pipe: Pipeline) -> str:
-    """What of the engine a run's tokens depend on, in words; a run made before a word existed
-    reads the same without it."""
-    words = [pipe.engine.runner]
-    if pipe.engine.compiled:
-        words.append("compiled")
-    if pipe.engine.reference_kernels:
-        words.append("reference kernels")
-    if pipe.quantize is not None:
-        words.append(f"{pipe.quantize} weights")
-    return " ".join(words)
 
 
 class SampleRun:

@@ -13,10 +13,12 @@ from collections.abc import Callable
 import torch
 
 from parcli.engine.runners import PrefixRunner, Runner
+from parcli.errors import SettingError
 from parcli.model import Transformer
 from parcli.plan import Pass, Plan
-from parcli.sampling import SamplingConfig, mix_guidance, sample
+from parcli.sampling import SamplingConfig, image_uniforms, mix_guidance, sample
 from parcli.slots import embed_slots, guided_labels
+from parcli.strategies import DecodeStats
 
 
 @torch.inference_mode()
@@ -99,3 +101,30 @@ class DeviceProgress:
         event, step = self.queued.popleft()
         event.synchronize()
         self.report(step)
+
+
+class Par:
+    """PAR's own walk of the plan: one forward pass per plan pass, every token drawn with its
+    image's uniform for that position (`parcli.sampling.image_uniforms`)."""
+
+    name = "par"
+
+    def __init__(self, window: int | None = None):
+        if window not in (None, 1):
+            raise SettingError(
+                "window", f"is 1 for --strategy par (one pass at a time), not {window}"
+            )
+        self.window = 1
+
+    def generate(self, model, plan, labels, sampling, seed, indices, runner, on_pass=None):
+        uniforms = image_uniforms(seed, indices, plan.num_tokens, labels.device)
+        tokens = generate_tokens(model, plan, labels, sampling, uniforms, on_pass, runner)
+        count = labels.shape[0]
+        stats = DecodeStats(
+            images=count,
+            passes=count * plan.num_passes,
+            query_tokens=count * plan.num_tokens,
+            iterations=count * plan.num_passes,
+            committed_passes=count * plan.num_passes,
+        )
+        return tokens, stats

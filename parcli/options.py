@@ -1,0 +1,115 @@
+"""The settings of a run, as one frozen object: built once from the command line (or a recipe),
+passed whole to `parcli.pipeline.open_pipeline`, and written by `to_dict` into every record of
+the run (the recipe, a `par sample` run's identity, the bench and eval JSON).
+
+Adding a setting: a field here, its option in `parcli.commands.common.RUN_OPTIONS`, and the code
+where it acts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import TYPE_CHECKING, Any
+
+from parcli.sampling import SamplingConfig
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    device: str = "cpu"  # resolved: cpu, cuda, cuda:N or mps
+    dtype: str = "fp32"  # of the transformer: fp32, bf16 or fp16
+    compile: bool | None = None  # torch.compile the decoding step; None: the device's default
+    quantize: str | None = None  # "int8": weight-only int8 projections (tokens differ)
+    reference_kernels: bool = False  # the reference's attention kernels (its bf16 tokens)
+    threads: int | None = None  # CPU threads; None: chosen from the model's size
+    strategy: str = "par"  # a name in `parcli.strategies`
+    window: int = 1  # plan passes per strategy iteration
+    # Sampling: None takes the model's own setting (`Pipeline.sampling`).
+    cfg_scale: float | None = None
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+
+    @classmethod
+    def resolve(
+        cls,
+        device: str = "auto",
+        dtype: str = "auto",
+        compile: bool | None = None,
+        strategy: str = "par",
+        window: int | None = None,
+        **settings: Any,
+    ) -> RunOptions:
+        """The options a command asks for, with every default decided: `auto` device and dtype,
+        the device's compile default, the strategy's window. Refuses what cannot run."""
+        from parcli.engine.devices import resolve
+        from parcli.engine.dtypes import dtype_name
+        from parcli.engine.policy import default_compile
+        from parcli.strategies import make_strategy
+
+        torch_device, torch_dtype = resolve(device, dtype)
+        reference_kernels = bool(settings.get("reference_kernels"))
+        if compile is None:
+            compile = default_compile(torch_device) and not reference_kernels
+        options = cls(
+            device=str(torch_device),
+            dtype=dtype_name(torch_dtype),
+            compile=compile,
+            strategy=strategy,
+            window=make_strategy(strategy, window).window,
+            **settings,
+        )
+        options.check()
+        return options
+
+    def check(self) -> None:
+        """Refuse settings that contradict one another or are out of range."""
+        from parcli.engine.quantize import QUANTIZATIONS
+        from parcli.errors import SettingError
+
+        if self.quantize is not None and self.quantize not in QUANTIZATIONS:
+            choices = ", ".join(QUANTIZATIONS)
+            raise SettingError("quantize", f"must be {choices}, not {self.quantize!r}")
+        if self.reference_kernels and self.compile:
+            raise SettingError(
+                "compile",
+                "a compiled step fuses attention its own way, not the reference's; "
+                "leave out --compile with --reference-kernels",
+            )
+        if self.threads is not None and self.threads < 1:
+            raise SettingError("threads", f"must be at least 1, not {self.threads}")
+
+    @property
+    def torch_device(self) -> torch.device:
+        import torch
+
+        return torch.device(self.device)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        from parcli.engine.dtypes import DTYPES
+
+        return DTYPES[self.dtype]
+
+    @property
+    def device_kind(self) -> str:
+        return self.device.split(":")[0]
+
+    def with_sampling(self, sampling: SamplingConfig) -> RunOptions:
+        """These options with every sampling setting decided (the model's, where not given)."""
+        return replace(self, **asdict(sampling))
+
+    def sampling_over(self, defaults: SamplingConfig) -> SamplingConfig:
+        """`defaults` (a model's own), but for the sampling settings these options give."""
+        given = {name: getattr(self, name) for name in SAMPLING_FIELDS}
+        return replace(defaults, **{k: v for k, v in given.items() if v is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every setting the tokens depend on, by name (threads are reported with the machine)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "threads"}
+
+
+SAMPLING_FIELDS = ("cfg_scale", "temperature", "top_k", "top_p")
