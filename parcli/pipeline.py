@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from parcli.engine.memory import check_files_fit
 from parcli.engine.packing import pack_projections
 from parcli.engine.policy import FIXED_SHAPE, choose_engine, set_cuda_backends
 from parcli.engine.quantize import (
@@ -113,6 +114,12 @@ class Pipeline:
         out; `cfg_scale` overrides both."""
         sampling = self.options.sampling_over(self.defaults)
         return sampling if cfg_scale is None else replace(sampling, cfg_scale=cfg_scale)
+
+    def passes_per_image(self) -> float:
+        """Forward passes per image so far (the plan's, before any): a strategy may take fewer."""
+        if not self.stats.images:
+            return float(self.plan.num_passes)
+        return self.stats.per_image()["passes_per_image"]
 
     def run_options(self, sampling: SamplingConfig | None = None) -> RunOptions:
         """The options as this pipeline runs them, every sampling setting decided."""
@@ -264,9 +271,23 @@ def load_pipeline(
     return Pipeline(model, vq, name or checkpoint.name, defaults, options or RunOptions())
 
 
-def open_pipeline(files: ModelFiles, options: RunOptions, regions: int | None = None) -> Pipeline:
+def open_pipeline(
+    files: ModelFiles,
+    options: RunOptions,
+    regions: int | None = None,
+    batch: int | None = None,
+    count: int | None = None,
+    scale: int = 1,
+) -> Pipeline:
     """The pipeline of located files, run as `options` say (threads included), checked to be
-    trained for `regions` (None: any)."""
+    trained for `regions` (None: any). With `batch`, a run of `count` samples (None: one batch
+    at a time) enlarged `scale` times is first checked to fit in memory, before any loading."""
+    if batch is not None:
+        guided = options.cfg_scale is None or options.cfg_scale > 1
+        check_files_fit(
+            files.checkpoint, files.tokenizer, options.torch_device, options.torch_dtype, batch,
+            count, guided, scale,
+        )  # fmt: skip
     pipe = load_pipeline(
         files.checkpoint, files.tokenizer, options.torch_device, options.torch_dtype, files.name,
         files.defaults, options,

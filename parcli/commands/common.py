@@ -122,6 +122,8 @@ RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
     "top_p": (TopPOption, None),
 }
 
+RUN_DEFAULTS = {name: default for name, (_, default) in RUN_OPTIONS.items()}
+
 
 def run_options(*, without: tuple[str, ...] = (), **replaced: tuple[Any, Any]):
     """Add the run options to a command's signature (after its own), collected into the
@@ -254,12 +256,13 @@ def warn_if_emulated(device, dtype) -> None:
         )
 
 
-def pass_counter(
-    progress: Progress, description: str, passes: int, batches: int, waiting: str = ""
-) -> Callable[[Pass], None]:
-    """A task on ``progress`` counting forward passes, and the callback that advances it;
-    `waiting` is its status until the first pass is done."""
-    task = progress.add_task(escape(description), total=passes * batches, status=waiting)
+def pass_counter(progress: Progress, pipe: Pipeline, batches: int) -> Callable[[Pass], None]:
+    """A task on ``progress`` counting the plan passes of `batches` batches of `pipe`, and the
+    callback that advances it."""
+    description, passes = pipe.name, pipe.plan.num_passes
+    task = progress.add_task(
+        escape(description), total=passes * batches, status=waiting_status(pipe)
+    )
 
     plain = not progress.disable and not progress.console.is_terminal
     last_line = [time.monotonic()]

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from parcli.commands.common import (
-    RUN_OPTIONS,
+    RUN_DEFAULTS,
     CatalogueOption,
     OfflineOption,
     QuietOption,
@@ -20,12 +20,9 @@ from parcli.commands.common import (
     pass_progress,
     run_options,
     user_errors,
-    waiting_status,
     warn_if_emulated,
 )
 from parcli.commands.downloads import model_fetcher
-from parcli.engine.devices import resolve_device
-from parcli.engine.memory import check_files_fit
 from parcli.errors import SettingError, UserError
 from parcli.io.animate import FPS as ANIMATION_FPS
 from parcli.io.catalogue import use_catalogue
@@ -33,7 +30,7 @@ from parcli.io.classes import class_set_of_size, resolve_classes
 from parcli.io.media import CLIP_FPS
 from parcli.io.models import catalogue_class_set, model_files
 from parcli.io.outputs import Outputs
-from parcli.io.recipe import REPLAYED, Recipe, Sample, checkpoint_sha256, replay
+from parcli.io.recipe import Recipe, Sample, checkpoint_sha256, replay
 from parcli.options import RunOptions
 from parcli.pipeline import Pipeline, open_pipeline
 
@@ -142,18 +139,13 @@ def generate(
         outputs.check()
         earlier = None
         if from_file is not None:
-            defaults = {name: default for name, (_, default) in RUN_OPTIONS.items()}
-            given = {name: run[name] != defaults[name] for name in REPLAYED if name in run}
-            given |= {"class": bool(classes), "regions": regions is not None,
-                      "seed": seed is not None, "num_samples": num_samples != 1,
-                      "scale": scale != 1, "compile": run["compile"] is not None}  # fmt: skip
-            given["model"] = model is not None
-            earlier = replay(from_file, given, checkpoint is not None)
+            asked = {"class": bool(classes), "model": model is not None, "seed": seed is not None,
+                     "regions": regions is not None, "num_samples": num_samples != 1,
+                     "scale": scale != 1}  # fmt: skip
+            earlier, run = replay(from_file, run, RUN_DEFAULTS, asked, checkpoint is not None)
             model = earlier.model if checkpoint is None else model
             regions, seed, scale = earlier.regions, earlier.seed, earlier.scale
             outputs = replace(outputs, scale=scale)
-            device_kind = resolve_device(run["device"]).type
-            run = {**run, **earlier.run_settings(device_kind)}
         elif not classes:
             raise SettingError("class", "give at least one class (an id or a name), or --from")
         options = RunOptions.resolve(**run)
@@ -166,13 +158,8 @@ def generate(
             status_printer(quiet), demo=True,
         )  # fmt: skip
         count = len(earlier.samples) if earlier else len(classes) * num_samples
-        guided = options.cfg_scale is None or options.cfg_scale > 1
-        check_files_fit(
-            files.checkpoint, files.tokenizer, options.torch_device, options.torch_dtype,
-            batch_size, count, guided, scale,
-        )  # fmt: skip
         # With --from, the weights are checked against the recipe before the region count.
-        pipe = open_pipeline(files, options, None if earlier else regions)
+        pipe = open_pipeline(files, options, None if earlier else regions, batch_size, count, scale)
         weights_sha = checkpoint_sha256(files.checkpoint)
         if earlier is not None:
             check_same_weights(earlier, files.checkpoint, weights_sha, options, quiet)
@@ -185,13 +172,10 @@ def generate(
         labels = [sample.class_id for sample in samples]
         pipe.check_labels(labels)
 
+        indices = [sample.index for sample in samples]
         started = time.perf_counter()
         with pass_progress(quiet) as progress:
-            batches = -(-len(labels) // batch_size)
-            on_pass = pass_counter(
-                progress, pipe.name, pipe.plan.num_passes, batches, waiting_status(pipe)
-            )
-            indices = [sample.index for sample in samples]
+            on_pass = pass_counter(progress, pipe, -(-len(labels) // batch_size))
             tokens = pipe.generate(labels, sampling, seed or 0, batch_size, on_pass, indices)
             pixels = pipe.decode(tokens)  # on the host, so the device has finished
         seconds = time.perf_counter() - started
@@ -226,7 +210,7 @@ def print_summary(pipe: Pipeline, count: int, seconds: float, outputs: Outputs, 
     made = f"{count} {kind}" + ("s" if count != 1 else "")
     target = outputs.target(pipe.is_video)
     where = f"{count} file{'s' if count != 1 else ''} in {target}" if outputs.folder else target
-    passes = pipe.stats.per_image()["passes_per_image"]
+    passes = pipe.passes_per_image()
     console.print(
         f"{made} · {passes:.4g} passes each · {seconds:.2f} s · {count / seconds:.2f} {kind}s/s "
         f"-> {where}",

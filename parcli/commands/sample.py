@@ -13,7 +13,6 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from parcli import __version__
 from parcli.commands.common import (
     CatalogueOption,
     OfflineOption,
@@ -27,15 +26,12 @@ from parcli.commands.common import (
     warn_if_emulated,
 )
 from parcli.commands.downloads import model_fetcher
-from parcli.engine.memory import check_files_fit
 from parcli.io.catalogue import use_catalogue
-from parcli.io.files import file_sha256
 from parcli.io.models import model_files
 from parcli.options import RunOptions
 from parcli.pipeline import open_pipeline
-from parcli.quality.bench import machine_info
 from parcli.quality.ranks import Ranks
-from parcli.quality.shards import SampleError, SampleRun, SampleSettings, Shard, identity
+from parcli.quality.shards import SampleRun, SampleSettings, Shard, start_run
 
 
 @run_options()
@@ -77,52 +73,25 @@ def sample(
             fetch = model_fetcher(offline, quiet or not ranks.is_first)
             files = model_files(model, regions, checkpoint, tokenizer, fetch)
             # Images go to disk shard by shard: one batch of them is held at a time.
-            guided = options.cfg_scale is None or options.cfg_scale > 1
-            check_files_fit(
-                files.checkpoint, files.tokenizer, torch_device, torch_dtype, batch_size, None,
-                guided,
-            )  # fmt: skip
-            pipe = open_pipeline(files, options, regions)
+            pipe = open_pipeline(files, options, regions, batch_size)
             wanted = parse_classes(classes, pipe.model.cfg.num_classes)
             settings = SampleSettings(
                 wanted, per_class, seed, batch_size, shard_size, image_size_eval, png
             )
-            sampling = pipe.sampling()
-            pipe.check_labels(settings.classes)
-            run_identity = None
-            if ranks.is_first:
-                checksums = file_sha256(files.checkpoint), file_sha256(files.tokenizer)
-                run_identity = identity(pipe, settings, sampling, *checksums)
-            run_state = SampleRun(out, pipe, settings, sampling, ranks.from_first(run_identity))
-            problem, complete = None, False
-            if ranks.is_first:
-                try:
-                    complete = run_state.prepare()
-                except SampleError as exc:
-                    problem = (str(exc), exc.setting)
-            problem, complete = ranks.from_first((problem, complete))
-            if problem is not None:
-                raise SampleError(*problem)
+            run_state, complete = start_run(out, pipe, settings, files, ranks)
             if complete:
                 if ranks.is_first:
                     console.print(f"{escape(str(out))} is complete already", highlight=False)
                 return
-
             todo = run_state.todo(ranks.rank, ranks.world)
             _generate(run_state, todo, ranks, quiet or not ranks.is_first)
             ranks.barrier()
             if ranks.is_first:
-                manifest = {
-                    "parcli": __version__,
-                    "command": shlex.join(["par", *sys.argv[1:]]),
-                    "machine": machine_info(torch_device),
-                    "processes": ranks.world,
-                    "seconds": round(time.perf_counter() - started, 1),
-                }
-                target = run_state.merge(manifest)
+                command = shlex.join(["par", *sys.argv[1:]])
+                target = run_state.merge(command, ranks.world, time.perf_counter() - started)
                 if not quiet:
                     console.print(
-                        f"{settings.count} images · {pipe.plan.num_passes} passes each · "
+                        f"{settings.count} images · {pipe.passes_per_image():.4g} passes each · "
                         f"{ranks.world} process(es) -> {escape(str(target))}",
                         highlight=False,
                     )

@@ -264,10 +264,15 @@ def earlier_outputs(folder: Path) -> list[Path]:
     return sorted(set(found))
 
 
-def replay(path: Path, given: dict[str, bool], checkpoint_given: bool) -> Recipe:
-    """The recipe of `path` for `par generate --from`, refusing options that it sets
-    (`given`: option setting -> whether the user gave it)."""
+def replay(
+    path: Path, run: dict[str, Any], defaults: dict[str, Any], asked: dict[str, bool],
+    checkpoint_given: bool,
+) -> tuple[Recipe, dict[str, Any]]:  # fmt: skip
+    """The recipe of `path` for `par generate --from`, and the run options (`run`, as the
+    command line gave them) with the recipe's settings in; refuses options the recipe sets
+    (given otherwise than `defaults`, or `asked`: other settings -> whether the user gave them)."""
     recipe = read_recipe(path)
+    given = {name: run[name] != defaults[name] for name in (*REPLAYED, "compile")} | asked
     clash = next((name for name, was_given in given.items() if was_given), None)
     if clash is not None:
         raise SettingError(clash, f"comes from {path} with --from; leave it out")
@@ -277,4 +282,7 @@ def replay(path: Path, given: dict[str, bool], checkpoint_given: bool) -> Recipe
             f"{path} was made from the file {recipe.checkpoint}: give it again with --checkpoint "
             "(and --tokenizer)",
         )
-    return recipe
+    from parcli.engine.devices import resolve_device
+
+    device_kind = resolve_device(run["device"]).type
+    return recipe, {**run, **recipe.run_settings(device_kind)}

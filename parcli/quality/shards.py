@@ -30,9 +30,11 @@ import torch
 from parcli.errors import SettingError, UserError
 from parcli.io.files import atomic_path, file_sha256
 from parcli.io.media import save_png
+from parcli.io.models import ModelFiles
 from parcli.io.npz import Member, write_arrays, write_npz
 from parcli.pipeline import Pipeline
 from parcli.plan import Pass
+from parcli.quality.ranks import Ranks
 from parcli.sampling import SamplingConfig
 
 FORMAT = 2  # 2: the run's options as `RunOptions.to_dict` writes them
@@ -243,8 +245,18 @@ class SampleRun:
 
     # ------------------------------------------------------------------ the result
 
-    def merge(self, manifest: dict) -> Path:
+    def merge(self, command: str, processes: int, seconds: float) -> Path:
         """Stream every shard into `samples.npz`, shard by shard, and write the manifest."""
+        from parcli import __version__
+        from parcli.quality.bench import machine_info
+
+        manifest = {
+            "parcli": __version__,
+            "command": command,
+            "machine": machine_info(self.pipe.device),
+            "processes": processes,
+            "seconds": round(seconds, 1),
+        }
         missing = [shard.number for shard in self.shards if not self.is_done(shard)]
         if missing:
             raise SampleError(
@@ -278,3 +290,27 @@ class SampleRun:
         with atomic_path(self.out / MANIFEST, "out") as tmp:
             tmp.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
         return target
+
+
+def start_run(
+    out: Path, pipe: Pipeline, settings: SampleSettings, files: ModelFiles, ranks: Ranks
+) -> tuple[SampleRun, bool]:
+    """The run in `out` for every process: the first hashes the files, makes or checks the folder
+    and tells the others; True when the run is complete already."""
+    run_identity = problem = None
+    sampling = pipe.sampling()
+    pipe.check_labels(settings.classes)
+    if ranks.is_first:
+        checksums = file_sha256(files.checkpoint), file_sha256(files.tokenizer)
+        run_identity = identity(pipe, settings, sampling, *checksums)
+    run = SampleRun(out, pipe, settings, sampling, ranks.from_first(run_identity))
+    complete = False
+    if ranks.is_first:
+        try:
+            complete = run.prepare()
+        except SampleError as exc:
+            problem = (str(exc), exc.setting)
+    problem, complete = ranks.from_first((problem, complete))
+    if problem is not None:
+        raise SampleError(*problem)
+    return run, complete
