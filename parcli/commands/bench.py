@@ -28,9 +28,8 @@ from parcli.commands.common import (
     warn_if_emulated,
 )
 from parcli.commands.downloads import model_fetcher
-from parcli.config import GPT_PRESETS, GPTConfig, token_grid
+from parcli.config import GPT_PRESETS, token_grid
 from parcli.engine.dtypes import dtype_name
-from parcli.engine.memory import check_fits
 from parcli.engine.quantize import int8_products
 from parcli.io.catalogue import use_catalogue
 from parcli.io.files import atomic_path, check_writable
@@ -51,7 +50,6 @@ from parcli.quality.bench import (
     weight_bytes,
 )
 from parcli.sampling import SamplingConfig
-from parcli.vq import VQConfig
 
 
 def bytes_text(count: int) -> str:
@@ -132,18 +130,8 @@ def bench(
         for each in variants.values():
             warn_if_emulated(each.torch_device, each.torch_dtype)
         sides = token_grid(grid, image_size)
-        if arch in GPT_PRESETS:  # random weights: refuse what cannot fit before building it
-            cfg = GPTConfig.preset(arch, grid=sides, regions=max(region_list))
-            guided = options.cfg_scale is None or options.cfg_scale > 1
-            for each in variants.values():
-                check_fits(cfg, VQConfig.llamagen_ds16(), each.torch_device, each.torch_dtype,
-                           max(batches), None, guided)  # fmt: skip
-        building = (
-            console.status(f"building {escape(arch)} with random weights")
-            if arch
-            else nullcontext()
-        )
-        with building:
+        building = console.status(f"building {escape(arch)} with random weights") if arch else None
+        with building or nullcontext():
             timed = {
                 label: pipelines_to_time(
                     model,
@@ -155,6 +143,7 @@ def bench(
                     sides,
                     seed,
                     model_fetcher(offline, quiet=label != OURS),
+                    max(batches),
                 )  # fmt: skip
                 for label, each in variants.items()
             }
@@ -186,21 +175,25 @@ def bench(
             # The JSON is rewritten as each case is measured: a run stopped early leaves those.
             on_measured = write_json if json_path is not None else None
             rows = run_bench(pipelines, settings, rate, on_run, baselines, others, on_measured)
-        ours = [row for row in rows if row.engine == OURS]
-        print_table(title, ours, first, sampling, rate, decode)
-        if baselines:
-            print_baseline_table(rows)
-        for engine, timed in others.items():
-            print_comparison_table(rows, engine, first, next(iter(timed.values())))
-        if any(row.noisy for row in rows):
-            err_console.print(
-                "⚠ timed repeats of these rows spread widely (see min–max): the machine is "
-                "noisy; add --repeats or rerun on a quiet machine",
-                style="yellow",
-            )
+        print_report(title, rows, first, sampling, rate, decode, others)
         if json_path is not None:
             write_json(rows)
             console.print(f"wrote {escape(str(json_path))}", highlight=False)
+
+
+def print_report(title, rows, first, sampling, rate, decoded, others) -> None:
+    """Our table, then each comparison: the plain engine, other dtypes, int8, strategies."""
+    print_table(title, [row for row in rows if row.engine == OURS], first, sampling, rate, decoded)
+    if any(row.engine == PLAIN for row in rows):
+        print_baseline_table(rows)
+    for engine, timed in others.items():
+        print_comparison_table(rows, engine, first, next(iter(timed.values())))
+    if any(row.noisy for row in rows):
+        err_console.print(
+            "⚠ timed repeats of these rows spread widely (see min–max): the machine is "
+            "noisy; add --repeats or rerun on a quiet machine",
+            style="yellow",
+        )
 
 
 def print_table(

@@ -100,21 +100,7 @@ def eval_digits(
 
         started = time.perf_counter()
         with pass_progress(quiet) as progress:
-            # Each pipeline compiles its own step, but the first to run times the int8
-            # products for all of them.
-            tasks = {
-                n: progress.add_task(
-                    escape(f"n={n} {pipe.name}"),
-                    total=None,
-                    status=waiting_status(pipe) if k == 0 or pipe.engine.compiled else "",
-                )
-                for k, (n, pipe) in enumerate(pipelines.items())
-            }
-
-            def on_progress(n: int, done: int, total: int) -> None:
-                status = f"pass {done}/{total}"
-                progress.update(tasks[n], completed=done, total=total, status=status)
-
+            on_progress = region_bars(progress, pipelines)
             video = any(pipe.is_video for pipe in pipelines.values())
             evaluate = evaluate_video if video else evaluate_against_real
             results, baseline = evaluate(
@@ -132,21 +118,34 @@ def eval_digits(
             print_results(title, results, _caption(info, baseline, scales, torch_device))
         if json_path is not None:
             settings = {
-                "command": _command(),
-                "model": model,
-                "regions": region_list,
-                "samples_per_class": samples_per_class,
-                **options.to_dict(),
+                "command": _command(), "model": model, "regions": region_list,
+                "samples_per_class": samples_per_class, **options.to_dict(),
                 "default_cfg_scales": {str(n): p.default_cfg_scale for n, p in pipelines.items()},
-                "seed": seed,
-                "batch_size": batch_size,
-                "classifier": str(classifier_path),
+                "seed": seed, "batch_size": batch_size, "classifier": str(classifier_path),
                 "seconds": round(seconds, 2),
-            }
+            }  # fmt: skip
             write = video_report if video else report
             with atomic_path(json_path, "json") as tmp:
                 tmp.write_text(write(results, info, baseline, settings))
             console.print(f"wrote {escape(str(json_path))}", highlight=False)
+
+
+def region_bars(progress, pipelines: dict):
+    """A bar per region count, and the callback `(n, done, total)` that advances them. Each
+    pipeline compiles its own step, but the first to run times the int8 products for all."""
+    tasks = {
+        n: progress.add_task(
+            escape(f"n={n} {pipe.name}"),
+            total=None,
+            status=waiting_status(pipe) if k == 0 or pipe.engine.compiled else "",
+        )
+        for k, (n, pipe) in enumerate(pipelines.items())
+    }
+
+    def on_progress(n: int, done: int, total: int) -> None:
+        progress.update(tasks[n], completed=done, total=total, status=f"pass {done}/{total}")
+
+    return on_progress
 
 
 def print_results(title: str, results, caption: str) -> None:

@@ -15,6 +15,7 @@ import torch
 
 from parcli.config import GPT_PRESETS, GPTConfig
 from parcli.engine.devices import cpu_name
+from parcli.engine.memory import check_fits
 from parcli.engine.quantize import int8_products
 from parcli.errors import SettingError
 from parcli.io.models import Fetch, model_files
@@ -384,12 +385,14 @@ def pipelines_to_time(
     grid: tuple[int, ...] = (24, 24),
     seed: int = 0,
     fetch: Fetch | None = None,
+    batch: int = 1,
 ) -> tuple[dict[int, Pipeline], str]:
     """One pipeline per region count, and a title: random weights of a published architecture
-    (`arch`, on `grid`), or the model a name or files give."""
+    (`arch`, on `grid`), or the model a name or files give; refused first where a batch of
+    `batch` cannot fit in memory."""
     if arch is None:
         pipelines = {
-            n: open_pipeline(model_files(model, n, checkpoint, tokenizer, fetch), options, n)
+            n: open_pipeline(model_files(model, n, checkpoint, tokenizer, fetch), options, n, batch)
             for n in regions
         }
         return pipelines, " / ".join(p.name for p in pipelines.values())
@@ -398,6 +401,9 @@ def pipelines_to_time(
     if arch not in GPT_PRESETS:
         raise SettingError("arch", f"unknown architecture {arch!r}; use {', '.join(GPT_PRESETS)}")
     cfg = GPTConfig.preset(arch, grid=grid)
+    guided = options.cfg_scale is None or options.cfg_scale > 1
+    check_fits(replace(cfg, regions=max(regions)), VQConfig.llamagen_ds16(), options.torch_device,
+               options.torch_dtype, batch, None, guided)  # fmt: skip
     pipelines = random_pipelines(cfg, regions, options, seed=seed)
     return pipelines, f"{arch} · random weights: speed only · grid {'x'.join(map(str, grid))}"
 
