@@ -21,4 +21,4 @@ lint: install
 # On a machine with a CUDA GPU (installs nothing): make gpu-check DIR=gpu-results
 gpu-check:
 	@test -n "$(DIR)" || { echo "usage: make gpu-check DIR=path"; exit 2; }
-	scripts/gpu_check.sh "$(DIR)"
+	measure/gpu_check.sh "$(DIR)"

@@ -14,7 +14,7 @@ import pytest
 from tests.test_cli import run
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "scripts" / "gpu_check.sh"
+SCRIPT = ROOT / "measure" / "gpu_check.sh"
 BUDGET_S = 360  # the 6 minutes on one H100, compiling included
 
 
@@ -99,7 +99,7 @@ def bench_tables(*paths) -> str:
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, ROOT / "scripts" / "bench_tables.py", *paths],
+    result = subprocess.run([sys.executable, ROOT / "measure" / "bench_tables.py", *paths],
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 0, result.stderr
     return result.stdout

@@ -9,7 +9,7 @@ Beside int8, teacher-forced figures for other roundings of the same weights, to 
 agreement random weights allow: the int8 weights alone (float32 inputs and products), int8
 with a scale per 128 or per 32 inputs instead of per row, and the whole model in bf16
 (free-running too).
-Usage: python scripts/int8_agreement.py [ARCH] [SIDE] [IMAGES]  (defaults: GPT-B 8 8)
+Usage: python measure/int8_agreement.py [ARCH] [SIDE] [IMAGES]  (defaults: GPT-B 8 8)
 """
 
 import copy

@@ -8,7 +8,7 @@
 # prints and writes lands in DIR: gpu-check.log (the summary), one log per step, the bench JSON
 # files.
 set -uo pipefail
-DIR=${1:?usage: scripts/gpu_check.sh DIR}
+DIR=${1:?usage: measure/gpu_check.sh DIR}
 mkdir -p "$DIR"
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -38,10 +38,10 @@ step bench-3b-vs-plain 90 "$PY" -m parcli bench --arch GPT-3B --regions 1,4,16 \
 step bench-b-dtypes 45 "$PY" -m parcli bench --arch GPT-B --regions 1,4,16 --batch-size 1 \
   --repeats 1 --warmup 1 --no-compile --dtype bf16,fp32 --quantize int8 --no-decode \
   --json "$DIR/bench-b-dtypes.json"
-step vq-layouts 20 "$PY" scripts/vq_cuda_layouts.py 4
-step int8-products 30 "$PY" scripts/int8_products.py GPT-3B 512
+step vq-layouts 20 "$PY" measure/vq_cuda_layouts.py 4
+step int8-products 30 "$PY" measure/int8_products.py GPT-3B 512
 # The price of the reference's attention kernel (its tokens in bf16) for the default engine.
-step attention-kernels 15 "$PY" scripts/attention_kernels.py GPT-3B 5
+step attention-kernels 15 "$PY" measure/attention_kernels.py GPT-3B 5
 # Last, the default engine (compiled): about ten compiles of GPT-3B, which may not all fit. The
 # bench logs each case's seconds as it ends (a warm-up's include its compiling), and rewrites its
 # JSON as each case is measured, so a step cut short still says how far compiling got and what
@@ -49,6 +49,6 @@ step attention-kernels 15 "$PY" scripts/attention_kernels.py GPT-3B 5
 step bench-3b 85 "$PY" -m parcli bench --arch GPT-3B --regions 1,4,16 --batch-size 1,32 \
   --repeats 1 --warmup 1 --json "$DIR/bench-3b.json"
 # Markdown tables of every bench's JSON for docs/benchmarks.md, and the targets (JSON only: instant).
-"$PY" scripts/bench_tables.py "$DIR"/bench-*.json >"$DIR/tables.md" 2>&1
+"$PY" measure/bench_tables.py "$DIR"/bench-*.json >"$DIR/tables.md" 2>&1
 grep "^\* target" "$DIR/tables.md" | tee -a "$LOG"
 echo "== done; figures in $DIR (tables: $DIR/tables.md)" | tee -a "$LOG"

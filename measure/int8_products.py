@@ -9,7 +9,7 @@ larger than the GPU's L2 cache, so that each product reads its weight from memor
   int8 op    torch._weight_int8pack_mm (what parcli runs)
   compiled   torch.compile of F.linear(x, w.to(bf16)) * scales (CUDA only; 2 and 32 rows)
 Milliseconds per product (the best of the rounds) and the weight bytes read per second.
-Usage: python scripts/int8_products.py [ARCH] [POOL_MIB]  (defaults: GPT-3B 512)
+Usage: python measure/int8_products.py [ARCH] [POOL_MIB]  (defaults: GPT-3B 512)
 """
 
 import sys

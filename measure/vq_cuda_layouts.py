@@ -5,7 +5,7 @@ layout copies per block; TF32 is cuDNN's default for convolutions but rounds mor
 LlamaGen's VQ-16 (random weights) decoding 384x384 images in the four combinations, with
 `cudnn.benchmark` on, by CUDA events (best of the repeats), and says how far each one's pixels
 are from the CPU's float32 decode of the same codes (the goal: within one level, at most 0.1 %
-of pixels off by one). Usage: python scripts/vq_cuda_layouts.py [BATCH]
+of pixels off by one). Usage: python measure/vq_cuda_layouts.py [BATCH]
 """
 
 import sys

@@ -5,7 +5,7 @@ image: n = 16 at most 0.15, n = 4 at most 0.40, n = 1 at most 1.5).
 `make gpu-check` writes DIR/tables.md with it. Reads JSON only (no torch), so it takes no time;
 a file that is missing or cut short (a bench stopped by its time limit writes none) is named
 and skipped.
-Usage: python scripts/bench_tables.py FILE.json [FILE.json ...]
+Usage: python measure/bench_tables.py FILE.json [FILE.json ...]
 """
 
 import json

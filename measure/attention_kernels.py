@@ -10,7 +10,7 @@ cache as full as a pass's (every slot of the plan), masked as the plan's last pa
           CPU: its flash kernel)
   math    the reference's: SDPA's math kernel, heads as the model has them
 Milliseconds per pass (one call per layer; the best of the rounds, each the mean of CALLS calls).
-Usage: python scripts/attention_kernels.py [ARCH] [ROUNDS] [SEQUENCES]  (defaults: GPT-3B 5 2,64)
+Usage: python measure/attention_kernels.py [ARCH] [ROUNDS] [SEQUENCES]  (defaults: GPT-3B 5 2,64)
 """
 
 import sys

@@ -2,7 +2,7 @@
 
 Counts the decoder's convolution FLOPs for one 384x384 image (LlamaGen's VQ-16, random weights;
 the count does not depend on them), times the decode in both layouts, and times one large 3x3
-convolution and one large GEMM as the attainable rates. Usage: python scripts/vq_conv_rate.py
+convolution and one large GEMM as the attainable rates. Usage: python measure/vq_conv_rate.py
 """
 
 import time
