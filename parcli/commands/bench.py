@@ -209,7 +209,7 @@ def print_table(
     columns = [
         ("n", lambda r: str(r.regions)),
         ("batch", lambda r: str(r.batch)),
-        ("passes", lambda r: str(r.passes)),
+        ("passes", lambda r: f"{r.passes_per_image:.4g}"),
         ("gen", lambda r: time_text(r.gen_s_per_image) + (" ⚠" if r.noisy else "")),
         (
             "min–max",
@@ -292,7 +292,7 @@ def _print_comparison(
         padding=(0, 1, 0, 0),
     )
     headers = ("n", "batch", names[0], "min–max", names[1], "min–max", "speed-up",
-               f"{names[1]} vs n=1", "same")  # fmt: skip
+               f"{names[1]} vs n=1", "passes", "per iteration", "same")  # fmt: skip
     for header in headers:
         table.add_column(header, justify="right", no_wrap=True)
     for row in rows:
@@ -308,6 +308,8 @@ def _print_comparison(
             f"{time_text(row.gen_s_per_image_min)}–{time_text(row.gen_s_per_image_max)}",
             f"{getattr(row, speedup):.2f}x",
             f"{row.speedup_vs_1:.2f}x" if row.speedup_vs_1 else "",
+            f"{base.passes_per_image:.4g} → {row.passes_per_image:.4g}",
+            f"{row.passes_per_iteration:.3g}",
             _share_text(
                 row.tokens_same_as_ours if base.engine == OURS else base.tokens_same_as_ours
             ),
