@@ -188,6 +188,9 @@ def test_animate_shows_every_pass_and_ends_on_the_picture(files, tmp_path, model
     else:  # 256 pixels: the GIF palette holds them exactly
         np.testing.assert_array_equal(frames[-1], final)
     assert (frames[0] == 128).mean() > 0.9
+    from parcli.io.recipe import read_recipe
+
+    assert read_recipe(anim).seed == 7  # the animation carries its recipe, as every output does
 
 
 def test_class_out_of_range(files, tmp_path):
@@ -549,8 +552,9 @@ def test_several_classes_make_one_row_each(files, tmp_path):
 def test_version():
     import parcli
 
-    result = run("--version")
-    assert result.exit_code == 0 and result.output.strip() == f"parcli {parcli.__version__}"
+    for flag in ("--version", "-V"):
+        result = run(flag)
+        assert result.exit_code == 0 and result.output.strip() == f"parcli {parcli.__version__}"
 
 
 def test_the_shipped_video_family_writes_a_playable_clip(tmp_path):
