@@ -32,12 +32,17 @@ nvidia-smi >"$DIR/nvidia-smi.txt" 2>&1
 # -v: a line per test as it ends, so that a step cut short still says which passed.
 step tests 75 "$PY" -m pytest -v -p no:cacheprovider -m cuda tests/test_cuda.py
 # Without compiling first: these steps cannot run long, so their figures are certain.
-step bench-3b-vs-plain 90 "$PY" -m parcli bench --arch GPT-3B --regions 1,4,16 \
-  --batch-size 1,32 --repeats 1 --warmup 1 --no-compile --baseline \
+step bench-3b-vs-plain 70 "$PY" -m parcli bench --arch GPT-3B --regions 1,4,16 \
+  --batch-size 1,32 --repeats 1 --warmup 1 --no-compile --baseline -v \
   --json "$DIR/bench-3b-vs-plain.json"
 step bench-b-dtypes 45 "$PY" -m parcli bench --arch GPT-B --regions 1,4,16 --batch-size 1 \
-  --repeats 1 --warmup 1 --no-compile --dtype bf16,fp32 --quantize int8 --no-decode \
+  --repeats 1 --warmup 1 --no-compile --dtype bf16,fp32 --quantize int8 --no-decode -v \
   --json "$DIR/bench-b-dtypes.json"
+# Speculative decoding's cost side at GPT-3B's shapes: query tokens and seconds per pass (random
+# weights accept few drafts, so its passes per image say little here; the digits models do).
+step bench-3b-sjd 20 "$PY" -m parcli bench --arch GPT-3B --regions 1,4,16 --batch-size 1 \
+  --repeats 1 --warmup 1 --no-compile --strategy par,sjd --no-decode -v \
+  --json "$DIR/bench-3b-sjd.json"
 step vq-layouts 20 "$PY" measure/vq_cuda_layouts.py 4
 step int8-products 30 "$PY" measure/int8_products.py GPT-3B 512
 # The price of the reference's attention kernel (its tokens in bf16) for the default engine.
@@ -47,7 +52,7 @@ step attention-kernels 15 "$PY" measure/attention_kernels.py GPT-3B 5
 # JSON as each case is measured, so a step cut short still says how far compiling got and what
 # the compiled cases measured.
 step bench-3b 85 "$PY" -m parcli bench --arch GPT-3B --regions 1,4,16 --batch-size 1,32 \
-  --repeats 1 --warmup 1 --json "$DIR/bench-3b.json"
+  --repeats 1 --warmup 1 -v --json "$DIR/bench-3b.json"
 # Markdown tables of every bench's JSON for docs/benchmarks.md, and the targets (JSON only: instant).
 "$PY" measure/bench_tables.py "$DIR"/bench-*.json >"$DIR/tables.md" 2>&1
 grep "^\* target" "$DIR/tables.md" | tee -a "$LOG"

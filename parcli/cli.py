@@ -37,7 +37,11 @@ def root(
     version: Annotated[
         bool,
         typer.Option(
-            "--version", "-V", callback=show_version, is_eager=True, help="Print the version and stop."
+            "--version",
+            "-V",
+            callback=show_version,
+            is_eager=True,
+            help="Print the version and stop.",
         ),
     ] = False,
 ) -> None:

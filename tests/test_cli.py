@@ -300,6 +300,7 @@ def test_bench_on_a_checkpoint_writes_json(files, tmp_path, monkeypatch):
         1,
         "--warmup",
         0,
+        "-v",
         "--json",
         report,
     ]
@@ -310,7 +311,7 @@ def test_bench_on_a_checkpoint_writes_json(files, tmp_path, monkeypatch):
     (row,) = data["rows"]
     assert row["regions"] == 4 and row["passes"] == 19 and row["gen_s_per_image"] > 0
     assert data["machine"]["torch"] == torch.__version__ and data["command"].startswith("par bench")
-    # A log gets each case's seconds as it ends, so that a run cut short still leaves figures.
+    # -v prints each case's seconds as it ends, so that a log cut short still holds figures.
     timed = re.search(r"measure 1/1: n=4 b=1 ours: generation ([\d.e+-]+) s, decode ([\d.e+-]+) s",
                       result.output)  # fmt: skip
     assert timed and float(timed[1]) == pytest.approx(row["gen_s_per_image"], rel=0.01)

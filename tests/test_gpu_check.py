@@ -71,7 +71,9 @@ def test_the_attention_kernels_script_runs_here():
     assert "failed" not in result.stdout
 
 
-@pytest.mark.parametrize("name", ["bench-3b", "bench-3b-vs-plain", "bench-b-dtypes"])
+@pytest.mark.parametrize(
+    "name", ["bench-3b", "bench-3b-vs-plain", "bench-b-dtypes", "bench-3b-sjd"]
+)
 def test_each_bench_step_runs_as_worded(name, tmp_path, monkeypatch):
     from parcli.config import GPT_PRESETS
 

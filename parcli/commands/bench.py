@@ -111,6 +111,9 @@ def bench(
         ),
     ] = False,
     seed: Annotated[int, typer.Option(help="Seed of the random weights and of the draws.")] = 0,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Print a line per timed run as it ends.")
+    ] = False,
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write every figure here.")
     ] = None,
@@ -169,23 +172,43 @@ def bench(
 
             def on_run(text: str) -> None:
                 status.update(f"timing · {escape(text)}")
-                if not err_console.is_terminal:  # logs get a plain line a case
+                if verbose:
                     err_console.print(f"timing · {text}", markup=False, highlight=False)
 
             # The JSON is rewritten as each case is measured: a run stopped early leaves those.
             on_measured = write_json if json_path is not None else None
             rows = run_bench(pipelines, settings, rate, on_run, baselines, others, on_measured)
         print_report(title, rows, first, sampling, rate, decode, others)
+        if not warmup:
+            err_console.print("measured cold (--warmup 0): each case's times include its "
+                              "one-time costs (compiling, packing, first allocations)")  # fmt: skip
+        console.print(summary(rows, "clip" if first.is_video else "image"), highlight=False)
         if json_path is not None:
             write_json(rows)
             console.print(f"wrote {escape(str(json_path))}", highlight=False)
+
+
+def summary(rows: list[Row], item: str) -> str:
+    """One line: our fastest case against n = 1, and each compared engine against ours."""
+    ours = [row for row in rows if row.engine == OURS]
+    best = min(ours, key=lambda row: row.gen_s_per_image)
+    line = f"fastest: n={best.regions} batch {best.batch}, {best.gen_s_per_image:.3g} s per {item}"
+    if best.speedup_vs_1:
+        line += f" ({best.speedup_vs_1:.2f}x n=1)"
+    for engine in dict.fromkeys(row.engine for row in rows if row.engine not in (OURS, PLAIN)):
+        ratios = [row.speedup_vs_first for row in rows if row.engine == engine]
+        line += f" · {engine}: {min(ratios):.2f}–{max(ratios):.2f}x as fast as ours"
+    plain = [row.speedup_vs_plain for row in ours if row.speedup_vs_plain]
+    if plain:
+        line += f" · ours {min(plain):.2f}–{max(plain):.2f}x faster than the plain engine"
+    return line
 
 
 def print_report(title, rows, first, sampling, rate, decoded, others) -> None:
     """Our table, then each comparison: the plain engine, other dtypes, int8, strategies."""
     print_table(title, [row for row in rows if row.engine == OURS], first, sampling, rate, decoded)
     if any(row.engine == PLAIN for row in rows):
-        print_baseline_table(rows)
+        print_baseline_table(rows, "clip" if first.is_video else "image")
     for engine, timed in others.items():
         print_comparison_table(rows, engine, first, next(iter(timed.values())))
     if any(row.noisy for row in rows):
@@ -222,13 +245,14 @@ def print_table(
             ("total", lambda r: time_text(r.total_s_per_image)),
         ]
     columns += [
-        ("img/s", lambda r: f"{r.images_per_s:.3g}"),
+        ("clips/s" if pipe.is_video else "img/s", lambda r: f"{r.images_per_s:.3g}"),
         ("vs n=1", lambda r: f"{r.speedup_vs_1:.2f}x" if r.speedup_vs_1 is not None else "–"),
         ("added mem", lambda r: bytes_text(r.peak_memory_added_bytes)),
     ]
     if rate:
         columns.append(("floor", lambda r: f"{100 * r.floor_fraction:.0f}%"))
-    caption = _caption(pipe, sampling, rate) + f" · times in {unit} per image"
+    item = "clip" if pipe.is_video else "image"
+    caption = _caption(pipe, sampling, rate) + f" · times in {unit} per {item}"
     table = Table(title=escape(title), caption=caption, box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0))
     for header, _ in columns:
         table.add_column(header, justify="right", no_wrap=True)
@@ -248,13 +272,13 @@ def time_format(rows) -> tuple[str, Callable[..., str]]:
     return unit, time_text
 
 
-def print_baseline_table(rows) -> None:
+def print_baseline_table(rows, item: str) -> None:
     """Ours against the plain engine, generation only, same n and batch."""
     _print_comparison(
         rows, PLAIN, OURS, ("plain", "ours"), "speedup_vs_plain",
         title="ours vs plain engine",
         caption="plain: unpacked products, whole-cache masked attention with the reference's "
-        "kernels (SDPA's math kernel after the first pass), no graphs, no compile",
+        "kernels (SDPA's math kernel after the first pass), no graphs, no compile", item=item,
     )  # fmt: skip
 
 
@@ -274,19 +298,20 @@ def print_comparison_table(rows, engine: str, first: Pipeline, other: Pipeline) 
     _print_comparison(
         rows, OURS, engine, (base_name, engine), "speedup_vs_first",
         title=f"{engine} vs {base_name}", caption=caption,
+        item="clip" if first.is_video else "image",
     )  # fmt: skip
 
 
 def _print_comparison(
     rows, base_engine: str, engine: str, names: tuple[str, str], speedup: str, title: str,
-    caption: str,
+    caption: str, item: str = "image",
 ) -> None:  # fmt: skip
     """One engine's rows against another's, generation only, same n and batch: both times with
     their spread, the row's `speedup` field, and how many token cells the two drew alike."""
     base_rows = {(r.regions, r.batch): r for r in rows if r.engine == base_engine}
     unit, time_text = time_format(rows)
     table = Table(
-        title=f"{title}: token generation, {unit} per image",
+        title=f"{title}: token generation, {unit} per {item}",
         caption=caption + " · same: the share of token cells both drew alike",
         box=box.SIMPLE_HEAD,
         padding=(0, 1, 0, 0),

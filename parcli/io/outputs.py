@@ -114,9 +114,7 @@ class Outputs:
         frames = 0
         if self.animate is not None:
             animation = animation_frames(pixels, plan, recipe.columns)
-            save_video(
-                self.animate, animation, self.fps or ANIMATION_FPS, recipe=recipe.to_json()
-            )
+            save_video(self.animate, animation, self.fps or ANIMATION_FPS, recipe=recipe.to_json())
             frames = len(animation)
         if self.manifest is not None:
             document = {
