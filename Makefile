@@ -22,7 +22,7 @@ $(VENV)/.torch: | $(VPY)
 	@if command -v nvidia-smi >/dev/null 2>&1; then \
 	  echo "NVIDIA GPU found: installing PyTorch's CUDA build (several GB in $(VENV))"; \
 	else \
-	  echo "No NVIDIA GPU: installing PyTorch's CPU build into $(VENV) (about 1.2 GB)"; \
+	  echo "No NVIDIA GPU: installing PyTorch's CPU build into $(VENV) (about 1.2 GB; 1.6 GB with the test extras)"; \
 	  $(VPY) -m pip install -q --isolated --timeout 15 --retries 1 torch \
 	    --index-url $(TORCH_CPU_INDEX) 2>/dev/null \
 	  || { echo "$(TORCH_CPU_INDEX) not reachable: installing $(TORCH_FALLBACK) instead"; \
