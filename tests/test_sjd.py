@@ -108,7 +108,7 @@ def empirical_law(toy: ToyLogits, sampling, window, runs, init="random", retest=
     plan = toy.plan
     gen = torch.Generator().manual_seed(1)
     draws = Draws(torch.rand(runs, plan.num_tokens, generator=gen), generator=gen)
-    state = State(runs, plan, toy.vocab, draws)
+    state = State(runs, plan, toy.vocab, window, draws)
     Jacobi(plan, toy.vocab, window, init, retest).decode(state, toy.forward(sampling))
     codes = state.seq @ (toy.vocab ** torch.arange(plan.num_tokens - 1, -1, -1))
     return torch.bincount(codes, minlength=toy.vocab**plan.num_tokens).double() / runs

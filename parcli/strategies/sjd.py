@@ -91,13 +91,17 @@ class Draws:
 
 
 class State:
-    """Per-row progress: tokens (committed and drafted), draft distributions, visit counts."""
+    """Per-row progress: tokens (committed and drafted), draft distributions, visit counts.
 
-    def __init__(self, rows: int, plan: Plan, vocab: int, draws: Draws):
+    Drafts only ever exist for fewer than `window` passes past the commit point, so pass k's
+    draft distributions live at `q[:, k % window]` rather than one vector per position.
+    """
+
+    def __init__(self, rows: int, plan: Plan, vocab: int, window: int, draws: Draws):
         device = draws.base.device
         tokens = plan.num_tokens
         self.seq = torch.zeros(rows, tokens, dtype=torch.long, device=device)
-        self.q = torch.zeros(rows, tokens, vocab, device=device)
+        self.q = torch.zeros(rows, window, plan.regions, vocab, device=device)
         self.visits = torch.zeros(rows, tokens, dtype=torch.long, device=device)
         self.done = torch.zeros(rows, dtype=torch.long, device=device)  # committed plan passes
         self.drafted = torch.zeros(rows, dtype=torch.long, device=device)  # passes < it drafted
@@ -148,12 +152,12 @@ class Jacobi:
         index = state.done[:, None] + torch.arange(self.window, device=state.done.device)
         return self._pass_positions(index)
 
-    def _write(self, state: State, pos, need, tokens, q=None) -> None:
+    def _write(self, state: State, pos, need, tokens, q=None, index=None) -> None:
+        """Tokens (rows, n) at positions pos where `need`; with q, drafts of passes `index`."""
         rows, slot = need.nonzero(as_tuple=True)
-        at = pos[rows, slot]
-        state.seq[rows, at] = tokens[rows, slot]
+        state.seq[rows, pos[rows, slot]] = tokens[rows, slot]
         if q is not None:
-            state.q[rows, at] = q[rows, slot]
+            state.q[rows, index[rows] % self.window, slot] = q[rows, slot]
 
     def _sample(self, state: State, pos, probs, need) -> torch.Tensor:
         """Draw at positions (rows, n) from probs; a position's first draw takes its base
@@ -183,7 +187,7 @@ class Jacobi:
                 copied = state.seq.gather(1, before.clamp(min=0))
                 tokens = torch.where(before >= 0, copied, tokens)
             q = F.one_hot(tokens, self.vocab).float()
-            self._write(state, pos, need, tokens, q)
+            self._write(state, pos, need, tokens, q, index)
         state.drafted = torch.where(active, torch.maximum(state.drafted, end), state.drafted)
 
     def iterate(self, state: State, probs: torch.Tensor, pos, valid) -> torch.Tensor:
@@ -209,7 +213,7 @@ class Jacobi:
                 need = test[:, None] & exists
                 u_accept = state.draws.fresh(self.n, test)
                 u_residual = state.draws.fresh(self.n, test)
-                q = state.q.gather(1, at[..., None].expand(-1, -1, self.vocab))
+                q = state.q[torch.arange(len(rows)), (state.done + i) % self.window]
                 accepted, tested = accept_or_resample(p, q, tokens, u_accept, u_residual)
                 tokens = torch.where(need, tested, tokens)
                 rejected = (need & ~accepted).any(1)
@@ -226,7 +230,7 @@ class Jacobi:
             if rows.any():
                 need = rows[:, None] & valid[:, i]
                 tokens = self._sample(state, pos[:, i], probs[:, i], need)
-                self._write(state, pos[:, i], need, tokens, probs[:, i])
+                self._write(state, pos[:, i], need, tokens, probs[:, i], state.done + i)
         state.drafted = torch.where(active, state.done + last + 1, state.drafted)
         state.done = state.done + torch.where(active, commit, 0)
         return commit
@@ -277,7 +281,7 @@ class Sjd:
         count, device = labels.shape[0], labels.device
         base = image_uniforms(seed, indices, plan.num_tokens, device)
         generators = [stream_generator(seed, index, 1) for index in indices]
-        state = State(count, plan, model.cfg.vocab_size, Draws(base, generators))
+        state = State(count, plan, model.cfg.vocab_size, self.window, Draws(base, generators))
         jacobi = Jacobi(plan, model.cfg.vocab_size, self.window, self.init)
         forward = _ModelWindows(model, plan, labels, sampling, jacobi)
         self._caches = forward.caches
