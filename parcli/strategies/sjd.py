@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from parcli.errors import SettingError
-from parcli.model import KVCache, Transformer
+from parcli.model import KVCache, Transformer, cache_dtype
 from parcli.plan import Plan
 from parcli.sampling import SamplingConfig, filter_logits, image_uniforms, mix_guidance
 from parcli.slots import embed_slots, guided_labels, slot_rotary
@@ -317,9 +317,10 @@ class _ModelWindows:
         rows = 2 if sampling.guided else 1
         self.labels = [guided_labels(labels[i : i + 1], cfg.num_classes, sampling.guided)
                        for i in range(labels.shape[0])]  # fmt: skip
+        # The dtype `par`'s runner keeps, so that a window of 1 rounds as `par` does.
+        dtype = cache_dtype(model.dtype, model.device, plan.widest_pass)
         self.caches = [
-            KVCache(cfg, rows, plan.num_slots, model.device, model.dtype, cfg.head_dim)
-            for _ in range(labels.shape[0])
+            KVCache(cfg, rows, plan.num_slots, model.device, dtype) for _ in range(labels.shape[0])
         ]
         self.rope = slot_rotary(model, plan)
         self.mask = torch.from_numpy(plan.attention_mask()).to(model.device)
