@@ -125,13 +125,8 @@ class Jacobi:
     ):
         if init not in INITS:
             raise ValueError(f"init must be one of {INITS}, not {init!r}")
-        self.plan, self.vocab, self.window, self.init, self.retest = (
-            plan,
-            vocab,
-            window,
-            init,
-            retest,
-        )
+        self.plan, self.vocab, self.window = plan, vocab, window
+        self.init, self.retest = init, retest
         self.n, self.num_passes = plan.regions, plan.num_passes
         self.starts = torch.tensor([p.start for p in plan.passes])
         self.widths = torch.tensor([p.width for p in plan.passes])
@@ -241,7 +236,7 @@ class Jacobi:
         forward: Callable[[State, torch.Tensor, torch.Tensor], torch.Tensor],
         on_done: Callable[[int], None] | None = None,
     ) -> int:
-        """Iterate until every row has committed every plan pass; returns the iterations.
+        """Iterate until every row has committed every plan pass; returns the iterations run.
         `forward(state, pos, valid)` gives the window's distributions (rows, window, n, V);
         `on_done(k)` hears the passes every row has committed after each iteration."""
         iterations = 0
@@ -294,8 +289,7 @@ class Sjd:
                     on_pass(plan.passes[k])
             reported = done
 
-        iterations = jacobi.decode(state, forward, on_done)
-        del iterations  # per image below
+        jacobi.decode(state, forward, on_done)
         tokens = state.seq[:, torch.from_numpy(plan.inverse).to(device)]
         stats = DecodeStats(
             images=count,
