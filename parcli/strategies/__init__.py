@@ -75,5 +75,6 @@ def make_strategy(name: str = "par", window: int | None = None) -> Strategy:
 
 def _registry() -> dict[str, Callable[[int | None], Strategy]]:
     from parcli.strategies.par import Par
+    from parcli.strategies.sjd import Sjd
 
-    return {"par": Par}
+    return {"par": Par, "sjd": Sjd}

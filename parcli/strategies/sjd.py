@@ -1,0 +1,344 @@
+"""Lossless speculative Jacobi decoding (SJD) over PAR's passes.
+
+Each iteration runs the first uncommitted plan pass plus drafts of the next window - 1 passes in
+one forward pass, tests the drafts with the speculative-sampling rule and commits what passes, so
+the tokens keep exactly the law of `par`'s sampler. How far an image advances decides the shape
+of its next window, so acceptance is read on the host every iteration (one device sync per
+iteration), unlike `par`, which never waits for the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from parcli.errors import SettingError
+from parcli.model import KVCache, Transformer, cache_dtype
+from parcli.plan import Plan
+from parcli.sampling import SamplingConfig, filter_logits, image_uniforms, mix_guidance
+from parcli.slots import embed_slots, guided_labels, slot_rotary
+from parcli.strategies import DecodeStats
+
+DEFAULT_WINDOW = 4
+INITS = ("random", "left")
+DEFAULT_INIT = "left"
+RESIDUAL_FLOOR = 1e-6
+
+
+def warp(logits: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
+    """Guided logits -> the distribution `parcli.sampling.sample` draws from, in float32."""
+    logits = logits.float() / max(sampling.temperature, 1e-5)
+    return filter_logits(logits, sampling.top_k, sampling.top_p).softmax(dim=-1)
+
+
+def draw(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF draw from (unnormalised) probs (..., V), with `sample`'s rule."""
+    cumulative = probs.cumsum(dim=-1)
+    u = (1.0 - uniforms.to(probs.dtype)).unsqueeze(-1)
+    index = torch.searchsorted(cumulative, u * cumulative[..., -1:])
+    return index.squeeze(-1).clamp_(max=probs.shape[-1] - 1)
+
+
+def accept_or_resample(
+    p: torch.Tensor,
+    q: torch.Tensor,
+    draft: torch.Tensor,
+    u_accept: torch.Tensor,
+    u_residual: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Speculative-sampling test of drafts (...) drawn from q (..., V) against p (..., V).
+
+    Returns (accepted, token): a draft stays with probability min(1, p/q); otherwise the token is
+    drawn from max(0, p - q), normalised, or from p where that mass is below RESIDUAL_FLOOR.
+    """
+    index = draft.unsqueeze(-1)
+    ratio = (p.gather(-1, index) / q.gather(-1, index)).squeeze(-1).clamp(max=1.0)
+    accepted = u_accept < ratio
+    residual = (p - q).clamp(min=0.0)
+    empty = residual.sum(dim=-1, keepdim=True) < RESIDUAL_FLOOR
+    resampled = draw(torch.where(empty, p, residual), u_residual)
+    return accepted, torch.where(accepted, draft, resampled)
+
+
+class Draws:
+    """Random numbers of the rows: `base` (rows, tokens) serves each position's first draw from
+    a distribution, fresh numbers serve everything else, each used once.
+
+    With one generator per row, a row's numbers depend on that row alone; without, one shared
+    generator serves all rows (the law tests, where rows need not be reproducible one by one).
+    """
+
+    def __init__(
+        self,
+        base: torch.Tensor,
+        generators: Sequence[torch.Generator] | None = None,
+        generator: torch.Generator | None = None,
+    ):
+        self.base, self.generators, self.generator = base, generators, generator
+
+    def fresh(self, count: int, rows: torch.Tensor) -> torch.Tensor:
+        """(rows, count) uniforms; only the rows flagged in `rows` advance their generator."""
+        if self.generators is None:
+            out = torch.rand(rows.shape[0], count, generator=self.generator)
+            return out.to(self.base.device)
+        out = torch.zeros(rows.shape[0], count)
+        for r in rows.nonzero().flatten().tolist():
+            out[r] = torch.rand(count, generator=self.generators[r])
+        return out.to(self.base.device)
+
+
+class State:
+    """Per-row progress: tokens (committed and drafted), draft distributions, visit counts.
+
+    Drafts only ever exist for fewer than `window` passes past the commit point, so pass k's
+    draft distributions live at `q[:, k % window]` rather than one vector per position.
+    """
+
+    def __init__(self, rows: int, plan: Plan, vocab: int, window: int, draws: Draws):
+        device = draws.base.device
+        tokens = plan.num_tokens
+        self.seq = torch.zeros(rows, tokens, dtype=torch.long, device=device)
+        self.q = torch.zeros(rows, window, plan.regions, vocab, device=device)
+        self.visits = torch.zeros(rows, tokens, dtype=torch.long, device=device)
+        self.done = torch.zeros(rows, dtype=torch.long, device=device)  # committed plan passes
+        self.drafted = torch.zeros(rows, dtype=torch.long, device=device)  # passes < it drafted
+        self.draws = draws
+
+
+class Jacobi:
+    """The acceptance and commit rules over a plan's passes, for any source of probabilities.
+
+    `retest` builds a deliberately biased variant (accepted drafts beyond the first pass go back
+    as drafts and are tested again) for the test that must see it fail.
+    """
+
+    def __init__(
+        self,
+        plan: Plan,
+        vocab: int,
+        window: int,
+        init: str = DEFAULT_INIT,
+        retest: bool = False,
+    ):
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, not {init!r}")
+        self.plan, self.vocab, self.window = plan, vocab, window
+        self.init, self.retest = init, retest
+        self.n, self.num_passes = plan.regions, plan.num_passes
+        self.starts = torch.tensor([p.start for p in plan.passes])
+        self.widths = torch.tensor([p.width for p in plan.passes])
+        self.ends = torch.tensor([p.end for p in plan.passes])
+
+    def _pass_positions(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions (..., n) of passes `index` (...), and which of them exist."""
+        device = index.device
+        inside = index < self.num_passes
+        clamped = index.clamp(max=self.num_passes - 1).cpu()
+        offsets = torch.arange(self.n)
+        pos = (self.starts[clamped][..., None] + offsets).to(device)
+        valid = inside[..., None] & (offsets < self.widths[clamped][..., None]).to(device)
+        return torch.where(valid, pos, 0), valid
+
+    def window_of(self, state: State) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions (rows, window, n) of each row's window passes, and which exist."""
+        index = state.done[:, None] + torch.arange(self.window, device=state.done.device)
+        return self._pass_positions(index)
+
+    def _write(self, state: State, pos, need, tokens, q=None, index=None) -> None:
+        """Tokens (rows, n) at positions pos where `need`; with q, drafts of passes `index`."""
+        rows, slot = need.nonzero(as_tuple=True)
+        state.seq[rows, pos[rows, slot]] = tokens[rows, slot]
+        if q is not None:
+            state.q[rows, index[rows] % self.window, slot] = q[rows, slot]
+
+    def _sample(self, state: State, pos, probs, need) -> torch.Tensor:
+        """Draw at positions (rows, n) from probs; a position's first draw takes its base
+        uniform, so that a window of 1 draws `par`'s tokens."""
+        fresh = state.draws.fresh(self.n, need.any(1))
+        first = state.visits.gather(1, pos) == 0
+        u = torch.where(first, state.draws.base.gather(1, pos), fresh)
+        state.visits.scatter_add_(1, pos, need.long())
+        return draw(probs, u)
+
+    def init_drafts(self, state: State) -> None:
+        """One-hot drafts for the passes the next window feeds that have no prediction yet."""
+        end = (state.done + self.window).clamp(max=self.num_passes) - 1
+        active = state.done < self.num_passes
+        for j in range(self.window - 1):
+            index = state.drafted + j
+            rows = active & (index < end)
+            if not rows.any():
+                break
+            pos, valid = self._pass_positions(index)
+            need = rows[:, None] & valid
+            fresh = state.draws.fresh(self.n, rows)
+            tokens = (fresh * self.vocab).long().clamp_(max=self.vocab - 1)
+            if self.init == "left":
+                # Same region, previous in-region position: the left (or upper-right) neighbour.
+                before = pos - self.n
+                copied = state.seq.gather(1, before.clamp(min=0))
+                tokens = torch.where(before >= 0, copied, tokens)
+            q = F.one_hot(tokens, self.vocab).float()
+            self._write(state, pos, need, tokens, q, index)
+        state.drafted = torch.where(active, torch.maximum(state.drafted, end), state.drafted)
+
+    def iterate(self, state: State, probs: torch.Tensor, pos, valid) -> torch.Tensor:
+        """Test and commit one iteration's window; probs (rows, window, n, V) are its
+        distributions. Returns the plan passes each row committed."""
+        active = state.done < self.num_passes
+        in_plan = valid[:, :, 0]
+        last = in_plan.sum(1) - 1  # the window pass after every draft: a bonus if all pass
+        testing = active.clone()
+        reached = torch.zeros_like(state.done)
+        for i in range(self.window):
+            rows = testing & in_plan[:, i]
+            if not rows.any():
+                break
+            p, at, exists = probs[:, i], pos[:, i], valid[:, i]
+            bonus, test = rows & (last == i), rows & (last != i)
+            tokens = state.seq.gather(1, at)
+            rejected = torch.zeros_like(rows)
+            if bonus.any():
+                need = bonus[:, None] & exists
+                tokens = torch.where(need, self._sample(state, at, p, need), tokens)
+            if test.any():
+                need = test[:, None] & exists
+                u_accept = state.draws.fresh(self.n, test)
+                u_residual = state.draws.fresh(self.n, test)
+                q = state.q[torch.arange(len(rows)), (state.done + i) % self.window]
+                accepted, tested = accept_or_resample(p, q, tokens, u_accept, u_residual)
+                tokens = torch.where(need, tested, tokens)
+                rejected = (need & ~accepted).any(1)
+            self._write(state, at, rows[:, None] & exists, tokens)
+            reached = torch.where(rows, i + 1, reached)
+            testing = testing & ~(bonus | rejected)
+        commit, redraft_from = reached, reached
+        if self.retest:
+            commit = torch.where(reached >= 2, 1, reached)
+            redraft_from = torch.where(reached >= 2, reached - 1, reached)
+        # Passes past the commit point take new drafts from this iteration's distributions.
+        for i in range(self.window):
+            rows = active & in_plan[:, i] & (i >= redraft_from)
+            if rows.any():
+                need = rows[:, None] & valid[:, i]
+                tokens = self._sample(state, pos[:, i], probs[:, i], need)
+                self._write(state, pos[:, i], need, tokens, probs[:, i], state.done + i)
+        state.drafted = torch.where(active, state.done + last + 1, state.drafted)
+        state.done = state.done + torch.where(active, commit, 0)
+        return commit
+
+    def decode(
+        self,
+        state: State,
+        forward: Callable[[State, torch.Tensor, torch.Tensor], torch.Tensor],
+        on_done: Callable[[int], None] | None = None,
+    ) -> int:
+        """Iterate until every row has committed every plan pass; returns the iterations run.
+        `forward(state, pos, valid)` gives the window's distributions (rows, window, n, V);
+        `on_done(k)` hears the passes every row has committed after each iteration."""
+        iterations = 0
+        self.init_drafts(state)
+        while bool((state.done < self.num_passes).any()):
+            pos, valid = self.window_of(state)
+            self.iterate(state, forward(state, pos, valid), pos, valid)
+            self.init_drafts(state)
+            iterations += 1
+            if on_done is not None:
+                on_done(int(state.done.min()))
+        return iterations
+
+
+def stream_generator(seed: int, index: int, stream: int) -> torch.Generator:
+    """A generator of image `index`'s extra random numbers, apart from its base uniforms."""
+    state = np.random.SeedSequence([seed, index, stream]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+class Sjd:
+    """Speculative Jacobi decoding: `window` plan passes per forward pass, same law as `par`."""
+
+    name = "sjd"
+
+    def __init__(self, window: int | None = None, init: str = DEFAULT_INIT):
+        window = DEFAULT_WINDOW if window is None else window
+        if window < 1:
+            raise SettingError("window", f"must be at least 1, not {window}")
+        self.window, self.init = window, init
+        self._caches: list[KVCache] = []  # the last batch's, one per image (for tests)
+
+    @torch.inference_mode()
+    def generate(self, model, plan, labels, sampling, seed, indices, runner, on_pass=None):
+        """Token grids (batch, *plan.grid) in raster order and what they cost. `runner` is not
+        used: each image runs its own windows in its own KV cache."""
+        count, device = labels.shape[0], labels.device
+        base = image_uniforms(seed, indices, plan.num_tokens, device)
+        generators = [stream_generator(seed, index, 1) for index in indices]
+        state = State(count, plan, model.cfg.vocab_size, self.window, Draws(base, generators))
+        jacobi = Jacobi(plan, model.cfg.vocab_size, self.window, self.init)
+        forward = _ModelWindows(model, plan, labels, sampling, jacobi)
+        self._caches = forward.caches
+        reported = 0
+
+        def on_done(done: int) -> None:
+            nonlocal reported
+            for k in range(reported, done):
+                if on_pass is not None:
+                    on_pass(plan.passes[k])
+            reported = done
+
+        jacobi.decode(state, forward, on_done)
+        tokens = state.seq[:, torch.from_numpy(plan.inverse).to(device)]
+        stats = DecodeStats(
+            images=count,
+            passes=forward.passes,
+            query_tokens=forward.query_tokens,
+            iterations=forward.passes,
+            committed_passes=count * plan.num_passes,
+        )
+        return tokens.reshape(count, *plan.grid), stats
+
+
+class _ModelWindows:
+    """The window's distributions from the transformer: per image, one forward pass over its
+    window's slots in its own cache (cond and uncond rows together), under the plan's mask."""
+
+    def __init__(self, model: Transformer, plan: Plan, labels, sampling, jacobi: Jacobi):
+        self.model, self.plan, self.sampling, self.jacobi = model, plan, sampling, jacobi
+        cfg = model.cfg
+        rows = 2 if sampling.guided else 1
+        self.labels = [guided_labels(labels[i : i + 1], cfg.num_classes, sampling.guided)
+                       for i in range(labels.shape[0])]  # fmt: skip
+        # The dtype `par`'s runner keeps, so that a window of 1 rounds as `par` does.
+        dtype = cache_dtype(model.dtype, model.device, plan.widest_pass)
+        self.caches = [
+            KVCache(cfg, rows, plan.num_slots, model.device, dtype) for _ in range(labels.shape[0])
+        ]
+        self.rope = slot_rotary(model, plan)
+        self.mask = torch.from_numpy(plan.attention_mask()).to(model.device)
+        self.passes = self.query_tokens = 0
+
+    def __call__(self, state: State, pos: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        jacobi, vocab = self.jacobi, self.model.cfg.vocab_size
+        out = torch.zeros(*pos.shape, vocab, device=pos.device)
+        done = state.done.tolist()
+        for r, first in enumerate(done):
+            if first >= jacobi.num_passes:
+                continue  # a finished image runs nothing
+            last = min(first + jacobi.window, jacobi.num_passes) - 1
+            start, end = self.plan.passes[first].start, self.plan.passes[last].end
+            labels = self.labels[r]
+            seq = state.seq[r : r + 1].expand(labels.shape[0], -1)
+            h = embed_slots(self.model, self.plan, labels, seq, start, end)
+            # One pass sees every slot before its end: unmasked, as `par`'s runner runs it.
+            mask = None if first == last else self.mask[start:end, :end]
+            logits = self.model(h, self.rope[start:end], self.caches[r], start=start, mask=mask)
+            if self.sampling.guided:
+                logits = mix_guidance(logits, self.sampling.cfg_scale)
+            probs = warp(logits[0], self.sampling)
+            out[r] = probs[(pos[r] - start).clamp(0, end - start - 1)]
+            self.passes += 1
+            self.query_tokens += end - start
+        return out
