@@ -235,7 +235,7 @@ def test_bad_destinations_are_named_before_any_work(files, tmp_path):
             "--out: ",
             "does not exist",
         ),  # fmt: skip
-        (["bench", "--arch", "GPT-B", "--cfg-scale", "-2"], "--cfg-scale: must be >= 0"),
+        (["bench", "--arch", "GPT-B", "--cfg-scale", "-2"], "--cfg-scale: must be between 0"),
         (["eval", "-m", "digits", "--json", tmp_path / "no" / "e.json"], "--json: "),
     ]
     for args, *fragments in cases:
@@ -309,3 +309,52 @@ def test_text_from_the_user_is_never_markup(files, tmp_path, text):
         result = run(*args)
         assert result.exception is None or isinstance(result.exception, SystemExit), args
         assert_clean_refusal(result, shown)
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (("--threads", 100000), {}, "--threads: must be between 1 and"),
+        ((), {"PARCLI_THREADS": "100000"}, "--threads: must be between 1 and"),
+        (("--cfg-scale", "inf"), {}, "--cfg-scale: must be between 0 and 100"),
+        (("--cfg-scale", "nan"), {}, "--cfg-scale: must be between 0 and 100"),
+        (("--temperature", "inf"), {}, "--temperature: must be between 0 and 100"),
+        (("--temperature", "nan"), {}, "--temperature: must be between 0 and 100"),
+        (("--top-k", 2**40), {}, "--top-k: must be between 0 (off) and"),
+    ],
+)
+def test_runaway_numbers_are_refused(files, tmp_path, monkeypatch, args, env, message):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    out = tmp_path / "x.png"
+    common = ("generate", "--checkpoint", files["gpt4"], "--tokenizer", files["vq"], "-q")
+    result = run(*common, "-c", 1, "-o", out, *args)
+    assert_clean_refusal(result, message)
+    assert not out.exists()
+
+
+def test_the_thread_bound_is_one_function_for_the_engine_and_the_options():
+    from parcli.engine.threads import choose_threads, max_threads
+    from parcli.errors import SettingError
+    from parcli.options import RunOptions
+
+    most = max_threads()
+    assert choose_threads(10, most) == most
+    for check in (lambda n: choose_threads(10, n), lambda n: RunOptions(threads=n).check()):
+        for wrong in (0, most + 1, 10**9):
+            with pytest.raises(SettingError, match=f"between 1 and {most}"):
+                check(wrong)
+
+
+def test_a_bench_batch_that_cannot_fit_is_refused_before_building(files, monkeypatch):
+    import parcli.quality.bench as bench_module
+
+    def never(*args, **kwargs):
+        raise AssertionError("a pipeline was built")
+
+    monkeypatch.setattr(bench_module, "open_pipeline", never)
+    result = run(
+        "bench", "--checkpoint", files["gpt4"], "--tokenizer", files["vq"], "--regions", 4,
+        "--batch-size", 99999999,
+    )  # fmt: skip
+    assert_clean_refusal(result, "--batch-size")

@@ -132,9 +132,9 @@ def bench(
         for each in variants.values():
             warn_if_emulated(each.torch_device, each.torch_dtype)
         sides = token_grid(grid, image_size)
+        guided = options.cfg_scale is None or options.cfg_scale > 1
         if arch in GPT_PRESETS:  # random weights: refuse what cannot fit before building it
             cfg = GPTConfig.preset(arch, grid=sides, regions=max(region_list))
-            guided = options.cfg_scale is None or options.cfg_scale > 1
             for each in variants.values():
                 check_fits(cfg, VQConfig.llamagen_ds16(), each.torch_device, each.torch_dtype,
                            max(batches), None, guided)  # fmt: skip
@@ -155,6 +155,8 @@ def bench(
                     sides,
                     seed,
                     model_fetcher(offline, quiet=label != OURS),
+                    max(batches),
+                    guided,
                 )  # fmt: skip
                 for label, each in variants.items()
             }

@@ -15,6 +15,7 @@ import torch
 
 from parcli.config import GPT_PRESETS, GPTConfig
 from parcli.engine.devices import cpu_name
+from parcli.engine.memory import check_files_fit
 from parcli.engine.quantize import int8_products
 from parcli.errors import SettingError
 from parcli.io.models import Fetch, model_files
@@ -384,14 +385,21 @@ def pipelines_to_time(
     grid: tuple[int, ...] = (24, 24),
     seed: int = 0,
     fetch: Fetch | None = None,
+    batch: int | None = None,
+    guided: bool = True,
 ) -> tuple[dict[int, Pipeline], str]:
     """One pipeline per region count, and a title: random weights of a published architecture
-    (`arch`, on `grid`), or the model a name or files give."""
+    (`arch`, on `grid`), or the model a name or files give; with `batch`, a model whose
+    batches of that size cannot fit is refused before any of it is built."""
     if arch is None:
-        pipelines = {
-            n: open_pipeline(model_files(model, n, checkpoint, tokenizer, fetch), options, n)
-            for n in regions
-        }
+        found = {n: model_files(model, n, checkpoint, tokenizer, fetch) for n in regions}
+        if batch is not None:
+            for files in found.values():
+                check_files_fit(
+                    files.checkpoint, files.tokenizer, options.torch_device, options.torch_dtype,
+                    batch, None, guided,
+                )  # fmt: skip
+        pipelines = {n: open_pipeline(files, options, n) for n, files in found.items()}
         return pipelines, " / ".join(p.name for p in pipelines.values())
     if model is not None or checkpoint is not None:
         raise SettingError("arch", "times random weights; give no model or checkpoint with it")
