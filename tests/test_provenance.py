@@ -179,3 +179,30 @@ def test_a_recipe_from_before_compiled_existed_leaves_it_to_the_device():
     assert Recipe.from_dict({**data, "compiled": True}, "new.json").compiled is True
     with pytest.raises(RecipeError, match="compiled"):
         Recipe.from_dict({**data, "compiled": 1}, "odd.json")
+
+
+HOSTILE_TEXT = "x\x1b]0;owned\x07\x1b[2J\r\n$ rm -rf ~\x9b31m\u202e\u2028"
+
+
+def test_par_info_prints_a_hostile_recipes_text_inert(tmp_path):
+    from parcli.commands.common import inert
+    from parcli.commands.info import recipe_lines
+
+    assert inert("a\x1b[1mb\nc\x9b\u202e") == "a\\x1b[1mb\\x0ac\\x9b\\u202e"
+    recipe = _recipe(
+        model=HOSTILE_TEXT, checkpoint=HOSTILE_TEXT, tokenizer=HOSTILE_TEXT, parcli=HOSTILE_TEXT,
+        samples=(Sample(207, HOSTILE_TEXT, 5),),
+    )  # fmt: skip
+    png = save_image(tmp_path / "a.png", np.zeros((4, 4, 3), np.uint8), recipe.to_json())
+    for args in ((), ("--json",)):
+        result = run("info", png, *args)
+        assert result.exit_code == 0, result.output
+        assert not any(
+            ord(c) < 0x20 and c != "\n" or 0x7F <= ord(c) < 0xA0 or c in "\u202e\u2028"
+            for c in result.output
+        ), repr(result.output)
+        assert "$ rm -rf ~" not in result.output.splitlines()
+    assert json.loads(result.output)["model"] == HOSTILE_TEXT
+    lines = run("info", png).output.splitlines()
+    assert len(lines) == len(recipe_lines(recipe)) + 1
+    assert "\\x1b]0;owned" in lines[1]
