@@ -206,3 +206,29 @@ def test_par_info_prints_a_hostile_recipes_text_inert(tmp_path):
     lines = run("info", png).output.splitlines()
     assert len(lines) == len(recipe_lines(recipe)) + 1
     assert "\\x1b]0;owned" in lines[1]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"parcli": ' * 50_000 + "1" + "}" * 50_000, "not valid JSON"),
+        ("[" * 100_000 + "]" * 100_000, "not valid JSON"),
+        (json.dumps({**_recipe().to_dict(), "scale": 17}), "'scale' must lie in 1 to 16"),
+        (json.dumps({**_recipe().to_dict(), "scale": 10**30}), "'scale' must lie in 1 to 16"),
+        (json.dumps({**_recipe().to_dict(), "columns": 0}), "'columns' must lie in 1"),
+        (json.dumps({**_recipe().to_dict(), "fps": 0.01}), "'fps' must lie in 0.1 to 120"),
+        (json.dumps({**_recipe().to_dict(), "fps": 1e9}), "'fps' must lie in 0.1 to 120"),
+        (json.dumps({**_recipe().to_dict(), "fps": float("nan")}), "'fps' must lie"),
+        (json.dumps({**_recipe().to_dict(), "cfg_scale": float("inf")}), "not a finite"),
+        (json.dumps({**_recipe().to_dict(), "top_p": float("nan")}), "not a finite"),
+        (
+            json.dumps({**_recipe().to_dict(), "samples": [{"class_id": 0, "index": 0}] * 100_001}),
+            "'samples' must list",
+        ),
+    ],
+)
+def test_a_recipe_past_the_command_lines_bounds_is_one_line(tmp_path, text, message):
+    path = tmp_path / "r.json"
+    path.write_text(text)
+    result = run("info", path)
+    assert_user_error(result, message)
