@@ -98,8 +98,8 @@ def statistics(
         raise FidError(f"{path} does not exist")
     try:
         members = npz_members(path)
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise FidError(f"{path} is not a readable .npz ({exc})") from None
+    except (OSError, ValueError, zipfile.BadZipFile, NotImplementedError, RuntimeError) as exc:
+        raise FidError(f"{path} is not a readable .npz ({_first_line(exc)})") from None
     try:
         if "mu" in members and "sigma" in members:
             return (*_stored_statistics(path), None)
@@ -114,7 +114,12 @@ def statistics(
             gaussian.add(extractor(batch).double().cpu().numpy())
             if on_batch is not None:
                 on_batch(gaussian.count, len(images))
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+    # zipfile raises NotImplementedError and RuntimeError for versions and encryption it
+    # cannot read, which a damaged header can claim.
+    except (
+        OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, NotImplementedError,
+        RuntimeError,
+    ) as exc:  # fmt: skip
         raise FidError(f"{path} is not a readable .npz ({_first_line(exc)})") from None
     if gaussian.count < 2:
         raise FidError(f"{path} holds {gaussian.count} image(s); FID needs at least two")
