@@ -79,8 +79,10 @@ class RunOptions:
                 "a compiled step fuses attention its own way, not the reference's; "
                 "leave out --compile with --reference-kernels",
             )
-        if self.threads is not None and self.threads < 1:
-            raise SettingError("threads", f"must be at least 1, not {self.threads}")
+        if self.threads is not None:
+            from parcli.engine.threads import check_threads
+
+            check_threads(self.threads)
 
     @property
     def torch_device(self) -> torch.device:

@@ -16,6 +16,11 @@ import torch
 
 from parcli.errors import SettingError
 
+# Beyond these a setting is a typo, not a choice: the logits it makes are all one token or inf.
+MAX_CFG_SCALE = 100.0
+MAX_TEMPERATURE = 100.0
+MAX_TOP_K = 2**24
+
 
 @dataclass(frozen=True)
 class SamplingConfig:
@@ -25,12 +30,19 @@ class SamplingConfig:
     top_p: float = 1.0
 
     def __post_init__(self) -> None:
-        if not self.cfg_scale >= 0:
-            raise SettingError("cfg_scale", f"must be >= 0, not {self.cfg_scale}")
-        if not self.temperature >= 0:
-            raise SettingError("temperature", f"must be >= 0, not {self.temperature}")
-        if self.top_k < 0:
-            raise SettingError("top_k", f"must be >= 0 (0 turns it off), not {self.top_k}")
+        # Written as `not a <= x <= b` so that NaN, which compares false, is refused too.
+        if not 0 <= self.cfg_scale <= MAX_CFG_SCALE:
+            raise SettingError(
+                "cfg_scale", f"must be between 0 and {MAX_CFG_SCALE:g}, not {self.cfg_scale}"
+            )
+        if not 0 <= self.temperature <= MAX_TEMPERATURE:
+            raise SettingError(
+                "temperature", f"must be between 0 and {MAX_TEMPERATURE:g}, not {self.temperature}"
+            )
+        if not 0 <= self.top_k <= MAX_TOP_K:
+            raise SettingError(
+                "top_k", f"must be between 0 (off) and {MAX_TOP_K}, not {self.top_k}"
+            )
         if not 0.0 < self.top_p <= 1.0:
             raise SettingError("top_p", f"must be in (0, 1], not {self.top_p}")
 

@@ -141,7 +141,7 @@ def test_threads_follow_the_work_unless_asked(monkeypatch):
     assert choose_threads(1_200_000) == 1  # the digits models
     assert choose_threads(SMALL_MODEL) == 8  # GPT-B and up: one per core
     assert choose_threads(1_200_000, requested=3) == 3
-    with pytest.raises(SettingError, match="at least 1"):
+    with pytest.raises(SettingError, match="between 1 and"):
         choose_threads(10, requested=0)
 
 

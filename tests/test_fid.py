@@ -100,3 +100,97 @@ def test_offline_without_the_inception_weights_says_so(tmp_path, monkeypatch):
     with pytest.raises(FidError, match="not downloaded .* offline mode is on"):
         fid_module._inception_weights(offline=True)
     assert not any(tmp_path.iterdir())
+
+
+def _npy(array: np.ndarray, header: dict | None = None) -> bytes:
+    """The bytes of a `.npy`, with its header replaced where `header` is given."""
+    import io
+
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buffer,
+        header
+        or {
+            "descr": np.lib.format.dtype_to_descr(array.dtype),
+            "fortran_order": False,
+            "shape": array.shape,
+        },
+    )
+    return buffer.getvalue() + array.tobytes(order="A")
+
+
+def _zip(path, members: dict) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(f"{name}.npy", data)
+
+
+def test_malformed_statistics_and_images_are_one_line_each(tmp_path, monkeypatch):
+    monkeypatch.setattr(fid_module, "inception", lambda device, offline=False: stand_in)
+    write_arrays(tmp_path / "a.npz", {"arr_0": images(20, 1)})
+    mu, sigma = np.zeros(6), np.eye(6)
+    nan_mu, inf_sigma = mu.copy(), sigma.copy()
+    nan_mu[2], inf_sigma[1, 1] = np.nan, np.inf
+    fortran = np.asfortranarray(np.eye(6))
+    cases = {
+        "nan": ({"mu": nan_mu, "sigma": sigma}, "NaN or infinity"),
+        "inf": ({"mu": mu, "sigma": inf_sigma}, "NaN or infinity"),
+        "huge": ({"mu": mu + 1e300, "sigma": sigma * 1e300}, "not a finite number"),
+        "scalar": ({"mu": np.float64(1.0), "sigma": sigma}, "not a plain C-ordered array"),
+        "wide": ({"mu": np.zeros(4), "sigma": sigma}, "mu (4,) and sigma (6, 6)"),
+        "other": ({"mu": np.zeros(4), "sigma": np.eye(4)}, "shapes (6,) and (4,)"),
+        "text": ({"mu": np.array(["a"] * 6), "sigma": sigma}, "real numbers"),
+    }
+    for name, (arrays, _) in cases.items():
+        write_arrays(tmp_path / f"{name}.npz", arrays)
+    raw = {
+        "fortran": {
+            "mu": _npy(mu),
+            "sigma": _npy(fortran, {"descr": "<f8", "fortran_order": True, "shape": (6, 6)}),
+        },
+        "object": {"mu": b"", "sigma": _npy(sigma)},
+        "lying": {
+            "mu": _npy(mu, {"descr": "<f8", "fortran_order": False, "shape": (600,)}),
+            "sigma": _npy(sigma),
+        },
+        "lying_images": {
+            "arr_0": _npy(
+                images(4, 0), {"descr": "|u1", "fortran_order": False, "shape": (400, 8, 8, 3)}
+            )
+        },
+        "bad_header": {"mu": b"\x93NUMPY\x01\x00\x10\x00{'descr': oops}  \n", "sigma": b""},
+    }
+    raw["object"]["mu"] = _npy(np.zeros(0), {"descr": "|O", "fortran_order": False, "shape": (6,)})
+    for name, members in raw.items():
+        _zip(tmp_path / f"{name}.npz", members)
+    raw_messages = {
+        "fortran": "not a plain C-ordered array",
+        "object": "not a plain C-ordered array",
+        "lying": "declares",
+        "lying_images": "truncated",
+        "bad_header": "not a readable .npz",
+    }
+    expected = {**{name: message for name, (_, message) in cases.items()}, **raw_messages}
+    for name, message in expected.items():
+        pair = [str(tmp_path / "a.npz"), str(tmp_path / f"{name}.npz")]
+        result = runner.invoke(app, ["fid", "-q", *pair])
+        assert result.exit_code == 2, (name, result.output)
+        assert "Traceback" not in result.output and "FID 0" not in result.output, name
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error:"), (name, result.output)
+        assert message in " ".join(result.output.split()), (name, result.output)
+
+
+def test_a_huge_fid_is_printed_readably(tmp_path, monkeypatch):
+    from parcli.commands.fid import format_fid
+
+    assert format_fid(12.345678) == "12.3457"
+    assert format_fid(3.2e12) == "3.2000e+12"
+    monkeypatch.setattr(fid_module, "inception", lambda device, offline=False: stand_in)
+    write_arrays(tmp_path / "a.npz", {"arr_0": images(20, 1)})
+    write_arrays(tmp_path / "far.npz", {"mu": np.full(6, 1e5), "sigma": np.eye(6)})
+    result = runner.invoke(app, ["fid", "-q", str(tmp_path / "a.npz"), str(tmp_path / "far.npz")])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == "FID 6.0000e+10"

@@ -235,7 +235,7 @@ def test_bad_destinations_are_named_before_any_work(files, tmp_path):
             "--out: ",
             "does not exist",
         ),  # fmt: skip
-        (["bench", "--arch", "GPT-B", "--cfg-scale", "-2"], "--cfg-scale: must be >= 0"),
+        (["bench", "--arch", "GPT-B", "--cfg-scale", "-2"], "--cfg-scale: must be between 0"),
         (["eval", "-m", "digits", "--json", tmp_path / "no" / "e.json"], "--json: "),
     ]
     for args, *fragments in cases:
@@ -309,3 +309,164 @@ def test_text_from_the_user_is_never_markup(files, tmp_path, text):
         result = run(*args)
         assert result.exception is None or isinstance(result.exception, SystemExit), args
         assert_clean_refusal(result, shown)
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (("--threads", 100000), {}, "--threads: must be between 1 and"),
+        ((), {"PARCLI_THREADS": "100000"}, "--threads: must be between 1 and"),
+        (("--cfg-scale", "inf"), {}, "--cfg-scale: must be between 0 and 100"),
+        (("--cfg-scale", "nan"), {}, "--cfg-scale: must be between 0 and 100"),
+        (("--temperature", "inf"), {}, "--temperature: must be between 0 and 100"),
+        (("--temperature", "nan"), {}, "--temperature: must be between 0 and 100"),
+        (("--top-k", 2**40), {}, "--top-k: must be between 0 (off) and"),
+    ],
+)
+def test_runaway_numbers_are_refused(files, tmp_path, monkeypatch, args, env, message):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    out = tmp_path / "x.png"
+    common = ("generate", "--checkpoint", files["gpt4"], "--tokenizer", files["vq"], "-q")
+    result = run(*common, "-c", 1, "-o", out, *args)
+    assert_clean_refusal(result, message)
+    assert not out.exists()
+
+
+def test_the_thread_bound_is_one_function_for_the_engine_and_the_options():
+    from parcli.engine.threads import choose_threads, max_threads
+    from parcli.errors import SettingError
+    from parcli.options import RunOptions
+
+    most = max_threads()
+    assert choose_threads(10, most) == most
+    for check in (lambda n: choose_threads(10, n), lambda n: RunOptions(threads=n).check()):
+        for wrong in (0, most + 1, 10**9):
+            with pytest.raises(SettingError, match=f"between 1 and {most}"):
+                check(wrong)
+
+
+def test_a_bench_batch_that_cannot_fit_is_refused_before_building(files, monkeypatch):
+    import parcli.pipeline as pipeline_module
+
+    def never(*args, **kwargs):
+        raise AssertionError("a pipeline was built")
+
+    monkeypatch.setattr(pipeline_module, "load_pipeline", never)
+    result = run(
+        "bench", "--checkpoint", files["gpt4"], "--tokenizer", files["vq"], "--regions", 4,
+        "--batch-size", 99999999,
+    )  # fmt: skip
+    assert_clean_refusal(result, "--batch-size")
+
+
+def _extreme(rng, depth=0):
+    """A JSON value at some edge: huge, tiny, non-finite, empty, deep or of the wrong kind."""
+    choices = [
+        None, True, False, 0, -1, 2**63, -(2**64), 10**400, 1e308, -1e-308,
+        float("nan"), float("inf"), float("-inf"), "", "\x1b]0;x\x07\n$ rm -rf ~", "9" * 5000,
+        [], {}, [1, "2", None],
+    ]  # fmt: skip
+    if depth < 2 and rng.random() < 0.2:
+        return {"k": _extreme(rng, depth + 1)} if rng.random() < 0.5 else [_extreme(rng, depth + 1)]
+    if rng.random() < 0.05:
+        return "[" * 3000
+    return rng.choice(choices)
+
+
+def _snapshot(folder):
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def _clean(result, allowed=(2,)):
+    assert result.exit_code in allowed, result.output
+    assert "Traceback" not in result.output
+    if result.exit_code == 2:
+        assert_clean_refusal(result)
+
+
+def test_fuzz_recipes_run_json_shards_and_npz_inputs(files, tmp_path, monkeypatch):
+    """Seeded random and extreme values into every file par reads back; each ends in a clean
+    refusal (or, where the value happens to be valid, a clean success)."""
+    import numpy as np
+
+    from parcli.io.npz import write_arrays
+    from parcli.io.recipe import Recipe, RecipeError
+    from parcli.quality import fid as fid_module
+    from tests.test_provenance import _recipe
+
+    rng = random.Random(1234)
+    bystander = tmp_path / "bystander.txt"
+    bystander.write_text("mine")
+    tried = 0
+
+    valid = _recipe().to_dict()
+    for case in range(60):
+        data = dict(valid)
+        for key in rng.sample(sorted(data), rng.randint(1, 3)):
+            data[key] = _extreme(rng)
+        path = tmp_path / f"recipe{case}.json"
+        path.write_text(json.dumps(data))
+        try:
+            Recipe.from_dict(json.loads(path.read_text()), "x")
+            ok = True
+        except RecipeError:
+            ok = False
+        _clean(run("info", path), (0,) if ok else (2,))
+        tried += 1
+
+    monkeypatch.setattr(
+        fid_module, "inception", lambda device, offline=False: lambda x: x.double().mean((2, 3))
+    )
+    write_arrays(tmp_path / "a.npz", {"arr_0": np.arange(8 * 4 * 4 * 3).reshape(8, 4, 4, 3)
+                                      .astype(np.uint8)})  # fmt: skip
+    write_arrays(tmp_path / "ref.npz", {"mu": np.zeros(3), "sigma": np.eye(3)})
+    reference = (tmp_path / "ref.npz").read_bytes()
+    for case in range(40):
+        data = bytearray(reference)
+        if rng.random() < 0.3:
+            data = data[: rng.randrange(len(data))]
+        for _ in range(rng.randint(1, 4)):
+            if data:
+                data[rng.randrange(len(data))] = rng.randrange(256)
+        path = tmp_path / f"ref{case}.npz"
+        path.write_bytes(bytes(data))
+        _clean(run("fid", "-q", tmp_path / "a.npz", path), (0, 2))
+        tried += 1
+    for case in range(20):
+        arrays = {
+            "mu": np.full(rng.choice([(3,), (4,), (3, 1)]), _pick_number(rng)),
+            "sigma": np.full(rng.choice([(3, 3), (3,), (4, 4)]), _pick_number(rng)),
+        }
+        path = tmp_path / f"stats{case}.npz"
+        write_arrays(path, arrays)
+        _clean(run("fid", "-q", tmp_path / "a.npz", path), (0, 2))
+        tried += 1
+
+    sample_args = ("sample", "--checkpoint", files["gpt4"], "--tokenizer", files["vq"], "-q",
+                   "--per-class", 1, "--classes", "0-1", "--shard-size", 1)  # fmt: skip
+    for case in range(12):
+        out = tmp_path / f"run{case}"
+        out.mkdir()
+        (out / "run.json").write_text(json.dumps(_extreme(rng)) if case % 3 else "[" * 5000)
+        before = _snapshot(out)
+        _clean(run(*sample_args, "--out", out))
+        assert _snapshot(out) == before
+        tried += 1
+    out = tmp_path / "shards-run"
+    assert run(*sample_args, "--out", out).exit_code == 0
+    for case in range(8):
+        record = out / "shards" / f"{case % 2:05d}.json"
+        record.write_text(json.dumps({"images": _extreme(rng), "first": 0, "sha256": "x"}))
+        (out / "samples.npz").unlink()
+        _clean(run(*sample_args, "--out", out), (0,))
+        tried += 1
+    assert bystander.read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(("recipe", "ref",
+        "stats", "run", "a.npz", "shards-run", "bystander")))  == []  # fmt: skip
+    TRIED["count"] += tried
+    print(f"\nfuzz inputs tried: {tried}")
+
+
+def _pick_number(rng):
+    return rng.choice([0.0, 1.0, -1.0, 1e308, float("nan"), float("inf"), 1e-320])

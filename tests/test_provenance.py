@@ -179,3 +179,56 @@ def test_a_recipe_from_before_compiled_existed_leaves_it_to_the_device():
     assert Recipe.from_dict({**data, "compiled": True}, "new.json").compiled is True
     with pytest.raises(RecipeError, match="compiled"):
         Recipe.from_dict({**data, "compiled": 1}, "odd.json")
+
+
+HOSTILE_TEXT = "x\x1b]0;owned\x07\x1b[2J\r\n$ rm -rf ~\x9b31m\u202e\u2028"
+
+
+def test_par_info_prints_a_hostile_recipes_text_inert(tmp_path):
+    from parcli.commands.common import inert
+    from parcli.commands.info import recipe_lines
+
+    assert inert("a\x1b[1mb\nc\x9b\u202e") == "a\\x1b[1mb\\x0ac\\x9b\\u202e"
+    recipe = _recipe(
+        model=HOSTILE_TEXT, checkpoint=HOSTILE_TEXT, tokenizer=HOSTILE_TEXT, parcli=HOSTILE_TEXT,
+        samples=(Sample(207, HOSTILE_TEXT, 5),),
+    )  # fmt: skip
+    png = save_image(tmp_path / "a.png", np.zeros((4, 4, 3), np.uint8), recipe.to_json())
+    for args in ((), ("--json",)):
+        result = run("info", png, *args)
+        assert result.exit_code == 0, result.output
+        assert not any(
+            ord(c) < 0x20 and c != "\n" or 0x7F <= ord(c) < 0xA0 or c in "\u202e\u2028"
+            for c in result.output
+        ), repr(result.output)
+        assert "$ rm -rf ~" not in result.output.splitlines()
+    assert json.loads(result.output)["model"] == HOSTILE_TEXT
+    lines = run("info", png).output.splitlines()
+    assert len(lines) == len(recipe_lines(recipe)) + 1
+    assert "\\x1b]0;owned" in lines[1]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"parcli": ' * 50_000 + "1" + "}" * 50_000, "not valid JSON"),
+        ("[" * 100_000 + "]" * 100_000, "not valid JSON"),
+        (json.dumps({**_recipe().to_dict(), "scale": 17}), "'scale' must lie in 1 to 16"),
+        (json.dumps({**_recipe().to_dict(), "scale": 10**30}), "'scale' must lie in 1 to 16"),
+        (json.dumps({**_recipe().to_dict(), "columns": 0}), "'columns' must lie in 1"),
+        (json.dumps({**_recipe().to_dict(), "fps": 0.01}), "'fps' must lie in 0.1 to 120"),
+        (json.dumps({**_recipe().to_dict(), "fps": 1e9}), "'fps' must lie in 0.1 to 120"),
+        (json.dumps({**_recipe().to_dict(), "fps": float("nan")}), "'fps' must lie"),
+        (json.dumps({**_recipe().to_dict(), "cfg_scale": float("inf")}), "not a finite"),
+        (json.dumps({**_recipe().to_dict(), "top_p": float("nan")}), "not a finite"),
+        (
+            json.dumps({**_recipe().to_dict(), "samples": [{"class_id": 0, "index": 0}] * 100_001}),
+            "'samples' must list",
+        ),
+    ],
+)
+def test_a_recipe_past_the_command_lines_bounds_is_one_line(tmp_path, text, message):
+    path = tmp_path / "r.json"
+    path.write_text(text)
+    result = run("info", path)
+    assert_user_error(result, message)

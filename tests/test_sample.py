@@ -228,3 +228,105 @@ def test_npz_files_are_the_same_bytes_every_time_and_stream_in_chunks(tmp_path):
     with pytest.raises(ValueError, match="bytes of data"):
         write_npz(tmp_path / "c.npz", short)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npz", "b.npz"]
+
+
+def one_line_refusal(result, *fragments):
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    text = " ".join(result.output.split())
+    for fragment in fragments:
+        assert fragment in text, result.output
+
+
+def test_a_damaged_samples_npz_or_manifest_is_merged_again(files, tmp_path):
+    out = tmp_path / "run"
+    assert sample(files, out, *BASE).exit_code == 0
+    expected = digest(out / "samples.npz")
+    target = out / "samples.npz"
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    target.write_bytes(bytes(data))
+    result = sample(files, out, *BASE)
+    assert result.exit_code == 0 and "complete already" not in result.output, result.output
+    assert digest(target) == expected
+    for manifest in ("[1, 2]", "{", '{"samples_sha256": 5}'):
+        (out / "manifest.json").write_text(manifest)
+        result = sample(files, out, *BASE)
+        assert result.exit_code == 0 and "complete already" not in result.output, result.output
+        assert digest(target) == expected
+        assert json.loads((out / "manifest.json").read_text())["samples_sha256"] == expected
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"[1, 2]", b"5", b"null", b"[" * 100_000 + b"]" * 100_000, b"\xff\xfe{}", b'"run"'],
+)
+def test_a_malformed_run_json_is_one_line(files, tmp_path, content):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_bytes(content)
+    result = sample(files, out, *BASE)
+    one_line_refusal(result, "is not a par sample run record")
+    assert [p.name for p in out.iterdir()] == ["run.json"]
+    assert (out / "run.json").read_bytes() == content
+
+
+def test_a_shard_with_the_wrong_arrays_is_made_again_not_cast(files, tmp_path):
+    out = tmp_path / "run"
+    assert sample(files, out, *BASE).exit_code == 0
+    expected = digest(out / "samples.npz")
+    shards = out / "shards"
+    wrong = {
+        "00000": lambda d: {**d, "images": d["images"].astype(np.float32)},
+        "00001": lambda d: {**d, "images": d["images"][:, :8]},
+        "00002": lambda d: {**d, "labels": d["labels"] + 1},
+    }
+    for stem, change in wrong.items():
+        with np.load(shards / f"{stem}.npz") as data:
+            arrays = change({key: data[key] for key in data})
+        write_arrays(shards / f"{stem}.npz", arrays)  # a record that vouches for it, too
+        record = json.loads((shards / f"{stem}.json").read_text())
+        record["sha256"] = digest(shards / f"{stem}.npz")
+        (shards / f"{stem}.json").write_text(json.dumps(record))
+    (out / "samples.npz").unlink()
+    result = sample(files, out, *BASE)
+    assert result.exit_code == 0, result.output
+    assert all(f"shard {n}/3" in result.output for n in (1, 2, 3)), result.output
+    assert digest(out / "samples.npz") == expected
+
+
+def test_a_resumed_run_removes_what_a_killed_run_left_half_written(files, tmp_path):
+    out = tmp_path / "run"
+    assert sample(files, out, *BASE).exit_code == 0
+    (out / "shards" / "00001.npz").unlink()
+    left = [out / ".samples.tmp-0123abcd.npz", out / "shards" / ".00001.tmp-deadbeef.npz"]
+    for path in left:
+        path.write_bytes(b"half")
+    result = sample(files, out, *BASE)
+    assert result.exit_code == 0, result.output
+    assert not any(path.exists() for path in left)
+
+
+def test_counts_and_sizes_that_cannot_be_are_refused_before_run_json(files, tmp_path, monkeypatch):
+    import parcli.quality.shards as shards_module
+
+    out = tmp_path / "run"
+    result = sample(files, out, *BASE[2:], "--per-class", 99999999999999)
+    one_line_refusal(result, "--per-class:", "ask for fewer")
+    for size in (0, 100_000):
+        result = sample(files, out, *BASE, "--image-size-eval", size)
+        one_line_refusal(result, "--image-size-eval:", "between 1 and 4096")
+    assert not out.exists()
+    real = shards_module.shutil.disk_usage
+
+    def tiny(path):
+        return real(path)._replace(free=1000)
+
+    monkeypatch.setattr(shards_module.shutil, "disk_usage", tiny)
+    result = sample(files, out, *BASE)
+    one_line_refusal(result, "--out:", "GB free")
+    assert not out.exists()
+    monkeypatch.setattr(shards_module.shutil, "disk_usage", real)
+    assert sample(files, out, *BASE).exit_code == 0

@@ -283,7 +283,7 @@ def print_baseline_table(rows, item: str) -> None:
 
 
 def print_comparison_table(rows, engine: str, first: Pipeline, other: Pipeline) -> None:
-    """Another dtype, or int8, against the first dtype: same weights, generation only, same n
+    """Another dtype, int8 or strategy against ours: same weights, generation only, same n
     and batch."""
     base_name = dtype_name(first.model.dtype)
     base_bytes, other_bytes = weight_bytes(first), weight_bytes(other)
@@ -291,7 +291,10 @@ def print_comparison_table(rows, engine: str, first: Pipeline, other: Pipeline) 
         f"weights read per pass: {bytes_text(base_bytes)} {base_name}, "
         f"{bytes_text(other_bytes)} {engine} ({other_bytes / base_bytes:.2f}x)"
     )
-    if engine == INT8:
+    if other.strategy.name != first.strategy.name:
+        base_name = first.strategy.name
+        caption = f"{engine}: {other.strategy.window} plan passes per iteration at most"
+    elif engine == INT8:
         caption += f" · int8 products: {int8_products(other.model)}"
     elif other.packed:
         caption += f" · {engine}: {other.packed} packed projections"
@@ -309,36 +312,49 @@ def _print_comparison(
     """One engine's rows against another's, generation only, same n and batch: both times with
     their spread, the row's `speedup` field, and how many token cells the two drew alike."""
     base_rows = {(r.regions, r.batch): r for r in rows if r.engine == base_engine}
+    compared = [r for r in rows if r.engine == engine and (r.regions, r.batch) in base_rows]
+    # Another strategy draws the same law, not the same tokens: its passes say more than "same".
+    strategies = any(r.strategy != base_rows[r.regions, r.batch].strategy for r in compared)
     unit, time_text = time_format(rows)
+    note = (
+        "passes: forward passes per image; per iteration: plan passes each made"
+        if strategies
+        else "same: the share of token cells both drew alike"
+    )
     table = Table(
         title=f"{title}: token generation, {unit} per {item}",
-        caption=caption + " · same: the share of token cells both drew alike",
+        caption=f"{caption} · {note}",
         box=box.SIMPLE_HEAD,
         padding=(0, 1, 0, 0),
     )
-    headers = ("n", "batch", names[0], "min–max", names[1], "min–max", "speed-up",
-               f"{names[1]} vs n=1", "passes", "per iteration", "same")  # fmt: skip
+    last = ("passes", "per iteration") if strategies else ("same",)
+    spreads = ("min–max",) * (not strategies)  # room for the passes instead
+    headers = ("n", "batch", names[0], *spreads, names[1], *spreads, "speed-up",
+               f"{names[1]} vs n=1", *last)  # fmt: skip
     for header in headers:
         table.add_column(header, justify="right", no_wrap=True)
-    for row in rows:
-        if row.engine != engine or (row.regions, row.batch) not in base_rows:
-            continue
+    for row in compared:
         base = base_rows[row.regions, row.batch]
         table.add_row(
             str(row.regions),
             str(row.batch),
             time_text(base.gen_s_per_image) + (" ⚠" if base.noisy else ""),
-            f"{time_text(base.gen_s_per_image_min)}–{time_text(base.gen_s_per_image_max)}",
+            *(f"{time_text(base.gen_s_per_image_min)}–{time_text(base.gen_s_per_image_max)}",)
+            * (not strategies),
             time_text(row.gen_s_per_image) + (" ⚠" if row.noisy else ""),
-            f"{time_text(row.gen_s_per_image_min)}–{time_text(row.gen_s_per_image_max)}",
+            *(f"{time_text(row.gen_s_per_image_min)}–{time_text(row.gen_s_per_image_max)}",)
+            * (not strategies),
             f"{getattr(row, speedup):.2f}x",
             f"{row.speedup_vs_1:.2f}x" if row.speedup_vs_1 else "",
-            f"{base.passes_per_image:.4g} → {row.passes_per_image:.4g}",
-            f"{row.passes_per_iteration:.3g}",
-            _share_text(
-                row.tokens_same_as_ours if base.engine == OURS else base.tokens_same_as_ours
+            *(
+                (f"{base.passes_per_image:.4g} → {row.passes_per_image:.4g}",
+                 f"{row.passes_per_iteration:.3g}")
+                if strategies
+                else (_share_text(
+                    row.tokens_same_as_ours if base.engine == OURS else base.tokens_same_as_ours
+                ),)
             ),
-        )
+        )  # fmt: skip
     console.print(table)
 
 

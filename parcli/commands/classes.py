@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from parcli.commands.common import CatalogueOption, console, err_console, user_errors
+from parcli.commands.common import CatalogueOption, console, err_console, inert, user_errors
 from parcli.errors import UserError
 from parcli.io.catalogue import use_catalogue
 from parcli.io.models import catalogue_class_set
@@ -35,13 +35,13 @@ def classes_command(
         width = len(str(len(names) - 1))
         for class_id in ids:
             console.print(
-                f"{class_id:>{width}}  {', '.join(names.names[class_id])}",
+                f"{class_id:>{width}}  {inert(', '.join(names.names[class_id]))}",
                 markup=False,
                 highlight=False,
                 soft_wrap=True,
             )
         err_console.print(
-            f"{len(ids)} of {len(names)} {names.name} classes (names: {names.source})",
+            inert(f"{len(ids)} of {len(names)} {names.name} classes (names: {names.source})"),
             markup=False,
             highlight=False,
             soft_wrap=True,

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import inspect
 import time
+import unicodedata
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -173,8 +174,30 @@ def command_app(name: str, help: str, completion: bool = False) -> typer.Typer:
 
 
 def fail(message: str) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    err_console.print(
+        f"[bold red]error:[/] {escape(inert(message))}", highlight=False, soft_wrap=True
+    )
     return typer.Exit(EXIT_USER_ERROR)
+
+
+# Characters that move the cursor, end a line or reorder text: a file's strings could forge
+# output (a fake prompt, a new window title) with them, so they are shown as escapes.
+_BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+
+
+def inert(text: str) -> str:
+    """`text` with every control character (C0, DEL, C1: ESC and newlines among them), line
+    separator and bidirectional override written as a visible escape."""
+
+    def shown(char: str) -> str:
+        if unicodedata.category(char) in ("Cc", "Zl", "Zp") or char in _BIDI_CONTROLS:
+            code = ord(char)
+            return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+        return char
+
+    return "".join(shown(char) for char in str(text))
 
 
 def option_name(setting: str) -> str:

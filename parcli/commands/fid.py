@@ -50,9 +50,15 @@ def fid_command(
         result = fid(samples, reference, extractor, batch_size, on_batch)
         if not quiet:
             err_console.print()
-        console.print(f"FID {result['fid']:.4f}", highlight=False)
+        console.print(f"FID {format_fid(result['fid'])}", highlight=False)
         if json_path is not None:
             with atomic_path(json_path, "json") as tmp:
                 tmp.write_text(json.dumps(result, indent=2) + "\n")
             if not quiet:
                 console.print(f"wrote {escape(str(json_path))}", highlight=False)
+
+
+def format_fid(value: float) -> str:
+    """Four decimals as FIDs are quoted; a figure too large for them in scientific notation, so
+    that it is read as what it is and not as a long row of digits."""
+    return f"{value:.4f}" if abs(value) < 1e6 else f"{value:.4e}"

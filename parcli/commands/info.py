@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from parcli.commands.common import console, user_errors
+from parcli.commands.common import console, inert, user_errors
 from parcli.io.recipe import Recipe, read_recipe
 
 _SAMPLES_SHOWN = 12
@@ -25,14 +26,16 @@ def info(
     with user_errors():
         recipe = read_recipe(file)
     if as_json:
-        console.print(recipe.to_json(indent=2), markup=False, highlight=False, soft_wrap=True)
+        # ASCII escapes keep a hostile recipe's control characters inert and the JSON valid.
+        text = json.dumps(recipe.to_dict(), indent=2, ensure_ascii=True)
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
         return
     for key, value in recipe_lines(recipe):
-        console.print(f"{key:<10} {value}", markup=False, highlight=False, soft_wrap=True)
+        console.print(f"{key:<10} {inert(value)}", markup=False, highlight=False, soft_wrap=True)
     again = f"par generate --from {shlex.quote(str(file))}"
     if recipe.model is None:
         again += f" --checkpoint {shlex.quote(recipe.checkpoint)} --tokenizer TOKENIZER"
-    console.print(f"{'again':<10} {again}", markup=False, highlight=False, soft_wrap=True)
+    console.print(f"{'again':<10} {inert(again)}", markup=False, highlight=False, soft_wrap=True)
 
 
 def recipe_lines(recipe: Recipe) -> list[tuple[str, str]]:

@@ -22,12 +22,26 @@ def choose_threads(parameters: int, requested: int | None = None) -> int:
     """The thread count for a model of `parameters` weights: `requested` (--threads or
     PARCLI_THREADS) when given, else 1 for small models and PyTorch's default otherwise."""
     if requested is not None:
-        if requested < 1:
-            raise SettingError("threads", f"must be at least 1, not {requested}")
-        return requested
+        return check_threads(requested)
     if parameters < SMALL_MODEL:
         return 1
     return _default_threads()
+
+
+def max_threads() -> int:
+    """The most threads a run may ask for: past a few per core they only contend, and a count
+    in the thousands crashes the OpenMP runtime outright."""
+    return 4 * _default_threads()
+
+
+def check_threads(requested: int) -> int:
+    """`requested` (--threads or PARCLI_THREADS) when it is a usable count; else refused."""
+    most = max_threads()
+    if not 1 <= requested <= most:
+        raise SettingError(
+            "threads", f"must be between 1 and {most} (4 per core here), not {requested}"
+        )
+    return requested
 
 
 def _default_threads() -> int:

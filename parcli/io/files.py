@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import secrets
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -24,6 +25,9 @@ class OutputError(UserError):
     """An output path the user has to change."""
 
 
+_TEMP_NAME = re.compile(r"\..*\.tmp-[0-9a-f]{8}(\.[^.]*)?")
+
+
 def _create_temp(path: Path) -> Path:
     """Create an empty, new temporary file next to ``path`` with the same suffix."""
     for _ in range(100):
@@ -35,6 +39,19 @@ def _create_temp(path: Path) -> Path:
         os.close(fd)
         return tmp
     raise FileExistsError(f"cannot find a free temporary name next to {path}")
+
+
+def remove_temporaries(folder: Path) -> list[Path]:
+    """Remove the temporary files `atomic_path` left in `folder` when its process was killed;
+    only for a folder that par alone writes, since the names are all they are known by."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in Path(folder).iterdir():
+            if _TEMP_NAME.fullmatch(entry.name) and entry.is_file() and not entry.is_symlink():
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+                    removed.append(entry)
+    return removed
 
 
 def _sync_folder(folder: Path) -> None:

@@ -64,15 +64,7 @@ def npz_members(path: PathLike) -> list[str]:
 def read_rows(path: PathLike, name: str, rows: int) -> Iterator[np.ndarray]:
     """Member `name` of an `.npz`, `rows` entries of its first axis at a time, in order."""
     with zipfile.ZipFile(path) as archive, archive.open(f"{name}.npy") as handle:
-        version = np.lib.format.read_magic(handle)
-        read_header = (
-            np.lib.format.read_array_header_1_0
-            if version == (1, 0)
-            else np.lib.format.read_array_header_2_0
-        )
-        shape, fortran_order, dtype = read_header(handle)
-        if fortran_order or dtype.hasobject or not shape:
-            raise ValueError(f"{name} in {path} is not a plain C-ordered array")
+        shape, dtype = _plain_header(handle, path, name)
         row_shape = shape[1:]
         row_bytes = int(np.prod(row_shape)) * dtype.itemsize
         for start in range(0, shape[0], rows):
@@ -81,3 +73,43 @@ def read_rows(path: PathLike, name: str, rows: int) -> Iterator[np.ndarray]:
             if len(data) != count * row_bytes:
                 raise ValueError(f"{name} in {path} is truncated")
             yield np.frombuffer(data, dtype=dtype).reshape(count, *row_shape)
+
+
+def _plain_header(handle, path: PathLike, name: str) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype of the `.npy` at `handle`, refusing what par never reads: Fortran
+    order, objects (a pickle), 0-d arrays, and headers that are not a `.npy`'s."""
+    try:
+        version = np.lib.format.read_magic(handle)
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, fortran_order, dtype = read_header(handle)
+    except (ValueError, SyntaxError, TypeError) as exc:
+        raise ValueError(f"{name} in {path} has no readable .npy header ({exc})") from None
+    if fortran_order or dtype.hasobject or not shape:
+        raise ValueError(f"{name} in {path} is not a plain C-ordered array")
+    return tuple(int(n) for n in shape), dtype
+
+
+def member_header(path: PathLike, name: str) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype member `name` of an `.npz` declares, read without its data; a
+    ValueError for anything but a plain C-ordered array."""
+    with zipfile.ZipFile(path) as archive, archive.open(f"{name}.npy") as handle:
+        return _plain_header(handle, path, name)
+
+
+def read_array(path: PathLike, name: str) -> np.ndarray:
+    """Member `name` of an `.npz` whole, only where it is a plain array whose data are all
+    there as its header says; a ValueError otherwise."""
+    with zipfile.ZipFile(path) as archive, archive.open(f"{name}.npy") as handle:
+        shape, dtype = _plain_header(handle, path, name)
+        size = int(np.prod(shape)) * dtype.itemsize
+        info = archive.getinfo(f"{name}.npy")
+        if size > info.file_size:
+            raise ValueError(f"{name} in {path} declares {shape} but holds fewer bytes")
+        data = handle.read(size)
+        if len(data) != size or handle.read(1):
+            raise ValueError(f"{name} in {path} declares shape {shape} but holds other data")
+        return np.frombuffer(data, dtype=dtype).reshape(shape).copy()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from functools import cache
 from pathlib import Path
@@ -21,7 +22,7 @@ from parcli.options import RunOptions
 
 RECIPE_KEY = "parcli"  # the PNG chunk's keyword
 SIDECAR_SUFFIX = ".json"
-_MAX_SAMPLES = 1_000_000
+_MAX_SAMPLES = 100_000
 
 
 class RecipeError(UserError):
@@ -116,6 +117,18 @@ class Recipe:
         for name in ("regions", "scale", "top_k", "window"):
             if values[name] < 0 or (name != "top_k" and values[name] == 0):
                 raise RecipeError(f"{where}: recipe field {name!r} is out of range")
+        # The bounds the command line puts on the same settings, so a replay asks for nothing
+        # the command line would refuse.
+        bounds = {"scale": (1, 16), "columns": (1, _MAX_SAMPLES), "fps": (0.1, 120)}
+        for name, (low, high) in bounds.items():
+            if values[name] is not None and not low <= values[name] <= high:
+                raise RecipeError(
+                    f"{where}: recipe field {name!r} must lie in {low} to {high}, "
+                    f"not {values[name]}"
+                )
+        for name in ("cfg_scale", "temperature", "top_p"):
+            if not math.isfinite(values[name]):
+                raise RecipeError(f"{where}: recipe field {name!r} is not a finite number")
         samples = values["samples"]
         if not isinstance(samples, list) or not 0 < len(samples) <= _MAX_SAMPLES:
             raise RecipeError(f"{where}: recipe field 'samples' must list the samples")
@@ -216,7 +229,7 @@ def read_recipe(path: Path) -> Recipe:
         )
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise RecipeError(f"{path}: the recipe is not valid JSON") from None
     if isinstance(data, dict) and "recipe" in data:  # a --json manifest
         data = data["recipe"]
@@ -255,7 +268,7 @@ def earlier_outputs(folder: Path) -> list[Path]:
                     found.append(path)
         elif path.name.endswith(SIDECAR_SUFFIX) and path.stem:
             described = path.with_name(path.name[: -len(SIDECAR_SUFFIX)])
-            with contextlib.suppress(RecipeError, OSError, ValueError):
+            with contextlib.suppress(RecipeError, OSError, ValueError, RecursionError):
                 data = json.loads(_read_text(path))
                 if isinstance(data, dict) and RECIPE_KEY in data:
                     found.append(path)

@@ -20,7 +20,7 @@ import torch
 
 from parcli.errors import UserError
 from parcli.io.hub import offline_requested
-from parcli.io.npz import npz_members, read_rows
+from parcli.io.npz import member_header, npz_members, read_array, read_rows
 from parcli.quality.frechet import Gaussian, frechet
 
 # The weights torch-fidelity converts from TensorFlow's 2015-12-05 Inception graph; the name
@@ -98,26 +98,56 @@ def statistics(
         raise FidError(f"{path} does not exist")
     try:
         members = npz_members(path)
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise FidError(f"{path} is not a readable .npz ({exc})") from None
-    if "mu" in members and "sigma" in members:
-        with np.load(path) as data:
-            return data["mu"], data["sigma"], None
-    if "arr_0" not in members:
-        raise FidError(f"{path} holds neither arr_0 (images) nor mu and sigma")
-    gaussian = Gaussian()
-    for images in read_rows(path, "arr_0", batch_size):
-        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-            found = f"{images.dtype} {images.shape}"
-            raise FidError(f"{path}: arr_0 must be uint8 (N, H, W, 3), not {found}")
-        batch = torch.from_numpy(images.copy()).permute(0, 3, 1, 2)
-        gaussian.add(extractor(batch).double().cpu().numpy())
-        if on_batch is not None:
-            on_batch(gaussian.count, len(images))
+    except (OSError, ValueError, zipfile.BadZipFile, NotImplementedError, RuntimeError) as exc:
+        raise FidError(f"{path} is not a readable .npz ({_first_line(exc)})") from None
+    try:
+        if "mu" in members and "sigma" in members:
+            return (*_stored_statistics(path), None)
+        if "arr_0" not in members:
+            raise FidError(f"{path} holds neither arr_0 (images) nor mu and sigma")
+        shape, dtype = member_header(path, "arr_0")
+        if len(shape) != 4 or shape[-1] != 3 or dtype != np.uint8:
+            raise FidError(f"{path}: arr_0 must be uint8 (N, H, W, 3), not {dtype} {shape}")
+        gaussian = Gaussian()
+        for images in read_rows(path, "arr_0", batch_size):
+            batch = torch.from_numpy(images.copy()).permute(0, 3, 1, 2)
+            gaussian.add(extractor(batch).double().cpu().numpy())
+            if on_batch is not None:
+                on_batch(gaussian.count, len(images))
+    # zipfile raises NotImplementedError and RuntimeError for versions and encryption it
+    # cannot read, which a damaged header can claim.
+    except (
+        OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, NotImplementedError,
+        RuntimeError,
+    ) as exc:  # fmt: skip
+        raise FidError(f"{path} is not a readable .npz ({_first_line(exc)})") from None
     if gaussian.count < 2:
         raise FidError(f"{path} holds {gaussian.count} image(s); FID needs at least two")
     mu, sigma = gaussian.moments()
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise FidError(f"the features of {path} are not finite numbers; check the network")
     return mu, sigma, gaussian.count
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _stored_statistics(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A reference's `mu` (D,) and `sigma` (D, D): plain, real and finite, or refused."""
+    mu, sigma = read_array(path, "mu"), read_array(path, "sigma")
+    for name, array in (("mu", mu), ("sigma", sigma)):
+        if array.dtype.kind not in "fiu":
+            raise FidError(f"{path}: {name} must hold real numbers, not {array.dtype}")
+    if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)) or len(mu) < 1:
+        raise FidError(
+            f"{path}: mu {mu.shape} and sigma {sigma.shape} do not fit together; sigma must be "
+            "(D, D) for mu (D,)"
+        )
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise FidError(f"{path}: mu or sigma holds NaN or infinity; use finite statistics")
+    return mu.astype(np.float64), sigma.astype(np.float64)
 
 
 def fid(
@@ -132,11 +162,22 @@ def fid(
     mu_b, sigma_b, count_b = statistics(reference, extractor, batch_size, on_batch)
     if mu_a.shape != mu_b.shape:
         raise FidError(
-            f"{samples} and {reference} have features of {mu_a.shape[0]} and {mu_b.shape[0]} "
-            "dimensions; use statistics of the same network"
+            f"{samples} and {reference} have features of shapes {mu_a.shape} and {mu_b.shape}; "
+            "use statistics of the same network"
+        )
+    try:
+        # An overflow ends as inf, refused below in one line: numpy's warning would be a second.
+        with np.errstate(all="ignore"):
+            value = frechet(mu_a, sigma_a, mu_b, sigma_b)
+    except (ValueError, np.linalg.LinAlgError):
+        value = float("nan")
+    if not np.isfinite(value):
+        raise FidError(
+            f"the FID of {samples} against {reference} is not a finite number; the statistics "
+            "are too large to compare"
         )
     return {
-        "fid": frechet(mu_a, sigma_a, mu_b, sigma_b),
+        "fid": value,
         "samples": str(samples),
         "samples_images": count_a,
         "reference": str(reference),

@@ -54,7 +54,9 @@ def frechet(mu_a: np.ndarray, cov_a: np.ndarray, mu_b: np.ndarray, cov_b: np.nda
     root_a = _sqrtm_psd(cov_a)
     middle = root_a @ cov_b @ root_a
     cross = np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0.0, None)).sum()
-    return max(0.0, mean_term + float(np.trace(cov_a) + np.trace(cov_b) - 2.0 * cross))
+    total = mean_term + float(np.trace(cov_a) + np.trace(cov_b) - 2.0 * cross)
+    # Round-off can make a tiny distance negative; NaN must stay NaN, which max() would hide.
+    return float(np.maximum(0.0, total))
 
 
 def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:

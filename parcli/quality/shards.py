@@ -18,7 +18,9 @@ the shards, and `OUT/manifest.json` says how it was made.
 from __future__ import annotations
 
 import json
+import shutil
 import time
+import zipfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -28,16 +30,19 @@ import numpy as np
 import torch
 
 from parcli.errors import SettingError, UserError
-from parcli.io.files import atomic_path, file_sha256
+from parcli.io.files import atomic_path, file_sha256, remove_temporaries
 from parcli.io.media import save_png
 from parcli.io.models import ModelFiles
-from parcli.io.npz import Member, write_arrays, write_npz
+from parcli.io.npz import Member, member_header, read_array, write_arrays, write_npz
 from parcli.pipeline import Pipeline
 from parcli.plan import Pass
 from parcli.quality.ranks import Ranks
 from parcli.sampling import SamplingConfig
 
 FORMAT = 2  # 2: the run's options as `RunOptions.to_dict` writes them
+# Bounds that refuse a typo before a shard list or a run.json is made for it.
+MAX_IMAGES = 10_000_000
+MAX_SIDE = 4096
 RUN, SAMPLES, MANIFEST, SHARDS, PNGS = "run.json", "samples.npz", "manifest.json", "shards", "png"
 
 
@@ -63,8 +68,16 @@ class SampleSettings:
         for setting in ("per_class", "batch_size", "shard_size"):
             if getattr(self, setting) < 1:
                 raise SettingError(setting, f"must be at least 1, not {getattr(self, setting)}")
-        if self.image_size_eval is not None and self.image_size_eval < 1:
-            raise SettingError("image_size_eval", f"must be positive, not {self.image_size_eval}")
+        if self.image_size_eval is not None and not 1 <= self.image_size_eval <= MAX_SIDE:
+            raise SettingError(
+                "image_size_eval", f"must be between 1 and {MAX_SIDE}, not {self.image_size_eval}"
+            )
+        if self.count > MAX_IMAGES:
+            raise SettingError(
+                "per_class",
+                f"{self.per_class} images of each of {len(self.classes)} classes are "
+                f"{self.count} images, more than the {MAX_IMAGES} a run can hold; ask for fewer",
+            )
         if self.seed < 0:
             raise SettingError("seed", f"must be >= 0, not {self.seed}")
 
@@ -143,31 +156,77 @@ class SampleRun:
         that run is complete already."""
         run_file = self.out / RUN
         if run_file.is_file():
-            try:
-                found = json.loads(run_file.read_text(encoding="utf-8"))
-            except ValueError:
-                found = None
+            found = _read_json(run_file)
+            if not isinstance(found, dict):
+                raise SampleError(
+                    f"{run_file} is not a par sample run record; choose another folder, or "
+                    "remove it to start afresh",
+                    "out",
+                )
             if found != self.identity:
                 differ = sorted(
                     key
-                    for key in set(self.identity) | set(found or {})
-                    if (found or {}).get(key) != self.identity.get(key)
+                    for key in set(self.identity) | set(found)
+                    if found.get(key) != self.identity.get(key)
                 )
                 raise SampleError(
                     f"{self.out} holds a run with other settings ({', '.join(differ)}); "
                     "choose another folder, or remove it to start afresh",
                     "out",
                 )
-            return (self.out / SAMPLES).is_file() and (self.out / MANIFEST).is_file()
+            # A killed run leaves its half-written files under temporary names: ours to remove.
+            for folder in (self.out, self.out / SHARDS, self.out / PNGS):
+                remove_temporaries(folder)
+            if self._is_complete():
+                return True
+            self._check_space()
+            return False
         if self.out.exists() and (not self.out.is_dir() or any(self.out.iterdir())):
             raise SampleError(
                 f"{self.out} exists and holds no par sample run; choose a new or empty folder",
                 "out",
             )
+        self._check_space()
         (self.out / SHARDS).mkdir(parents=True, exist_ok=True)
         with atomic_path(run_file, "out") as tmp:
             tmp.write_text(json.dumps(self.identity, indent=2) + "\n", encoding="utf-8")
         return False
+
+    def image_shape(self) -> tuple[int, int, int]:
+        """(H, W, 3): the shape of every image of the run."""
+        if self.settings.image_size_eval is not None:
+            return self.settings.image_size_eval, self.settings.image_size_eval, 3
+        rows, cols = self.pipe.plan.grid[-2:]
+        side = self.pipe.vq.config.downsample
+        return rows * side, cols * side, 3
+
+    def _check_space(self) -> None:
+        """Refuse a run whose `samples.npz` alone cannot fit the disk, before any work."""
+        needed = self.settings.count * int(np.prod(self.image_shape()))
+        place = self.out
+        while not place.exists() and place != place.parent:
+            place = place.parent
+        try:
+            free = shutil.disk_usage(place).free
+        except OSError:
+            return
+        if needed > free:
+            raise SampleError(
+                f"{self.settings.count} images need {needed / 1e9:.1f} GB for samples.npz but "
+                f"{place} has {free / 1e9:.1f} GB free; ask for fewer images or another disk",
+                "out",
+            )
+
+    def _is_complete(self) -> bool:
+        """`samples.npz` is there and is the file the manifest vouches for; anything less is
+        merged again from the shards."""
+        samples, manifest = self.out / SAMPLES, self.out / MANIFEST
+        if not (samples.is_file() and manifest.is_file()):
+            return False
+        document = _read_json(manifest)
+        if not isinstance(document, dict) or document.get("settings") != self.identity:
+            return False
+        return file_sha256(samples) == document.get("samples_sha256")
 
     def _paths(self, shard: Shard) -> tuple[Path, Path]:
         stem = self.out / SHARDS / f"{shard.number:05d}"
@@ -176,13 +235,33 @@ class SampleRun:
     def is_done(self, shard: Shard) -> bool:
         """The shard is there, whole: its record exists and its data match the sha256 in it."""
         data, record = self._paths(shard)
+        expected = _read_json(record)
+        if not isinstance(expected, dict) or not data.is_file():
+            return False
+        if expected.get("images") != shard.size or expected.get("first") != shard.start:
+            return False
+        if file_sha256(data) != expected.get("sha256"):
+            return False
+        # A record can vouch for the wrong data: the arrays must be the ones merge expects.
+        span = slice(shard.start, shard.stop)
         try:
-            expected = json.loads(record.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            shape, dtype = member_header(data, "images")
+            if shape != (shard.size, *self.image_shape()) or dtype != np.uint8:
+                return False
+            for name, wanted in (("labels", self._labels), ("indices", self._indices)):
+                found = read_array(data, name)
+                if found.dtype != np.int64 or not np.array_equal(found, wanted[span]):
+                    return False
+            return True
+        except (
+            OSError,
+            ValueError,
+            KeyError,
+            zipfile.BadZipFile,
+            NotImplementedError,
+            RuntimeError,
+        ):
             return False
-        if expected.get("images") != shard.size or not data.is_file():
-            return False
-        return file_sha256(data) == expected.get("sha256")
 
     def todo(self, rank: int = 0, world: int = 1) -> list[Shard]:
         """The shards process `rank` of `world` makes that are not done yet."""
@@ -263,13 +342,11 @@ class SampleRun:
                 f"{len(missing)} shard(s) of {self.out} are missing or damaged (first: "
                 f"{missing[0]:05d}); run the same command again to make them"
             )
-        first = np.load(self._paths(self.shards[0])[0])["images"]
-        shape = (self.settings.count, *first.shape[1:])
+        shape = (self.settings.count, *self.image_shape())
 
         def images():
             for shard in self.shards:
-                with np.load(self._paths(shard)[0]) as data:
-                    yield data["images"]
+                yield read_array(self._paths(shard)[0], "images")
 
         target = self.out / SAMPLES
         write_npz(
@@ -314,3 +391,12 @@ def start_run(
     if problem is not None:
         raise SampleError(*problem)
     return run, complete
+
+
+def _read_json(path: Path) -> object:
+    """A JSON file's value, or None where it cannot be read or parsed (nested past Python's
+    recursion limit, not UTF-8, not JSON)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
