@@ -91,9 +91,6 @@ class Row:
     # a sequence's first difference the rest follow from it, so this is not a per-token rate).
     tokens_same_as_ours: float | None = None
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
@@ -444,7 +441,7 @@ def report(
         },
         "weight_bytes": weight_bytes(first),
         "copy_rate_bytes_per_s": rate,
-        "rows": [row.to_dict() for row in rows],
+        "rows": [asdict(row) for row in rows],
         "complete": planned is None or len(rows) == planned,
         "cases_planned": len(rows) if planned is None else planned,
     }

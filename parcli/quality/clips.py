@@ -45,9 +45,6 @@ class VideoEvalResult:
     passes_goals: bool
     seconds: float
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass
 class VideoBaseline:
@@ -57,9 +54,6 @@ class VideoBaseline:
     frame_accuracy: float
     consistency: float
     motion: float
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def classifier_view(frames: np.ndarray) -> np.ndarray:
@@ -166,8 +160,8 @@ def video_report(
     document = {
         "settings": dict(settings),
         "classifier": asdict(info),
-        "training_baseline": baseline.to_dict(),
-        "rows": [row.to_dict() for row in results],
+        "training_baseline": asdict(baseline),
+        "rows": [asdict(row) for row in results],
         "all_goals_met": all(row.passes_goals for row in results),
     }
     return json.dumps(document, indent=2) + "\n"

@@ -249,9 +249,6 @@ class EvalResult:
     passes_goals: bool
     seconds: float  # generation and decoding of all samples
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass
 class RealBaseline:
@@ -261,9 +258,6 @@ class RealBaseline:
     accuracy: float
     frechet_distance: float
     reference_count: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def reference_images() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -441,8 +435,8 @@ def report(
         "settings": dict(settings),
         "classifier": asdict(info),
         "reference": "features of the classifier's training split of the digits (4,500 images)",
-        "real_baseline": baseline.to_dict() if baseline is not None else None,
-        "rows": [row.to_dict() for row in results],
+        "real_baseline": asdict(baseline) if baseline is not None else None,
+        "rows": [asdict(row) for row in results],
         "all_goals_met": all(row.passes_goals for row in results),
     }
     return json.dumps(document, indent=2) + "\n"
