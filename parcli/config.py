@@ -25,7 +25,7 @@ VQ_STRIDE = 16  # pixels per token side of the published tokenizer: a 384 px ima
 
 # Bounds on what a file's config may declare, far above any real model, so that a lying header
 # is refused before anything is built from it.
-MAX_TOKENS = 1 << 16  # tokens of one image or clip (PAR-3B: 576; a 16-frame 32x32 clip: 16,384)
+MAX_TOKENS = 1 << 16  # tokens of one image or clip
 _INT_LIMITS = {
     "n_layer": 1024, "n_head": 1024, "dim": 1 << 16, "vocab_size": 1 << 22,
     "num_classes": 1 << 22, "ffn_multiple_of": 1 << 16, "codebook_size": 1 << 22,

@@ -1,9 +1,7 @@
 """LlamaGen's transformer, which PAR reuses unchanged; 2D/3D rotary tables; a static KV cache.
 
-Parameter names match the published checkpoints, so their state dicts load as they are.
-The forward pass keeps no state between calls beyond the KV cache it is handed. Nothing here
-knows about PAR's slot layout (`parcli.plan`, `parcli.strategies`) or about speed
-(`parcli.engine` swaps modules from the outside).
+Parameter names match the published checkpoints, so their state dicts load as they are. Nothing
+here knows PAR's slot layout or about speed: `parcli.engine` swaps modules from the outside.
 """
 
 from __future__ import annotations
@@ -48,11 +46,8 @@ def cell_angles(grid: tuple[int, ...], head_dim: int, base: float) -> torch.Tens
 def rotary_rows(
     grid: tuple[int, ...], cells: np.ndarray, head_dim: int, base: float = 10000.0
 ) -> torch.Tensor:
-    """(len(cells), head_dim // 2, 2) cos/sin of the raster cell of each sequence position.
-
-    A cell of -1 gets cos = sin = 0 (not the identity): LlamaGen's class token and PAR's
-    transition tokens were trained that way, so their queries and keys are exactly zero.
-    """
+    """(len(cells), head_dim // 2, 2) cos/sin of the raster cell of each sequence position; a
+    cell of -1 gets zeros, not the identity, as LlamaGen's class and PAR's transition tokens did."""
     angles = cell_angles(grid, head_dim, base)
     table = torch.stack([torch.cos(angles), torch.sin(angles)], dim=-1)
     cells = torch.as_tensor(cells, dtype=torch.long)
@@ -64,9 +59,8 @@ def rotary_rows(
 def apply_rotary(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
     """Rotate adjacent pairs of x (batch, seq, ..., head_dim) in float32 by rope (seq, pairs, 2).
 
-    Six real operations, as LlamaGen writes them. One complex product is 5x faster on CPU but
-    rounds differently wherever its kernel falls back to fused multiply-adds (the last pairs of
-    GPT-3B's 100-wide heads, for one), and tokens must not depend on that.
+    Real operations, as LlamaGen writes them: a complex product can round differently where its
+    kernel uses fused multiply-adds, and tokens must not depend on that.
     """
     pairs = x.float().reshape(*x.shape[:-1], -1, 2)
     shape = (1, rope.shape[0], *([1] * (x.dim() - 3)), rope.shape[1])
@@ -88,10 +82,8 @@ class RMSNorm(nn.Module):
         return normed.type_as(x) * self.weight
 
 
-# SDPA's fused CUDA kernels (memory-efficient, cuDNN) take half-precision heads only in widths
-# that are multiples of 8; any other width (GPT-3B's 100) falls to the math kernel, which upcasts
-# keys and values to float32 every pass. Zero columns add nothing to a dot product, so a cache on
-# CUDA stores such heads padded with zeros and attention runs at the padded width.
+# SDPA's fused CUDA kernels take half-precision heads only in multiples of 8 wide; zero columns add
+# nothing to a dot product, so a CUDA cache pads other widths and attention runs at that width.
 HEAD_ALIGNMENT = 8
 
 
@@ -103,11 +95,8 @@ def cache_head_dim(head_dim: int, device: torch.device | str) -> int:
 
 
 def cache_dtype(dtype: torch.dtype, device: torch.device | str, widest_pass: int) -> torch.dtype:
-    """The dtype a KV cache on `device` holds a `dtype` model's keys and values in, for passes
-    of at most `widest_pass` queries a sequence: float32 on the CPU when every pass has one
-    query (n = 1), where SDPA's bf16 kernel ran 3 to 7x slower than its float32 one (GPT-B bf16
-    at n = 1: 17 % faster overall); wider passes ran as fast in bf16, and faster over a cache of
-    half the bytes. bf16 and fp16 keys and values widen to float32 exactly."""
+    """The dtype of a KV cache for a `dtype` model: float32 on the CPU when every pass has one
+    query, where SDPA's half-precision kernel is slower than its float32 one (widening is exact)."""
     one_query_cpu = torch.device(device).type == "cpu" and widest_pass == 1
     return torch.float32 if one_query_cpu else dtype
 
@@ -143,11 +132,8 @@ class KVCache:
     def write_positions(
         self, layer: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v at the slots a device tensor of `positions` names; return every slot.
-
-        Shapes never depend on where the pass is, as CUDA graphs and compiled code need; the
-        caller masks what a query may not see.
-        """
+        """Store k, v at the slots a device tensor of `positions` names; return every slot, so
+        shapes never depend on where the pass is (CUDA graphs need that)."""
         self.keys[layer].index_copy_(2, positions, k.to(self.keys[layer].dtype))
         self.values[layer].index_copy_(2, positions, v.to(self.values[layer].dtype))
         return self.keys[layer], self.values[layer]
@@ -280,12 +266,8 @@ class Transformer(nn.Module):
     ) -> torch.Tensor:
         """Float32 logits for input embeddings h (batch, width, dim) with rotary rows `rope`.
 
-        * Without a cache (teacher forcing): `mask` says what each query sees.
-        * With a cache and `start`: h fills slots [start, start + width) and its queries attend
-          to every slot before the end of them. In a PAR plan that is exactly what a pass may
-          see, so no mask is needed.
-        * With a cache and `positions`: h fills those slots and attends to the whole cache under
-          `mask`, so that every pass of one width has the same shapes.
+        With a cache and `start`, h fills the slots from `start` and sees every slot before their
+        end, which is what a PAR pass may see; with `positions`, it sees the cache under `mask`.
         """
         h = self.token_dropout(h)
         for index, layer in enumerate(self.layers):

@@ -32,11 +32,8 @@ def region_side(regions: int) -> int:
 
 
 def par_order(grid: tuple[int, ...], regions: int) -> np.ndarray:
-    """Raster index (into the flattened grid) of the token at each PAR sequence index.
-
-    For video grids (frames, rows, cols) each frame is split into regions on its own and frames
-    follow one another.
-    """
+    """Raster index (into the flattened grid) of the token at each PAR sequence index; a video's
+    frames are each split into regions and follow one another."""
     *frames, rows, cols = grid
     side = region_side(regions)
     if rows % side or cols % side:
@@ -122,11 +119,8 @@ class Plan:
 
     @cached_property
     def slot_runs(self) -> tuple[tuple[int, int, int, int], ...]:
-        """(kind, first slot, end slot, first source) for each run of slots of one kind.
-
-        Sources are sequence indices for TOKEN runs and transition-token indices for TRANSITION
-        runs; within a run they increase by one per slot, so a pass reads them as a slice.
-        """
+        """(kind, first slot, end slot, first source) for each run of slots of one kind; sources
+        increase by one per slot within a run, so a pass reads them as a slice."""
         n, slots = self.regions, self.num_slots
         runs = [(CLASS, 0, 1, 0), (TOKEN, 1, n + 1, 0)]
         if n > 1:

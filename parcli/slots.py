@@ -33,10 +33,7 @@ def embed_slots(
     start: int,
     end: int,
 ) -> torch.Tensor:
-    """Input embeddings of cache slots [start, end): class, fed tokens, transition tokens.
-
-    `seq_tokens` (batch, >= tokens needed) holds token ids in PAR sequence order.
-    """
+    """Input embeddings of cache slots [start, end) from `seq_tokens` in PAR sequence order."""
     pieces = []
     for kind, run_start, run_end, source in plan.slot_runs:
         a, b = max(start, run_start), min(end, run_end)

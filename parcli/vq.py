@@ -1,24 +1,8 @@
 """Configurable VQ image tokenizer with LlamaGen-compatible parameter names.
 
-One module serves both the published 72M LlamaGen ``vq_ds16_c2i`` tokenizer
-(``VQConfig.llamagen_ds16()``) and small tokenizers trained here (e.g. 1-channel
-32x32 digits). Submodule names are chosen so that ``VQModel.state_dict()`` has
-exactly the keys of a LlamaGen checkpoint, except the training-only usage buffer
-``quantize.codebook_used``, which is not registered and is dropped when a state dict loads.
-
-Layout (L = len(ch_mult)):
-
-* encoder: conv_in -> conv_blocks[0..L-1] (``num_res_blocks`` ResBlocks each,
-  attention after every ResBlock of the last level only, a downsample after every
-  level but the last) -> mid (ResBlock, AttnBlock, ResBlock) -> norm_out, swish,
-  conv_out to ``z_channels``; then ``quant_conv`` to ``codebook_dim``.
-* decoder: ``post_quant_conv`` -> conv_in -> mid -> conv_blocks[0..L-1], which walk
-  ``ch_mult`` backwards with ``num_res_blocks + 1`` ResBlocks each, attention in
-  the first level only and an upsample after every level but the last ->
-  norm_out, swish, conv_out.
-
-Images are float (B, C, H, W) in nominal [-1, 1]; codes are int64 (B, h, w) with
-h = H / downsample.
+One module serves both LlamaGen's published ``vq_ds16_c2i`` tokenizer and small tokenizers
+trained here; submodule names give ``VQModel.state_dict()`` exactly a LlamaGen checkpoint's keys,
+so published files load without renaming. Images are float (B, C, H, W) in nominal [-1, 1].
 """
 
 from __future__ import annotations
@@ -70,17 +54,8 @@ class VQConfig:
 
     @classmethod
     def llamagen_ds16(cls) -> VQConfig:
-        """The tokenizer of LlamaGen's ``vq_ds16_c2i.pt`` (16384 x 8 codes, 16x downsampling)."""
-        return cls(
-            codebook_size=16384,
-            codebook_dim=8,
-            z_channels=256,
-            ch=128,
-            ch_mult=(1, 1, 2, 2, 4),
-            num_res_blocks=2,
-            in_channels=3,
-            out_channels=3,
-        )
+        """The tokenizer of LlamaGen's ``vq_ds16_c2i.pt``: the defaults."""
+        return cls()
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -177,11 +152,8 @@ class Upsample(nn.Module):
 
 
 class Level(nn.Module):
-    """ResBlocks at one resolution, each optionally followed by attention, then a resampler.
-
-    The resampler is stored under ``resample_name`` ("downsample" or "upsample") to keep
-    the checkpoint key names.
-    """
+    """ResBlocks at one resolution, each optionally followed by attention, then a resampler
+    stored under ``resample_name`` to keep the checkpoint's key names."""
 
     def __init__(
         self,
@@ -319,11 +291,7 @@ class VectorQuantizer(nn.Module):
     def forward(
         self, z: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """Quantize (B, D, h, w) latents.
-
-        Returns straight-through latents (B, D, h, w) whose value is the chosen codewords
-        and whose gradient flows to ``z``; indices (B, h, w); and the VQ losses.
-        """
+        """Quantize (B, D, h, w) latents: (straight-through latents, indices, VQ losses)."""
         b, d, h, w = z.shape
         z = z.permute(0, 2, 3, 1)
         if self.l2_norm:
@@ -344,7 +312,7 @@ def _drop_usage_buffer(module: nn.Module, state_dict: dict, prefix: str, *args: 
 
 
 class VQModel(nn.Module):
-    """Encoder + vector quantizer + decoder; see the module docstring for the layout."""
+    """Encoder + vector quantizer + decoder."""
 
     def __init__(self, cfg: VQConfig) -> None:
         super().__init__()
@@ -375,24 +343,15 @@ class VQModel(nn.Module):
         return self.decode(z_q.to(self.post_quant_conv.weight.dtype))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Training pass: (reconstruction, {"codebook": ..., "commitment": ...}).
-
-        The codebook loss pulls codewords toward the (detached) encoder outputs; the
-        commitment loss (weighted by ``commit_beta``) pulls encoder outputs toward their
-        (detached) codewords. Reconstruction gradients reach the encoder through the
-        straight-through estimator. LlamaGen's entropy loss is omitted (its weight is 0).
-        """
+        """Training pass: (reconstruction, VQ losses); LlamaGen's entropy loss is left out, as
+        its weight there is 0."""
         z_q, _, losses = self.quantize(self._latents(x))
         return self.decode(z_q), losses
 
 
 def to_pixels(x: torch.Tensor) -> torch.Tensor:
-    """Images (B, C, H, W) in [-1, 1] -> uint8 (B, H, W, C), on the same device.
-
-    Same arithmetic as LlamaGen's sampling scripts: ``clamp(127.5 * x + 128, 0, 255)``
-    then a truncating cast. Half-precision inputs are widened to float32 first, because
-    fp16/bf16 cannot hold 127.5 * x + 128 to integer precision.
-    """
+    """Images (B, C, H, W) in [-1, 1] -> uint8 (B, H, W, C), with LlamaGen's arithmetic; half
+    precision is widened first, as it cannot hold 127.5 * x + 128 to integer precision."""
     x = x.to(torch.promote_types(x.dtype, torch.float32))
     return torch.clamp(127.5 * x + 128.0, 0, 255).permute(0, 2, 3, 1).to(torch.uint8)
 
@@ -400,11 +359,8 @@ def to_pixels(x: torch.Tensor) -> torch.Tensor:
 def from_pixels(
     img: torch.Tensor, channels_last: bool = True, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
-    """uint8 (0..255) or float (0..1) images -> float (B, C, H, W) in [-1, 1].
-
-    ``img`` is (B, H, W, C) when ``channels_last`` (the layout ``to_pixels`` returns),
-    otherwise (B, C, H, W). For uint8 input, ``to_pixels(from_pixels(p)) == p``.
-    """
+    """uint8 (0..255) or float (0..1) images -> float (B, C, H, W) in [-1, 1]; the inverse of
+    ``to_pixels`` for uint8."""
     if img.dtype == torch.uint8:
         x = img.to(dtype) / 127.5 - 1.0
     elif img.is_floating_point():

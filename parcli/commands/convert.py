@@ -79,8 +79,8 @@ def convert_weights(
 
 
 def catalogue_defaults(src: Path) -> dict[str, str]:
-    """The defaults a published transformer file carries once converted: its catalogue entry's
-    guidance scale, found by file name, so that it samples the same by path or by name."""
+    """Its catalogue entry's guidance scale, found by file name, so that a converted file samples
+    the same by path or by name."""
     from parcli.io.catalogue import load_catalogue
 
     for entry in load_catalogue().entries("gpt"):

@@ -29,9 +29,6 @@ RegionsOption = Annotated[
 ]
 
 
-# ---------------------------------------------------------------------------- helpers
-
-
 def _catalogue(path: Path | None) -> Catalogue:
     use_catalogue(path)
     return load_catalogue()
@@ -78,9 +75,6 @@ def _row(entry: Entry) -> dict:
         "source": entry.source,
         "sha256": record.get("sha256") if present else None,
     }
-
-
-# ---------------------------------------------------------------------------- commands
 
 
 @app.command("list")

@@ -1,9 +1,7 @@
 """Kernel choices measured once on a machine and remembered in `<cache>/kernels.json`.
 
-Kernels that compute the same product round differently in the last bits, so a choice that
-changed from run to run with the machine's noise would change tokens with it: each is timed the
-first time it is needed and read back after that. A cache that cannot be written only costs a
-re-measure in the next process.
+Kernels that compute the same product round differently, so a choice that moved with the
+machine's noise would move tokens with it: each is timed once and read back after that.
 """
 
 from __future__ import annotations
@@ -19,8 +17,7 @@ from parcli.engine.devices import cpu_name
 
 
 def machine_key(what: str, threads: int) -> str:
-    """`what` qualified by the CPU, the torch version and the thread count, which decide which
-    kernel is faster."""
+    """`what` qualified by what decides which kernel is faster: CPU, torch and thread count."""
     return f"{cpu_name()} | torch {torch.__version__} | {threads} threads | {what}"
 
 

@@ -44,8 +44,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def available_memory() -> int | None:
-    """Bytes of RAM new allocations can still get (Linux's MemAvailable, else the free pages
-    where the system tells them); None where unknown."""
+    """Bytes of RAM new allocations can still get; None where unknown."""
     try:
         with open("/proc/meminfo", encoding="ascii") as handle:
             for line in handle:
@@ -60,7 +59,7 @@ def available_memory() -> int | None:
 
 
 def cpu_name() -> str:
-    """The CPU's model name ("AMD EPYC ..."), or the platform's word for it."""
+    """The CPU's model name, or the platform's word for it."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
             for line in handle:

@@ -1,13 +1,12 @@
 """Will a generation fit? Memory estimated from the checkpoints' headers, before anything large
 is allocated, against what the device has free.
 
-The estimates are deliberately generous (they count the widest pass, float32 logits with their
-sorted copy, the VQ decoder's largest feature maps, and every output pixel held at once); a run
-they pass can still be squeezed by other processes, but a run they refuse would not have fit.
+The estimates are deliberately generous, so a run they refuse would not have fit.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -36,13 +35,7 @@ class Estimate:
 
 
 def parameter_count(kind: str, config: GPTConfig | VQConfig) -> int:
-    total = 0
-    for shape in expected_shapes(kind, config).values():
-        count = 1
-        for size in shape:
-            count *= size
-        total += count
-    return total
+    return sum(math.prod(shape) for shape in expected_shapes(kind, config).values())
 
 
 def estimate(
@@ -60,8 +53,7 @@ def estimate(
     size = torch.tensor([], dtype=dtype).element_size()
     plan = Plan(gpt.grid, gpt.regions)
     sequences = batch * (2 if guided else 1)
-    # Heads as the device's cache stores them: padded on CUDA (`cache_head_dim`), in the dtype
-    # it holds them in (`cache_dtype`).
+    # Heads as the device's cache stores them.
     heads = gpt.n_head * cache_head_dim(gpt.head_dim, device)
     width = plan.widest_pass
     cached = torch.tensor([], dtype=cache_dtype(dtype, device, width)).element_size()
@@ -93,8 +85,7 @@ def available_bytes(device: torch.device) -> int | None:
 
 
 def largest_batch(fits, upper: int) -> int:
-    """The largest batch in [1, upper] for which `fits(batch)` holds (0 if none); `fits` is
-    monotone, so a bisection finds it."""
+    """The largest batch in [1, upper] for which the monotone `fits(batch)` holds (0 if none)."""
     low, high = 0, upper
     while low < high:
         middle = (low + high + 1) // 2
@@ -161,8 +152,8 @@ def check_files_fit(
     checkpoint, tokenizer, device: torch.device, dtype: torch.dtype, batch: int,
     samples: int | None, guided: bool, scale: int = 1,
 ) -> None:  # fmt: skip
-    """check_fits for checkpoint files, from their headers alone (a header that is not a parcli
-    checkpoint's is left to loading, which says what is wrong with it)."""
+    """check_fits for checkpoint files, from their headers alone; a bad header is left to loading,
+    which says what is wrong with it."""
     from parcli.io.checkpoints import read_config
 
     _, gpt = read_config(checkpoint)

@@ -1,9 +1,7 @@
 """CPU projections pre-packed by oneDNN for the row count of a pass, swapped into a transformer.
 
-The same products as `F.linear`, faster on CPU. oneDNN's, not MKL's: MKL's products round a row
-differently with the number of rows beside it, so an image would change with the batch size.
-Like gpt-fast's quantisation, packing replaces modules from the outside: every `nn.Linear`
-becomes a `PackedLinear`, and each feed-forward's w1 and w3 become one product. Inference only.
+The same products as `F.linear`, faster on CPU. oneDNN's, not MKL's: MKL rounds a row differently
+with the number of rows beside it, so an image would change with the batch size. Inference only.
 """
 
 from __future__ import annotations

@@ -39,19 +39,16 @@ class Engine:
 
 
 def set_cuda_backends() -> None:
-    """Said once, here, rather than left to PyTorch's defaults or to whatever else the process
-    set: cuDNN times its convolution algorithms for each of the VQ decoder's shapes and keeps the
-    fastest, in TF32 (the decoder's pixels stay within a level of the CPU's; `tests/test_cuda.py`
-    checks it), while float32 matrix products stay full float32, since the transformer's tokens
-    must be float32's."""
+    """Said once, here: cuDNN picks the VQ decoder's fastest convolutions, in TF32 (its pixels stay
+    within a level), while float32 matrix products stay full float32, as the tokens must."""
     torch.backends.cudnn.benchmark = True
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def default_compile(device: torch.device) -> bool:
-    """torch.compile by default on CUDA only, where it fuses the graphed step; on CPU it costs
-    minutes of compiling and ran about 3x slower per pass than the eager prefix runner."""
+    """torch.compile by default on CUDA only, where it fuses the graphed step; on the CPU it costs
+    minutes of compiling and runs slower than the eager prefix runner."""
     return device.type == "cuda"
 
 
@@ -65,36 +62,14 @@ def choose_engine(
 ) -> Engine:
     """How passes run on `device` in `dtype`; `compile` None takes `default_compile`.
 
-    | device | dtype     | compile | plain | runner      | speed-ups                             |
-    |--------|-----------|---------|-------|-------------|---------------------------------------|
-    | any    | any       | any     | yes   | fixed shape | none: the yardstick of `par bench     |
-    |        |           |         |       |             | --baseline` (LlamaGen's way: masked   |
-    |        |           |         |       |             | whole-cache attention, op by op, the  |
-    |        |           |         |       |             | cache in the model's dtype and SDPA's |
-    |        |           |         |       |             | math kernel after the first pass)     |
-    | cuda   | any       | no      | ref.  | fixed shape | CUDA graphs of the plain engine's     |
-    |        |           |         |       |             | kernels (compile refused)             |
-    | other  | any       | no      | ref.  | fixed shape | none: the plain engine                |
-    | cuda   | any       | yes     | no    | fixed shape | CUDA graphs of the compiled step,     |
-    |        |           |         |       |             | channels-last VQ                      |
-    | cuda   | any       | no      | no    | fixed shape | CUDA graphs, channels-last VQ         |
-    | cpu    | any       | yes     | no    | fixed shape | compiled step (Inductor packs its own |
-    |        |           |         |       |             | weights), channels-last VQ            |
-    | cpu    | fp32/bf16 | no      | no    | prefix      | packed projections, channels-last VQ  |
-    | cpu    | fp16      | no      | no    | prefix      | channels-last VQ                      |
-    | mps    | any       | no      | no    | prefix      | channels-last VQ                      |
+    - plain: the fixed-shape runner with no speed-up, the yardstick of `par bench --baseline`.
+    - reference kernels: the plain engine's kernels, CUDA-graphed on CUDA; compile is refused,
+      as a compiled step fuses attention its own way.
+    - compiled, or on CUDA: the fixed-shape runner, CUDA graphs on CUDA, channels-last VQ.
+    - otherwise the prefix runner with channels-last VQ, and packed projections on the CPU in
+      fp32/bf16 unless `quantized` (Inductor crashes on packed weights, so they are never compiled).
 
-    In float32 every row draws the same tokens from the same weights and seed (the VQ's pixels
-    stay within one level). In bf16 each kernel rounds its own way, so the tokens depend on the
-    row: on the CPU, the prefix, fixed-shape and compiled steps of tiny random models agreed on
-    27 to 72 % of tokens; a CUDA graph replays its eager step exactly; oneDNN's packed and
-    unpacked bf16 products drew the same tokens. Packed weights are never compiled: Inductor
-    crashes on them. `quantized` (int8 weights, `parcli.engine.quantize`) turns packing off:
-    there are no float weights to pack.
-
-    `reference_kernels` ("ref." above; `--reference-kernels`) runs the plain engine's kernels,
-    graphed on CUDA (a graph replays the kernels it captured): the reference's tokens in bf16
-    too. A compiled step fuses attention its own way, so the two refuse each other.
+    Every engine draws the same tokens in float32; in bf16 each kernel rounds its own way.
     """
     if plain:
         return Engine(FIXED_SHAPE, reference_kernels=True)

@@ -1,24 +1,10 @@
 """Weight-only int8: every transformer projection's weight as int8 with one scale per output
 channel, as gpt-fast does; embeddings, norms and the VQ stay as they are.
 
-A pass at small batch reads every weight once, so a quarter of float32's bytes is most of the
-speed-up. The product multiplies bfloat16 inputs by the int8 weight and applies the scales to
-its output, by one of two kernels:
-
-* `torch._weight_int8pack_mm` reads the int8 weight as it is: the fastest at 2 rows (a pass of
-  one image under guidance), but its arithmetic is slow, so at 8 and 32 rows on an AMD EPYC it
-  was slower than float32 (its float32-input path is a slow reference loop, hence bfloat16).
-* widened: the weight is copied to bfloat16 (exactly: int8 values are bfloat16 integers) into a
-  scratch buffer, and oneDNN's bfloat16 product runs on it; at 8 and 32 rows it beat the first by
-  1.2 and 1.8x there, at 2 rows it lost.
-
-Which one a product takes is measured on the machine at hand, per weight shape and thread count,
-as the row count from which widening wins (`widening_rows`, remembered in `<cache>/kernels.json`),
-once the run's thread count is set (`choose_products`). Where the fused kernel is missing, every
-product widens.
-
-Opt-in only: the tokens differ from float32's (the weights are rounded, and the projections'
-inputs too), so `--quantize int8` never replaces the exact default.
+A pass at small batch reads every weight once, so fewer bytes is most of the speed-up. A product
+either runs `torch._weight_int8pack_mm` on the int8 weight (best at few rows) or widens the weight
+exactly to bfloat16 for oneDNN (best at more rows); the row count where widening wins is measured
+per machine, shape and thread count. Opt-in only, as the tokens differ from float32's.
 """
 
 from __future__ import annotations
@@ -67,8 +53,8 @@ _scratch: dict[torch.device, torch.Tensor] = {}
 
 
 def _widened(weight: torch.Tensor) -> torch.Tensor:
-    """`weight` as bfloat16, in one scratch buffer per device that every projection reuses: a
-    fresh tensor per product would cost the allocator (and the page faults) more than the copy."""
+    """`weight` as bfloat16, in one scratch buffer per device that every projection reuses, as a
+    fresh tensor per product would cost the allocator more than the copy."""
     buffer = _scratch.get(weight.device)
     if buffer is None or buffer.numel() < weight.numel():
         buffer = torch.empty(weight.numel(), dtype=ACTIVATION_DTYPE, device=weight.device)
@@ -89,9 +75,8 @@ def _kernel_runs(device: torch.device) -> bool:
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:
-    """Swap every `nn.Linear` of the transformer (attention, feed-forward, output head) for an
-    `Int8Linear`, in place; returns the model. Every product is fused (or widened where the
-    fused kernel is missing) until `choose_products`."""
+    """Swap every `nn.Linear` of the transformer for an `Int8Linear`, in place; returns the
+    model."""
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, nn.Linear):
@@ -102,16 +87,15 @@ def quantize_int8(model: nn.Module) -> nn.Module:
 
 
 def choose_products(model: nn.Module) -> None:
-    """Let each CPU int8 projection of `model` take the faster product for its shape on this
-    machine at the current thread count: called once that count is the run's."""
+    """Let each CPU int8 projection take the faster product for its shape at the current thread
+    count, which must be the run's."""
     threads = torch.get_num_threads()
     for linear, shape in _products_with_a_choice(model):
         linear.widen_from_rows = widening_rows(shape, threads)
 
 
 def products_to_time(model: nn.Module) -> bool:
-    """Whether `choose_products` would time some of `model`'s products first: nothing for its
-    shapes at the current thread count is remembered yet (seconds, once per machine)."""
+    """Whether `choose_products` would time some of `model`'s products first."""
     threads = torch.get_num_threads()
     return any(
         remembered(_widening_key(shape, threads)) is None
@@ -120,8 +104,7 @@ def products_to_time(model: nn.Module) -> bool:
 
 
 def _products_with_a_choice(model: nn.Module) -> list[tuple[Int8Linear, tuple[int, int]]]:
-    """The int8 projections that choose between the two products (on a CPU whose torch has the
-    fused one), with their (out, in) shapes."""
+    """The CPU int8 projections that can choose between the two products, with their shapes."""
     return [
         (linear, (linear.out_features, linear.in_features))
         for linear in int8_linears(model)
@@ -137,9 +120,8 @@ def int8_linears(model: nn.Module) -> list[Int8Linear]:
     return [m for m in model.modules() if isinstance(m, Int8Linear)]
 
 
-# Row counts a pass of PAR multiplies by at batch 1 to 16 under guidance, the widening measured
-# at each; POOL_BYTES of weights per timing, more than a CPU's last-level cache holds, so that
-# the products read their weights from memory as a pass does.
+# Row counts of PAR's passes at small batches; POOL_BYTES exceeds a last-level cache, so the timed
+# products read their weights from memory as a pass does.
 ROW_CANDIDATES = (4, 8, 16, 32, 64)
 POOL_BYTES = 64 << 20
 MOST_COPIES = 64
@@ -147,13 +129,9 @@ MOST_COPIES = 64
 
 @cache
 def widening_rows(shape: tuple[int, int], threads: int) -> int | None:
-    """The fewest rows from which widening an int8 (out, in) weight beats the fused product on
-    this CPU, on `threads` threads (the count the run uses), by 10 % at that count and every
-    larger one measured; None where it never does.
-
-    Timed once per machine, shape and thread count (a second or less) and remembered: the two
-    round differently, so the choice must not move with the machine's noise.
-    """
+    """The fewest rows from which widening an int8 (out, in) weight clearly beats the fused
+    product here; None where it never does. Remembered once timed, as the two round differently
+    and the choice must not move with the machine's noise."""
     key = _widening_key(shape, threads)
     known = remembered(key)
     if known is not None:

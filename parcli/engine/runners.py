@@ -1,9 +1,8 @@
 """Runners: how each forward pass of a plan runs the transformer. A runner owns the KV cache.
 
-`PrefixRunner` attends over the cache prefix a pass may see (variable shapes, nothing to mask);
-`FixedShapeRunner` attends over the whole cache with precomputed mask rows, so every pass of one
-width has the same shapes and can be compiled and replayed from a CUDA graph. Both give the same
-tokens; `parcli.engine.policy` says which one runs where.
+`PrefixRunner` attends over the cache prefix a pass may see; `FixedShapeRunner` attends over the
+whole cache under a mask, so every pass of one width has the same shapes and can be compiled and
+replayed from a CUDA graph. `parcli.engine.policy` says which one runs where.
 """
 
 from __future__ import annotations
@@ -18,9 +17,8 @@ from parcli.model import KVCache, Transformer, cache_dtype, cache_head_dim
 from parcli.plan import Pass, Plan
 from parcli.slots import slot_rotary
 
-# Dynamo keeps a few compiled versions of one function and then runs it uncompiled, warning
-# once. Every runner (batch size, region count) and pass width is a version of `_forward`: a
-# bench of three region counts at two batch sizes needs about 12, against a default of 8.
+# Dynamo keeps a few compiled versions of one function, then runs it uncompiled; every runner and
+# pass width is a version of `_forward`, and a bench needs more than the default.
 COMPILED_VERSIONS = 64
 
 
@@ -30,9 +28,8 @@ def allow_compiled_versions(count: int) -> None:
     setattr(config, name, max(getattr(config, name), count))
 
 
-# Caches by shape: the pipelines of one weight set at n = 1, 4 and 16 (`par bench`) hold one
-# cache per batch size between them rather than one each. A generation writes every slot before
-# it reads it (or masks it), so what another run left in a cache never reaches the tokens.
+# Caches by shape, so pipelines of one weight set at several n hold one cache between them; a
+# generation writes every slot before it reads it, so what another run left never reaches tokens.
 _caches: weakref.WeakValueDictionary[tuple, KVCache] = weakref.WeakValueDictionary()
 
 
@@ -71,16 +68,9 @@ class PrefixRunner:
 class FixedShapeRunner:
     """Runs every pass with fixed shapes over the whole cache; optionally compiled and graphed.
 
-    The pass's first slot lives in a device tensor, so positions, rotary rows and mask rows are
-    gathered on the device and one captured graph per pass width serves every pass.
-
-    `reference_kernels` runs the passes as LlamaGen's and PAR's sampling code does (the plain
-    engine, and `--reference-kernels`): the cache in the model's dtype and head width, and every
-    pass after the first under SDPA's math kernel (their decoding loop disables the fused ones;
-    the first pass, outside that loop, takes SDPA's default). In bf16 only this draws their
-    tokens: with the fused CPU kernel, 11 % of the greedy tokens of a GPT-B generation at n = 4
-    differed. Graphed, the first pass and the later ones of its width are captured apart, each
-    under its own kernels.
+    The pass's first slot lives in a device tensor, so one captured graph per pass width serves
+    every pass. `reference_kernels` runs the passes as LlamaGen's sampling code does (the cache in
+    the model's dtype, later passes under SDPA's math kernel), the only way to draw its bf16 tokens.
     """
 
     def __init__(

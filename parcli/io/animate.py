@@ -1,12 +1,7 @@
 """`--animate`: PAR's generation order made visible, one animation frame per forward pass.
 
-Frame k shows the final picture where pass k and the passes before it have drawn tokens, and a
-flat neutral gray over the cells still to come. A token never changes once it is drawn, so the
-frames are built from the finished token grid and the plan alone: the decode loop is not touched,
-the tokens cannot differ from a run without `--animate`, and the VQ decodes each image once.
-Each cell shows its final pixels from its first frame on (the decoder's convolutions also look at
-the neighbouring cells, so a cell decoded with gray neighbours would look different and then
-change).
+A token never changes once drawn, so frames are masks of the final pixels built from the plan
+alone: the decode loop is untouched and the tokens cannot differ from a run without `--animate`.
 """
 
 from __future__ import annotations
@@ -22,8 +17,7 @@ FPS = 24.0  # a fixed rate, so that an animation's length shows how many passes 
 
 
 def shown_passes(num_passes: int, max_frames: int = MAX_FRAMES) -> np.ndarray:
-    """Indices of the passes that get a frame: all of them, or `max_frames` evenly spaced ones
-    that always include the first and the last."""
+    """Indices of the passes that get a frame: all, or `max_frames` evenly spaced ones."""
     if num_passes <= max_frames:
         return np.arange(num_passes)
     return np.rint(np.linspace(0, num_passes - 1, max_frames)).astype(np.int64)
@@ -37,8 +31,8 @@ def revealed_cells(plan: Plan, passes: np.ndarray) -> np.ndarray:
 
 
 def reveal(pixels: np.ndarray, plan: Plan, passes: np.ndarray, gray: int = GRAY) -> np.ndarray:
-    """Frames (len(passes), *pixels.shape) of the final pixels (N, [T,] H, W, C), gray where no
-    token has been drawn yet. H and W must be whole multiples of the token grid's sides."""
+    """Frames (len(passes), *pixels.shape) of the final pixels, gray where no token has been
+    drawn yet."""
     rows, cols = plan.grid[-2:]
     height, width = pixels.shape[-3:-1]
     if height % rows or width % cols:
@@ -50,11 +44,8 @@ def reveal(pixels: np.ndarray, plan: Plan, passes: np.ndarray, gray: int = GRAY)
 
 
 def layout(samples: np.ndarray, video: bool, ncols: int | None = None, pad: int = 2) -> np.ndarray:
-    """One picture (H', W', C) of N images (N, H, W, C) or clips (N, T, H, W, C).
-
-    Images are tiled as the still output tiles them (one image alone is itself); each clip
-    becomes a film strip of its frames, one strip per row.
-    """
+    """One picture of N images, tiled as the still output tiles them, or of N clips, one film
+    strip per row."""
     if video:
         strips = np.stack([make_grid(clip, ncols=len(clip), pad=pad) for clip in samples])
         return strips[0] if len(strips) == 1 else make_grid(strips, ncols=1, pad=pad)
@@ -67,8 +58,7 @@ def animation_frames(
     ncols: int | None = None,
     max_frames: int = MAX_FRAMES,
 ) -> np.ndarray:
-    """(K, H', W', C) frames of the generation of `pixels` (the final, possibly enlarged,
-    images or clips), at most `max_frames` of them; the last is the final picture."""
+    """At most `max_frames` frames of the generation of `pixels`; the last is the final picture."""
     video = len(plan.grid) == 3
     passes = shown_passes(plan.num_passes, max_frames)
     # One pass at a time: all frames of full-size images at once would take hundreds of MB.

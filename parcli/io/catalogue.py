@@ -1,11 +1,7 @@
 """The catalogue of known checkpoints, read from ``weights.toml``.
 
-``weights.toml`` lives at the repository root; ``parcli/weights.toml`` is a symlink to it so that
-the package (and a wheel built from it) carries the same file.
-
 A model is named either by an entry (``par-3b-16x``) or by a family (``par-3b``): the checkpoints of
-one architecture that differ only in their number of PAR regions n. The LlamaGen file of the same
-architecture is the family's n = 1 member.
+one architecture that differ only in their number of PAR regions (LlamaGen's file is n = 1).
 """
 
 from __future__ import annotations
@@ -221,10 +217,6 @@ def _demo_settings(table: Any, label: str = "weights.toml") -> dict[str, float]:
     return dict(table)
 
 
-def _close(name: str, candidates: list[str]) -> list[str]:
-    return difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
-
-
 class Catalogue:
     """All entries of a ``weights.toml``, with lookup by entry or family name."""
 
@@ -350,11 +342,8 @@ class Catalogue:
         return self._entries[key]
 
     def resolve(self, model: str, regions: int | None = None) -> Entry:
-        """The transformer checkpoint meant by an entry or family name and a region count.
-
-        A family with ``regions`` given gives its member with that n; without, the member with the
-        most regions (the fastest). An entry name must agree with ``regions`` when given.
-        """
+        """The transformer checkpoint meant by an entry or family name and a region count; a
+        family without ``regions`` gives its member with the most regions (the fastest)."""
         key = model.strip().lower()
         if key in self._families:
             members = self._families[key]
@@ -401,19 +390,18 @@ class Catalogue:
 
     @staticmethod
     def _unknown(what: str, name: str, candidates: list[str]) -> str:
-        close = _close(name.strip().lower(), candidates)
+        close = difflib.get_close_matches(name.strip().lower(), candidates, n=3, cutoff=0.6)
         if close:
             return f"unknown {what} {name!r}; did you mean {', '.join(close)}?"
         return f"unknown {what} {name!r}; known: {', '.join(candidates)}"
 
 
-CATALOGUE_ENV = "PARCLI_CATALOGUE"
 _chosen: list[Path] = []  # the --catalogue of this run, if one was given
 
 
 def use_catalogue(path: str | Path | None) -> None:
-    """Make `path` the catalogue every later `load_catalogue()` of this process reads (the
-    command line's --catalogue, which also reads PARCLI_CATALOGUE); None: the packaged one."""
+    """Make `path` (the command line's --catalogue) the catalogue every later `load_catalogue()`
+    of this process reads; None: the packaged one."""
     _chosen[:] = [Path(path)] if path is not None else []
 
 

@@ -1,15 +1,6 @@
-"""Our checkpoint format: a safetensors file whose metadata says what it holds.
-
-The header metadata (all strings)::
-
-    format="parcli", format_version="1", kind="gpt"|"vq", config=<JSON of the config>,
-    arch, regions, grid ("24x24"), num_classes, vocab_size, dtype,
-    source_file, source_sha256, plus any extras the writer adds.
-
-``save_checkpoint`` writes one; ``load_transformer`` / ``load_vq`` build modules from one after
-checking every tensor against the declared architecture. Every failure a user can cause raises
-``WeightsError`` with a one-line message. Published pickles become such files through
-`parcli.io.convert`.
+"""Our checkpoint format: a safetensors file whose string metadata says what it holds (see
+``_metadata_for``). Every tensor is checked against the declared architecture before a module is
+built, and every failure a user can cause raises ``WeightsError`` with a one-line message.
 """
 
 from __future__ import annotations
@@ -36,10 +27,6 @@ FORMAT = "parcli"
 FORMAT_VERSION = "1"
 
 Shape = tuple[int, ...]
-
-
-# --------------------------------------------------------------------------------------------
-# files
 
 
 def check_readable(path: Path) -> None:
@@ -78,16 +65,9 @@ def _json_header(path: Path, limit: int = 100 << 20) -> bool:
             return False
 
 
-# --------------------------------------------------------------------------------------------
-# modules and validation
-
-
 class _SkipMetaInit(TorchFunctionMode):
-    """Skip weight initialisation on meta tensors, which hold no values to initialise.
-
-    Some init ops (``normal_``, ``F.normalize``) have only Python meta kernels whose first use
-    imports torch._dynamo: seconds of start-up for nothing.
-    """
+    """Skip weight initialisation on meta tensors: some init ops' meta kernels import
+    torch._dynamo on first use, seconds of start-up for values nobody reads."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -154,10 +134,6 @@ def describe(kind: str, config: GPTConfig | VQConfig) -> str:
     return f"VQ-{config.downsample} tokenizer"
 
 
-# --------------------------------------------------------------------------------------------
-# reading and writing
-
-
 def _float_dtype_name(dtypes: Iterable[torch.dtype]) -> str:
     names = {dtype_name(d) for d in dtypes if d.is_floating_point}
     if not names:
@@ -204,12 +180,8 @@ def save_checkpoint(
     dtype: str | torch.dtype | None = None,
     progress: Progress | None = None,
 ) -> dict[str, str]:
-    """Write ``state`` as a parcli safetensors file, atomically; returns the header metadata.
-
-    Floating tensors are cast to ``dtype`` ("fp32", "bf16", "fp16"; None/"keep" keeps them).
-    ``metadata`` adds extra string fields (non-strings are stored as JSON); the standard fields
-    are always computed from ``kind``, ``config`` and the tensors.
-    """
+    """Write ``state`` as a parcli safetensors file, atomically, floating tensors cast to
+    ``dtype``; returns the header metadata (``metadata`` adds fields, non-strings as JSON)."""
     if kind not in CHECKPOINT_KINDS:
         raise ValueError(f"kind must be one of {', '.join(CHECKPOINT_KINDS)}, not {kind!r}")
     path = Path(path)
@@ -276,8 +248,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
 
 
 def _check_layer_count(path, keys: list[str], config: GPTConfig) -> None:
-    """The layers the header declares against the layers the file holds, before a model of the
-    declared size is built to compare shapes."""
+    """Compare the declared layers with those held before building a model of the declared size."""
     found = {key.split(".")[1] for key in keys if key.startswith("layers.")}
     if len(found) != config.n_layer:
         raise WeightsError(
@@ -345,11 +316,8 @@ def load_transformer(
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype | None = None,
 ) -> tuple[Transformer, dict[str, str]]:
-    """The transformer of a parcli checkpoint, in eval mode, with its metadata.
-
-    Tensors go straight from the file to ``device`` and ``dtype`` (floating ones only), and the
-    module adopts them without a second copy.
-    """
+    """The transformer of a parcli checkpoint, in eval mode, with its metadata; the module
+    adopts the loaded tensors without a second copy."""
     state, kind, config, meta = _load_checked(path, device, storage_dtype(dtype), "gpt")
     return _materialise(kind, config, state), meta
 

@@ -1,7 +1,6 @@
 """Class names: which id is which class, for the class sets the catalogue's models use.
 
-Names are data, not weights: they come from files shipped inside the package, so `par classes`
-and `--class "golden retriever"` work offline, before anything is downloaded.
+They ship inside the package, so `par classes` and `--class NAME` work before any download.
 """
 
 from __future__ import annotations
@@ -101,8 +100,7 @@ def class_set_of_size(count: int) -> ClassSet | None:
 
 
 def class_slug(name: str | None, class_id: int) -> str:
-    """A class name as a file-name part: "Labrador retriever" -> "labrador-retriever"; '' for
-    no name, or a name that only repeats the id."""
+    """A class name as a file-name part; '' for no name, or one that only repeats the id."""
     slug = _NOT_SLUG.sub("-", (name or "").casefold()).strip("-")
     return "" if slug == str(class_id) else slug
 

@@ -50,10 +50,6 @@ _WRAPPERS = ("model", "module", "state_dict")
 _PREFIXES = ("_orig_mod.", "module.")
 
 
-# --------------------------------------------------------------------------------------------
-# official pickles
-
-
 def _unsafe_globals(path: Path) -> list[str]:
     # Statically lists the classes/functions the pickle names, without unpickling anything.
     try:
@@ -194,16 +190,9 @@ def _read_official(path: str | os.PathLike, use_ema: bool) -> tuple[dict[str, to
 
 
 def read_official(path: str | os.PathLike, use_ema: bool = False) -> dict[str, torch.Tensor]:
-    """Weights of a published checkpoint, on CPU: a flat state dict, or one under "model",
-    "module" or "state_dict" (DDP, DeepSpeed, plain saves), with or without compile prefixes.
-
-    Zip-format files are memory-mapped, so this costs little memory until tensors are touched.
-    """
+    """Weights of a published checkpoint, on CPU, whichever wrapper and prefixes it was saved
+    with; zip-format files are memory-mapped, so this costs little until tensors are touched."""
     return _read_official(path, use_ema)[0]
-
-
-# --------------------------------------------------------------------------------------------
-# architecture from shapes
 
 
 def _need(state: Mapping[str, Any], key: str, what: str) -> Shape:
@@ -307,10 +296,8 @@ def infer_gpt_config(
 
 
 def infer_vq_config(state: Mapping[str, Any], norm_groups: int | None = None) -> VQConfig:
-    """The tokenizer architecture of a LlamaGen-layout VQ state dict (tensors or shapes).
-
-    GroupNorm's group count is not stored in the weights: LlamaGen always uses 32.
-    """
+    """The tokenizer architecture of a LlamaGen-layout VQ state dict (tensors or shapes); the
+    GroupNorm group count is not in the weights, and LlamaGen always uses 32."""
     what = "LlamaGen VQ"
     codebook_size, codebook_dim = _need(state, "quantize.embedding.weight", what)
     quant = _need(state, "quant_conv.weight", what)
@@ -347,10 +334,6 @@ def infer_vq_config(state: Mapping[str, Any], norm_groups: int | None = None) ->
         raise WeightsError(f"unsupported VQ architecture: {one_line(exc)}") from None
 
 
-# --------------------------------------------------------------------------------------------
-# conversion
-
-
 def convert(
     src: str | os.PathLike,
     dst: str | os.PathLike,
@@ -363,12 +346,8 @@ def convert(
     extra_metadata: Mapping[str, Any] | None = None,
     progress: Progress | None = None,
 ) -> dict[str, str]:
-    """Convert a published checkpoint into a parcli safetensors file; returns its metadata.
-
-    Reads ``src`` safely, tells a transformer from a VQ tokenizer, infers the architecture from
-    the tensor shapes, checks every tensor against a model of that architecture, and writes
-    ``dst`` atomically with the sha256 of ``src`` in its metadata.
-    """
+    """Convert a published checkpoint into a parcli safetensors file, with the sha256 of ``src``
+    in its metadata; returns that metadata."""
     src, dst = Path(src), Path(dst)
     check_readable(src)
     if src.resolve() == dst.resolve() or (dst.exists() and os.path.samefile(src, dst)):

@@ -1,34 +1,9 @@
 """Downloading published checkpoints and keeping their converted copies in one cache.
 
-A catalogue entry is fetched in three steps, under an inter-process lock on ``NAME.lock``:
-
-1. The published file is found or downloaded. A copy already in the user's Hugging Face cache
-   (``try_to_load_from_cache``) is used as it is, and so is a complete earlier download in
-   ``<cache>/downloads/``. Otherwise huggingface_hub's public helpers download it into
-   ``<cache>/downloads/<org>--<repo>/<revision>/<file>.part``: ``get_hf_file_metadata`` (tokens
-   for gated repositories, ``HF_ENDPOINT`` mirrors, redirects to the storage host) gives its size
-   and etag, and ``file_download.http_get`` appends to the part file from its current size with a
-   ``Range`` request (it also resumes a connection that drops within the run). The etag and size
-   are kept beside it in ``<file>.part.json``, so a run that was stopped (Ctrl-C, crash, network
-   gone) resumes where it stopped, unless the remote file changed: then the part is discarded.
-   ``hf_hub_download`` itself cannot resume across runs, as it downloads into a temporary file
-   unique to the process and deletes it on failure. Once complete, the part file is renamed to
-   ``<file>`` in the same folder; nothing partial is ever taken for the complete file.
-2. The sha256 of the downloaded file is computed; where ``weights.toml`` gives one, a mismatch
-   deletes the downloaded blob and fails.
-3. ``parcli.io.convert.convert`` writes the safetensors file into a temporary name in our cache;
-   it must load with ``read_checkpoint`` and agree with the entry before it is renamed to
-   ``<cache>/weights/NAME.safetensors``. A ``NAME.json`` sidecar records where it came from and
-   the sha256 of what was downloaded (also in the file's ``source_sha256`` metadata). Our raw
-   download is then deleted, so one copy stays (``keep_original`` or PARCLI_KEEP_ORIGINAL=1 keep
-   it); a file in the user's Hugging Face cache is left as it is.
-
-A converted file exists under its final name only when complete, so "present" means "the file
-exists". Packaged entries (``path = "assets/..."``) are never downloaded and always present.
-
-Progress is reported through callbacks, never drawn here: ``on_bytes(done, total)`` receives the
-byte counts huggingface_hub reports, through a small progress class handed to it as
-``tqdm_class`` (its documented hook for custom progress), so its own bars stay off.
+A fetch finds or downloads the published file (resuming a ``.part`` file across runs, which
+``hf_hub_download`` cannot), checks its sha256, converts it to safetensors under a temporary name
+and renames it once it loads, all under an inter-process lock. A converted file exists under its
+final name only when complete, so "present" means "the file exists".
 """
 
 from __future__ import annotations
@@ -132,11 +107,7 @@ def missing_files(entries: Iterable[Entry]) -> list[Entry]:
 
 def read_record(entry: Entry) -> dict[str, Any] | None:
     """The sidecar of a converted entry, or None when absent or unreadable."""
-    try:
-        data = json.loads(record_path(entry).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    return _read_json(record_path(entry))
 
 
 # ------------------------------------------------------------------------------ offline
@@ -197,9 +168,8 @@ def free_bytes(folder: Path) -> int:
 
 
 def check_free_space(what: str, download: int, converted: int) -> None:
-    """Refuse, before writing anything, a fetch or conversion (`what`: the entry or file) whose
-    download and converted copy (both in the cache during conversion) would not fit on the
-    cache's disk."""
+    """Refuse, before writing anything, a fetch or conversion whose download and converted copy
+    would not fit on the cache's disk."""
     needed = download + converted
     free = free_bytes(cache_dir())
     if needed > free:
@@ -236,11 +206,8 @@ def _locked(path: Path, on_status: StatusCallback | None, what: str) -> Iterator
 
 
 class _ByteBar:
-    """Stands in for tqdm inside huggingface_hub and forwards byte counts to ``callback``.
-
-    huggingface_hub instantiates a custom ``tqdm_class`` with tqdm's keyword arguments (total,
-    initial, ...), then calls ``update``; ``update_transfer`` makes its Xet path use one bar.
-    """
+    """Stands in for tqdm inside huggingface_hub (its ``tqdm_class`` hook) and forwards byte
+    counts to ``callback``, so its own bars stay off."""
 
     callback: BytesCallback | None = None
 
@@ -257,23 +224,13 @@ class _ByteBar:
         self.n += int(n)
         self._report()
 
-    def update_transfer(self, n: int | float = 1) -> None:
-        pass
-
-    def set_postfix_str(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def set_transfer_postfix_str(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def set_description(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
     def refresh(self, *args: Any, **kwargs: Any) -> None:
         self._report()
 
-    def close(self) -> None:
+    def close(self, *args: Any, **kwargs: Any) -> None:
         pass
+
+    update_transfer = set_postfix_str = set_transfer_postfix_str = set_description = close
 
     def __enter__(self) -> _ByteBar:
         return self
@@ -301,10 +258,7 @@ def _short(exc: BaseException) -> str:
 
 
 def _download_error(entry: Entry, exc: BaseException, resumable: bool = False) -> FetchError:
-    """One line saying why huggingface_hub could not download ``entry``.
-
-    ``resumable``: part of the file is kept, so a later fetch carries on from there.
-    """
+    """One line saying why huggingface_hub could not download ``entry``."""
     url = download_url(entry)
     host = urlsplit(url).netloc or url
     again = f"run `par weights fetch {entry.name}` again to resume" if resumable else ""
@@ -448,8 +402,7 @@ def _discard_download(path: Path) -> None:
 
 
 def conversion_args(entry: Entry, heads: int | None = None) -> dict[str, Any]:
-    """What ``convert`` must be told for ``entry``: its grid, and the heads given by the caller
-    (``convert`` knows those of every published architecture)."""
+    """What ``convert`` must be told for ``entry`` beyond the file itself."""
     if entry.kind != "gpt":
         return {}
     return {"heads": heads, "grid": entry.grid}
@@ -512,7 +465,6 @@ def _convert(
 
 
 def _write_record(entry: Entry, source: Path, sha256: str, kept: bool) -> None:
-
     record = {
         "name": entry.name,
         "repo": entry.repo,
@@ -536,8 +488,8 @@ def _write_record(entry: Entry, source: Path, sha256: str, kept: bool) -> None:
 
 
 def local_converted_path(source: Path) -> Path:
-    """Where the converted copy of a published file given by path lives: named after the file,
-    keyed by its absolute path, size and modification time, so a changed file converts again."""
+    """Where the converted copy of a file given by path lives, keyed so a changed file converts
+    again."""
     import hashlib
 
     status = source.stat()
@@ -547,8 +499,7 @@ def local_converted_path(source: Path) -> Path:
 
 
 def convert_local(source: Path, on_status: StatusCallback | None = None) -> Path:
-    """The safetensors copy of a published `.pt` the user gave by path, converted safely into
-    the cache on first use and reused after; the source itself is never changed."""
+    """The safetensors copy of a `.pt` given by path, converted into the cache on first use."""
     from parcli.io.convert import convert
     from parcli.io.tensors import WeightsError
 
@@ -581,15 +532,8 @@ def fetch(
 ) -> Path:
     """Make ``entry`` available locally and return the path of its converted file.
 
-    Uses the file from the HF cache or our downloads folder, else downloads it with
-    huggingface_hub's helpers (resuming what an earlier, interrupted run left), checks the sha256
-    where ``weights.toml`` gives one, converts to safetensors atomically and verifies the result
-    loads. ``heads`` overrides the attention heads given to ``convert`` (for architectures without
-    a preset). Offline, only local copies are looked at; nothing touches the network. Both the
-    download and the conversion are refused up front when the cache's disk cannot hold them.
-    Once converted, our raw download is deleted unless ``keep_original`` (or
-    PARCLI_KEEP_ORIGINAL=1); a file in the user's Hugging Face cache is never touched.
-    ``dtype`` stores the weights as published ("keep") or as fp32, bf16 or fp16.
+    Our raw download is deleted once converted unless ``keep_original``, so one copy stays; a
+    file in the user's Hugging Face cache is never touched.
     """
     target = converted_path(entry)
     if entry.is_packaged:
@@ -638,9 +582,8 @@ def ensure_files(
 ) -> dict[str, Path]:
     """Local paths of ``entries`` by name, fetching what is missing first (each once).
 
-    ``download(entry)`` fetches one missing entry (default: ``fetch``, with no progress shown).
-    Offline (``offline``, PARCLI_OFFLINE=1 or HF_HUB_OFFLINE=1) a complete download already on
-    disk is still converted, and anything else missing raises ``FetchError`` before any work.
+    Offline, a complete download already on disk is still converted, and anything else missing
+    fails before any work.
     """
     entries = list(entries)
     missing = missing_files(entries)
@@ -657,27 +600,21 @@ def ensure_files(
 
 
 def remove(entry: Entry, *, download: bool = False) -> int:
-    """Delete the converted file of ``entry`` (with ``download`` also the downloaded original).
-
-    ``download`` deletes our raw download (complete or part file) and the HF-cache copy.
-
-    Returns the number of bytes freed (0 when there was nothing to delete).
-    """
+    """Delete the converted file of ``entry`` (with ``download`` also the downloaded original,
+    ours and the HF-cache copy); returns the number of bytes freed."""
     if entry.is_packaged:
         raise FetchError(f"{entry.name} ships with parcli; there is nothing to remove")
     freed = 0
+    paths = [converted_path(entry), record_path(entry)]
+    if download:
+        paths += [raw_download_path(entry), _part_path(entry), _part_info_path(entry)]
     with _locked(_lock_path(entry), None, entry.name):
-        for path in (converted_path(entry), record_path(entry)):
+        for path in paths:
             with contextlib.suppress(FileNotFoundError):
                 size = path.stat().st_size
                 path.unlink()
                 freed += size
         if download:
-            for path in (raw_download_path(entry), _part_path(entry), _part_info_path(entry)):
-                with contextlib.suppress(FileNotFoundError):
-                    size = path.stat().st_size
-                    path.unlink()
-                    freed += size
             source = cached_download(entry)
             if source is not None:
                 freed += source.stat().st_size

@@ -37,9 +37,6 @@ Describe = Callable[[list[int]], str]
 MACRO_BLOCK = 16
 
 
-# ---------------------------------------------------------------------- images
-
-
 def _as_image(image: np.ndarray) -> np.ndarray:
     """Check a uint8 image and return it as HxW (grayscale) or HxWx3/4."""
     array = np.asarray(image)
@@ -60,13 +57,8 @@ def save_png(path: PathLike, image: np.ndarray, recipe: str | None = None) -> Pa
 
 
 def save_image(path: PathLike, image: np.ndarray, recipe: str | None = None) -> Path:
-    """Write one uint8 image as PNG (lossless), JPEG or WebP (quality 95) by its suffix,
-    atomically. JPEG has no alpha channel, so an RGBA image loses it there. A `recipe` goes into
-    a PNG's "parcli" text chunk, and beside any other file (`parcli.io.recipe`).
-
-    Pillow writes directly, inside `atomic_path`: a failure (a full disk) is one OutputError and
-    nothing is left behind, with no writer object flushing again later from a finaliser.
-    """
+    """Write one uint8 image as PNG, JPEG or WebP by its suffix, atomically; a `recipe` goes
+    into a PNG's text chunk, and beside any other file."""
     from PIL import Image
 
     pixels = _as_image(image)
@@ -109,12 +101,8 @@ def make_grid(
     pad: int = 2,
     pad_value: int | Sequence[int] = 0,
 ) -> np.ndarray:
-    """Tile N images of one size into a near-square grid (uint8).
-
-    ``images`` is (N, H, W, C) or (N, H, W). ``ncols`` defaults to ceil(sqrt(N)). ``pad`` pixels of
-    ``pad_value`` separate the cells (there is no outer border); unused cells are ``pad_value``.
-    The result has shape (rows*H + (rows-1)*pad, cols*W + (cols-1)*pad[, C]).
-    """
+    """Tile N images of one size into a near-square grid (uint8), ``pad`` pixels between cells
+    and no outer border."""
     stack = np.asarray(images)
     if stack.dtype != np.uint8:
         raise ValueError(f"images must be uint8, not {stack.dtype}")
@@ -184,9 +172,8 @@ def check_output_kind(output: PathLike, video: bool, maker: str = "the model") -
 
 
 def check_mp4_writer(target: PathLike, setting: str = "output", folder: bool = False) -> None:
-    """Refuse, before anything is generated, an MP4 (or a `folder` of them) that could not be
-    written: ffmpeg comes with imageio-ffmpeg, a dependency that an install made without its
-    dependencies lacks."""
+    """Refuse, before anything is generated, an MP4 (or a `folder` of them) when imageio-ffmpeg,
+    which an install without dependencies lacks, is missing."""
     if not folder and Path(target).suffix.lower() != ".mp4":
         return
     if mp4_writer_installed():
@@ -217,12 +204,8 @@ def save_samples(
     fps: float = CLIP_FPS,
     describe: Describe | None = None,
 ) -> list[Path]:
-    """Write generated images (N, H, W, C) or videos (N, T, H, W, C) where ``output`` says.
-
-    A folder gets one file each (PNG or MP4), named after ``names``; a file gets one image,
-    a grid of images, or one video with the clips side by side, ``ncols`` to a row (default:
-    as square as can be). ``describe(sample numbers)`` gives the recipe of the file holding them.
-    """
+    """Write generated images (N, H, W, C) or videos (N, T, H, W, C): one file each into a folder,
+    or all of them as one grid into a file."""
     if not video:
         return save_images(output, samples, names, ncols=ncols, describe=describe)
     if is_directory_target(output):
@@ -249,13 +232,8 @@ def save_images(
     pad: int = 2,
     describe: Describe | None = None,
 ) -> list[Path]:
-    """Write generated images; return the paths written.
-
-    * ``output`` ends with '/' or is an existing directory: one PNG per image inside it, named
-      ``<name>.png`` after ``names`` (``0000.png``, ``0001.png``, ... without). The directory is
-      created if its parent exists.
-    * otherwise one image is written as is, several as one grid PNG (``make_grid``).
-    """
+    """Write generated images, one PNG each into a folder or as one grid into a file; return the
+    paths written."""
     stack = [np.asarray(image) for image in images]
     if not stack:
         raise ValueError("no images to save")
@@ -269,9 +247,6 @@ def save_images(
         return [save_image(target, stack[0], recipe)]
     squeezed = np.stack([_as_image(image) for image in stack])
     return [save_image(target, make_grid(squeezed, ncols=ncols, pad=pad), recipe)]
-
-
-# ---------------------------------------------------------------------- video
 
 
 def _pad_to_multiple(frames: np.ndarray, multiple: int) -> np.ndarray:
@@ -311,15 +286,8 @@ def save_video(
     pad: int = 2,
     recipe: str | None = None,
 ) -> Path:
-    """Write frames as an MP4 (H.264, yuv420p) or an animated GIF, atomically; a `recipe` goes
-    beside it (`parcli.io.recipe`).
-
-    ``frames`` is (T, H, W, C) uint8, or (N, T, H, W, C) for N videos which are tiled side by side
-    into one grid per frame. Grayscale frames are repeated to RGB and an alpha channel is dropped.
-    For MP4 the frame sides are padded with black at the bottom/right up to the next multiple of
-    16 (libx264/yuv420p macroblocks), so pixels are never resampled; the video can therefore be a
-    few pixels larger than the frames.
-    """
+    """Write (T, H, W, C) frames, or N videos tiled into one grid per frame, as an MP4 or an
+    animated GIF, atomically; MP4 frames are padded rather than resampled to macroblock sides."""
     target = Path(path)
     suffix = target.suffix.lower()
     if suffix not in VIDEO_SUFFIXES:
@@ -385,9 +353,6 @@ def save_video(
             raise OSError(errno.ENOSPC if full else errno.EIO, f"ffmpeg could not finish ({why})")
 
     return _write_sidecar(atomic_write(target, write_mp4), recipe)
-
-
-# ---------------------------------------------------------------------- tokens
 
 
 def save_tokens(path: PathLike, tokens: np.ndarray) -> Path:

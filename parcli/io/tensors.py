@@ -1,8 +1,7 @@
 """Safetensors files in and out: the one writer, the one reader.
 
-The writer streams one tensor at a time (cast, written, dropped), so converting a 12 GB
-checkpoint never holds a second copy of every byte, as ``safetensors.torch.save_file`` (which
-needs every tensor cast and contiguous at once) would; it also reports its progress.
+The writer streams one tensor at a time, so converting a large checkpoint never holds a second
+copy of every byte, as ``safetensors.torch.save_file`` would.
 """
 
 from __future__ import annotations
@@ -81,10 +80,7 @@ def write_safetensors(
     dtype: torch.dtype | None = None,
     progress: Progress | None = None,
 ) -> None:
-    """Write ``tensors`` (floating ones cast to ``dtype`` when given) atomically.
-
-    ``metadata`` holds strings only, as the format wants.
-    """
+    """Write ``tensors`` (floating ones cast to ``dtype`` when given) atomically."""
     header, order, total = _header(tensors, dtype, metadata or {})
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         handle.write(header)
@@ -102,10 +98,7 @@ def write_safetensors(
 def read_safetensors(
     path: PathLike, what: str = "safetensors file"
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(tensors on the CPU, header metadata) of a safetensors file.
-
-    A file safetensors cannot read raises ``WeightsError`` naming it as ``what``.
-    """
+    """(tensors on the CPU, header metadata) of a safetensors file."""
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             metadata = handle.metadata() or {}

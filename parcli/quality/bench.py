@@ -91,9 +91,6 @@ class Row:
     # a sequence's first difference the rest follow from it, so this is not a per-token rate).
     tokens_same_as_ours: float | None = None
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
@@ -142,9 +139,8 @@ def peak_memory(device: torch.device) -> int:
 
 
 def copy_rate(device: torch.device, size_bytes: int = 1 << 30, repeats: int = 50) -> float | None:
-    """Device-to-device copy rate in bytes per second (bytes read + bytes written): the best of
-    `repeats` copies, each timed by CUDA events, so that the host's timer and a slow first copy
-    never lower it."""
+    """Device-to-device copy rate in bytes (read + written) per second: the best of `repeats`
+    copies timed by CUDA events, so the host's timer and a slow first copy never lower it."""
     if device.type != "cuda":
         return None
     src = torch.empty(size_bytes // 2, dtype=torch.float16, device=device)
@@ -163,8 +159,8 @@ def copy_rate(device: torch.device, size_bytes: int = 1 << 30, repeats: int = 50
 
 
 def weight_bytes(pipe: Pipeline) -> int:
-    """Bytes of weights one forward pass reads: every projection and norm, but not the embedding
-    tables, of which a pass gathers only a few rows."""
+    """Bytes of weights one forward pass reads: not the embedding tables, of which a pass gathers
+    only a few rows."""
     from parcli.engine.packing import projection_bytes
     from parcli.model import RMSNorm
 
@@ -173,8 +169,8 @@ def weight_bytes(pipe: Pipeline) -> int:
 
 
 def cache_bytes_read(pipe: Pipeline, sequences: int) -> int:
-    """Bytes of keys and values a whole generation of `sequences` sequences must read: each pass
-    the cache up to its last slot, every layer, heads at their own width (padding is ours)."""
+    """Bytes of keys and values a whole generation of `sequences` sequences must read, heads at
+    their own width (padding is ours)."""
     cfg = pipe.model.cfg
     per_slot = 2 * cfg.n_layer * sequences * cfg.dim * pipe.model.dtype.itemsize
     return per_slot * sum(step.end for step in pipe.plan.passes)
@@ -211,17 +207,11 @@ def run_bench(
     others: dict[str, dict[int, Pipeline]] | None = None,
     on_measured: Callable[[list[Row]], None] | None = None,
 ) -> list[Row]:
-    """Time every (regions, batch) case: each case's warm-ups just before its first
-    measurement, so that a run stopped early (a compile too slow for a time limit) has measured
-    every case it warmed up but the last; then the further repeats, interleaved across cases so
-    that drift hits them alike.
+    """Time every (regions, batch, engine) case; `baselines` and `others` are timed beside ours.
 
-    `rate` is the device's copy rate (bytes/s) for the bandwidth-floor column. `baselines`, plain
-    pipelines for the same region counts, are timed beside ours (ours, plain, ours, plain, ...);
-    `others`, pipelines of the same weights by engine name (INT8, or a dtype's name), likewise.
-    `on_run` hears of each case as it starts, then with its seconds (a warm-up's include
-    compiling and capture); `on_measured` gets the rows of every case measured so far after
-    each measurement, so that a run cut short still leaves them.
+    Each case warms up just before its first measurement, so a run stopped early has measured
+    what it warmed up; further repeats interleave across cases so that drift hits them alike.
+    `on_measured` gets the rows so far after each measurement, so a run cut short leaves them.
     """
     engines = {OURS: pipelines, **({PLAIN: baselines} if baselines else {}), **(others or {})}
     cases = [Case(n, b, e) for n in pipelines for b in settings.batch_sizes for e in engines]
@@ -348,9 +338,8 @@ def random_pipelines(
     vq_config: VQConfig | None = None,
     seed: int = 0,
 ) -> dict[int, Pipeline]:
-    """Random weights of an architecture (speed only), one weight set shared by every n: the
-    n-region model takes the first n - 1 transition tokens. The tokenizer is LlamaGen's unless
-    `vq_config` says otherwise."""
+    """Random weights of an architecture (speed only), one set shared by every n: the n-region
+    model takes the first n - 1 transition tokens."""
     from parcli.model import Transformer
     from parcli.vq import VQModel
 
@@ -387,9 +376,8 @@ def pipelines_to_time(
     fetch: Fetch | None = None,
     batch: int = 1,
 ) -> tuple[dict[int, Pipeline], str]:
-    """One pipeline per region count, and a title: random weights of a published architecture
-    (`arch`, on `grid`), or the model a name or files give; refused first where a batch of
-    `batch` cannot fit in memory."""
+    """One pipeline per region count, and a title: random weights of `arch`, or the model a name
+    or files give; refused first where a batch cannot fit in memory."""
     if arch is None:
         pipelines = {
             n: open_pipeline(model_files(model, n, checkpoint, tokenizer, fetch), options, n, batch)
@@ -424,8 +412,8 @@ def report(
     others: dict[str, dict[int, Pipeline]] | None = None,
     planned: int | None = None,
 ) -> dict:
-    """Every figure of a run, with what it ran on, for `par bench --json`; `planned`: the rows
-    a whole run gives, where these may be fewer (the file is written as cases end)."""
+    """Every figure of a run, with what it ran on, for `par bench --json`; written as cases end,
+    so `planned` says how many rows a whole run gives."""
     first = next(iter(pipelines.values()))
     others = others or {}
     int8 = next(iter(others[INT8].values())) if INT8 in others else None
@@ -453,7 +441,7 @@ def report(
         },
         "weight_bytes": weight_bytes(first),
         "copy_rate_bytes_per_s": rate,
-        "rows": [row.to_dict() for row in rows],
+        "rows": [asdict(row) for row in rows],
         "complete": planned is None or len(rows) == planned,
         "cases_planned": len(rows) if planned is None else planned,
     }

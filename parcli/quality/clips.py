@@ -1,18 +1,8 @@
 """Clip quality of a `digits-video` family, per region count n.
 
-Every frame of a generated clip is cut to the 20x20 window around the digit's centre of mass and
-placed where MNIST puts a digit (the middle of a 32x32 canvas), so the shipped digit classifier
-(`parcli.quality.digits`) can read it. Reported per n:
-
-* per-frame accuracy: the share of frames the classifier reads as the clip's class;
-* consistency: the share of clips whose every frame is read as one and the same class;
-* motion: the mean distance (pixels) the digit's centre of mass moves from frame to frame, next
-  to the same figure on the training clips, which the generated clips should match within 50 %;
-* passes: forward passes counted while generating, against the plan's first group token by
-  token and then n tokens a pass.
-
-The training clips, scored the same way, are the baseline: what a perfect generator would reach.
-No Typer or Rich here; `parcli.commands.eval` is the command line.
+Each frame's digit is re-centred as in MNIST so the shipped digit classifier can read it; clips are
+scored by per-frame accuracy, consistency across frames and motion, against the training clips
+scored the same way (what a perfect generator would reach).
 """
 
 from __future__ import annotations
@@ -55,9 +45,6 @@ class VideoEvalResult:
     passes_goals: bool
     seconds: float
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass
 class VideoBaseline:
@@ -67,9 +54,6 @@ class VideoBaseline:
     frame_accuracy: float
     consistency: float
     motion: float
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def classifier_view(frames: np.ndarray) -> np.ndarray:
@@ -176,8 +160,8 @@ def video_report(
     document = {
         "settings": dict(settings),
         "classifier": asdict(info),
-        "training_baseline": baseline.to_dict(),
-        "rows": [row.to_dict() for row in results],
+        "training_baseline": asdict(baseline),
+        "rows": [asdict(row) for row in results],
         "all_goals_met": all(row.passes_goals for row in results),
     }
     return json.dumps(document, indent=2) + "\n"

@@ -1,17 +1,8 @@
 """Sample quality of a digits family: class accuracy and a Fréchet distance, per region count n.
 
-A small CNN (`DigitClassifier`) is trained on the same 5,000 MNIST digits the generator learned
-from, minus a held-out split (`parcli.training.data.split_held_out`, 50 per class) on which
-its own accuracy is measured and stored in the file's metadata. Generated digits are then
-scored two ways:
-
-* accuracy: the share of samples the classifier assigns to the class they were generated for;
-* Fréchet distance: between Gaussians fitted to the classifier's feature vectors (the input of its
-  last layer) of the generated digits and of the real digits of the classifier's training split
-  (4,500 images). For scale, the same distance of the real held-out digits (as many per class as
-  were generated, up to 50) is reported as the floor a perfect generator would reach.
-
-No Typer or Rich here; `parcli.commands.eval` is the command line.
+A small CNN trained on the generator's own digits, minus a held-out split, scores generated digits
+by accuracy and by the Fréchet distance of its last-layer features to the real digits'; the real
+held-out digits, scored the same way, give the floor a perfect generator would reach.
 """
 
 from __future__ import annotations
@@ -258,9 +249,6 @@ class EvalResult:
     passes_goals: bool
     seconds: float  # generation and decoding of all samples
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass
 class RealBaseline:
@@ -270,9 +258,6 @@ class RealBaseline:
     accuracy: float
     frechet_distance: float
     reference_count: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def reference_images() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -350,7 +335,7 @@ def evaluate_against_real(
 
 @dataclass
 class _PassCounter:
-    """Counts the passes of one n's generation and reports them to `on_progress`."""
+    """Counts the passes of one n's generation for `on_progress`."""
 
     regions: int
     total: int
@@ -372,11 +357,7 @@ def generate_samples(
     batch_size: int,
     on_progress: Callable[[int, int, int], None] | None = None,
 ) -> tuple[np.ndarray, int, float]:
-    """(pixels, passes run per batch, seconds) of `labels` generated and decoded by `pipe`.
-
-    `on_progress(regions, passes done, passes total)` follows generation; the seconds cover
-    generation and decoding, the device included.
-    """
+    """(pixels, passes run per batch, seconds of generation and decoding) of `labels`."""
     batches = -(-len(labels) // batch_size)
     counter = _PassCounter(regions, pipe.plan.num_passes * batches, on_progress)
     started = time.perf_counter()
@@ -397,13 +378,8 @@ def evaluate(
     reference_feats: np.ndarray | None = None,
     on_progress: Callable[[int, int, int], None] | None = None,
 ) -> list[EvalResult]:
-    """Generate `samples_per_class` digits of every class with each pipeline and score them.
-
-    `pipelines` maps n to its pipeline. Every n uses the same seed and labels; guidance is
-    `cfg_scale`, or each pipeline's default when None. `reference_feats` are the real features
-    the distance is measured against (default: the classifier's training split of the digits).
-    `on_progress(n, passes done, passes total)` follows generation.
-    """
+    """Generate `samples_per_class` digits of every class with each pipeline (by n) and score
+    them; every n uses the same seed and labels, so the rows compare."""
     check_settings(samples_per_class, batch_size, cfg_scale)
     if reference_feats is None:
         reference_feats = features(classifier, reference_images()[0])
@@ -459,8 +435,8 @@ def report(
         "settings": dict(settings),
         "classifier": asdict(info),
         "reference": "features of the classifier's training split of the digits (4,500 images)",
-        "real_baseline": baseline.to_dict() if baseline is not None else None,
-        "rows": [row.to_dict() for row in results],
+        "real_baseline": asdict(baseline) if baseline is not None else None,
+        "rows": [asdict(row) for row in results],
         "all_goals_met": all(row.passes_goals for row in results),
     }
     return json.dumps(document, indent=2) + "\n"

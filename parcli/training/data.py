@@ -54,14 +54,10 @@ def split_held_out(labels: np.ndarray, per_class: int = 50) -> tuple[np.ndarray,
 
 
 def load_image_folder(path: str | Path, size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """RGB uint8 images (N, size, size, 3), int64 labels and class names from `path/<class>/*`.
-
-    Class indices follow the sorted sub-folder names.
-    """
-    images, labels, classes = _read_class_folder(
+    """RGB uint8 images (N, size, size, 3), int64 labels and class names from `path/<class>/*`."""
+    return _read_class_folder(
         path, IMAGE_SUFFIXES, lambda file, pixels: resize_rgb(pixels, size), "images"
     )
-    return images, labels, classes
 
 
 def _read_class_folder(
@@ -105,9 +101,8 @@ def check_data(data: str) -> None:
 def training_images(
     data: str, image_size: int | None, channels: int = 3, frames: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """(uint8 images (N, H, W, C), labels, class count) of `digits` or of a folder of class
-    sub-folders, resized to `image_size` and kept to `channels` (1 or 3). Clip data (see
-    `is_clip_data`) gives every frame as one image: what a per-frame tokenizer learns from."""
+    """(uint8 images (N, H, W, C), labels, class count) of `--data`; clip data gives every frame
+    as one image, which is what a per-frame tokenizer learns from."""
     check_data(data)
     if data == "digits":
         images, labels = load_digits()
@@ -156,10 +151,8 @@ def class_folders(root: Path) -> list[str]:
 def load_clip_folder(
     path: str | Path, size: int, frames: int
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """RGB uint8 clips (N, frames, size, size, 3), labels and class names from `path/<class>/*`.
-
-    Each .mp4 or .gif keeps its first `frames` frames; a shorter clip is refused by name.
-    """
+    """RGB uint8 clips (N, frames, size, size, 3), labels and class names from `path/<class>/*`;
+    each keeps its first `frames` frames."""
 
     def first_frames(file: Path, video: np.ndarray) -> np.ndarray:
         if video.ndim == 3 and video.shape[-1] not in (1, 3, 4):

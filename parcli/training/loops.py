@@ -1,14 +1,8 @@
 """Training loops for the VQ tokenizer and the PAR transformer (no CLI code here).
 
-The transformer is trained with the very modules and plan used for generation: codes are put in
-PAR sequence order, one teacher-forced forward runs over every slot under the plan's attention
-mask, and the logits of slot s are scored against sequence index s: the token that slot's
-input predicts, as at generation.
-
-Checkpoints are written atomically every `TrainRun.checkpoint_every` steps, at the end, and when
-training is interrupted (KeyboardInterrupt), so the newest complete checkpoint is always readable.
-The AdamW state goes to a sibling file `<out>.optim.safetensors` (tensors only, nothing pickled);
-`TrainRun.resume` restores both and continues the step count and the learning-rate schedule.
+The transformer is trained with the very modules and plan used for generation, so training and
+sampling cannot disagree on the slot layout. Checkpoints, with the optimizer state beside them,
+are written atomically, also on Ctrl-C, so a run can always resume from the newest one.
 """
 
 from __future__ import annotations
@@ -187,6 +181,12 @@ def _metadata(
     return {"step": str(step), "training": json.dumps(training)}
 
 
+def _run_record(run: TrainRun, **counts: int) -> dict:
+    """The settings of `run` a checkpoint records, with how much data it saw."""
+    return {"batch_size": run.batch_size, "lr": run.lr, "seed": run.seed, **counts,
+            "precision": run.precision}  # fmt: skip
+
+
 def _resume_state(out_path: Path, kind: str) -> tuple[dict, int, float, object]:
     from parcli.io.checkpoints import read_checkpoint
 
@@ -216,9 +216,6 @@ def _check_images(images: np.ndarray) -> np.ndarray:
     if len(images) == 0:
         raise TrainError("no training images")
     return images
-
-
-# ------------------------------------------------------------------------------------------ VQ
 
 
 def train_vq(
@@ -262,13 +259,7 @@ def train_vq(
             F.l1_loss(recon, x) + F.mse_loss(recon, x) + losses["codebook"] + losses["commitment"]
         )
 
-    extra = {
-        "batch_size": batch_size,
-        "lr": run.lr,
-        "seed": run.seed,
-        "images": len(images),
-        "precision": run.precision,
-    }
+    extra = _run_record(run, images=len(images))
 
     def save(step: int, seconds: float, loss: float) -> None:
         meta = _metadata("vq", step, seconds, loss, run.dataset, run.command, extra)
@@ -296,9 +287,6 @@ def encode_clips(vq: VQModel, clips: np.ndarray, device: str = "cpu") -> np.ndar
     """uint8 (N, T, H, W, C) clips -> int64 (N, T, h, w): every frame encoded on its own."""
     codes = encode_images(vq, clips.reshape(-1, *clips.shape[2:]), device=device)
     return codes.reshape(*clips.shape[:2], *codes.shape[1:])
-
-
-# ------------------------------------------------------------------------------------------ GPT
 
 
 def gpt_loss(
@@ -339,8 +327,8 @@ def train_gpt(
     weight_decay: float = 0.05,
     cfg_scale: float | None = None,
 ) -> TrainResult:
-    """Train a class-conditional PAR transformer on raster code grids (N, *cfg.grid).
-    `cfg_scale` is recorded in the checkpoint as its default guidance scale."""
+    """Train a class-conditional PAR transformer on raster code grids (N, *cfg.grid); `cfg_scale`
+    is recorded as the checkpoint's default guidance scale."""
     codes, labels = np.asarray(codes), np.asarray(labels)
     if codes.shape[1:] != cfg.grid:
         raise TrainError(f"code grids are {codes.shape[1:]}, the model expects {cfg.grid}")
@@ -399,13 +387,7 @@ def train_gpt(
         )
         return gpt_loss(model, plan, batch_labels.to(device), seqs[index].to(device), rope, mask)
 
-    extra = {
-        "batch_size": batch_size,
-        "lr": run.lr,
-        "seed": run.seed,
-        "sequences": len(codes),
-        "precision": run.precision,
-    }
+    extra = _run_record(run, sequences=len(codes))
     if origin:
         extra["init_from"] = origin
 

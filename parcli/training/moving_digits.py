@@ -1,21 +1,10 @@
 """`moving-digits`: class-conditional clips of one MNIST digit bouncing around a small canvas.
 
-Moving-MNIST style, but one digit per clip so the class is the digit's. Every clip is drawn
-deterministically from (seed, clip index): the digit's 20x20 box (MNIST digits fit one) starts at
-START on a 32x32 black canvas and moves STEP = 4 pixels a frame along each axis it moves on, in
-one of 8 directions (straight or diagonal), bouncing off the walls.
-
-The step is the tokenizer's stride on purpose. A move by whole token cells turns a frame's codes
-into the previous frame's shifted by one cell, so what a small transformer must learn about
-motion is where to copy from; with sub-cell moves every frame is a new tokenization of the digit,
-and a first attempt with speeds of 1.5 to 3 pixels a frame (MODEL_CARD.md) learned neither the
-digits nor their motion within the training budget.
-
-Every clip starts at the same place because a PAR model draws n far-apart tokens of a frame in
-one pass, independently: with the digit at one of several places, the regions of the first frame
-disagreed on where it was (MODEL_CARD.md). The direction stays random: with a direction fixed by
-the class, the place of the digit in every frame follows from the class alone, and the models
-learned to draw each frame anew rather than copy the one before.
+One digit per clip, so the class is the digit's; every clip is drawn deterministically from
+(seed, clip index). The digit moves by whole token cells, so a frame's codes are the previous
+frame's shifted and a small transformer learns where to copy from. Every clip starts at the same
+place, as PAR draws far-apart tokens of a frame independently and they must agree on where the
+digit is; the direction stays random, so the model must look at the frame before.
 """
 
 from __future__ import annotations
@@ -56,11 +45,8 @@ def bounce(position: np.ndarray, span: int) -> np.ndarray:
 
 
 def trajectories(count: int, seed: int, frames: int = FRAMES, span: int = CANVAS - PATCH):
-    """(count, frames, 2) integer (row, col) top-left corners of the digit in each frame.
-
-    Clip i's direction depends only on (seed, i), and frame t's place only on t, so a larger data
-    set starts with the smaller one and a longer clip with the shorter one.
-    """
+    """(count, frames, 2) top-left corners of the digit in each frame; a larger data set starts
+    with the smaller one and a longer clip with the shorter one."""
     steps = np.arange(frames)[:, None]
     paths = np.empty((count, frames, 2), dtype=np.int64)
     for index in range(count):
