@@ -213,7 +213,7 @@ def load_classifier(
     if not path.is_file():
         raise WeightsError(
             f"{path} does not exist; write it with "
-            f"`par eval --train-classifier --classifier {path}`"
+            f"`par train classifier --out {path}`"
         )
     state, meta = read_safetensors(path, "digit classifier")
     if meta.get("kind") != KIND:
