@@ -194,8 +194,10 @@ class Pipeline:
         batch_size: int,
         on_pass: Callable[[Pass], None] | None = None,
         indices: Sequence[int] | None = None,
+        on_batch: Callable[[int, torch.Tensor], None] | None = None,
     ) -> torch.Tensor:
-        """Token grids (len(labels), *grid) in raster order, generated batch by batch.
+        """Token grids (len(labels), *grid) in raster order, generated batch by batch;
+        `on_batch(first label, tokens)` hears of each batch as it ends.
 
         Label k is image `indices[k]` (default: k) of the run seeded with `seed`: its tokens
         depend on that pair alone, not on the batch size or on the other images.
@@ -225,6 +227,8 @@ class Pipeline:
             )
             self.stats.add(stats)
             chunks.append(tokens[:real])
+            if on_batch is not None:
+                on_batch(start, chunks[-1])
         return torch.cat(chunks)
 
     @torch.inference_mode()

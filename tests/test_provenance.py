@@ -232,3 +232,73 @@ def test_a_recipe_past_the_command_lines_bounds_is_one_line(tmp_path, text, mess
     path.write_text(text)
     result = run("info", path)
     assert_user_error(result, message)
+
+
+def test_a_users_file_with_a_name_par_would_write_is_never_replaced(files, tmp_path):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    mine = folder / "3-s0000.png"
+    mine.write_bytes(b"my own picture")
+    for extra in ((), ("--overwrite",)):
+        result = generate(files, "-c", 3, "-o", f"{folder}/", *extra)
+        assert_user_error(result, "--output: ", "3-s0000.png", "cannot tell it wrote it")
+        assert mine.read_bytes() == b"my own picture"
+
+
+def test_overwrite_deletes_only_what_par_can_prove_it_wrote(files, tmp_path):
+    folder = tmp_path / "clips"
+    assert generate(files, "-c", 0, "-o", f"{folder}/", model="gpt4video").exit_code == 0
+    # A user's file beside a JSON that merely looks like a recipe is not ours.
+    (folder / "notes.txt").write_text("mine")
+    (folder / "notes.txt.json").write_text(json.dumps({"parcli": "0.1.0"}))
+    # Nor is a clip whose sidecar's sha256 does not match it (the user changed the file).
+    (folder / "0-s0000.mp4").write_bytes(b"edited by the user")
+    result = generate(files, "-c", 1, "-o", f"{folder}/", "--overwrite", model="gpt4video")
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["0-s0000.mp4", "1-s0000.mp4", "1-s0000.mp4.json", "notes.txt",
+                     "notes.txt.json"]  # fmt: skip
+    assert (folder / "0-s0000.mp4").read_bytes() == b"edited by the user"
+
+
+def test_a_read_only_file_is_not_replaced(files, tmp_path):
+    target = tmp_path / "x.png"
+    target.write_bytes(b"keep me")
+    target.chmod(0o444)
+    assert_user_error(generate(files, "-c", 1, "-o", target), "--output: ", "read-only")
+    assert target.read_bytes() == b"keep me"
+
+
+def test_a_folder_fills_as_batches_end_and_the_same_command_finishes_it(files, tmp_path,
+                                                                        monkeypatch):  # fmt: skip
+    from parcli.io.outputs import Outputs
+
+    folder = tmp_path / "out"
+    args = ("-c", 2, "-n", 4, "--batch-size", 2, "-o", f"{folder}/")
+    real, calls = Outputs.write_batch, []
+
+    def cut_after_one_batch(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Outputs, "write_batch", cut_after_one_batch)
+    result = generate(files, *args)
+    assert result.exit_code == 130
+    assert (
+        "2 of 4 files written" in result.output
+        and "the same command makes the rest" in result.output
+    )
+    assert sorted(p.name for p in folder.iterdir()) == ["2-s0000.png", "2-s0001.png"]
+    first = (folder / "2-s0000.png").read_bytes()
+    monkeypatch.setattr(Outputs, "write_batch", real)
+    result = generate(files, *args)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in folder.iterdir()) == [f"2-s000{i}.png" for i in range(4)]
+    assert (folder / "2-s0000.png").read_bytes() == first  # kept, not made again
+    whole = tmp_path / "whole"
+    assert generate(files, "-c", 2, "-n", 4, "-o", f"{whole}/").exit_code == 0
+    for i in range(4):  # the same images as a run never cut short
+        name = f"2-s000{i}.png"
+        assert (whole / name).read_bytes() == (folder / name).read_bytes()

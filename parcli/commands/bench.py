@@ -178,11 +178,7 @@ def bench(
             # The JSON is rewritten as each case is measured: a run stopped early leaves those.
             on_measured = write_json if json_path is not None else None
             rows = run_bench(pipelines, settings, rate, on_run, baselines, others, on_measured)
-        print_report(title, rows, first, sampling, rate, decode, others)
-        if not warmup:
-            err_console.print("measured cold (--warmup 0): each case's times include its "
-                              "one-time costs (compiling, packing, first allocations)")  # fmt: skip
-        console.print(summary(rows, "clip" if first.is_video else "image"), highlight=False)
+        print_report(title, rows, first, sampling, rate, decode, others, cold=not warmup)
         if json_path is not None:
             write_json(rows)
             console.print(f"wrote {escape(str(json_path))}", highlight=False)
@@ -204,8 +200,9 @@ def summary(rows: list[Row], item: str) -> str:
     return line
 
 
-def print_report(title, rows, first, sampling, rate, decoded, others) -> None:
-    """Our table, then each comparison: the plain engine, other dtypes, int8, strategies."""
+def print_report(title, rows, first, sampling, rate, decoded, others, cold=False) -> None:
+    """Our table, then each comparison (the plain engine, other dtypes, int8, strategies), then
+    a one-line summary."""
     print_table(title, [row for row in rows if row.engine == OURS], first, sampling, rate, decoded)
     if any(row.engine == PLAIN for row in rows):
         print_baseline_table(rows, "clip" if first.is_video else "image")
@@ -217,6 +214,10 @@ def print_report(title, rows, first, sampling, rate, decoded, others) -> None:
             "noisy; add --repeats or rerun on a quiet machine",
             style="yellow",
         )
+    if cold:
+        err_console.print("measured cold (--warmup 0): each case's times include its one-time "
+                          "costs (compiling, packing, first allocations)")  # fmt: skip
+    console.print(summary(rows, "clip" if first.is_video else "image"), highlight=False)
 
 
 def print_table(

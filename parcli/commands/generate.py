@@ -29,7 +29,7 @@ from parcli.io.catalogue import use_catalogue
 from parcli.io.classes import class_set_of_size, resolve_classes
 from parcli.io.media import CLIP_FPS
 from parcli.io.models import catalogue_class_set, model_files
-from parcli.io.outputs import Outputs
+from parcli.io.outputs import Outputs, counted_on_interruption, sample_stems
 from parcli.io.recipe import Recipe, Sample, checkpoint_sha256, replay
 from parcli.options import RunOptions
 from parcli.pipeline import Pipeline, open_pipeline
@@ -167,27 +167,24 @@ def generate(
             samples, per_row = list(earlier.samples), earlier.columns
         else:
             samples, per_row = run_samples(classes, num_samples, names, pipe.model.cfg.num_classes)
-        old = outputs.check_for(pipe.is_video, pipe.name)
         sampling = pipe.sampling()
-        labels = [sample.class_id for sample in samples]
-        pipe.check_labels(labels)
-
-        indices = [sample.index for sample in samples]
-        started = time.perf_counter()
-        with pass_progress(quiet) as progress:
-            on_pass = pass_counter(progress, pipe, -(-len(labels) // batch_size))
-            tokens = pipe.generate(labels, sampling, seed or 0, batch_size, on_pass, indices)
-            pixels = pipe.decode(tokens)  # on the host, so the device has finished
-        seconds = time.perf_counter() - started
+        pipe.check_labels([sample.class_id for sample in samples])
         recipe = Recipe.of_run(
             pipe.run_options(sampling), samples, model=None if checkpoint else files.name,
             checkpoint=files.checkpoint.name, checkpoint_sha256=weights_sha,
             tokenizer=files.tokenizer.name, regions=pipe.plan.regions, seed=seed or 0,
             scale=scale, columns=per_row, fps=(fps or CLIP_FPS) if pipe.is_video else None,
         )  # fmt: skip
-        _, frames = outputs.write(recipe, tokens.cpu().numpy(), pixels, pipe.plan, seconds, old)
+        old, todo = outputs.prepare(recipe, pipe.is_video, pipe.name)
+        for path in old:  # only with --overwrite: the run was refused otherwise
+            path.unlink(missing_ok=True)
+        started = time.perf_counter()
+        tokens, pixels = make(pipe, samples, todo, sampling, seed or 0, batch_size, outputs, recipe,
+                              quiet)  # fmt: skip
+        seconds = time.perf_counter() - started
+        frames = outputs.finish(recipe, tokens, pixels, pipe.plan, seconds)
         if not quiet:
-            print_summary(pipe, len(labels), seconds, outputs, frames)
+            print_summary(pipe, len(todo), len(samples), seconds, outputs, frames)
 
 
 def run_samples(
@@ -205,11 +202,42 @@ def run_samples(
     return samples, per_class if len(class_ids) > 1 else None
 
 
-def print_summary(pipe: Pipeline, count: int, seconds: float, outputs: Outputs, frames: int):
+def make(pipe: Pipeline, samples, todo, sampling, seed, batch_size, outputs, recipe, quiet):
+    """Generate samples `todo` with a progress bar: into a folder, each batch's files as it
+    ends; else the tokens and pixels of them all (None, None when a folder took them)."""
+    target, stems = outputs.target(pipe.is_video), sample_stems(samples)
+    labels = [samples[n].class_id for n in todo]
+    if not labels:  # a folder this very run has filled already
+        return None, None
+    write = None
+    if outputs.folder and outputs.animate is None and outputs.tokens is None:
+
+        def write(first: int, tokens) -> None:
+            numbers = todo[first : first + tokens.shape[0]]
+            outputs.write_batch(recipe, numbers, pipe.decode(tokens))
+
+    with counted_on_interruption(target, stems, pipe.is_video), pass_progress(quiet) as progress:
+        on_pass = pass_counter(progress, pipe, -(-len(labels) // batch_size))
+        indices = [samples[n].index for n in todo]
+        tokens = pipe.generate(labels, sampling, seed, batch_size, on_pass, indices, write)
+        if write is not None:
+            return None, None
+        pixels = pipe.decode(tokens)  # on the host, so the device has finished
+        if outputs.folder:
+            outputs.write_batch(recipe, todo, pixels)
+        return tokens.cpu().numpy(), pixels
+
+
+def print_summary(pipe: Pipeline, count: int, total: int, seconds: float, outputs, frames: int):
     kind = "video" if pipe.is_video else "image"
     made = f"{count} {kind}" + ("s" if count != 1 else "")
     target = outputs.target(pipe.is_video)
-    where = f"{count} file{'s' if count != 1 else ''} in {target}" if outputs.folder else target
+    where = f"{total} file{'s' if total != 1 else ''} in {target}" if outputs.folder else target
+    if count < total:
+        where += f" ({total - count} there already)"
+    if not count:
+        console.print(f"nothing to make: {where}", highlight=False, markup=False)
+        return
     passes = pipe.passes_per_image()
     console.print(
         f"{made} · {passes:.4g} passes each · {seconds:.2f} s · {count / seconds:.2f} {kind}s/s "

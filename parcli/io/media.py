@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import importlib.util
+import json
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -19,9 +20,10 @@ from parcli.io.files import (
     PathLike,
     atomic_write,
     check_writable,
+    file_sha256,
     is_directory_target,
 )
-from parcli.io.recipe import RECIPE_KEY, sidecar_path
+from parcli.io.recipe import FILE_SHA256, RECIPE_KEY, sidecar_path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 LOSSY_QUALITY = 95  # JPEG and WebP: near the eye's limit; PNG is the lossless choice
@@ -85,10 +87,13 @@ def save_image(path: PathLike, image: np.ndarray, recipe: str | None = None) -> 
 
 
 def _write_sidecar(path: Path, recipe: str | None) -> Path:
-    """The recipe beside `path`; if it cannot be written, neither is the file it describes."""
+    """The recipe beside `path`, with the file's sha256 so that par can later prove it wrote the
+    file; if it cannot be written, neither is the file it describes."""
     if recipe is not None:
+        document = {**json.loads(recipe), FILE_SHA256: file_sha256(path)}
+        text = json.dumps(document, ensure_ascii=False)
         try:
-            atomic_write(sidecar_path(path), lambda tmp: tmp.write_text(recipe, encoding="utf-8"))
+            atomic_write(sidecar_path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
         except BaseException:
             path.unlink(missing_ok=True)
             raise

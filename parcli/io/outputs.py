@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from parcli.io.media import (
     save_tokens,
     save_video,
 )
-from parcli.io.recipe import Recipe, Sample, earlier_outputs
+from parcli.io.recipe import Recipe, Sample, earlier_outputs, sidecar_path, written_by_par
 from parcli.plan import Plan
 
 
@@ -65,14 +66,38 @@ class Outputs:
     def folder(self) -> bool:
         return self.output is not None and is_directory_target(self.output)
 
-    def check_for(self, video: bool, maker: str) -> list[Path]:
-        """Refuse a target of the wrong kind for the model; returns the files of an earlier run
-        that `--overwrite` will replace (a folder holding some is refused without it)."""
+    def prepare(self, recipe: Recipe, video: bool, maker: str) -> tuple[list[Path], list[int]]:
+        """Check the target against what is there before any work. Returns the files of an
+        earlier run that `--overwrite` replaces, and the samples to make: into a folder, those
+        whose file this same run has not written yet (so that a run cut short can be finished
+        by the same command). A file par cannot prove it wrote is never replaced."""
         target = self.target(video)
         check_output_kind(target, video, maker)
         if video:
             check_mp4_writer(target, folder=self.folder)
-        old = earlier_outputs(Path(target)) if self.folder else []
+        count = len(recipe.samples)
+        if not self.folder:
+            path = Path(target)
+            if path.exists() and not path.stat().st_mode & stat.S_IWUSR:
+                raise SettingError("output", f"{target} is read-only; choose another name")
+            return [], list(range(count))
+        folder, samples = Path(target), list(recipe.samples)
+        names = image_names(sample_stems(samples), count, ".mp4" if video else ".png")
+        done, ours = [], set(earlier_outputs(folder))
+        for number, name in enumerate(names):
+            path = folder / name
+            for each in (path, sidecar_path(path)) if video else (path,):
+                if each.exists() and each not in ours:
+                    raise SettingError(
+                        "output",
+                        f"{each} is there and par cannot tell it wrote it; choose another "
+                        "folder, or move that file",
+                    )
+            made = written_by_par(path)
+            if made is not None and made.same_run(recipe.for_samples([samples[number]])):
+                done.append(number)
+        kept = {folder / names[n] for n in done} | {sidecar_path(folder / names[n]) for n in done}
+        old = sorted(ours - kept)
         if old and not self.overwrite:
             shown = ", ".join(path.name for path in old[:2])
             more = ", ..." if len(old) > 2 else ""
@@ -81,51 +106,67 @@ class Outputs:
                 f"{target} holds {len(old)} files of an earlier run ({shown}{more}); choose an "
                 "empty folder, or --overwrite to replace them",
             )
-        return old
+        if self.animate is not None or self.tokens is not None:
+            done = []  # they need every sample's tokens: the files already made are made again
+        return old, [n for n in range(count) if n not in set(done)]
 
-    def write(
+    def write_batch(self, recipe: Recipe, numbers: list[int], pixels: np.ndarray) -> list[Path]:
+        """Into a folder: the files of samples `numbers` (of the recipe), as their batch ends."""
+        samples = list(recipe.samples)
+        stems = sample_stems(samples)
+        video = pixels.ndim == 5
+
+        def describe(within: list[int]) -> str:
+            return recipe.for_samples([samples[numbers[i]] for i in within]).to_json()
+
+        return save_samples(
+            self.output, enlarge(pixels, self.scale), [stems[n] for n in numbers], video,
+            None, self.fps or CLIP_FPS, describe,
+        )  # fmt: skip
+
+    def finish(
         self,
         recipe: Recipe,
-        tokens: np.ndarray,
-        pixels: np.ndarray,
+        tokens: np.ndarray | None,
+        pixels: np.ndarray | None,
         plan: Plan,
         seconds: float,
-        old: list[Path],
-    ) -> tuple[list[Path], int]:
-        """Write every file of the run; returns the sample files and the animation's frame
-        count (0 without one)."""
+    ) -> int:
+        """Every file but a folder's samples: a single target, the animation, the tokens and
+        the manifest; returns the animation's frame count (0 without one)."""
         video = len(plan.grid) == 3
         samples = list(recipe.samples)
-
-        def describe(numbers: list[int]) -> str:
-            return recipe.for_samples([samples[i] for i in numbers]).to_json()
-
         if self.tokens is not None:
             save_tokens(self.tokens, tokens)
-        pixels = enlarge(pixels, self.scale)
-        stems = sample_stems(samples)
-        for path in old:  # only with --overwrite; else the run was refused before it began
-            path.unlink(missing_ok=True)
+        if pixels is not None:
+            pixels = enlarge(pixels, self.scale)
         target = self.target(video)
-        with counted_on_interruption(target, stems, video):
-            written = save_samples(
-                target, pixels, stems, video, recipe.columns, self.fps or CLIP_FPS, describe
-            )
+        if not self.folder:
+
+            def describe(numbers: list[int]) -> str:
+                return recipe.for_samples([samples[i] for i in numbers]).to_json()
+
+            save_samples(
+                target, pixels, sample_stems(samples), video, recipe.columns,
+                self.fps or CLIP_FPS, describe,
+            )  # fmt: skip
         frames = 0
         if self.animate is not None:
             animation = animation_frames(pixels, plan, recipe.columns)
             save_video(self.animate, animation, self.fps or ANIMATION_FPS, recipe=recipe.to_json())
             frames = len(animation)
         if self.manifest is not None:
+            names = image_names(sample_stems(samples), len(samples), ".mp4" if video else ".png")
+            files = [str(Path(target) / name) for name in names] if self.folder else [target]
             document = {
                 "recipe": recipe.to_dict(),
-                "files": [str(p) for p in written],
+                "files": files,
                 "passes_per_sample": plan.num_passes,
                 "seconds": round(seconds, 4),
             }
             text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
             atomic_write(self.manifest, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-        return written, frames
+        return frames
 
 
 @contextlib.contextmanager
@@ -139,7 +180,8 @@ def counted_on_interruption(output: str, stems: list[str], video: bool):
         names = image_names(stems, len(stems), ".mp4" if video else ".png")
         done = sum((Path(output) / name).is_file() for name in names)
         word, code = ("terminated", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
-        print(f"{word}: {done} of {len(names)} files written to {output}", file=sys.stderr)
+        more = "; the same command makes the rest" if done < len(names) else ""
+        print(f"{word}: {done} of {len(names)} files written to {output}{more}", file=sys.stderr)
         raise SystemExit(code) from None
 
 

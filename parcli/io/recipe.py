@@ -8,7 +8,6 @@ device). A recipe read from a file is untrusted text, so every field is checked 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields
@@ -73,6 +72,10 @@ class Recipe:
         run["compiled"] = run.pop("compile")
         run["device"] = options.device_kind
         return cls(parcli=__version__, **identity, **run, samples=tuple(samples))
+
+    def same_run(self, other: Recipe) -> bool:
+        """Whether two recipes describe the same samples made the same way (any version)."""
+        return {**self.to_dict(), "parcli": ""} == {**other.to_dict(), "parcli": ""}
 
     def run_settings(self, device_kind: str) -> dict[str, Any]:
         """The run options that make these samples again on a device of `device_kind`: the
@@ -253,28 +256,44 @@ def _png_text(path: Path) -> str | None:
         raise RecipeError(f"{path} is not a readable PNG") from None
 
 
-def earlier_outputs(folder: Path) -> list[Path]:
-    """The files in `folder` (not below) that a parcli run wrote: PNGs carrying a recipe, and
-    sidecars with the files they describe. Other files are not ours and are never listed."""
-    found: list[Path] = []
-    if not folder.is_dir():
-        return found
-    for path in sorted(folder.iterdir()):
-        if not path.is_file() or path.name.startswith("."):
-            continue
+FILE_SHA256 = "file_sha256"  # in a sidecar: the file it describes, so that par can prove it
+
+
+def written_by_par(path: Path) -> Recipe | None:
+    """The recipe of a file par can prove it wrote, else None: a PNG carrying a recipe, a file
+    whose sidecar's recipe records its sha256, or a sidecar holding a recipe."""
+    from parcli.io.files import file_sha256
+
+    path = Path(path)
+    try:
+        if not path.is_file():
+            return None
         if path.suffix.lower() == ".png":
-            with contextlib.suppress(RecipeError):
-                if _png_text(path) is not None:
-                    found.append(path)
-        elif path.name.endswith(SIDECAR_SUFFIX) and path.stem:
-            described = path.with_name(path.name[: -len(SIDECAR_SUFFIX)])
-            with contextlib.suppress(RecipeError, OSError, ValueError, RecursionError):
-                data = json.loads(_read_text(path))
-                if isinstance(data, dict) and RECIPE_KEY in data:
-                    found.append(path)
-                    if described.is_file():
-                        found.append(described)
-    return sorted(set(found))
+            text = _png_text(path)
+            return None if text is None else Recipe.from_dict(json.loads(text), str(path))
+        if path.name.endswith(SIDECAR_SUFFIX):
+            return Recipe.from_dict(json.loads(_read_text(path)), str(path))
+        sidecar = sidecar_path(path)
+        if not sidecar.is_file():
+            return None
+        data = json.loads(_read_text(sidecar))
+        if not isinstance(data, dict) or data.get(FILE_SHA256) != file_sha256(path):
+            return None
+        return Recipe.from_dict(data, str(sidecar))
+    except (RecipeError, OSError, ValueError, RecursionError):
+        return None
+
+
+def earlier_outputs(folder: Path) -> list[Path]:
+    """The files in `folder` (not below) that par can prove it wrote (`written_by_par`). Other
+    files are not ours and are never listed."""
+    if not folder.is_dir():
+        return []
+    return sorted(
+        path
+        for path in folder.iterdir()
+        if not path.name.startswith(".") and written_by_par(path) is not None
+    )
 
 
 def replay(

@@ -212,8 +212,7 @@ def load_classifier(
     path = Path(path)
     if not path.is_file():
         raise WeightsError(
-            f"{path} does not exist; write it with "
-            f"`par train classifier --out {path}`"
+            f"{path} does not exist; write it with `par train classifier --out {path}`"
         )
     state, meta = read_safetensors(path, "digit classifier")
     if meta.get("kind") != KIND:
