@@ -692,3 +692,23 @@ def test_the_bar_says_when_the_first_batch_times_the_int8_products():
         tiny_model(regions=4), VQModel(TINY_VQ).eval(), options=RunOptions(compile=False)
     )
     assert waiting_status(float_pipe) == ""
+
+
+def test_the_strategy_and_window_are_recorded_and_replayed(files, tmp_path):
+    import imageio.v3 as iio
+
+    from parcli.io.recipe import read_recipe
+
+    first = tmp_path / "a.png"
+    made = generate(files, "-c", 1, "-n", 2, "--strategy", "sjd", "--window", 3, "-o", first)
+    assert made.exit_code == 0, made.output
+    recipe = read_recipe(first)
+    assert (recipe.strategy, recipe.window) == ("sjd", 3)
+    again = ["generate", "--from", first, "--checkpoint", files["gpt4"], "--tokenizer",
+             files["vq"], "-q"]  # fmt: skip
+    assert run(*again, "-o", tmp_path / "b.png").exit_code == 0
+    np.testing.assert_array_equal(iio.imread(first), iio.imread(tmp_path / "b.png"))
+    assert read_recipe(tmp_path / "b.png").strategy == "sjd"
+    assert_user_error(run(*again, "--window", 2, "-o", tmp_path / "c.png"), "--window: comes from")
+    assert_user_error(generate(files, "-c", 1, "--strategy", "jacobi", "-o", tmp_path / "d.png"),
+                      "--strategy: ", "par or sjd")  # fmt: skip

@@ -330,3 +330,10 @@ def test_counts_and_sizes_that_cannot_be_are_refused_before_run_json(files, tmp_
     assert not out.exists()
     monkeypatch.setattr(shards_module.shutil, "disk_usage", real)
     assert sample(files, out, *BASE).exit_code == 0
+
+
+def test_a_run_is_not_resumed_with_another_strategy(files, tmp_path):
+    out = tmp_path / "run"
+    assert sample(files, out, *BASE).exit_code == 0
+    result = sample(files, out, *BASE, "--strategy", "sjd")
+    assert result.exit_code == 2 and "other settings (strategy, window)" in result.output

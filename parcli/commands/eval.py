@@ -157,7 +157,7 @@ def print_results(title: str, results, caption: str) -> None:
             goal += f", FD ≤{row.fd_goal:.1f}x"
         cells = (
             str(row.regions),
-            str(row.passes),
+            f"{row.passes:g}",
             f"{100 * row.accuracy:.1f}%",
             f"{row.frechet_distance:.3g}",
             f"{row.fd_vs_n1:.2f}x" if row.fd_vs_n1 is not None else "–",

@@ -237,7 +237,7 @@ def load_classifier(
 @dataclass
 class EvalResult:
     regions: int
-    passes: int
+    passes: float  # forward passes per image
     samples: int
     accuracy: float
     per_class_accuracy: list[float]
@@ -393,10 +393,10 @@ def evaluate(
                 f"{pipe.name} knows {pipe.model.cfg.num_classes} classes but the classifier "
                 f"{classes}; evaluation needs a digits model"
             )
-        passes = pipe.plan.num_passes
         pixels, _, seconds = generate_samples(
             pipe, n, labels, seed, cfg_scale, batch_size, on_progress
         )
+        passes = round(pipe.passes_per_image(), 1)  # fewer than the plan's with --strategy sjd
 
         predicted = predict(classifier, pixels)
         correct = predicted == labels
