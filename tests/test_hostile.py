@@ -470,3 +470,39 @@ def test_fuzz_recipes_run_json_shards_and_npz_inputs(files, tmp_path, monkeypatc
 
 def _pick_number(rng):
     return rng.choice([0.0, 1.0, -1.0, 1e308, float("nan"), float("inf"), 1e-320])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--grid", "100000"), "--grid: 100000x100000 is 10000000000 tokens, over the 65536"),
+        (("--grid", "2x300x300"), "--grid: 2x300x300 is 180000 tokens"),
+        (("--image-size", 160000), "--image-size: must be a positive multiple of 16 up to 4096"),
+        (("--heads", 100000), "--heads: must be between 1 and 1024"),
+    ],
+)
+def test_convert_refuses_what_par_could_not_load(tmp_path, args, message):
+    import torch
+
+    from tests.conftest import tiny_model
+
+    src = tmp_path / "tiny.pt"
+    torch.save({"model": tiny_model(regions=4).state_dict()}, src)
+    dst = tmp_path / "x.safetensors"
+    assert_clean_refusal(run("convert-weights", src, dst, *args), message)
+    assert not dst.exists()
+
+
+def test_convert_never_writes_a_file_its_loader_refuses(tmp_path):
+    import torch
+
+    from parcli.io.convert import convert
+    from parcli.io.tensors import WeightsError
+    from tests.conftest import tiny_model
+
+    src = tmp_path / "tiny.pt"
+    torch.save({"model": tiny_model(regions=4).state_dict()}, src)
+    dst = tmp_path / "x.safetensors"
+    with pytest.raises(WeightsError, match="par cannot load"):
+        convert(src, dst, heads=4, grid=(100000, 100000))
+    assert not dst.exists()

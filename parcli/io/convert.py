@@ -20,7 +20,13 @@ from typing import Any
 
 import torch
 
-from parcli.config import SUPPORTED_REGIONS, GPTConfig, ffn_hidden_dim, preset_heads
+from parcli.config import (
+    SUPPORTED_REGIONS,
+    GPTConfig,
+    check_heads,
+    ffn_hidden_dim,
+    preset_heads,
+)
 from parcli.engine.dtypes import storage_dtype
 from parcli.io.checkpoints import (
     Shape,
@@ -233,6 +239,7 @@ def infer_gpt_config(
 ) -> GPTConfig:
     """The transformer architecture a state dict (tensors or shapes) was made for."""
     what = "LlamaGen/PAR transformer"
+    check_heads(heads)
     vocab, dim = _need(state, "tok_embeddings.weight", what)
     out_rows, out_cols = _need(state, "output.weight", what)
     if (out_rows, out_cols) != (vocab, dim):
@@ -370,6 +377,10 @@ def convert(
         else infer_vq_config(state, norm_groups=norm_groups)
     )
     validate(state, expected_shapes(kind, config), what=f"{src} ({describe(kind, config)})")
+    try:  # what par's loader will read back: a file it would refuse is never written
+        type(config).from_dict(config.to_dict())
+    except ValueError as exc:
+        raise WeightsError(f"{src} converts to a model par cannot load: {one_line(exc)}") from None
     extras = dict(extra_metadata or {})
     extras.update(
         source_file=src.name,
