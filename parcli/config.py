@@ -106,11 +106,18 @@ def token_grid(grid: str | None, image_size: int, stride: int = VQ_STRIDE) -> tu
     """The grid `grid` names (see `parse_grid`), else the square grid of `image_size` pixels."""
     if grid is not None:
         return parse_grid(grid)
+    side = image_side(image_size, stride)
+    return side, side
+
+
+def image_side(image_size: int, stride: int = VQ_STRIDE) -> int:
+    """Tokens per side of a square image of `image_size` pixels, refusing sizes the tokenizer
+    cannot cut into whole tokens and squares of more tokens than par loads."""
     largest = math.isqrt(MAX_TOKENS) * stride
     if image_size < stride or image_size % stride or image_size > largest:
         message = f"must be a positive multiple of {stride} up to {largest}, not {image_size}"
         raise SettingError("image_size", message)
-    return image_size // stride, image_size // stride
+    return image_size // stride
 
 
 def check_heads(heads: int | None) -> None:

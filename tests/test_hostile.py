@@ -506,3 +506,29 @@ def test_convert_never_writes_a_file_its_loader_refuses(tmp_path):
     with pytest.raises(WeightsError, match="par cannot load"):
         convert(src, dst, heads=4, grid=(100000, 100000))
     assert not dst.exists()
+
+
+@pytest.mark.parametrize("size", [0, -16, 17])
+def test_an_image_size_the_tokenizer_cannot_cut_is_refused(files, tmp_path, size):
+    import torch
+
+    from tests.conftest import tiny_model
+
+    src = tmp_path / "tiny.pt"
+    torch.save({"model": tiny_model(regions=4).state_dict()}, src)
+    folder = tmp_path / "images" / "a"
+    folder.mkdir(parents=True)
+    from PIL import Image
+
+    Image.new("RGB", (20, 20)).save(folder / "x.png")
+    message = "--image-size: must be a positive multiple of"
+    cases = [
+        ("convert-weights", src, tmp_path / "x.safetensors", "--heads", 4),
+        ("bench", "--arch", "GPT-B"),
+        ("train", "vq", "--data", folder.parent, "--out", tmp_path / "v.safetensors"),
+        ("train", "gpt", "--data", folder.parent, "--tokenizer", files["vq"], "--out",
+         tmp_path / "g.safetensors"),
+    ]  # fmt: skip
+    for args in cases:
+        assert_clean_refusal(run(*args, "--image-size", size), message)
+    assert not list(tmp_path.glob("*.safetensors"))

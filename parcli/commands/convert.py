@@ -40,7 +40,7 @@ def convert_weights(
     """Convert a LlamaGen / PAR transformer or the VQ tokenizer to safetensors."""
     with user_errors({"dst": "DST", "src": "SRC"}):
         use_catalogue(catalogue)
-        sides = token_grid(grid, image_size or 384)
+        sides = token_grid(grid, 384 if image_size is None else image_size)
         assumed = grid is None and image_size is None
         # Before the source is read and hashed: a bad destination is one line, at once.
         check_writable(dst, (".safetensors",), setting="dst")
