@@ -532,3 +532,47 @@ def test_an_image_size_the_tokenizer_cannot_cut_is_refused(files, tmp_path, size
     for args in cases:
         assert_clean_refusal(run(*args, "--image-size", size), message)
     assert not list(tmp_path.glob("*.safetensors"))
+
+
+def _digits_catalogue(tmp_path, *replacements, name="mine.toml"):
+    from parcli.io.catalogue import DEFAULT_PATH
+
+    text = DEFAULT_PATH.read_text(encoding="utf-8")
+    for old, new in replacements:
+        assert old in text
+        text = text.replace(old, new)
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_a_catalogue_entry_that_names_the_wrong_file_is_refused(tmp_path):
+    swapped = _digits_catalogue(
+        tmp_path,
+        ('path = "assets/digits/gpt-1.safetensors"', 'path = "assets/digits/X.safetensors"'),
+        ('path = "assets/digits/gpt-4.safetensors"', 'path = "assets/digits/gpt-1.safetensors"'),
+        ('path = "assets/digits/X.safetensors"', 'path = "assets/digits/gpt-4.safetensors"'),
+    )
+    out = tmp_path / "x.png"
+    for model in ("digits-1", "digits-4"):
+        result = run("generate", "-m", model, "-c", 1, "-q", "-o", out, "--catalogue", swapped)
+        assert_clean_refusal(result, f"{model}: the catalogue says", "correct the entry")
+    assert not out.exists()
+
+
+def test_a_packaged_file_is_checked_against_its_catalogue_sha256(tmp_path):
+    from parcli.io.catalogue import PACKAGE_DIR
+    from parcli.io.files import file_sha256
+
+    vq = 'path = "assets/digits/vq.safetensors"\n'
+    right = file_sha256(PACKAGE_DIR / "assets/digits/vq.safetensors")
+    out = tmp_path / "x.png"
+    for sha, code in (("0" * 64, 2), (right, 0)):
+        mine = _digits_catalogue(tmp_path, (vq, f'{vq}sha256 = "{sha}"\n'), name=f"{code}.toml")
+        result = run("generate", "-m", "digits-4", "-c", 1, "-q", "-o", out, "--catalogue", mine)
+        if code == 2:
+            assert_clean_refusal(result, "digits-vq: ", "the catalogue expects 0000")
+            assert not out.exists()
+        else:
+            assert result.exit_code == 0, result.output
+            assert out.exists()
