@@ -576,3 +576,26 @@ def test_a_packaged_file_is_checked_against_its_catalogue_sha256(tmp_path):
         else:
             assert result.exit_code == 0, result.output
             assert out.exists()
+
+
+def test_a_catalogue_that_never_ends_is_refused(tmp_path, monkeypatch):
+    import os
+
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    deep = tmp_path / "deep.toml"
+    deep.write_text("a = " + "[" * 100000)
+    big = tmp_path / "big.toml"
+    big.write_text("#" * (2 << 20))
+    cases = [
+        ("/dev/zero", "is not a regular file"),
+        (fifo, "is not a regular file"),
+        (tmp_path, str(tmp_path)),
+        (deep, "is nested too deeply"),
+        (big, "is over 1 MiB"),
+    ]
+    for path, message in cases:
+        assert_clean_refusal(run("weights", "list", "--catalogue", path), message)
+        with monkeypatch.context() as env:
+            env.setenv("PARCLI_CATALOGUE", str(path))
+            assert_clean_refusal(run("classes", "7"), message)
