@@ -599,3 +599,24 @@ def test_a_catalogue_that_never_ends_is_refused(tmp_path, monkeypatch):
         with monkeypatch.context() as env:
             env.setenv("PARCLI_CATALOGUE", str(path))
             assert_clean_refusal(run("classes", "7"), message)
+
+
+def test_pngs_over_the_decompression_bomb_limit(tmp_path, monkeypatch):
+    import warnings
+
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL warns above it, refuses at twice
+    folder = tmp_path / "out"
+    folder.mkdir()
+    Image.new("L", (40, 40)).save(folder / "warns.png")
+    Image.new("L", (50, 50)).save(folder / "bomb.png")
+    before = _snapshot(folder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning printed would be a second line
+        assert_clean_refusal(run("info", folder / "bomb.png"), "bomb.png is too large an image")
+        assert_clean_refusal(run("info", folder / "warns.png"), "carries no parcli recipe")
+        result = run("generate", "-m", "digits", "-c", 1, "-n", 1, "-q", "-o", f"{folder}/")
+    assert result.exit_code == 0, result.output
+    assert len(list(folder.iterdir())) == 3
+    assert all(_snapshot(folder)[path] == data for path, data in before.items())
