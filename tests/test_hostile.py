@@ -620,3 +620,20 @@ def test_pngs_over_the_decompression_bomb_limit(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert len(list(folder.iterdir())) == 3
     assert all(_snapshot(folder)[path] == data for path, data in before.items())
+
+
+def test_a_custom_pt_says_how_to_give_its_heads(files, tmp_path):
+    import torch
+
+    from tests.conftest import tiny_model
+
+    src = tmp_path / "custom.pt"
+    torch.save({"model": tiny_model(regions=4).state_dict()}, src)
+    out = tmp_path / "x.png"
+    for command in (["generate", "-c", 1, "-o", out], ["sample", "--out", tmp_path / "s"]):
+        result = run(*command, "--checkpoint", src, "--tokenizer", files["vq"], "-q")
+        assert_clean_refusal(
+            result, "cannot tell the attention heads", "convert it first with `par convert-weights "
+            f"{src} custom.safetensors --heads N`"
+        )  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["custom.pt"]

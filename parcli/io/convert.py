@@ -56,6 +56,15 @@ _WRAPPERS = ("model", "module", "state_dict")
 _PREFIXES = ("_orig_mod.", "module.")
 
 
+class HeadsUnknown(WeightsError):
+    """A custom transformer whose head count only its maker knows: a command that converts on
+    the fly says how to convert it with `--heads` instead."""
+
+    def __init__(self, what: str):
+        super().__init__(f"{what}; give their number", "heads")
+        self.what = what
+
+
 def _unsafe_globals(path: Path) -> list[str]:
     # Statically lists the classes/functions the pickle names, without unpickling anything.
     try:
@@ -265,10 +274,8 @@ def infer_gpt_config(
         )
     n_head = heads or preset_heads(n_layer, dim)
     if not n_head:
-        raise WeightsError(
-            f"cannot tell the attention heads of a custom {n_layer}-layer, {dim}-wide "
-            "transformer; give their number",
-            "heads",
+        raise HeadsUnknown(
+            f"cannot tell the attention heads of a custom {n_layer}-layer, {dim}-wide transformer"
         )
     hidden = _need(state, "layers.0.feed_forward.w1.weight", what)[0]
     multiple_of = 256

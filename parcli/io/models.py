@@ -6,6 +6,7 @@ downloading what is missing (by default quietly, with `parcli.io.hub.ensure_file
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -15,6 +16,7 @@ from parcli.errors import SettingError
 from parcli.io import hub
 from parcli.io.catalogue import CatalogueError, Entry, load_catalogue
 from parcli.io.classes import IMAGENET, ClassSet, class_set
+from parcli.io.tensors import WeightsError
 from parcli.sampling import SamplingConfig
 
 Fetch = Callable[[list[Entry]], dict[str, Path]]
@@ -98,10 +100,18 @@ def as_safetensors(path: Path, on_status: Callable[[str], None] | None = None) -
     """A checkpoint given by path, as a parcli safetensors file: a published `.pt` is converted
     into the cache once (`parcli.io.hub.convert_local`); anything else is used as it is."""
     from parcli.io.checkpoints import sniff_format
+    from parcli.io.convert import HeadsUnknown
 
     path = Path(path)
     if path.is_file() and path.stat().st_size > 0 and sniff_format(path) in ("zip", "pickle"):
-        return hub.convert_local(path, on_status)
+        try:
+            return hub.convert_local(path, on_status)
+        except HeadsUnknown as exc:
+            # The commands that convert on the fly take no --heads: convert-weights does.
+            command = shlex.join(["par", "convert-weights", str(path), f"{path.stem}.safetensors"])
+            raise WeightsError(
+                f"{path}: {exc.what}; convert it first with `{command} --heads N`"
+            ) from None
     return path
 
 
