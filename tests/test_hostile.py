@@ -637,3 +637,22 @@ def test_a_custom_pt_says_how_to_give_its_heads(files, tmp_path):
             f"{src} custom.safetensors --heads N`"
         )  # fmt: skip
     assert sorted(p.name for p in tmp_path.iterdir()) == ["custom.pt"]
+
+
+def test_par_fid_help_names_the_extra_and_its_errors_start_a_line(tmp_path, monkeypatch):
+    import numpy as np
+
+    from parcli.io.npz import write_arrays
+    from parcli.quality import fid as fid_module
+
+    assert "pip install 'parcli[fid]'" in " ".join(run("fid", "--help").output.split())
+    monkeypatch.setattr(
+        fid_module, "inception", lambda device, offline=False: lambda x: x.double().mean((2, 3))
+    )
+    write_arrays(tmp_path / "a.npz", {"arr_0": np.zeros((4, 8, 8, 3), np.uint8)})
+    write_arrays(tmp_path / "b.npz", {"arr_0": np.zeros((1, 8, 8, 3), np.uint8)})
+    result = run("fid", tmp_path / "a.npz", tmp_path / "b.npz")  # b holds too few images
+    assert result.exit_code == 2, result.output
+    lines = result.output.replace("\r", "\n").splitlines()
+    assert lines[-1].startswith("error: ") and "FID needs at least two" in lines[-1], lines
+    assert "images through Inception-v3" in result.output
