@@ -656,3 +656,20 @@ def test_par_fid_help_names_the_extra_and_its_errors_start_a_line(tmp_path, monk
     lines = result.output.replace("\r", "\n").splitlines()
     assert lines[-1].startswith("error: ") and "FID needs at least two" in lines[-1], lines
     assert "images through Inception-v3" in result.output
+
+
+def test_a_terminal_that_cannot_encode_the_summary(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONIOENCODING": "ascii", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "parcli", "generate", "--model", "digits", "-c", "1", "-o",
+         "out.png"],
+        cwd=tmp_path, env=env, capture_output=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    assert b"Traceback" not in result.stderr
+    assert (tmp_path / "out.png").is_file()
+    assert b"-> out.png" in result.stdout + result.stderr
