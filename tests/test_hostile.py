@@ -673,3 +673,17 @@ def test_a_terminal_that_cannot_encode_the_summary(tmp_path):
     assert b"Traceback" not in result.stderr
     assert (tmp_path / "out.png").is_file()
     assert b"-> out.png" in result.stdout + result.stderr
+
+
+def test_the_longest_legal_file_name_is_written(tmp_path):
+    from parcli.io import files
+
+    name = "x" * 250 + ".png"  # 254 characters: the file system takes 255
+    result = run("generate", "-m", "digits", "-c", 1, "-q", "-o", tmp_path / name)
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+    # What a killed run leaves is found and removed by a resumed one, and nothing else is.
+    left = files._create_temp(tmp_path / name)
+    assert left.name.startswith(".") and left.suffix == ".png"
+    assert files.remove_temporaries(tmp_path) == [left]
+    assert [p.name for p in tmp_path.iterdir()] == [name]
