@@ -687,3 +687,16 @@ def test_the_longest_legal_file_name_is_written(tmp_path):
     assert left.name.startswith(".") and left.suffix == ".png"
     assert files.remove_temporaries(tmp_path) == [left]
     assert [p.name for p in tmp_path.iterdir()] == [name]
+
+
+def test_weights_list_shows_catalogue_text_inert(tmp_path, monkeypatch):
+    hostile = "MIT\\u001b]0;pwned\\u0007\\u202e[red]x"
+    mine = _digits_catalogue(
+        tmp_path, ('licence = "CC BY-SA 3.0 (MNIST data)"', f'licence = "{hostile}"')
+    )
+    monkeypatch.setenv("PARCLI_HOME", str(tmp_path / "home\x1b[2J"))
+    result = run("weights", "list", "--catalogue", mine)
+    assert result.exit_code == 0, result.output
+    for raw in ("\x1b", "\x07", "\u202e"):
+        assert raw not in result.output
+    assert "home\\x1b[2J" in result.output and "MIT\\x1" in result.output  # shown as escapes
