@@ -45,6 +45,11 @@ def _exit_during_start_up(signum, frame) -> None:
 def main() -> None:
     for signum in WORDS:
         signal.signal(signum, _exit_during_start_up)
+    for stream in (sys.stdout, sys.stderr):
+        # A terminal that cannot encode `·` or `–` (LANG=C, PYTHONIOENCODING=ascii) shows `?`
+        # rather than ending the run in a traceback after its files are written.
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
     from parcli.cli import app
 
     signal.signal(signal.SIGINT, _raise_interrupted)

@@ -94,6 +94,11 @@ def parse_grid(text: str) -> tuple[int, ...]:
         raise SettingError("grid", wrong) from None
     if len(sides) not in (2, 3) or min(sides) < 1:
         raise SettingError("grid", wrong)
+    if math.prod(sides) > MAX_TOKENS:
+        # The bound par's loader puts on a file's grid: a larger one would be written, then refused.
+        tokens = f"{'x'.join(map(str, sides))} is {math.prod(sides)} tokens"
+        message = f"{tokens}, over the {MAX_TOKENS} par loads; give a smaller grid"
+        raise SettingError("grid", message)
     return sides
 
 
@@ -101,10 +106,25 @@ def token_grid(grid: str | None, image_size: int, stride: int = VQ_STRIDE) -> tu
     """The grid `grid` names (see `parse_grid`), else the square grid of `image_size` pixels."""
     if grid is not None:
         return parse_grid(grid)
-    if image_size < stride or image_size % stride:
-        message = f"must be a positive multiple of {stride}, not {image_size}"
+    side = image_side(image_size, stride)
+    return side, side
+
+
+def image_side(image_size: int, stride: int = VQ_STRIDE) -> int:
+    """Tokens per side of a square image of `image_size` pixels, refusing sizes the tokenizer
+    cannot cut into whole tokens and squares of more tokens than par loads."""
+    largest = math.isqrt(MAX_TOKENS) * stride
+    if image_size < stride or image_size % stride or image_size > largest:
+        message = f"must be a positive multiple of {stride} up to {largest}, not {image_size}"
         raise SettingError("image_size", message)
-    return image_size // stride, image_size // stride
+    return image_size // stride
+
+
+def check_heads(heads: int | None) -> None:
+    """Refuse a head count par's loader would refuse in the file's header."""
+    limit = _INT_LIMITS["n_head"]
+    if heads is not None and not 1 <= heads <= limit:
+        raise SettingError("heads", f"must be between 1 and {limit}, not {heads}")
 
 
 def ffn_hidden_dim(dim: int, multiple_of: int = 256) -> int:

@@ -296,6 +296,12 @@ def open_pipeline(
         files.checkpoint, files.tokenizer, options.torch_device, options.torch_dtype, files.name,
         files.defaults, options,
     )  # fmt: skip
+    if files.regions is not None and files.regions != pipe.model.cfg.regions:
+        # A catalogue entry that names the wrong file would run under the wrong name.
+        raise PipelineError(
+            f"{files.name}: the catalogue says {files.regions} region(s), but "
+            f"{files.checkpoint} was trained for {pipe.model.cfg.regions}; correct the entry"
+        )
     pipe.check_regions(regions)
     use_threads(pipe.model, options.threads)
     return pipe

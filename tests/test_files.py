@@ -22,7 +22,7 @@ def test_atomic_success_replaces_target(tmp_path):
     with atomic_path(target) as tmp:
         assert tmp.parent == target.parent
         assert tmp.suffix == ".txt"
-        assert tmp.name.startswith(".out.tmp-")
+        assert tmp.name.startswith(".par-")
         tmp.write_text("new")
         assert target.read_text() == "old"  # untouched until the block succeeds
     assert target.read_text() == "new"

@@ -470,3 +470,233 @@ def test_fuzz_recipes_run_json_shards_and_npz_inputs(files, tmp_path, monkeypatc
 
 def _pick_number(rng):
     return rng.choice([0.0, 1.0, -1.0, 1e308, float("nan"), float("inf"), 1e-320])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--grid", "100000"), "--grid: 100000x100000 is 10000000000 tokens, over the 65536"),
+        (("--grid", "2x300x300"), "--grid: 2x300x300 is 180000 tokens"),
+        (("--image-size", 160000), "--image-size: must be a positive multiple of 16 up to 4096"),
+        (("--heads", 100000), "--heads: must be between 1 and 1024"),
+    ],
+)
+def test_convert_refuses_what_par_could_not_load(tmp_path, args, message):
+    import torch
+
+    from tests.conftest import tiny_model
+
+    src = tmp_path / "tiny.pt"
+    torch.save({"model": tiny_model(regions=4).state_dict()}, src)
+    dst = tmp_path / "x.safetensors"
+    assert_clean_refusal(run("convert-weights", src, dst, *args), message)
+    assert not dst.exists()
+
+
+def test_convert_never_writes_a_file_its_loader_refuses(tmp_path):
+    import torch
+
+    from parcli.io.convert import convert
+    from parcli.io.tensors import WeightsError
+    from tests.conftest import tiny_model
+
+    src = tmp_path / "tiny.pt"
+    torch.save({"model": tiny_model(regions=4).state_dict()}, src)
+    dst = tmp_path / "x.safetensors"
+    with pytest.raises(WeightsError, match="par cannot load"):
+        convert(src, dst, heads=4, grid=(100000, 100000))
+    assert not dst.exists()
+
+
+@pytest.mark.parametrize("size", [0, -16, 17])
+def test_an_image_size_the_tokenizer_cannot_cut_is_refused(files, tmp_path, size):
+    import torch
+
+    from tests.conftest import tiny_model
+
+    src = tmp_path / "tiny.pt"
+    torch.save({"model": tiny_model(regions=4).state_dict()}, src)
+    folder = tmp_path / "images" / "a"
+    folder.mkdir(parents=True)
+    from PIL import Image
+
+    Image.new("RGB", (20, 20)).save(folder / "x.png")
+    message = "--image-size: must be a positive multiple of"
+    cases = [
+        ("convert-weights", src, tmp_path / "x.safetensors", "--heads", 4),
+        ("bench", "--arch", "GPT-B"),
+        ("train", "vq", "--data", folder.parent, "--out", tmp_path / "v.safetensors"),
+        ("train", "gpt", "--data", folder.parent, "--tokenizer", files["vq"], "--out",
+         tmp_path / "g.safetensors"),
+    ]  # fmt: skip
+    for args in cases:
+        assert_clean_refusal(run(*args, "--image-size", size), message)
+    assert not list(tmp_path.glob("*.safetensors"))
+
+
+def _digits_catalogue(tmp_path, *replacements, name="mine.toml"):
+    from parcli.io.catalogue import DEFAULT_PATH
+
+    text = DEFAULT_PATH.read_text(encoding="utf-8")
+    for old, new in replacements:
+        assert old in text
+        text = text.replace(old, new)
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_a_catalogue_entry_that_names_the_wrong_file_is_refused(tmp_path):
+    swapped = _digits_catalogue(
+        tmp_path,
+        ('path = "assets/digits/gpt-1.safetensors"', 'path = "assets/digits/X.safetensors"'),
+        ('path = "assets/digits/gpt-4.safetensors"', 'path = "assets/digits/gpt-1.safetensors"'),
+        ('path = "assets/digits/X.safetensors"', 'path = "assets/digits/gpt-4.safetensors"'),
+    )
+    out = tmp_path / "x.png"
+    for model in ("digits-1", "digits-4"):
+        result = run("generate", "-m", model, "-c", 1, "-q", "-o", out, "--catalogue", swapped)
+        assert_clean_refusal(result, f"{model}: the catalogue says", "correct the entry")
+    assert not out.exists()
+
+
+def test_a_packaged_file_is_checked_against_its_catalogue_sha256(tmp_path):
+    from parcli.io.catalogue import PACKAGE_DIR
+    from parcli.io.files import file_sha256
+
+    vq = 'path = "assets/digits/vq.safetensors"\n'
+    right = file_sha256(PACKAGE_DIR / "assets/digits/vq.safetensors")
+    out = tmp_path / "x.png"
+    for sha, code in (("0" * 64, 2), (right, 0)):
+        mine = _digits_catalogue(tmp_path, (vq, f'{vq}sha256 = "{sha}"\n'), name=f"{code}.toml")
+        result = run("generate", "-m", "digits-4", "-c", 1, "-q", "-o", out, "--catalogue", mine)
+        if code == 2:
+            assert_clean_refusal(result, "digits-vq: ", "the catalogue expects 0000")
+            assert not out.exists()
+        else:
+            assert result.exit_code == 0, result.output
+            assert out.exists()
+
+
+def test_a_catalogue_that_never_ends_is_refused(tmp_path, monkeypatch):
+    import os
+
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    deep = tmp_path / "deep.toml"
+    deep.write_text("a = " + "[" * 100000)
+    big = tmp_path / "big.toml"
+    big.write_text("#" * (2 << 20))
+    cases = [
+        ("/dev/zero", "is not a regular file"),
+        (fifo, "is not a regular file"),
+        (tmp_path, str(tmp_path)),
+        (deep, "is nested too deeply"),
+        (big, "is over 1 MiB"),
+    ]
+    for path, message in cases:
+        assert_clean_refusal(run("weights", "list", "--catalogue", path), message)
+        with monkeypatch.context() as env:
+            env.setenv("PARCLI_CATALOGUE", str(path))
+            assert_clean_refusal(run("classes", "7"), message)
+
+
+def test_pngs_over_the_decompression_bomb_limit(tmp_path, monkeypatch):
+    import warnings
+
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL warns above it, refuses at twice
+    folder = tmp_path / "out"
+    folder.mkdir()
+    Image.new("L", (40, 40)).save(folder / "warns.png")
+    Image.new("L", (50, 50)).save(folder / "bomb.png")
+    before = _snapshot(folder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning printed would be a second line
+        assert_clean_refusal(run("info", folder / "bomb.png"), "bomb.png is too large an image")
+        assert_clean_refusal(run("info", folder / "warns.png"), "carries no parcli recipe")
+        result = run("generate", "-m", "digits", "-c", 1, "-n", 1, "-q", "-o", f"{folder}/")
+    assert result.exit_code == 0, result.output
+    assert len(list(folder.iterdir())) == 3
+    assert all(_snapshot(folder)[path] == data for path, data in before.items())
+
+
+def test_a_custom_pt_says_how_to_give_its_heads(files, tmp_path):
+    import torch
+
+    from tests.conftest import tiny_model
+
+    src = tmp_path / "custom.pt"
+    torch.save({"model": tiny_model(regions=4).state_dict()}, src)
+    out = tmp_path / "x.png"
+    for command in (["generate", "-c", 1, "-o", out], ["sample", "--out", tmp_path / "s"]):
+        result = run(*command, "--checkpoint", src, "--tokenizer", files["vq"], "-q")
+        assert_clean_refusal(
+            result, "cannot tell the attention heads", "convert it first with `par convert-weights "
+            f"{src} custom.safetensors --heads N`"
+        )  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["custom.pt"]
+
+
+def test_par_fid_help_names_the_extra_and_its_errors_start_a_line(tmp_path, monkeypatch):
+    import numpy as np
+
+    from parcli.io.npz import write_arrays
+    from parcli.quality import fid as fid_module
+
+    assert "pip install 'parcli[fid]'" in " ".join(run("fid", "--help").output.split())
+    monkeypatch.setattr(
+        fid_module, "inception", lambda device, offline=False: lambda x: x.double().mean((2, 3))
+    )
+    write_arrays(tmp_path / "a.npz", {"arr_0": np.zeros((4, 8, 8, 3), np.uint8)})
+    write_arrays(tmp_path / "b.npz", {"arr_0": np.zeros((1, 8, 8, 3), np.uint8)})
+    result = run("fid", tmp_path / "a.npz", tmp_path / "b.npz")  # b holds too few images
+    assert result.exit_code == 2, result.output
+    lines = result.output.replace("\r", "\n").splitlines()
+    assert lines[-1].startswith("error: ") and "FID needs at least two" in lines[-1], lines
+    assert "images through Inception-v3" in result.output
+
+
+def test_a_terminal_that_cannot_encode_the_summary(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONIOENCODING": "ascii", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "parcli", "generate", "--model", "digits", "-c", "1", "-o",
+         "out.png"],
+        cwd=tmp_path, env=env, capture_output=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    assert b"Traceback" not in result.stderr
+    assert (tmp_path / "out.png").is_file()
+    assert b"-> out.png" in result.stdout + result.stderr
+
+
+def test_the_longest_legal_file_name_is_written(tmp_path):
+    from parcli.io import files
+
+    name = "x" * 250 + ".png"  # 254 characters: the file system takes 255
+    result = run("generate", "-m", "digits", "-c", 1, "-q", "-o", tmp_path / name)
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+    # What a killed run leaves is found and removed by a resumed one, and nothing else is.
+    left = files._create_temp(tmp_path / name)
+    assert left.name.startswith(".") and left.suffix == ".png"
+    assert files.remove_temporaries(tmp_path) == [left]
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+
+
+def test_weights_list_shows_catalogue_text_inert(tmp_path, monkeypatch):
+    hostile = "MIT\\u001b]0;pwned\\u0007\\u202e[red]x"
+    mine = _digits_catalogue(
+        tmp_path, ('licence = "CC BY-SA 3.0 (MNIST data)"', f'licence = "{hostile}"')
+    )
+    monkeypatch.setenv("PARCLI_HOME", str(tmp_path / "home\x1b[2J"))
+    result = run("weights", "list", "--catalogue", mine)
+    assert result.exit_code == 0, result.output
+    for raw in ("\x1b", "\x07", "\u202e"):
+        assert raw not in result.output
+    assert "home\\x1b[2J" in result.output and "MIT\\x1" in result.output  # shown as escapes

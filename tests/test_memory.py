@@ -79,7 +79,7 @@ def test_available_memory_is_known_here():
 
 def test_bench_refuses_before_building_what_cannot_fit(free_bytes):
     free_bytes(8 * 10**9)
-    result = run("bench", "--arch", "GPT-3B", "--grid", "1024", "--regions", "16")
+    result = run("bench", "--arch", "GPT-3B", "--grid", "256", "--regions", "16")
     assert_user_error(result, "the model needs about", "12.7 GB of weights")
     result = run("bench", "--arch", "GPT-B", "--regions", "1", "--batch-size", "1,4096")
     assert_user_error(result, "--batch-size: 4096 samples a batch need about", "fits")

@@ -174,10 +174,28 @@ def command_app(name: str, help: str, completion: bool = False) -> typer.Typer:
 
 
 def fail(message: str) -> typer.Exit:
+    end_counter()
     err_console.print(
         f"[bold red]error:[/] {escape(inert(message))}", highlight=False, soft_wrap=True
     )
     return typer.Exit(EXIT_USER_ERROR)
+
+
+_mid_line = [False]  # whether a counter left stderr's cursor at the end of a line
+
+
+def show_counter(text: str) -> None:
+    """Write `text` over the current stderr line, leaving the cursor after it (a count that
+    grows); whatever is printed next must first call `end_counter`, as `fail` does."""
+    err_console.print(f"\r{text}", end="", markup=False, highlight=False)
+    _mid_line[0] = True
+
+
+def end_counter() -> None:
+    """End the line a counter left open, so that the next line starts on its own."""
+    if _mid_line[0]:
+        _mid_line[0] = False
+        err_console.print()
 
 
 # Characters that move the cursor, end a line or reorder text: a file's strings could forge

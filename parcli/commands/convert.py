@@ -10,8 +10,7 @@ import typer
 from rich.markup import escape
 
 from parcli.commands.common import CatalogueOption, QuietOption, console, user_errors
-from parcli.config import token_grid
-from parcli.errors import SettingError
+from parcli.config import check_heads, token_grid
 from parcli.io.catalogue import use_catalogue
 from parcli.io.convert import convert
 from parcli.io.files import check_writable
@@ -41,12 +40,11 @@ def convert_weights(
     """Convert a LlamaGen / PAR transformer or the VQ tokenizer to safetensors."""
     with user_errors({"dst": "DST", "src": "SRC"}):
         use_catalogue(catalogue)
-        sides = token_grid(grid, image_size or 384)
+        sides = token_grid(grid, 384 if image_size is None else image_size)
         assumed = grid is None and image_size is None
         # Before the source is read and hashed: a bad destination is one line, at once.
         check_writable(dst, (".safetensors",), setting="dst")
-        if heads is not None and heads < 1:
-            raise SettingError("heads", f"must be at least 1, not {heads}")
+        check_heads(heads)
         converting = f"converting {escape(src.name)}"
         status = console.status(converting) if not quiet else contextlib.nullcontext()
         extra = catalogue_defaults(src)

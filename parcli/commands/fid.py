@@ -14,7 +14,8 @@ from parcli.commands.common import (
     OfflineOption,
     QuietOption,
     console,
-    err_console,
+    end_counter,
+    show_counter,
     user_errors,
 )
 from parcli.engine.devices import resolve_device
@@ -33,7 +34,8 @@ def fid_command(
     offline: OfflineOption = False,
     quiet: QuietOption = False,
 ) -> None:
-    """FID with torch-fidelity's TensorFlow-compatible Inception-v3 (pip install 'parcli[fid]')."""
+    """FID with torch-fidelity's TensorFlow-compatible Inception-v3
+    (pip install 'parcli\\[fid]')."""
     from parcli.quality.fid import fid, inception
 
     with user_errors():
@@ -45,11 +47,10 @@ def fid_command(
 
         def on_batch(done: int, _: int) -> None:
             if not quiet:
-                err_console.print(f"\r{done} images through Inception-v3", end="")
+                show_counter(f"{done} images through Inception-v3")
 
         result = fid(samples, reference, extractor, batch_size, on_batch)
-        if not quiet:
-            err_console.print()
+        end_counter()
         console.print(f"FID {format_fid(result['fid'])}", highlight=False)
         if json_path is not None:
             with atomic_path(json_path, "json") as tmp:

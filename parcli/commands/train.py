@@ -91,6 +91,7 @@ def vq(
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "fp32",
 ) -> None:
     """Train a VQ tokenizer."""
+    from parcli.config import image_side
     from parcli.training.data import training_images
     from parcli.training.loops import TrainRun, train_vq
     from parcli.vq import VQConfig, most_norm_groups
@@ -103,6 +104,8 @@ def vq(
             _command(), warmup, precision,
         )  # fmt: skip
         mult = tuple(parse_ints(ch_mult, "ch_mult"))
+        if image_size is not None:  # the tokenizer's stride is 2^(levels-1)
+            image_side(image_size, 2 ** (len(mult) - 1))
         images, _, _ = training_images(data, image_size, channels, frames)
         cfg = VQConfig(
             codebook_size=codebook_size,
@@ -155,7 +158,7 @@ def gpt(
     ] = None,
 ) -> None:
     """Train a class-conditional PAR transformer on the tokenizer's codes (images or clips)."""
-    from parcli.config import SUPPORTED_REGIONS, GPTConfig
+    from parcli.config import SUPPORTED_REGIONS, GPTConfig, image_side
     from parcli.io.checkpoints import load_vq
     from parcli.training.data import check_data, is_clip_data, training_clips, training_images
     from parcli.training.loops import TrainRun, encode_clips, encode_images, train_gpt
@@ -173,6 +176,8 @@ def gpt(
         check_data(data)
         vq_model, _ = load_vq(tokenizer, device)
         channels = vq_model.config.in_channels
+        if image_size is not None:
+            image_side(image_size, vq_model.config.downsample)
         if is_clip_data(data):
             clips, labels, num_classes = training_clips(data, image_size, frames, channels)
             codes = encode_clips(vq_model, clips, device=device)

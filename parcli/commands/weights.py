@@ -15,6 +15,7 @@ from parcli.commands.common import (
     command_app,
     console,
     err_console,
+    inert,
     user_errors,
 )
 from parcli.commands.downloads import announce, fetch_with_progress
@@ -88,8 +89,12 @@ def list_weights(
         if as_json:
             print(json.dumps([_row(e) for e in entries], indent=2))
             return
+
+        def shown(text: object) -> str:  # the user's text: never markup or terminal control
+            return escape(inert(str(text)))
+
         table = Table(
-            title=f"Model weights (cache: {escape(str(hub.cache_dir()))})", title_justify="left"
+            title=f"Model weights (cache: {shown(hub.cache_dir())})", title_justify="left"
         )
         for column in ("name", "family", "n", "arch", "download", "licence", "present"):
             table.add_column(
@@ -99,15 +104,15 @@ def list_weights(
             )
         for entry in entries:
             size = "-" if entry.is_packaged else hub.human_size(entry.approx_size_bytes)
-            where = escape(_where(entry))
+            where = shown(_where(entry))
             present = f"[green]yes[/] ({where})" if hub.is_present(entry) else "[dim]no[/]"
-            table.add_row(  # catalogue text is the user's: never markup
-                entry.name,
-                entry.family or "-",
+            table.add_row(
+                shown(entry.name),
+                shown(entry.family or "-"),
                 str(entry.regions) if entry.regions is not None else "-",
-                escape(entry.arch),
+                shown(entry.arch),
                 size,
-                escape(entry.licence),
+                shown(entry.licence),
                 present,
             )
         console.print(table)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import re
+import stat
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -249,7 +251,7 @@ class Catalogue:
         """Read and validate a catalogue file (default: the one shipped with the package)."""
         file = Path(path) if path is not None else DEFAULT_PATH
         try:
-            text = file.read_text(encoding="utf-8")
+            text = _read_small_file(file).decode("utf-8")
         except OSError as exc:
             raise CatalogueError(f"cannot read model catalogue {file}: {exc.strerror}") from exc
         except UnicodeDecodeError:
@@ -258,6 +260,8 @@ class Catalogue:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise CatalogueError(f"cannot parse model catalogue {file}: {exc}") from exc
+        except RecursionError:
+            raise CatalogueError(f"model catalogue {file} is nested too deeply") from None
         return cls.from_dict(data, source=file)
 
     @classmethod
@@ -394,6 +398,25 @@ class Catalogue:
         if close:
             return f"unknown {what} {name!r}; did you mean {', '.join(close)}?"
         return f"unknown {what} {name!r}; known: {', '.join(candidates)}"
+
+
+MAX_CATALOGUE_BYTES = 1 << 20  # the packaged catalogue is about 10 KiB
+
+
+def _read_small_file(file: Path) -> bytes:
+    """The bytes of a regular file of at most MAX_CATALOGUE_BYTES: a FIFO, a device such as
+    /dev/zero or a folder would be read forever, or fail obscurely."""
+    # Non-blocking, so that opening a FIFO with no writer returns at once, to be refused.
+    handle = os.open(file, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    with os.fdopen(handle, "rb") as stream:
+        if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
+            raise CatalogueError(f"model catalogue {file} is not a regular file; give a .toml file")
+        data = stream.read(MAX_CATALOGUE_BYTES + 1)
+    if len(data) > MAX_CATALOGUE_BYTES:
+        raise CatalogueError(
+            f"model catalogue {file} is over {MAX_CATALOGUE_BYTES >> 20} MiB; give a weights.toml"
+        )
+    return data
 
 
 _chosen: list[Path] = []  # the --catalogue of this run, if one was given

@@ -20,7 +20,13 @@ from typing import Any
 
 import torch
 
-from parcli.config import SUPPORTED_REGIONS, GPTConfig, ffn_hidden_dim, preset_heads
+from parcli.config import (
+    SUPPORTED_REGIONS,
+    GPTConfig,
+    check_heads,
+    ffn_hidden_dim,
+    preset_heads,
+)
 from parcli.engine.dtypes import storage_dtype
 from parcli.io.checkpoints import (
     Shape,
@@ -48,6 +54,15 @@ _NOT_WEIGHTS = re.compile(
 )
 _WRAPPERS = ("model", "module", "state_dict")
 _PREFIXES = ("_orig_mod.", "module.")
+
+
+class HeadsUnknown(WeightsError):
+    """A custom transformer whose head count only its maker knows: a command that converts on
+    the fly says how to convert it with `--heads` instead."""
+
+    def __init__(self, what: str):
+        super().__init__(f"{what}; give their number", "heads")
+        self.what = what
 
 
 def _unsafe_globals(path: Path) -> list[str]:
@@ -233,6 +248,7 @@ def infer_gpt_config(
 ) -> GPTConfig:
     """The transformer architecture a state dict (tensors or shapes) was made for."""
     what = "LlamaGen/PAR transformer"
+    check_heads(heads)
     vocab, dim = _need(state, "tok_embeddings.weight", what)
     out_rows, out_cols = _need(state, "output.weight", what)
     if (out_rows, out_cols) != (vocab, dim):
@@ -258,10 +274,8 @@ def infer_gpt_config(
         )
     n_head = heads or preset_heads(n_layer, dim)
     if not n_head:
-        raise WeightsError(
-            f"cannot tell the attention heads of a custom {n_layer}-layer, {dim}-wide "
-            "transformer; give their number",
-            "heads",
+        raise HeadsUnknown(
+            f"cannot tell the attention heads of a custom {n_layer}-layer, {dim}-wide transformer"
         )
     hidden = _need(state, "layers.0.feed_forward.w1.weight", what)[0]
     multiple_of = 256
@@ -370,6 +384,10 @@ def convert(
         else infer_vq_config(state, norm_groups=norm_groups)
     )
     validate(state, expected_shapes(kind, config), what=f"{src} ({describe(kind, config)})")
+    try:  # what par's loader will read back: a file it would refuse is never written
+        type(config).from_dict(config.to_dict())
+    except ValueError as exc:
+        raise WeightsError(f"{src} converts to a model par cannot load: {one_line(exc)}") from None
     extras = dict(extra_metadata or {})
     extras.update(
         source_file=src.name,

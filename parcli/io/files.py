@@ -25,13 +25,19 @@ class OutputError(UserError):
     """An output path the user has to change."""
 
 
-_TEMP_NAME = re.compile(r"\..*\.tmp-[0-9a-f]{8}(\.[^.]*)?")
+# `.par-<name hash>-<random><suffix>`, and the `.<stem>.tmp-<random><suffix>` of earlier versions
+# (still removed when a resumed run finds them).
+_TEMP_NAME = re.compile(r"\.par-[0-9a-f]{8}-[0-9a-f]{8}(\.[^.]*)?|\..*\.tmp-[0-9a-f]{8}(\.[^.]*)?")
+_MAX_TEMP_SUFFIX = 32  # longer suffixes name no format a writer knows
 
 
 def _create_temp(path: Path) -> Path:
-    """Create an empty, new temporary file next to ``path`` with the same suffix."""
+    """Create an empty, new temporary file next to ``path`` with the same suffix; its name is
+    short whatever the target's, so that any name the file system takes can be written."""
+    name_hash = hashlib.sha256(os.fsencode(path.name)).hexdigest()[:8]
+    suffix = path.suffix if len(path.suffix) <= _MAX_TEMP_SUFFIX else ""
     for _ in range(100):
-        tmp = path.with_name(f".{path.stem}.tmp-{secrets.token_hex(4)}{path.suffix}")
+        tmp = path.with_name(f".par-{name_hash}-{secrets.token_hex(4)}{suffix}")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:

@@ -500,7 +500,7 @@ def local_converted_path(source: Path) -> Path:
 
 def convert_local(source: Path, on_status: StatusCallback | None = None) -> Path:
     """The safetensors copy of a `.pt` given by path, converted into the cache on first use."""
-    from parcli.io.convert import convert
+    from parcli.io.convert import HeadsUnknown, convert
     from parcli.io.tensors import WeightsError
 
     target = local_converted_path(source)
@@ -515,6 +515,8 @@ def convert_local(source: Path, on_status: StatusCallback | None = None) -> Path
             on_status(f"converting {source.name} to safetensors (once; kept in {target.parent})")
         try:
             convert(source, target)
+        except HeadsUnknown:
+            raise  # models.as_safetensors names the command that takes --heads
         except WeightsError as exc:
             raise FetchError(str(exc)) from None
     return target

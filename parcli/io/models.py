@@ -6,14 +6,17 @@ downloading what is missing (by default quietly, with `parcli.io.hub.ensure_file
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 from parcli.errors import SettingError
 from parcli.io import hub
-from parcli.io.catalogue import Entry, load_catalogue
+from parcli.io.catalogue import CatalogueError, Entry, load_catalogue
 from parcli.io.classes import IMAGENET, ClassSet, class_set
+from parcli.io.tensors import WeightsError
 from parcli.sampling import SamplingConfig
 
 Fetch = Callable[[list[Entry]], dict[str, Path]]
@@ -25,6 +28,7 @@ class ModelFiles:
     checkpoint: Path
     tokenizer: Path
     defaults: SamplingConfig | None  # the catalogue's; None: the checkpoint metadata's scale
+    regions: int | None = None  # the catalogue entry's, checked against the file when loaded
 
 
 def model_files(
@@ -61,21 +65,53 @@ def model_files(
     entry = catalogue.resolve(model, regions) if model else catalogue.default(regions)
     wanted = [entry] if tokenizer is not None else [entry, catalogue.tokenizer_for(entry)]
     paths = fetch(wanted)
+    for each in wanted:
+        check_packaged(each, paths[each.name])
     tokenizer = tokenizer or paths[catalogue.tokenizer_for(entry).name]
     defaults = entry_sampling(entry)
     if demo and not entry.is_packaged and catalogue.demo:
         defaults = SamplingConfig(**catalogue.demo)
-    return ModelFiles(entry.name, paths[entry.name], tokenizer, defaults)
+    return ModelFiles(entry.name, paths[entry.name], tokenizer, defaults, entry.regions)
+
+
+def check_packaged(entry: Entry, path: Path) -> None:
+    """Refuse a packaged file whose sha256 is not the one its catalogue entry gives (downloads
+    are checked as they arrive, by `parcli.io.hub`)."""
+    if not entry.is_packaged or entry.sha256 is None:
+        return
+    status = path.stat()
+    found = _file_digest(path.resolve(), status.st_size, status.st_mtime_ns)
+    if found != entry.sha256:
+        raise CatalogueError(
+            f"{entry.name}: {path} has sha256 {found}, but the catalogue expects {entry.sha256}; "
+            "reinstall parcli, or correct the entry's sha256"
+        )
+
+
+@cache
+def _file_digest(path: Path, size: int, modified_ns: int) -> str:
+    # Size and modification time key the cache, so a changed file is hashed again.
+    from parcli.io.files import file_sha256
+
+    return file_sha256(path)
 
 
 def as_safetensors(path: Path, on_status: Callable[[str], None] | None = None) -> Path:
     """A checkpoint given by path, as a parcli safetensors file: a published `.pt` is converted
     into the cache once (`parcli.io.hub.convert_local`); anything else is used as it is."""
     from parcli.io.checkpoints import sniff_format
+    from parcli.io.convert import HeadsUnknown
 
     path = Path(path)
     if path.is_file() and path.stat().st_size > 0 and sniff_format(path) in ("zip", "pickle"):
-        return hub.convert_local(path, on_status)
+        try:
+            return hub.convert_local(path, on_status)
+        except HeadsUnknown as exc:
+            # The commands that convert on the fly take no --heads: convert-weights does.
+            command = shlex.join(["par", "convert-weights", str(path), f"{path.stem}.safetensors"])
+            raise WeightsError(
+                f"{path}: {exc.what}; convert it first with `{command} --heads N`"
+            ) from None
     return path
 
 

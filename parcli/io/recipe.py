@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from functools import cache
 from pathlib import Path
@@ -250,8 +251,14 @@ def _png_text(path: Path) -> str | None:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
-            return image.text.get(RECIPE_KEY)  # type: ignore[attr-defined]
+        with warnings.catch_warnings():  # PIL's bomb warning would be a second line of output
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                return image.text.get(RECIPE_KEY)  # type: ignore[attr-defined]
+    except Image.DecompressionBombError:
+        raise RecipeError(
+            f"{path} is too large an image to open safely; not a parcli output"
+        ) from None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, AttributeError):
         raise RecipeError(f"{path} is not a readable PNG") from None
 
