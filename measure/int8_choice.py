@@ -1,12 +1,14 @@
 """Whether the per-machine int8 product choice (widen to bf16 past a row count timed on this
 machine) is worth keeping: GPT-B int8 with the chosen products against the fused product alone.
 Usage: python measure/int8_choice.py REGIONS BATCH"""
-import sys, torch
+
+import sys
+
 from parcli.config import GPTConfig
-from parcli.options import RunOptions
-from parcli.quality.bench import BenchSettings, random_pipelines, run_bench
 from parcli.engine.quantize import int8_linears, int8_products
 from parcli.engine.threads import use_threads
+from parcli.options import RunOptions
+from parcli.quality.bench import BenchSettings, random_pipelines, run_bench
 from parcli.sampling import SamplingConfig
 
 regions, batch = int(sys.argv[1]), int(sys.argv[2])
@@ -19,7 +21,9 @@ for pipes in (chosen, fused):
     pipes[regions].runner(2 * batch)
 for linear in int8_linears(fused[regions].model):
     linear.widen_from_rows = None
-print("chosen:", int8_products(chosen[regions].model), "| other:", int8_products(fused[regions].model))
+print(
+    "chosen:", int8_products(chosen[regions].model), "| other:", int8_products(fused[regions].model)
+)
 settings = BenchSettings((batch,), SamplingConfig(1.5), warmup=1, repeats=3, decode=False)
 rows = run_bench(chosen, settings, others={"fused": fused})
 for r in rows:
