@@ -386,7 +386,10 @@ def bench_variants(run: dict) -> dict[str, RunOptions]:
     weights in each further dtype, in int8 (--quantize) and with each further strategy."""
     dtypes = [part.strip() for part in run["dtype"].split(",") if part.strip()] or ["auto"]
     strategies = [part.strip() for part in run["strategy"].split(",") if part.strip()] or ["par"]
+    # --window is for the strategies that take one; par walks one pass at a time.
+    window = {name: None if name == "par" else run["window"] for name in strategies}
     base = {**run, "dtype": dtypes[0], "strategy": strategies[0], "quantize": None}
+    base["window"] = window[strategies[0]]
     ours = RunOptions.resolve(**base)
     variants = {OURS: ours}
     for dtype in dtypes[1:]:
@@ -396,5 +399,7 @@ def bench_variants(run: dict) -> dict[str, RunOptions]:
     if run["quantize"] is not None:
         variants[INT8] = RunOptions.resolve(**{**base, "quantize": run["quantize"]})
     for strategy in strategies[1:]:
-        variants[strategy] = RunOptions.resolve(**{**base, "strategy": strategy})
+        variants[strategy] = RunOptions.resolve(
+            **{**base, "strategy": strategy, "window": window[strategy]}
+        )
     return variants
