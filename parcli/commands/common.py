@@ -18,10 +18,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from parcli.config import SUPPORTED_REGIONS
 from parcli.errors import SettingError, UserError
-from parcli.plan import Pass
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # numpy and torch: imported when a command runs, not to parse its options
     from parcli.pipeline import Pipeline
+    from parcli.plan import Pass
 
 console = Console()
 err_console = Console(stderr=True)

@@ -13,7 +13,6 @@ from parcli.commands.common import CatalogueOption, QuietOption, console, user_e
 from parcli.config import token_grid
 from parcli.errors import SettingError
 from parcli.io.catalogue import use_catalogue
-from parcli.io.convert import convert
 from parcli.io.files import check_writable
 
 
@@ -39,6 +38,8 @@ def convert_weights(
     catalogue: CatalogueOption = None,
 ) -> None:
     """Convert a LlamaGen / PAR transformer or the VQ tokenizer to safetensors."""
+    from parcli.io.convert import convert  # torch: when the command runs, not for --help
+
     with user_errors({"dst": "DST", "src": "SRC"}):
         use_catalogue(catalogue)
         sides = token_grid(grid, image_size or 384)

@@ -15,9 +15,8 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import torch
 import typer
 from rich.markup import escape
 from rich.table import Table
@@ -39,7 +38,9 @@ from parcli.commands.downloads import model_fetcher
 from parcli.io.catalogue import use_catalogue
 from parcli.io.files import atomic_path, check_writable
 from parcli.options import RunOptions
-from parcli.pipeline import open_pipelines
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _command() -> str:
@@ -75,6 +76,7 @@ def eval_digits(
 
     For a video family (digits-video): per-frame accuracy, clips of one class throughout, and
     motion against the training clips."""
+    from parcli.pipeline import open_pipelines
     from parcli.quality.clips import evaluate_video, video_report
     from parcli.quality.digits import (
         DEFAULT_CLASSIFIER,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -23,16 +23,17 @@ from parcli.commands.common import (
     warn_if_emulated,
 )
 from parcli.commands.downloads import model_fetcher
+from parcli.config import ANIMATION_FPS, CLIP_FPS
 from parcli.errors import SettingError, UserError
-from parcli.io.animate import FPS as ANIMATION_FPS
 from parcli.io.catalogue import use_catalogue
 from parcli.io.classes import class_set_of_size, resolve_classes
-from parcli.io.media import CLIP_FPS
 from parcli.io.models import catalogue_class_set, model_files
-from parcli.io.outputs import Outputs
 from parcli.io.recipe import Recipe, Sample, checkpoint_sha256, replay
 from parcli.options import RunOptions
-from parcli.pipeline import Pipeline, open_pipeline
+
+if TYPE_CHECKING:  # numpy and torch load when a command runs, not for --help
+    from parcli.io.outputs import Outputs
+    from parcli.pipeline import Pipeline
 
 # Settings whose option is not simply --setting-name.
 OPTIONS = {"from_file": "--from", "manifest": "--json", "num_samples": "-n/--num-samples"}
@@ -130,6 +131,9 @@ def generate(
     run: dict | None = None,
 ) -> None:
     """Generate images (or clips) of the given classes with 1, 4 or 16 PAR regions."""
+    from parcli.io.outputs import Outputs
+    from parcli.pipeline import open_pipeline
+
     with user_errors(OPTIONS):
         use_catalogue(catalogue)
         for setting, value in (("num_samples", num_samples), ("batch_size", batch_size)):

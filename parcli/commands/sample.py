@@ -7,7 +7,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -29,9 +29,10 @@ from parcli.commands.downloads import model_fetcher
 from parcli.io.catalogue import use_catalogue
 from parcli.io.models import model_files
 from parcli.options import RunOptions
-from parcli.pipeline import open_pipeline
-from parcli.quality.ranks import Ranks
-from parcli.quality.shards import SampleRun, SampleSettings, Shard, start_run
+
+if TYPE_CHECKING:  # torch loads when the command runs, not for --help
+    from parcli.quality.ranks import Ranks
+    from parcli.quality.shards import SampleRun, Shard
 
 
 @run_options()
@@ -60,6 +61,10 @@ def sample(
     run: dict | None = None,
 ) -> None:
     """Sample K images of every class into OUT/samples.npz (runs under torchrun too)."""
+    from parcli.pipeline import open_pipeline
+    from parcli.quality.ranks import Ranks
+    from parcli.quality.shards import SampleSettings, start_run
+
     with user_errors():
         use_catalogue(catalogue)
         ranks = Ranks.from_environment()

@@ -12,7 +12,6 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from parcli.commands.common import command_app, err_console, parse_ints, user_errors
-from parcli.engine.devices import resolve_device
 from parcli.errors import SettingError
 from parcli.io.files import check_writable
 
@@ -91,6 +90,7 @@ def vq(
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "fp32",
 ) -> None:
     """Train a VQ tokenizer."""
+    from parcli.engine.devices import resolve_device
     from parcli.training.data import training_images
     from parcli.training.loops import TrainRun, train_vq
     from parcli.vq import VQConfig, most_norm_groups
@@ -156,6 +156,7 @@ def gpt(
 ) -> None:
     """Train a class-conditional PAR transformer on the tokenizer's codes (images or clips)."""
     from parcli.config import SUPPORTED_REGIONS, GPTConfig
+    from parcli.engine.devices import resolve_device
     from parcli.io.checkpoints import load_vq
     from parcli.training.data import check_data, is_clip_data, training_clips, training_images
     from parcli.training.loops import TrainRun, encode_clips, encode_images, train_gpt

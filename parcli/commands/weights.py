@@ -18,7 +18,6 @@ from parcli.commands.common import (
     user_errors,
 )
 from parcli.commands.downloads import announce, fetch_with_progress
-from parcli.engine.dtypes import storage_dtype
 from parcli.io import hub
 from parcli.io.catalogue import Catalogue, Entry, load_catalogue, use_catalogue
 
@@ -134,6 +133,8 @@ def fetch(
     catalogue_path: CatalogueOption = None,
 ) -> None:
     """Download, convert and verify checkpoints (always with the tokenizer they need)."""
+    from parcli.engine.dtypes import storage_dtype  # torch: when the command runs, not for --help
+
     with user_errors():
         catalogue = _catalogue(catalogue_path)
         wanted = _select(catalogue, names, regions)

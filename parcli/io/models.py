@@ -9,12 +9,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from parcli.errors import SettingError
 from parcli.io import hub
 from parcli.io.catalogue import Entry, load_catalogue
 from parcli.io.classes import IMAGENET, ClassSet, class_set
-from parcli.sampling import SamplingConfig
+
+if TYPE_CHECKING:  # sampling imports torch: not needed to list classes or parse options
+    from parcli.sampling import SamplingConfig
 
 Fetch = Callable[[list[Entry]], dict[str, Path]]
 
@@ -64,6 +67,8 @@ def model_files(
     tokenizer = tokenizer or paths[catalogue.tokenizer_for(entry).name]
     defaults = entry_sampling(entry)
     if demo and not entry.is_packaged and catalogue.demo:
+        from parcli.sampling import SamplingConfig
+
         defaults = SamplingConfig(**catalogue.demo)
     return ModelFiles(entry.name, paths[entry.name], tokenizer, defaults)
 
@@ -89,6 +94,8 @@ def catalogue_class_set(model: str | None, regions: int | None) -> ClassSet:
 
 def entry_sampling(entry: Entry) -> SamplingConfig:
     """The sampling settings a catalogue entry gives, the tool's defaults for any it lacks."""
+    from parcli.sampling import SamplingConfig
+
     settings = {
         "cfg_scale": entry.cfg_scale,
         "temperature": entry.temperature,
