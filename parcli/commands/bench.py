@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from parcli.commands.common import (
+    BATCH_HELP,
     CatalogueOption,
     OfflineOption,
     console,
@@ -81,7 +82,9 @@ def bench(
     checkpoint: Annotated[Path | None, typer.Option(help="A converted transformer.")] = None,
     tokenizer: Annotated[Path | None, typer.Option(help="A converted VQ tokenizer.")] = None,
     regions: Annotated[str, typer.Option(help="Region counts to compare, e.g. 1,4,16.")] = "1,4,16",
-    batch_size: Annotated[str, typer.Option(help="Batch sizes, e.g. 1,8,32.")] = "1",
+    batch_size: Annotated[
+        str, typer.Option(help=f"{BATCH_HELP[:-1]}; a list (1,8,32) times each.")
+    ] = "1",
     grid: Annotated[str | None, typer.Option(help="Token grid for --arch, e.g. 24x24.")] = None,
     image_size: Annotated[int, typer.Option(help="Image side for --arch (stride 16).")] = 384,
     warmup: Annotated[

@@ -26,8 +26,9 @@ def convert_weights(
     image_size: Annotated[
         int | None,
         typer.Option(
-            help="Image side in pixels the model generates (tokenizer stride 16). Default: "
-            "384, the published checkpoints' (a checkpoint does not record it)."
+            show_default=False,
+            help="Image side in pixels the model generates (tokenizer stride 16); when not given, "
+            "384, the published checkpoints' (a checkpoint does not record it).",
         ),
     ] = None,
     grid: Annotated[

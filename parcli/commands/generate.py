@@ -10,12 +10,14 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from parcli.commands.common import (
+    BATCH_HELP,
     RUN_DEFAULTS,
     CatalogueOption,
     OfflineOption,
     QuietOption,
     console,
     err_console,
+    old_spellings,
     pass_counter,
     pass_progress,
     run_options,
@@ -36,10 +38,11 @@ if TYPE_CHECKING:  # numpy and torch load when a command runs, not for --help
     from parcli.pipeline import Pipeline
 
 # Settings whose option is not simply --setting-name.
-OPTIONS = {"from_file": "--from", "manifest": "--json", "num_samples": "-n/--num-samples"}
+OPTIONS = {"from_file": "--from", "manifest": "--json", "num_samples": "-n/--per-class"}
 
 
 @run_options()
+@old_spellings(num_samples_alias=("--num-samples", "num_samples"))
 def generate(
     classes: Annotated[
         list[str] | None,
@@ -64,19 +67,23 @@ def generate(
     regions: Annotated[
         int | None, typer.Option(help="PAR regions: 1 (sequential), 4 or 16.")
     ] = None,
-    num_samples: Annotated[int, typer.Option("--num-samples", "-n", help="Samples per class.")] = 1,
+    num_samples: Annotated[int, typer.Option("--per-class", "-n", help="Samples per class.")] = 1,
     seed: Annotated[
         int | None,
-        typer.Option(help="Random seed (default 0); same seed, same device -> same images."),
+        typer.Option(
+            show_default=False,
+            help="Random seed, 0 when not given; same seed, same device -> same images.",
+        ),
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Images decoded together.")] = 16,
+    batch_size: Annotated[int, typer.Option(help=BATCH_HELP)] = 16,
     output: Annotated[
         str | None,  # not Path: the trailing '/' of DIR/ matters
         typer.Option(
             "--output",
             "-o",
             help="x.png, .jpg or .webp (one image, or a grid) or DIR/ (one file each); x.mp4 "
-            "or x.gif for video models, the clips side by side. Default generated.png / .mp4.",
+            "or x.gif for video models, the clips side by side; generated.png (.mp4) when not "
+            "given.",
         ),
     ] = None,
     animate: Annotated[
@@ -91,8 +98,9 @@ def generate(
         typer.Option(
             min=0.1,
             max=120,
-            help=f"Frames per second of videos (default {CLIP_FPS:g}) and of --animate "
-            f"(default {ANIMATION_FPS:g}).",
+            show_default=False,
+            help=f"Frames per second of videos and of --animate; {CLIP_FPS:g} and "
+            f"{ANIMATION_FPS:g} when not given.",
         ),
     ] = None,
     save_tokens_to: Annotated[

@@ -119,8 +119,8 @@ def fetch(
     keep_original: Annotated[
         bool,
         typer.Option(
-            help="Keep the published file after conversion (default: one copy stays, the "
-            "converted one; also PARCLI_KEEP_ORIGINAL=1)."
+            help="Keep the published file beside the converted one (also "
+            "PARCLI_KEEP_ORIGINAL=1); without it, only the converted copy stays."
         ),
     ] = False,
     dtype: Annotated[
