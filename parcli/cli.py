@@ -18,6 +18,7 @@ from parcli.commands.info import info
 from parcli.commands.sample import sample
 from parcli.commands.train import app as train_app
 from parcli.commands.weights import app as weights_app
+from parcli.signals import loads_torch
 
 app = command_app(
     "par",
@@ -48,13 +49,19 @@ def root(
     """Parallelized Autoregressive (PAR) visual generation with LlamaGen-family transformers."""
 
 
-app.command()(generate)
+# The commands that compute import torch first, while a signal still ends start-up at once
+# (`parcli.signals`); the others (classes, info, weights list, path, remove) never load it.
+app.command()(loads_torch(generate))
 app.command("classes")(classes_command)
 app.command()(info)
-app.command("convert-weights")(convert_weights)
-app.command()(bench)
-app.command()(sample)
-app.command("eval")(eval_digits)
-app.command("fid")(fid_command)
+app.command("convert-weights")(loads_torch(convert_weights))
+app.command()(loads_torch(bench))
+app.command()(loads_torch(sample))
+app.command("eval")(loads_torch(eval_digits))
+app.command("fid")(loads_torch(fid_command))
+for group, names in ((train_app, ("vq", "gpt", "classifier")), (weights_app, ("fetch",))):
+    for registered in group.registered_commands:
+        if registered.name in names:
+            registered.callback = loads_torch(registered.callback)
 app.add_typer(train_app, name="train", help="Train a VQ tokenizer or a PAR transformer.")
 app.add_typer(weights_app, name="weights", help="List, fetch, locate and remove checkpoints.")

@@ -21,6 +21,11 @@ SUPPORTED_REGIONS = (1, 4, 16)
 # What a checkpoint file can hold: kind (as stored in its metadata) -> what it is called.
 CHECKPOINT_KINDS = {"gpt": "transformer", "vq": "VQ tokenizer"}
 
+# Frames per second: of generated clips, and of --animate (a fixed rate, so that an animation's
+# length shows how many passes it took). Here, not in parcli.io, so help texts need no numpy.
+CLIP_FPS = 8.0
+ANIMATION_FPS = 24.0
+
 VQ_STRIDE = 16  # pixels per token side of the published tokenizer: a 384 px image is 24x24
 
 # Bounds on what a file's config may declare, far above any real model, so that a lying header

@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
-from parcli.sampling import SamplingConfig
-
 if TYPE_CHECKING:
     import torch
+
+    from parcli.sampling import SamplingConfig
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,11 @@ def test_ambiguous_and_unknown_names_name_the_candidates():
         names.resolve("1000")
 
 
+def test_an_unknown_digit_name_suggests_one_class_by_its_word():
+    with pytest.raises(SettingError, match=r"'eleven'; closest: 7 seven$"):
+        class_set(DIGITS).resolve("eleven")
+
+
 def test_digits_by_numeral_or_word():
     digits = class_set(DIGITS)
     assert [digits.resolve(t) for t in ("3", "three", "Seven")] == [3, 3, 7]

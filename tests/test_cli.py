@@ -456,7 +456,7 @@ def test_generate_records_the_reference_kernels_and_from_replays_them(files, tmp
 
 def test_from_replays_whether_the_step_was_compiled(files, tmp_path, monkeypatch):
     # In bf16 a compiled step draws other tokens: a recipe says which it was, and --from keeps it.
-    import parcli.commands.generate as command
+    import parcli.pipeline as command  # generate imports open_pipeline when it runs
     from parcli.io.recipe import read_recipe
 
     first = tmp_path / "a.png"

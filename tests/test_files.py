@@ -163,3 +163,11 @@ def test_safetensors_written_by_ours_load_anywhere(tmp_path):
     with pytest.raises(WeightsError, match="junk.safetensors is a truncated or corrupt"):
         read_safetensors(tmp_path / "junk.safetensors")
     assert _listing(tmp_path) == ["junk.safetensors", "t.safetensors"]
+
+
+def test_a_new_folder_without_its_slash_is_told_to_add_one(tmp_path):
+    with pytest.raises(OutputError, match=r"\(no suffix\); use .png.*, or .*newdir/ for a folder"):
+        check_writable(tmp_path / "newdir", (".png",), allow_directory=True)
+    with pytest.raises(OutputError) as refused:  # where a folder is no choice, none is offered
+        check_writable(tmp_path / "newdir", (".png",))
+    assert "for a folder" not in str(refused.value)

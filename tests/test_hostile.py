@@ -220,7 +220,7 @@ def test_bad_destinations_are_named_before_any_work(files, tmp_path):
         (["convert-weights", source, tmp_path], "DST: ", "(no suffix)"),
         (["convert-weights", source, tmp_path / "no" / "x.safetensors"], "DST: ", "does not exist"),
         (["convert-weights", source, tmp_path / "x.safetensors", "--heads", "0"], "--heads: "),
-        (["train", "vq", "--data", "digits", "--out", tmp_path / "v.png"], "--out: ", ".png"),
+        (["train", "vq", "--data", "digits", "-o", tmp_path / "v.png"], "--output: ", ".png"),
         (
             [
                 "train",
@@ -232,7 +232,7 @@ def test_bad_destinations_are_named_before_any_work(files, tmp_path):
                 "--out",
                 tmp_path / "no" / "g.safetensors",
             ],
-            "--out: ",
+            "--output: ",
             "does not exist",
         ),  # fmt: skip
         (["bench", "--arch", "GPT-B", "--cfg-scale", "-2"], "--cfg-scale: must be between 0"),

@@ -835,3 +835,33 @@ def test_weights_fetch_refuses_an_unknown_dtype_before_downloading(fake_hub, env
     result = CliRunner().invoke(app, ["weights", "fetch", "par-3b-4x", "--dtype", "int3"])
     assert result.exit_code == 2 and "--dtype: unknown dtype 'int3'" in result.output
     assert fake_hub.requests == []
+
+
+def test_a_download_says_what_how_large_from_and_to_where(cat, env, fake_hub):
+    toml = str(env / "weights.toml")
+    entry = cat.get("tiny-vq")
+    result = _run("fetch", "tiny-vq", "--catalogue", toml)
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.stdout.split())  # however the console wrapped it
+    host = fake_hub.hub_url.removeprefix("http://")
+    assert (
+        f"Downloading tiny-vq: {entry.file} (about {hub.human_size(entry.approx_size_bytes)}) "
+        f"from {host}/{entry.repo} into {hub.converted_path(entry).parent}"
+    ) in said
+
+
+def test_without_a_network_a_download_fails_at_once_in_one_line(cat, env, monkeypatch, caplog):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+
+    def never(*args, **kwargs):
+        raise AssertionError("huggingface_hub was asked (and would retry five times)")
+
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", never)
+    result = _run("fetch", "tiny-vq", "--catalogue", str(env / "weights.toml"))
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and f"cannot connect to 127.0.0.1:{port}" in lines[0], lines
+    assert "Retrying" not in caplog.text and "Traceback" not in result.output

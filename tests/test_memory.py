@@ -69,7 +69,7 @@ def test_generate_refuses_more_pixels_than_memory(free_bytes, tmp_path):
     free_bytes(50_000_000)
     result = run("generate", "-m", "digits", "-c", 1, "-n", 100000, "--scale", 16, "-o",
                  tmp_path / "x.png")  # fmt: skip
-    assert_user_error(result, "-n/--num-samples: 100000 samples hold", "par sample")
+    assert_user_error(result, "-n/--per-class: 100000 samples hold", "par sample")
 
 
 def test_available_memory_is_known_here():

@@ -125,7 +125,7 @@ def test_another_run_in_the_same_folder_is_refused_and_nothing_overwritten(files
     result = sample(files, out, *BASE[:-2], "--shard-size", 4, "--seed", 6)
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and "--out:" in lines[0] and "seed, shard_size" in lines[0]
+    assert len(lines) == 1 and "--output:" in lines[0] and "seed, shard_size" in lines[0]
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     again = sample(files, out, *BASE)
     assert again.exit_code == 0 and "is complete already" in " ".join(again.output.split())
@@ -326,7 +326,7 @@ def test_counts_and_sizes_that_cannot_be_are_refused_before_run_json(files, tmp_
 
     monkeypatch.setattr(shards_module.shutil, "disk_usage", tiny)
     result = sample(files, out, *BASE)
-    one_line_refusal(result, "--out:", "GB free")
+    one_line_refusal(result, "--output:", "GB free")
     assert not out.exists()
     monkeypatch.setattr(shards_module.shutil, "disk_usage", real)
     assert sample(files, out, *BASE).exit_code == 0

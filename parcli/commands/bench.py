@@ -8,15 +8,15 @@ import sys
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import torch
 import typer
 from rich import box
 from rich.markup import escape
 from rich.table import Table
 
 from parcli.commands.common import (
+    BATCH_HELP,
     CatalogueOption,
     OfflineOption,
     console,
@@ -29,27 +29,15 @@ from parcli.commands.common import (
 )
 from parcli.commands.downloads import model_fetcher
 from parcli.config import GPT_PRESETS, token_grid
-from parcli.engine.dtypes import dtype_name
-from parcli.engine.quantize import int8_products
 from parcli.io.catalogue import use_catalogue
 from parcli.io.files import atomic_path, check_writable
 from parcli.options import RunOptions
-from parcli.pipeline import Pipeline
-from parcli.quality.bench import (
-    INT8,
-    OURS,
-    PLAIN,
-    BenchSettings,
-    Row,
-    copy_rate,
-    default_sampling,
-    pipelines_to_time,
-    planned_cases,
-    report,
-    run_bench,
-    weight_bytes,
-)
-from parcli.sampling import SamplingConfig
+from parcli.quality.engines import INT8, OURS, PLAIN
+
+if TYPE_CHECKING:  # torch loads when the command runs, not for --help
+    from parcli.pipeline import Pipeline
+    from parcli.quality.bench import Row
+    from parcli.sampling import SamplingConfig
 
 
 def bytes_text(count: int) -> str:
@@ -94,7 +82,9 @@ def bench(
     checkpoint: Annotated[Path | None, typer.Option(help="A converted transformer.")] = None,
     tokenizer: Annotated[Path | None, typer.Option(help="A converted VQ tokenizer.")] = None,
     regions: Annotated[str, typer.Option(help="Region counts to compare, e.g. 1,4,16.")] = "1,4,16",
-    batch_size: Annotated[str, typer.Option(help="Batch sizes, e.g. 1,8,32.")] = "1",
+    batch_size: Annotated[
+        str, typer.Option(help=f"{BATCH_HELP[:-1]}; a list (1,8,32) times each.")
+    ] = "1",
     grid: Annotated[str | None, typer.Option(help="Token grid for --arch, e.g. 24x24.")] = None,
     image_size: Annotated[int, typer.Option(help="Image side for --arch (stride 16).")] = 384,
     warmup: Annotated[
@@ -122,6 +112,16 @@ def bench(
     run: dict | None = None,
 ) -> None:
     """Time generation at 1, 4 and 16 regions on the real `par generate` path."""
+    from parcli.quality.bench import (
+        BenchSettings,
+        copy_rate,
+        default_sampling,
+        pipelines_to_time,
+        planned_cases,
+        report,
+        run_bench,
+    )
+
     with user_errors():
         use_catalogue(catalogue)
         region_list = parse_region_list(regions)
@@ -286,6 +286,10 @@ def print_baseline_table(rows, item: str) -> None:
 def print_comparison_table(rows, engine: str, first: Pipeline, other: Pipeline) -> None:
     """Another dtype, int8 or strategy against ours: same weights, generation only, same n
     and batch."""
+    from parcli.engine.dtypes import dtype_name
+    from parcli.engine.quantize import int8_products
+    from parcli.quality.bench import weight_bytes
+
     base_name = dtype_name(first.model.dtype)
     base_bytes, other_bytes = weight_bytes(first), weight_bytes(other)
     caption = (
@@ -364,6 +368,8 @@ def _share_text(share: float | None) -> str:
 
 
 def _caption(pipe: Pipeline, sampling: SamplingConfig, rate: float | None) -> str:
+    import torch
+
     threads = torch.get_num_threads()
     parts = [
         str(pipe.device)

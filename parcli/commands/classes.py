@@ -20,7 +20,10 @@ def classes_command(
     model: Annotated[
         str | None,
         typer.Option(
-            "--model", "-m", help="Catalogue entry or family. Default: the default family."
+            "--model",
+            "-m",
+            show_default=False,
+            help="Catalogue entry or family; the catalogue's default family when not given.",
         ),
     ] = None,
     catalogue: CatalogueOption = None,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import inspect
 import time
+import typing
 import unicodedata
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -18,10 +20,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from parcli.config import SUPPORTED_REGIONS
 from parcli.errors import SettingError, UserError
-from parcli.plan import Pass
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # numpy and torch: imported when a command runs, not to parse its options
     from parcli.pipeline import Pipeline
+    from parcli.plan import Pass
 
 console = Console()
 err_console = Console(stderr=True)
@@ -44,30 +46,43 @@ CatalogueOption = Annotated[
         help="Read this weights.toml instead of the packaged one (also PARCLI_CATALOGUE).",
     ),
 ]
+# Where leaving an option out means "decided later" (by the device, the model or the strategy),
+# its help says so in words and no `[default: ...]` is shown.
 CompileOption = Annotated[
     bool | None,
     typer.Option(
         "--compile/--no-compile",
+        show_default=False,
         help="torch.compile the decoding step (the first run compiles; later runs reuse "
-        "Inductor's disk cache). Default: on CUDA only.",
+        "Inductor's disk cache); when not given, on CUDA only.",
     ),
 ]
 CfgScaleOption = Annotated[
     float | None,
-    typer.Option(help="Classifier-free guidance scale; <= 1 turns it off. Default: the model's."),
+    typer.Option(
+        show_default=False,
+        help="Classifier-free guidance scale; <= 1 turns it off; the model's when not given.",
+    ),
 ]
 TemperatureOption = Annotated[
-    float | None, typer.Option(help="Softmax temperature. Default: the model's (weights.toml).")
+    float | None,
+    typer.Option(
+        show_default=False, help="Softmax temperature; the model's (weights.toml) when not given."
+    ),
 ]
 TopKOption = Annotated[
     int | None,
     typer.Option(
-        help="Keep the k most likely tokens; 0 = all. Default: the model's (weights.toml)."
+        show_default=False,
+        help="Keep the k most likely tokens; 0 = all; the model's (weights.toml) when not given.",
     ),
 ]
 TopPOption = Annotated[
     float | None,
-    typer.Option(help="Nucleus sampling mass; 1.0 = off. Default: the model's (weights.toml)."),
+    typer.Option(
+        show_default=False,
+        help="Nucleus sampling mass; 1.0 = off; the model's (weights.toml) when not given.",
+    ),
 ]
 QuantizeOption = Annotated[
     str | None,
@@ -89,8 +104,9 @@ ThreadsOption = Annotated[
     int | None,
     typer.Option(
         envvar="PARCLI_THREADS",
-        help="CPU threads. Default: 1 for small models (as fast, and unhurt by other busy "
-        "processes), one per core for large ones (also PARCLI_THREADS).",
+        show_default=False,
+        help="CPU threads (also PARCLI_THREADS); when not given, 1 for small models (as fast, "
+        "and unhurt by other busy processes), one per core for large ones.",
     ),
 ]
 StrategyOption = Annotated[
@@ -103,7 +119,10 @@ StrategyOption = Annotated[
 ]
 WindowOption = Annotated[
     int | None,
-    typer.Option(help="Plan passes per iteration of --strategy sjd. Default: the strategy's."),
+    typer.Option(
+        show_default=False,
+        help="Plan passes per iteration of --strategy sjd; the strategy's when not given.",
+    ),
 ]
 
 # The options of a run's settings (`parcli.options.RunOptions`), by field: a command decorated
@@ -156,6 +175,65 @@ def run_options(*, without: tuple[str, ...] = (), **replaced: tuple[Any, Any]):
 
     return decorate
 
+
+def old_spellings(**aliases: tuple[str, str]):
+    """Keep options' former spellings working but out of --help: each keyword adds a hidden
+    parameter, as (its option, the parameter it gives), e.g. `out=("--out", "output")`.
+
+    Typer cannot hide one name of an option, so the old name is an option of its own. A
+    required option becomes optional to the parser and is checked here, so that either
+    spelling can give it."""
+
+    def decorate(func):
+        signature = inspect.signature(func, eval_str=True)
+        params = dict(signature.parameters)
+        defaults, required, shown = {}, set(), {}
+        added = []
+        for hidden, (flag, real) in aliases.items():
+            param = params[real]
+            base, info = typing.get_args(param.annotation)[:2]
+            names = [info.default] if isinstance(info.default, str) else []
+            shown[real] = "/".join(sorted([*names, *info.param_decls], key=len))
+            if param.default is inspect.Parameter.empty:
+                required.add(real)
+                # The parser no longer marks it required: its help says so instead.
+                info = copy.copy(info)
+                info.help = f"{info.help} \\[required]"
+                optional = Annotated[base | None, info]  # type: ignore[valid-type]
+                params[real] = param.replace(annotation=optional, default=None)
+            defaults[real] = params[real].default
+            annotation = Annotated[base | None, typer.Option(flag, hidden=True)]  # type: ignore
+            added.append(
+                inspect.Parameter(hidden, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
+                                  default=None)
+            )  # fmt: skip
+
+        @functools.wraps(func)
+        def command(**kwargs):
+            for hidden, (flag, real) in aliases.items():
+                old = kwargs.pop(hidden)
+                if old is not None:
+                    if kwargs[real] != defaults[real]:
+                        raise fail(f"{flag} is the old name of {shown[real]}: give one of them")
+                    kwargs[real] = old
+            for real in required:
+                if kwargs[real] is None:
+                    raise fail(f"missing option {shown[real]}")
+            return func(**kwargs)
+
+        own = [p for p in params.values() if p.kind != inspect.Parameter.KEYWORD_ONLY]
+        keyword = [p for p in params.values() if p.kind == inspect.Parameter.KEYWORD_ONLY]
+        command.__signature__ = signature.replace(parameters=own + added + keyword)
+        command.__annotations__ = {
+            **func.__annotations__,
+            **{p.name: p.annotation for p in [*params.values(), *added]},
+        }
+        return command
+
+    return decorate
+
+
+BATCH_HELP = "Images generated together."
 
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
 

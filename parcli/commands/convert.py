@@ -12,7 +12,6 @@ from rich.markup import escape
 from parcli.commands.common import CatalogueOption, QuietOption, console, user_errors
 from parcli.config import check_heads, token_grid
 from parcli.io.catalogue import use_catalogue
-from parcli.io.convert import convert
 from parcli.io.files import check_writable
 
 
@@ -26,8 +25,9 @@ def convert_weights(
     image_size: Annotated[
         int | None,
         typer.Option(
-            help="Image side in pixels the model generates (tokenizer stride 16). Default: "
-            "384, the published checkpoints' (a checkpoint does not record it)."
+            show_default=False,
+            help="Image side in pixels the model generates (tokenizer stride 16); when not given, "
+            "384, the published checkpoints' (a checkpoint does not record it).",
         ),
     ] = None,
     grid: Annotated[
@@ -38,6 +38,8 @@ def convert_weights(
     catalogue: CatalogueOption = None,
 ) -> None:
     """Convert a LlamaGen / PAR transformer or the VQ tokenizer to safetensors."""
+    from parcli.io.convert import convert  # torch: when the command runs, not for --help
+
     with user_errors({"dst": "DST", "src": "SRC"}):
         use_catalogue(catalogue)
         sides = token_grid(grid, 384 if image_size is None else image_size)

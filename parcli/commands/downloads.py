@@ -56,6 +56,7 @@ def fetch_with_progress(
             )
         except BaseException:
             progress.update(task, visible=False)
+            progress.live.transient = True  # no empty line above the error
             raise
         done = progress.tasks[task].total or progress.tasks[task].completed
         progress.update(task, completed=done)
@@ -63,11 +64,16 @@ def fetch_with_progress(
 
 
 def announce(entry: Entry, target: Console) -> None:
-    """Say what is about to be downloaded and about how large it is."""
+    """Say, before the first byte, what is downloaded, about how large it is (the catalogue's
+    size), from where, and where it is kept."""
     size = entry.approx_size_bytes
     about = f"about {hub.human_size(size)}" if size else "size unknown"
-    text = f"Downloading {entry.name} ({about}) from {entry.repo} ..."
-    target.print(escape(text), highlight=False)
+    source = f"{hub.download_host(entry)}/{entry.repo}"
+    text = (
+        f"Downloading {entry.name}: {entry.file} ({about}) from {source} into "
+        f"{hub.converted_path(entry).parent} ..."
+    )
+    target.print(escape(text), highlight=False, soft_wrap=True)
 
 
 def ensure_model_files(

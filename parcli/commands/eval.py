@@ -2,7 +2,7 @@
 
 The shipped classifier `parcli/assets/digits/classifier.safetensors` was written by::
 
-    par train classifier --out classifier.safetensors
+    par train classifier -o classifier.safetensors
 
 (1,500 steps, seed 0, on the digits minus 50 held-out per class; its held-out accuracy is stored
 in the file and printed under every table), then copied into `parcli/assets/digits/` by hand:
@@ -15,19 +15,20 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import torch
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from parcli.commands.common import (
+    BATCH_HELP,
     CatalogueOption,
     OfflineOption,
     QuietOption,
     console,
     err_console,
+    old_spellings,
     parse_region_list,
     pass_progress,
     run_options,
@@ -39,7 +40,9 @@ from parcli.commands.downloads import model_fetcher
 from parcli.io.catalogue import use_catalogue
 from parcli.io.files import atomic_path, check_writable
 from parcli.options import RunOptions
-from parcli.pipeline import open_pipelines
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _command() -> str:
@@ -47,6 +50,7 @@ def _command() -> str:
 
 
 @run_options()
+@old_spellings(samples_per_class_alias=("--samples-per-class", "per_class"))
 def eval_digits(
     model: Annotated[
         str, typer.Option("--model", "-m", help="Catalogue family (or entry) to evaluate.")
@@ -54,17 +58,18 @@ def eval_digits(
     regions: Annotated[
         str, typer.Option(help="Region counts to evaluate, e.g. 1,4,16.")
     ] = "1,4,16",
-    samples_per_class: Annotated[
-        int, typer.Option(help="Digits generated per class and per n.")
-    ] = 50,
+    per_class: Annotated[int, typer.Option(help="Digits generated per class and per n.")] = 50,
     seed: Annotated[int, typer.Option(help="Random seed, the same for every n.")] = 0,
-    batch_size: Annotated[int, typer.Option(help="Images generated together.")] = 100,
+    batch_size: Annotated[int, typer.Option(help=BATCH_HELP)] = 100,
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Also write every figure here.")
     ] = None,
     classifier: Annotated[
         Path | None,
-        typer.Option(help="Digit classifier file. Default: the one shipped with parcli."),
+        typer.Option(
+            show_default=False,
+            help="Digit classifier file; the one shipped with parcli when not given.",
+        ),
     ] = None,
     offline: OfflineOption = False,
     quiet: QuietOption = False,
@@ -75,6 +80,7 @@ def eval_digits(
 
     For a video family (digits-video): per-frame accuracy, clips of one class throughout, and
     motion against the training clips."""
+    from parcli.pipeline import open_pipelines
     from parcli.quality.clips import evaluate_video, video_report
     from parcli.quality.digits import (
         DEFAULT_CLASSIFIER,
@@ -85,11 +91,11 @@ def eval_digits(
     )
 
     classifier_path = classifier if classifier is not None else DEFAULT_CLASSIFIER
-    with user_errors():
+    with user_errors({"samples_per_class": "--per-class"}):
         use_catalogue(catalogue)
         region_list = parse_region_list(regions)
         cfg_scale = run["cfg_scale"]
-        check_settings(samples_per_class, batch_size, cfg_scale)
+        check_settings(per_class, batch_size, cfg_scale)
         if json_path is not None:
             check_writable(json_path, (".json",), setting="json")
         net, info = load_classifier(classifier_path)
@@ -104,12 +110,12 @@ def eval_digits(
             video = any(pipe.is_video for pipe in pipelines.values())
             evaluate = evaluate_video if video else evaluate_against_real
             results, baseline = evaluate(
-                pipelines, net, samples_per_class, seed, cfg_scale, batch_size, on_progress
+                pipelines, net, per_class, seed, cfg_scale, batch_size, on_progress
             )
         seconds = time.perf_counter() - started
 
         scales = sorted({p.sampling(cfg_scale).cfg_scale for p in pipelines.values()})
-        title = f"{model} · {samples_per_class} samples per class · seed {seed}"
+        title = f"{model} · {per_class} samples per class · seed {seed}"
         if video:
             print_video_results(
                 title, results, _video_caption(info, baseline, scales, torch_device)
@@ -119,7 +125,7 @@ def eval_digits(
         if json_path is not None:
             settings = {
                 "command": _command(), "model": model, "regions": region_list,
-                "samples_per_class": samples_per_class, **options.to_dict(),
+                "samples_per_class": per_class, **options.to_dict(),
                 "default_cfg_scales": {str(n): p.default_cfg_scale for n, p in pipelines.items()},
                 "seed": seed, "batch_size": batch_size, "classifier": str(classifier_path),
                 "seconds": round(seconds, 2),

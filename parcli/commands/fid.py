@@ -18,7 +18,6 @@ from parcli.commands.common import (
     show_counter,
     user_errors,
 )
-from parcli.engine.devices import resolve_device
 from parcli.errors import SettingError
 from parcli.io.files import atomic_path, check_writable
 
@@ -36,6 +35,7 @@ def fid_command(
 ) -> None:
     """FID with torch-fidelity's TensorFlow-compatible Inception-v3
     (pip install 'parcli\\[fid]')."""
+    from parcli.engine.devices import resolve_device
     from parcli.quality.fid import fid, inception
 
     with user_errors():

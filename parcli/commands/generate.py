@@ -5,17 +5,19 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from parcli.commands.common import (
+    BATCH_HELP,
     RUN_DEFAULTS,
     CatalogueOption,
     OfflineOption,
     QuietOption,
     console,
     err_console,
+    old_spellings,
     pass_counter,
     pass_progress,
     run_options,
@@ -23,22 +25,23 @@ from parcli.commands.common import (
     warn_if_emulated,
 )
 from parcli.commands.downloads import model_fetcher
+from parcli.config import ANIMATION_FPS, CLIP_FPS
 from parcli.errors import SettingError, UserError
-from parcli.io.animate import FPS as ANIMATION_FPS
 from parcli.io.catalogue import use_catalogue
 from parcli.io.classes import class_set_of_size, resolve_classes
-from parcli.io.media import CLIP_FPS
 from parcli.io.models import catalogue_class_set, model_files
-from parcli.io.outputs import Outputs, counted_on_interruption, sample_stems
 from parcli.io.recipe import Recipe, Sample, checkpoint_sha256, replay
 from parcli.options import RunOptions
-from parcli.pipeline import Pipeline, open_pipeline
+
+if TYPE_CHECKING:  # numpy and torch load when a command runs, not for --help
+    from parcli.pipeline import Pipeline
 
 # Settings whose option is not simply --setting-name.
-OPTIONS = {"from_file": "--from", "manifest": "--json", "num_samples": "-n/--num-samples"}
+OPTIONS = {"from_file": "--from", "manifest": "--json", "num_samples": "-n/--per-class"}
 
 
 @run_options()
+@old_spellings(num_samples_alias=("--num-samples", "num_samples"))
 def generate(
     classes: Annotated[
         list[str] | None,
@@ -63,19 +66,23 @@ def generate(
     regions: Annotated[
         int | None, typer.Option(help="PAR regions: 1 (sequential), 4 or 16.")
     ] = None,
-    num_samples: Annotated[int, typer.Option("--num-samples", "-n", help="Samples per class.")] = 1,
+    num_samples: Annotated[int, typer.Option("--per-class", "-n", help="Samples per class.")] = 1,
     seed: Annotated[
         int | None,
-        typer.Option(help="Random seed (default 0); same seed, same device -> same images."),
+        typer.Option(
+            show_default=False,
+            help="Random seed, 0 when not given; same seed, same device -> same images.",
+        ),
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Images decoded together.")] = 16,
+    batch_size: Annotated[int, typer.Option(help=BATCH_HELP)] = 16,
     output: Annotated[
         str | None,  # not Path: the trailing '/' of DIR/ matters
         typer.Option(
             "--output",
             "-o",
             help="x.png, .jpg or .webp (one image, or a grid) or DIR/ (one file each); x.mp4 "
-            "or x.gif for video models, the clips side by side. Default generated.png / .mp4.",
+            "or x.gif for video models, the clips side by side; generated.png (.mp4) when not "
+            "given.",
         ),
     ] = None,
     animate: Annotated[
@@ -90,8 +97,9 @@ def generate(
         typer.Option(
             min=0.1,
             max=120,
-            help=f"Frames per second of videos (default {CLIP_FPS:g}) and of --animate "
-            f"(default {ANIMATION_FPS:g}).",
+            show_default=False,
+            help=f"Frames per second of videos and of --animate; {CLIP_FPS:g} and "
+            f"{ANIMATION_FPS:g} when not given.",
         ),
     ] = None,
     save_tokens_to: Annotated[
@@ -130,6 +138,9 @@ def generate(
     run: dict | None = None,
 ) -> None:
     """Generate images (or clips) of the given classes with 1, 4 or 16 PAR regions."""
+    from parcli.io.outputs import Outputs
+    from parcli.pipeline import open_pipeline
+
     with user_errors(OPTIONS):
         use_catalogue(catalogue)
         for setting, value in (("num_samples", num_samples), ("batch_size", batch_size)):
@@ -205,6 +216,8 @@ def run_samples(
 def make(pipe: Pipeline, samples, todo, sampling, seed, batch_size, outputs, recipe, quiet):
     """Generate samples `todo` with a progress bar: into a folder, each batch's files as it
     ends; else the tokens and pixels of them all (None, None when a folder took them)."""
+    from parcli.io.outputs import counted_on_interruption, sample_stems
+
     target, stems = outputs.target(pipe.is_video), sample_stems(samples)
     labels = [samples[n].class_id for n in todo]
     if not labels:  # a folder this very run has filled already

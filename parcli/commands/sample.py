@@ -7,18 +7,20 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from parcli.commands.common import (
+    BATCH_HELP,
     CatalogueOption,
     OfflineOption,
     QuietOption,
     console,
     err_console,
+    old_spellings,
     parse_classes,
     run_options,
     user_errors,
@@ -29,14 +31,18 @@ from parcli.commands.downloads import model_fetcher
 from parcli.io.catalogue import use_catalogue
 from parcli.io.models import model_files
 from parcli.options import RunOptions
-from parcli.pipeline import open_pipeline
-from parcli.quality.ranks import Ranks
-from parcli.quality.shards import SampleRun, SampleSettings, Shard, start_run
+
+if TYPE_CHECKING:  # torch loads when the command runs, not for --help
+    from parcli.quality.ranks import Ranks
+    from parcli.quality.shards import SampleRun, Shard
 
 
 @run_options()
+@old_spellings(out=("--out", "output"))
 def sample(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder of the run (made if new).")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Folder of the run (made if new).")
+    ],
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="Catalogue entry or family.")
     ] = None,
@@ -45,13 +51,19 @@ def sample(
     tokenizer: Annotated[Path | None, typer.Option(help="A converted VQ tokenizer.")] = None,
     per_class: Annotated[int, typer.Option(help="Images of every class.")] = 50,
     classes: Annotated[
-        str | None, typer.Option(help="Classes to sample, e.g. 0-9,207. Default: all.")
+        str | None,
+        typer.Option(
+            show_default=False, help="Classes to sample, e.g. 0-9,207; all when not given."
+        ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Image k of class c draws from (seed, c x K + k).")] = 0,
-    batch_size: Annotated[int, typer.Option(help="Images generated together.")] = 32,
+    batch_size: Annotated[int, typer.Option(help=BATCH_HELP)] = 32,
     shard_size: Annotated[int, typer.Option(help="Images written (and resumed) together.")] = 1000,
     image_size_eval: Annotated[
-        int | None, typer.Option(help="Resize to this side (bicubic). Default: the model's.")
+        int | None,
+        typer.Option(
+            show_default=False, help="Resize to this side (bicubic); the model's when not given."
+        ),
     ] = None,
     png: Annotated[bool, typer.Option(help="Also keep one PNG per image.")] = False,
     offline: OfflineOption = False,
@@ -60,6 +72,10 @@ def sample(
     run: dict | None = None,
 ) -> None:
     """Sample K images of every class into OUT/samples.npz (runs under torchrun too)."""
+    from parcli.pipeline import open_pipeline
+    from parcli.quality.ranks import Ranks
+    from parcli.quality.shards import SampleSettings, start_run
+
     with user_errors():
         use_catalogue(catalogue)
         ranks = Ranks.from_environment()
@@ -78,10 +94,10 @@ def sample(
             settings = SampleSettings(
                 wanted, per_class, seed, batch_size, shard_size, image_size_eval, png
             )
-            run_state, complete = start_run(out, pipe, settings, files, ranks)
+            run_state, complete = start_run(output, pipe, settings, files, ranks)
             if complete:
                 if ranks.is_first:
-                    console.print(f"{escape(str(out))} is complete already", highlight=False)
+                    console.print(f"{escape(str(output))} is complete already", highlight=False)
                 return
             todo = run_state.todo(ranks.rank, ranks.world)
             _generate(run_state, todo, ranks, quiet or not ranks.is_first)

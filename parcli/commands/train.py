@@ -11,8 +11,14 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from parcli.commands.common import command_app, err_console, parse_ints, user_errors
-from parcli.engine.devices import resolve_device
+from parcli.commands.common import (
+    DeviceOption,
+    command_app,
+    err_console,
+    old_spellings,
+    parse_ints,
+    user_errors,
+)
 from parcli.errors import SettingError
 from parcli.io.files import check_writable
 
@@ -22,10 +28,14 @@ app = command_app("train", "Train a VQ tokenizer or a PAR transformer on a small
 OPTIONS = {"num_res_blocks": "--res-blocks"}
 
 STEPS_HELP = "Optimiser steps in total (resumed ones included)."
-RESUME_HELP = "Continue from --out and its .optim.safetensors file."
+RESUME_HELP = "Continue from -o/--output and its .optim.safetensors file."
+BATCH_HELP = "Images per optimiser step."
+LR_HELP = "Peak learning rate (AdamW), after the warm-up; cosine decay to a tenth of it."
+SEED_HELP = "Random seed: initial weights and the order of the data."
+CHECKPOINT_EVERY_HELP = "Write -o/--output (and its optimiser state) every N steps; 0: at the end."
 WARMUP_HELP = "Steps of linear learning-rate warm-up before the cosine decay."
 SIZE_HELP = "Resize folder images to this size."
-FRAMES_HELP = "Frames of each clip (clip data; default 6)."
+FRAMES_HELP = "Frames of each clip (clip data); 6 when not given."
 PRECISION_HELP = (
     "fp32, or bf16: the forward pass under bfloat16 autocast (weights and optimizer stay fp32); "
     "about 1.5x faster on CPUs with AVX512-BF16 or AMX and on GPUs"
@@ -66,41 +76,49 @@ def _command() -> str:
 
 
 @app.command("vq")
+@old_spellings(out=("--out", "output"))
 def vq(
-    out: Annotated[Path, typer.Option(help="Checkpoint to write (.safetensors).")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Checkpoint to write (.safetensors).")
+    ],
     data: Annotated[str, typer.Option(help=DATA_HELP)] = "digits",
     steps: Annotated[int, typer.Option(help=STEPS_HELP)] = 800,
-    batch_size: int = 64,
-    lr: float = 2e-3,
-    seed: int = 0,
+    batch_size: Annotated[int, typer.Option(help=BATCH_HELP)] = 64,
+    lr: Annotated[float, typer.Option(help=LR_HELP)] = 2e-3,
+    seed: Annotated[int, typer.Option(help=SEED_HELP)] = 0,
     resume: Annotated[bool, typer.Option(help=RESUME_HELP)] = False,
-    device: str = "cpu",
-    codebook_size: int = 256,
-    codebook_dim: int = 8,
+    device: DeviceOption = "auto",
+    codebook_size: Annotated[
+        int, typer.Option(help="Codebook entries: the token vocabulary.")
+    ] = 256,
+    codebook_dim: Annotated[int, typer.Option(help="Width of each codebook vector.")] = 8,
     ch: Annotated[int, typer.Option(help="Base channel width.")] = 16,
     ch_mult: Annotated[
         str, typer.Option(help="Width multipliers; downsampling 2^(levels-1).")
     ] = "1,2",
-    z_channels: int = 32,
-    res_blocks: int = 1,
+    z_channels: Annotated[
+        int, typer.Option(help="Channels of the latent the codebook quantises.")
+    ] = 32,
+    res_blocks: Annotated[int, typer.Option(help="Residual blocks per resolution level.")] = 1,
     image_size: Annotated[int | None, typer.Option(help=SIZE_HELP)] = None,
     channels: Annotated[int, typer.Option(help="Image channels for folders (1 or 3).")] = 3,
     frames: Annotated[int | None, typer.Option(help=FRAMES_HELP)] = None,
-    checkpoint_every: int = 200,
+    checkpoint_every: Annotated[int, typer.Option(help=CHECKPOINT_EVERY_HELP)] = 200,
     warmup: Annotated[int, typer.Option(help=WARMUP_HELP)] = 50,
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "fp32",
 ) -> None:
     """Train a VQ tokenizer."""
     from parcli.config import image_side
+    from parcli.engine.devices import resolve_device
     from parcli.training.data import training_images
     from parcli.training.loops import TrainRun, train_vq
     from parcli.vq import VQConfig, most_norm_groups
 
     with user_errors(OPTIONS):
         device = str(resolve_device(device))  # a missing GPU is one line, before any work
-        check_writable(out, (".safetensors",), setting="out")  # before hours of training
+        check_writable(output, (".safetensors",), setting="output")  # before hours of training
         run = TrainRun(
-            steps, batch_size, lr, seed, out, resume, checkpoint_every, device, data,
+            steps, batch_size, lr, seed, output, resume, checkpoint_every, device, data,
             _command(), warmup, precision,
         )  # fmt: skip
         mult = tuple(parse_ints(ch_mult, "ch_mult"))
@@ -125,49 +143,54 @@ def vq(
 
 
 @app.command("gpt")
+@old_spellings(out=("--out", "output"))
 def gpt(
     tokenizer: Annotated[Path, typer.Option(help="Trained VQ checkpoint that encodes the data.")],
-    out: Annotated[Path, typer.Option(help="Checkpoint to write (.safetensors).")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Checkpoint to write (.safetensors).")
+    ],
     data: Annotated[str, typer.Option(help=DATA_HELP)] = "digits",
     regions: Annotated[int, typer.Option(help="PAR regions n: 1, 4 or 16.")] = 1,
-    layers: int = 4,
-    dim: int = 128,
-    heads: int = 4,
+    layers: Annotated[int, typer.Option(help="Transformer blocks.")] = 4,
+    dim: Annotated[int, typer.Option(help="Width of the transformer.")] = 128,
+    heads: Annotated[int, typer.Option(help="Attention heads (dividing --dim).")] = 4,
     steps: Annotated[int, typer.Option(help=STEPS_HELP)] = 1500,
-    batch_size: int = 32,
-    lr: float = 1e-3,
-    seed: int = 0,
+    batch_size: Annotated[int, typer.Option(help=BATCH_HELP)] = 32,
+    lr: Annotated[float, typer.Option(help=LR_HELP)] = 1e-3,
+    seed: Annotated[int, typer.Option(help=SEED_HELP)] = 0,
     resume: Annotated[bool, typer.Option(help=RESUME_HELP)] = False,
-    device: str = "cpu",
+    device: DeviceOption = "auto",
     init_from: Annotated[
         Path | None, typer.Option(help="Start from another model's weights.")
     ] = None,
     class_dropout: Annotated[float, typer.Option(help="Null-class probability (for CFG).")] = 0.1,
     image_size: Annotated[int | None, typer.Option(help=SIZE_HELP)] = None,
     frames: Annotated[int | None, typer.Option(help=FRAMES_HELP)] = None,
-    checkpoint_every: int = 200,
+    checkpoint_every: Annotated[int, typer.Option(help=CHECKPOINT_EVERY_HELP)] = 200,
     warmup: Annotated[int, typer.Option(help=WARMUP_HELP)] = 100,
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "fp32",
     cfg_scale: Annotated[
         float | None,
         typer.Option(
             min=0,
+            show_default=False,
             help="Guidance scale to record in the checkpoint as its default, so that it "
-            "samples the same by file or by catalogue name. Default: none (guidance off).",
+            "samples the same by file or by catalogue name; none (guidance off) when not given.",
         ),
     ] = None,
 ) -> None:
     """Train a class-conditional PAR transformer on the tokenizer's codes (images or clips)."""
     from parcli.config import SUPPORTED_REGIONS, GPTConfig, image_side
+    from parcli.engine.devices import resolve_device
     from parcli.io.checkpoints import load_vq
     from parcli.training.data import check_data, is_clip_data, training_clips, training_images
     from parcli.training.loops import TrainRun, encode_clips, encode_images, train_gpt
 
     with user_errors(OPTIONS):
         device = str(resolve_device(device))  # a missing GPU is one line, before any work
-        check_writable(out, (".safetensors",), setting="out")  # before hours of training
+        check_writable(output, (".safetensors",), setting="output")  # before hours of training
         run = TrainRun(
-            steps, batch_size, lr, seed, out, resume, checkpoint_every, device, data,
+            steps, batch_size, lr, seed, output, resume, checkpoint_every, device, data,
             _command(), warmup, precision,
         )  # fmt: skip
         if regions not in SUPPORTED_REGIONS:  # now, not after the data is encoded
@@ -211,8 +234,11 @@ def _report(result) -> None:
 
 
 @app.command("classifier")
+@old_spellings(out=("--out", "output"))
 def classifier(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Classifier to write (.safetensors).")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Classifier to write (.safetensors).")
+    ],
     steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 1500,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
@@ -224,9 +250,11 @@ def classifier(
     with user_errors():
         if steps < 1:
             raise SettingError("steps", f"must be at least 1, not {steps}")
-        if out.resolve().is_relative_to(Path(__file__).resolve().parents[1]):
-            raise SettingError("out", f"{out} is inside the parcli package; write it elsewhere")
-        check_writable(out, (".safetensors",), setting="out")
+        if output.resolve().is_relative_to(Path(__file__).resolve().parents[1]):
+            raise SettingError(
+                "output", f"{output} is inside the parcli package; write it elsewhere"
+            )
+        check_writable(output, (".safetensors",), setting="output")
         images, labels = load_digits()
         progress, on_step = _progress("classifier")
         with progress:
@@ -234,10 +262,10 @@ def classifier(
                 images, labels, steps=steps, seed=seed,
                 on_step=lambda step, total, loss: on_step(step, total, loss, 0.0),
             )  # fmt: skip
-        save_classifier(out, net, info, _command())
+        save_classifier(output, net, info, _command())
     err_console.print(
         f"held-out accuracy {100 * info.held_out_accuracy:.1f}% on {info.held_out_count} digits "
-        f"· {info.steps} steps · {info.seconds:.0f} s -> {out}",
+        f"· {info.steps} steps · {info.seconds:.0f} s -> {output}",
         highlight=False,
         markup=False,
     )

@@ -19,7 +19,6 @@ from parcli.commands.common import (
     user_errors,
 )
 from parcli.commands.downloads import announce, fetch_with_progress
-from parcli.engine.dtypes import storage_dtype
 from parcli.io import hub
 from parcli.io.catalogue import Catalogue, Entry, load_catalogue, use_catalogue
 
@@ -125,8 +124,8 @@ def fetch(
     keep_original: Annotated[
         bool,
         typer.Option(
-            help="Keep the published file after conversion (default: one copy stays, the "
-            "converted one; also PARCLI_KEEP_ORIGINAL=1)."
+            help="Keep the published file beside the converted one (also "
+            "PARCLI_KEEP_ORIGINAL=1); without it, only the converted copy stays."
         ),
     ] = False,
     dtype: Annotated[
@@ -139,6 +138,8 @@ def fetch(
     catalogue_path: CatalogueOption = None,
 ) -> None:
     """Download, convert and verify checkpoints (always with the tokenizer they need)."""
+    from parcli.engine.dtypes import storage_dtype  # torch: when the command runs, not for --help
+
     with user_errors():
         catalogue = _catalogue(catalogue_path)
         wanted = _select(catalogue, names, regions)

@@ -73,11 +73,23 @@ class ClassSet:
                 "class", f"{text!r} matches {len(found)} {self.name} classes: {shown}{more}; "
                 "give the id or a longer name",
             )  # fmt: skip
-        everything = {name.casefold(): i for i, names in enumerate(self.names) for name in names}
+        # Ids are no names to spell near (7 is not close to "eleven"); one class is named once,
+        # by the name that came close where its first name is only its id (7 seven, not 7 7).
+        everything = {
+            name.casefold(): (i, name)
+            for i, names in enumerate(self.names)
+            for name in names
+            if name != str(i)
+        }
         close = difflib.get_close_matches(folded, list(everything), n=3, cutoff=0.6)
+        shown = {}
+        for match in close:
+            class_id, name = everything[match]
+            label = self.label(class_id)
+            shown.setdefault(class_id, f"{class_id} {name if label == str(class_id) else label}")
         hint = (
-            "closest: " + ", ".join(f"{everything[n]} {self.label(everything[n])}" for n in close)
-            if close
+            "closest: " + ", ".join(shown.values())
+            if shown
             else "`par classes QUERY` searches the names"
         )
         raise SettingError("class", f"no {self.name} class is called {text!r}; {hint}")

@@ -192,8 +192,11 @@ def check_writable(
     allowed = tuple(s.lower() for s in suffixes) if suffixes is not None else None
     if allowed is not None and target.suffix.lower() not in allowed:
         shown = target.suffix or "(no suffix)"
+        # A new folder given without its trailing slash reads as a file without a suffix.
+        folder = f", or {target}/ for a folder" if allow_directory and not target.suffix else ""
         raise OutputError(
-            f"cannot write {target}: unsupported file type {shown}; use {' or '.join(allowed)}",
+            f"cannot write {target}: unsupported file type {shown}; use {' or '.join(allowed)}"
+            f"{folder}",
             setting,
         )
     problem = _diagnose(target)

@@ -13,6 +13,8 @@ import datetime
 import json
 import os
 import shutil
+import socket
+import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -146,6 +148,28 @@ def download_url(entry: Entry) -> str:
     from huggingface_hub import hf_hub_url
 
     return hf_hub_url(str(entry.repo), str(entry.file), revision=REVISION, endpoint=_endpoint())
+
+
+REACH_TIMEOUT = 5.0  # seconds to open a connection to the Hub before calling it unreachable
+
+
+def download_host(entry: Entry) -> str:
+    """The host a download of ``entry`` comes from (huggingface.co, or HF_ENDPOINT's)."""
+    url = download_url(entry)
+    return urlsplit(url).netloc or url
+
+
+def check_reachable(entry: Entry, timeout: float = REACH_TIMEOUT) -> None:
+    """Fail at once, in one line, where the Hub cannot be reached at all (no network, no such
+    host): huggingface_hub would retry five times over about 20 s, logging every retry."""
+    if urllib.request.getproxies():  # a proxy may reach what a direct connection cannot
+        return
+    parts = urlsplit(download_url(entry))
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except OSError as exc:
+        raise _download_error(entry, exc) from None
 
 
 def human_size(size: int | None) -> str:
@@ -288,7 +312,7 @@ def _download_error(entry: Entry, exc: BaseException, resumable: bool = False) -
     for err in _chain(exc):
         name = type(err).__name__
         if name in ("ConnectError", "ConnectionError", "ConnectTimeout", "ProxyError") or (
-            isinstance(err, ConnectionRefusedError)
+            isinstance(err, ConnectionRefusedError | socket.gaierror)
         ):
             return FetchError(
                 f"{entry.name}: cannot connect to {host} ({_short(err)}); check the network, "
@@ -348,6 +372,7 @@ def _download(entry: Entry, on_bytes: BytesCallback | None) -> Path:
     from huggingface_hub.utils import build_hf_headers
 
     url = download_url(entry)
+    check_reachable(entry)
     try:
         remote = get_hf_file_metadata(url, endpoint=_endpoint(), retry_on_errors=True)
     except Exception as exc:

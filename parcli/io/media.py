@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from parcli.config import CLIP_FPS
 from parcli.io.files import (
     OutputError,
     PathLike,
@@ -30,7 +31,6 @@ LOSSY_QUALITY = 95  # JPEG and WebP: near the eye's limit; PNG is the lossless c
 VIDEO_SUFFIXES = (".mp4", ".gif")
 TOKEN_SUFFIXES = (".npy",)
 
-CLIP_FPS = 8.0
 
 # The recipe (JSON text) of the file that holds the given samples, by their number in the run.
 Describe = Callable[[list[int]], str]

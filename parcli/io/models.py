@@ -11,13 +11,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from parcli.errors import SettingError
 from parcli.io import hub
 from parcli.io.catalogue import CatalogueError, Entry, load_catalogue
 from parcli.io.classes import IMAGENET, ClassSet, class_set
-from parcli.io.tensors import WeightsError
-from parcli.sampling import SamplingConfig
+
+if TYPE_CHECKING:  # sampling imports torch: not needed to list classes or parse options
+    from parcli.sampling import SamplingConfig
 
 Fetch = Callable[[list[Entry]], dict[str, Path]]
 
@@ -70,6 +72,8 @@ def model_files(
     tokenizer = tokenizer or paths[catalogue.tokenizer_for(entry).name]
     defaults = entry_sampling(entry)
     if demo and not entry.is_packaged and catalogue.demo:
+        from parcli.sampling import SamplingConfig
+
         defaults = SamplingConfig(**catalogue.demo)
     return ModelFiles(entry.name, paths[entry.name], tokenizer, defaults, entry.regions)
 
@@ -101,6 +105,7 @@ def as_safetensors(path: Path, on_status: Callable[[str], None] | None = None) -
     into the cache once (`parcli.io.hub.convert_local`); anything else is used as it is."""
     from parcli.io.checkpoints import sniff_format
     from parcli.io.convert import HeadsUnknown
+    from parcli.io.tensors import WeightsError
 
     path = Path(path)
     if path.is_file() and path.stat().st_size > 0 and sniff_format(path) in ("zip", "pickle"):
@@ -125,6 +130,8 @@ def catalogue_class_set(model: str | None, regions: int | None) -> ClassSet:
 
 def entry_sampling(entry: Entry) -> SamplingConfig:
     """The sampling settings a catalogue entry gives, the tool's defaults for any it lacks."""
+    from parcli.sampling import SamplingConfig
+
     settings = {
         "cfg_scale": entry.cfg_scale,
         "temperature": entry.temperature,

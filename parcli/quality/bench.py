@@ -21,16 +21,12 @@ from parcli.errors import SettingError
 from parcli.io.models import Fetch, model_files
 from parcli.options import RunOptions
 from parcli.pipeline import Pipeline, open_pipeline
+from parcli.quality.engines import INT8, OURS, PLAIN
 from parcli.sampling import SamplingConfig
 from parcli.strategies import DecodeStats
 from parcli.vq import VQConfig
 
 WIDE_SPREAD = 0.15  # (max - min) / median above which a row is flagged as noisy
-
-
-OURS, PLAIN = "ours", "plain"  # engines: every speed-up on, or none (the --baseline yardstick)
-INT8 = "int8"  # ours with weight-only int8 projections (--quantize int8), timed beside float
-# Any other engine name is ours in another dtype ("bf16"), timed beside the first dtype.
 
 
 @dataclass(frozen=True)

@@ -211,9 +211,7 @@ def load_classifier(
     """The classifier of a file written by `save_classifier`, in eval mode, with its record."""
     path = Path(path)
     if not path.is_file():
-        raise WeightsError(
-            f"{path} does not exist; write it with `par train classifier --out {path}`"
-        )
+        raise WeightsError(f"{path} does not exist; write it with `par train classifier -o {path}`")
     state, meta = read_safetensors(path, "digit classifier")
     if meta.get("kind") != KIND:
         raise WeightsError(f"{path} is not a digit classifier (kind {meta.get('kind')!r})")

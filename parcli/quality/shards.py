@@ -161,7 +161,7 @@ class SampleRun:
                 raise SampleError(
                     f"{run_file} is not a par sample run record; choose another folder, or "
                     "remove it to start afresh",
-                    "out",
+                    "output",
                 )
             if found != self.identity:
                 differ = sorted(
@@ -172,7 +172,7 @@ class SampleRun:
                 raise SampleError(
                     f"{self.out} holds a run with other settings ({', '.join(differ)}); "
                     "choose another folder, or remove it to start afresh",
-                    "out",
+                    "output",
                 )
             # A killed run leaves its half-written files under temporary names: ours to remove.
             for folder in (self.out, self.out / SHARDS, self.out / PNGS):
@@ -184,11 +184,11 @@ class SampleRun:
         if self.out.exists() and (not self.out.is_dir() or any(self.out.iterdir())):
             raise SampleError(
                 f"{self.out} exists and holds no par sample run; choose a new or empty folder",
-                "out",
+                "output",
             )
         self._check_space()
         (self.out / SHARDS).mkdir(parents=True, exist_ok=True)
-        with atomic_path(run_file, "out") as tmp:
+        with atomic_path(run_file, "output") as tmp:
             tmp.write_text(json.dumps(self.identity, indent=2) + "\n", encoding="utf-8")
         return False
 
@@ -214,7 +214,7 @@ class SampleRun:
             raise SampleError(
                 f"{self.settings.count} images need {needed / 1e9:.1f} GB for samples.npz but "
                 f"{place} has {free / 1e9:.1f} GB free; ask for fewer images or another disk",
-                "out",
+                "output",
             )
 
     def _is_complete(self) -> bool:
@@ -297,7 +297,7 @@ class SampleRun:
             for position, image in enumerate(images, start=shard.start):
                 save_png(folder / f"{position:06d}.png", image)
         entry = {"images": shard.size, "first": shard.start, "sha256": file_sha256(data)}
-        with atomic_path(record, "out") as tmp:
+        with atomic_path(record, "output") as tmp:
             tmp.write_text(json.dumps(entry) + "\n", encoding="utf-8")
 
     def run(
@@ -355,7 +355,7 @@ class SampleRun:
                 "arr_0": Member(shape, np.dtype(np.uint8), images()),
                 "labels": Member((self.settings.count,), np.dtype(np.int64), [self._labels]),
             },
-            "out",
+            "output",
         )
         document = {
             **manifest,
@@ -364,7 +364,7 @@ class SampleRun:
             "shape": list(shape),
             "samples_sha256": file_sha256(target),
         }
-        with atomic_path(self.out / MANIFEST, "out") as tmp:
+        with atomic_path(self.out / MANIFEST, "output") as tmp:
             tmp.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
         return target
 
