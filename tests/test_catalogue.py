@@ -425,3 +425,15 @@ def test_shipped_checkpoints_carry_the_guidance_their_entries_give():
             metadata = read_metadata(entry.package_path)
             assert float(metadata.get("cfg_scale", "nan")) == entry.cfg_scale, entry.name
             assert float(metadata.get("temperature", "1")) == entry.temperature, entry.name
+
+
+def test_every_packaged_file_has_its_sha256_in_the_catalogue():
+    import hashlib
+
+    from parcli.io.catalogue import PACKAGE_DIR, load_catalogue
+
+    packaged = [e for e in load_catalogue().entries() if e.is_packaged]
+    assert packaged
+    for entry in packaged:
+        digest = hashlib.sha256((PACKAGE_DIR / entry.path).read_bytes()).hexdigest()
+        assert entry.sha256 == digest, entry.name
