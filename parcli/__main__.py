@@ -1,13 +1,12 @@
 """The `par` executable: signals are handled before the command line's imports begin
-(`parcli.signals` says how)."""
+(`parcli.errors` says how)."""
 
 from __future__ import annotations
 
 import signal
 import sys
 
-from parcli.errors import Terminated
-from parcli.signals import WORDS, received, start_up
+from parcli.errors import WORDS, Terminated, received, start_up
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from parcli.commands.info import info
 from parcli.commands.sample import sample
 from parcli.commands.train import app as train_app
 from parcli.commands.weights import app as weights_app
-from parcli.signals import loads_torch
+from parcli.errors import loads_torch
 
 app = command_app(
     "par",
@@ -50,7 +50,7 @@ def root(
 
 
 # The commands that compute import torch first, while a signal still ends start-up at once
-# (`parcli.signals`); the others (classes, info, weights list, path, remove) never load it.
+# (`parcli.errors`); the others (classes, info, weights list, path, remove) never load it.
 app.command()(loads_torch(generate))
 app.command("classes")(classes_command)
 app.command()(info)

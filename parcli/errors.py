@@ -1,6 +1,22 @@
-"""The one base class of the failures a user can fix, which the command line shows as one line."""
+"""How a run fails: the one base class of the failures a user can fix (shown as one line), and
+Ctrl-C and SIGTERM (one line and exit code 130 or 143, wherever they arrive).
+
+During start-up nothing has been written yet, so a signal ends the process at once. Raising
+there instead would interrupt a C extension's import half-way (numpy's cannot be retried in the
+same process; torch's can abort the interpreter), and the run would end in a traceback rather
+than one line. Start-up lasts until the command line is parsed and, for a command that computes,
+until torch and numpy are imported (`loads_torch`): `par --help` never imports them. From then
+on the signal is raised as an exception where the program is, so that every `atomic_path`
+unwinds and removes its temporary file. A module imported later (PIL at the first PNG) can be
+interrupted the same way and fail with some other exception; once a signal has arrived,
+whatever unwinds to `parcli.__main__` is reported as that signal.
+"""
 
 from __future__ import annotations
+
+import functools
+import os
+import signal
 
 
 class UserError(Exception):
@@ -24,3 +40,54 @@ class SettingError(UserError, ValueError):
 
 class Terminated(BaseException):
     """SIGTERM, raised where the program is so that cleanup code runs as for Ctrl-C."""
+
+
+WORDS = {signal.SIGINT: ("interrupted", 130), signal.SIGTERM: ("terminated", 143)}
+
+received: list[int] = []  # the signals that arrived after start-up
+_starting: list[bool] = []  # [True] while `par` (not a test's runner) is starting up
+
+
+def _raise_interrupted(signum, frame) -> None:
+    received.append(signum)
+    raise KeyboardInterrupt()
+
+
+def _raise_terminated(signum, frame) -> None:
+    received.append(signum)
+    raise Terminated()
+
+
+def _exit_during_start_up(signum, frame) -> None:
+    word, code = WORDS[signum]
+    os.write(2, f"{word}\n".encode())
+    os._exit(code)
+
+
+def start_up() -> None:
+    """From now until `started`, a signal ends the process at once."""
+    for signum in WORDS:
+        signal.signal(signum, _exit_during_start_up)
+    _starting[:] = [True]
+
+
+def started() -> None:
+    """From now on a signal raises where the program is (in `par` only: not in a test)."""
+    if _starting:
+        signal.signal(signal.SIGINT, _raise_interrupted)
+        signal.signal(signal.SIGTERM, _raise_terminated)
+        _starting.clear()
+
+
+def loads_torch(command):
+    """`command`, with torch and numpy imported before it runs, while still starting up."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        import numpy  # noqa: F401
+        import torch  # noqa: F401
+
+        started()
+        return command(*args, **kwargs)
+
+    return run

@@ -547,8 +547,17 @@ def _digits_catalogue(tmp_path, *replacements, name="mine.toml"):
 
 
 def test_a_catalogue_entry_that_names_the_wrong_file_is_refused(tmp_path):
+    from parcli.io.catalogue import PACKAGE_DIR
+    from parcli.io.files import file_sha256
+
+    # Without their sha256 (which would refuse the swap first), to reach the regions check.
+    unhashed = [
+        (f'sha256 = "{file_sha256(PACKAGE_DIR / f"assets/digits/gpt-{n}.safetensors")}"\n', "")
+        for n in (1, 4)
+    ]
     swapped = _digits_catalogue(
         tmp_path,
+        *unhashed,
         ('path = "assets/digits/gpt-1.safetensors"', 'path = "assets/digits/X.safetensors"'),
         ('path = "assets/digits/gpt-4.safetensors"', 'path = "assets/digits/gpt-1.safetensors"'),
         ('path = "assets/digits/X.safetensors"', 'path = "assets/digits/gpt-4.safetensors"'),
@@ -564,11 +573,11 @@ def test_a_packaged_file_is_checked_against_its_catalogue_sha256(tmp_path):
     from parcli.io.catalogue import PACKAGE_DIR
     from parcli.io.files import file_sha256
 
-    vq = 'path = "assets/digits/vq.safetensors"\n'
     right = file_sha256(PACKAGE_DIR / "assets/digits/vq.safetensors")
+    listed = f'sha256 = "{right}"'
     out = tmp_path / "x.png"
     for sha, code in (("0" * 64, 2), (right, 0)):
-        mine = _digits_catalogue(tmp_path, (vq, f'{vq}sha256 = "{sha}"\n'), name=f"{code}.toml")
+        mine = _digits_catalogue(tmp_path, (listed, f'sha256 = "{sha}"'), name=f"{code}.toml")
         result = run("generate", "-m", "digits-4", "-c", 1, "-q", "-o", out, "--catalogue", mine)
         if code == 2:
             assert_clean_refusal(result, "digits-vq: ", "the catalogue expects 0000")
