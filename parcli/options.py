@@ -26,7 +26,7 @@ class RunOptions:
     reference_kernels: bool = False  # the reference's attention kernels (its bf16 tokens)
     threads: int | None = None  # CPU threads; None: chosen from the model's size
     strategy: str = "par"  # a name in `parcli.strategies`
-    window: int = 1  # plan passes per strategy iteration
+    window: int | None = None  # plan passes per strategy iteration; None: the strategy's default
     # Sampling: None takes the model's own setting (`Pipeline.sampling`).
     cfg_scale: float | None = None
     temperature: float | None = None
@@ -59,9 +59,10 @@ class RunOptions:
             dtype=dtype_name(torch_dtype),
             compile=compile,
             strategy=strategy,
-            window=make_strategy(strategy, window).window,
+            window=window,
             **settings,
         )
+        options = replace(options, window=make_strategy(options).window)
         options.check()
         return options
 

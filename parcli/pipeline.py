@@ -66,7 +66,7 @@ class Pipeline:
             )
         self.options.check()
         self.plan = Plan(cfg.grid, cfg.regions)
-        self.strategy = make_strategy(self.options.strategy, self.options.window)
+        self.strategy = make_strategy(self.options)
         self.stats = DecodeStats()
         if self.quantize is not None:
             quantize_int8(self.model)
@@ -123,7 +123,7 @@ class Pipeline:
 
     def run_options(self, sampling: SamplingConfig | None = None) -> RunOptions:
         """The options as this pipeline runs them, every sampling setting decided."""
-        options = replace(self.options, compile=self.engine.compiled)
+        options = replace(self.options, compile=self.engine.compiled, window=self.strategy.window)
         return options.with_sampling(sampling or self.sampling())
 
     def check_regions(self, regions: int | None) -> None:

@@ -444,11 +444,11 @@ def test_generate_records_the_reference_kernels_and_from_replays_them(files, tmp
     args = ["-c", 1, "-n", 2, "--dtype", "bf16", "--reference-kernels"]
     result = generate(files, *args, "-o", first, "--save-tokens", tokens[0])
     assert result.exit_code == 0, result.output
-    assert read_recipe(first).reference_kernels
+    assert read_recipe(first).run.reference_kernels
     result = run("generate", "--from", first, "--checkpoint", files["gpt4"], "--tokenizer",
                  files["vq"], "-q", "-o", again, "--save-tokens", tokens[1])  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert read_recipe(again).reference_kernels
+    assert read_recipe(again).run.reference_kernels
     assert np.array_equal(np.load(tokens[0]), np.load(tokens[1]))
     result = generate(files, "-c", 1, "--reference-kernels", "--compile", "-o", again)
     assert_user_error(result, "--compile", "--reference-kernels")
@@ -461,7 +461,7 @@ def test_from_replays_whether_the_step_was_compiled(files, tmp_path, monkeypatch
 
     first = tmp_path / "a.png"
     assert generate(files, "-c", 1, "--no-compile", "-o", first).exit_code == 0
-    assert read_recipe(first).compiled is False
+    assert read_recipe(first).run.compile is False
     asked, real = [], command.open_pipeline
     monkeypatch.setattr(
         command, "open_pipeline", lambda *a, **k: asked.append(a[1].compile) or real(*a, **k)
@@ -473,7 +473,9 @@ def test_from_replays_whether_the_step_was_compiled(files, tmp_path, monkeypatch
     # A recipe compiled on CUDA, replayed on a CPU: the CPU's default, not minutes of compiling.
     from dataclasses import replace
 
-    made_on_cuda = replace(read_recipe(first), device="cuda", compiled=True)
+    made_on_cuda = replace(
+        read_recipe(first), run=replace(read_recipe(first).run, device="cuda", compile=True)
+    )
     import parcli.io.recipe as recipes
 
     monkeypatch.setattr(recipes, "read_recipe", lambda path: made_on_cuda)
@@ -633,7 +635,7 @@ def test_converted_and_trained_checkpoints_carry_their_guidance(tmp_path, files)
     assert result.exit_code == 0, result.output
     from parcli.io.recipe import read_recipe
 
-    assert read_recipe(out).cfg_scale == 1.5
+    assert read_recipe(out).run.cfg_scale == 1.5
     # ... and without --grid the assumption is said aloud.
     result = run("convert-weights", src, tmp_path / "t2.safetensors", "--heads", 4)
     assert "grid 24x24 assumed" in result.output
@@ -703,12 +705,12 @@ def test_the_strategy_and_window_are_recorded_and_replayed(files, tmp_path):
     made = generate(files, "-c", 1, "-n", 2, "--strategy", "sjd", "--window", 3, "-o", first)
     assert made.exit_code == 0, made.output
     recipe = read_recipe(first)
-    assert (recipe.strategy, recipe.window) == ("sjd", 3)
+    assert (recipe.run.strategy, recipe.run.window) == ("sjd", 3)
     again = ["generate", "--from", first, "--checkpoint", files["gpt4"], "--tokenizer",
              files["vq"], "-q"]  # fmt: skip
     assert run(*again, "-o", tmp_path / "b.png").exit_code == 0
     np.testing.assert_array_equal(iio.imread(first), iio.imread(tmp_path / "b.png"))
-    assert read_recipe(tmp_path / "b.png").strategy == "sjd"
+    assert read_recipe(tmp_path / "b.png").run.strategy == "sjd"
     assert_user_error(run(*again, "--window", 2, "-o", tmp_path / "c.png"), "--window: comes from")
     assert_user_error(generate(files, "-c", 1, "--strategy", "jacobi", "-o", tmp_path / "d.png"),
                       "--strategy: ", "par or sjd")  # fmt: skip

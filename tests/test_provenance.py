@@ -8,18 +8,20 @@ import pytest
 
 from parcli.io.media import save_image, save_video
 from parcli.io.recipe import Recipe, RecipeError, Sample, read_recipe, sidecar_path
+from parcli.options import RunOptions
 from tests.test_cli import assert_user_error, generate, run
 
 
 def _recipe(**changes):
+    run = dict(cfg_scale=2.0, temperature=1.0, top_k=0, top_p=1.0, dtype="fp32", device="cpu")
     fields = dict(
         parcli="0.1.0", model="digits-4", checkpoint="gpt-4.safetensors",
         checkpoint_sha256="ab" * 32, tokenizer="vq.safetensors", regions=4, seed=3,
-        cfg_scale=2.0, temperature=1.0, top_k=0, top_p=1.0, dtype="fp32", device="cpu",
         scale=1, columns=None, fps=None, samples=(Sample(207, "golden retriever", 5),),
     )  # fmt: skip
-    fields.update(changes)
-    return Recipe(**fields)
+    run.update({k: v for k, v in changes.items() if k in run})
+    fields.update({k: v for k, v in changes.items() if k not in run})
+    return Recipe(**fields, run=RunOptions(**run))
 
 
 def test_png_chunk_and_sidecars_round_trip(tmp_path):
@@ -161,13 +163,13 @@ def test_a_recipe_from_before_quantize_existed_still_reads(tmp_path):
     del data["quantize"]
     path = tmp_path / "old.json"
     path.write_text(json.dumps(data))
-    assert read_recipe(path).quantize is None
+    assert read_recipe(path).run.quantize is None
 
 
 def test_a_recipe_from_before_reference_kernels_existed_reads_as_without():
     data = json.loads(_recipe().to_json())
     del data["reference_kernels"]
-    assert not Recipe.from_dict(data, "old.json").reference_kernels
+    assert not Recipe.from_dict(data, "old.json").run.reference_kernels
     with pytest.raises(RecipeError, match="reference_kernels"):
         Recipe.from_dict({**data, "reference_kernels": "yes"}, "odd.json")
 
@@ -175,8 +177,8 @@ def test_a_recipe_from_before_reference_kernels_existed_reads_as_without():
 def test_a_recipe_from_before_compiled_existed_leaves_it_to_the_device():
     data = json.loads(_recipe().to_json())
     del data["compiled"]
-    assert Recipe.from_dict(data, "old.json").compiled is None
-    assert Recipe.from_dict({**data, "compiled": True}, "new.json").compiled is True
+    assert Recipe.from_dict(data, "old.json").run.compile is None
+    assert Recipe.from_dict({**data, "compiled": True}, "new.json").run.compile is True
     with pytest.raises(RecipeError, match="compiled"):
         Recipe.from_dict({**data, "compiled": 1}, "odd.json")
 

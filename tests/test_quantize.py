@@ -55,7 +55,7 @@ def test_generate_quantize_is_recorded_and_checked(files, tmp_path):
     out = tmp_path / "x.png"
     result = generate(files, "-c", 1, "--quantize", "int8", "-o", out)
     assert result.exit_code == 0, result.output
-    assert read_recipe(out).quantize == "int8"
+    assert read_recipe(out).run.quantize == "int8"
     assert "int8 weights" in run("info", out).output
     again = generate(files, "--from", out, "-o", tmp_path / "y.png", "--save-tokens",
                      tmp_path / "b.npy")  # fmt: skip

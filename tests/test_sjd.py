@@ -6,6 +6,7 @@ import torch
 
 from parcli.errors import SettingError
 from parcli.model import KVCache
+from parcli.options import RunOptions
 from parcli.plan import Plan
 from parcli.sampling import SamplingConfig, mix_guidance
 from parcli.slots import embed_slots, guided_labels, slot_rotary
@@ -160,8 +161,10 @@ def test_greedy_sjd_draws_par_tokens(make_model, n, grid, window):
     plan = Plan(grid, n)
     labels = torch.tensor([1, 4])
     greedy = SamplingConfig(cfg_scale=2.0, top_k=1)
-    expected, _ = generate(Par(), model, plan, labels, greedy)
-    tokens, stats = generate(Sjd(window), model, plan, labels, greedy)
+    expected, _ = generate(Par(RunOptions()), model, plan, labels, greedy)
+    tokens, stats = generate(
+        Sjd(RunOptions(strategy="sjd", window=window)), model, plan, labels, greedy
+    )
     assert torch.equal(tokens, expected)
     assert stats.images == 2 and stats.committed_passes == 2 * plan.num_passes
     assert stats.passes <= 2 * plan.num_passes
@@ -173,8 +176,10 @@ def test_window_one_draws_par_tokens_under_sampling(make_model, n):
     plan = Plan((8, 8), n)
     labels = torch.tensor([2, 7])
     sampling = SamplingConfig(cfg_scale=1.5, temperature=1.0, top_k=8)
-    expected, _ = generate(Par(), model, plan, labels, sampling, seed=5)
-    tokens, stats = generate(Sjd(1), model, plan, labels, sampling, seed=5)
+    expected, _ = generate(Par(RunOptions()), model, plan, labels, sampling, seed=5)
+    tokens, stats = generate(
+        Sjd(RunOptions(strategy="sjd", window=1)), model, plan, labels, sampling, seed=5
+    )
     assert torch.equal(tokens, expected)
     assert stats.passes == 2 * plan.num_passes == stats.iterations
 
@@ -184,7 +189,7 @@ def test_an_image_is_the_same_whatever_its_batch(make_model, n):
     model = make_model(regions=n)
     plan = Plan((8, 8), n)
     sampling = SamplingConfig(cfg_scale=1.5, top_k=8)
-    strategy = Sjd(3)
+    strategy = Sjd(RunOptions(strategy="sjd", window=3))
     batch, _ = generate(strategy, model, plan, torch.tensor([3, 5, 8]), sampling, 2, [10, 11, 12])
     alone, _ = generate(strategy, model, plan, torch.tensor([5]), sampling, 2, [11])
     assert torch.equal(batch[1:2], alone)
@@ -198,7 +203,7 @@ def test_kv_cache_after_a_run_is_the_teacher_forced_one(make_model, n):
     plan = Plan((8, 8), n)
     labels = torch.tensor([6])
     sampling = SamplingConfig(cfg_scale=1.5, top_k=8)
-    strategy = Sjd(4)
+    strategy = Sjd(RunOptions(strategy="sjd", window=4))
     tokens, _ = generate(strategy, model, plan, labels, sampling)
     rows = guided_labels(labels, model.cfg.num_classes, True)
     seq = torch.from_numpy(plan.to_sequence(tokens.numpy())).expand(rows.shape[0], -1)
@@ -216,15 +221,15 @@ def test_progress_and_stats(make_model):
     model = make_model(regions=4)
     plan = Plan((8, 8), 4)
     seen = []
-    strategy = make_strategy("sjd", 3)
+    strategy = make_strategy(RunOptions(strategy="sjd", window=3))
     assert strategy.name == "sjd" and strategy.window == 3
     labels = torch.tensor([1, 2])
     sampling = SamplingConfig(cfg_scale=1.5)
     strategy.generate(model, plan, labels, sampling, 0, [0, 1], None, seen.append)
     assert seen == list(plan.passes)
-    assert make_strategy("sjd").window >= 1
+    assert make_strategy(RunOptions(strategy="sjd")).window >= 1
 
 
 def test_window_below_one_is_refused():
     with pytest.raises(SettingError):
-        Sjd(0)
+        Sjd(RunOptions(strategy="sjd", window=0))

@@ -272,9 +272,9 @@ def check_same_weights(
             f"{sha256[:12]}..., the recipe says {recipe.checkpoint_sha256[:12]}...)",
             "from_file",
         )
-    if options.device_kind != recipe.device and not quiet:
+    if options.device_kind != recipe.run.device and not quiet:
         err_console.print(
-            f"note: made on {recipe.device}, now run on {options.device_kind}: the tokens can "
+            f"note: made on {recipe.run.device}, now run on {options.device_kind}: the tokens can "
             "differ",
             markup=False,
             highlight=False,

@@ -39,10 +39,10 @@ def info(
 
 
 def recipe_lines(recipe: Recipe) -> list[tuple[str, str]]:
-    model = recipe.model or "(a checkpoint file)"
-    guidance = f"{recipe.cfg_scale:g}" if recipe.cfg_scale > 1 else f"off ({recipe.cfg_scale:g})"
-    top_k = str(recipe.top_k) if recipe.top_k else "off"
-    top_p = f"{recipe.top_p:g}" if recipe.top_p < 1 else "off"
+    model, run = recipe.model or "(a checkpoint file)", recipe.run
+    guidance = f"{run.cfg_scale:g}" if run.cfg_scale > 1 else f"off ({run.cfg_scale:g})"
+    top_k = str(run.top_k) if run.top_k else "off"
+    top_p = f"{run.top_p:g}" if run.top_p < 1 else "off"
     samples = [
         f"{s.class_id}"
         + (f" {s.class_name}" if s.class_name and s.class_name != str(s.class_id) else "")
@@ -58,16 +58,16 @@ def recipe_lines(recipe: Recipe) -> list[tuple[str, str]]:
         ("regions", str(recipe.regions)),
         (
             "sampling",
-            f"guidance {guidance}, temperature {recipe.temperature:g}, "
-            f"top-k {top_k}, top-p {top_p}",
+            f"guidance {guidance}, temperature {run.temperature:g}, top-k {top_k}, top-p {top_p}",
         ),
         ("seed", f"{recipe.seed} (sample #k draws from seed and k alone)"),
         (
             "compute",
-            f"{recipe.dtype} on {recipe.device}"
-            + (f", {recipe.quantize} weights" if recipe.quantize else "")
-            + (", the reference's kernels" if recipe.reference_kernels else "")
-            + (", compiled" if recipe.compiled else ""),
+            f"{run.dtype} on {run.device}"
+            + (f", {run.quantize} weights" if run.quantize else "")
+            + (", the reference's kernels" if run.reference_kernels else "")
+            + (", compiled" if run.compile else "")
+            + (f", {run.strategy} (window {run.window})" if run.strategy != "par" else ""),
         ),
         ("pixels", f"enlarged {recipe.scale}x" + (f", {recipe.fps:g} fps" if recipe.fps else "")),
         (

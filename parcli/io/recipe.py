@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import json
 import math
+import typing
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from parcli import __version__
 from parcli.errors import SettingError, UserError
-from parcli.options import RunOptions
+from parcli.options import SAMPLING_FIELDS, RunOptions
 
 RECIPE_KEY = "parcli"  # the PNG chunk's keyword
 SIDECAR_SUFFIX = ".json"
@@ -38,6 +39,9 @@ class Sample:
 
 @dataclass(frozen=True)
 class Recipe:
+    """What a run made (the identity fields and `samples`) and how (`run`: its options, every
+    sampling setting decided). Written flat: the run's settings beside the identity fields."""
+
     parcli: str  # version that wrote it
     model: str | None  # catalogue entry; None for files given with --checkpoint
     checkpoint: str  # file name
@@ -47,114 +51,92 @@ class Recipe:
     tokenizer: str
     regions: int
     seed: int
-    cfg_scale: float
-    temperature: float
-    top_k: int
-    top_p: float
-    dtype: str  # of the transformer: fp32, bf16 or fp16
-    device: str  # kind: cpu, cuda or mps; tokens are reproducible on the same kind
     scale: int  # pixels enlarged N times
     columns: int | None  # grid columns of a file holding several samples (None: as square)
     fps: float | None  # videos only
-    quantize: str | None = None  # "int8": weight-only int8 projections
+    run: RunOptions = RunOptions()  # its device is a kind: tokens repeat on the same kind
     samples: tuple[Sample, ...] = field(default_factory=tuple)
-    reference_kernels: bool = False  # run with the reference's kernels (--reference-kernels)
-    # Whether the step was compiled, which moves bf16 tokens; None in recipes older than it (the
-    # device's default then).
-    compiled: bool | None = None
-    strategy: str = "par"
-    window: int = 1
 
     @classmethod
     def of_run(cls, options: RunOptions, samples: list[Sample], **identity: Any) -> Recipe:
-        """The recipe of a run: what it made (`identity`) and how (`options.to_dict()`, every
-        sampling setting decided)."""
-        run = options.to_dict()
-        run["compiled"] = run.pop("compile")
-        run["device"] = options.device_kind
-        return cls(parcli=__version__, **identity, **run, samples=tuple(samples))
+        """The recipe of a run: what it made (`identity`) and how (`options`)."""
+        run = replace(options, device=options.device_kind, threads=None)
+        return cls(parcli=__version__, **identity, run=run, samples=tuple(samples))
 
     def same_run(self, other: Recipe) -> bool:
         """Whether two recipes describe the same samples made the same way (any version)."""
         return {**self.to_dict(), "parcli": ""} == {**other.to_dict(), "parcli": ""}
 
     def run_settings(self, device_kind: str) -> dict[str, Any]:
-        """The run options that make these samples again on a device of `device_kind`: the
-        compiled setting only on the same kind (elsewhere the tokens differ anyway, and a CUDA
-        recipe would compile for minutes on a CPU)."""
-        settings = {name: getattr(self, name) for name in REPLAYED}
-        settings["compile"] = self.compiled if device_kind == self.device else None
+        """The run options that make these samples again on a device of `device_kind`: all but
+        the device, and the compiled setting only on the same kind (elsewhere the tokens differ
+        anyway, and a CUDA recipe would compile for minutes on a CPU)."""
+        settings = {k: v for k, v in self.run.to_dict().items() if k != "device"}
+        settings["compile"] = self.run.compile if device_kind == self.run.device else None
         return settings
 
     def for_samples(self, samples: list[Sample]) -> Recipe:
-        return Recipe(**{**self._fields(), "samples": tuple(samples)})
-
-    def _fields(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return replace(self, samples=tuple(samples))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        identity = {f.name: getattr(self, f.name) for f in fields(self) if f.name in _IDENTITY}
+        run = {_JSON_NAMES.get(k, k): v for k, v in self.run.to_dict().items()}
+        return {**identity, **run, "samples": [asdict(s) for s in self.samples]}
 
     def to_json(self, indent: int | None = None) -> str:
         return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> Recipe:
-        """A recipe from parsed JSON, every field's type and range checked."""
+        """A recipe from parsed JSON, every field's type and range checked; a run setting newer
+        than the recipe takes the value an older recipe means (`RunOptions`' default)."""
         if not isinstance(data, dict):
             raise RecipeError(f"{where}: the recipe is not a JSON object")
         if RECIPE_KEY not in data:
             raise RecipeError(f"{where} is not a parcli recipe")
-        names = {f.name for f in fields(cls)}
-        data = {**_ADDED_LATER, **data}
-        missing = sorted(names - set(data))
+        run_fields = _run_fields()
+        defaults = {f.name: f.default for f in fields(RunOptions)}
+        data = {**{json: defaults[name] for name, (json, _) in run_fields.items()}, **data}
+        needed = _IDENTITY | {"samples"} | {json for json, _ in run_fields.values()}
+        missing = sorted(needed - set(data))
         if missing:
             raise RecipeError(f"{where}: the recipe lacks {', '.join(missing)}")
-        values = {name: data[name] for name in names}
-        for name, (kinds, optional) in _FIELD_KINDS.items():
-            value = values[name]
+        kinds = {**_IDENTITY_KINDS, **{json: kind for json, kind in run_fields.values()}}
+        for name, (types, optional) in kinds.items():
+            value = data[name]
             if value is None and optional:
                 continue
             # A bool is an int to isinstance: only a field of bools takes one.
-            if isinstance(value, bool) != (bool in kinds) or not isinstance(value, kinds):
+            if isinstance(value, bool) != (bool in types) or not isinstance(value, types):
                 raise RecipeError(f"{where}: recipe field {name!r} has the wrong type")
         for name in ("regions", "scale", "top_k", "window"):
-            if values[name] < 0 or (name != "top_k" and values[name] == 0):
+            if data[name] is not None and (data[name] < 0 or (name != "top_k" and data[name] == 0)):
                 raise RecipeError(f"{where}: recipe field {name!r} is out of range")
         # The bounds the command line puts on the same settings, so a replay asks for nothing
         # the command line would refuse.
         bounds = {"scale": (1, 16), "columns": (1, _MAX_SAMPLES), "fps": (0.1, 120)}
         for name, (low, high) in bounds.items():
-            if values[name] is not None and not low <= values[name] <= high:
+            if data[name] is not None and not low <= data[name] <= high:
                 raise RecipeError(
-                    f"{where}: recipe field {name!r} must lie in {low} to {high}, "
-                    f"not {values[name]}"
+                    f"{where}: recipe field {name!r} must lie in {low} to {high}, not {data[name]}"
                 )
-        for name in ("cfg_scale", "temperature", "top_p"):
-            if not math.isfinite(values[name]):
+        for name in SAMPLING_FIELDS:
+            if data[name] is None or not math.isfinite(data[name]):
                 raise RecipeError(f"{where}: recipe field {name!r} is not a finite number")
-        samples = values["samples"]
+        samples = data["samples"]
         if not isinstance(samples, list) or not 0 < len(samples) <= _MAX_SAMPLES:
             raise RecipeError(f"{where}: recipe field 'samples' must list the samples")
-        values["samples"] = tuple(_sample(item, where) for item in samples)
+        run = {name: data[json] for name, (json, _) in run_fields.items()}
         for name in ("cfg_scale", "temperature", "top_p"):
-            values[name] = float(values[name])
-        return cls(**values)
+            run[name] = float(run[name])
+        return cls(
+            **{name: data[name] for name in _IDENTITY},
+            run=RunOptions(**run),
+            samples=tuple(_sample(item, where) for item in samples),
+        )
 
 
-# Fields newer than the first recipes, with the value an older recipe means.
-_ADDED_LATER = {
-    "quantize": None,
-    "reference_kernels": False,
-    "compiled": None,
-    "strategy": "par",
-    "window": 1,
-}
-# What a recipe sets of a run's options when it is made again (the device is the user's).
-REPLAYED = ("dtype", "quantize", "reference_kernels", "strategy", "window", "cfg_scale",
-            "temperature", "top_k", "top_p")  # fmt: skip
-
-_FIELD_KINDS: dict[str, tuple[tuple[type, ...], bool]] = {
+_IDENTITY_KINDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "parcli": ((str,), False),
     "model": ((str,), True),
     "checkpoint": ((str,), False),
@@ -162,21 +144,30 @@ _FIELD_KINDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "tokenizer": ((str,), False),
     "regions": ((int,), False),
     "seed": ((int,), False),
-    "cfg_scale": ((int, float), False),
-    "temperature": ((int, float), False),
-    "top_k": ((int,), False),
-    "top_p": ((int, float), False),
-    "dtype": ((str,), False),
-    "device": ((str,), False),
     "scale": ((int,), False),
     "columns": ((int,), True),
     "fps": ((int, float), True),
-    "quantize": ((str,), True),
-    "reference_kernels": ((bool,), False),
-    "compiled": ((bool,), True),
-    "strategy": ((str,), False),
-    "window": ((int,), False),
 }
+_IDENTITY = set(_IDENTITY_KINDS)
+_JSON_NAMES = {"compile": "compiled"}  # as the first recipes wrote it
+
+
+@cache
+def _run_fields() -> dict[str, tuple[str, tuple[tuple[type, ...], bool]]]:
+    """Each run setting a recipe holds: its JSON name, and the types it takes (from
+    `RunOptions`' annotations), and whether it may be null."""
+    hints = typing.get_type_hints(RunOptions)
+    found = {}
+    for f in fields(RunOptions):
+        if f.name == "threads":  # threads never change the tokens
+            continue
+        args = typing.get_args(hints[f.name]) or (hints[f.name],)
+        types = tuple(t for t in args if t is not type(None))
+        if float in types:
+            types += (int,)
+        optional = type(None) in args and f.name not in SAMPLING_FIELDS
+        found[f.name] = (_JSON_NAMES.get(f.name, f.name), (types, optional))
+    return found
 
 
 def _sample(item: Any, where: str) -> Sample:
@@ -311,7 +302,8 @@ def replay(
     command line gave them) with the recipe's settings in; refuses options the recipe sets
     (given otherwise than `defaults`, or `asked`: other settings -> whether the user gave them)."""
     recipe = read_recipe(path)
-    given = {name: run[name] != defaults[name] for name in (*REPLAYED, "compile")} | asked
+    replayed = [name for name in run if name not in ("device", "threads")]
+    given = {name: run[name] != defaults[name] for name in replayed} | asked
     clash = next((name for name, was_given in given.items() if was_given), None)
     if clash is not None:
         raise SettingError(clash, f"comes from {path} with --from; leave it out")

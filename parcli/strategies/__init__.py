@@ -15,6 +15,7 @@ import torch
 
 from parcli.errors import SettingError
 from parcli.model import Transformer
+from parcli.options import RunOptions
 from parcli.plan import Pass, Plan
 from parcli.sampling import SamplingConfig
 
@@ -65,15 +66,16 @@ def strategy_names() -> tuple[str, ...]:
     return tuple(_registry())
 
 
-def make_strategy(name: str = "par", window: int | None = None) -> Strategy:
-    """The strategy called `name`, with `window` passes per iteration (None: its default)."""
+def make_strategy(options: RunOptions) -> Strategy:
+    """The strategy `options` name, built from the settings of theirs it takes."""
     registry = _registry()
-    if name not in registry:
-        raise SettingError("strategy", f"must be {' or '.join(registry)}, not {name!r}")
-    return registry[name](window)
+    if options.strategy not in registry:
+        names = " or ".join(registry)
+        raise SettingError("strategy", f"must be {names}, not {options.strategy!r}")
+    return registry[options.strategy](options)
 
 
-def _registry() -> dict[str, Callable[[int | None], Strategy]]:
+def _registry() -> dict[str, Callable[[RunOptions], Strategy]]:
     from parcli.strategies.par import Par
     from parcli.strategies.sjd import Sjd
 

@@ -109,7 +109,8 @@ class Par:
 
     name = "par"
 
-    def __init__(self, window: int | None = None):
+    def __init__(self, options):
+        window = options.window
         if window not in (None, 1):
             raise SettingError(
                 "window", f"is 1 for --strategy par (one pass at a time), not {window}"

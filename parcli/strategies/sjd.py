@@ -262,8 +262,8 @@ class Sjd:
 
     name = "sjd"
 
-    def __init__(self, window: int | None = None, init: str = DEFAULT_INIT):
-        window = DEFAULT_WINDOW if window is None else window
+    def __init__(self, options, init: str = DEFAULT_INIT):
+        window = DEFAULT_WINDOW if options.window is None else options.window
         if window < 1:
             raise SettingError("window", f"must be at least 1, not {window}")
         self.window, self.init = window, init
