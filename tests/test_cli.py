@@ -310,6 +310,8 @@ def test_bench_on_a_checkpoint_writes_json(files, tmp_path, monkeypatch):
     data = json.loads(report.read_text())
     (row,) = data["rows"]
     assert row["regions"] == 4 and row["passes"] == 19 and row["gen_s_per_image"] > 0
+    assert row["strategy"] == "par" and row["passes_per_image"] == 19
+    assert data["options"]["strategy"] == "par" and data["options"]["window"] == 1
     assert data["machine"]["torch"] == torch.__version__ and data["command"].startswith("par bench")
     # -v prints each case's seconds as it ends, so that a log cut short still holds figures.
     timed = re.search(r"measure 1/1: n=4 b=1 ours: generation ([\d.e+-]+) s, decode ([\d.e+-]+) s",

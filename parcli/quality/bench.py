@@ -418,6 +418,7 @@ def report(
         "machine": machine_info(first.device),
         "model": title,
         "random_weights": random_weights,
+        "options": first.run_options(settings.sampling).to_dict(),
         "settings": {
             "dtype": str(first.model.dtype).removeprefix("torch."),
             "cfg_scale": settings.sampling.cfg_scale,
