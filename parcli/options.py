@@ -27,6 +27,7 @@ class RunOptions:
     threads: int | None = None  # CPU threads; None: chosen from the model's size
     strategy: str = "par"  # a name in `parcli.strategies`
     window: int | None = None  # plan passes per strategy iteration; None: the strategy's default
+    draft: str = "left"  # how sjd drafts a pass with no prediction yet: left or random
     # Sampling: None takes the model's own setting (`Pipeline.sampling`).
     cfg_scale: float | None = None
     temperature: float | None = None

@@ -233,3 +233,21 @@ def test_progress_and_stats(make_model):
 def test_window_below_one_is_refused():
     with pytest.raises(SettingError):
         Sjd(RunOptions(strategy="sjd", window=0))
+
+
+def test_the_draft_setting_reaches_the_strategy_and_the_recipe(tmp_path):
+    from typer.testing import CliRunner
+
+    from parcli.cli import app
+    from parcli.io.recipe import read_recipe
+
+    strategy = make_strategy(RunOptions(strategy="sjd", draft="random"))
+    assert strategy.init == "random"
+    with pytest.raises(SettingError, match="left or random"):
+        make_strategy(RunOptions(strategy="sjd", draft="above"))
+    out = tmp_path / "x.png"
+    args = ["generate", "-m", "digits", "-c", 2, "--regions", 4, "--strategy", "sjd", "--draft",
+            "random", "-q", "-o", out]  # fmt: skip
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    assert read_recipe(out).run.draft == "random"

@@ -136,6 +136,16 @@ RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
     "threads": (ThreadsOption, None),
     "strategy": (StrategyOption, "par"),
     "window": (WindowOption, None),
+    "draft": (
+        Annotated[
+            str,
+            typer.Option(
+                help="How --strategy sjd drafts a pass it has no prediction for yet: left (each "
+                "token copied from its left neighbour in its region) or random.",
+            ),
+        ],
+        "left",
+    ),
     "cfg_scale": (CfgScaleOption, None),
     "temperature": (TemperatureOption, None),
     "top_k": (TopKOption, None),

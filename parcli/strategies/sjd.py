@@ -262,11 +262,13 @@ class Sjd:
 
     name = "sjd"
 
-    def __init__(self, options, init: str = DEFAULT_INIT):
+    def __init__(self, options):
         window = DEFAULT_WINDOW if options.window is None else options.window
         if window < 1:
             raise SettingError("window", f"must be at least 1, not {window}")
-        self.window, self.init = window, init
+        if options.draft not in INITS:
+            raise SettingError("draft", f"must be {' or '.join(INITS)}, not {options.draft!r}")
+        self.window, self.init = window, options.draft
         self._caches: list[KVCache] = []  # the last batch's, one per image (for tests)
 
     @torch.inference_mode()
