@@ -23,7 +23,7 @@ from parcli.slots import embed_slots, guided_labels, slot_rotary
 from parcli.strategies import DecodeStats
 
 DEFAULT_WINDOW = 4
-INITS = ("random", "left")
+INITS = ("left", "random")
 DEFAULT_INIT = "left"
 RESIDUAL_FLOOR = 1e-6
 
