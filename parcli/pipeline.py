@@ -23,7 +23,7 @@ from parcli.engine.quantize import (
 from parcli.engine.runners import FixedShapeRunner, PrefixRunner, Runner
 from parcli.engine.threads import use_threads
 from parcli.errors import SettingError, UserError
-from parcli.io.models import Fetch, ModelFiles, model_files
+from parcli.io.locate import Fetch, ModelFiles, model_files
 from parcli.model import Transformer
 from parcli.options import RunOptions
 from parcli.plan import Pass, Plan

@@ -335,7 +335,7 @@ def test_a_file_in_a_repository_folder_is_fine(tmp_path):
 
 
 def test_generate_samples_published_models_as_the_authors_demo_does():
-    from parcli.io.models import model_files
+    from parcli.io.locate import model_files
     from parcli.sampling import SamplingConfig
 
     def fetch(entries):

@@ -243,7 +243,7 @@ def test_training_a_classifier_never_writes_inside_the_package():
 def test_par_eval_prints_a_table_and_json(tmp_path, monkeypatch):
     pytest.importorskip("mlxtend")
     from parcli.io.checkpoints import save_checkpoint
-    from parcli.io.models import ModelFiles
+    from parcli.io.locate import ModelFiles
 
     torch.manual_seed(0)
     save_checkpoint(tmp_path / "vq.safetensors", VQModel(TINY_VQ).state_dict(), "vq", TINY_VQ)
@@ -260,7 +260,7 @@ def test_par_eval_prints_a_table_and_json(tmp_path, monkeypatch):
             SamplingConfig(cfg_scale=2.0),
         )
 
-    monkeypatch.setattr("parcli.io.models.model_files", locate)
+    monkeypatch.setattr("parcli.io.locate.model_files", locate)
     out = tmp_path / "eval.json"
     args = ["--regions", "1,4", "--samples-per-class", "1", "--device", "cpu", "-q"]
     result = runner.invoke(eval_app(), [*args, "--json", str(out)])

@@ -4,7 +4,7 @@ import torch
 from conftest import tiny_model, tiny_vq_config
 
 from parcli.pipeline import Pipeline, PipelineError
-from parcli.quality.clips import (
+from parcli.quality.video import (
     classifier_view,
     clip_scores,
     evaluate_video,
@@ -59,7 +59,7 @@ def video_pipelines():
 
 
 def test_evaluate_video_end_to_end(video_pipelines, monkeypatch):
-    import parcli.quality.clips as module
+    import parcli.quality.video as module
 
     baseline = module.VideoBaseline(clips=1, frame_accuracy=1.0, consistency=1.0, motion=4.0)
     monkeypatch.setattr(module, "training_baseline", lambda classifier, frames: baseline)

@@ -32,7 +32,7 @@ from parcli.config import GPT_PRESETS, token_grid
 from parcli.io.catalogue import use_catalogue
 from parcli.io.files import atomic_path, check_writable
 from parcli.options import RunOptions
-from parcli.quality.engines import INT8, OURS, PLAIN
+from parcli.quality import INT8, OURS, PLAIN
 
 if TYPE_CHECKING:  # torch loads when the command runs, not for --help
     from parcli.pipeline import Pipeline

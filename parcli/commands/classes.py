@@ -9,7 +9,7 @@ import typer
 from parcli.commands.common import CatalogueOption, console, err_console, inert, user_errors
 from parcli.errors import UserError
 from parcli.io.catalogue import use_catalogue
-from parcli.io.models import catalogue_class_set
+from parcli.io.locate import catalogue_class_set
 
 
 def classes_command(

@@ -18,7 +18,7 @@ from rich.progress import (
 from parcli.commands.common import console
 from parcli.io import hub
 from parcli.io.catalogue import Entry
-from parcli.io.models import Fetch
+from parcli.io.locate import Fetch
 
 
 def download_progress(target: Console) -> Progress:

@@ -81,7 +81,6 @@ def eval_digits(
     For a video family (digits-video): per-frame accuracy, clips of one class throughout, and
     motion against the training clips."""
     from parcli.pipeline import open_pipelines
-    from parcli.quality.clips import evaluate_video, video_report
     from parcli.quality.digits import (
         DEFAULT_CLASSIFIER,
         check_settings,
@@ -89,6 +88,7 @@ def eval_digits(
         load_classifier,
         report,
     )
+    from parcli.quality.video import evaluate_video, video_report
 
     classifier_path = classifier if classifier is not None else DEFAULT_CLASSIFIER
     with user_errors({"samples_per_class": "--per-class"}):

@@ -29,7 +29,7 @@ from parcli.config import ANIMATION_FPS, CLIP_FPS
 from parcli.errors import SettingError, UserError
 from parcli.io.catalogue import use_catalogue
 from parcli.io.classes import class_set_of_size, resolve_classes
-from parcli.io.models import catalogue_class_set, model_files
+from parcli.io.locate import catalogue_class_set, model_files
 from parcli.io.recipe import Recipe, Sample, checkpoint_sha256, replay
 from parcli.options import RunOptions
 

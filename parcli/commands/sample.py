@@ -29,7 +29,7 @@ from parcli.commands.common import (
 )
 from parcli.commands.downloads import model_fetcher
 from parcli.io.catalogue import use_catalogue
-from parcli.io.models import model_files
+from parcli.io.locate import model_files
 from parcli.options import RunOptions
 
 if TYPE_CHECKING:  # torch loads when the command runs, not for --help

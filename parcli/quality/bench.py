@@ -18,10 +18,10 @@ from parcli.engine.devices import cpu_name
 from parcli.engine.memory import check_fits
 from parcli.engine.quantize import int8_products
 from parcli.errors import SettingError
-from parcli.io.models import Fetch, model_files
+from parcli.io.locate import Fetch, model_files
 from parcli.options import RunOptions
 from parcli.pipeline import Pipeline, open_pipeline
-from parcli.quality.engines import INT8, OURS, PLAIN
+from parcli.quality import INT8, OURS, PLAIN
 from parcli.sampling import SamplingConfig
 from parcli.strategies import DecodeStats
 from parcli.vq import VQConfig

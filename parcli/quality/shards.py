@@ -31,8 +31,8 @@ import torch
 
 from parcli.errors import SettingError, UserError
 from parcli.io.files import atomic_path, file_sha256, remove_temporaries
+from parcli.io.locate import ModelFiles
 from parcli.io.media import save_png
-from parcli.io.models import ModelFiles
 from parcli.io.npz import Member, member_header, read_array, write_arrays, write_npz
 from parcli.pipeline import Pipeline
 from parcli.plan import Pass

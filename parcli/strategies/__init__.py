@@ -1,4 +1,4 @@
-"""How a plan is walked: one module per decoding strategy, each named once in `STRATEGIES`.
+"""How a plan is walked: one module per decoding strategy, each named once in `_registry`.
 
 A strategy turns labels into token grids with a model, a plan and a runner; the pipeline takes
 one (diffusers' pipelines take a scheduler the same way), so a new strategy gets `generate`,
@@ -7,63 +7,16 @@ one (diffusers' pipelines take a scheduler the same way), so a new strategy gets
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Protocol
-
-import torch
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from parcli.errors import SettingError
-from parcli.model import Transformer
-from parcli.options import RunOptions
-from parcli.plan import Pass, Plan
-from parcli.sampling import SamplingConfig
+from parcli.strategies.base import DecodeStats, Strategy
 
+if TYPE_CHECKING:
+    from parcli.options import RunOptions
 
-@dataclass
-class DecodeStats:
-    """What a strategy spent, summed over the images it made."""
-
-    images: int = 0
-    passes: int = 0  # forward passes, counted once per image that took part in them
-    query_tokens: int = 0  # tokens fed to the transformer, per image summed
-    iterations: int = 0  # strategy steps (one forward pass each), per image summed
-    committed_passes: int = 0  # plan passes made final, per image summed
-
-    def add(self, other: DecodeStats) -> None:
-        for name in self.__dataclass_fields__:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-
-    def per_image(self) -> dict[str, float]:
-        images = max(self.images, 1)
-        return {
-            "passes_per_image": self.passes / images,
-            "query_tokens_per_image": self.query_tokens / images,
-            "passes_per_iteration": self.committed_passes / max(self.iterations, 1),
-        }
-
-
-class Strategy(Protocol):
-    """Generates one token grid per label; see `parcli.strategies.par.Par` for the contract."""
-
-    name: str
-    window: int
-
-    def generate(
-        self,
-        model: Transformer,
-        plan: Plan,
-        labels: torch.Tensor,
-        sampling: SamplingConfig,
-        seed: int,
-        indices: Sequence[int],
-        runner,
-        on_pass: Callable[[Pass], None] | None = None,
-    ) -> tuple[torch.Tensor, DecodeStats]: ...
-
-
-def strategy_names() -> tuple[str, ...]:
-    return tuple(_registry())
+__all__ = ["DecodeStats", "Strategy", "make_strategy"]
 
 
 def make_strategy(options: RunOptions) -> Strategy:

@@ -18,7 +18,7 @@ from parcli.model import Transformer
 from parcli.plan import Pass, Plan
 from parcli.sampling import SamplingConfig, image_uniforms, mix_guidance, sample
 from parcli.slots import embed_slots, guided_labels
-from parcli.strategies import DecodeStats
+from parcli.strategies.base import DecodeStats
 
 
 @torch.inference_mode()

@@ -20,7 +20,7 @@ from parcli.model import KVCache, Transformer, cache_dtype
 from parcli.plan import Plan
 from parcli.sampling import SamplingConfig, filter_logits, image_uniforms, mix_guidance
 from parcli.slots import embed_slots, guided_labels, slot_rotary
-from parcli.strategies import DecodeStats
+from parcli.strategies.base import DecodeStats
 
 DEFAULT_WINDOW = 4
 INITS = ("left", "random")
