@@ -81,7 +81,7 @@ def generate(
             "--output",
             "-o",
             help="x.png, .jpg or .webp (one image, or a grid) or DIR/ (one file each); x.mp4 "
-            "or x.gif for video models, the clips side by side; generated.png (.mp4) when not "
+            "or x.gif for video models, the clips in a grid; generated.png (.mp4) when not "
             "given.",
         ),
     ] = None,
