@@ -9,7 +9,7 @@ import typer
 from parcli import __version__
 from parcli.commands.bench import bench
 from parcli.commands.classes import classes_command
-from parcli.commands.common import command_app
+from parcli.commands.common import command_app, one_line_usage_errors
 from parcli.commands.convert import convert_weights
 from parcli.commands.eval import eval_digits
 from parcli.commands.fid import fid_command
@@ -20,6 +20,7 @@ from parcli.commands.train import app as train_app
 from parcli.commands.weights import app as weights_app
 from parcli.errors import loads_torch
 
+one_line_usage_errors()
 app = command_app(
     "par",
     "Parallelized Autoregressive (PAR) visual generation with LlamaGen-family transformers.",

@@ -261,6 +261,25 @@ def command_app(name: str, help: str, completion: bool = False) -> typer.Typer:
     )
 
 
+def one_line_usage_errors() -> None:
+    """Make Typer show a command-line mistake (an unknown option, a value of the wrong form) as
+    one line, like every other refusal, rather than a usage block and a panel."""
+    from typer import rich_utils
+
+    def show(error) -> None:
+        if type(error).__name__ == "NoArgsIsHelpError":  # the help was shown
+            return
+        ctx = getattr(error, "ctx", None)
+        where = f"; see {ctx.command_path} --help" if ctx is not None else ""
+        err_console.print(
+            f"[bold red]error:[/] {escape(inert(error.format_message()))}{escape(where)}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+    rich_utils.rich_format_error = show
+
+
 def fail(message: str) -> typer.Exit:
     end_counter()
     err_console.print(
