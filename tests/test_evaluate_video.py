@@ -4,6 +4,7 @@ import torch
 from conftest import tiny_model, tiny_vq_config
 
 from parcli.pipeline import Pipeline, PipelineError
+from parcli.quality.digits import DigitClassifier
 from parcli.quality.video import (
     classifier_view,
     clip_scores,
@@ -11,7 +12,6 @@ from parcli.quality.video import (
     planned_passes,
     training_baseline,
 )
-from parcli.quality.digits import DigitClassifier
 from parcli.training.moving_digits import CANVAS, PATCH, digit_patches, moving_digits
 from parcli.vq import VQModel
 
