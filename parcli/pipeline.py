@@ -115,6 +115,13 @@ class Pipeline:
         sampling = self.options.sampling_over(self.defaults)
         return sampling if cfg_scale is None else replace(sampling, cfg_scale=cfg_scale)
 
+    @property
+    def sample_bytes(self) -> int:
+        """Bytes of one sample's uint8 pixels (every frame of a clip)."""
+        *frames, rows, cols = self.plan.grid
+        side = self.vq.config.downsample
+        return math.prod(frames) * rows * side * cols * side * self.vq.config.out_channels
+
     def passes_per_image(self) -> float:
         """Forward passes per image so far (the plan's, before any): a strategy may take fewer."""
         if not self.stats.images:

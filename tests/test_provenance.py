@@ -304,3 +304,14 @@ def test_a_folder_fills_as_batches_end_and_the_same_command_finishes_it(files, t
     for i in range(4):  # the same images as a run never cut short
         name = f"2-s000{i}.png"
         assert (whole / name).read_bytes() == (folder / name).read_bytes()
+
+
+def test_samples_that_cannot_fit_the_disk_are_refused_before_any_work(files, tmp_path,
+                                                                      monkeypatch):  # fmt: skip
+    import parcli.io.outputs as outputs
+
+    monkeypatch.setattr(outputs, "free_bytes", lambda folder: 1000)
+    for target in (f"{tmp_path / 'out'}/", tmp_path / "x.png"):
+        result = generate(files, "-c", 1, "-n", 4, "-o", target)
+        assert_user_error(result, "--output: ", "GB free")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

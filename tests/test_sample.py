@@ -319,16 +319,12 @@ def test_counts_and_sizes_that_cannot_be_are_refused_before_run_json(files, tmp_
         result = sample(files, out, *BASE, "--image-size-eval", size)
         one_line_refusal(result, "--image-size-eval:", "between 1 and 4096")
     assert not out.exists()
-    real = shards_module.shutil.disk_usage
-
-    def tiny(path):
-        return real(path)._replace(free=1000)
-
-    monkeypatch.setattr(shards_module.shutil, "disk_usage", tiny)
+    real = shards_module.free_bytes
+    monkeypatch.setattr(shards_module, "free_bytes", lambda folder: 1000)
     result = sample(files, out, *BASE)
     one_line_refusal(result, "--output:", "GB free")
     assert not out.exists()
-    monkeypatch.setattr(shards_module.shutil, "disk_usage", real)
+    monkeypatch.setattr(shards_module, "free_bytes", real)
     assert sample(files, out, *BASE).exit_code == 0
 
 

@@ -186,7 +186,7 @@ def generate(
             tokenizer=files.tokenizer.name, regions=pipe.plan.regions, seed=seed or 0,
             scale=scale, columns=per_row, fps=(fps or CLIP_FPS) if pipe.is_video else None,
         )  # fmt: skip
-        old, todo = outputs.prepare(recipe, pipe.is_video, pipe.name)
+        old, todo = outputs.prepare(recipe, pipe.is_video, pipe.name, pipe.sample_bytes)
         for path in old:  # only with --overwrite: the run was refused otherwise
             path.unlink(missing_ok=True)
         started = time.perf_counter()

@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 import secrets
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -203,3 +204,11 @@ def check_writable(
     if problem:
         raise OutputError(problem, setting)
     return target
+
+
+def free_bytes(folder: PathLike) -> int:
+    """Free bytes on the file system that holds `folder` (or would, once it is created)."""
+    probe = Path(folder).absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return shutil.disk_usage(probe).free

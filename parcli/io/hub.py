@@ -12,7 +12,6 @@ import contextlib
 import datetime
 import json
 import os
-import shutil
 import socket
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
@@ -23,7 +22,7 @@ from urllib.parse import urlsplit
 from parcli.config import GPT_PRESETS
 from parcli.errors import UserError
 from parcli.io.catalogue import Entry
-from parcli.io.files import atomic_path, file_sha256
+from parcli.io.files import atomic_path, file_sha256, free_bytes
 
 try:
     import fcntl
@@ -181,14 +180,6 @@ def human_size(size: int | None) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1000
     raise AssertionError("unreachable")
-
-
-def free_bytes(folder: Path) -> int:
-    """Free bytes on the file system that holds `folder` (or would, once it is created)."""
-    probe = Path(folder).absolute()
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    return shutil.disk_usage(probe).free
 
 
 def check_free_space(what: str, download: int, converted: int) -> None:

@@ -16,7 +16,7 @@ from parcli.errors import SettingError, Terminated
 from parcli.io.animate import FPS as ANIMATION_FPS
 from parcli.io.animate import animation_frames
 from parcli.io.classes import class_slug
-from parcli.io.files import atomic_write, check_writable, is_directory_target
+from parcli.io.files import atomic_write, check_writable, free_bytes, is_directory_target
 from parcli.io.media import (
     CLIP_FPS,
     IMAGE_SUFFIXES,
@@ -66,7 +66,9 @@ class Outputs:
     def folder(self) -> bool:
         return self.output is not None and is_directory_target(self.output)
 
-    def prepare(self, recipe: Recipe, video: bool, maker: str) -> tuple[list[Path], list[int]]:
+    def prepare(
+        self, recipe: Recipe, video: bool, maker: str, sample_bytes: int = 0
+    ) -> tuple[list[Path], list[int]]:
         """Check the target against what is there before any work. Returns the files of an
         earlier run that `--overwrite` replaces, and the samples to make: into a folder, those
         whose file this same run has not written yet (so that a run cut short can be finished
@@ -80,6 +82,7 @@ class Outputs:
             path = Path(target)
             if path.exists() and not path.stat().st_mode & stat.S_IWUSR:
                 raise SettingError("output", f"{target} is read-only; choose another name")
+            self._check_space(target, count * sample_bytes * self.scale**2)
             return [], list(range(count))
         folder, samples = Path(target), list(recipe.samples)
         names = image_names(sample_stems(samples), count, ".mp4" if video else ".png")
@@ -108,7 +111,20 @@ class Outputs:
             )
         if self.animate is not None or self.tokens is not None:
             done = []  # they need every sample's tokens: the files already made are made again
-        return old, [n for n in range(count) if n not in set(done)]
+        todo = [n for n in range(count) if n not in set(done)]
+        self._check_space(target, len(todo) * sample_bytes * self.scale**2)
+        return old, todo
+
+    @staticmethod
+    def _check_space(target: str, needed: int) -> None:
+        """Refuse, before any work, files whose uncompressed pixels would not fit the disk."""
+        free = free_bytes(Path(target).parent if not is_directory_target(target) else target)
+        if needed > free:
+            raise SettingError(
+                "output",
+                f"the samples need up to {needed / 1e9:.2f} GB but {target} has "
+                f"{free / 1e9:.2f} GB free; make fewer or smaller samples, or write elsewhere",
+            )
 
     def write_batch(self, recipe: Recipe, numbers: list[int], pixels: np.ndarray) -> list[Path]:
         """Into a folder: the files of samples `numbers` (of the recipe), as their batch ends."""

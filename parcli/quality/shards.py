@@ -18,7 +18,6 @@ the shards, and `OUT/manifest.json` says how it was made.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 import zipfile
 from collections.abc import Callable, Sequence
@@ -30,7 +29,7 @@ import numpy as np
 import torch
 
 from parcli.errors import SettingError, UserError
-from parcli.io.files import atomic_path, file_sha256, remove_temporaries
+from parcli.io.files import atomic_path, file_sha256, free_bytes, remove_temporaries
 from parcli.io.locate import ModelFiles
 from parcli.io.media import save_png
 from parcli.io.npz import Member, member_header, read_array, write_arrays, write_npz
@@ -201,19 +200,21 @@ class SampleRun:
         return rows * side, cols * side, 3
 
     def _check_space(self) -> None:
-        """Refuse a run whose `samples.npz` alone cannot fit the disk, before any work."""
-        needed = self.settings.count * int(np.prod(self.image_shape()))
-        place = self.out
-        while not place.exists() and place != place.parent:
-            place = place.parent
+        """Refuse, before any work, a run whose files cannot fit the disk: the shards, then
+        `samples.npz` beside them (and the PNGs), less the shards already made."""
+        copies = 3 if self.settings.png else 2
+        needed = copies * self.settings.count * int(np.prod(self.image_shape()))
+        shards = self.out / SHARDS
+        made = sum(p.stat().st_size for p in shards.iterdir()) if shards.is_dir() else 0
         try:
-            free = shutil.disk_usage(place).free
+            free = free_bytes(self.out)
         except OSError:
             return
-        if needed > free:
+        if needed - made > free:
             raise SampleError(
-                f"{self.settings.count} images need {needed / 1e9:.1f} GB for samples.npz but "
-                f"{place} has {free / 1e9:.1f} GB free; ask for fewer images or another disk",
+                f"{self.settings.count} images need {(needed - made) / 1e9:.1f} GB more (shards, "
+                f"samples.npz{', PNGs' if self.settings.png else ''}) but {self.out} has "
+                f"{free / 1e9:.1f} GB free; ask for fewer images or another disk",
                 "output",
             )
 
