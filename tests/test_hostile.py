@@ -709,3 +709,34 @@ def test_weights_list_shows_catalogue_text_inert(tmp_path, monkeypatch):
     for raw in ("\x1b", "\x07", "\u202e"):
         assert raw not in result.output
     assert "home\\x1b[2J" in result.output and "MIT\\x1" in result.output  # shown as escapes
+
+
+def test_fuzz_catalogues(tmp_path, monkeypatch):
+    """The packaged catalogue with one value at a time replaced by a random or extreme one: every
+    command that reads it either works or refuses in one line."""
+    import re
+
+    from parcli.io.catalogue import DEFAULT_PATH
+
+    text = DEFAULT_PATH.read_text(encoding="utf-8")
+    values = list(re.finditer(r"^(\w+) = (.+)$", text, re.M))
+    rng = random.Random(7)
+    extremes = ['""', "-1", "0", "1e400", "nan", "inf", str(2**70), '"' + "x" * 5000 + '"', "[]",
+                "[1, 2, 3]", "{a = 1}", "true", '"\\u001b]0;x\\u0007"', '"../../etc/passwd"']  # fmt: skip
+    monkeypatch.setenv("PARCLI_OFFLINE", "1")
+    tried = 0
+    for _ in range(40):
+        line = rng.choice(values)
+        mutated = text[: line.start(2)] + rng.choice(extremes) + text[line.end(2) :]
+        path = tmp_path / "fuzz.toml"
+        path.write_text(mutated, encoding="utf-8")
+        generate = ["generate", "-m", "digits", "-c", "1", "-q", "-o", f"{tmp_path}/x.png"]
+        for args in (["weights", "list"], ["classes", "3"], generate):
+            result = run(*args, "--catalogue", path)
+            tried += 1
+            assert "Traceback" not in result.output, (line.group(0), result.output)
+            if result.exit_code != 0:
+                lines = [x for x in result.output.splitlines() if x.strip()]
+                assert result.exit_code == 2 and len(lines) == 1, (line.group(0), result.output)
+                assert lines[0].startswith("error:"), (line.group(0), result.output)
+    print(f"\ncatalogue inputs tried: {tried}")
