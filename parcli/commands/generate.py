@@ -227,7 +227,7 @@ def make(pipe: Pipeline, samples, todo, sampling, seed, batch_size, outputs, rec
 
         def write(first: int, tokens) -> None:
             numbers = todo[first : first + tokens.shape[0]]
-            outputs.write_batch(recipe, numbers, pipe.decode(tokens))
+            outputs.write_batch(recipe, stems, numbers, pipe.decode(tokens))
 
     with counted_on_interruption(target, stems, pipe.is_video), pass_progress(quiet) as progress:
         on_pass = pass_counter(progress, pipe, -(-len(labels) // batch_size))
@@ -237,7 +237,7 @@ def make(pipe: Pipeline, samples, todo, sampling, seed, batch_size, outputs, rec
             return None, None
         pixels = pipe.decode(tokens)  # on the host, so the device has finished
         if outputs.folder:
-            outputs.write_batch(recipe, todo, pixels)
+            outputs.write_batch(recipe, stems, todo, pixels)
         return tokens.cpu().numpy(), pixels
 
 

@@ -30,7 +30,7 @@ from parcli.io.media import (
     save_tokens,
     save_video,
 )
-from parcli.io.recipe import Recipe, Sample, earlier_outputs, sidecar_path, written_by_par
+from parcli.io.recipe import Recipe, Sample, earlier_outputs, sidecar_path
 from parcli.plan import Plan
 
 
@@ -86,7 +86,7 @@ class Outputs:
             return [], list(range(count))
         folder, samples = Path(target), list(recipe.samples)
         names = image_names(sample_stems(samples), count, ".mp4" if video else ".png")
-        done, ours = [], set(earlier_outputs(folder))
+        done, ours = [], earlier_outputs(folder)
         for number, name in enumerate(names):
             path = folder / name
             for each in (path, sidecar_path(path)) if video else (path,):
@@ -96,11 +96,11 @@ class Outputs:
                         f"{each} is there and par cannot tell it wrote it; choose another "
                         "folder, or move that file",
                     )
-            made = written_by_par(path)
+            made = ours.get(path)  # each file read once, above
             if made is not None and made.same_run(recipe.for_samples([samples[number]])):
                 done.append(number)
         kept = {folder / names[n] for n in done} | {sidecar_path(folder / names[n]) for n in done}
-        old = sorted(ours - kept)
+        old = sorted(set(ours) - kept)
         if old and not self.overwrite:
             shown = ", ".join(path.name for path in old[:2])
             more = ", ..." if len(old) > 2 else ""
@@ -126,10 +126,12 @@ class Outputs:
                 f"{free / 1e9:.2f} GB free; make fewer or smaller samples, or write elsewhere",
             )
 
-    def write_batch(self, recipe: Recipe, numbers: list[int], pixels: np.ndarray) -> list[Path]:
-        """Into a folder: the files of samples `numbers` (of the recipe), as their batch ends."""
-        samples = list(recipe.samples)
-        stems = sample_stems(samples)
+    def write_batch(
+        self, recipe: Recipe, stems: list[str], numbers: list[int], pixels: np.ndarray
+    ) -> list[Path]:
+        """Into a folder: the files of samples `numbers` (of the recipe; `stems`, the run's
+        `sample_stems`), as their batch ends."""
+        samples = recipe.samples
         video = pixels.ndim == 5
 
         def describe(within: list[int]) -> str:

@@ -282,16 +282,17 @@ def written_by_par(path: Path) -> Recipe | None:
         return None
 
 
-def earlier_outputs(folder: Path) -> list[Path]:
-    """The files in `folder` (not below) that par can prove it wrote (`written_by_par`). Other
-    files are not ours and are never listed."""
+def earlier_outputs(folder: Path) -> dict[Path, Recipe]:
+    """The files in `folder` (not below) that par can prove it wrote (`written_by_par`), with
+    their recipes. Other files are not ours and are never listed."""
     if not folder.is_dir():
-        return []
-    return sorted(
-        path
-        for path in folder.iterdir()
-        if not path.name.startswith(".") and written_by_par(path) is not None
-    )
+        return {}
+    found = {}
+    for path in sorted(folder.iterdir()):
+        recipe = None if path.name.startswith(".") else written_by_par(path)
+        if recipe is not None:
+            found[path] = recipe
+    return found
 
 
 def replay(
