@@ -163,27 +163,33 @@ def run_options(*, without: tuple[str, ...] = (), **replaced: tuple[Any, Any]):
     names = [name for name in table if name not in without]
 
     def decorate(func):
-        signature = inspect.signature(func, eval_str=True)
-        own = [p for p in signature.parameters.values() if p.name != "run"]
+        own = [p for p in _parameters(func).values() if p.name != "run"]
         added = [
             inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=table[name][0],
                               default=table[name][1])
             for name in names
         ]  # fmt: skip
 
-        @functools.wraps(func)
         def command(**kwargs):
             run = {name: kwargs.pop(name) for name in names}
             return func(**kwargs, run=run)
 
-        command.__signature__ = signature.replace(parameters=own + added)
-        command.__annotations__ = {
-            **{k: v for k, v in func.__annotations__.items() if k != "run"},
-            **{name: table[name][0] for name in names},
-        }
-        return command
+        return _as_command(func, command, own + added)
 
     return decorate
+
+
+def _parameters(func) -> dict[str, inspect.Parameter]:
+    return dict(inspect.signature(func, eval_str=True).parameters)
+
+
+def _as_command(func, command, parameters: list[inspect.Parameter]):
+    """`command` (which calls `func`) under `func`'s name and docstring, with `parameters` as
+    the signature Typer reads its options from."""
+    command = functools.wraps(func)(command)
+    command.__signature__ = inspect.Signature(parameters)
+    command.__annotations__ = {p.name: p.annotation for p in parameters}
+    return command
 
 
 def old_spellings(**aliases: tuple[str, str]):
@@ -195,8 +201,7 @@ def old_spellings(**aliases: tuple[str, str]):
     spelling can give it."""
 
     def decorate(func):
-        signature = inspect.signature(func, eval_str=True)
-        params = dict(signature.parameters)
+        params = _parameters(func)
         defaults, required, shown = {}, set(), {}
         added = []
         for hidden, (flag, real) in aliases.items():
@@ -218,7 +223,6 @@ def old_spellings(**aliases: tuple[str, str]):
                                   default=None)
             )  # fmt: skip
 
-        @functools.wraps(func)
         def command(**kwargs):
             for hidden, (flag, real) in aliases.items():
                 old = kwargs.pop(hidden)
@@ -233,12 +237,7 @@ def old_spellings(**aliases: tuple[str, str]):
 
         own = [p for p in params.values() if p.kind != inspect.Parameter.KEYWORD_ONLY]
         keyword = [p for p in params.values() if p.kind == inspect.Parameter.KEYWORD_ONLY]
-        command.__signature__ = signature.replace(parameters=own + added + keyword)
-        command.__annotations__ = {
-            **func.__annotations__,
-            **{p.name: p.annotation for p in [*params.values(), *added]},
-        }
-        return command
+        return _as_command(func, command, own + added + keyword)
 
     return decorate
 
