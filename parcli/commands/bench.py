@@ -184,6 +184,11 @@ def bench(
             console.print(f"wrote {escape(str(json_path))}", highlight=False)
 
 
+def sample_word(pipe: Pipeline) -> str:
+    """What one generated sample is called in bench's words."""
+    return "clip" if pipe.is_video else "image"
+
+
 def summary(rows: list[Row], item: str) -> str:
     """One line: our fastest case against n = 1, and each compared engine against ours."""
     ours = [row for row in rows if row.engine == OURS]
@@ -205,7 +210,7 @@ def print_report(title, rows, first, sampling, rate, decoded, others, cold=False
     a one-line summary."""
     print_table(title, [row for row in rows if row.engine == OURS], first, sampling, rate, decoded)
     if any(row.engine == PLAIN for row in rows):
-        print_baseline_table(rows, "clip" if first.is_video else "image")
+        print_baseline_table(rows, sample_word(first))
     for engine, timed in others.items():
         print_comparison_table(rows, engine, first, next(iter(timed.values())))
     if any(row.noisy for row in rows):
@@ -217,7 +222,7 @@ def print_report(title, rows, first, sampling, rate, decoded, others, cold=False
     if cold:
         err_console.print("measured cold (--warmup 0): each case's times include its one-time "
                           "costs (compiling, packing, first allocations)")  # fmt: skip
-    console.print(summary(rows, "clip" if first.is_video else "image"), highlight=False)
+    console.print(summary(rows, sample_word(first)), highlight=False)
 
 
 def print_table(
@@ -252,8 +257,7 @@ def print_table(
     ]
     if rate:
         columns.append(("floor", lambda r: f"{100 * r.floor_fraction:.0f}%"))
-    item = "clip" if pipe.is_video else "image"
-    caption = _caption(pipe, sampling, rate) + f" · times in {unit} per {item}"
+    caption = _caption(pipe, sampling, rate) + f" · times in {unit} per {sample_word(pipe)}"
     table = Table(title=escape(title), caption=caption, box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0))
     for header, _ in columns:
         table.add_column(header, justify="right", no_wrap=True)
@@ -306,7 +310,7 @@ def print_comparison_table(rows, engine: str, first: Pipeline, other: Pipeline) 
     _print_comparison(
         rows, OURS, engine, (base_name, engine), "speedup_vs_first",
         title=f"{engine} vs {base_name}", caption=caption,
-        item="clip" if first.is_video else "image",
+        item=sample_word(first),
     )  # fmt: skip
 
 
