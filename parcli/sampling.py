@@ -95,11 +95,18 @@ def image_uniforms(
 
 def sample(logits: torch.Tensor, config: SamplingConfig, uniforms: torch.Tensor) -> torch.Tensor:
     """Draw one token per row of (..., vocab) logits, with one uniform number (...) per row."""
+    return draw(warp(logits, config), uniforms)
+
+
+def warp(logits: torch.Tensor, config: SamplingConfig) -> torch.Tensor:
+    """Guided logits -> the distribution a token is drawn from: temperature, top-k / top-p."""
     logits = logits / max(config.temperature, 1e-5)
-    logits = filter_logits(logits, config.top_k, config.top_p)
-    probs = logits.softmax(dim=-1)
-    # Inverse-CDF draw. u lies in (0, 1], so the first index whose cumulative mass reaches
-    # u * total always has a non-zero probability.
+    return filter_logits(logits, config.top_k, config.top_p).softmax(dim=-1)
+
+
+def draw(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF draw from (unnormalised) probs (..., V), one uniform (...) per row. u lies in
+    (0, 1], so the first index whose cumulative mass reaches u * total has non-zero mass."""
     cumulative = probs.cumsum(dim=-1)
     u = (1.0 - uniforms.to(probs.dtype)).unsqueeze(-1)
     index = torch.searchsorted(cumulative, u * cumulative[..., -1:])

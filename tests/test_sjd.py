@@ -8,11 +8,11 @@ from parcli.errors import SettingError
 from parcli.model import KVCache
 from parcli.options import RunOptions
 from parcli.plan import Plan
-from parcli.sampling import SamplingConfig, mix_guidance
+from parcli.sampling import SamplingConfig, mix_guidance, warp
 from parcli.slots import embed_slots, guided_labels, slot_rotary
 from parcli.strategies import make_strategy
 from parcli.strategies.par import Par
-from parcli.strategies.sjd import Draws, Jacobi, Sjd, State, accept_or_resample, warp
+from parcli.strategies.sjd import Draws, Jacobi, Sjd, State, accept_or_resample
 
 
 def kernel(p, q, d, u_accept, u_residual=0.5):

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from parcli.errors import SettingError
 from parcli.model import KVCache, Transformer, cache_dtype
 from parcli.plan import Plan
-from parcli.sampling import SamplingConfig, filter_logits, image_uniforms, mix_guidance
+from parcli.sampling import draw, image_uniforms, mix_guidance, warp
 from parcli.slots import embed_slots, guided_labels, slot_rotary
 from parcli.strategies.base import DecodeStats
 
@@ -26,20 +26,6 @@ DEFAULT_WINDOW = 4
 INITS = ("left", "random")
 DEFAULT_INIT = "left"
 RESIDUAL_FLOOR = 1e-6
-
-
-def warp(logits: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
-    """Guided logits -> the distribution `parcli.sampling.sample` draws from, in float32."""
-    logits = logits.float() / max(sampling.temperature, 1e-5)
-    return filter_logits(logits, sampling.top_k, sampling.top_p).softmax(dim=-1)
-
-
-def draw(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
-    """Inverse-CDF draw from (unnormalised) probs (..., V), with `sample`'s rule."""
-    cumulative = probs.cumsum(dim=-1)
-    u = (1.0 - uniforms.to(probs.dtype)).unsqueeze(-1)
-    index = torch.searchsorted(cumulative, u * cumulative[..., -1:])
-    return index.squeeze(-1).clamp_(max=probs.shape[-1] - 1)
 
 
 def accept_or_resample(
