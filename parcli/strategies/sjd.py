@@ -21,6 +21,7 @@ from parcli.plan import Plan
 from parcli.sampling import draw, image_uniforms, mix_guidance, warp
 from parcli.slots import embed_slots, guided_labels, slot_rotary
 from parcli.strategies.base import DecodeStats
+from parcli.strategies.par import device_inverse
 
 DEFAULT_WINDOW = 4
 INITS = ("left", "random")
@@ -278,7 +279,7 @@ class Sjd:
             reported = done
 
         jacobi.decode(state, forward, on_done)
-        tokens = state.seq[:, torch.from_numpy(plan.inverse).to(device)]
+        tokens = state.seq[:, device_inverse(plan, device)]
         stats = DecodeStats(
             images=count,
             passes=forward.passes,
