@@ -1,9 +1,5 @@
-"""Configurable VQ image tokenizer with LlamaGen-compatible parameter names.
-
-One module serves both LlamaGen's published ``vq_ds16_c2i`` tokenizer and small tokenizers
-trained here; submodule names give ``VQModel.state_dict()`` exactly a LlamaGen checkpoint's keys,
-so published files load without renaming. Images are float (B, C, H, W) in nominal [-1, 1].
-"""
+"""VQ image tokenizer, LlamaGen's ``vq_ds16_c2i`` or a small one trained here, with exactly a
+LlamaGen checkpoint's state-dict keys. Images are float (B, C, H, W) in nominal [-1, 1]."""
 
 from __future__ import annotations
 
@@ -129,31 +125,24 @@ class AttnBlock(nn.Module):
         return x + self.proj_out(out)
 
 
-class Downsample(nn.Module):
-    """Halve the resolution: zero-pad right/bottom by one, then a stride-2 3x3 conv."""
+class Resample(nn.Module):
+    """Halve the resolution (zero-pad right/bottom by one, stride-2 3x3 conv) or, `up`, double
+    it (nearest-neighbour x2, then a 3x3 conv)."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, up: bool) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
+        self.up = up
+        self.conv = nn.Conv2d(channels, channels, 3, stride=1 if up else 2, padding=int(up))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.up:
+            return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
         return self.conv(F.pad(x, (0, 1, 0, 1)))
-
-
-class Upsample(nn.Module):
-    """Double the resolution: nearest-neighbour x2, then a 3x3 conv."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
 class Level(nn.Module):
     """ResBlocks at one resolution, each optionally followed by attention, then a resampler
-    stored under ``resample_name`` to keep the checkpoint's key names."""
+    stored under ``resample`` ("upsample" or "downsample"), the checkpoint's key names."""
 
     def __init__(
         self,
@@ -161,8 +150,7 @@ class Level(nn.Module):
         out_ch: int,
         depth: int,
         with_attn: bool,
-        resampler: type[nn.Module] | None,
-        resample_name: str,
+        resample: str | None,
         cfg: VQConfig,
     ) -> None:
         super().__init__()
@@ -170,17 +158,58 @@ class Level(nn.Module):
             ResBlock(in_ch if i == 0 else out_ch, out_ch, cfg) for i in range(depth)
         )
         self.attn = nn.ModuleList(AttnBlock(out_ch, cfg) for _ in range(depth if with_attn else 0))
-        self._resample_name = resample_name
-        if resampler is not None:
-            self.add_module(resample_name, resampler(out_ch))
+        self._resample = resample
+        if resample is not None:
+            self.add_module(resample, Resample(out_ch, up=resample == "upsample"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i, block in enumerate(self.res):
             x = block(x)
             if len(self.attn):
                 x = self.attn[i](x)
-        resample = getattr(self, self._resample_name, None)
-        return x if resample is None else resample(x)
+        return x if self._resample is None else getattr(self, self._resample)(x)
+
+
+class Coder(nn.Module):
+    """The encoder or, `up`, the decoder: levels from the highest resolution down (or from the
+    lowest up) and a middle block at the lowest, built in LlamaGen's order."""
+
+    def __init__(self, cfg: VQConfig, up: bool) -> None:
+        super().__init__()
+        self.up = up
+        widths = [cfg.ch * m for m in cfg.ch_mult]
+        widths = widths[::-1] if up else widths
+        in_widths = [widths[0] if up else cfg.ch, *widths[:-1]]
+        last = len(widths) - 1
+        low = 0 if up else last  # the level at the lowest resolution
+        self.conv_in = nn.Conv2d(
+            cfg.z_channels if up else cfg.in_channels, in_widths[0], 3, padding=1
+        )
+        if up:
+            self.mid = _mid(widths[low], cfg)
+        self.conv_blocks = nn.ModuleList(
+            Level(
+                in_widths[i],
+                widths[i],
+                cfg.num_res_blocks + up,
+                with_attn=i == low,
+                resample=None if i == last else "upsample" if up else "downsample",
+                cfg=cfg,
+            )
+            for i in range(len(widths))
+        )
+        if not up:
+            self.mid = _mid(widths[low], cfg)
+        self.norm_out = _norm(widths[-1], cfg)
+        self.conv_out = nn.Conv2d(
+            widths[-1], cfg.out_channels if up else cfg.z_channels, 3, padding=1
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(x)
+        for module in (*self.mid, *self.conv_blocks) if self.up else (*self.conv_blocks, *self.mid):
+            h = module(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
 
 
 def _mid(channels: int, cfg: VQConfig) -> nn.ModuleList:
@@ -191,67 +220,6 @@ def _mid(channels: int, cfg: VQConfig) -> nn.ModuleList:
             ResBlock(channels, channels, cfg),
         ]
     )
-
-
-class Encoder(nn.Module):
-    def __init__(self, cfg: VQConfig) -> None:
-        super().__init__()
-        last = len(cfg.ch_mult) - 1
-        self.conv_in = nn.Conv2d(cfg.in_channels, cfg.ch, 3, padding=1)
-        widths = [cfg.ch * m for m in cfg.ch_mult]
-        in_widths = [cfg.ch, *widths[:-1]]
-        self.conv_blocks = nn.ModuleList(
-            Level(
-                in_widths[i],
-                widths[i],
-                cfg.num_res_blocks,
-                with_attn=i == last,
-                resampler=Downsample if i != last else None,
-                resample_name="downsample",
-                cfg=cfg,
-            )
-            for i in range(len(widths))
-        )
-        self.mid = _mid(widths[-1], cfg)
-        self.norm_out = _norm(widths[-1], cfg)
-        self.conv_out = nn.Conv2d(widths[-1], cfg.z_channels, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv_in(x)
-        for module in (*self.conv_blocks, *self.mid):
-            h = module(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
-
-
-class Decoder(nn.Module):
-    def __init__(self, cfg: VQConfig) -> None:
-        super().__init__()
-        last = len(cfg.ch_mult) - 1
-        # Decoder levels run from the lowest resolution (widest) to the highest.
-        widths = [cfg.ch * m for m in reversed(cfg.ch_mult)]
-        in_widths = [widths[0], *widths[:-1]]
-        self.conv_in = nn.Conv2d(cfg.z_channels, widths[0], 3, padding=1)
-        self.mid = _mid(widths[0], cfg)
-        self.conv_blocks = nn.ModuleList(
-            Level(
-                in_widths[i],
-                widths[i],
-                cfg.num_res_blocks + 1,
-                with_attn=i == 0,
-                resampler=Upsample if i != last else None,
-                resample_name="upsample",
-                cfg=cfg,
-            )
-            for i in range(len(widths))
-        )
-        self.norm_out = _norm(widths[-1], cfg)
-        self.conv_out = nn.Conv2d(widths[-1], cfg.out_channels, 3, padding=1)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.conv_in(z)
-        for module in (*self.mid, *self.conv_blocks):
-            h = module(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
 
 
 class VectorQuantizer(nn.Module):
@@ -317,8 +285,8 @@ class VQModel(nn.Module):
     def __init__(self, cfg: VQConfig) -> None:
         super().__init__()
         self.config = cfg
-        self.encoder = Encoder(cfg)
-        self.decoder = Decoder(cfg)
+        self.encoder = Coder(cfg, up=False)
+        self.decoder = Coder(cfg, up=True)
         self.quantize = VectorQuantizer(cfg)
         self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.codebook_dim, 1)
         self.post_quant_conv = nn.Conv2d(cfg.codebook_dim, cfg.z_channels, 1)
