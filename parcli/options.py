@@ -1,20 +1,14 @@
-"""The settings of a run, as one frozen object: built once from the command line (or a recipe),
-passed whole to `parcli.pipeline.open_pipeline`, and written by `to_dict` into every record of
-the run (the recipe, a `par sample` run's identity, the bench and eval JSON).
-
-Adding a setting: a field here, its option in `parcli.commands.common.RUN_OPTIONS`, and the code
-where it acts.
-"""
+"""The settings of a run, as one frozen object built once from the command line (or a recipe)
+and written by `to_dict` into every record of the run. A new setting needs a field here and its
+option in `parcli.commands.common.RUN_OPTIONS`."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
-
-    from parcli.sampling import SamplingConfig
 
 
 @dataclass(frozen=True)
@@ -101,15 +95,6 @@ class RunOptions:
     @property
     def device_kind(self) -> str:
         return self.device.split(":")[0]
-
-    def with_sampling(self, sampling: SamplingConfig) -> RunOptions:
-        """These options with every sampling setting decided (the model's, where not given)."""
-        return replace(self, **asdict(sampling))
-
-    def sampling_over(self, defaults: SamplingConfig) -> SamplingConfig:
-        """`defaults` (a model's own), but for the sampling settings these options give."""
-        given = {name: getattr(self, name) for name in SAMPLING_FIELDS}
-        return replace(defaults, **{k: v for k, v in given.items() if v is not None})
 
     def to_dict(self) -> dict[str, Any]:
         """Every setting the tokens depend on, by name (threads are reported with the machine)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ from parcli.engine.threads import use_threads
 from parcli.errors import SettingError, UserError
 from parcli.io.locate import Fetch, ModelFiles, model_files
 from parcli.model import Transformer
-from parcli.options import RunOptions
+from parcli.options import SAMPLING_FIELDS, RunOptions
 from parcli.plan import Pass, Plan
 from parcli.sampling import SamplingConfig
 from parcli.slots import guided_labels
@@ -39,13 +39,10 @@ class PipelineError(UserError):
 
 @dataclass(eq=False)
 class Pipeline:
-    """A transformer, the tokenizer that decodes its tokens, the plan for its regions, and the
-    decoding strategy that walks it.
+    """A transformer, its tokenizer, the plan for its regions and the strategy that walks it.
 
-    `defaults` are the model's own sampling settings. `options` says how to run (its device and
-    dtype are the model's, already); the engine (`parcli.engine.policy.choose_engine`) is
-    chosen from them once, here. `plain_engine` is the yardstick of `par bench --baseline`, with
-    no speed-ups at all.
+    `defaults` are the model's own sampling settings; the engine is chosen once, here, from
+    `options`. `plain_engine` (no speed-ups) is the yardstick of `par bench --baseline`.
     """
 
     model: Transformer
@@ -112,7 +109,8 @@ class Pipeline:
     def sampling(self, cfg_scale: float | None = None) -> SamplingConfig:
         """The run's sampling settings: the options', the model's own for those they leave
         out; `cfg_scale` overrides both."""
-        sampling = self.options.sampling_over(self.defaults)
+        given = {name: getattr(self.options, name) for name in SAMPLING_FIELDS}
+        sampling = replace(self.defaults, **{k: v for k, v in given.items() if v is not None})
         return sampling if cfg_scale is None else replace(sampling, cfg_scale=cfg_scale)
 
     @property
@@ -131,7 +129,7 @@ class Pipeline:
     def run_options(self, sampling: SamplingConfig | None = None) -> RunOptions:
         """The options as this pipeline runs them, every sampling setting decided."""
         options = replace(self.options, compile=self.engine.compiled, window=self.strategy.window)
-        return options.with_sampling(sampling or self.sampling())
+        return replace(options, **asdict(sampling or self.sampling()))
 
     def check_regions(self, regions: int | None) -> None:
         trained = self.model.cfg.regions
@@ -142,24 +140,21 @@ class Pipeline:
                 setting="regions",
             )
 
-    def runner(self, sequences: int) -> Runner:
-        """The runner for `sequences` sequences decoded together (the batch, twice over under
-        guidance), kept so that later batches of that size reuse its cache and graphs."""
-        if sequences not in self._runners:
-            self._runners[sequences] = self._new_runner(sequences)
-        return self._runners[sequences]
-
     def times_kernels_first(self) -> bool:
         """Whether the first batch will time int8 products on this machine before its first
         pass (seconds, once per machine and thread count)."""
         return self.quantize is not None and not self._runners and products_to_time(self.model)
 
-    def _new_runner(self, sequences: int) -> Runner:
+    def runner(self, sequences: int) -> Runner:
+        """The runner for `sequences` sequences decoded together (the batch, twice over under
+        guidance), kept so that later batches of that size reuse its cache and graphs."""
         engine = self.engine
+        if sequences in self._runners:
+            return self._runners[sequences]
         if self.quantize is not None and not self._runners:
             choose_products(self.model)  # here, once the run's thread count is set
         if engine.runner == FIXED_SHAPE:
-            return FixedShapeRunner(
+            runner = FixedShapeRunner(
                 self.model,
                 self.plan,
                 sequences,
@@ -167,17 +162,18 @@ class Pipeline:
                 engine.compiled,
                 engine.reference_kernels,
             )
-        if engine.packed_projections and not self.packed:
-            # Packed once, for the inputs of the first batch's widest passes; other batch sizes
-            # multiply by the unpacked weight (or by oneDNN's in-place packing).
-            self.packed = pack_projections(self.model, sequences * self.plan.widest_pass)
-        return PrefixRunner(self.model, self.plan, sequences)
+        else:
+            if engine.packed_projections and not self.packed:
+                # Packed once, for the inputs of the first batch's widest passes; other batch
+                # sizes multiply by the unpacked weight (or by oneDNN's in-place packing).
+                self.packed = pack_projections(self.model, sequences * self.plan.widest_pass)
+            runner = PrefixRunner(self.model, self.plan, sequences)
+        self._runners[sequences] = runner
+        return runner
 
     def plain_engine_twin(self) -> Pipeline:
-        """The same transformer weights (shared, not copied), run by the plain engine.
-
-        Made before this pipeline packs anything: packing swaps modules, never tensors.
-        """
+        """The same transformer weights (shared, not copied), run by the plain engine; made
+        before this pipeline packs anything, as packing swaps modules, never tensors."""
         if self.packed:
             raise PipelineError("a plain-engine twin must be made before the weights are packed")
         if self.quantize is not None:
@@ -203,12 +199,9 @@ class Pipeline:
         indices: Sequence[int] | None = None,
         on_batch: Callable[[int, torch.Tensor], None] | None = None,
     ) -> torch.Tensor:
-        """Token grids (len(labels), *grid) in raster order, generated batch by batch;
-        `on_batch(first label, tokens)` hears of each batch as it ends.
-
-        Label k is image `indices[k]` (default: k) of the run seeded with `seed`: its tokens
-        depend on that pair alone, not on the batch size or on the other images.
-        """
+        """Token grids (len(labels), *grid) in raster order; `on_batch(first label, tokens)`
+        hears of each batch as it ends. Label k is image `indices[k]` (default: k) of the run
+        seeded with `seed`: its tokens depend on that pair alone, not on its batch."""
         self.check_labels(labels)
         if batch_size < 1:
             raise SettingError("batch_size", f"must be at least 1, not {batch_size}")
@@ -242,11 +235,8 @@ class Pipeline:
     def decode(
         self, tokens: torch.Tensor, batch_size: int = 16, size: int | None = None
     ) -> np.ndarray:
-        """uint8 pixels: (N, H, W, C) for images, (N, T, H, W, C) for videos.
-
-        With `size`, frames are resized to size x size before they are rounded to pixels, by
-        bicubic interpolation, as the reference FID samplers resize to their evaluation size.
-        """
+        """uint8 pixels: (N, H, W, C) for images, (N, T, H, W, C) for videos; with `size`,
+        frames are resized bicubically before rounding, as the reference FID samplers do."""
         grid = self.plan.grid
         flat = tokens.reshape(-1, *grid[-2:]).to(self.device)
         frames = []
@@ -326,24 +316,21 @@ def open_pipelines(
 
 def recorded_sampling(checkpoint: Path, metadata: dict[str, str]) -> SamplingConfig:
     """The sampling defaults a checkpoint's metadata records (`par train --cfg-scale`,
-    `convert-weights`); guidance off and the tool's defaults for what it does not record."""
-    limits = {"cfg_scale": (0, 100), "temperature": (0, 100), "top_k": (0, 1 << 24),
-              "top_p": (1e-9, 1)}  # fmt: skip
+    `convert-weights`), each checked as a setting; guidance off where it records none."""
     settings: dict[str, float | int] = {"cfg_scale": 1.0}
-    for name, (low, high) in limits.items():
+    for name in SAMPLING_FIELDS:
         text = metadata.get(name)
         if text is None:
             continue
         try:
             value = float(text)
-        except ValueError:
-            value = math.nan
-        if not (math.isfinite(value) and low <= value <= high) or (
-            name == "top_k" and value != int(value)
-        ):
+            if name == "top_k" and value != int(value):
+                raise ValueError(text)
+            settings[name] = int(value) if name == "top_k" else value
+            SamplingConfig(**{name: settings[name]})
+        except (ValueError, OverflowError):
             raise PipelineError(
                 f"{checkpoint} records {name} {text[:20]!r}, which is out of range; "
                 "convert the file again"
-            )
-        settings[name] = int(value) if name == "top_k" else value
+            ) from None
     return SamplingConfig(**settings)
