@@ -74,11 +74,12 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
     return logits
 
 
-def image_seed(seed: int, index: int) -> int:
-    """The seed of image `index` in a run seeded with `seed` (both >= 0)."""
+def image_seed(seed: int, index: int, *stream: int) -> int:
+    """The seed of image `index` in a run seeded with `seed` (both >= 0); a `stream` number
+    gives the seed of another stream of that image's numbers."""
     if seed < 0:
         raise SettingError("seed", f"must be >= 0, not {seed}")
-    return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0])
+    return int(np.random.SeedSequence([seed, index, *stream]).generate_state(1, np.uint64)[0])
 
 
 def image_uniforms(

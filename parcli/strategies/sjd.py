@@ -1,31 +1,25 @@
-"""Lossless speculative Jacobi decoding (SJD) over PAR's passes.
-
-Each iteration runs the first uncommitted plan pass plus drafts of the next window - 1 passes in
-one forward pass, tests the drafts with the speculative-sampling rule and commits what passes, so
-the tokens keep exactly the law of `par`'s sampler. How far an image advances decides the shape
-of its next window, so acceptance is read on the host every iteration (one device sync per
-iteration), unlike `par`, which never waits for the device.
-"""
+"""Lossless speculative Jacobi decoding (SJD) over PAR's passes: each forward pass runs the first
+uncommitted plan pass plus drafts of the next window - 1, and the speculative-sampling test keeps
+exactly the law of `par`'s sampler. How far an image advances shapes its next window, so unlike
+`par` it reads acceptance on the host (one device sync per iteration)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from parcli.errors import SettingError
 from parcli.model import KVCache, Transformer, cache_dtype
-from parcli.plan import Plan
-from parcli.sampling import draw, image_uniforms, mix_guidance, warp
+from parcli.plan import Pass, Plan
+from parcli.sampling import draw, image_seed, image_uniforms, mix_guidance, warp
 from parcli.slots import embed_slots, guided_labels, slot_rotary
 from parcli.strategies.base import DecodeStats
 from parcli.strategies.par import device_inverse
 
 DEFAULT_WINDOW = 4
 INITS = ("left", "random")
-DEFAULT_INIT = "left"
 RESIDUAL_FLOOR = 1e-6
 
 
@@ -36,11 +30,9 @@ def accept_or_resample(
     u_accept: torch.Tensor,
     u_residual: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Speculative-sampling test of drafts (...) drawn from q (..., V) against p (..., V).
-
-    Returns (accepted, token): a draft stays with probability min(1, p/q); otherwise the token is
-    drawn from max(0, p - q), normalised, or from p where that mass is below RESIDUAL_FLOOR.
-    """
+    """Speculative-sampling test of drafts (...) drawn from q (..., V) against p (..., V):
+    (accepted, token), a draft staying with probability min(1, p/q), else drawn from
+    max(0, p - q), or from p where that mass is below RESIDUAL_FLOOR."""
     index = draft.unsqueeze(-1)
     ratio = (p.gather(-1, index) / q.gather(-1, index)).squeeze(-1).clamp(max=1.0)
     accepted = u_accept < ratio
@@ -51,12 +43,9 @@ def accept_or_resample(
 
 
 class Draws:
-    """Random numbers of the rows: `base` (rows, tokens) serves each position's first draw from
-    a distribution, fresh numbers serve everything else, each used once.
-
-    With one generator per row, a row's numbers depend on that row alone; without, one shared
-    generator serves all rows (the law tests, where rows need not be reproducible one by one).
-    """
+    """Random numbers of the rows: `base` (rows, tokens) for each position's first draw, fresh
+    ones for the rest, from a generator per row (so a row depends on itself alone) or, in the law
+    tests, one shared `generator`."""
 
     def __init__(
         self,
@@ -79,10 +68,8 @@ class Draws:
 
 class State:
     """Per-row progress: tokens (committed and drafted), draft distributions, visit counts.
-
-    Drafts only ever exist for fewer than `window` passes past the commit point, so pass k's
-    draft distributions live at `q[:, k % window]` rather than one vector per position.
-    """
+    Drafts exist only within `window` passes of the commit point, so pass k's live at
+    `q[:, k % window]`."""
 
     def __init__(self, rows: int, plan: Plan, vocab: int, window: int, draws: Draws):
         device = draws.base.device
@@ -96,28 +83,23 @@ class State:
 
 
 class Jacobi:
-    """The acceptance and commit rules over a plan's passes, for any source of probabilities.
-
-    `retest` builds a deliberately biased variant (accepted drafts beyond the first pass go back
-    as drafts and are tested again) for the test that must see it fail.
-    """
+    """The acceptance and commit rules over a plan's passes, for any source of probabilities;
+    `retest` is a deliberately biased variant (accepted drafts past the first pass are tested
+    again) for the test that must see it fail."""
 
     def __init__(
         self,
         plan: Plan,
         vocab: int,
         window: int,
-        init: str = DEFAULT_INIT,
+        init: str = "left",
         retest: bool = False,
     ):
-        if init not in INITS:
-            raise ValueError(f"init must be one of {INITS}, not {init!r}")
         self.plan, self.vocab, self.window = plan, vocab, window
         self.init, self.retest = init, retest
         self.n, self.num_passes = plan.regions, plan.num_passes
         self.starts = torch.tensor([p.start for p in plan.passes])
         self.widths = torch.tensor([p.width for p in plan.passes])
-        self.ends = torch.tensor([p.end for p in plan.passes])
 
     def _pass_positions(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Positions (..., n) of passes `index` (...), and which of them exist."""
@@ -128,11 +110,6 @@ class Jacobi:
         pos = (self.starts[clamped][..., None] + offsets).to(device)
         valid = inside[..., None] & (offsets < self.widths[clamped][..., None]).to(device)
         return torch.where(valid, pos, 0), valid
-
-    def window_of(self, state: State) -> tuple[torch.Tensor, torch.Tensor]:
-        """Positions (rows, window, n) of each row's window passes, and which exist."""
-        index = state.done[:, None] + torch.arange(self.window, device=state.done.device)
-        return self._pass_positions(index)
 
     def _write(self, state: State, pos, need, tokens, q=None, index=None) -> None:
         """Tokens (rows, n) at positions pos where `need`; with q, drafts of passes `index`."""
@@ -221,27 +198,23 @@ class Jacobi:
         self,
         state: State,
         forward: Callable[[State, torch.Tensor, torch.Tensor], torch.Tensor],
-        on_done: Callable[[int], None] | None = None,
-    ) -> int:
-        """Iterate until every row has committed every plan pass; returns the iterations run.
-        `forward(state, pos, valid)` gives the window's distributions (rows, window, n, V);
-        `on_done(k)` hears the passes every row has committed after each iteration."""
-        iterations = 0
+        on_pass: Callable[[Pass], None] | None = None,
+    ) -> None:
+        """Iterate until every row has committed every plan pass. `forward(state, pos, valid)`
+        gives the distributions (rows, window, n, V) of each row's window passes at positions
+        `pos`, `valid` saying which exist; `on_pass` hears of a pass once every row committed it."""
+        reported = 0
         self.init_drafts(state)
         while bool((state.done < self.num_passes).any()):
-            pos, valid = self.window_of(state)
+            index = state.done[:, None] + torch.arange(self.window, device=state.done.device)
+            pos, valid = self._pass_positions(index)
             self.iterate(state, forward(state, pos, valid), pos, valid)
             self.init_drafts(state)
-            iterations += 1
-            if on_done is not None:
-                on_done(int(state.done.min()))
-        return iterations
-
-
-def stream_generator(seed: int, index: int, stream: int) -> torch.Generator:
-    """A generator of image `index`'s extra random numbers, apart from its base uniforms."""
-    state = np.random.SeedSequence([seed, index, stream]).generate_state(1, np.uint64)[0]
-    return torch.Generator().manual_seed(int(state))
+            if on_pass is not None:
+                done = int(state.done.min())
+                for step in self.plan.passes[reported:done]:
+                    on_pass(step)
+                reported = done
 
 
 class Sjd:
@@ -264,21 +237,15 @@ class Sjd:
         used: each image runs its own windows in its own KV cache."""
         count, device = labels.shape[0], labels.device
         base = image_uniforms(seed, indices, plan.num_tokens, device)
-        generators = [stream_generator(seed, index, 1) for index in indices]
+        # A second stream per image, apart from its base uniforms, for every other draw.
+        generators = [
+            torch.Generator().manual_seed(image_seed(seed, index, 1)) for index in indices
+        ]
         state = State(count, plan, model.cfg.vocab_size, self.window, Draws(base, generators))
         jacobi = Jacobi(plan, model.cfg.vocab_size, self.window, self.init)
         forward = _ModelWindows(model, plan, labels, sampling, jacobi)
         self._caches = forward.caches
-        reported = 0
-
-        def on_done(done: int) -> None:
-            nonlocal reported
-            for k in range(reported, done):
-                if on_pass is not None:
-                    on_pass(plan.passes[k])
-            reported = done
-
-        jacobi.decode(state, forward, on_done)
+        jacobi.decode(state, forward, on_pass)
         tokens = state.seq[:, device_inverse(plan, device)]
         stats = DecodeStats(
             images=count,
