@@ -1,8 +1,5 @@
-"""LlamaGen's transformer, which PAR reuses unchanged; 2D/3D rotary tables; a static KV cache.
-
-Parameter names match the published checkpoints, so their state dicts load as they are. Nothing
-here knows PAR's slot layout or about speed: `parcli.engine` swaps modules from the outside.
-"""
+"""LlamaGen's transformer, which PAR reuses unchanged, with the published checkpoints' parameter
+names; 2D/3D rotary tables; a static KV cache. `parcli.engine` swaps modules from the outside."""
 
 from __future__ import annotations
 
@@ -16,30 +13,22 @@ from torch import nn
 from parcli.config import GPTConfig
 
 
-def axis_pairs(head_dim: int, axes: int) -> list[int]:
-    """How many rotary pairs of a head each grid axis gets (2D: half each, as LlamaGen)."""
-    pairs = head_dim // 2
-    if axes == 2:
-        return [pairs // 2, pairs // 2]
-    spatial = pairs // 3
-    return [pairs - 2 * spatial, spatial, spatial]
-
-
-def axis_frequencies(pairs: int, base: float) -> torch.Tensor:
-    # Written as LlamaGen writes it so the float32 values agree bit for bit.
-    span = 2 * pairs
-    return 1.0 / (base ** (torch.arange(0, span, 2)[:pairs].float() / span))
-
-
 def cell_angles(grid: tuple[int, ...], head_dim: int, base: float) -> torch.Tensor:
-    """(cells, head_dim // 2) rotation angles of every raster cell of the grid."""
+    """(cells, head_dim // 2) rotation angles of every raster cell of the grid; in 2D each axis
+    gets half a head's pairs, as in LlamaGen, in 3D time gets what the two sides leave."""
+    pairs = head_dim // 2
+    if len(grid) == 2:
+        axis_pairs = [pairs // 2, pairs // 2]
+    else:
+        axis_pairs = [pairs - 2 * (pairs // 3), pairs // 3, pairs // 3]
     coords = torch.cartesian_prod(*(torch.arange(size) for size in grid))
     if coords.dim() == 1:
         coords = coords[:, None]
-    per_axis = [
-        torch.outer(coords[:, axis], axis_frequencies(pairs, base))
-        for axis, pairs in enumerate(axis_pairs(head_dim, len(grid)))
-    ]
+    per_axis = []
+    for axis, n in enumerate(axis_pairs):
+        # Written as LlamaGen writes it so the float32 values agree bit for bit.
+        frequencies = 1.0 / (base ** (torch.arange(0, 2 * n, 2)[:n].float() / (2 * n)))
+        per_axis.append(torch.outer(coords[:, axis], frequencies))
     return torch.cat(per_axis, dim=-1)
 
 
@@ -57,11 +46,8 @@ def rotary_rows(
 
 
 def apply_rotary(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent pairs of x (batch, seq, ..., head_dim) in float32 by rope (seq, pairs, 2).
-
-    Real operations, as LlamaGen writes them: a complex product can round differently where its
-    kernel uses fused multiply-adds, and tokens must not depend on that.
-    """
+    """Rotate adjacent pairs of x (batch, seq, ..., head_dim) in float32 by rope (seq, pairs, 2),
+    in real operations as LlamaGen: a complex product may round otherwise (fused multiply-adds)."""
     pairs = x.float().reshape(*x.shape[:-1], -1, 2)
     shape = (1, rope.shape[0], *([1] * (x.dim() - 3)), rope.shape[1])
     cos, sin = rope[..., 0].view(shape), rope[..., 1].view(shape)
@@ -216,14 +202,6 @@ class ClassEmbedding(nn.Module):
         return self.embedding_table(labels)
 
 
-class TransitionEmbedding(nn.Module):
-    """PAR's learnable transition tokens M1 .. M(n-1)."""
-
-    def __init__(self, count: int, dim: int):
-        super().__init__()
-        self.special_embeddings = nn.Embedding(count, dim)
-
-
 class Transformer(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -231,7 +209,9 @@ class Transformer(nn.Module):
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.cls_embedding = ClassEmbedding(cfg.num_classes, cfg.dim)
         if cfg.regions > 1:
-            self.spe_tok_embeddings = TransitionEmbedding(cfg.regions - 1, cfg.dim)
+            # PAR's learnable transition tokens M1 .. M(n-1), under the checkpoint's key names.
+            transitions = nn.Embedding(cfg.regions - 1, cfg.dim)
+            self.spe_tok_embeddings = nn.ModuleDict({"special_embeddings": transitions})
         self.token_dropout = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
@@ -265,10 +245,8 @@ class Transformer(nn.Module):
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Float32 logits for input embeddings h (batch, width, dim) with rotary rows `rope`.
-
-        With a cache and `start`, h fills the slots from `start` and sees every slot before their
-        end, which is what a PAR pass may see; with `positions`, it sees the cache under `mask`.
-        """
+        With a cache, h fills the slots from `start` and sees every slot before their end (a PAR
+        pass); with `positions`, it sees the whole cache under `mask`."""
         h = self.token_dropout(h)
         for index, layer in enumerate(self.layers):
             h = layer(h, rope, cache, index, start, positions, mask)
