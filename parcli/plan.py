@@ -1,9 +1,8 @@
 """The PAR schedule as data: token order, KV-cache slot layout, forward passes, rotary cells.
 
-Every generation, sequential (one region) or parallel (4 or 16 regions), image or video, walks
-the same kind of plan. Slot s of the cache always predicts the token at PAR sequence index s, so
-a forward pass that writes slots [start, end) fills sequence indices [start, end), and each of its
-queries may see every slot before `end`.
+Slot s of the cache predicts the token at PAR sequence index s, so a pass that writes slots
+[start, end) fills sequence indices [start, end), and each of its queries sees every slot before
+`end`; one region is plain sequential decoding.
 """
 
 from __future__ import annotations
@@ -24,18 +23,13 @@ class PlanError(UserError, ValueError):
     """A grid / region combination that cannot be scheduled."""
 
 
-def region_side(regions: int) -> int:
-    side = math.isqrt(regions)
-    if side * side != regions or regions not in SUPPORTED_REGIONS:
-        raise PlanError(f"regions must be one of {', '.join(map(str, SUPPORTED_REGIONS))}")
-    return side
-
-
 def par_order(grid: tuple[int, ...], regions: int) -> np.ndarray:
     """Raster index (into the flattened grid) of the token at each PAR sequence index; a video's
     frames are each split into regions and follow one another."""
     *frames, rows, cols = grid
-    side = region_side(regions)
+    side = math.isqrt(regions)
+    if regions not in SUPPORTED_REGIONS:
+        raise PlanError(f"regions must be one of {', '.join(map(str, SUPPORTED_REGIONS))}")
     if rows % side or cols % side:
         raise PlanError(
             f"a {rows}x{cols} token grid cannot be split into {regions} regions: "
@@ -53,9 +47,7 @@ def par_order(grid: tuple[int, ...], regions: int) -> np.ndarray:
 
 def inverse_order(order: np.ndarray) -> np.ndarray:
     """PAR sequence index of each raster cell: `seq[inverse_order(order)]` is raster order."""
-    inverse = np.empty_like(order)
-    inverse[order] = np.arange(order.size)
-    return inverse
+    return np.argsort(order)
 
 
 @dataclass(frozen=True)
@@ -153,18 +145,11 @@ class Plan:
         cell[tokens] = self.order[self.slot_source[tokens]]
         return cell
 
-    @cached_property
-    def block_end(self) -> np.ndarray:
-        """End of the pass that writes each slot: the slot sees every slot before it."""
-        end = np.empty(self.num_slots, dtype=np.int64)
-        for p in self.passes:
-            end[p.start : p.end] = p.end
-        return end
-
     def attention_mask(self) -> np.ndarray:
-        """(slots, slots) boolean mask, True where a query slot may attend to a key slot."""
-        keys = np.arange(self.num_slots)
-        return keys[None, :] < self.block_end[:, None]
+        """(slots, slots) boolean mask, True where a query slot may attend to a key slot: every
+        slot before the end of the pass that writes it."""
+        end = np.repeat([p.end for p in self.passes], [p.width for p in self.passes])
+        return np.arange(self.num_slots)[None, :] < end[:, None]
 
     def to_raster(self, seq_tokens: np.ndarray) -> np.ndarray:
         """(..., num_tokens) in PAR order -> (..., *grid) in raster order."""
