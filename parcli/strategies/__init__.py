@@ -1,4 +1,4 @@
-"""How a plan is walked: one module per decoding strategy, each named once in `_registry`.
+"""How a plan is walked: one module per decoding strategy, each named once in `make_strategy`.
 
 A strategy turns labels into token grids with a model, a plan and a runner; the pipeline takes
 one (diffusers' pipelines take a scheduler the same way), so a new strategy gets `generate`,
@@ -7,29 +7,70 @@ one (diffusers' pipelines take a scheduler the same way), so a new strategy gets
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 from parcli.errors import SettingError
-from parcli.strategies.base import DecodeStats, Strategy
 
 if TYPE_CHECKING:
-    from parcli.options import RunOptions
+    import torch
 
-__all__ = ["DecodeStats", "Strategy", "make_strategy"]
+    from parcli.model import Transformer
+    from parcli.options import RunOptions
+    from parcli.plan import Pass, Plan
+    from parcli.sampling import SamplingConfig
+
+
+@dataclass
+class DecodeStats:
+    """What a strategy spent, summed over the images it made."""
+
+    images: int = 0
+    passes: int = 0  # forward passes, counted once per image that took part in them
+    query_tokens: int = 0  # tokens fed to the transformer, per image summed
+    iterations: int = 0  # strategy steps (one forward pass each), per image summed
+    committed_passes: int = 0  # plan passes made final, per image summed
+
+    def add(self, other: DecodeStats) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def per_image(self) -> dict[str, float]:
+        images = max(self.images, 1)
+        return {
+            "passes_per_image": self.passes / images,
+            "query_tokens_per_image": self.query_tokens / images,
+            "passes_per_iteration": self.committed_passes / max(self.iterations, 1),
+        }
+
+
+class Strategy(Protocol):
+    """Generates one token grid per label, and what that cost."""
+
+    name: str
+    window: int
+
+    def generate(
+        self,
+        model: Transformer,
+        plan: Plan,
+        labels: torch.Tensor,
+        sampling: SamplingConfig,
+        seed: int,
+        indices: Sequence[int],
+        runner,
+        on_pass: Callable[[Pass], None] | None = None,
+    ) -> tuple[torch.Tensor, DecodeStats]: ...
 
 
 def make_strategy(options: RunOptions) -> Strategy:
     """The strategy `options` name, built from the settings of theirs it takes."""
-    registry = _registry()
+    from parcli.strategies.par import Par
+    from parcli.strategies.sjd import Sjd
+
+    registry = {"par": Par, "sjd": Sjd}
     if options.strategy not in registry:
         names = " or ".join(registry)
         raise SettingError("strategy", f"must be {names}, not {options.strategy!r}")
     return registry[options.strategy](options)
-
-
-def _registry() -> dict[str, Callable[[RunOptions], Strategy]]:
-    from parcli.strategies.par import Par
-    from parcli.strategies.sjd import Sjd
-
-    return {"par": Par, "sjd": Sjd}

@@ -1,8 +1,5 @@
-"""The decode loop: walk a plan pass by pass, sample, and return token grids in raster order.
-
-How each pass runs the transformer is up to a runner (`parcli.engine.runners`), which owns the
-KV cache.
-"""
+"""The decode loop: walk a plan pass by pass, sample, and return token grids in raster order;
+a runner (`parcli.engine.runners`) runs each pass and owns the KV cache."""
 
 from __future__ import annotations
 
@@ -18,7 +15,7 @@ from parcli.model import Transformer
 from parcli.plan import Pass, Plan
 from parcli.sampling import SamplingConfig, image_uniforms, mix_guidance, sample
 from parcli.slots import embed_slots, guided_labels
-from parcli.strategies.base import DecodeStats
+from parcli.strategies import DecodeStats
 
 
 @torch.inference_mode()
@@ -31,21 +28,15 @@ def generate_tokens(
     on_pass: Callable[[Pass], None] | None = None,
     runner: Runner | None = None,
 ) -> torch.Tensor:
-    """Generate one token grid per label: (batch, *plan.grid) int64 in raster order.
-
-    `uniforms` (batch, plan.num_tokens) are each image's random numbers (see
-    `parcli.sampling.image_uniforms`), one per token in PAR order. Without a runner, each pass
-    runs plainly over the visible cache prefix. Nothing here waits for the device: sampling,
-    guidance and scattering stay on it.
-    """
+    """One token grid per label, (batch, *plan.grid) int64 in raster order, drawn with each
+    image's `uniforms` (batch, plan.num_tokens) in PAR order. Nothing here waits for the device:
+    sampling, guidance and scattering stay on it. Without a runner, passes run plainly."""
     cfg = model.cfg
     device = labels.device
     sequence_labels = guided_labels(labels, cfg.num_classes, sampling.guided)
     sequences = sequence_labels.shape[0]
     if runner is None:
         runner = PrefixRunner(model, plan, sequences)
-    if runner.sequences != sequences:
-        raise ValueError(f"the runner was built for {runner.sequences} sequences, not {sequences}")
     seq = torch.zeros(sequences, plan.num_tokens, dtype=torch.long, device=device)
     if on_pass is not None and device.type == "cuda":
         on_pass = DeviceProgress(on_pass, device)
@@ -72,14 +63,9 @@ def device_inverse(plan: Plan, device: torch.device) -> torch.Tensor:
 
 
 class DeviceProgress:
-    """Reports a CUDA pass when the device has run it, not when the host queued it.
-
-    The host queues passes far faster than a large model runs them, so a bar fed at queueing
-    would reach its end while the device still had most of the work before it. Each pass gets an
-    event; at most `ahead` passes wait unreported, the host waiting on the oldest, which keeps
-    the device's queue full without racing ahead of it. Waiting on an event is not a sync that
-    `torch.cuda.set_sync_debug_mode` reports, and no tensor is read back.
-    """
+    """Reports a CUDA pass when the device has run it, not when the host queued it (far sooner).
+    Each pass gets an event; past `ahead` unreported passes the host waits on the oldest, which
+    keeps the device's queue full. An event wait is no sync `set_sync_debug_mode` reports."""
 
     def __init__(self, report: Callable[[Pass], None], device: torch.device, ahead: int = 8):
         self.report, self.ahead = report, ahead

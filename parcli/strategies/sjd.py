@@ -15,7 +15,7 @@ from parcli.model import KVCache, Transformer, cache_dtype
 from parcli.plan import Pass, Plan
 from parcli.sampling import draw, image_seed, image_uniforms, mix_guidance, warp
 from parcli.slots import embed_slots, guided_labels, slot_rotary
-from parcli.strategies.base import DecodeStats
+from parcli.strategies import DecodeStats
 from parcli.strategies.par import device_inverse
 
 DEFAULT_WINDOW = 4
