@@ -1,9 +1,8 @@
 """Turning logits into tokens: guidance mix, temperature, top-k / top-p, seeded draws.
 
-Every image draws its random numbers from its own generator, seeded by (run seed, image index),
-all at once before decoding: an image is the same whatever else shares its batch, however many
-processes share the run, and wherever a resumed run restarted. The decode loop then only reads
-them, so everything stays on the device: no host synchronisation, no branching on tensor values.
+Each image's random numbers come from its own generator, seeded by (run seed, image index), all
+before decoding: an image is the same whatever shares its batch or run, and the decode loop only
+reads them, so it never waits for the device.
 """
 
 from __future__ import annotations
@@ -17,9 +16,7 @@ import torch
 from parcli.errors import SettingError
 
 # Beyond these a setting is a typo, not a choice: the logits it makes are all one token or inf.
-MAX_CFG_SCALE = 100.0
-MAX_TEMPERATURE = 100.0
-MAX_TOP_K = 2**24
+LIMITS = {"cfg_scale": ("0", 100), "temperature": ("0", 100), "top_k": ("0 (off)", 2**24)}
 
 
 @dataclass(frozen=True)
@@ -30,19 +27,11 @@ class SamplingConfig:
     top_p: float = 1.0
 
     def __post_init__(self) -> None:
-        # Written as `not a <= x <= b` so that NaN, which compares false, is refused too.
-        if not 0 <= self.cfg_scale <= MAX_CFG_SCALE:
-            raise SettingError(
-                "cfg_scale", f"must be between 0 and {MAX_CFG_SCALE:g}, not {self.cfg_scale}"
-            )
-        if not 0 <= self.temperature <= MAX_TEMPERATURE:
-            raise SettingError(
-                "temperature", f"must be between 0 and {MAX_TEMPERATURE:g}, not {self.temperature}"
-            )
-        if not 0 <= self.top_k <= MAX_TOP_K:
-            raise SettingError(
-                "top_k", f"must be between 0 (off) and {MAX_TOP_K}, not {self.top_k}"
-            )
+        for name, (low, high) in LIMITS.items():
+            value = getattr(self, name)
+            # Written as `not a <= x <= b` so that NaN, which compares false, is refused too.
+            if not 0 <= value <= high:
+                raise SettingError(name, f"must be between {low} and {high}, not {value}")
         if not 0.0 < self.top_p <= 1.0:
             raise SettingError("top_p", f"must be in (0, 1], not {self.top_p}")
 
