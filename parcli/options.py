@@ -30,13 +30,7 @@ class RunOptions:
 
     @classmethod
     def resolve(
-        cls,
-        device: str = "auto",
-        dtype: str = "auto",
-        compile: bool | None = None,
-        strategy: str = "par",
-        window: int | None = None,
-        **settings: Any,
+        cls, device: str = "auto", dtype: str = "auto", compile: bool | None = None, **settings: Any
     ) -> RunOptions:
         """The options a command asks for, with every default decided: `auto` device and dtype,
         the device's compile default, the strategy's window. Refuses what cannot run."""
@@ -46,17 +40,9 @@ class RunOptions:
         from parcli.strategies import make_strategy
 
         torch_device, torch_dtype = resolve(device, dtype)
-        reference_kernels = bool(settings.get("reference_kernels"))
         if compile is None:
-            compile = default_compile(torch_device) and not reference_kernels
-        options = cls(
-            device=str(torch_device),
-            dtype=dtype_name(torch_dtype),
-            compile=compile,
-            strategy=strategy,
-            window=window,
-            **settings,
-        )
+            compile = default_compile(torch_device) and not settings.get("reference_kernels")
+        options = cls(str(torch_device), dtype_name(torch_dtype), compile, **settings)
         options = replace(options, window=make_strategy(options).window)
         options.check()
         return options
