@@ -4,6 +4,7 @@ names; 2D/3D rotary tables; a static KV cache. `parcli.engine` swaps modules fro
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 
 import numpy as np
 import torch
@@ -191,25 +192,16 @@ class Block(nn.Module):
         return h + self.dropout(self.feed_forward(self.ffn_norm(h)))
 
 
-class ClassEmbedding(nn.Module):
-    """Class labels plus one extra row (index num_classes) for the unconditional branch."""
-
-    def __init__(self, num_classes: int, dim: int):
-        super().__init__()
-        self.embedding_table = nn.Embedding(num_classes + 1, dim)
-
-    def forward(self, labels: torch.Tensor) -> torch.Tensor:
-        return self.embedding_table(labels)
-
-
 class Transformer(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.cfg = cfg
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
-        self.cls_embedding = ClassEmbedding(cfg.num_classes, cfg.dim)
+        # The containers give the checkpoint's key names. The class table has one more row (index
+        # num_classes) for the unconditional branch; PAR's transition tokens are M1 .. M(n-1).
+        classes = nn.Embedding(cfg.num_classes + 1, cfg.dim)
+        self.cls_embedding = nn.Sequential(OrderedDict(embedding_table=classes))
         if cfg.regions > 1:
-            # PAR's learnable transition tokens M1 .. M(n-1), under the checkpoint's key names.
             transitions = nn.Embedding(cfg.regions - 1, cfg.dim)
             self.spe_tok_embeddings = nn.ModuleDict({"special_embeddings": transitions})
         self.token_dropout = nn.Dropout(cfg.dropout)
