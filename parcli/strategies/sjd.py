@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from parcli.errors import SettingError
-from parcli.model import KVCache, Transformer, cache_dtype
+from parcli.model import KVCache, cache_dtype
 from parcli.plan import Pass, Plan
 from parcli.sampling import draw, image_seed, image_uniforms, mix_guidance, warp
 from parcli.slots import embed_slots, guided_labels, slot_rotary
@@ -87,14 +87,7 @@ class Jacobi:
     `retest` is a deliberately biased variant (accepted drafts past the first pass are tested
     again) for the test that must see it fail."""
 
-    def __init__(
-        self,
-        plan: Plan,
-        vocab: int,
-        window: int,
-        init: str = "left",
-        retest: bool = False,
-    ):
+    def __init__(self, plan: Plan, vocab: int, window: int, init: str = "left", retest=False):
         self.plan, self.vocab, self.window = plan, vocab, window
         self.init, self.retest = init, retest
         self.n, self.num_passes = plan.regions, plan.num_passes
@@ -234,67 +227,48 @@ class Sjd:
     @torch.inference_mode()
     def generate(self, model, plan, labels, sampling, seed, indices, runner, on_pass=None):
         """Token grids (batch, *plan.grid) in raster order and what they cost. `runner` is not
-        used: each image runs its own windows in its own KV cache."""
-        count, device = labels.shape[0], labels.device
+        used: each image runs its own windows in its own KV cache (cond and uncond rows)."""
+        count, device, cfg = labels.shape[0], labels.device, model.cfg
         base = image_uniforms(seed, indices, plan.num_tokens, device)
         # A second stream per image, apart from its base uniforms, for every other draw.
         generators = [
             torch.Generator().manual_seed(image_seed(seed, index, 1)) for index in indices
         ]
-        state = State(count, plan, model.cfg.vocab_size, self.window, Draws(base, generators))
-        jacobi = Jacobi(plan, model.cfg.vocab_size, self.window, self.init)
-        forward = _ModelWindows(model, plan, labels, sampling, jacobi)
-        self._caches = forward.caches
-        jacobi.decode(state, forward, on_pass)
-        tokens = state.seq[:, device_inverse(plan, device)]
-        stats = DecodeStats(
-            images=count,
-            passes=forward.passes,
-            query_tokens=forward.query_tokens,
-            iterations=forward.passes,
-            committed_passes=count * plan.num_passes,
-        )
-        return tokens.reshape(count, *plan.grid), stats
-
-
-class _ModelWindows:
-    """The window's distributions from the transformer: per image, one forward pass over its
-    window's slots in its own cache (cond and uncond rows together), under the plan's mask."""
-
-    def __init__(self, model: Transformer, plan: Plan, labels, sampling, jacobi: Jacobi):
-        self.model, self.plan, self.sampling, self.jacobi = model, plan, sampling, jacobi
-        cfg = model.cfg
-        rows = 2 if sampling.guided else 1
-        self.labels = [guided_labels(labels[i : i + 1], cfg.num_classes, sampling.guided)
-                       for i in range(labels.shape[0])]  # fmt: skip
+        state = State(count, plan, cfg.vocab_size, self.window, Draws(base, generators))
+        jacobi = Jacobi(plan, cfg.vocab_size, self.window, self.init)
+        guided = [guided_labels(labels[i : i + 1], cfg.num_classes, sampling.guided)
+                  for i in range(count)]  # fmt: skip
         # The dtype `par`'s runner keeps, so that a window of 1 rounds as `par` does.
         dtype = cache_dtype(model.dtype, model.device, plan.widest_pass)
-        self.caches = [
-            KVCache(cfg, rows, plan.num_slots, model.device, dtype) for _ in range(labels.shape[0])
+        self._caches = caches = [
+            KVCache(cfg, len(guided[0]), plan.num_slots, model.device, dtype) for _ in range(count)
         ]
-        self.rope = slot_rotary(model, plan)
-        self.mask = torch.from_numpy(plan.attention_mask()).to(model.device)
-        self.passes = self.query_tokens = 0
+        rope = slot_rotary(model, plan)
+        full_mask = torch.from_numpy(plan.attention_mask()).to(model.device)
+        stats = DecodeStats(images=count, committed_passes=count * plan.num_passes)
 
-    def __call__(self, state: State, pos: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        jacobi, vocab = self.jacobi, self.model.cfg.vocab_size
-        out = torch.zeros(*pos.shape, vocab, device=pos.device)
-        done = state.done.tolist()
-        for r, first in enumerate(done):
-            if first >= jacobi.num_passes:
-                continue  # a finished image runs nothing
-            last = min(first + jacobi.window, jacobi.num_passes) - 1
-            start, end = self.plan.passes[first].start, self.plan.passes[last].end
-            labels = self.labels[r]
-            seq = state.seq[r : r + 1].expand(labels.shape[0], -1)
-            h = embed_slots(self.model, self.plan, labels, seq, start, end)
-            # One pass sees every slot before its end: unmasked, as `par`'s runner runs it.
-            mask = None if first == last else self.mask[start:end, :end]
-            logits = self.model(h, self.rope[start:end], self.caches[r], start=start, mask=mask)
-            if self.sampling.guided:
-                logits = mix_guidance(logits, self.sampling.cfg_scale)
-            probs = warp(logits[0], self.sampling)
-            out[r] = probs[(pos[r] - start).clamp(0, end - start - 1)]
-            self.passes += 1
-            self.query_tokens += end - start
-        return out
+        def forward(state: State, pos: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+            """Each unfinished image's window distributions, from one pass over its slots."""
+            out = torch.zeros(*pos.shape, cfg.vocab_size, device=pos.device)
+            for r, first in enumerate(state.done.tolist()):
+                if first >= plan.num_passes:
+                    continue  # a finished image runs nothing
+                last = min(first + self.window, plan.num_passes) - 1
+                start, end = plan.passes[first].start, plan.passes[last].end
+                seq = state.seq[r : r + 1].expand(guided[r].shape[0], -1)
+                h = embed_slots(model, plan, guided[r], seq, start, end)
+                # One pass sees every slot before its end: unmasked, as `par`'s runner runs it.
+                mask = None if first == last else full_mask[start:end, :end]
+                logits = model(h, rope[start:end], caches[r], start=start, mask=mask)
+                if sampling.guided:
+                    logits = mix_guidance(logits, sampling.cfg_scale)
+                probs = warp(logits[0], sampling)
+                out[r] = probs[(pos[r] - start).clamp(0, end - start - 1)]
+                stats.passes += 1
+                stats.query_tokens += end - start
+            return out
+
+        jacobi.decode(state, forward, on_pass)
+        stats.iterations = stats.passes
+        tokens = state.seq[:, device_inverse(plan, device)]
+        return tokens.reshape(count, *plan.grid), stats
