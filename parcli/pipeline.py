@@ -15,11 +15,7 @@ import torch.nn.functional as F
 from parcli.engine.memory import check_files_fit
 from parcli.engine.packing import pack_projections
 from parcli.engine.policy import FIXED_SHAPE, choose_engine, set_cuda_backends
-from parcli.engine.quantize import (
-    choose_products,
-    products_to_time,
-    quantize_int8,
-)
+from parcli.engine.quantize import choose_products, products_to_time, quantize_int8
 from parcli.engine.runners import FixedShapeRunner, PrefixRunner, Runner
 from parcli.engine.threads import use_threads
 from parcli.errors import SettingError, UserError
@@ -39,11 +35,9 @@ class PipelineError(UserError):
 
 @dataclass(eq=False)
 class Pipeline:
-    """A transformer, its tokenizer, the plan for its regions and the strategy that walks it.
-
-    `defaults` are the model's own sampling settings; the engine is chosen once, here, from
-    `options`. `plain_engine` (no speed-ups) is the yardstick of `par bench --baseline`.
-    """
+    """A transformer, its tokenizer, the plan for its regions and the strategy that walks it;
+    `defaults` are the model's own sampling settings, `plain_engine` (no speed-ups) the yardstick
+    of `par bench --baseline`."""
 
     model: Transformer
     vq: VQModel

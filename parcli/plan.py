@@ -1,8 +1,7 @@
 """The PAR schedule as data: token order, KV-cache slot layout, forward passes, rotary cells.
 
-Slot s of the cache predicts the token at PAR sequence index s, so a pass that writes slots
-[start, end) fills sequence indices [start, end), and each of its queries sees every slot before
-`end`; one region is plain sequential decoding.
+Slot s of the cache predicts the token at PAR sequence index s: a pass that writes slots
+[start, end) fills sequence indices [start, end), each query seeing every slot before `end`.
 """
 
 from __future__ import annotations

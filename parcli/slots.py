@@ -1,8 +1,5 @@
-"""What goes into the KV-cache slots of a plan: embeddings, rotary rows, the classes of guidance.
-
-The glue between the PAR schedule (`parcli.plan`, pure data) and LlamaGen's transformer
-(`parcli.model`, which knows nothing of PAR), shared by decoding and training.
-"""
+"""What goes into the KV-cache slots of a plan (embeddings, rotary rows, the classes of guidance):
+the glue between the PAR schedule and LlamaGen's transformer, for decoding and training."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""How a plan is walked: one module per decoding strategy, each named once in `make_strategy`.
-
-A strategy turns labels into token grids with a model, a plan and a runner; the pipeline takes
-one (diffusers' pipelines take a scheduler the same way), so a new strategy gets `generate`,
-`sample`, `eval`, `bench` and the recipe without touching them.
-"""
+"""How a plan is walked: one module per decoding strategy, named in `make_strategy`. The pipeline
+takes a strategy as diffusers' pipelines take a scheduler, so every command gets a new one."""
 
 from __future__ import annotations
 
