@@ -106,24 +106,19 @@ class KVCache:
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
 
-    def write_prefix(
-        self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v (batch, heads, new, head_dim) at slots [start, start + new); return the
-        keys and values of every slot before the end of the new ones."""
+    def write(self, layer: int, k, v, start: int, positions: torch.Tensor | None):
+        """Store k, v (batch, heads, new, head_dim) at slots [start, start + new) and return every
+        slot before their end; or, with a device tensor of `positions`, store them there and
+        return every slot, so that shapes never depend on where the pass is (CUDA graphs)."""
+        keys, values = self.keys[layer], self.values[layer]
+        if positions is not None:
+            keys.index_copy_(2, positions, k.to(keys.dtype))
+            values.index_copy_(2, positions, v.to(values.dtype))
+            return keys, values
         end = start + k.shape[2]
-        self.keys[layer][:, :, start:end] = k
-        self.values[layer][:, :, start:end] = v
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
-
-    def write_positions(
-        self, layer: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v at the slots a device tensor of `positions` names; return every slot, so
-        shapes never depend on where the pass is (CUDA graphs need that)."""
-        self.keys[layer].index_copy_(2, positions, k.to(self.keys[layer].dtype))
-        self.values[layer].index_copy_(2, positions, v.to(self.values[layer].dtype))
-        return self.keys[layer], self.values[layer]
+        keys[:, :, start:end] = k
+        values[:, :, start:end] = v
+        return keys[:, :, :end], values[:, :, :end]
 
 
 class Attention(nn.Module):
@@ -151,10 +146,8 @@ class Attention(nn.Module):
         padding = 0 if cache is None else cache.head_dim - self.head_dim
         if padding:
             q, k, v = (F.pad(t, (0, padding)) for t in (q, k, v))
-        if cache is not None and positions is not None:
-            k, v = cache.write_positions(layer, positions, k, v)
-        elif cache is not None:
-            k, v = cache.write_prefix(layer, start, k, v)
+        if cache is not None:
+            k, v = cache.write(layer, k, v, start, positions)
         # The padded width must not change the scale; unpadded, SDPA's own default keeps the
         # reference's rounding.
         scale = 1 / math.sqrt(self.head_dim) if padding else None
