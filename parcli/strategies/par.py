@@ -50,7 +50,7 @@ def generate_tokens(
         if on_pass is not None:
             on_pass(step)
     if isinstance(on_pass, DeviceProgress):
-        on_pass.finish()
+        on_pass.flush()
     inverse = device_inverse(plan, device)
     return seq[: labels.shape[0], inverse].reshape(labels.shape[0], *plan.grid)
 
@@ -76,17 +76,14 @@ class DeviceProgress:
         event = torch.cuda.Event()
         event.record(self.stream)
         self.queued.append((event, step))
-        while self.queued and (len(self.queued) > self.ahead or self.queued[0][0].query()):
-            self._report_oldest()
+        self.flush(self.ahead)
 
-    def finish(self) -> None:
-        while self.queued:
-            self._report_oldest()
-
-    def _report_oldest(self) -> None:
-        event, step = self.queued.popleft()
-        event.synchronize()
-        self.report(step)
+    def flush(self, keep: int = 0) -> None:
+        """Report the passes the device has run, waiting on the oldest while over `keep` wait."""
+        while self.queued and (len(self.queued) > keep or self.queued[0][0].query()):
+            event, step = self.queued.popleft()
+            event.synchronize()
+            self.report(step)
 
 
 class Par:
