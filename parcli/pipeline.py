@@ -200,8 +200,6 @@ class Pipeline:
         if batch_size < 1:
             raise SettingError("batch_size", f"must be at least 1, not {batch_size}")
         indices = range(len(labels)) if indices is None else indices
-        if len(indices) != len(labels):
-            raise ValueError(f"{len(indices)} image indices for {len(labels)} labels")
         num_classes = self.model.cfg.num_classes
         pad_short_batches = self.engine.fixed_batches and len(labels) > batch_size
         chunks = []

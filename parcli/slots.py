@@ -23,14 +23,9 @@ def slot_rotary(model: Transformer, plan: Plan) -> torch.Tensor:
 
 
 def embed_slots(
-    model: Transformer,
-    plan: Plan,
-    labels: torch.Tensor,
-    seq_tokens: torch.Tensor,
-    start: int,
-    end: int,
+    model: Transformer, plan: Plan, labels: torch.Tensor, seq: torch.Tensor, start: int, end: int
 ) -> torch.Tensor:
-    """Input embeddings of cache slots [start, end) from `seq_tokens` in PAR sequence order."""
+    """Input embeddings of cache slots [start, end) from tokens `seq` in PAR sequence order."""
     pieces = []
     for kind, run_start, run_end, source in plan.slot_runs:
         a, b = max(start, run_start), min(end, run_end)
@@ -40,7 +35,7 @@ def embed_slots(
         if kind == CLASS:
             pieces.append(model.cls_embedding(labels)[:, None])
         elif kind == TOKEN:
-            pieces.append(model.tok_embeddings(seq_tokens[:, first : first + b - a]))
+            pieces.append(model.tok_embeddings(seq[:, first : first + b - a]))
         else:
             table = model.spe_tok_embeddings.special_embeddings.weight
             pieces.append(table[first : first + b - a].expand(labels.shape[0], -1, -1))

@@ -298,8 +298,6 @@ class VQModel(nn.Module):
 
     def decode_codes(self, indices: torch.Tensor) -> torch.Tensor:
         """Codes (B, h, w) int64 -> images (B, C, H, W), nominal [-1, 1], unclamped."""
-        if indices.dim() != 3:
-            raise ValueError(f"expected codes of shape (B, h, w), got {tuple(indices.shape)}")
         z_q = self.quantize.lookup(indices).permute(0, 3, 1, 2).contiguous()
         return self.decode(z_q.to(self.post_quant_conv.weight.dtype))
 
@@ -317,15 +315,13 @@ def to_pixels(x: torch.Tensor) -> torch.Tensor:
     return torch.clamp(127.5 * x + 128.0, 0, 255).permute(0, 2, 3, 1).to(torch.uint8)
 
 
-def from_pixels(
-    img: torch.Tensor, channels_last: bool = True, dtype: torch.dtype = torch.float32
-) -> torch.Tensor:
+def from_pixels(img: torch.Tensor, channels_last: bool = True) -> torch.Tensor:
     """uint8 (0..255) or float (0..1) images -> float (B, C, H, W) in [-1, 1]; the inverse of
     ``to_pixels`` for uint8."""
     if img.dtype == torch.uint8:
-        x = img.to(dtype) / 127.5 - 1.0
+        x = img.float() / 127.5 - 1.0
     elif img.is_floating_point():
-        x = 2.0 * img.to(dtype) - 1.0
+        x = 2.0 * img.float() - 1.0
     else:
         raise TypeError(f"expected uint8 or floating-point pixels, got {img.dtype}")
     return x.permute(0, 3, 1, 2).contiguous() if channels_last else x
