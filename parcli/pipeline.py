@@ -200,7 +200,6 @@ class Pipeline:
         if batch_size < 1:
             raise SettingError("batch_size", f"must be at least 1, not {batch_size}")
         indices = range(len(labels)) if indices is None else indices
-        num_classes = self.model.cfg.num_classes
         pad_short_batches = self.engine.fixed_batches and len(labels) > batch_size
         chunks = []
         for start in range(0, len(labels), batch_size):
@@ -212,7 +211,7 @@ class Pipeline:
                 chunk_labels += chunk_labels[-1:] * (batch_size - real)
                 batch_indices += batch_indices[-1:] * (batch_size - real)
             chunk = torch.tensor(chunk_labels, device=self.device)
-            sequences = guided_labels(chunk, num_classes, sampling.guided).shape[0]
+            sequences = guided_labels(chunk, self.model.cfg.num_classes, sampling.guided).shape[0]
             runner = self.runner(sequences)
             tokens, stats = self.strategy.generate(
                 self.model, self.plan, chunk, sampling, seed, batch_indices, runner, on_pass

@@ -40,8 +40,7 @@ def par_order(grid: tuple[int, ...], regions: int) -> np.ndarray:
     row = (region // side) * region_rows + j // region_cols
     col = (region % side) * region_cols + j % region_cols
     frame_order = row * cols + col
-    per_frame = rows * cols
-    return np.concatenate([f * per_frame + frame_order for f in range(math.prod(frames))])
+    return np.concatenate([f * rows * cols + frame_order for f in range(math.prod(frames))])
 
 
 def inverse_order(order: np.ndarray) -> np.ndarray:

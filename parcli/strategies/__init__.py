@@ -1,21 +1,21 @@
 """How a plan is walked: one module per decoding strategy, named in `make_strategy`. The pipeline
-takes a strategy as diffusers' pipelines take a scheduler, so every command gets a new one."""
+takes a strategy as diffusers' pipelines take a scheduler, so every command gets a new one.
+
+A strategy has a `name`, a `window` (plan passes per step) and `generate(model, plan, labels,
+sampling, seed, indices, runner, on_pass)`, which returns (token grids, DecodeStats); see `Par`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from parcli.errors import SettingError
 
 if TYPE_CHECKING:
-    import torch
-
-    from parcli.model import Transformer
     from parcli.options import RunOptions
-    from parcli.plan import Pass, Plan
-    from parcli.sampling import SamplingConfig
+    from parcli.strategies.par import Par
+    from parcli.strategies.sjd import Sjd
 
 
 @dataclass
@@ -41,26 +41,7 @@ class DecodeStats:
         }
 
 
-class Strategy(Protocol):
-    """Generates one token grid per label, and what that cost."""
-
-    name: str
-    window: int
-
-    def generate(
-        self,
-        model: Transformer,
-        plan: Plan,
-        labels: torch.Tensor,
-        sampling: SamplingConfig,
-        seed: int,
-        indices: Sequence[int],
-        runner,
-        on_pass: Callable[[Pass], None] | None = None,
-    ) -> tuple[torch.Tensor, DecodeStats]: ...
-
-
-def make_strategy(options: RunOptions) -> Strategy:
+def make_strategy(options: RunOptions) -> Par | Sjd:
     """The strategy `options` name, built from the settings of theirs it takes."""
     from parcli.strategies.par import Par
     from parcli.strategies.sjd import Sjd

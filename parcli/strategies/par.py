@@ -101,6 +101,8 @@ class Par:
         self.window = 1
 
     def generate(self, model, plan, labels, sampling, seed, indices, runner, on_pass=None):
+        """Token grids (batch, *plan.grid) in raster order, label k being image `indices[k]` of
+        the run seeded with `seed`, and what they cost; `on_pass` hears of each pass."""
         uniforms = image_uniforms(seed, indices, plan.num_tokens, labels.device)
         tokens = generate_tokens(model, plan, labels, sampling, uniforms, on_pass, runner)
         count = labels.shape[0]
