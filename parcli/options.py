@@ -32,8 +32,7 @@ class RunOptions:
     def resolve(
         cls, device: str = "auto", dtype: str = "auto", compile: bool | None = None, **settings: Any
     ) -> RunOptions:
-        """The options a command asks for, with every default decided: `auto` device and dtype,
-        the device's compile default, the strategy's window. Refuses what cannot run."""
+        """The options a command asks for, every default (`auto`, compile, window) decided."""
         from parcli.engine.devices import resolve
         from parcli.engine.dtypes import dtype_name
         from parcli.engine.policy import default_compile

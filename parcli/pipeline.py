@@ -101,8 +101,7 @@ class Pipeline:
         return self.defaults.cfg_scale
 
     def sampling(self, cfg_scale: float | None = None) -> SamplingConfig:
-        """The run's sampling settings: the options', the model's own for those they leave
-        out; `cfg_scale` overrides both."""
+        """The options' sampling, the model's own where they give none; `cfg_scale` over both."""
         given = {name: getattr(self.options, name) for name in SAMPLING_FIELDS}
         sampling = replace(self.defaults, **{k: v for k, v in given.items() if v is not None})
         return sampling if cfg_scale is None else replace(sampling, cfg_scale=cfg_scale)
@@ -140,8 +139,7 @@ class Pipeline:
         return self.quantize is not None and not self._runners and products_to_time(self.model)
 
     def runner(self, sequences: int) -> Runner:
-        """The runner for `sequences` sequences decoded together (the batch, twice over under
-        guidance), kept so that later batches of that size reuse its cache and graphs."""
+        """The runner of `sequences` rows, kept so that later batches reuse its cache and graphs."""
         engine = self.engine
         if sequences in self._runners:
             return self._runners[sequences]
@@ -251,8 +249,7 @@ def load_pipeline(
     defaults: SamplingConfig | None = None,
     options: RunOptions | None = None,
 ) -> Pipeline:
-    """The pipeline of two converted files; `defaults` None takes the sampling settings the
-    checkpoint's metadata records."""
+    """The pipeline of two converted files; `defaults` None: those the checkpoint records."""
     from parcli.io.checkpoints import load_transformer, load_vq
 
     model, metadata = load_transformer(checkpoint, device, dtype)
@@ -306,8 +303,7 @@ def open_pipelines(
 
 
 def recorded_sampling(checkpoint: Path, metadata: dict[str, str]) -> SamplingConfig:
-    """The sampling defaults a checkpoint's metadata records (`par train --cfg-scale`,
-    `convert-weights`), each checked as a setting; guidance off where it records none."""
+    """The sampling defaults a checkpoint's metadata records, each checked; guidance off if none."""
     settings: dict[str, float | int] = {"cfg_scale": 1.0}
     for name in SAMPLING_FIELDS:
         text = metadata.get(name)

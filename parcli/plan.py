@@ -144,8 +144,7 @@ class Plan:
         return cell
 
     def attention_mask(self) -> np.ndarray:
-        """(slots, slots) boolean mask, True where a query slot may attend to a key slot: every
-        slot before the end of the pass that writes it."""
+        """(slots, slots), True where a query slot may see a key slot: one before its pass's end."""
         end = np.repeat([p.end for p in self.passes], [p.width for p in self.passes])
         return np.arange(self.num_slots)[None, :] < end[:, None]
 

@@ -64,8 +64,7 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
 
 
 def image_seed(seed: int, index: int, *stream: int) -> int:
-    """The seed of image `index` in a run seeded with `seed` (both >= 0); a `stream` number
-    gives the seed of another stream of that image's numbers."""
+    """The seed of image `index`, or of its other `stream`, in a run seeded with `seed` >= 0."""
     if seed < 0:
         raise SettingError("seed", f"must be >= 0, not {seed}")
     return int(np.random.SeedSequence([seed, index, *stream]).generate_state(1, np.uint64)[0])

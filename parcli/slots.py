@@ -1,5 +1,4 @@
-"""What goes into the KV-cache slots of a plan (embeddings, rotary rows, the classes of guidance):
-the glue between the PAR schedule and LlamaGen's transformer, for decoding and training."""
+"""What fills a plan's KV-cache slots: embeddings, rotary rows, the classes of guidance."""
 
 from __future__ import annotations
 

@@ -119,8 +119,7 @@ class AttnBlock(nn.Module):
 
 
 class Resample(nn.Module):
-    """Halve the resolution (zero-pad right/bottom by one, stride-2 3x3 conv) or, `up`, double
-    it (nearest-neighbour x2, then a 3x3 conv)."""
+    """Halve the resolution (pad right and bottom, stride-2 conv) or, `up`, double it."""
 
     def __init__(self, channels: int, up: bool) -> None:
         super().__init__()
@@ -134,8 +133,7 @@ class Resample(nn.Module):
 
 
 class Level(nn.Module):
-    """ResBlocks at one resolution, each optionally followed by attention, then a resampler
-    stored under ``resample`` ("upsample" or "downsample"), the checkpoint's key names."""
+    """ResBlocks, each then attention if any, and a resampler under its checkpoint key."""
 
     def __init__(
         self,
@@ -164,8 +162,7 @@ class Level(nn.Module):
 
 
 class Coder(nn.Module):
-    """The encoder or, `up`, the decoder: levels from the highest resolution down (or from the
-    lowest up) and a middle block at the lowest, built in LlamaGen's order."""
+    """The encoder or, `up`, the decoder, its modules built in LlamaGen's order."""
 
     def __init__(self, cfg: VQConfig, up: bool) -> None:
         super().__init__()
@@ -302,8 +299,7 @@ class VQModel(nn.Module):
         return self.decode(z_q.to(self.post_quant_conv.weight.dtype))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Training pass: (reconstruction, VQ losses); LlamaGen's entropy loss is left out, as
-        its weight there is 0."""
+        """Training pass: (reconstruction, VQ losses); LlamaGen weighs its entropy loss 0."""
         z_q, _, losses = self.quantize(self._latents(x))
         return self.decode(z_q), losses
 
@@ -316,8 +312,7 @@ def to_pixels(x: torch.Tensor) -> torch.Tensor:
 
 
 def from_pixels(img: torch.Tensor, channels_last: bool = True) -> torch.Tensor:
-    """uint8 (0..255) or float (0..1) images -> float (B, C, H, W) in [-1, 1]; the inverse of
-    ``to_pixels`` for uint8."""
+    """uint8 (0..255) or float (0..1) images -> float (B, C, H, W) in [-1, 1]."""
     if img.dtype == torch.uint8:
         x = img.float() / 127.5 - 1.0
     elif img.is_floating_point():

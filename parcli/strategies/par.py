@@ -1,5 +1,4 @@
-"""The decode loop: walk a plan pass by pass, sample, and return token grids in raster order;
-a runner (`parcli.engine.runners`) runs each pass and owns the KV cache."""
+"""The decode loop: walk a plan pass by pass (a runner runs each one), sampling on the device."""
 
 from __future__ import annotations
 
@@ -57,8 +56,7 @@ def generate_tokens(
 
 @functools.lru_cache(maxsize=64)
 def device_inverse(plan: Plan, device: torch.device) -> torch.Tensor:
-    """The plan's raster-from-PAR index on `device`, copied there once (a host-to-device copy
-    per batch would make the host wait for the device)."""
+    """The plan's raster-from-PAR index copied to `device` once: per batch, the host would wait."""
     return torch.from_numpy(plan.inverse).to(device)
 
 
@@ -87,8 +85,7 @@ class DeviceProgress:
 
 
 class Par:
-    """PAR's own walk of the plan: one forward pass per plan pass, every token drawn with its
-    image's uniform for that position (`parcli.sampling.image_uniforms`)."""
+    """PAR's own walk: one forward pass per plan pass, each token drawn with its image's uniform."""
 
     name = "par"
 
@@ -101,8 +98,7 @@ class Par:
         self.window = 1
 
     def generate(self, model, plan, labels, sampling, seed, indices, runner, on_pass=None):
-        """Token grids (batch, *plan.grid) in raster order, label k being image `indices[k]` of
-        the run seeded with `seed`, and what they cost; `on_pass` hears of each pass."""
+        """Token grids (batch, *plan.grid) in raster order, and what they cost."""
         uniforms = image_uniforms(seed, indices, plan.num_tokens, labels.device)
         tokens = generate_tokens(model, plan, labels, sampling, uniforms, on_pass, runner)
         count = labels.shape[0]

@@ -112,8 +112,7 @@ class Jacobi:
             state.q[rows, index[rows] % self.window, slot] = q[rows, slot]
 
     def _sample(self, state: State, pos, probs, need) -> torch.Tensor:
-        """Draw at positions (rows, n) from probs; a position's first draw takes its base
-        uniform, so that a window of 1 draws `par`'s tokens."""
+        """Draw at positions (rows, n); a first draw takes its base uniform, as `par` draws."""
         fresh = state.draws.fresh(self.n, need.any(1))
         first = state.visits.gather(1, pos) == 0
         u = torch.where(first, state.draws.base.gather(1, pos), fresh)
@@ -143,8 +142,7 @@ class Jacobi:
         state.drafted = torch.where(active, torch.maximum(state.drafted, end), state.drafted)
 
     def iterate(self, state: State, probs: torch.Tensor, pos, valid) -> torch.Tensor:
-        """Test and commit one iteration's window; probs (rows, window, n, V) are its
-        distributions. Returns the plan passes each row committed."""
+        """Test and commit one window, probs (rows, window, n, V) its distributions."""
         active = state.done < self.num_passes
         in_plan = valid[:, :, 0]
         last = in_plan.sum(1) - 1  # the window pass after every draft: a bonus if all pass
@@ -226,8 +224,7 @@ class Sjd:
 
     @torch.inference_mode()
     def generate(self, model, plan, labels, sampling, seed, indices, runner, on_pass=None):
-        """Token grids (batch, *plan.grid) in raster order and what they cost. `runner` is not
-        used: each image runs its own windows in its own KV cache (cond and uncond rows)."""
+        """Token grids and their cost; each image runs its windows in a cache of its own."""
         count, device, cfg = labels.shape[0], labels.device, model.cfg
         base = image_uniforms(seed, indices, plan.num_tokens, device)
         # A second stream per image, apart from its base uniforms, for every other draw.
