@@ -1,8 +1,6 @@
 """The PAR schedule as data: token order, KV-cache slot layout, forward passes, rotary cells.
-
-Slot s of the cache predicts the token at PAR sequence index s: a pass that writes slots
-[start, end) fills sequence indices [start, end), each query seeing every slot before `end`.
-"""
+Cache slot s predicts PAR sequence index s: a pass writing slots [start, end) fills those indices,
+each query seeing every slot before `end`."""
 
 from __future__ import annotations
 

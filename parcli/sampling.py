@@ -1,9 +1,6 @@
-"""Turning logits into tokens: guidance mix, temperature, top-k / top-p, seeded draws.
-
-Each image's random numbers come from its own generator, seeded by (run seed, image index), all
-before decoding: an image is the same whatever shares its batch or run, and the decode loop only
-reads them, so it never waits for the device.
-"""
+"""Turning logits into tokens: guidance mix, temperature, top-k / top-p, seeded draws. Each image
+draws all its numbers before decoding from its own generator, seeded by (run seed, image index):
+it is the same whatever shares its batch, and the decode loop never waits for the device."""
 
 from __future__ import annotations
 

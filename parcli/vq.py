@@ -172,9 +172,8 @@ class Coder(nn.Module):
         in_widths = [widths[0] if up else cfg.ch, *widths[:-1]]
         last = len(widths) - 1
         low = 0 if up else last  # the level at the lowest resolution
-        self.conv_in = nn.Conv2d(
-            cfg.z_channels if up else cfg.in_channels, in_widths[0], 3, padding=1
-        )
+        outside = (cfg.z_channels, cfg.out_channels) if up else (cfg.in_channels, cfg.z_channels)
+        self.conv_in = nn.Conv2d(outside[0], in_widths[0], 3, padding=1)
         if up:
             self.mid = _mid(widths[low], cfg)
         self.conv_blocks = nn.ModuleList(
@@ -191,9 +190,7 @@ class Coder(nn.Module):
         if not up:
             self.mid = _mid(widths[low], cfg)
         self.norm_out = _norm(widths[-1], cfg)
-        self.conv_out = nn.Conv2d(
-            widths[-1], cfg.out_channels if up else cfg.z_channels, 3, padding=1
-        )
+        self.conv_out = nn.Conv2d(widths[-1], outside[1], 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x)

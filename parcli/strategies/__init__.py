@@ -1,9 +1,7 @@
-"""How a plan is walked: one module per decoding strategy, named in `make_strategy`. The pipeline
-takes a strategy as diffusers' pipelines take a scheduler, so every command gets a new one.
-
-A strategy has a `name`, a `window` (plan passes per step) and `generate(model, plan, labels,
-sampling, seed, indices, runner, on_pass)`, which returns (token grids, DecodeStats); see `Par`.
-"""
+"""How a plan is walked: one module per decoding strategy, named in `make_strategy`; the pipeline
+takes one as diffusers' pipelines take a scheduler. A strategy has a `name`, a `window` (plan
+passes per step) and `generate(model, plan, labels, sampling, seed, indices, runner, on_pass)`
+returning (token grids, DecodeStats), as `Par` has."""
 
 from __future__ import annotations
 

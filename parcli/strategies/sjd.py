@@ -141,7 +141,7 @@ class Jacobi:
             self._write(state, pos, need, tokens, q, index)
         state.drafted = torch.where(active, torch.maximum(state.drafted, end), state.drafted)
 
-    def iterate(self, state: State, probs: torch.Tensor, pos, valid) -> torch.Tensor:
+    def iterate(self, state: State, probs: torch.Tensor, pos, valid) -> None:
         """Test and commit one window, probs (rows, window, n, V) its distributions."""
         active = state.done < self.num_passes
         in_plan = valid[:, :, 0]
@@ -183,7 +183,6 @@ class Jacobi:
                 self._write(state, pos[:, i], need, tokens, probs[:, i], state.done + i)
         state.drafted = torch.where(active, state.done + last + 1, state.drafted)
         state.done = state.done + torch.where(active, commit, 0)
-        return commit
 
     def decode(
         self,
