@@ -1,6 +1,5 @@
-"""The settings of a run, as one frozen object built once from the command line (or a recipe)
-and written by `to_dict` into every record of the run. A new setting needs a field here and its
-option in `parcli.commands.common.RUN_OPTIONS`."""
+"""The settings of a run as one frozen object, written by `to_dict` into every record of the run;
+a new setting needs a field here and its option in `parcli.commands.common.RUN_OPTIONS`."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
-"""Lossless speculative Jacobi decoding (SJD) over PAR's passes: each forward pass runs the first
-uncommitted plan pass plus drafts of the next window - 1, and the speculative-sampling test keeps
-exactly the law of `par`'s sampler. How far an image advances shapes its next window, so unlike
-`par` it reads acceptance on the host (one device sync per iteration)."""
+"""Lossless speculative Jacobi decoding over PAR's passes: a forward pass runs the next plan pass
+and drafts of window - 1 more, tested so that the tokens keep `par`'s law exactly. Windows follow
+acceptance, read on the host: one device sync per iteration, where `par` has none."""
 
 from __future__ import annotations
 
