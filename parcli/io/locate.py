@@ -64,7 +64,7 @@ def model_files(
             tokenizer = fetch([entry])[entry.name]
         return ModelFiles(checkpoint.name, checkpoint, tokenizer, None)
     catalogue = load_catalogue()
-    entry = catalogue.resolve(model, regions) if model else catalogue.default(regions)
+    entry = catalogue.resolve(model, regions)
     wanted = [entry] if tokenizer is not None else [entry, catalogue.tokenizer_for(entry)]
     paths = fetch(wanted)
     for each in wanted:
@@ -124,7 +124,7 @@ def catalogue_class_set(model: str | None, regions: int | None) -> ClassSet:
     """The class names of a catalogue model (the default family without one), from the
     catalogue alone: nothing is downloaded."""
     catalogue = load_catalogue()
-    entry = catalogue.resolve(model, regions) if model else catalogue.default(regions)
+    entry = catalogue.resolve(model, regions)
     return class_set(entry.classes or IMAGENET)
 
 
