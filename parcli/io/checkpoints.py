@@ -234,42 +234,41 @@ def _parse_metadata(path: str | os.PathLike, meta: Mapping[str, str] | None):
     return kind, config, meta
 
 
+def _read_header(path: str | os.PathLike):
+    with _open_checkpoint(path) as handle:
+        return _parse_metadata(path, handle.metadata())
+
+
 def read_config(path: str | os.PathLike) -> tuple[str, GPTConfig | VQConfig]:
     """(kind, config) of a parcli checkpoint, from its header alone."""
-    with _open_checkpoint(path) as handle:
-        kind, config, _ = _parse_metadata(path, handle.metadata())
-    return kind, config
+    return _read_header(path)[:2]
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The header metadata of a parcli checkpoint, without reading any tensor."""
-    with _open_checkpoint(path) as handle:
-        return _parse_metadata(path, handle.metadata())[2]
+    return _read_header(path)[2]
 
 
-def _check_layer_count(path, keys: list[str], config: GPTConfig) -> None:
-    """Compare the declared layers with those held before building a model of the declared size."""
-    found = {key.split(".")[1] for key in keys if key.startswith("layers.")}
-    if len(found) != config.n_layer:
-        raise WeightsError(
-            f"{path} declares {config.n_layer} layers but holds {len(found)}; convert it again"
-        )
-
-
-def _load_checked(
+def read_checkpoint(
     path: str | os.PathLike,
-    device: str | torch.device,
-    dtype: torch.dtype | None,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype | None = None,
     expect_kind: str | None = None,
-):
+) -> tuple[dict[str, torch.Tensor], str, GPTConfig | VQConfig, dict[str, str]]:
+    """(state, kind, config, metadata) of a parcli checkpoint, validated against its config."""
+    dtype = storage_dtype(dtype)
     with _open_checkpoint(path, device) as handle:
         kind, config, meta = _parse_metadata(path, handle.metadata())
         if expect_kind is not None and kind != expect_kind:
             wanted = CHECKPOINT_KINDS[expect_kind]
             raise WeightsError(f"{path} holds a {kind} checkpoint, not a {wanted}")
         keys = list(handle.keys())
-        if kind == "gpt":
-            _check_layer_count(path, keys, config)
+        # Layers are counted before a model of the declared size is built to compare shapes.
+        layers = {key.split(".")[1] for key in keys if key.startswith("layers.")}
+        if kind == "gpt" and len(layers) != config.n_layer:
+            raise WeightsError(
+                f"{path} declares {config.n_layer} layers but holds {len(layers)}; convert it again"
+            )
         shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in keys}
         validate(
             shapes,
@@ -289,26 +288,16 @@ def _load_checked(
     return state, kind, config, meta
 
 
-def read_checkpoint(
-    path: str | os.PathLike,
-    device: str | torch.device = "cpu",
-    dtype: str | torch.dtype | None = None,
-) -> tuple[dict[str, torch.Tensor], str, GPTConfig | VQConfig, dict[str, str]]:
-    """(state, kind, config, metadata) of a parcli checkpoint, validated against its config."""
-    return _load_checked(path, device, storage_dtype(dtype))
-
-
-def _materialise(
-    kind: str,
-    config: GPTConfig | VQConfig,
-    state: dict[str, torch.Tensor],
-) -> nn.Module:
+def _load_module(path, device, dtype, kind: str) -> tuple[Any, dict[str, str]]:
+    """The module of a parcli checkpoint of ``kind``, in eval mode, with its metadata; the
+    module adopts the loaded tensors without a second copy."""
+    state, kind, config, meta = read_checkpoint(path, device, dtype, kind)
     module = build_meta(kind, config)
     module.load_state_dict(state, strict=True, assign=True)
     left = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
     if left:
         raise RuntimeError(f"{type(module).__name__} has tensors not in its state dict: {left}")
-    return module.eval()
+    return module.eval(), meta
 
 
 def load_transformer(
@@ -316,10 +305,7 @@ def load_transformer(
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype | None = None,
 ) -> tuple[Transformer, dict[str, str]]:
-    """The transformer of a parcli checkpoint, in eval mode, with its metadata; the module
-    adopts the loaded tensors without a second copy."""
-    state, kind, config, meta = _load_checked(path, device, storage_dtype(dtype), "gpt")
-    return _materialise(kind, config, state), meta
+    return _load_module(path, device, dtype, "gpt")
 
 
 def load_vq(
@@ -327,6 +313,4 @@ def load_vq(
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype | None = None,
 ) -> tuple[VQModel, dict[str, str]]:
-    """The VQ tokenizer of a parcli checkpoint, in eval mode, with its metadata."""
-    state, kind, config, meta = _load_checked(path, device, storage_dtype(dtype), "vq")
-    return _materialise(kind, config, state), meta
+    return _load_module(path, device, dtype, "vq")
