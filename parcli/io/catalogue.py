@@ -291,9 +291,6 @@ class Catalogue:
 
     # ------------------------------------------------------------------ lookup
 
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name.strip().lower() in self._entries
-
     def __iter__(self) -> Iterator[Entry]:
         return iter(self._entries.values())
 
