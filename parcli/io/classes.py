@@ -81,17 +81,14 @@ class ClassSet:
             for name in names
             if name != str(i)
         }
-        close = difflib.get_close_matches(folded, list(everything), n=3, cutoff=0.6)
         shown = {}
-        for match in close:
+        for match in difflib.get_close_matches(folded, list(everything), n=3, cutoff=0.6):
             class_id, name = everything[match]
             label = self.label(class_id)
             shown.setdefault(class_id, f"{class_id} {name if label == str(class_id) else label}")
-        hint = (
-            "closest: " + ", ".join(shown.values())
-            if shown
-            else "`par classes QUERY` searches the names"
-        )
+        hint = "`par classes QUERY` searches the names"
+        if shown:
+            hint = "closest: " + ", ".join(shown.values())
         raise SettingError("class", f"no {self.name} class is called {text!r}; {hint}")
 
 

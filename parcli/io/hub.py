@@ -1,9 +1,8 @@
 """Downloading published checkpoints and keeping their converted copies in one cache.
 
 A fetch finds or downloads the published file (resuming a ``.part`` file across runs, which
-``hf_hub_download`` cannot), checks its sha256, converts it to safetensors under a temporary name
-and renames it once it loads, all under an inter-process lock: a converted file exists under its
-final name only when complete, so "present" means "the file exists".
+``hf_hub_download`` cannot), checks its sha256 and converts it, under an inter-process lock; a
+converted file gets its final name only when complete, so "present" means "the file exists".
 """
 
 from __future__ import annotations
@@ -144,15 +143,9 @@ def check_reachable(entry: Entry, timeout: float = 5.0) -> None:
 
 
 def human_size(size: int | None) -> str:
-    if size is None:
-        return "unknown size"
-    if size < 1000:
-        return f"{size} B"
-    for unit in ("kB", "MB", "GB"):
-        size /= 1000
-        if size < 1000 or unit == "GB":
-            return f"{size:.1f} {unit}"
-    raise AssertionError("unreachable")
+    from rich.filesize import decimal
+
+    return "unknown size" if size is None else decimal(size)
 
 
 def check_free_space(what: str, download: int, converted: int) -> None:
@@ -216,11 +209,9 @@ def _download_error(entry: Entry, exc: BaseException, resumable: bool = False) -
     """One line saying why ``entry`` could not be downloaded."""
     url, host, name = download_url(entry), download_host(entry), entry.name
     again = f"run `par weights fetch {name}` again to resume" if resumable else ""
-    chain: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and all(current is not seen for seen in chain):
-        chain.append(current)
-        current = current.__cause__ or current.__context__
+    chain = [exc]  # the error and the ones it was raised from or while handling
+    while (cause := chain[-1].__cause__ or chain[-1].__context__) and cause not in chain:
+        chain.append(cause)
     for err in chain:
         status = getattr(getattr(err, "response", None), "status_code", None)
         if not isinstance(status, int):
@@ -503,18 +494,14 @@ def ensure_files(
     Offline, a complete download already on disk is still converted, and anything else missing
     fails before any work.
     """
-    entries = list(entries)
+    entries = list(dict.fromkeys(entries))
     missing = missing_files(entries)
     if missing and offline_requested(offline):
         for entry in missing:
             fetch(entry, offline=True)
         missing = []
-    paths: dict[str, Path] = {}
-    for entry in entries:
-        if entry.name not in paths:
-            wanted = entry in missing
-            paths[entry.name] = (download or fetch)(entry) if wanted else converted_path(entry)
-    return paths
+    get = download or fetch
+    return {e.name: get(e) if e in missing else converted_path(e) for e in entries}
 
 
 def remove(entry: Entry, *, download: bool = False) -> int:
