@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import difflib
 import math
-import os
 import re
-import stat
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields
@@ -369,11 +367,9 @@ MAX_CATALOGUE_BYTES = 1 << 20  # the packaged catalogue is about 10 KiB
 def _read_small_file(file: Path) -> bytes:
     """The bytes of a regular file of at most MAX_CATALOGUE_BYTES: a FIFO, a device such as
     /dev/zero or a folder would be read forever, or fail obscurely."""
-    # Non-blocking, so that opening a FIFO with no writer returns at once, to be refused.
-    handle = os.open(file, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    with os.fdopen(handle, "rb") as stream:
-        if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
-            raise CatalogueError(f"model catalogue {file} is not a regular file; give a .toml file")
+    if file.exists() and not file.is_file():
+        raise CatalogueError(f"model catalogue {file} is not a regular file; give a .toml file")
+    with open(file, "rb") as stream:
         data = stream.read(MAX_CATALOGUE_BYTES + 1)
     if len(data) > MAX_CATALOGUE_BYTES:
         raise CatalogueError(

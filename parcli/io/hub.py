@@ -207,15 +207,14 @@ def _short(exc: BaseException) -> str:
 
 def _download_error(entry: Entry, exc: BaseException, resumable: bool = False) -> FetchError:
     """One line saying why ``entry`` could not be downloaded."""
-    url, host, name = download_url(entry), download_host(entry), entry.name
+    name, file, url, host = entry.name, entry.file, download_url(entry), download_host(entry)
     again = f"run `par weights fetch {name}` again to resume" if resumable else ""
+    later = "try again later" + (f" ({again})" if again else "")
     chain = [exc]  # the error and the ones it was raised from or while handling
     while (cause := chain[-1].__cause__ or chain[-1].__context__) and cause not in chain:
         chain.append(cause)
-    for err in chain:
+    for err in chain:  # an HTTP status says the most
         status = getattr(getattr(err, "response", None), "status_code", None)
-        if not isinstance(status, int):
-            continue
         kind = type(err).__name__
         if kind == "GatedRepoError":
             return FetchError(
@@ -223,18 +222,18 @@ def _download_error(entry: Entry, exc: BaseException, resumable: bool = False) -
                 f"`hf auth login` (or set HF_TOKEN) and fetch {name} again"
             )
         if status == 404 or kind in ("RepositoryNotFoundError", "RemoteEntryNotFoundError"):
-            return FetchError(f"{name}: {entry.file} not found at {url}")
+            return FetchError(f"{name}: {file} not found at {url}")
         if status in (401, 403):
             return FetchError(
                 f"{name}: access to {url} was refused (HTTP {status}); "
                 "log in with `hf auth login` or set HF_TOKEN"
             )
-        if status >= 500:
+        if isinstance(status, int) and status >= 500:
             return FetchError(
-                f"{name}: server error (HTTP {status}) from {host} while fetching "
-                f"{entry.file}; try again later" + (f" ({again})" if again else "")
+                f"{name}: server error (HTTP {status}) from {host} while fetching {file}; {later}"
             )
-        return FetchError(f"{name}: HTTP {status} from {url}")
+        if isinstance(status, int):
+            return FetchError(f"{name}: HTTP {status} from {url}")
     for err in chain:
         kind = type(err).__name__
         if kind in ("ConnectError", "ConnectionError", "ConnectTimeout", "ProxyError") or (
@@ -246,22 +245,21 @@ def _download_error(entry: Entry, exc: BaseException, resumable: bool = False) -
             )
         if "Timeout" in kind or isinstance(err, TimeoutError):
             return FetchError(
-                f"{name}: {host} did not answer in time while fetching {entry.file}; "
-                "try again later" + (f" ({again})" if again else "")
+                f"{name}: {host} did not answer in time while fetching {file}; {later}"
             )
         if isinstance(err, OSError) and err.errno == 28:
             return FetchError(
-                f"{name}: no space left to download {entry.file} "
+                f"{name}: no space left to download {file} "
                 f"(about {human_size(entry.approx_size_bytes)}); free some disk space"
             )
         if kind in ("RemoteProtocolError", "ReadError", "ChunkedEncodingError") or (
             "Consistency check failed" in str(err)
         ):
             return FetchError(
-                f"{name}: the download of {entry.file} was interrupted ({_short(err)}); "
+                f"{name}: the download of {file} was interrupted ({_short(err)}); "
                 f"run `par weights fetch {name}` again" + (" to resume" if again else "")
             )
-    return FetchError(f"{name}: cannot download {entry.file} from {host}: {_short(exc)}")
+    return FetchError(f"{name}: cannot download {file} from {host}: {_short(exc)}")
 
 
 def cached_download(entry: Entry) -> Path | None:
