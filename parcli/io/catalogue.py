@@ -28,6 +28,7 @@ from parcli.io.classes import CLASS_SETS
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_PATH = Path(__file__).parent.parent / "weights.toml"
 HF_URL = "https://huggingface.co/{repo}/resolve/main/{file}"
+MAX_CATALOGUE_BYTES = 1 << 20  # the packaged catalogue is about 10 KiB
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -251,13 +252,22 @@ class Catalogue:
         """Read and validate a catalogue file (default: the one shipped with the package)."""
         file = Path(path) if path is not None else DEFAULT_PATH
         try:
-            text = _read_small_file(file).decode("utf-8")
+            # A FIFO, a device like /dev/zero or a folder: read forever, or failing obscurely.
+            if file.exists() and not file.is_file():
+                raise CatalogueError(
+                    f"model catalogue {file} is not a regular file; give a .toml file"
+                )
+            with open(file, "rb") as stream:
+                raw = stream.read(MAX_CATALOGUE_BYTES + 1)
         except OSError as exc:
             raise CatalogueError(f"cannot read model catalogue {file}: {exc.strerror}") from exc
+        if len(raw) > MAX_CATALOGUE_BYTES:
+            size = MAX_CATALOGUE_BYTES >> 20
+            raise CatalogueError(f"model catalogue {file} is over {size} MiB; give a weights.toml")
+        try:
+            data = tomllib.loads(raw.decode("utf-8"))
         except UnicodeDecodeError:
             raise CatalogueError(f"model catalogue {file} is not UTF-8 text") from None
-        try:
-            data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise CatalogueError(f"cannot parse model catalogue {file}: {exc}") from exc
         except RecursionError:
@@ -359,23 +369,6 @@ class Catalogue:
         if close:
             return f"unknown {what} {name!r}; did you mean {', '.join(close)}?"
         return f"unknown {what} {name!r}; known: {', '.join(candidates)}"
-
-
-MAX_CATALOGUE_BYTES = 1 << 20  # the packaged catalogue is about 10 KiB
-
-
-def _read_small_file(file: Path) -> bytes:
-    """The bytes of a regular file of at most MAX_CATALOGUE_BYTES: a FIFO, a device such as
-    /dev/zero or a folder would be read forever, or fail obscurely."""
-    if file.exists() and not file.is_file():
-        raise CatalogueError(f"model catalogue {file} is not a regular file; give a .toml file")
-    with open(file, "rb") as stream:
-        data = stream.read(MAX_CATALOGUE_BYTES + 1)
-    if len(data) > MAX_CATALOGUE_BYTES:
-        raise CatalogueError(
-            f"model catalogue {file} is over {MAX_CATALOGUE_BYTES >> 20} MiB; give a weights.toml"
-        )
-    return data
 
 
 _chosen: list[Path] = []  # the --catalogue of this run, if one was given

@@ -1,5 +1,5 @@
 """Our checkpoint format: a safetensors file whose string metadata says what it holds (see
-``_metadata_for``). Every tensor is checked against the declared architecture before a module is
+``save_checkpoint``). Every tensor is checked against the declared architecture before a module is
 built, and every failure a user can cause raises ``WeightsError`` with a one-line message.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -134,43 +134,6 @@ def describe(kind: str, config: GPTConfig | VQConfig) -> str:
     return f"VQ-{config.downsample} tokenizer"
 
 
-def _float_dtype_name(dtypes: Iterable[torch.dtype]) -> str:
-    names = {dtype_name(d) for d in dtypes if d.is_floating_point}
-    if not names:
-        return "none"
-    return names.pop() if len(names) == 1 else "mixed"
-
-
-def _metadata_for(
-    kind: str,
-    config: GPTConfig | VQConfig,
-    extras: Mapping[str, Any] | None,
-    dtypes: Iterable[torch.dtype],
-) -> dict[str, str]:
-    meta: dict[str, str] = {}
-    for key, value in (extras or {}).items():
-        if value is not None:
-            meta[str(key)] = value if isinstance(value, str) else json.dumps(value)
-    meta.update(
-        format=FORMAT,
-        format_version=FORMAT_VERSION,
-        kind=kind,
-        config=json.dumps(config.to_dict(), sort_keys=True),
-        dtype=_float_dtype_name(dtypes),
-    )
-    if kind == "gpt":
-        meta.update(
-            arch=config.arch,
-            regions=str(config.regions),
-            grid="x".join(map(str, config.grid)),
-            num_classes=str(config.num_classes),
-            vocab_size=str(config.vocab_size),
-        )
-    else:
-        meta.update(arch=f"VQ-{config.downsample}", vocab_size=str(config.codebook_size))
-    return meta
-
-
 def save_checkpoint(
     path: str | os.PathLike,
     state: Mapping[str, torch.Tensor],
@@ -188,7 +151,29 @@ def save_checkpoint(
     if not path.parent.is_dir():
         raise WeightsError(f"folder {path.parent} does not exist; create it first")
     target = storage_dtype(dtype)
-    meta = _metadata_for(kind, config, metadata, (stored_dtype(t, target) for t in state.values()))
+    floats = {dtype_name(stored_dtype(t, target)) for t in state.values() if t.is_floating_point()}
+    meta = {
+        str(key): value if isinstance(value, str) else json.dumps(value)
+        for key, value in (metadata or {}).items()
+        if value is not None
+    }
+    meta.update(
+        format=FORMAT,
+        format_version=FORMAT_VERSION,
+        kind=kind,
+        config=json.dumps(config.to_dict(), sort_keys=True),
+        dtype="mixed" if len(floats) > 1 else next(iter(floats), "none"),
+    )
+    if kind == "gpt":
+        meta.update(
+            arch=config.arch,
+            regions=str(config.regions),
+            grid="x".join(map(str, config.grid)),
+            num_classes=str(config.num_classes),
+            vocab_size=str(config.vocab_size),
+        )
+    else:
+        meta.update(arch=f"VQ-{config.downsample}", vocab_size=str(config.codebook_size))
     write_safetensors(path, state, meta, target, progress)
     return meta
 
