@@ -347,8 +347,7 @@ def _convert(entry: Entry, source: Path, heads: int | None, on_status, dtype: st
     from parcli.io.convert import convert
     from parcli.io.tensors import WeightsError
 
-    target = converted_path(entry)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target = converted_path(entry)  # in the folder of the lock fetch holds
     on_status(f"converting {entry.filename} to safetensors")
     extra = {"catalogue_name": entry.name, "source_url": download_url(entry)}
     if entry.kind == "gpt" and entry.cfg_scale is not None:
@@ -396,7 +395,6 @@ def convert_local(source: Path, on_status: StatusCallback | None = None) -> Path
     target = cache_dir() / "converted" / f"{source.stem}-{digest}.safetensors"
     if target.is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
     with _locked(target.with_suffix(".lock"), on_status, source.name):
         if target.is_file():
             return target
