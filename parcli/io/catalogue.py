@@ -323,11 +323,9 @@ class Catalogue:
         key = model.strip().lower()
         if key in self._families:
             members = self._families[key]
-            if regions is None:
-                return members[-1]
-            for member in members:
-                if member.regions == regions:
-                    return member
+            found = [member for member in members if regions in (None, member.regions)]
+            if found:
+                return found[-1]
             available = ", ".join(str(m.regions) for m in members)
             raise CatalogueError(
                 f"{key} has no {regions}-region checkpoint; available: {available}", "regions"

@@ -8,13 +8,13 @@ converted file gets its final name only when complete, so "present" means "the f
 from __future__ import annotations
 
 import contextlib
-import datetime
 import hashlib
 import json
 import os
 import socket
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -420,11 +420,9 @@ def fetch(
     keep_original: bool = False,
     dtype: str = "keep",
 ) -> Path:
-    """Make ``entry`` available locally and return the path of its converted file.
-
-    Our raw download is deleted once converted unless ``keep_original`` (or
-    PARCLI_KEEP_ORIGINAL), so one copy stays; a file in the user's HF cache is never touched.
-    """
+    """The path of the converted file of ``entry``, downloaded and converted if need be; our
+    download is deleted once converted unless ``keep_original`` (or PARCLI_KEEP_ORIGINAL), so
+    one copy stays, and a file in the user's HF cache is never touched."""
     target = converted_path(entry)
     if entry.is_packaged and not target.is_file():
         raise FetchError(
@@ -470,9 +468,7 @@ def fetch(
             "sha256": sha256,
             "sha256_expected": entry.sha256,
             "converted": str(target),
-            "fetched_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
-                timespec="seconds"
-            ),
+            "fetched_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         _write_json(_in_weights(entry, ".json"), record)
         if not kept:
@@ -485,11 +481,8 @@ def ensure_files(
     offline: bool = False,
     download: Callable[[Entry], Path] | None = None,
 ) -> dict[str, Path]:
-    """Local paths of ``entries`` by name, fetching what is missing first (each once).
-
-    Offline, a complete download already on disk is still converted, and anything else missing
-    fails before any work.
-    """
+    """Local paths of ``entries`` by name, fetching what is missing first (each once); offline,
+    a complete download already on disk is still converted, anything else missing fails first."""
     entries = list(dict.fromkeys(entries))
     missing = missing_files(entries)
     if missing and offline_requested(offline):
