@@ -301,8 +301,7 @@ def _download(entry: Entry, on_bytes: BytesCallback | None) -> Path:
     if remote.size is not None:  # the converted copy is at most the size of the download
         check_free_space(entry.name, remote.size - (have if resumable else 0), remote.size)
     if not resumable:
-        with contextlib.suppress(FileNotFoundError):
-            part.unlink()
+        part.unlink(missing_ok=True)
         have = 0
         expected = {"url": url, "etag": remote.etag, "size": remote.size}
         _write_json(info, {**expected, "commit": remote.commit_hash})
