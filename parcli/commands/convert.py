@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from parcli.commands.common import CatalogueOption, QuietOption, console, user_errors
 from parcli.config import check_heads, token_grid
-from parcli.io.catalogue import use_catalogue
+from parcli.io.catalogue import load_catalogue, use_catalogue
 from parcli.io.files import check_writable
 
 
@@ -49,7 +49,11 @@ def convert_weights(
         check_heads(heads)
         converting = f"converting {escape(src.name)}"
         status = console.status(converting) if not quiet else contextlib.nullcontext()
-        extra = catalogue_defaults(src)
+        extra = {}  # its catalogue entry's guidance, so it samples the same by path or by name
+        for entry in load_catalogue().entries("gpt"):
+            if entry.file == src.name and not entry.is_packaged and entry.cfg_scale is not None:
+                extra = {"catalogue_name": entry.name, "cfg_scale": str(entry.cfg_scale)}
+                break
         with status:
             metadata = convert(
                 src, dst, use_ema=ema, heads=heads, grid=sides, dtype=dtype, extra_metadata=extra
@@ -76,14 +80,3 @@ def convert_weights(
                     markup=False,
                     highlight=False,
                 )
-
-
-def catalogue_defaults(src: Path) -> dict[str, str]:
-    """Its catalogue entry's guidance scale, found by file name, so that a converted file samples
-    the same by path or by name."""
-    from parcli.io.catalogue import load_catalogue
-
-    for entry in load_catalogue().entries("gpt"):
-        if entry.file == src.name and not entry.is_packaged and entry.cfg_scale is not None:
-            return {"catalogue_name": entry.name, "cfg_scale": str(entry.cfg_scale)}
-    return {}

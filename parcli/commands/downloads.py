@@ -21,30 +21,27 @@ from parcli.io.catalogue import Entry
 from parcli.io.locate import Fetch
 
 
-def download_progress(target: Console) -> Progress:
-    """A byte progress bar: size done / total, rate, time left."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=target,
-    )
-
-
 def fetch_with_progress(
     entry: Entry, target: Console, keep_original: bool = False, dtype: str = "keep"
 ) -> Path:
-    """``hub.fetch`` with a Rich bar on ``target``."""
-    with download_progress(target) as progress:
-        task = progress.add_task(escape(entry.filename), total=entry.approx_size_bytes)
+    """``hub.fetch`` with a Rich byte bar on ``target``, saying first, before the first byte,
+    what is downloaded, about how large (the catalogue's size), from where, and where it is kept."""
+    size = entry.approx_size_bytes
+    about = f"about {hub.human_size(size)}" if size else "size unknown"
+    text = (
+        f"Downloading {entry.name}: {entry.file} ({about}) from {hub.download_host(entry)}/"
+        f"{entry.repo} into {hub.converted_path(entry).parent} ..."
+    )
+    target.print(escape(text), highlight=False, soft_wrap=True)
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn())
+    with Progress(*columns, TransferSpeedColumn(), TimeRemainingColumn(), console=target) as bar:
+        task = bar.add_task(escape(entry.filename), total=size)
 
         def on_bytes(done: int, total: int | None) -> None:
-            progress.update(task, completed=done, total=total or entry.approx_size_bytes)
+            bar.update(task, completed=done, total=total or size)
 
         def on_status(text: str) -> None:
-            progress.console.print(f"  {escape(text)} ...", style="dim", highlight=False)
+            bar.console.print(f"  {escape(text)} ...", style="dim", highlight=False)
 
         try:
             path = hub.fetch(
@@ -55,37 +52,19 @@ def fetch_with_progress(
                 dtype=dtype,
             )
         except BaseException:
-            progress.update(task, visible=False)
-            progress.live.transient = True  # no empty line above the error
+            bar.update(task, visible=False)
+            bar.live.transient = True  # no empty line above the error
             raise
-        done = progress.tasks[task].total or progress.tasks[task].completed
-        progress.update(task, completed=done)
+        bar.update(task, completed=bar.tasks[task].total or bar.tasks[task].completed)
         return path
-
-
-def announce(entry: Entry, target: Console) -> None:
-    """Say, before the first byte, what is downloaded, about how large it is (the catalogue's
-    size), from where, and where it is kept."""
-    size = entry.approx_size_bytes
-    about = f"about {hub.human_size(size)}" if size else "size unknown"
-    source = f"{hub.download_host(entry)}/{entry.repo}"
-    text = (
-        f"Downloading {entry.name}: {entry.file} ({about}) from {source} into "
-        f"{hub.converted_path(entry).parent} ..."
-    )
-    target.print(escape(text), highlight=False, soft_wrap=True)
 
 
 def ensure_model_files(
     entries: list[Entry], offline: bool = False, console: Console | None = None
 ) -> dict[str, Path]:
     """``hub.ensure_files``, saying on ``console`` what is downloaded, how large, and how far."""
-
-    def download(entry: Entry) -> Path:
-        announce(entry, console)
-        return fetch_with_progress(entry, console)
-
-    return hub.ensure_files(entries, offline, download if console is not None else None)
+    download = None if console is None else lambda entry: fetch_with_progress(entry, console)
+    return hub.ensure_files(entries, offline, download)
 
 
 def model_fetcher(offline: bool, quiet: bool) -> Fetch:

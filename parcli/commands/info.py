@@ -30,12 +30,11 @@ def info(
         text = json.dumps(recipe.to_dict(), indent=2, ensure_ascii=True)
         console.print(text, markup=False, highlight=False, soft_wrap=True)
         return
-    for key, value in recipe_lines(recipe):
-        console.print(f"{key:<10} {inert(value)}", markup=False, highlight=False, soft_wrap=True)
     again = f"par generate --from {shlex.quote(str(file))}"
     if recipe.model is None:
         again += f" --checkpoint {shlex.quote(recipe.checkpoint)} --tokenizer TOKENIZER"
-    console.print(f"{'again':<10} {inert(again)}", markup=False, highlight=False, soft_wrap=True)
+    for key, value in [*recipe_lines(recipe), ("again", again)]:
+        console.print(f"{key:<10} {inert(value)}", markup=False, highlight=False, soft_wrap=True)
 
 
 def recipe_lines(recipe: Recipe) -> list[tuple[str, str]]:
@@ -50,7 +49,7 @@ def recipe_lines(recipe: Recipe) -> list[tuple[str, str]]:
         for s in recipe.samples[:_SAMPLES_SHOWN]
     ]
     more = len(recipe.samples) - _SAMPLES_SHOWN
-    lines = [
+    return [
         ("made by", f"parcli {recipe.parcli}"),
         ("model", model),
         ("weights", f"{recipe.checkpoint} (sha256 {recipe.checkpoint_sha256})"),
@@ -77,4 +76,3 @@ def recipe_lines(recipe: Recipe) -> list[tuple[str, str]]:
             + (f" and {more} more" if more > 0 else ""),
         ),
     ]
-    return lines

@@ -18,7 +18,7 @@ from parcli.commands.common import (
     inert,
     user_errors,
 )
-from parcli.commands.downloads import announce, fetch_with_progress
+from parcli.commands.downloads import fetch_with_progress
 from parcli.io import hub
 from parcli.io.catalogue import Catalogue, Entry, load_catalogue, use_catalogue
 
@@ -42,14 +42,11 @@ def _select(catalogue: Catalogue, names: list[str], regions: int | None) -> list
         key = name.strip().lower()
         if key in families and regions is None:
             chosen.extend(families[key])
-        elif key in families or (regions is not None and key in catalogue):
+        elif key in families or regions is not None:
             chosen.append(catalogue.resolve(key, regions))
         else:
             chosen.append(catalogue.get(key))
-    unique: dict[str, Entry] = {}
-    for entry in chosen:
-        unique.setdefault(entry.name, entry)
-    return list(unique.values())
+    return list(dict.fromkeys(chosen))
 
 
 def _where(entry: Entry) -> str:
@@ -105,15 +102,9 @@ def list_weights(
             size = "-" if entry.is_packaged else hub.human_size(entry.approx_size_bytes)
             where = shown(_where(entry))
             present = f"[green]yes[/] ({where})" if hub.is_present(entry) else "[dim]no[/]"
-            table.add_row(
-                shown(entry.name),
-                shown(entry.family or "-"),
-                str(entry.regions) if entry.regions is not None else "-",
-                shown(entry.arch),
-                size,
-                shown(entry.licence),
-                present,
-            )
+            regions = "-" if entry.regions is None else entry.regions
+            cells = (entry.name, entry.family or "-", regions, entry.arch, size, entry.licence)
+            table.add_row(*map(shown, cells), present)
         console.print(table)
 
 
@@ -143,15 +134,10 @@ def fetch(
     with user_errors():
         catalogue = _catalogue(catalogue_path)
         wanted = _select(catalogue, names, regions)
-        with_tokenizers: dict[str, Entry] = {}
-        for entry in wanted:
-            with_tokenizers.setdefault(entry.name, entry)
-            if entry.kind == "gpt":
-                tok = catalogue.tokenizer_for(entry)
-                with_tokenizers.setdefault(tok.name, tok)
+        pairs = ((entry, catalogue.tokenizer_for(entry)) for entry in wanted)
         offline = hub.offline_requested(False)
         storage_dtype(dtype)  # an unknown name is one line, before any download
-        for entry in with_tokenizers.values():
+        for entry in dict.fromkeys(each for pair in pairs for each in pair):
             # The tokenizer decodes in float32 whatever is asked, so it is stored as published.
             stored = dtype if entry.kind == "gpt" else "keep"
             if hub.is_present(entry):
@@ -167,7 +153,6 @@ def fetch(
                     )
                 path = hub.fetch(entry, offline=True, keep_original=keep_original, dtype=stored)
             else:
-                announce(entry, console)
                 path = fetch_with_progress(entry, console, keep_original, stored)
             console.print(f"{entry.name}: ready at {path}", highlight=False, markup=False)
 

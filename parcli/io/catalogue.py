@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import difflib
 import math
-import os
 import re
-import stat
 import sys
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -25,14 +23,16 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 from parcli.config import CHECKPOINT_KINDS, MAX_TOKENS, SUPPORTED_REGIONS
 from parcli.errors import UserError
-from parcli.io.classes import CLASS_SETS, IMAGENET
+from parcli.io.classes import CLASS_SETS
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_PATH = Path(__file__).parent.parent / "weights.toml"
 HF_URL = "https://huggingface.co/{repo}/resolve/main/{file}"
+MAX_CATALOGUE_BYTES = 1 << 20  # the packaged catalogue is about 10 KiB
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 class CatalogueError(UserError):
@@ -83,43 +83,63 @@ class Entry:
     @property
     def source(self) -> str:
         """Where the file comes from: its URL, or its path inside the package."""
-        if self.path is not None:
-            return str(self.package_path)
-        return str(self.url)
+        return str(self.package_path if self.path is not None else self.url)
 
 
-# field name -> (accepted types, description for error messages)
-_FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
-    "kind": ((str,), "a string"),
-    "arch": ((str,), "a string"),
-    "licence": ((str,), "a string"),
-    "repo": ((str,), "a string"),
-    "file": ((str,), "a string"),
-    "url": ((str,), "a string"),
-    "path": ((str,), "a string"),
-    "grid": ((list,), "a list of positive integers"),
-    "regions": ((int,), "an integer"),
-    "family": ((str,), "a string"),
-    "tokenizer": ((str,), "a string"),
-    "cfg_scale": ((int, float), "a number"),
-    "temperature": ((int, float), "a number"),
-    "top_k": ((int,), "an integer"),
-    "top_p": ((int, float), "a number"),
-    "fid": ((int, float), "a number"),
-    "approx_size_bytes": ((int,), "an integer"),
-    "sha256": ((str,), "a string"),
-    "notes": ((str,), "a string"),
-    "classes": ((str,), "a string"),
+# Entry's annotations (less "| None") -> the TOML types accepted, and what to call them.
+_TOML_TYPES = {
+    "str": ((str,), "a string"),
+    "int": ((int,), "an integer"),
+    "float": ((int, float), "a number"),
+    "tuple[int, ...]": ((list,), "a list of positive integers"),
+}
+_FIELD_TYPES = {f.name: _TOML_TYPES[f.type.removesuffix(" | None")] for f in fields(Entry)[1:]}
+
+
+def _grid_ok(grid: list) -> bool:
+    return 2 <= len(grid) <= 3 and all(
+        isinstance(g, int) and not isinstance(g, bool) and g > 0 for g in grid
+    )
+
+
+# field -> (test of a value of the right type, what the value must be)
+_VALUE_RULES: dict[str, tuple[Callable[[Any], Any], str]] = {
+    "grid": (_grid_ok, "2 or 3 positive integers"),
+    "regions": (SUPPORTED_REGIONS.__contains__, f"one of {', '.join(map(str, SUPPORTED_REGIONS))}"),
+    "cfg_scale": (lambda v: v >= 0, "a number >= 0"),
+    "temperature": (lambda v: v >= 0, "a number >= 0"),
+    "top_k": (lambda v: v >= 0, "an integer >= 0"),
+    "top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "sha256": (_SHA256_RE.match, "64 hexadecimal digits"),
+    "classes": (CLASS_SETS.__contains__, f"one of {', '.join(CLASS_SETS)}"),
+    "family": (_NAME_RE.match, "a lower-case name"),
 }
 # Sampling settings the [sampling] table gives every transformer that sets none of its own.
 SAMPLING_FIELDS = ("temperature", "top_k", "top_p")
+DEMO_FIELDS = ("cfg_scale", *SAMPLING_FIELDS)
 _REQUIRED = {
     "gpt": ("kind", "arch", "licence", "grid", "regions", "family", "tokenizer", "cfg_scale"),
     "vq": ("kind", "arch", "licence"),
 }
 
 
-_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+def _check_fields(table: dict[str, Any], where: str) -> None:
+    """Each field of the right type and, where a rule says, value."""
+    for key, value in table.items():
+        types, what = _FIELD_TYPES[key]
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise CatalogueError(f"{where}: field {key!r} must be {what}")
+        accepted, rule = _VALUE_RULES.get(key, (None, ""))
+        if accepted is not None and not accepted(value):
+            raise CatalogueError(f"{where}: field {key!r} must be {rule}")
+
+
+def _inside(path: str) -> bool:
+    """A relative path that cannot lead out of the folder it is joined to."""
+    pure = PurePosixPath(path)
+    return (
+        bool(pure.parts) and not pure.is_absolute() and ".." not in pure.parts and "\\" not in path
+    )
 
 
 def _entry_from_table(name: str, table: Any, label: str = "weights.toml") -> Entry:
@@ -131,27 +151,23 @@ def _entry_from_table(name: str, table: Any, label: str = "weights.toml") -> Ent
     unknown = sorted(set(table) - set(_FIELD_TYPES))
     if unknown:
         raise CatalogueError(f"{where}: unknown field {unknown[0]!r}")
-    for key, value in table.items():
-        types, what = _FIELD_TYPES[key]
-        if isinstance(value, bool) or not isinstance(value, types):
-            raise CatalogueError(f"{where}: field {key!r} must be {what}")
-    kind = table.get("kind")
+    data = dict(table)
+    if isinstance(data.get("sha256"), str):
+        data["sha256"] = data["sha256"].lower()
+    _check_fields(data, where)
+    kind = data.get("kind")
     if kind is None:
         raise CatalogueError(f"{where}: missing field 'kind'")
     if kind not in CHECKPOINT_KINDS:
         expected = ", ".join(CHECKPOINT_KINDS)
         raise CatalogueError(f"{where}: unknown kind {kind!r} (expected one of {expected})")
     for key in _REQUIRED[kind]:
-        if key not in table:
+        if key not in data:
             raise CatalogueError(f"{where}: missing field {key!r}")
-
-    data = dict(table)
-    path = data.get("path")
-    if path is not None:
+    if "path" in data:
         if any(k in data for k in ("repo", "file", "url")):
             raise CatalogueError(f"{where}: give either 'path' or 'repo'/'file', not both")
-        pure = PurePosixPath(path)
-        if pure.is_absolute() or ".." in pure.parts or "\\" in path or not pure.parts:
+        if not _inside(data["path"]):
             raise CatalogueError(
                 f"{where}: field 'path' must be relative to the package, without '..'"
             )
@@ -162,45 +178,19 @@ def _entry_from_table(name: str, table: Any, label: str = "weights.toml") -> Ent
         # Both become parts of paths in the download cache: nothing may lead out of it.
         if not _REPO_RE.match(data["repo"]) or ".." in data["repo"]:
             raise CatalogueError(f"{where}: field 'repo' must be owner/name, like the hub's")
-        file = PurePosixPath(data["file"])
-        if file.is_absolute() or ".." in file.parts or "\\" in data["file"] or not file.parts:
+        if not _inside(data["file"]):
             raise CatalogueError(f"{where}: field 'file' must be a path inside the repository")
-        if "url" not in data:
-            data["url"] = HF_URL.format(repo=data["repo"], file=data["file"])
-        elif not data["url"].startswith("https://"):
+        data.setdefault("url", HF_URL.format(repo=data["repo"], file=data["file"]))
+        if not data["url"].startswith("https://"):
             raise CatalogueError(f"{where}: field 'url' must be an https:// address")
-
     if "grid" in data:
-        grid = data["grid"]
-        if not (2 <= len(grid) <= 3) or not all(
-            isinstance(g, int) and not isinstance(g, bool) and g > 0 for g in grid
-        ):
-            raise CatalogueError(f"{where}: field 'grid' must be 2 or 3 positive integers")
-        if math.prod(grid) > MAX_TOKENS:
+        if math.prod(data["grid"]) > MAX_TOKENS:
             raise CatalogueError(f"{where}: field 'grid' has more than {MAX_TOKENS} tokens")
-        data["grid"] = tuple(grid)
-    if "regions" in data and data["regions"] not in SUPPORTED_REGIONS:
-        allowed = ", ".join(map(str, SUPPORTED_REGIONS))
-        raise CatalogueError(f"{where}: field 'regions' must be one of {allowed}")
+        data["grid"] = tuple(data["grid"])
     for key in ("cfg_scale", "fid", "temperature", "top_p"):
         if key in data:
             data[key] = float(data[key])
-    if data.get("cfg_scale", 0) < 0 or data.get("temperature", 0) < 0 or data.get("top_k", 0) < 0:
-        raise CatalogueError(f"{where}: cfg_scale, temperature and top_k must be >= 0")
-    if not 0 < data.get("top_p", 1) <= 1:
-        raise CatalogueError(f"{where}: field 'top_p' must be in (0, 1]")
-    if "sha256" in data:
-        data["sha256"] = data["sha256"].lower()
-        if not _SHA256_RE.match(data["sha256"]):
-            raise CatalogueError(f"{where}: field 'sha256' must be 64 hexadecimal digits")
-    if data.get("classes", IMAGENET) not in CLASS_SETS:
-        raise CatalogueError(f"{where}: field 'classes' must be one of {', '.join(CLASS_SETS)}")
-    if "family" in data and not _NAME_RE.match(data["family"]):
-        raise CatalogueError(f"{where}: field 'family' must be a lower-case name")
     return Entry(name=name, **data)
-
-
-DEMO_FIELDS = ("cfg_scale", *SAMPLING_FIELDS)
 
 
 def _demo_settings(table: Any, label: str = "weights.toml") -> dict[str, float]:
@@ -208,14 +198,7 @@ def _demo_settings(table: Any, label: str = "weights.toml") -> dict[str, float]:
     where = f"{label}: [demo]"
     if not isinstance(table, dict) or set(table) - set(DEMO_FIELDS):
         raise CatalogueError(f"{where} may only set {', '.join(DEMO_FIELDS)}")
-    for key, value in table.items():
-        integral = key == "top_k"
-        kinds = (int,) if integral else (int, float)
-        if isinstance(value, bool) or not isinstance(value, kinds) or not value >= 0:
-            what = "an integer" if integral else "a number"
-            raise CatalogueError(f"{where}: {key!r} must be {what} >= 0")
-    if not 0 < table.get("top_p", 1) <= 1:
-        raise CatalogueError(f"{where}: 'top_p' must be in (0, 1]")
+    _check_fields(table, where)
     return dict(table)
 
 
@@ -242,7 +225,25 @@ class Catalogue:
             fam: tuple(sorted(members, key=lambda e: e.regions or 0))
             for fam, members in sorted(families.items())
         }
-        self._validate()
+        label = source.name if source is not None else "weights.toml"
+        for entry in self.entries("gpt"):
+            tok = self._entries.get(entry.tokenizer or "")
+            if tok is None or tok.kind != "vq":
+                raise CatalogueError(
+                    f"{label} entry {entry.name!r}: field 'tokenizer' names "
+                    f"{entry.tokenizer!r}, which is not a 'vq' entry"
+                )
+        for fam, members in self._families.items():
+            if fam in self._entries:
+                raise CatalogueError(f"{label}: {fam!r} is both a family and an entry name")
+            for one, other in zip(members, members[1:], strict=False):
+                if one.regions == other.regions:
+                    raise CatalogueError(
+                        f"{label}: family {fam!r} has two {one.regions}-region "
+                        f"checkpoints ({one.name}, {other.name})"
+                    )
+        if default_family not in self._families:
+            raise CatalogueError(f"{label}: default_family {default_family!r} is not a family")
 
     # ------------------------------------------------------------------ loading
 
@@ -251,13 +252,22 @@ class Catalogue:
         """Read and validate a catalogue file (default: the one shipped with the package)."""
         file = Path(path) if path is not None else DEFAULT_PATH
         try:
-            text = _read_small_file(file).decode("utf-8")
+            # A FIFO, a device like /dev/zero or a folder: read forever, or failing obscurely.
+            if file.exists() and not file.is_file():
+                raise CatalogueError(
+                    f"model catalogue {file} is not a regular file; give a .toml file"
+                )
+            with open(file, "rb") as stream:
+                raw = stream.read(MAX_CATALOGUE_BYTES + 1)
         except OSError as exc:
             raise CatalogueError(f"cannot read model catalogue {file}: {exc.strerror}") from exc
+        if len(raw) > MAX_CATALOGUE_BYTES:
+            size = MAX_CATALOGUE_BYTES >> 20
+            raise CatalogueError(f"model catalogue {file} is over {size} MiB; give a weights.toml")
+        try:
+            data = tomllib.loads(raw.decode("utf-8"))
         except UnicodeDecodeError:
             raise CatalogueError(f"model catalogue {file} is not UTF-8 text") from None
-        try:
-            data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise CatalogueError(f"cannot parse model catalogue {file}: {exc}") from exc
         except RecursionError:
@@ -287,44 +297,10 @@ class Catalogue:
             entries[name] = _entry_from_table(name, table, label)
         return cls(entries, default_family, source, _demo_settings(data.get("demo", {}), label))
 
-    def _validate(self) -> None:
-        label = self.source.name if self.source is not None else "weights.toml"
-        for entry in self._entries.values():
-            if entry.kind != "gpt":
-                continue
-            tok = self._entries.get(entry.tokenizer or "")
-            if tok is None or tok.kind != "vq":
-                raise CatalogueError(
-                    f"{label} entry {entry.name!r}: field 'tokenizer' names "
-                    f"{entry.tokenizer!r}, which is not a 'vq' entry"
-                )
-        for fam, members in self._families.items():
-            if fam in self._entries:
-                raise CatalogueError(f"{label}: {fam!r} is both a family and an entry name")
-            seen: dict[int | None, str] = {}
-            for member in members:
-                if member.regions in seen:
-                    raise CatalogueError(
-                        f"{label}: family {fam!r} has two {member.regions}-region "
-                        f"checkpoints ({seen[member.regions]}, {member.name})"
-                    )
-                seen[member.regions] = member.name
-        if self.default_family not in self._families:
-            raise CatalogueError(f"{label}: default_family {self.default_family!r} is not a family")
-
     # ------------------------------------------------------------------ lookup
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name.strip().lower() in self._entries
 
     def __iter__(self) -> Iterator[Entry]:
         return iter(self._entries.values())
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def names(self) -> list[str]:
-        return list(self._entries)
 
     def entries(self, kind: str | None = None) -> list[Entry]:
         return [e for e in self._entries.values() if kind is None or e.kind == kind]
@@ -333,29 +309,23 @@ class Catalogue:
         """Family name -> its members, fewest regions first."""
         return dict(self._families)
 
-    def family(self, name: str) -> tuple[Entry, ...]:
-        key = name.strip().lower()
-        if key not in self._families:
-            raise CatalogueError(self._unknown("family", name, list(self._families)))
-        return self._families[key]
-
     def get(self, name: str) -> Entry:
         key = name.strip().lower()
         if key not in self._entries:
             raise CatalogueError(self._unknown("model", name, list(self._entries)))
         return self._entries[key]
 
-    def resolve(self, model: str, regions: int | None = None) -> Entry:
-        """The transformer checkpoint meant by an entry or family name and a region count; a
-        family without ``regions`` gives its member with the most regions (the fastest)."""
+    def resolve(self, model: str | None, regions: int | None = None) -> Entry:
+        """The transformer checkpoint meant by an entry or family name (None: the default
+        family) and a region count; a family without ``regions`` gives its member with the most
+        regions (the fastest)."""
+        model = model or self.default_family
         key = model.strip().lower()
         if key in self._families:
             members = self._families[key]
-            if regions is None:
-                return members[-1]
-            for member in members:
-                if member.regions == regions:
-                    return member
+            found = [member for member in members if regions in (None, member.regions)]
+            if found:
+                return found[-1]
             available = ", ".join(str(m.regions) for m in members)
             raise CatalogueError(
                 f"{key} has no {regions}-region checkpoint; available: {available}", "regions"
@@ -389,8 +359,7 @@ class Catalogue:
         return self.get(str(entry.tokenizer))
 
     def default(self, regions: int | None = None) -> Entry:
-        """The checkpoint used when no model is named."""
-        return self.resolve(self.default_family, regions)
+        return self.resolve(None, regions)
 
     @staticmethod
     def _unknown(what: str, name: str, candidates: list[str]) -> str:
@@ -398,25 +367,6 @@ class Catalogue:
         if close:
             return f"unknown {what} {name!r}; did you mean {', '.join(close)}?"
         return f"unknown {what} {name!r}; known: {', '.join(candidates)}"
-
-
-MAX_CATALOGUE_BYTES = 1 << 20  # the packaged catalogue is about 10 KiB
-
-
-def _read_small_file(file: Path) -> bytes:
-    """The bytes of a regular file of at most MAX_CATALOGUE_BYTES: a FIFO, a device such as
-    /dev/zero or a folder would be read forever, or fail obscurely."""
-    # Non-blocking, so that opening a FIFO with no writer returns at once, to be refused.
-    handle = os.open(file, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    with os.fdopen(handle, "rb") as stream:
-        if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
-            raise CatalogueError(f"model catalogue {file} is not a regular file; give a .toml file")
-        data = stream.read(MAX_CATALOGUE_BYTES + 1)
-    if len(data) > MAX_CATALOGUE_BYTES:
-        raise CatalogueError(
-            f"model catalogue {file} is over {MAX_CATALOGUE_BYTES >> 20} MiB; give a weights.toml"
-        )
-    return data
 
 
 _chosen: list[Path] = []  # the --catalogue of this run, if one was given

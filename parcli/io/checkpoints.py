@@ -1,5 +1,5 @@
 """Our checkpoint format: a safetensors file whose string metadata says what it holds (see
-``_metadata_for``). Every tensor is checked against the declared architecture before a module is
+``save_checkpoint``). Every tensor is checked against the declared architecture before a module is
 built, and every failure a user can cause raises ``WeightsError`` with a one-line message.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -134,43 +134,6 @@ def describe(kind: str, config: GPTConfig | VQConfig) -> str:
     return f"VQ-{config.downsample} tokenizer"
 
 
-def _float_dtype_name(dtypes: Iterable[torch.dtype]) -> str:
-    names = {dtype_name(d) for d in dtypes if d.is_floating_point}
-    if not names:
-        return "none"
-    return names.pop() if len(names) == 1 else "mixed"
-
-
-def _metadata_for(
-    kind: str,
-    config: GPTConfig | VQConfig,
-    extras: Mapping[str, Any] | None,
-    dtypes: Iterable[torch.dtype],
-) -> dict[str, str]:
-    meta: dict[str, str] = {}
-    for key, value in (extras or {}).items():
-        if value is not None:
-            meta[str(key)] = value if isinstance(value, str) else json.dumps(value)
-    meta.update(
-        format=FORMAT,
-        format_version=FORMAT_VERSION,
-        kind=kind,
-        config=json.dumps(config.to_dict(), sort_keys=True),
-        dtype=_float_dtype_name(dtypes),
-    )
-    if kind == "gpt":
-        meta.update(
-            arch=config.arch,
-            regions=str(config.regions),
-            grid="x".join(map(str, config.grid)),
-            num_classes=str(config.num_classes),
-            vocab_size=str(config.vocab_size),
-        )
-    else:
-        meta.update(arch=f"VQ-{config.downsample}", vocab_size=str(config.codebook_size))
-    return meta
-
-
 def save_checkpoint(
     path: str | os.PathLike,
     state: Mapping[str, torch.Tensor],
@@ -188,7 +151,29 @@ def save_checkpoint(
     if not path.parent.is_dir():
         raise WeightsError(f"folder {path.parent} does not exist; create it first")
     target = storage_dtype(dtype)
-    meta = _metadata_for(kind, config, metadata, (stored_dtype(t, target) for t in state.values()))
+    floats = {dtype_name(stored_dtype(t, target)) for t in state.values() if t.is_floating_point()}
+    meta = {
+        str(key): value if isinstance(value, str) else json.dumps(value)
+        for key, value in (metadata or {}).items()
+        if value is not None
+    }
+    meta.update(
+        format=FORMAT,
+        format_version=FORMAT_VERSION,
+        kind=kind,
+        config=json.dumps(config.to_dict(), sort_keys=True),
+        dtype="mixed" if len(floats) > 1 else next(iter(floats), "none"),
+    )
+    if kind == "gpt":
+        meta.update(
+            arch=config.arch,
+            regions=str(config.regions),
+            grid="x".join(map(str, config.grid)),
+            num_classes=str(config.num_classes),
+            vocab_size=str(config.vocab_size),
+        )
+    else:
+        meta.update(arch=f"VQ-{config.downsample}", vocab_size=str(config.codebook_size))
     write_safetensors(path, state, meta, target, progress)
     return meta
 
@@ -234,42 +219,41 @@ def _parse_metadata(path: str | os.PathLike, meta: Mapping[str, str] | None):
     return kind, config, meta
 
 
+def _read_header(path: str | os.PathLike):
+    with _open_checkpoint(path) as handle:
+        return _parse_metadata(path, handle.metadata())
+
+
 def read_config(path: str | os.PathLike) -> tuple[str, GPTConfig | VQConfig]:
     """(kind, config) of a parcli checkpoint, from its header alone."""
-    with _open_checkpoint(path) as handle:
-        kind, config, _ = _parse_metadata(path, handle.metadata())
-    return kind, config
+    return _read_header(path)[:2]
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The header metadata of a parcli checkpoint, without reading any tensor."""
-    with _open_checkpoint(path) as handle:
-        return _parse_metadata(path, handle.metadata())[2]
+    return _read_header(path)[2]
 
 
-def _check_layer_count(path, keys: list[str], config: GPTConfig) -> None:
-    """Compare the declared layers with those held before building a model of the declared size."""
-    found = {key.split(".")[1] for key in keys if key.startswith("layers.")}
-    if len(found) != config.n_layer:
-        raise WeightsError(
-            f"{path} declares {config.n_layer} layers but holds {len(found)}; convert it again"
-        )
-
-
-def _load_checked(
+def read_checkpoint(
     path: str | os.PathLike,
-    device: str | torch.device,
-    dtype: torch.dtype | None,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype | None = None,
     expect_kind: str | None = None,
-):
+) -> tuple[dict[str, torch.Tensor], str, GPTConfig | VQConfig, dict[str, str]]:
+    """(state, kind, config, metadata) of a parcli checkpoint, validated against its config."""
+    dtype = storage_dtype(dtype)
     with _open_checkpoint(path, device) as handle:
         kind, config, meta = _parse_metadata(path, handle.metadata())
         if expect_kind is not None and kind != expect_kind:
             wanted = CHECKPOINT_KINDS[expect_kind]
             raise WeightsError(f"{path} holds a {kind} checkpoint, not a {wanted}")
         keys = list(handle.keys())
-        if kind == "gpt":
-            _check_layer_count(path, keys, config)
+        # Layers are counted before a model of the declared size is built to compare shapes.
+        layers = {key.split(".")[1] for key in keys if key.startswith("layers.")}
+        if kind == "gpt" and len(layers) != config.n_layer:
+            raise WeightsError(
+                f"{path} declares {config.n_layer} layers but holds {len(layers)}; convert it again"
+            )
         shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in keys}
         validate(
             shapes,
@@ -289,26 +273,16 @@ def _load_checked(
     return state, kind, config, meta
 
 
-def read_checkpoint(
-    path: str | os.PathLike,
-    device: str | torch.device = "cpu",
-    dtype: str | torch.dtype | None = None,
-) -> tuple[dict[str, torch.Tensor], str, GPTConfig | VQConfig, dict[str, str]]:
-    """(state, kind, config, metadata) of a parcli checkpoint, validated against its config."""
-    return _load_checked(path, device, storage_dtype(dtype))
-
-
-def _materialise(
-    kind: str,
-    config: GPTConfig | VQConfig,
-    state: dict[str, torch.Tensor],
-) -> nn.Module:
+def _load_module(path, device, dtype, kind: str) -> tuple[Any, dict[str, str]]:
+    """The module of a parcli checkpoint of ``kind``, in eval mode, with its metadata; the
+    module adopts the loaded tensors without a second copy."""
+    state, kind, config, meta = read_checkpoint(path, device, dtype, kind)
     module = build_meta(kind, config)
     module.load_state_dict(state, strict=True, assign=True)
     left = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
     if left:
         raise RuntimeError(f"{type(module).__name__} has tensors not in its state dict: {left}")
-    return module.eval()
+    return module.eval(), meta
 
 
 def load_transformer(
@@ -316,10 +290,7 @@ def load_transformer(
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype | None = None,
 ) -> tuple[Transformer, dict[str, str]]:
-    """The transformer of a parcli checkpoint, in eval mode, with its metadata; the module
-    adopts the loaded tensors without a second copy."""
-    state, kind, config, meta = _load_checked(path, device, storage_dtype(dtype), "gpt")
-    return _materialise(kind, config, state), meta
+    return _load_module(path, device, dtype, "gpt")
 
 
 def load_vq(
@@ -327,6 +298,4 @@ def load_vq(
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype | None = None,
 ) -> tuple[VQModel, dict[str, str]]:
-    """The VQ tokenizer of a parcli checkpoint, in eval mode, with its metadata."""
-    state, kind, config, meta = _load_checked(path, device, storage_dtype(dtype), "vq")
-    return _materialise(kind, config, state), meta
+    return _load_module(path, device, dtype, "vq")

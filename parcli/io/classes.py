@@ -81,17 +81,14 @@ class ClassSet:
             for name in names
             if name != str(i)
         }
-        close = difflib.get_close_matches(folded, list(everything), n=3, cutoff=0.6)
         shown = {}
-        for match in close:
+        for match in difflib.get_close_matches(folded, list(everything), n=3, cutoff=0.6):
             class_id, name = everything[match]
             label = self.label(class_id)
             shown.setdefault(class_id, f"{class_id} {name if label == str(class_id) else label}")
-        hint = (
-            "closest: " + ", ".join(shown.values())
-            if shown
-            else "`par classes QUERY` searches the names"
-        )
+        hint = "`par classes QUERY` searches the names"
+        if shown:
+            hint = "closest: " + ", ".join(shown.values())
         raise SettingError("class", f"no {self.name} class is called {text!r}; {hint}")
 
 
@@ -99,7 +96,13 @@ class ClassSet:
 def class_set(name: str) -> ClassSet:
     """One of CLASS_SETS."""
     if name == IMAGENET:
-        return _read_imagenet()
+        names = []
+        for line in _IMAGENET_FILE.read_text(encoding="utf-8").splitlines():
+            if line and not line.startswith("#"):
+                class_id, _synset, lemmas = line.split("\t")
+                assert int(class_id) == len(names), f"{_IMAGENET_FILE.name} is out of order"
+                names.append(tuple(lemmas.split(", ")))
+        return ClassSet(IMAGENET, tuple(names), "ILSVRC-2012 synsets, WordNet 3.0 lemmas (timm)")
     if name == DIGITS:
         words = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
         return ClassSet(DIGITS, tuple((str(i), word) for i, word in enumerate(words)), "MNIST")
@@ -130,13 +133,3 @@ def resolve_classes(texts: list[str], classes: ClassSet | None) -> list[int]:
                 "class", f"{text!r} is not a class id, and this model's classes have no names"
             ) from None
     return ids
-
-
-def _read_imagenet() -> ClassSet:
-    names = []
-    for line in _IMAGENET_FILE.read_text(encoding="utf-8").splitlines():
-        if line and not line.startswith("#"):
-            class_id, _synset, lemmas = line.split("\t")
-            assert int(class_id) == len(names), f"{_IMAGENET_FILE.name} is out of order"
-            names.append(tuple(lemmas.split(", ")))
-    return ClassSet(IMAGENET, tuple(names), "ILSVRC-2012 synsets, WordNet 3.0 lemmas (timm)")

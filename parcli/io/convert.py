@@ -9,6 +9,7 @@ and every tensor is checked against it before anything is written.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import pickle
@@ -53,7 +54,7 @@ _NOT_WEIGHTS = re.compile(
     r"(^|\.)(freqs_cis|causal_mask|k_cache|v_cache)$|(^|\.)kv_cache(\.|$)|^quantize\.codebook_used$"
 )
 _WRAPPERS = ("model", "module", "state_dict")
-_PREFIXES = ("_orig_mod.", "module.")
+_PREFIXES = re.compile(r"^(?:_orig_mod\.|module\.)+")  # of torch.compile and DataParallel
 
 
 class HeadsUnknown(WeightsError):
@@ -65,16 +66,6 @@ class HeadsUnknown(WeightsError):
         self.what = what
 
 
-def _unsafe_globals(path: Path) -> list[str]:
-    # Statically lists the classes/functions the pickle names, without unpickling anything.
-    try:
-        found = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-    except Exception:
-        return []
-    allowed = {f"{g.__module__}.{g.__qualname__}" for g in SAFE_GLOBALS}
-    return [name for name in found if name not in allowed]
-
-
 def _torch_load(path: Path) -> Any:
     kind = sniff_format(path)
     if kind == "lfs":
@@ -83,15 +74,17 @@ def _torch_load(path: Path) -> Any:
         )
     if kind == "safetensors":
         return read_safetensors(path)[0]
-    if kind == "zip" and not zipfile.is_zipfile(path):
-        raise WeightsError(f"{path} is truncated or corrupt (incomplete zip); download it again")
     if kind == "zip":
+        if not zipfile.is_zipfile(path):
+            raise WeightsError(
+                f"{path} is truncated or corrupt (incomplete zip); download it again"
+            )
         with zipfile.ZipFile(path) as archive:
             if not any(name.endswith("data.pkl") for name in archive.namelist()):
                 raise WeightsError(
                     f"{path} is a zip archive but not a PyTorch checkpoint (it holds no data.pkl)"
                 )
-    if kind not in ("zip", "pickle"):
+    elif kind != "pickle":
         raise WeightsError(
             f"{path} is not a PyTorch checkpoint (unrecognised contents); check the file"
         )
@@ -107,9 +100,14 @@ def _torch_load(path: Path) -> Any:
         message = str(exc)
         names = re.findall(r"GLOBAL ([\w.]+)", message)
         if names:
-            # A zip checkpoint's pickle can be scanned statically, so the list is complete and
-            # certain; in a legacy file a truncated name can also come from damage.
-            static = _unsafe_globals(path) if kind == "zip" else []
+            # A zip checkpoint's pickle can be scanned statically, without unpickling, so the
+            # list is complete and certain; in a legacy file a truncated name can also be damage.
+            static = []
+            if kind == "zip":
+                allowed = {f"{g.__module__}.{g.__qualname__}" for g in SAFE_GLOBALS}
+                with contextlib.suppress(Exception):
+                    found = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+                    static = [name for name in found if name not in allowed]
             damaged = "" if static else " (or the file is damaged)"
             raise WeightsError(
                 f"{path} contains {listing('disallowed global(s)', static or names)}, which need "
@@ -169,23 +167,13 @@ def _select_state(obj: Any, path: Path, use_ema: bool) -> tuple[Mapping, str]:
     return obj, "/".join(layout) or "flat"
 
 
-def _strip_key(key: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for prefix in _PREFIXES:
-            if key.startswith(prefix):
-                key, changed = key[len(prefix) :], True
-    return key.replace("._orig_mod.", ".")
-
-
 def clean_state(state: Mapping[str, Any], source: str = "checkpoint") -> dict[str, torch.Tensor]:
     """Strip ``_orig_mod.`` / ``module.`` prefixes and drop caches, rotary tables and masks."""
     cleaned: dict[str, torch.Tensor] = {}
     for raw, value in state.items():
         if not isinstance(value, torch.Tensor):
             continue
-        key = _strip_key(str(raw))
+        key = _PREFIXES.sub("", str(raw)).replace("._orig_mod.", ".")
         if _NOT_WEIGHTS.search(key):
             continue
         if key in cleaned:
@@ -196,18 +184,12 @@ def clean_state(state: Mapping[str, Any], source: str = "checkpoint") -> dict[st
     return cleaned
 
 
-def _read_official(path: str | os.PathLike, use_ema: bool) -> tuple[dict[str, torch.Tensor], str]:
-    path = Path(path)
-    check_readable(path)
-    obj = _torch_load(path)
-    state, layout = _select_state(obj, path, use_ema)
-    return clean_state(state, str(path)), layout
-
-
 def read_official(path: str | os.PathLike, use_ema: bool = False) -> dict[str, torch.Tensor]:
     """Weights of a published checkpoint, on CPU, whichever wrapper and prefixes it was saved
     with; zip-format files are memory-mapped, so this costs little until tensors are touched."""
-    return _read_official(path, use_ema)[0]
+    path = Path(path)
+    check_readable(path)
+    return clean_state(_select_state(_torch_load(path), path, use_ema)[0], str(path))
 
 
 def _need(state: Mapping[str, Any], key: str, what: str) -> Shape:
@@ -224,15 +206,6 @@ def detect_kind(state: Mapping[str, Any]) -> str:
         return "vq"
     seen = ", ".join(list(state)[:4])
     raise WeightsError(f"neither a LlamaGen/PAR transformer nor a VQ tokenizer (keys: {seen}, ...)")
-
-
-def _grid(grid: int | Iterable[int] | None) -> tuple[int, ...]:
-    """A token grid given as sides, or one side of a square; LlamaGen's 24x24 by default."""
-    if grid is None:
-        return DEFAULT_GRID
-    if isinstance(grid, int):
-        return (grid, grid)
-    return tuple(int(g) for g in grid)
 
 
 def _layer_count(state: Mapping[str, Any], prefix: str) -> int:
@@ -286,7 +259,8 @@ def infer_gpt_config(
                 f"{dim}; not a LlamaGen-family transformer"
             )
         multiple_of = hidden
-    grid_shape = _grid(grid)
+    # The grid is given as sides, or one side of a square; LlamaGen's 24x24 by default.
+    grid_shape = (grid, grid) if isinstance(grid, int) else tuple(map(int, grid or DEFAULT_GRID))
     side = math.isqrt(regions)
     if len(grid_shape) not in (2, 3) or any(g < 1 or g % side for g in grid_shape[-2:]):
         raise WeightsError(
@@ -371,7 +345,8 @@ def convert(
     target = storage_dtype(dtype)
     if progress is not None:
         progress("read", 0, 1)
-    state, layout = _read_official(src, use_ema)
+    state, layout = _select_state(_torch_load(src), src, use_ema)
+    state = clean_state(state, str(src))
     if progress is not None:
         progress("read", 1, 1)
     try:

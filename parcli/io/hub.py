@@ -1,20 +1,20 @@
 """Downloading published checkpoints and keeping their converted copies in one cache.
 
 A fetch finds or downloads the published file (resuming a ``.part`` file across runs, which
-``hf_hub_download`` cannot), checks its sha256, converts it to safetensors under a temporary name
-and renames it once it loads, all under an inter-process lock. A converted file exists under its
-final name only when complete, so "present" means "the file exists".
+``hf_hub_download`` cannot), checks its sha256 and converts it, under an inter-process lock; a
+converted file gets its final name only when complete, so "present" means "the file exists".
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime
+import hashlib
 import json
 import os
 import socket
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,7 +33,6 @@ BytesCallback = Callable[[int, "int | None"], None]
 StatusCallback = Callable[[str], None]
 
 REVISION = "main"
-OFFLINE_ENV = ("PARCLI_OFFLINE", "HF_HUB_OFFLINE")
 _TRUE = {"1", "true", "yes", "on"}
 
 
@@ -41,37 +40,26 @@ class FetchError(UserError):
     """A model file could not be made available; the message is one line meant for the user."""
 
 
-# ------------------------------------------------------------------------------ locations
-
-
 def cache_dir() -> Path:
     """Where converted weights live: $PARCLI_HOME, else $XDG_CACHE_HOME/parcli, else ~/.cache."""
-    home = os.environ.get("PARCLI_HOME")
-    if home:
-        return Path(home).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "parcli"
+    if os.environ.get("PARCLI_HOME"):
+        return Path(os.environ["PARCLI_HOME"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "parcli"
 
 
-def _weights_dir() -> Path:
-    return cache_dir() / "weights"
+def _in_weights(entry: Entry, suffix: str) -> Path:
+    return cache_dir() / "weights" / f"{entry.name}{suffix}"
 
 
 def converted_path(entry: Entry) -> Path:
     """The file generation reads for ``entry``: its package path, or its converted cache file."""
-    if entry.is_packaged:
-        return Path(str(entry.package_path))
-    return _weights_dir() / f"{entry.name}.safetensors"
-
-
-def record_path(entry: Entry) -> Path:
-    """The JSON sidecar of a converted entry: source URL, sha256 and size of the download."""
-    return _weights_dir() / f"{entry.name}.json"
+    return (
+        Path(str(entry.package_path)) if entry.is_packaged else _in_weights(entry, ".safetensors")
+    )
 
 
 def _lock_path(entry: Entry) -> Path:
-    return _weights_dir() / f"{entry.name}.lock"
+    return _in_weights(entry, ".lock")
 
 
 def raw_download_path(entry: Entry) -> Path:
@@ -80,14 +68,10 @@ def raw_download_path(entry: Entry) -> Path:
     return cache_dir() / "downloads" / repo / REVISION / str(entry.file)
 
 
-def _part_path(entry: Entry) -> Path:
+def _part_paths(entry: Entry) -> tuple[Path, Path]:
+    """The partial download of ``entry`` and the JSON saying which remote file it is part of."""
     final = raw_download_path(entry)
-    return final.with_name(final.name + ".part")
-
-
-def _part_info_path(entry: Entry) -> Path:
-    final = raw_download_path(entry)
-    return final.with_name(final.name + ".part.json")
+    return final.with_name(final.name + ".part"), final.with_name(final.name + ".part.json")
 
 
 def is_present(entry: Entry) -> bool:
@@ -97,59 +81,46 @@ def is_present(entry: Entry) -> bool:
 
 def missing_files(entries: Iterable[Entry]) -> list[Entry]:
     """The entries (each once, in order) that would have to be downloaded."""
-    seen: set[str] = set()
-    missing = []
-    for entry in entries:
-        if entry.name not in seen and not is_present(entry):
-            missing.append(entry)
-        seen.add(entry.name)
-    return missing
+    return [entry for entry in dict.fromkeys(entries) if not is_present(entry)]
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 def read_record(entry: Entry) -> dict[str, Any] | None:
-    """The sidecar of a converted entry, or None when absent or unreadable."""
-    return _read_json(record_path(entry))
-
-
-# ------------------------------------------------------------------------------ offline
+    """The sidecar of a converted entry (source URL, sha256, size), or None when unreadable."""
+    return _read_json(_in_weights(entry, ".json"))
 
 
 def offline_requested(flag: bool = False) -> bool:
     """``--offline``, or PARCLI_OFFLINE / HF_HUB_OFFLINE set to a true value."""
-    return flag or any(os.environ.get(name, "").strip().lower() in _TRUE for name in OFFLINE_ENV)
-
-
-def offline_message(entry: Entry) -> str:
-    return (
-        f"{entry.name} is not downloaded ({entry.filename}); run `par weights fetch {entry.name}`,"
-        " or use the model `digits`, which ships with parcli"
-    )
-
-
-# ------------------------------------------------------------------------------ helpers
+    names = ("PARCLI_OFFLINE", "HF_HUB_OFFLINE")
+    return flag or any(os.environ.get(name, "").strip().lower() in _TRUE for name in names)
 
 
 def _hf_cache_dir() -> str | None:
     """The HF cache named by the environment now (None: huggingface_hub's own default)."""
     if os.environ.get("HF_HUB_CACHE"):
         return os.environ["HF_HUB_CACHE"]
-    if os.environ.get("HF_HOME"):
-        return os.path.join(os.environ["HF_HOME"], "hub")
-    return None
-
-
-def _endpoint() -> str | None:
-    return os.environ.get("HF_ENDPOINT") or None
+    return os.path.join(os.environ["HF_HOME"], "hub") if os.environ.get("HF_HOME") else None
 
 
 def download_url(entry: Entry) -> str:
     """The URL huggingface_hub asks for this entry (honours HF_ENDPOINT)."""
     from huggingface_hub import hf_hub_url
 
-    return hf_hub_url(str(entry.repo), str(entry.file), revision=REVISION, endpoint=_endpoint())
-
-
-REACH_TIMEOUT = 5.0  # seconds to open a connection to the Hub before calling it unreachable
+    endpoint = os.environ.get("HF_ENDPOINT") or None
+    return hf_hub_url(str(entry.repo), str(entry.file), revision=REVISION, endpoint=endpoint)
 
 
 def download_host(entry: Entry) -> str:
@@ -158,7 +129,7 @@ def download_host(entry: Entry) -> str:
     return urlsplit(url).netloc or url
 
 
-def check_reachable(entry: Entry, timeout: float = REACH_TIMEOUT) -> None:
+def check_reachable(entry: Entry, timeout: float = 5.0) -> None:
     """Fail at once, in one line, where the Hub cannot be reached at all (no network, no such
     host): huggingface_hub would retry five times over about 20 s, logging every retry."""
     if urllib.request.getproxies():  # a proxy may reach what a direct connection cannot
@@ -172,21 +143,15 @@ def check_reachable(entry: Entry, timeout: float = REACH_TIMEOUT) -> None:
 
 
 def human_size(size: int | None) -> str:
-    if size is None:
-        return "unknown size"
-    value = float(size)
-    for unit in ("B", "kB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    raise AssertionError("unreachable")
+    from rich.filesize import decimal
+
+    return "unknown size" if size is None else decimal(size)
 
 
 def check_free_space(what: str, download: int, converted: int) -> None:
     """Refuse, before writing anything, a fetch or conversion whose download and converted copy
     would not fit on the cache's disk."""
-    needed = download + converted
-    free = free_bytes(cache_dir())
+    needed, free = download + converted, free_bytes(cache_dir())
     if needed > free:
         parts = f"{human_size(download)} to download, " if download else ""
         raise FetchError(
@@ -194,11 +159,6 @@ def check_free_space(what: str, download: int, converted: int) -> None:
             f"{human_size(converted)} for the converted copy), but that disk has "
             f"{human_size(free)} free; make room, or set PARCLI_HOME to a folder on a larger disk"
         )
-
-
-def keep_original_requested(flag: bool = False) -> bool:
-    """--keep-original, or PARCLI_KEEP_ORIGINAL=1: keep our raw download after conversion."""
-    return flag or os.environ.get("PARCLI_KEEP_ORIGINAL", "").strip().lower() in _TRUE
 
 
 @contextlib.contextmanager
@@ -213,58 +173,31 @@ def _locked(path: Path, on_status: StatusCallback | None, what: str) -> Iterator
                 if on_status is not None:
                     on_status(f"waiting for another process fetching {what}")
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            if fcntl is not None:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        yield  # closing the file releases the lock
 
 
 class _ByteBar:
-    """Stands in for tqdm inside huggingface_hub (its ``tqdm_class`` hook) and forwards byte
-    counts to ``callback``, so its own bars stay off."""
+    """What huggingface_hub makes through its ``tqdm_class`` hook (a subclass naming
+    ``on_bytes``): byte counts go to that callback instead of a bar of its own."""
 
-    callback: BytesCallback | None = None
+    on_bytes: BytesCallback | None = None
 
     def __init__(self, *args: Any, total: int | None = None, initial: int = 0, **kwargs: Any):
-        self.n = int(initial or 0)
-        self.total = total
-        self._report()
-
-    def _report(self) -> None:
-        if self.callback is not None:
-            type(self).callback(max(self.n, 0), self.total)  # type: ignore[misc]
+        self.n, self.total = int(initial or 0), total
+        self.update(0)
 
     def update(self, n: int | float = 1) -> None:
         self.n += int(n)
-        self._report()
-
-    def refresh(self, *args: Any, **kwargs: Any) -> None:
-        self._report()
+        if self.on_bytes is not None:
+            self.on_bytes(max(self.n, 0), self.total)
 
     def close(self, *args: Any, **kwargs: Any) -> None:
         pass
 
-    update_transfer = set_postfix_str = set_transfer_postfix_str = set_description = close
+    refresh = set_postfix_str = set_description = __exit__ = close
 
     def __enter__(self) -> _ByteBar:
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _bar_class(on_bytes: BytesCallback | None) -> type[_ByteBar]:
-    return type("_EntryByteBar", (_ByteBar,), {"callback": staticmethod(on_bytes)})
-
-
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
 
 
 def _short(exc: BaseException) -> str:
@@ -273,60 +206,60 @@ def _short(exc: BaseException) -> str:
 
 
 def _download_error(entry: Entry, exc: BaseException, resumable: bool = False) -> FetchError:
-    """One line saying why huggingface_hub could not download ``entry``."""
-    url = download_url(entry)
-    host = urlsplit(url).netloc or url
-    again = f"run `par weights fetch {entry.name}` again to resume" if resumable else ""
-    for err in _chain(exc):
-        response = getattr(err, "response", None)
-        status = getattr(response, "status_code", None)
+    """One line saying why ``entry`` could not be downloaded."""
+    name, file, url, host = entry.name, entry.file, download_url(entry), download_host(entry)
+    again = f"run `par weights fetch {name}` again to resume" if resumable else ""
+    later = "try again later" + (f" ({again})" if again else "")
+    chain = [exc]  # the error and the ones it was raised from or while handling
+    while (cause := chain[-1].__cause__ or chain[-1].__context__) and cause not in chain:
+        chain.append(cause)
+    for err in chain:  # an HTTP status says the most
+        status = getattr(getattr(err, "response", None), "status_code", None)
+        kind = type(err).__name__
+        if kind == "GatedRepoError":
+            return FetchError(
+                f"{entry.repo} is gated: accept its terms on the Hub, then log in with "
+                f"`hf auth login` (or set HF_TOKEN) and fetch {name} again"
+            )
+        if status == 404 or kind in ("RepositoryNotFoundError", "RemoteEntryNotFoundError"):
+            return FetchError(f"{name}: {file} not found at {url}")
+        if status in (401, 403):
+            return FetchError(
+                f"{name}: access to {url} was refused (HTTP {status}); "
+                "log in with `hf auth login` or set HF_TOKEN"
+            )
+        if isinstance(status, int) and status >= 500:
+            return FetchError(
+                f"{name}: server error (HTTP {status}) from {host} while fetching {file}; {later}"
+            )
         if isinstance(status, int):
-            name = type(err).__name__
-            if name == "GatedRepoError":
-                return FetchError(
-                    f"{entry.repo} is gated: accept its terms on the Hub, then log in with "
-                    f"`hf auth login` (or set HF_TOKEN) and fetch {entry.name} again"
-                )
-            if status == 404 or name in ("RepositoryNotFoundError", "RemoteEntryNotFoundError"):
-                return FetchError(f"{entry.name}: {entry.file} not found at {url}")
-            if status in (401, 403):
-                return FetchError(
-                    f"{entry.name}: access to {url} was refused (HTTP {status}); "
-                    "log in with `hf auth login` or set HF_TOKEN"
-                )
-            if status >= 500:
-                return FetchError(
-                    f"{entry.name}: server error (HTTP {status}) from {host} while fetching "
-                    f"{entry.file}; try again later" + (f" ({again})" if again else "")
-                )
-            return FetchError(f"{entry.name}: HTTP {status} from {url}")
-    for err in _chain(exc):
-        name = type(err).__name__
-        if name in ("ConnectError", "ConnectionError", "ConnectTimeout", "ProxyError") or (
+            return FetchError(f"{name}: HTTP {status} from {url}")
+    for err in chain:
+        kind = type(err).__name__
+        if kind in ("ConnectError", "ConnectionError", "ConnectTimeout", "ProxyError") or (
             isinstance(err, ConnectionRefusedError | socket.gaierror)
         ):
             return FetchError(
-                f"{entry.name}: cannot connect to {host} ({_short(err)}); check the network, "
+                f"{name}: cannot connect to {host} ({_short(err)}); check the network, "
                 "or set HF_ENDPOINT to a mirror" + (f", then {again}" if again else "")
             )
-        if "Timeout" in name or isinstance(err, TimeoutError):
+        if "Timeout" in kind or isinstance(err, TimeoutError):
             return FetchError(
-                f"{entry.name}: {host} did not answer in time while fetching {entry.file}; "
-                "try again later" + (f" ({again})" if again else "")
+                f"{name}: {host} did not answer in time while fetching {file}; {later}"
             )
         if isinstance(err, OSError) and err.errno == 28:
             return FetchError(
-                f"{entry.name}: no space left to download {entry.file} "
+                f"{name}: no space left to download {file} "
                 f"(about {human_size(entry.approx_size_bytes)}); free some disk space"
             )
-        if name in ("RemoteProtocolError", "ReadError", "ChunkedEncodingError") or (
+        if kind in ("RemoteProtocolError", "ReadError", "ChunkedEncodingError") or (
             "Consistency check failed" in str(err)
         ):
             return FetchError(
-                f"{entry.name}: the download of {entry.file} was interrupted ({_short(err)}); "
-                f"run `par weights fetch {entry.name}` again" + (" to resume" if again else "")
+                f"{name}: the download of {file} was interrupted ({_short(err)}); "
+                f"run `par weights fetch {name}` again" + (" to resume" if again else "")
             )
-    return FetchError(f"{entry.name}: cannot download {entry.file} from {host}: {_short(exc)}")
+    return FetchError(f"{name}: cannot download {file} from {host}: {_short(exc)}")
 
 
 def cached_download(entry: Entry) -> Path | None:
@@ -341,19 +274,8 @@ def cached_download(entry: Entry) -> Path | None:
 
 def local_download(entry: Entry) -> Path | None:
     """The complete published file, in the HF cache or our downloads folder (no network)."""
-    found = cached_download(entry)
-    if found is not None:
-        return found
     ours = raw_download_path(entry)
-    return ours if ours.is_file() else None
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    return cached_download(entry) or (ours if ours.is_file() else None)
 
 
 def _download(entry: Entry, on_bytes: BytesCallback | None) -> Path:
@@ -365,26 +287,24 @@ def _download(entry: Entry, on_bytes: BytesCallback | None) -> Path:
     url = download_url(entry)
     check_reachable(entry)
     try:
-        remote = get_hf_file_metadata(url, endpoint=_endpoint(), retry_on_errors=True)
+        endpoint = os.environ.get("HF_ENDPOINT") or None
+        remote = get_hf_file_metadata(url, endpoint=endpoint, retry_on_errors=True)
     except Exception as exc:
         raise _download_error(entry, exc) from None
-    final, part, info = raw_download_path(entry), _part_path(entry), _part_info_path(entry)
+    final, (part, info) = raw_download_path(entry), _part_paths(entry)
     final.parent.mkdir(parents=True, exist_ok=True)
-    expected = {"url": url, "etag": remote.etag, "size": remote.size, "commit": remote.commit_hash}
     stored = _read_json(info) or {}
     have = part.stat().st_size if part.is_file() else 0
-    same = stored.get("etag") == remote.etag and stored.get("size") == remote.size
-    resumable = same and remote.etag is not None and remote.size is not None
-    resumable = resumable and have <= remote.size
+    # Resume only the very file the part came from, as far as its etag and size tell.
+    resumable = remote.etag is not None and remote.size is not None and have <= remote.size
+    resumable = resumable and (stored.get("etag"), stored.get("size")) == (remote.etag, remote.size)
     if remote.size is not None:  # the converted copy is at most the size of the download
         check_free_space(entry.name, remote.size - (have if resumable else 0), remote.size)
     if not resumable:
-        # Another version of the file, or no way to tell: start over.
-        with contextlib.suppress(FileNotFoundError):
-            part.unlink()
+        part.unlink(missing_ok=True)
         have = 0
-        with atomic_path(info) as tmp:
-            tmp.write_text(json.dumps(expected, indent=2) + "\n", encoding="utf-8")
+        expected = {"url": url, "etag": remote.etag, "size": remote.size}
+        _write_json(info, {**expected, "commit": remote.commit_hash})
     headers = build_hf_headers()
     headers["Accept-Encoding"] = "identity"  # byte offsets must be those of the file itself
     try:
@@ -396,7 +316,7 @@ def _download(entry: Entry, on_bytes: BytesCallback | None) -> Path:
                 headers=headers,
                 expected_size=remote.size,
                 displayed_filename=entry.filename,
-                tqdm_class=_bar_class(on_bytes),  # type: ignore[arg-type]
+                tqdm_class=type("_Bar", (_ByteBar,), {"on_bytes": staticmethod(on_bytes)}),
             )
             handle.flush()
             os.fsync(handle.fileno())
@@ -404,60 +324,30 @@ def _download(entry: Entry, on_bytes: BytesCallback | None) -> Path:
         kept = part.is_file() and part.stat().st_size > 0
         raise _download_error(entry, exc, resumable=kept) from None
     os.replace(part, final)
-    with contextlib.suppress(FileNotFoundError):
-        info.unlink()
+    info.unlink(missing_ok=True)
     return final
 
 
 def _discard_download(path: Path) -> None:
     """Delete a downloaded file: in the HF cache the blob and the snapshot link to it."""
-    blob = Path(os.path.realpath(path))
-    for item in (path, blob):
-        with contextlib.suppress(FileNotFoundError):
-            item.unlink()
+    for item in (path, Path(os.path.realpath(path))):
+        item.unlink(missing_ok=True)
 
 
 def conversion_args(entry: Entry, heads: int | None = None) -> dict[str, Any]:
     """What ``convert`` must be told for ``entry`` beyond the file itself."""
-    if entry.kind != "gpt":
-        return {}
-    return {"heads": heads, "grid": entry.grid}
+    return {"heads": heads, "grid": entry.grid} if entry.kind == "gpt" else {}
 
 
-def _check_matches(entry: Entry, meta: dict[str, str]) -> None:
-    """The converted file holds what the catalogue says it does."""
-    problems = []
-    if meta.get("kind") != entry.kind:
-        problems.append(f"kind {meta.get('kind')} (expected {entry.kind})")
-    if entry.kind == "gpt":
-        if entry.regions is not None and meta.get("regions") != str(entry.regions):
-            problems.append(f"{meta.get('regions')} regions (expected {entry.regions})")
-        if entry.arch in GPT_PRESETS and meta.get("arch") != entry.arch:
-            problems.append(f"architecture {meta.get('arch')} (expected {entry.arch})")
-    if problems:
-        raise FetchError(
-            f"{entry.name}: the downloaded {entry.file} holds {', '.join(problems)}; "
-            "weights.toml disagrees with the published file"
-        )
-
-
-def _convert(
-    entry: Entry,
-    source: Path,
-    sha256: str | None,
-    heads: int | None,
-    on_status: StatusCallback | None,
-    dtype: str = "keep",
-) -> str:
-    """Convert ``source`` into the cache under the final name; returns the source sha256."""
+def _convert(entry: Entry, source: Path, heads: int | None, on_status, dtype: str) -> str:
+    """Convert ``source`` into the cache under the final name, checked against the catalogue
+    (and the sha256 it gives); returns the source's sha256."""
     from parcli.io.checkpoints import read_checkpoint
     from parcli.io.convert import convert
     from parcli.io.tensors import WeightsError
 
-    target = converted_path(entry)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if on_status is not None:
-        on_status(f"converting {entry.filename} to safetensors")
+    target = converted_path(entry)  # in the folder of the lock fetch holds
+    on_status(f"converting {entry.filename} to safetensors")
     extra = {"catalogue_name": entry.name, "source_url": download_url(entry)}
     if entry.kind == "gpt" and entry.cfg_scale is not None:
         extra["cfg_scale"] = str(entry.cfg_scale)
@@ -465,64 +355,45 @@ def _convert(
         with atomic_path(target) as tmp:
             args = conversion_args(entry, heads)
             meta = convert(source, tmp, extra_metadata=extra, dtype=dtype, **args)
-            if sha256 is not None and meta.get("source_sha256") != sha256:
+            if entry.sha256 is not None and meta["source_sha256"] != entry.sha256:
                 raise FetchError(f"{entry.name}: {source} changed while it was converted")
-            if on_status is not None:
-                on_status(f"verifying {target.name}")
-            state, *_ = read_checkpoint(tmp)
-            del state
-            _check_matches(entry, meta)
+            on_status(f"verifying {target.name}")
+            read_checkpoint(tmp)
+            gpt = entry.kind == "gpt"
+            problems = [
+                f"{what} {meta.get(key)} (expected {want})"
+                for key, want, what, check in (
+                    ("kind", entry.kind, "kind", True),
+                    ("regions", entry.regions, "regions", gpt and entry.regions is not None),
+                    ("arch", entry.arch, "architecture", gpt and entry.arch in GPT_PRESETS),
+                )
+                if check and meta.get(key) != str(want)
+            ]
+            if problems:
+                raise FetchError(
+                    f"{entry.name}: the downloaded {entry.file} holds {', '.join(problems)}; "
+                    "weights.toml disagrees with the published file"
+                )
     except WeightsError as exc:
         raise FetchError(
             f"{entry.name}: cannot convert the downloaded {entry.file}: {exc} "
             f"(if it is damaged: `par weights remove {entry.name} --download`, then fetch again)"
         ) from None
-    return meta.get("source_sha256") or sha256 or ""
+    return meta["source_sha256"]
 
 
-def _write_record(entry: Entry, source: Path, sha256: str, kept: bool) -> None:
-    record = {
-        "name": entry.name,
-        "repo": entry.repo,
-        "file": entry.file,
-        "revision": REVISION,
-        "url": download_url(entry),
-        "downloaded_to": str(source),
-        "download_kept": kept,
-        "size_bytes": source.stat().st_size,
-        "sha256": sha256,
-        "sha256_expected": entry.sha256,
-        "converted": str(converted_path(entry)),
-        "fetched_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-    path = record_path(entry)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-
-
-# ------------------------------------------------------------------------------ public
-
-
-def local_converted_path(source: Path) -> Path:
-    """Where the converted copy of a file given by path lives, keyed so a changed file converts
-    again."""
-    import hashlib
+def convert_local(source: Path, on_status: StatusCallback | None = None) -> Path:
+    """The safetensors copy of a `.pt` given by path, converted into the cache on first use
+    under a name keyed by its path, size and time, so that a changed file converts again."""
+    from parcli.io.convert import HeadsUnknown, convert
+    from parcli.io.tensors import WeightsError
 
     status = source.stat()
     key = f"{source.resolve()}|{status.st_size}|{status.st_mtime_ns}"
     digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:16]
-    return cache_dir() / "converted" / f"{source.stem}-{digest}.safetensors"
-
-
-def convert_local(source: Path, on_status: StatusCallback | None = None) -> Path:
-    """The safetensors copy of a `.pt` given by path, converted into the cache on first use."""
-    from parcli.io.convert import HeadsUnknown, convert
-    from parcli.io.tensors import WeightsError
-
-    target = local_converted_path(source)
+    target = cache_dir() / "converted" / f"{source.stem}-{digest}.safetensors"
     if target.is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
     with _locked(target.with_suffix(".lock"), on_status, source.name):
         if target.is_file():
             return target
@@ -548,33 +419,30 @@ def fetch(
     keep_original: bool = False,
     dtype: str = "keep",
 ) -> Path:
-    """Make ``entry`` available locally and return the path of its converted file.
-
-    Our raw download is deleted once converted unless ``keep_original``, so one copy stays; a
-    file in the user's Hugging Face cache is never touched.
-    """
+    """The path of the converted file of ``entry``, downloaded and converted if need be; our
+    download is deleted once converted unless ``keep_original`` (or PARCLI_KEEP_ORIGINAL), so
+    one copy stays, and a file in the user's HF cache is never touched."""
     target = converted_path(entry)
-    if entry.is_packaged:
-        if not target.is_file():
-            raise FetchError(
-                f"{entry.name} ships with parcli but {target} is missing; reinstall parcli"
-            )
-        return target
+    if entry.is_packaged and not target.is_file():
+        raise FetchError(
+            f"{entry.name} ships with parcli but {target} is missing; reinstall parcli"
+        )
     if target.is_file():
         return target
-    offline = offline_requested(offline)
+    say = on_status or (lambda text: None)
     with _locked(_lock_path(entry), on_status, entry.name):
         if target.is_file():  # another process finished it while we waited
             return target
         source = local_download(entry)
-        if source is None and not offline:
+        if source is None and not offline_requested(offline):
             source = _download(entry, on_bytes)
         if source is None:
-            raise FetchError(offline_message(entry))
-        sha256 = None
+            raise FetchError(
+                f"{entry.name} is not downloaded ({entry.filename}); run `par weights fetch "
+                f"{entry.name}`, or use the model `digits`, which ships with parcli"
+            )
         if entry.sha256 is not None:
-            if on_status is not None:
-                on_status(f"checking the sha256 of {entry.filename}")
+            say(f"checking the sha256 of {entry.filename}")
             sha256 = file_sha256(source)
             if sha256 != entry.sha256:
                 _discard_download(source)
@@ -584,10 +452,24 @@ def fetch(
                 )
         check_free_space(entry.name, 0, source.stat().st_size)
         # convert() hashes the source too and records it as the file's `source_sha256`.
-        sha256 = _convert(entry, source, sha256, heads, on_status, dtype)
-        ours = source == raw_download_path(entry)
-        kept = not ours or keep_original_requested(keep_original)
-        _write_record(entry, source, sha256, kept)
+        sha256 = _convert(entry, source, heads, say, dtype)
+        keep = os.environ.get("PARCLI_KEEP_ORIGINAL", "").strip().lower() in _TRUE
+        kept = source != raw_download_path(entry) or keep_original or keep
+        record = {
+            "name": entry.name,
+            "repo": entry.repo,
+            "file": entry.file,
+            "revision": REVISION,
+            "url": download_url(entry),
+            "downloaded_to": str(source),
+            "download_kept": kept,
+            "size_bytes": source.stat().st_size,
+            "sha256": sha256,
+            "sha256_expected": entry.sha256,
+            "converted": str(target),
+            "fetched_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        _write_json(_in_weights(entry, ".json"), record)
         if not kept:
             source.unlink()
         return target
@@ -598,23 +480,16 @@ def ensure_files(
     offline: bool = False,
     download: Callable[[Entry], Path] | None = None,
 ) -> dict[str, Path]:
-    """Local paths of ``entries`` by name, fetching what is missing first (each once).
-
-    Offline, a complete download already on disk is still converted, and anything else missing
-    fails before any work.
-    """
-    entries = list(entries)
+    """Local paths of ``entries`` by name, fetching what is missing first (each once); offline,
+    a complete download already on disk is still converted, anything else missing fails first."""
+    entries = list(dict.fromkeys(entries))
     missing = missing_files(entries)
     if missing and offline_requested(offline):
         for entry in missing:
             fetch(entry, offline=True)
         missing = []
-    paths: dict[str, Path] = {}
-    for entry in entries:
-        if entry.name not in paths:
-            wanted = entry in missing
-            paths[entry.name] = (download or fetch)(entry) if wanted else converted_path(entry)
-    return paths
+    get = download or fetch
+    return {e.name: get(e) if e in missing else converted_path(e) for e in entries}
 
 
 def remove(entry: Entry, *, download: bool = False) -> int:
@@ -623,18 +498,17 @@ def remove(entry: Entry, *, download: bool = False) -> int:
     if entry.is_packaged:
         raise FetchError(f"{entry.name} ships with parcli; there is nothing to remove")
     freed = 0
-    paths = [converted_path(entry), record_path(entry)]
+    paths = [converted_path(entry), _in_weights(entry, ".json")]
     if download:
-        paths += [raw_download_path(entry), _part_path(entry), _part_info_path(entry)]
+        paths += [raw_download_path(entry), *_part_paths(entry)]
     with _locked(_lock_path(entry), None, entry.name):
         for path in paths:
             with contextlib.suppress(FileNotFoundError):
                 size = path.stat().st_size
                 path.unlink()
                 freed += size
-        if download:
-            source = cached_download(entry)
-            if source is not None:
-                freed += source.stat().st_size
-                _discard_download(source)
+        source = cached_download(entry) if download else None
+        if source is not None:
+            freed += source.stat().st_size
+            _discard_download(source)
     return freed

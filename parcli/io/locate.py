@@ -64,7 +64,7 @@ def model_files(
             tokenizer = fetch([entry])[entry.name]
         return ModelFiles(checkpoint.name, checkpoint, tokenizer, None)
     catalogue = load_catalogue()
-    entry = catalogue.resolve(model, regions) if model else catalogue.default(regions)
+    entry = catalogue.resolve(model, regions)
     wanted = [entry] if tokenizer is not None else [entry, catalogue.tokenizer_for(entry)]
     paths = fetch(wanted)
     for each in wanted:
@@ -123,19 +123,12 @@ def as_safetensors(path: Path, on_status: Callable[[str], None] | None = None) -
 def catalogue_class_set(model: str | None, regions: int | None) -> ClassSet:
     """The class names of a catalogue model (the default family without one), from the
     catalogue alone: nothing is downloaded."""
-    catalogue = load_catalogue()
-    entry = catalogue.resolve(model, regions) if model else catalogue.default(regions)
-    return class_set(entry.classes or IMAGENET)
+    return class_set(load_catalogue().resolve(model, regions).classes or IMAGENET)
 
 
 def entry_sampling(entry: Entry) -> SamplingConfig:
     """The sampling settings a catalogue entry gives, the tool's defaults for any it lacks."""
     from parcli.sampling import SamplingConfig
 
-    settings = {
-        "cfg_scale": entry.cfg_scale,
-        "temperature": entry.temperature,
-        "top_k": entry.top_k,
-        "top_p": entry.top_p,
-    }
+    settings = {key: getattr(entry, key) for key in ("cfg_scale", "temperature", "top_k", "top_p")}
     return SamplingConfig(**{k: v for k, v in settings.items() if v is not None})

@@ -49,30 +49,6 @@ def stored_dtype(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype
     return dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
 
 
-def _header(
-    tensors: Mapping[str, torch.Tensor], dtype: torch.dtype | None, metadata: Mapping[str, str]
-) -> tuple[bytes, list[str], int]:
-    """(header bytes, tensor order, data size) of a safetensors file holding ``tensors``."""
-    out = {key: stored_dtype(tensor, dtype) for key, tensor in tensors.items()}
-    # Widest dtypes first keeps every tensor aligned to its element size.
-    order = sorted(tensors, key=lambda k: (-out[k].itemsize, k))
-    header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
-    offset = 0
-    for key in order:
-        if out[key] not in _FILE_DTYPES:
-            raise WeightsError(f"tensor {key!r} has dtype {out[key]}, which cannot be saved")
-        size = tensors[key].numel() * out[key].itemsize
-        header[key] = {
-            "dtype": _FILE_DTYPES[out[key]],
-            "shape": list(tensors[key].shape),
-            "data_offsets": [offset, offset + size],
-        }
-        offset += size
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)
-    return struct.pack("<Q", len(blob)) + blob, order, offset
-
-
 def write_safetensors(
     path: PathLike,
     tensors: Mapping[str, torch.Tensor],
@@ -81,18 +57,31 @@ def write_safetensors(
     progress: Progress | None = None,
 ) -> None:
     """Write ``tensors`` (floating ones cast to ``dtype`` when given) atomically."""
-    header, order, total = _header(tensors, dtype, metadata or {})
+    out = {key: stored_dtype(tensor, dtype) for key, tensor in tensors.items()}
+    # Widest dtypes first keeps every tensor aligned to its element size.
+    order = sorted(tensors, key=lambda k: (-out[k].itemsize, k))
+    header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
+    total = 0
+    for key in order:
+        if out[key] not in _FILE_DTYPES:
+            raise WeightsError(f"tensor {key!r} has dtype {out[key]}, which cannot be saved")
+        size = tensors[key].numel() * out[key].itemsize
+        header[key] = {
+            "dtype": _FILE_DTYPES[out[key]],
+            "shape": list(tensors[key].shape),
+            "data_offsets": [total, total + size],
+        }
+        total += size
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        handle.write(header)
-        done = 0
+        handle.write(struct.pack("<Q", len(blob)) + blob)
         for key in order:
-            tensor = tensors[key].detach().cpu()
-            tensor = tensor.to(stored_dtype(tensor, dtype)).contiguous()
+            tensor = tensors[key].detach().cpu().to(out[key]).contiguous()
             if tensor.numel():
                 handle.write(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
-            done += tensor.numel() * tensor.element_size()
             if progress is not None:
-                progress("write", done, total)
+                progress("write", header[key]["data_offsets"][1], total)
 
 
 def read_safetensors(
