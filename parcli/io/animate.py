@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from parcli.config import ANIMATION_FPS
 from parcli.io.media import make_grid
 from parcli.plan import Plan
 
 MAX_FRAMES = 120
 GRAY = 128
-FPS = ANIMATION_FPS
 
 
 def shown_passes(num_passes: int, max_frames: int = MAX_FRAMES) -> np.ndarray:

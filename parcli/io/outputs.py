@@ -12,19 +12,21 @@ from pathlib import Path
 
 import numpy as np
 
+from parcli.config import ANIMATION_FPS, CLIP_FPS
 from parcli.errors import SettingError, Terminated
-from parcli.io.animate import FPS as ANIMATION_FPS
 from parcli.io.animate import animation_frames
 from parcli.io.classes import class_slug
-from parcli.io.files import atomic_write, check_writable, free_bytes, is_directory_target
+from parcli.io.files import (
+    OutputError,
+    atomic_write,
+    check_writable,
+    free_bytes,
+    is_directory_target,
+)
 from parcli.io.media import (
-    CLIP_FPS,
     IMAGE_SUFFIXES,
-    TOKEN_SUFFIXES,
     VIDEO_SUFFIXES,
     check_mp4_writer,
-    check_output_kind,
-    enlarge,
     image_names,
     save_samples,
     save_tokens,
@@ -55,7 +57,7 @@ class Outputs:
             check_writable(self.animate, VIDEO_SUFFIXES, setting="animate")
             check_mp4_writer(self.animate, setting="animate")
         if self.tokens is not None:
-            check_writable(self.tokens, TOKEN_SUFFIXES, setting="save_tokens")
+            check_writable(self.tokens, (".npy",), setting="save_tokens")
         if self.manifest is not None:
             check_writable(self.manifest, (".json",), setting="manifest")
 
@@ -73,19 +75,41 @@ class Outputs:
         earlier run that `--overwrite` replaces, and the samples to make: into a folder, those
         whose file this same run has not written yet (so that a run cut short can be finished
         by the same command). A file par cannot prove it wrote is never replaced."""
-        target = self.target(video)
-        check_output_kind(target, video, maker)
+        target, count = self.target(video), len(recipe.samples)
+        old, todo = [], list(range(count))
         if video:
             check_mp4_writer(target, folder=self.folder)
-        count = len(recipe.samples)
-        if not self.folder:
+        if self.folder:
+            old, todo = self._earlier(target, recipe, video)
+        else:
+            suffixes, suffix = VIDEO_SUFFIXES if video else IMAGE_SUFFIXES, Path(target).suffix
+            if suffix.lower() not in suffixes:
+                hint = ""
+                if not video and suffix.lower() in VIDEO_SUFFIXES:
+                    hint = f" (--animate {Path(target).name} animates how they are generated)"
+                raise OutputError(
+                    f"{maker} makes {'videos' if video else 'images'}; write them to a "
+                    f"{' or '.join(suffixes)} file or a folder, not {target}{hint}",
+                    "output",
+                )
             path = Path(target)
             if path.exists() and not path.stat().st_mode & stat.S_IWUSR:
                 raise SettingError("output", f"{target} is read-only; choose another name")
-            self._check_space(target, count * sample_bytes * self.scale**2)
-            return [], list(range(count))
+        # Refused before any work: files whose uncompressed pixels would not fit the disk.
+        needed = len(todo) * sample_bytes * self.scale**2
+        free = free_bytes(target if self.folder else Path(target).parent)
+        if needed > free:
+            raise SettingError(
+                "output",
+                f"the samples need up to {needed / 1e9:.2f} GB but {target} has "
+                f"{free / 1e9:.2f} GB free; make fewer or smaller samples, or write elsewhere",
+            )
+        return old, todo
+
+    def _earlier(self, target: str, recipe: Recipe, video: bool) -> tuple[list[Path], list[int]]:
+        """`prepare` for a folder: the earlier run's files to replace, and the samples to make."""
         folder, samples = Path(target), list(recipe.samples)
-        names = image_names(sample_stems(samples), count, ".mp4" if video else ".png")
+        names = image_names(sample_stems(samples), len(samples), ".mp4" if video else ".png")
         done, ours = [], earlier_outputs(folder)
         for number, name in enumerate(names):
             path = folder / name
@@ -111,35 +135,23 @@ class Outputs:
             )
         if self.animate is not None or self.tokens is not None:
             done = []  # they need every sample's tokens: the files already made are made again
-        todo = [n for n in range(count) if n not in set(done)]
-        self._check_space(target, len(todo) * sample_bytes * self.scale**2)
-        return old, todo
+        return old, [n for n in range(len(samples)) if n not in set(done)]
 
-    @staticmethod
-    def _check_space(target: str, needed: int) -> None:
-        """Refuse, before any work, files whose uncompressed pixels would not fit the disk."""
-        free = free_bytes(Path(target).parent if not is_directory_target(target) else target)
-        if needed > free:
-            raise SettingError(
-                "output",
-                f"the samples need up to {needed / 1e9:.2f} GB but {target} has "
-                f"{free / 1e9:.2f} GB free; make fewer or smaller samples, or write elsewhere",
-            )
+    def _enlarged(self, pixels: np.ndarray) -> np.ndarray:
+        """Images (..., H, W, C) with every pixel repeated `scale` times each way."""
+        if self.scale == 1:
+            return pixels
+        return pixels.repeat(self.scale, axis=-3).repeat(self.scale, axis=-2)
 
     def write_batch(
         self, recipe: Recipe, stems: list[str], numbers: list[int], pixels: np.ndarray
     ) -> list[Path]:
         """Into a folder: the files of samples `numbers` (of the recipe; `stems`, the run's
         `sample_stems`), as their batch ends."""
-        samples = recipe.samples
-        video = pixels.ndim == 5
-
-        def describe(within: list[int]) -> str:
-            return recipe.for_samples([samples[numbers[i]] for i in within]).to_json()
-
+        recipes = [recipe.for_samples([recipe.samples[n]]).to_json() for n in numbers]
         return save_samples(
-            self.output, enlarge(pixels, self.scale), [stems[n] for n in numbers], video,
-            None, self.fps or CLIP_FPS, describe,
+            self.output, self._enlarged(pixels), [stems[n] for n in numbers], pixels.ndim == 5,
+            None, self.fps or CLIP_FPS, recipes,
         )  # fmt: skip
 
     def finish(
@@ -152,30 +164,25 @@ class Outputs:
     ) -> int:
         """Every file but a folder's samples: a single target, the animation, the tokens and
         the manifest; returns the animation's frame count (0 without one)."""
-        video = len(plan.grid) == 3
-        samples = list(recipe.samples)
+        video, target = len(plan.grid) == 3, self.target(len(plan.grid) == 3)
         if self.tokens is not None:
             save_tokens(self.tokens, tokens)
         if pixels is not None:
-            pixels = enlarge(pixels, self.scale)
-        target = self.target(video)
+            pixels = self._enlarged(pixels)
         if not self.folder:
-
-            def describe(numbers: list[int]) -> str:
-                return recipe.for_samples([samples[i] for i in numbers]).to_json()
-
-            save_samples(
-                target, pixels, sample_stems(samples), video, recipe.columns,
-                self.fps or CLIP_FPS, describe,
-            )  # fmt: skip
+            fps = self.fps or CLIP_FPS
+            save_samples(target, pixels, None, video, recipe.columns, fps, [recipe.to_json()])
         frames = 0
         if self.animate is not None:
             animation = animation_frames(pixels, plan, recipe.columns)
             save_video(self.animate, animation, self.fps or ANIMATION_FPS, recipe=recipe.to_json())
             frames = len(animation)
         if self.manifest is not None:
-            names = image_names(sample_stems(samples), len(samples), ".mp4" if video else ".png")
-            files = [str(Path(target) / name) for name in names] if self.folder else [target]
+            files = [target]
+            if self.folder:
+                stems = sample_stems(list(recipe.samples))
+                names = image_names(stems, len(stems), ".mp4" if video else ".png")
+                files = [str(Path(target) / name) for name in names]
             document = {
                 "recipe": recipe.to_dict(),
                 "files": files,
