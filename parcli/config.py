@@ -89,10 +89,14 @@ def preset_heads(n_layer: int, dim: int) -> int | None:
     return GPT_PRESETS[name][1] if name else None
 
 
-def parse_grid(text: str) -> tuple[int, ...]:
-    """A token grid: `24` (square), `24x24` (rows x cols) or `5x16x16` (frames x rows x cols)."""
-    wrong = f"a token grid is N, RxC or FxRxC, e.g. 24 or 24x24; not {text!r}"
-    parts = str(text).lower().split("x")
+def token_grid(grid: str | None, image_size: int, stride: int = VQ_STRIDE) -> tuple[int, ...]:
+    """The grid `grid` names, `24` (square), `24x24` (rows x cols) or `5x16x16` (frames x rows x
+    cols); without one, the square grid of `image_size` pixels."""
+    if grid is None:
+        side = image_side(image_size, stride)
+        return side, side
+    wrong = f"a token grid is N, RxC or FxRxC, e.g. 24 or 24x24; not {grid!r}"
+    parts = str(grid).lower().split("x")
     try:
         sides = tuple(int(p) for p in parts) * (2 if len(parts) == 1 else 1)
     except ValueError:
@@ -105,14 +109,6 @@ def parse_grid(text: str) -> tuple[int, ...]:
         message = f"{tokens}, over the {MAX_TOKENS} par loads; give a smaller grid"
         raise SettingError("grid", message)
     return sides
-
-
-def token_grid(grid: str | None, image_size: int, stride: int = VQ_STRIDE) -> tuple[int, ...]:
-    """The grid `grid` names (see `parse_grid`), else the square grid of `image_size` pixels."""
-    if grid is not None:
-        return parse_grid(grid)
-    side = image_side(image_size, stride)
-    return side, side
 
 
 def image_side(image_size: int, stride: int = VQ_STRIDE) -> int:

@@ -10,6 +10,7 @@ import time
 import typing
 import unicodedata
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -20,6 +21,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from parcli.config import SUPPORTED_REGIONS
 from parcli.errors import SettingError, UserError
+from parcli.options import RunOptions
 
 if TYPE_CHECKING:  # numpy and torch: imported when a command runs, not to parse its options
     from parcli.pipeline import Pipeline
@@ -43,83 +45,66 @@ CatalogueOption = Annotated[
 ]
 
 
-def _option(kind, default, help: str, *names: str, **settings) -> tuple[Any, Any]:
-    """(annotation, default) of an option, as `RUN_OPTIONS` holds them."""
-    return Annotated[kind, typer.Option(*names, help=help, **settings)], default
-
-
-# The options of a run's settings (`parcli.options.RunOptions`), by field. Where leaving one out
-# means "decided later" (by the device, the model or the strategy), its default is None, which
-# Typer does not show, and its help says so in words.
-RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
-    "device": (DeviceOption, "auto"),
-    "dtype": _option(str, "auto", "auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16."),
-    "compile": _option(
-        bool | None,
-        None,
-        "torch.compile the decoding step (the first run compiles; later runs reuse Inductor's "
-        "disk cache); when not given, on CUDA only.",
+# A run's settings (`parcli.options.RunOptions`) as options: each takes its field's type and
+# default (auto for device and dtype). Where leaving one out means "decided later" (by the device,
+# the model or the strategy), the default is None, which Typer does not show, and the help says
+# so in words.
+_RUN_HELP = {
+    "device": typing.get_args(DeviceOption)[1],
+    "dtype": typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16."),
+    "compile": typer.Option(
         "--compile/--no-compile",
+        help="torch.compile the decoding step (the first run compiles; later runs reuse "
+        "Inductor's disk cache); when not given, on CUDA only.",
     ),
-    "quantize": _option(
-        str | None,
-        None,
-        "int8: weight-only int8 projections (a quarter of float32's bytes, faster at small "
+    "quantize": typer.Option(
+        help="int8: weight-only int8 projections (a quarter of float32's bytes, faster at small "
         "batches; the tokens differ from float32's, so it is never the default).",
     ),
-    "reference_kernels": _option(
-        bool,
-        False,
-        "Run the kernels LlamaGen's and PAR's code runs (SDPA's math kernel after the first "
-        "pass, the cache in the model's dtype and head width, unpacked products, nothing "
-        "compiled; graphed on CUDA): their tokens in bf16 too, at some speed.",
+    "reference_kernels": typer.Option(
         "--reference-kernels",
+        help="Run the kernels LlamaGen's and PAR's code runs (SDPA's math kernel after the "
+        "first pass, the cache in the model's dtype and head width, unpacked products, nothing "
+        "compiled; graphed on CUDA): their tokens in bf16 too, at some speed.",
     ),
-    "threads": _option(
-        int | None,
-        None,
-        "CPU threads (also PARCLI_THREADS); when not given, 1 for small models (as fast, and "
-        "unhurt by other busy processes), one per core for large ones.",
+    "threads": typer.Option(
         envvar="PARCLI_THREADS",
+        help="CPU threads (also PARCLI_THREADS); when not given, 1 for small models (as fast, "
+        "and unhurt by other busy processes), one per core for large ones.",
     ),
-    "strategy": _option(
-        str,
-        "par",
-        "How the passes are walked: par (one plan pass at a time) or sjd (speculative Jacobi "
-        "decoding: drafts of the next passes verified in one pass; the same law of images in "
-        "fewer passes).",
+    "strategy": typer.Option(
+        help="How the passes are walked: par (one plan pass at a time) or sjd (speculative "
+        "Jacobi decoding: drafts of the next passes verified in one pass; the same law of "
+        "images in fewer passes)."
     ),
-    "window": _option(
-        int | None,
-        None,
-        "Plan passes per iteration of --strategy sjd; the strategy's when not given.",
+    "window": typer.Option(
+        help="Plan passes per iteration of --strategy sjd; the strategy's when not given."
     ),
-    "draft": _option(
-        str,
-        "left",
-        "How --strategy sjd drafts a pass it has no prediction for yet: left (each token copied "
-        "from its left neighbour in its region) or random.",
+    "draft": typer.Option(
+        help="How --strategy sjd drafts a pass it has no prediction for yet: left (each token "
+        "copied from its left neighbour in its region) or random.",
     ),
-    "cfg_scale": _option(
-        float | None,
-        None,
-        "Classifier-free guidance scale; <= 1 turns it off; the model's when not given.",
+    "cfg_scale": typer.Option(
+        help="Classifier-free guidance scale; <= 1 turns it off; the model's when not given."
     ),
-    "temperature": _option(
-        float | None, None, "Softmax temperature; the model's (weights.toml) when not given."
+    "temperature": typer.Option(
+        help="Softmax temperature; the model's (weights.toml) when not given."
     ),
-    "top_k": _option(
-        int | None,
-        None,
-        "Keep the k most likely tokens; 0 = all; the model's (weights.toml) when not given.",
+    "top_k": typer.Option(
+        help="Keep the k most likely tokens; 0 = all; the model's (weights.toml) when not given."
     ),
-    "top_p": _option(
-        float | None,
-        None,
-        "Nucleus sampling mass; 1.0 = off; the model's (weights.toml) when not given.",
+    "top_p": typer.Option(
+        help="Nucleus sampling mass; 1.0 = off; the model's (weights.toml) when not given."
     ),
 }
-RUN_DEFAULTS = {name: default for name, (_, default) in RUN_OPTIONS.items()}
+RUN_DEFAULTS = {f.name: f.default for f in fields(RunOptions) if f.name in _RUN_HELP}
+RUN_DEFAULTS.update(device="auto", dtype="auto")
+_RUN_TYPES = typing.get_type_hints(RunOptions)
+# By field: (annotation, default), as a command's signature takes them.
+RUN_OPTIONS = {
+    name: (Annotated[_RUN_TYPES[name], info], RUN_DEFAULTS[name])
+    for name, info in _RUN_HELP.items()
+}
 
 
 def run_options(**replaced: tuple[Any, Any]):
