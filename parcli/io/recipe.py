@@ -1,10 +1,6 @@
-"""How a file was made: the recipe `par generate` writes into (or beside) every output.
-
-A PNG carries the recipe as an iTXt chunk named "parcli"; MP4, GIF, JPEG and WebP files get it in
-a `<file>.json` beside them; `--json` writes the whole run's. `par info` reads any of these back,
-and `par generate --from FILE` makes the same samples again (the same tokens on the same kind of
-device). A recipe read from a file is untrusted text, so every field is checked before use.
-"""
+"""How a file was made: the recipe `par generate` writes into a PNG's "parcli" chunk or a
+`<file>.json` beside other files, which `par info` shows and `--from` replays. Read back, it is
+untrusted text: every field is checked before use."""
 
 from __future__ import annotations
 
@@ -67,14 +63,6 @@ class Recipe:
         """Whether two recipes describe the same samples made the same way (any version)."""
         return {**self.to_dict(), "parcli": ""} == {**other.to_dict(), "parcli": ""}
 
-    def run_settings(self, device_kind: str) -> dict[str, Any]:
-        """The run options that make these samples again on a device of `device_kind`: all but
-        the device, and the compiled setting only on the same kind (elsewhere the tokens differ
-        anyway, and a CUDA recipe would compile for minutes on a CPU)."""
-        settings = {k: v for k, v in self.run.to_dict().items() if k != "device"}
-        settings["compile"] = self.run.compile if device_kind == self.run.device else None
-        return settings
-
     def for_samples(self, samples: list[Sample]) -> Recipe:
         return replace(self, samples=tuple(samples))
 
@@ -83,8 +71,8 @@ class Recipe:
         run = {_JSON_NAMES.get(k, k): v for k, v in self.run.to_dict().items()}
         return {**identity, **run, "samples": [asdict(s) for s in self.samples]}
 
-    def to_json(self, indent: int | None = None) -> str:
-        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False)
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> Recipe:
@@ -290,5 +278,8 @@ def replay(
         )
     from parcli.engine.devices import resolve_device
 
-    device_kind = resolve_device(run["device"]).type
-    return recipe, {**run, **recipe.run_settings(device_kind)}
+    # All the recipe's settings but the device; compiling only on the same device kind (elsewhere
+    # the tokens differ anyway, and a CUDA recipe would compile for minutes on a CPU).
+    settings = {k: v for k, v in recipe.run.to_dict().items() if k != "device"}
+    same_kind = resolve_device(run["device"]).type == recipe.run.device
+    return recipe, {**run, **settings, "compile": recipe.run.compile if same_kind else None}
