@@ -216,12 +216,7 @@ def one_line_usage_errors() -> None:
         if type(error).__name__ == "NoArgsIsHelpError":  # the help was shown
             return
         ctx = getattr(error, "ctx", None)
-        where = f"; see {ctx.command_path} --help" if ctx is not None else ""
-        err_console.print(
-            f"[bold red]error:[/] {escape(inert(error.format_message()))}{escape(where)}",
-            highlight=False,
-            soft_wrap=True,
-        )
+        fail(error.format_message() + (f"; see {ctx.command_path} --help" if ctx else ""))
 
     rich_utils.rich_format_error = show
 

@@ -14,7 +14,6 @@ import numpy as np
 
 from parcli.config import ANIMATION_FPS, CLIP_FPS
 from parcli.errors import SettingError, Terminated
-from parcli.io.animate import animation_frames
 from parcli.io.classes import class_slug
 from parcli.io.files import (
     OutputError,
@@ -28,6 +27,7 @@ from parcli.io.media import (
     VIDEO_SUFFIXES,
     check_mp4_writer,
     image_names,
+    make_grid,
     save_samples,
     save_tokens,
     save_video,
@@ -75,29 +75,52 @@ class Outputs:
         earlier run that `--overwrite` replaces, and the samples to make: into a folder, those
         whose file this same run has not written yet (so that a run cut short can be finished
         by the same command). A file par cannot prove it wrote is never replaced."""
-        target, count = self.target(video), len(recipe.samples)
-        old, todo = [], list(range(count))
+        target, samples = self.target(video), list(recipe.samples)
+        old, todo, folder = [], list(range(len(samples))), Path(target)
         if video:
             check_mp4_writer(target, folder=self.folder)
+        suffixes = VIDEO_SUFFIXES if video else IMAGE_SUFFIXES
+        if not self.folder and folder.suffix.lower() not in suffixes:
+            hint = ""
+            if not video and folder.suffix.lower() in VIDEO_SUFFIXES:
+                hint = f" (--animate {folder.name} animates how they are generated)"
+            raise OutputError(
+                f"{maker} makes {'videos' if video else 'images'}; write them to a "
+                f"{' or '.join(suffixes)} file or a folder, not {target}{hint}",
+                "output",
+            )
+        if not self.folder and folder.exists() and not folder.stat().st_mode & stat.S_IWUSR:
+            raise SettingError("output", f"{target} is read-only; choose another name")
         if self.folder:
-            old, todo = self._earlier(target, recipe, video)
-        else:
-            suffixes, suffix = VIDEO_SUFFIXES if video else IMAGE_SUFFIXES, Path(target).suffix
-            if suffix.lower() not in suffixes:
-                hint = ""
-                if not video and suffix.lower() in VIDEO_SUFFIXES:
-                    hint = f" (--animate {Path(target).name} animates how they are generated)"
-                raise OutputError(
-                    f"{maker} makes {'videos' if video else 'images'}; write them to a "
-                    f"{' or '.join(suffixes)} file or a folder, not {target}{hint}",
+            names = image_names(sample_stems(samples), len(samples), ".mp4" if video else ".png")
+            done, ours = [], earlier_outputs(folder)
+            for number, name in enumerate(names):
+                path = folder / name
+                for each in (path, sidecar_path(path)) if video else (path,):
+                    if each.exists() and each not in ours:
+                        raise SettingError(
+                            "output",
+                            f"{each} is there and par cannot tell it wrote it; choose another "
+                            "folder, or move that file",
+                        )
+                made = ours.get(path)  # each file read once, above
+                if made is not None and made.same_run(recipe.for_samples([samples[number]])):
+                    done.append(number)
+            kept = {folder / names[n] for n in done}
+            kept |= {sidecar_path(path) for path in kept}
+            old = sorted(set(ours) - kept)
+            if old and not self.overwrite:
+                shown = ", ".join(path.name for path in old[:2]) + (", ..." if len(old) > 2 else "")
+                raise SettingError(
                     "output",
+                    f"{target} holds {len(old)} files of an earlier run ({shown}); choose an "
+                    "empty folder, or --overwrite to replace them",
                 )
-            path = Path(target)
-            if path.exists() and not path.stat().st_mode & stat.S_IWUSR:
-                raise SettingError("output", f"{target} is read-only; choose another name")
+            if self.animate is None and self.tokens is None:  # else every sample is made again
+                todo = [n for n in todo if n not in set(done)]
         # Refused before any work: files whose uncompressed pixels would not fit the disk.
         needed = len(todo) * sample_bytes * self.scale**2
-        free = free_bytes(target if self.folder else Path(target).parent)
+        free = free_bytes(target if self.folder else folder.parent)
         if needed > free:
             raise SettingError(
                 "output",
@@ -105,37 +128,6 @@ class Outputs:
                 f"{free / 1e9:.2f} GB free; make fewer or smaller samples, or write elsewhere",
             )
         return old, todo
-
-    def _earlier(self, target: str, recipe: Recipe, video: bool) -> tuple[list[Path], list[int]]:
-        """`prepare` for a folder: the earlier run's files to replace, and the samples to make."""
-        folder, samples = Path(target), list(recipe.samples)
-        names = image_names(sample_stems(samples), len(samples), ".mp4" if video else ".png")
-        done, ours = [], earlier_outputs(folder)
-        for number, name in enumerate(names):
-            path = folder / name
-            for each in (path, sidecar_path(path)) if video else (path,):
-                if each.exists() and each not in ours:
-                    raise SettingError(
-                        "output",
-                        f"{each} is there and par cannot tell it wrote it; choose another "
-                        "folder, or move that file",
-                    )
-            made = ours.get(path)  # each file read once, above
-            if made is not None and made.same_run(recipe.for_samples([samples[number]])):
-                done.append(number)
-        kept = {folder / names[n] for n in done} | {sidecar_path(folder / names[n]) for n in done}
-        old = sorted(set(ours) - kept)
-        if old and not self.overwrite:
-            shown = ", ".join(path.name for path in old[:2])
-            more = ", ..." if len(old) > 2 else ""
-            raise SettingError(
-                "output",
-                f"{target} holds {len(old)} files of an earlier run ({shown}{more}); choose an "
-                "empty folder, or --overwrite to replace them",
-            )
-        if self.animate is not None or self.tokens is not None:
-            done = []  # they need every sample's tokens: the files already made are made again
-        return old, [n for n in range(len(samples)) if n not in set(done)]
 
     def _enlarged(self, pixels: np.ndarray) -> np.ndarray:
         """Images (..., H, W, C) with every pixel repeated `scale` times each way."""
@@ -221,3 +213,62 @@ def sample_stems(samples: list[Sample]) -> list[str]:
         slug = class_slug(sample.class_name, label)
         stems.append("-".join([str(label), *([slug] if slug else []), f"s{number:04d}"]))
     return stems
+
+
+# `--animate`: one frame per forward pass. A token never changes once drawn, so the frames are
+# masks of the final pixels built from the plan alone: the decode loop is untouched and the
+# tokens cannot differ from a run without `--animate`.
+MAX_FRAMES = 120
+GRAY = 128
+
+
+def shown_passes(num_passes: int, max_frames: int = MAX_FRAMES) -> np.ndarray:
+    """Indices of the passes that get a frame: all, or `max_frames` evenly spaced ones."""
+    if num_passes <= max_frames:
+        return np.arange(num_passes)
+    return np.rint(np.linspace(0, num_passes - 1, max_frames)).astype(np.int64)
+
+
+def revealed_cells(plan: Plan, passes: np.ndarray) -> np.ndarray:
+    """(len(passes), *grid) bool: the raster cells whose token exists after each pass."""
+    ends = np.array([plan.passes[index].end for index in passes])
+    sequence_index = plan.inverse.reshape(plan.grid)
+    return sequence_index[None] < ends.reshape(-1, *[1] * len(plan.grid))
+
+
+def reveal(pixels: np.ndarray, plan: Plan, passes: np.ndarray, gray: int = GRAY) -> np.ndarray:
+    """Frames (len(passes), *pixels.shape) of the final pixels, gray where no token has been
+    drawn yet."""
+    rows, cols = plan.grid[-2:]
+    height, width = pixels.shape[-3:-1]
+    if height % rows or width % cols:
+        raise ValueError(f"{height}x{width} pixels do not tile a {rows}x{cols} token grid")
+    cells = revealed_cells(plan, passes)  # (K, [T,] rows, cols)
+    mask = cells.repeat(height // rows, axis=-2).repeat(width // cols, axis=-1)
+    mask = mask[:, None, ..., None]  # (K, 1, [T,] H, W, 1) against (N, [T,] H, W, C)
+    return np.where(mask, pixels[None], np.uint8(gray))
+
+
+def layout(samples: np.ndarray, video: bool, ncols: int | None = None, pad: int = 2) -> np.ndarray:
+    """One picture of N images, tiled as the still output tiles them, or of N clips, one film
+    strip per row."""
+    if video:
+        strips = np.stack([make_grid(clip, ncols=len(clip), pad=pad) for clip in samples])
+        return strips[0] if len(strips) == 1 else make_grid(strips, ncols=1, pad=pad)
+    return samples[0] if len(samples) == 1 else make_grid(samples, ncols=ncols, pad=pad)
+
+
+def animation_frames(
+    pixels: np.ndarray,
+    plan: Plan,
+    ncols: int | None = None,
+    max_frames: int = MAX_FRAMES,
+) -> np.ndarray:
+    """At most `max_frames` frames of the generation of `pixels`; the last is the final picture."""
+    video = len(plan.grid) == 3
+    passes = shown_passes(plan.num_passes, max_frames)
+    # One pass at a time: all frames of full-size images at once would take hundreds of MB.
+    frames = []
+    for index in range(len(passes)):
+        frames.append(layout(reveal(pixels, plan, passes[index : index + 1])[0], video, ncols))
+    return np.stack(frames)
