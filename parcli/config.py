@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import get_type_hints
 
 from parcli.errors import SettingError
 
@@ -202,8 +203,5 @@ class GPTConfig:
         return cls(n_layer=layers, n_head=heads, dim=dim, **overrides)
 
 
-_GPT_FIELDS: dict[str, type | str] = {
-    "n_layer": int, "n_head": int, "dim": int, "vocab_size": int, "num_classes": int,
-    "grid": "ints", "regions": int, "rope_base": float, "norm_eps": float,
-    "ffn_multiple_of": int, "class_dropout": float, "dropout": float,
-}  # fmt: skip
+# The fields a file's config may declare, by type (the grid: a list of ints).
+_GPT_FIELDS = {k: t if t in (int, float) else "ints" for k, t in get_type_hints(GPTConfig).items()}

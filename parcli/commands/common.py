@@ -146,11 +146,8 @@ def _as_command(func, command, parameters: list[inspect.Parameter]):
 
 def old_spellings(**aliases: tuple[str, str]):
     """Keep options' former spellings working but out of --help: each keyword adds a hidden
-    option, as (its option, the parameter it gives), e.g. `out=("--out", "output")`.
-
-    Typer cannot hide one name of an option, so the old name is an option of its own. A
-    required option becomes optional to the parser and is checked here, so that either
-    spelling can give it."""
+    option (Typer cannot hide one name of an option), as (its option, the parameter it gives),
+    e.g. `out=("--out", "output")`; a required option is checked here, not by the parser."""
 
     def decorate(func):
         params = _parameters(func)
@@ -268,11 +265,8 @@ def inert(text: str) -> str:
 
 @contextlib.contextmanager
 def user_errors(options: Mapping[str, str] | None = None) -> Iterator[None]:
-    """Turn known failures into one red line and exit code 2; Ctrl-C into exit code 130.
-
-    A failure that names a setting is shown under the option that set it: `options` maps the
-    settings whose option is not simply `--setting-name`.
-    """
+    """Turn known failures into one red line and exit code 2, under the option of the setting
+    they name (`options`: those not simply `--setting-name`); Ctrl-C into exit code 130."""
     try:
         yield
     except UserError as exc:
