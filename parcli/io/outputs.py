@@ -236,7 +236,7 @@ def revealed_cells(plan: Plan, passes: np.ndarray) -> np.ndarray:
     return sequence_index[None] < ends.reshape(-1, *[1] * len(plan.grid))
 
 
-def reveal(pixels: np.ndarray, plan: Plan, passes: np.ndarray, gray: int = GRAY) -> np.ndarray:
+def reveal(pixels: np.ndarray, plan: Plan, passes: np.ndarray) -> np.ndarray:
     """Frames (len(passes), *pixels.shape) of the final pixels, gray where no token has been
     drawn yet."""
     rows, cols = plan.grid[-2:]
@@ -246,16 +246,15 @@ def reveal(pixels: np.ndarray, plan: Plan, passes: np.ndarray, gray: int = GRAY)
     cells = revealed_cells(plan, passes)  # (K, [T,] rows, cols)
     mask = cells.repeat(height // rows, axis=-2).repeat(width // cols, axis=-1)
     mask = mask[:, None, ..., None]  # (K, 1, [T,] H, W, 1) against (N, [T,] H, W, C)
-    return np.where(mask, pixels[None], np.uint8(gray))
+    return np.where(mask, pixels[None], np.uint8(GRAY))
 
 
-def layout(samples: np.ndarray, video: bool, ncols: int | None = None, pad: int = 2) -> np.ndarray:
+def layout(samples: np.ndarray, video: bool, ncols: int | None = None) -> np.ndarray:
     """One picture of N images, tiled as the still output tiles them, or of N clips, one film
     strip per row."""
     if video:
-        strips = np.stack([make_grid(clip, ncols=len(clip), pad=pad) for clip in samples])
-        return strips[0] if len(strips) == 1 else make_grid(strips, ncols=1, pad=pad)
-    return samples[0] if len(samples) == 1 else make_grid(samples, ncols=ncols, pad=pad)
+        samples, ncols = np.stack([make_grid(clip, ncols=len(clip)) for clip in samples]), 1
+    return make_grid(samples, ncols=ncols)
 
 
 def animation_frames(
@@ -268,7 +267,5 @@ def animation_frames(
     video = len(plan.grid) == 3
     passes = shown_passes(plan.num_passes, max_frames)
     # One pass at a time: all frames of full-size images at once would take hundreds of MB.
-    frames = []
-    for index in range(len(passes)):
-        frames.append(layout(reveal(pixels, plan, passes[index : index + 1])[0], video, ncols))
-    return np.stack(frames)
+    # One pass at a time: all frames of full-size images at once would take hundreds of MB.
+    return np.stack([layout(reveal(pixels, plan, [n])[0], video, ncols) for n in passes])
