@@ -171,10 +171,6 @@ class GPTConfig:
         return ffn_hidden_dim(self.dim, self.ffn_multiple_of)
 
     @property
-    def num_tokens(self) -> int:
-        return math.prod(self.grid)
-
-    @property
     def arch(self) -> str:
         return preset_name(self.n_layer, self.dim) or f"custom-{self.n_layer}x{self.dim}"
 
