@@ -52,8 +52,6 @@ def save_image(path: PathLike, image: np.ndarray, recipe: str | None = None) -> 
     pixels = _uint8(image)
     if pixels.ndim == 3 and pixels.shape[2] == 1:
         pixels = pixels[:, :, 0]
-    if pixels.ndim != 2 and (pixels.ndim != 3 or pixels.shape[2] not in (3, 4)):
-        raise ValueError(f"expected an HxW or HxWxC image with C in 1, 3, 4; got {pixels.shape}")
     target = Path(path)
     suffix = target.suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
@@ -98,8 +96,6 @@ def make_grid(
     """Tile N images of one size into a near-square grid (uint8), ``pad`` pixels between cells
     and no outer border."""
     stack = _uint8(images)
-    if stack.ndim not in (3, 4) or stack.shape[0] == 0:
-        raise ValueError(f"expected (N, H, W[, C]) images with N >= 1; got shape {stack.shape}")
     count, height, width = stack.shape[:3]
     cols = min(ncols or math.ceil(math.sqrt(count)), count)
     rows = math.ceil(count / cols)
@@ -195,11 +191,6 @@ def save_video(
         video = video[..., None]
     if video.ndim == 5:  # several videos of equal length: tile each frame into a grid
         video = np.stack([make_grid(video[:, t], ncols, pad) for t in range(video.shape[1])])
-    if video.ndim != 4 or video.shape[0] == 0 or video.shape[3] not in (1, 3, 4):
-        raise ValueError(
-            "expected (T, H, W, C) or (N, T, H, W, C) frames with T >= 1, C in 1, 3, 4; "
-            f"got shape {np.shape(frames)}"
-        )
     video = np.repeat(video, 3, axis=3) if video.shape[3] == 1 else video[..., :3]
     if suffix == ".gif":
         from PIL import Image
