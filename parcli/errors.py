@@ -5,7 +5,8 @@ Until the command line is parsed and, for a command that computes, torch and num
 (`loads_torch`), a signal ends the process at once: raising would interrupt a C extension's
 import half-way (numpy's cannot be retried, torch's can abort the interpreter). From then on it
 is raised where the program is, so that every `atomic_path` unwinds and removes its temporary
-file; once a signal has arrived, whatever unwinds to `parcli.__main__` is reported as it.
+file; once a signal has arrived, whatever unwinds to `parcli.__main__` is reported as it (a
+module imported late, PIL at the first PNG, can fail with another exception when interrupted).
 """
 
 from __future__ import annotations
