@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import get_type_hints
 
 from parcli.errors import SettingError
 
@@ -89,10 +90,14 @@ def preset_heads(n_layer: int, dim: int) -> int | None:
     return GPT_PRESETS[name][1] if name else None
 
 
-def parse_grid(text: str) -> tuple[int, ...]:
-    """A token grid: `24` (square), `24x24` (rows x cols) or `5x16x16` (frames x rows x cols)."""
-    wrong = f"a token grid is N, RxC or FxRxC, e.g. 24 or 24x24; not {text!r}"
-    parts = str(text).lower().split("x")
+def token_grid(grid: str | None, image_size: int, stride: int = VQ_STRIDE) -> tuple[int, ...]:
+    """The grid `grid` names, `24` (square), `24x24` (rows x cols) or `5x16x16` (frames x rows x
+    cols); without one, the square grid of `image_size` pixels."""
+    if grid is None:
+        side = image_side(image_size, stride)
+        return side, side
+    wrong = f"a token grid is N, RxC or FxRxC, e.g. 24 or 24x24; not {grid!r}"
+    parts = str(grid).lower().split("x")
     try:
         sides = tuple(int(p) for p in parts) * (2 if len(parts) == 1 else 1)
     except ValueError:
@@ -105,14 +110,6 @@ def parse_grid(text: str) -> tuple[int, ...]:
         message = f"{tokens}, over the {MAX_TOKENS} par loads; give a smaller grid"
         raise SettingError("grid", message)
     return sides
-
-
-def token_grid(grid: str | None, image_size: int, stride: int = VQ_STRIDE) -> tuple[int, ...]:
-    """The grid `grid` names (see `parse_grid`), else the square grid of `image_size` pixels."""
-    if grid is not None:
-        return parse_grid(grid)
-    side = image_side(image_size, stride)
-    return side, side
 
 
 def image_side(image_size: int, stride: int = VQ_STRIDE) -> int:
@@ -174,10 +171,6 @@ class GPTConfig:
         return ffn_hidden_dim(self.dim, self.ffn_multiple_of)
 
     @property
-    def num_tokens(self) -> int:
-        return math.prod(self.grid)
-
-    @property
     def arch(self) -> str:
         return preset_name(self.n_layer, self.dim) or f"custom-{self.n_layer}x{self.dim}"
 
@@ -206,8 +199,5 @@ class GPTConfig:
         return cls(n_layer=layers, n_head=heads, dim=dim, **overrides)
 
 
-_GPT_FIELDS: dict[str, type | str] = {
-    "n_layer": int, "n_head": int, "dim": int, "vocab_size": int, "num_classes": int,
-    "grid": "ints", "regions": int, "rope_base": float, "norm_eps": float,
-    "ffn_multiple_of": int, "class_dropout": float, "dropout": float,
-}  # fmt: skip
+# The fields a file's config may declare, by type (the grid: a list of ints).
+_GPT_FIELDS = {k: t if t in (int, float) else "ints" for k, t in get_type_hints(GPTConfig).items()}

@@ -1,15 +1,12 @@
-"""How a run fails: the one base class of the failures a user can fix (shown as one line), and
+"""How a run fails: the base class of the failures a user can fix (shown as one line), and
 Ctrl-C and SIGTERM (one line and exit code 130 or 143, wherever they arrive).
 
-During start-up nothing has been written yet, so a signal ends the process at once. Raising
-there instead would interrupt a C extension's import half-way (numpy's cannot be retried in the
-same process; torch's can abort the interpreter), and the run would end in a traceback rather
-than one line. Start-up lasts until the command line is parsed and, for a command that computes,
-until torch and numpy are imported (`loads_torch`): `par --help` never imports them. From then
-on the signal is raised as an exception where the program is, so that every `atomic_path`
-unwinds and removes its temporary file. A module imported later (PIL at the first PNG) can be
-interrupted the same way and fail with some other exception; once a signal has arrived,
-whatever unwinds to `parcli.__main__` is reported as that signal.
+Until the command line is parsed and, for a command that computes, torch and numpy are imported
+(`loads_torch`), a signal ends the process at once: raising would interrupt a C extension's
+import half-way (numpy's cannot be retried, torch's can abort the interpreter). From then on it
+is raised where the program is, so that every `atomic_path` unwinds and removes its temporary
+file; once a signal has arrived, whatever unwinds to `parcli.__main__` is reported as it (a
+module imported late, PIL at the first PNG, can fail with another exception when interrupted).
 """
 
 from __future__ import annotations
@@ -21,10 +18,7 @@ import signal
 
 class UserError(Exception):
     """A request or a file that cannot be used; the message says what was wrong and what to do.
-
-    `setting` names the value at fault as the library calls it (`cfg_scale`), where one is; the
-    command line shows it as the option that set it (`--cfg-scale`).
-    """
+    `setting` names the value at fault (`cfg_scale`); the command line shows its option."""
 
     def __init__(self, message: str, setting: str | None = None):
         super().__init__(message)
@@ -48,14 +42,9 @@ received: list[int] = []  # the signals that arrived after start-up
 _starting: list[bool] = []  # [True] while `par` (not a test's runner) is starting up
 
 
-def _raise_interrupted(signum, frame) -> None:
+def _raise(signum, frame) -> None:
     received.append(signum)
-    raise KeyboardInterrupt()
-
-
-def _raise_terminated(signum, frame) -> None:
-    received.append(signum)
-    raise Terminated()
+    raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
 
 
 def _exit_during_start_up(signum, frame) -> None:
@@ -74,8 +63,8 @@ def start_up() -> None:
 def started() -> None:
     """From now on a signal raises where the program is (in `par` only: not in a test)."""
     if _starting:
-        signal.signal(signal.SIGINT, _raise_interrupted)
-        signal.signal(signal.SIGTERM, _raise_terminated)
+        for signum in WORDS:
+            signal.signal(signum, _raise)
         _starting.clear()
 
 

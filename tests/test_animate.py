@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from parcli.io.animate import GRAY, animation_frames, layout, reveal, revealed_cells, shown_passes
+from parcli.io.outputs import GRAY, animation_frames, layout, reveal, revealed_cells, shown_passes
 from parcli.plan import Plan
 
 

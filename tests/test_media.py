@@ -9,8 +9,8 @@ from parcli.io.files import OutputError
 from parcli.io.media import (
     image_names,
     make_grid,
-    save_images,
     save_png,
+    save_samples,
     save_tokens,
     save_video,
 )
@@ -71,9 +71,9 @@ def test_grid_options():
 
 def test_save_images_single_and_grid(tmp_path):
     images = _random_images(3)
-    (one,) = save_images(tmp_path / "one.png", images[:1], ["a"])
+    (one,) = save_samples(tmp_path / "one.png", images[:1], ["a"])
     np.testing.assert_array_equal(iio.imread(one), images[0])
-    (grid,) = save_images(tmp_path / "grid.png", images, ["a", "b", "c"])
+    (grid,) = save_samples(tmp_path / "grid.png", images, ["a", "b", "c"])
     np.testing.assert_array_equal(iio.imread(grid), make_grid(images))
     assert _listing(tmp_path) == ["grid.png", "one.png"]
 
@@ -83,7 +83,7 @@ def test_save_images_directory_mode_names_each_file(tmp_path):
     images = _random_images(count, 4, 4)
     labels = [f"{(7 * i) % 5}-s{i:04d}" for i in range(count)]
     out = tmp_path / "samples"
-    paths = save_images(str(out) + "/", images, labels)
+    paths = save_samples(str(out) + "/", images, labels)
     assert [p.parent for p in paths] == [out] * count
     assert [p.name for p in paths] == [f"{label}.png" for label in labels]
     assert _listing(out) == sorted(p.name for p in paths)
@@ -93,7 +93,7 @@ def test_save_images_directory_mode_names_each_file(tmp_path):
 
 def test_save_images_existing_directory_and_grayscale(tmp_path):
     images = _random_images(2, 5, 6, 1)
-    paths = save_images(tmp_path, images, ["x/y", "z"])
+    paths = save_samples(tmp_path, images, ["x/y", "z"])
     assert [p.name for p in paths] == ["x_y.png", "z.png"]
     assert iio.imread(paths[1]).shape == (5, 6)
 
@@ -107,9 +107,9 @@ def test_folder_names_without_stems_sort_in_generation_order():
 
 def test_save_images_missing_parent(tmp_path):
     with pytest.raises(OutputError, match="does not exist"):
-        save_images(str(tmp_path / "a" / "b") + "/", _random_images(1), ["x"])
+        save_samples(str(tmp_path / "a" / "b") + "/", _random_images(1), ["x"])
     with pytest.raises(OutputError, match="does not exist"):
-        save_images(tmp_path / "a" / "b.png", _random_images(2), ["x", "y"])
+        save_samples(tmp_path / "a" / "b.png", _random_images(2), ["x", "y"])
 
 
 # ------------------------------------------------------------------ video

@@ -10,6 +10,7 @@ import time
 import typing
 import unicodedata
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -20,6 +21,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from parcli.config import SUPPORTED_REGIONS
 from parcli.errors import SettingError, UserError
+from parcli.options import RunOptions
 
 if TYPE_CHECKING:  # numpy and torch: imported when a command runs, not to parse its options
     from parcli.pipeline import Pipeline
@@ -28,14 +30,9 @@ if TYPE_CHECKING:  # numpy and torch: imported when a command runs, not to parse
 console = Console()
 err_console = Console(stderr=True)
 
-EXIT_USER_ERROR = 2
-
 # Options several commands take, declared once so their names, help and parsing agree.
 DeviceOption = Annotated[
     str, typer.Option(help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps.")
-]
-DtypeOption = Annotated[
-    str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16.")
 ]
 OfflineOption = Annotated[bool, typer.Option(help="Never touch the network.")]
 CatalogueOption = Annotated[
@@ -46,132 +43,82 @@ CatalogueOption = Annotated[
         help="Read this weights.toml instead of the packaged one (also PARCLI_CATALOGUE).",
     ),
 ]
-# Where leaving an option out means "decided later" (by the device, the model or the strategy),
-# its help says so in words and no `[default: ...]` is shown.
-CompileOption = Annotated[
-    bool | None,
-    typer.Option(
+
+
+# A run's settings (`parcli.options.RunOptions`) as options: each takes its field's type and
+# default (auto for device and dtype). Where leaving one out means "decided later" (by the device,
+# the model or the strategy), the default is None, which Typer does not show, and the help says
+# so in words.
+_RUN_HELP = {
+    "device": typing.get_args(DeviceOption)[1],
+    "dtype": typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16."),
+    "compile": typer.Option(
         "--compile/--no-compile",
-        show_default=False,
         help="torch.compile the decoding step (the first run compiles; later runs reuse "
         "Inductor's disk cache); when not given, on CUDA only.",
     ),
-]
-CfgScaleOption = Annotated[
-    float | None,
-    typer.Option(
-        show_default=False,
-        help="Classifier-free guidance scale; <= 1 turns it off; the model's when not given.",
-    ),
-]
-TemperatureOption = Annotated[
-    float | None,
-    typer.Option(
-        show_default=False, help="Softmax temperature; the model's (weights.toml) when not given."
-    ),
-]
-TopKOption = Annotated[
-    int | None,
-    typer.Option(
-        show_default=False,
-        help="Keep the k most likely tokens; 0 = all; the model's (weights.toml) when not given.",
-    ),
-]
-TopPOption = Annotated[
-    float | None,
-    typer.Option(
-        show_default=False,
-        help="Nucleus sampling mass; 1.0 = off; the model's (weights.toml) when not given.",
-    ),
-]
-QuantizeOption = Annotated[
-    str | None,
-    typer.Option(
+    "quantize": typer.Option(
         help="int8: weight-only int8 projections (a quarter of float32's bytes, faster at small "
         "batches; the tokens differ from float32's, so it is never the default).",
     ),
-]
-ReferenceKernelsOption = Annotated[
-    bool,
-    typer.Option(
+    "reference_kernels": typer.Option(
         "--reference-kernels",
         help="Run the kernels LlamaGen's and PAR's code runs (SDPA's math kernel after the "
         "first pass, the cache in the model's dtype and head width, unpacked products, nothing "
         "compiled; graphed on CUDA): their tokens in bf16 too, at some speed.",
     ),
-]
-ThreadsOption = Annotated[
-    int | None,
-    typer.Option(
+    "threads": typer.Option(
         envvar="PARCLI_THREADS",
-        show_default=False,
         help="CPU threads (also PARCLI_THREADS); when not given, 1 for small models (as fast, "
         "and unhurt by other busy processes), one per core for large ones.",
     ),
-]
-StrategyOption = Annotated[
-    str,
-    typer.Option(
+    "strategy": typer.Option(
         help="How the passes are walked: par (one plan pass at a time) or sjd (speculative "
         "Jacobi decoding: drafts of the next passes verified in one pass; the same law of "
         "images in fewer passes)."
     ),
-]
-WindowOption = Annotated[
-    int | None,
-    typer.Option(
-        show_default=False,
-        help="Plan passes per iteration of --strategy sjd; the strategy's when not given.",
+    "window": typer.Option(
+        help="Plan passes per iteration of --strategy sjd; the strategy's when not given."
     ),
-]
-
-# The options of a run's settings (`parcli.options.RunOptions`), by field: a command decorated
-# with `run_options` takes them all (but those it leaves out) and gets them as one dict, `run`.
-RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
-    "device": (DeviceOption, "auto"),
-    "dtype": (DtypeOption, "auto"),
-    "compile": (CompileOption, None),
-    "quantize": (QuantizeOption, None),
-    "reference_kernels": (ReferenceKernelsOption, False),
-    "threads": (ThreadsOption, None),
-    "strategy": (StrategyOption, "par"),
-    "window": (WindowOption, None),
-    "draft": (
-        Annotated[
-            str,
-            typer.Option(
-                help="How --strategy sjd drafts a pass it has no prediction for yet: left (each "
-                "token copied from its left neighbour in its region) or random.",
-            ),
-        ],
-        "left",
+    "draft": typer.Option(
+        help="How --strategy sjd drafts a pass it has no prediction for yet: left (each token "
+        "copied from its left neighbour in its region) or random.",
     ),
-    "cfg_scale": (CfgScaleOption, None),
-    "temperature": (TemperatureOption, None),
-    "top_k": (TopKOption, None),
-    "top_p": (TopPOption, None),
+    "cfg_scale": typer.Option(
+        help="Classifier-free guidance scale; <= 1 turns it off; the model's when not given."
+    ),
+    "temperature": typer.Option(
+        help="Softmax temperature; the model's (weights.toml) when not given."
+    ),
+    "top_k": typer.Option(
+        help="Keep the k most likely tokens; 0 = all; the model's (weights.toml) when not given."
+    ),
+    "top_p": typer.Option(
+        help="Nucleus sampling mass; 1.0 = off; the model's (weights.toml) when not given."
+    ),
+}
+RUN_DEFAULTS = {f.name: f.default for f in fields(RunOptions) if f.name in _RUN_HELP}
+RUN_DEFAULTS.update(device="auto", dtype="auto")
+_RUN_TYPES = typing.get_type_hints(RunOptions)
+# By field: (annotation, default), as a command's signature takes them.
+RUN_OPTIONS = {
+    name: (Annotated[_RUN_TYPES[name], info], RUN_DEFAULTS[name])
+    for name, info in _RUN_HELP.items()
 }
 
-RUN_DEFAULTS = {name: default for name, (_, default) in RUN_OPTIONS.items()}
 
-
-def run_options(*, without: tuple[str, ...] = (), **replaced: tuple[Any, Any]):
+def run_options(**replaced: tuple[Any, Any]):
     """Add the run options to a command's signature (after its own), collected into the
     keyword `run`: {field: value as given}. `replaced` swaps one option's declaration for
     another (bench takes lists where other commands take one value)."""
     table = {**RUN_OPTIONS, **replaced}
-    names = [name for name in table if name not in without]
 
     def decorate(func):
         own = [p for p in _parameters(func).values() if p.name != "run"]
-        added = [
-            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=table[name][0],
-                              default=table[name][1])
-            for name in names
-        ]  # fmt: skip
+        added = [_keyword(name, *table[name]) for name in table]
 
         def command(**kwargs):
-            run = {name: kwargs.pop(name) for name in names}
+            run = {name: kwargs.pop(name) for name in table}
             return func(**kwargs, run=run)
 
         return _as_command(func, command, own + added)
@@ -181,6 +128,11 @@ def run_options(*, without: tuple[str, ...] = (), **replaced: tuple[Any, Any]):
 
 def _parameters(func) -> dict[str, inspect.Parameter]:
     return dict(inspect.signature(func, eval_str=True).parameters)
+
+
+def _keyword(name: str, annotation, default) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
+                             default=default)  # fmt: skip
 
 
 def _as_command(func, command, parameters: list[inspect.Parameter]):
@@ -194,38 +146,30 @@ def _as_command(func, command, parameters: list[inspect.Parameter]):
 
 def old_spellings(**aliases: tuple[str, str]):
     """Keep options' former spellings working but out of --help: each keyword adds a hidden
-    parameter, as (its option, the parameter it gives), e.g. `out=("--out", "output")`.
-
-    Typer cannot hide one name of an option, so the old name is an option of its own. A
-    required option becomes optional to the parser and is checked here, so that either
-    spelling can give it."""
+    option (Typer cannot hide one name of an option), as (its option, the parameter it gives),
+    e.g. `out=("--out", "output")`; a required option is checked here, not by the parser."""
 
     def decorate(func):
         params = _parameters(func)
-        defaults, required, shown = {}, set(), {}
-        added = []
-        for hidden, (flag, real) in aliases.items():
-            param = params[real]
-            base, info = typing.get_args(param.annotation)[:2]
+        defaults, required, shown, hidden = {}, set(), {}, []
+        for name, (flag, real) in aliases.items():
+            base, info = typing.get_args(params[real].annotation)[:2]
             names = [info.default] if isinstance(info.default, str) else []
             shown[real] = "/".join(sorted([*names, *info.param_decls], key=len))
-            if param.default is inspect.Parameter.empty:
+            if params[real].default is inspect.Parameter.empty:
                 required.add(real)
                 # The parser no longer marks it required: its help says so instead.
                 info = copy.copy(info)
                 info.help = f"{info.help} \\[required]"
                 optional = Annotated[base | None, info]  # type: ignore[valid-type]
-                params[real] = param.replace(annotation=optional, default=None)
+                params[real] = params[real].replace(annotation=optional, default=None)
             defaults[real] = params[real].default
-            annotation = Annotated[base | None, typer.Option(flag, hidden=True)]  # type: ignore
-            added.append(
-                inspect.Parameter(hidden, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
-                                  default=None)
-            )  # fmt: skip
+            option = typer.Option(flag, hidden=True)
+            hidden.append(_keyword(name, Annotated[base | None, option], None))  # type: ignore
 
         def command(**kwargs):
-            for hidden, (flag, real) in aliases.items():
-                old = kwargs.pop(hidden)
+            for name, (flag, real) in aliases.items():
+                old = kwargs.pop(name)
                 if old is not None:
                     if kwargs[real] != defaults[real]:
                         raise fail(f"{flag} is the old name of {shown[real]}: give one of them")
@@ -237,7 +181,7 @@ def old_spellings(**aliases: tuple[str, str]):
 
         own = [p for p in params.values() if p.kind != inspect.Parameter.KEYWORD_ONLY]
         keyword = [p for p in params.values() if p.kind == inspect.Parameter.KEYWORD_ONLY]
-        return _as_command(func, command, own + added + keyword)
+        return _as_command(func, command, own + hidden + keyword)
 
     return decorate
 
@@ -269,12 +213,7 @@ def one_line_usage_errors() -> None:
         if type(error).__name__ == "NoArgsIsHelpError":  # the help was shown
             return
         ctx = getattr(error, "ctx", None)
-        where = f"; see {ctx.command_path} --help" if ctx is not None else ""
-        err_console.print(
-            f"[bold red]error:[/] {escape(inert(error.format_message()))}{escape(where)}",
-            highlight=False,
-            soft_wrap=True,
-        )
+        fail(error.format_message() + (f"; see {ctx.command_path} --help" if ctx else ""))
 
     rich_utils.rich_format_error = show
 
@@ -284,7 +223,7 @@ def fail(message: str) -> typer.Exit:
     err_console.print(
         f"[bold red]error:[/] {escape(inert(message))}", highlight=False, soft_wrap=True
     )
-    return typer.Exit(EXIT_USER_ERROR)
+    return typer.Exit(2)  # a user's error, as click's usage errors
 
 
 _mid_line = [False]  # whether a counter left stderr's cursor at the end of a line
@@ -324,24 +263,16 @@ def inert(text: str) -> str:
     return "".join(shown(char) for char in str(text))
 
 
-def option_name(setting: str) -> str:
-    """The command-line option of a library setting: `cfg_scale` -> `--cfg-scale`."""
-    return "--" + setting.replace("_", "-")
-
-
 @contextlib.contextmanager
 def user_errors(options: Mapping[str, str] | None = None) -> Iterator[None]:
-    """Turn known failures into one red line and exit code 2; Ctrl-C into exit code 130.
-
-    A failure that names a setting is shown under the option that set it: `options` maps the
-    settings whose option is not simply `--setting-name`.
-    """
+    """Turn known failures into one red line and exit code 2, under the option of the setting
+    they name (`options`: those not simply `--setting-name`); Ctrl-C into exit code 130."""
     try:
         yield
     except UserError as exc:
         message = str(exc)
         if exc.setting is not None:
-            option = (options or {}).get(exc.setting) or option_name(exc.setting)
+            option = (options or {}).get(exc.setting) or "--" + exc.setting.replace("_", "-")
             message = f"{option}: {message}"
         raise fail(message) from None
     except KeyboardInterrupt:
@@ -412,17 +343,22 @@ def pass_counter(progress: Progress, pipe: Pipeline, batches: int) -> Callable[[
     )
 
     plain = not progress.disable and not progress.console.is_terminal
-    last_line = [time.monotonic()]
+    last_line = time.monotonic()
 
     def advance(step: Pass) -> None:
+        nonlocal last_line
         status = f"pass {step.index + 1}/{passes}"
         if batches > 1:
             status += f" · batch {int(progress.tasks[task].completed) // passes + 1}/{batches}"
         progress.update(task, advance=1, status=status)
-        if plain and time.monotonic() - last_line[0] >= PLAIN_PROGRESS_SECONDS:
-            last_line[0] = time.monotonic()
+        if plain and time.monotonic() - last_line >= PLAIN_PROGRESS_SECONDS:
+            # What a log sees of the bar: where it is, the time spent and the time left.
+            last_line, done = time.monotonic(), progress.tasks[task].completed
+            elapsed = progress.tasks[task].elapsed or 0.0
+            left = f", about {elapsed * (passes * batches - done) / done:.0f} s left"
             progress.console.print(
-                plain_progress_line(description, progress.tasks[task], status),
+                f"{description}: {status} ({100 * done / (passes * batches):.0f} %), "
+                f"{elapsed:.0f} s{left}",
                 markup=False, highlight=False, soft_wrap=True,
             )  # fmt: skip
 
@@ -440,15 +376,6 @@ def waiting_status(pipe: Pipeline) -> str:
 
 
 PLAIN_PROGRESS_SECONDS = 30.0  # a log (stderr not a terminal) gets a plain line this often
-
-
-def plain_progress_line(description: str, task, status: str) -> str:
-    """What a log sees of a progress bar: where it is, the time spent and the time left."""
-    done, total, elapsed = task.completed, task.total or 0, task.elapsed or 0.0
-    left = elapsed * (total - done) / done if done else None
-    percent = f"{100 * done / total:.0f} %" if total else ""
-    remaining = f", about {left:.0f} s left" if left is not None else ""
-    return f"{description}: {status} ({percent}), {elapsed:.0f} s{remaining}"
 
 
 def pass_progress(quiet: bool) -> Progress:

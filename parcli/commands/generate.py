@@ -69,10 +69,7 @@ def generate(
     num_samples: Annotated[int, typer.Option("--per-class", "-n", help="Samples per class.")] = 1,
     seed: Annotated[
         int | None,
-        typer.Option(
-            show_default=False,
-            help="Random seed, 0 when not given; same seed, same device -> same images.",
-        ),
+        typer.Option(help="Random seed, 0 when not given; same seed, same device -> same images."),
     ] = None,
     batch_size: Annotated[int, typer.Option(help=BATCH_HELP)] = 16,
     output: Annotated[
@@ -97,7 +94,6 @@ def generate(
         typer.Option(
             min=0.1,
             max=120,
-            show_default=False,
             help=f"Frames per second of videos and of --animate; {CLIP_FPS:g} and "
             f"{ANIMATION_FPS:g} when not given.",
         ),
@@ -205,11 +201,8 @@ def run_samples(
     columns of a file holding them all: one row per class where there are several."""
     names = names or class_set_of_size(num_classes)
     class_ids = resolve_classes(classes, names)
-    labels = [c for c in class_ids for _ in range(per_class)]
-    samples = [
-        Sample(label, names.label(label) if names else None, index)
-        for index, label in enumerate(labels)
-    ]
+    labels = enumerate(c for c in class_ids for _ in range(per_class))
+    samples = [Sample(label, names.label(label) if names else None, n) for n, label in labels]
     return samples, per_class if len(class_ids) > 1 else None
 
 
@@ -242,19 +235,16 @@ def make(pipe: Pipeline, samples, todo, sampling, seed, batch_size, outputs, rec
 
 
 def print_summary(pipe: Pipeline, count: int, total: int, seconds: float, outputs, frames: int):
-    kind = "video" if pipe.is_video else "image"
-    made = f"{count} {kind}" + ("s" if count != 1 else "")
-    target = outputs.target(pipe.is_video)
+    kind, target = "video" if pipe.is_video else "image", outputs.target(pipe.is_video)
     where = f"{total} file{'s' if total != 1 else ''} in {target}" if outputs.folder else target
     if count < total:
         where += f" ({total - count} there already)"
     if not count:
         console.print(f"nothing to make: {where}", highlight=False, markup=False)
         return
-    passes = pipe.passes_per_image()
+    made = f"{count} {kind}{'s' if count != 1 else ''} · {pipe.passes_per_image():.4g} passes each"
     console.print(
-        f"{made} · {passes:.4g} passes each · {seconds:.2f} s · {count / seconds:.2f} {kind}s/s "
-        f"-> {where}",
+        f"{made} · {seconds:.2f} s · {count / seconds:.2f} {kind}s/s -> {where}",
         highlight=False,
         markup=False,
     )
@@ -273,12 +263,8 @@ def check_same_weights(
             "from_file",
         )
     if options.device_kind != recipe.run.device and not quiet:
-        err_console.print(
-            f"note: made on {recipe.run.device}, now run on {options.device_kind}: the tokens can "
-            "differ",
-            markup=False,
-            highlight=False,
-        )
+        kinds = f"made on {recipe.run.device}, now run on {options.device_kind}"
+        err_console.print(f"note: {kinds}: the tokens can differ", markup=False, highlight=False)
 
 
 def status_printer(quiet: bool):

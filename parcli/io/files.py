@@ -1,10 +1,6 @@
-"""The one way `par` writes a file, and the checks that find an unusable output path early.
-
-Every file is written under a temporary name in its target's folder, made durable (fsync), then
-renamed over the target (``os.replace``), and the folder is synced: an interrupted or failed
-write never leaves a partial file under the final name, and an existing file is only ever
-replaced by a complete new one.
-"""
+"""The one way `par` writes a file (a temporary file beside the target, fsynced, then renamed
+over it: never a partial file under the final name), and the checks that find an unusable output
+path early."""
 
 from __future__ import annotations
 
@@ -61,24 +57,11 @@ def remove_temporaries(folder: Path) -> list[Path]:
     return removed
 
 
-def _sync_folder(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 @contextlib.contextmanager
 def atomic_path(path: PathLike, setting: str | None = None) -> Iterator[Path]:
-    """Yield a temporary path to write; on success it is renamed over ``path``.
-
-    The temporary file lives in the same folder (so the rename is atomic) and keeps the suffix
-    of ``path`` (so writers that choose a format by suffix still work). On any exception,
-    including KeyboardInterrupt, it is removed and the target is left untouched; an OSError
-    becomes an ``OutputError`` that blames ``setting``.
-    """
+    """Yield a temporary path (same folder, same suffix, so writers that choose a format by it
+    work) that is renamed over ``path`` on success; on any exception, Ctrl-C included, it is
+    removed and the target left untouched. An OSError becomes an `OutputError` on `setting`."""
     target = Path(path)
     try:
         tmp = _create_temp(target)
@@ -96,7 +79,12 @@ def atomic_path(path: PathLike, setting: str | None = None) -> Iterator[Path]:
         if isinstance(exc, OSError):
             raise OutputError(f"cannot write {target}: {_reason(exc)}", setting) from exc
         raise
-    _sync_folder(target.parent)
+    with contextlib.suppress(OSError):  # the rename itself made durable
+        fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def atomic_write(path: PathLike, writer: Callable[[Path], object]) -> Path:
@@ -123,9 +111,6 @@ def file_sha256(path: PathLike, progress: Callable[[str, int, int], None] | None
             if progress is not None:
                 progress("hash", done, total)
     return digest.hexdigest()
-
-
-# ---------------------------------------------------------------------- up-front checks
 
 
 def _diagnose(path: Path) -> str | None:
@@ -168,12 +153,9 @@ def check_writable(
     allow_directory: bool = False,
     setting: str | None = "output",
 ) -> Path:
-    """Validate an output path before any expensive work; raise ``OutputError`` if unusable.
-
-    A file target needs an existing, writable parent directory and, where ``suffixes`` are
-    given, one of them. With ``allow_directory`` the target may also be a directory: an existing
-    writable one, or a new one whose parent exists. ``setting`` is what an error blames.
-    """
+    """Refuse (`OutputError` on `setting`), before any expensive work, a file target without a
+    writable parent folder or with a suffix not in ``suffixes``; with ``allow_directory``, the
+    target may also be a writable folder, or a new one whose parent exists."""
     target = Path(path)
     if allow_directory and is_directory_target(path):
         if target.is_dir():
@@ -187,20 +169,16 @@ def check_writable(
             problem = f"cannot create directory {target}: a file of that name exists"
         else:
             problem = _probe_directory(target.parent, target)
-        if problem:
-            raise OutputError(problem, setting)
-        return target
-    allowed = tuple(s.lower() for s in suffixes) if suffixes is not None else None
-    if allowed is not None and target.suffix.lower() not in allowed:
+    elif suffixes is not None and target.suffix.lower() not in suffixes:  # suffixes in lowercase
         shown = target.suffix or "(no suffix)"
         # A new folder given without its trailing slash reads as a file without a suffix.
         folder = f", or {target}/ for a folder" if allow_directory and not target.suffix else ""
-        raise OutputError(
-            f"cannot write {target}: unsupported file type {shown}; use {' or '.join(allowed)}"
-            f"{folder}",
-            setting,
+        problem = (
+            f"cannot write {target}: unsupported file type {shown}; use {' or '.join(suffixes)}"
+            f"{folder}"
         )
-    problem = _diagnose(target)
+    else:
+        problem = _diagnose(target)
     if problem:
         raise OutputError(problem, setting)
     return target

@@ -1,10 +1,6 @@
-"""`.npz` files written the same, byte for byte, every time, and streamed piece by piece.
-
-`numpy.savez` stamps each member with the time of writing and needs every array whole in memory.
-Here each member is an uncompressed `.npy` (as `savez` writes them, so `numpy.load` and OpenAI's
-ADM evaluator read it) whose data arrive in chunks, under a fixed timestamp, atomically; and a
-member can be read back a few rows at a time.
-"""
+"""`.npz` files written the same, byte for byte, every time (`numpy.savez` stamps the time of
+writing) and streamed in chunks rather than held whole, as uncompressed `.npy` members that
+`numpy.load` and OpenAI's ADM evaluator read; and read back a few rows at a time."""
 
 from __future__ import annotations
 
@@ -51,12 +47,10 @@ def write_npz(path: PathLike, members: Mapping[str, Member], setting: str | None
 
 
 def write_arrays(path: PathLike, arrays: Mapping[str, np.ndarray]) -> None:
-    """`write_npz` of whole arrays."""
     write_npz(path, {name: Member(a.shape, a.dtype, [a]) for name, a in arrays.items()})
 
 
 def npz_members(path: PathLike) -> list[str]:
-    """The array names of an `.npz`."""
     with zipfile.ZipFile(path) as archive:
         return [name.removesuffix(".npy") for name in archive.namelist()]
 
@@ -79,13 +73,10 @@ def _plain_header(handle, path: PathLike, name: str) -> tuple[tuple[int, ...], n
     """The shape and dtype of the `.npy` at `handle`, refusing what par never reads: Fortran
     order, objects (a pickle), 0-d arrays, and headers that are not a `.npy`'s."""
     try:
-        version = np.lib.format.read_magic(handle)
-        read_header = (
-            np.lib.format.read_array_header_1_0
-            if version == (1, 0)
-            else np.lib.format.read_array_header_2_0
-        )
-        shape, fortran_order, dtype = read_header(handle)
+        if np.lib.format.read_magic(handle) == (1, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(handle)
+        else:
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(handle)
     except (ValueError, SyntaxError, TypeError) as exc:
         raise ValueError(f"{name} in {path} has no readable .npy header ({exc})") from None
     if fortran_order or dtype.hasobject or not shape:

@@ -12,20 +12,22 @@ from pathlib import Path
 
 import numpy as np
 
+from parcli.config import ANIMATION_FPS, CLIP_FPS
 from parcli.errors import SettingError, Terminated
-from parcli.io.animate import FPS as ANIMATION_FPS
-from parcli.io.animate import animation_frames
 from parcli.io.classes import class_slug
-from parcli.io.files import atomic_write, check_writable, free_bytes, is_directory_target
+from parcli.io.files import (
+    OutputError,
+    atomic_write,
+    check_writable,
+    free_bytes,
+    is_directory_target,
+)
 from parcli.io.media import (
-    CLIP_FPS,
     IMAGE_SUFFIXES,
-    TOKEN_SUFFIXES,
     VIDEO_SUFFIXES,
     check_mp4_writer,
-    check_output_kind,
-    enlarge,
     image_names,
+    make_grid,
     save_samples,
     save_tokens,
     save_video,
@@ -55,7 +57,7 @@ class Outputs:
             check_writable(self.animate, VIDEO_SUFFIXES, setting="animate")
             check_mp4_writer(self.animate, setting="animate")
         if self.tokens is not None:
-            check_writable(self.tokens, TOKEN_SUFFIXES, setting="save_tokens")
+            check_writable(self.tokens, (".npy",), setting="save_tokens")
         if self.manifest is not None:
             check_writable(self.manifest, (".json",), setting="manifest")
 
@@ -73,73 +75,75 @@ class Outputs:
         earlier run that `--overwrite` replaces, and the samples to make: into a folder, those
         whose file this same run has not written yet (so that a run cut short can be finished
         by the same command). A file par cannot prove it wrote is never replaced."""
-        target = self.target(video)
-        check_output_kind(target, video, maker)
+        target, samples = self.target(video), list(recipe.samples)
+        old, todo, folder = [], list(range(len(samples))), Path(target)
         if video:
             check_mp4_writer(target, folder=self.folder)
-        count = len(recipe.samples)
-        if not self.folder:
-            path = Path(target)
-            if path.exists() and not path.stat().st_mode & stat.S_IWUSR:
-                raise SettingError("output", f"{target} is read-only; choose another name")
-            self._check_space(target, count * sample_bytes * self.scale**2)
-            return [], list(range(count))
-        folder, samples = Path(target), list(recipe.samples)
-        names = image_names(sample_stems(samples), count, ".mp4" if video else ".png")
-        done, ours = [], earlier_outputs(folder)
-        for number, name in enumerate(names):
-            path = folder / name
-            for each in (path, sidecar_path(path)) if video else (path,):
-                if each.exists() and each not in ours:
-                    raise SettingError(
-                        "output",
-                        f"{each} is there and par cannot tell it wrote it; choose another "
-                        "folder, or move that file",
-                    )
-            made = ours.get(path)  # each file read once, above
-            if made is not None and made.same_run(recipe.for_samples([samples[number]])):
-                done.append(number)
-        kept = {folder / names[n] for n in done} | {sidecar_path(folder / names[n]) for n in done}
-        old = sorted(set(ours) - kept)
-        if old and not self.overwrite:
-            shown = ", ".join(path.name for path in old[:2])
-            more = ", ..." if len(old) > 2 else ""
-            raise SettingError(
+        suffixes = VIDEO_SUFFIXES if video else IMAGE_SUFFIXES
+        if not self.folder and folder.suffix.lower() not in suffixes:
+            hint = ""
+            if not video and folder.suffix.lower() in VIDEO_SUFFIXES:
+                hint = f" (--animate {folder.name} animates how they are generated)"
+            raise OutputError(
+                f"{maker} makes {'videos' if video else 'images'}; write them to a "
+                f"{' or '.join(suffixes)} file or a folder, not {target}{hint}",
                 "output",
-                f"{target} holds {len(old)} files of an earlier run ({shown}{more}); choose an "
-                "empty folder, or --overwrite to replace them",
             )
-        if self.animate is not None or self.tokens is not None:
-            done = []  # they need every sample's tokens: the files already made are made again
-        todo = [n for n in range(count) if n not in set(done)]
-        self._check_space(target, len(todo) * sample_bytes * self.scale**2)
-        return old, todo
-
-    @staticmethod
-    def _check_space(target: str, needed: int) -> None:
-        """Refuse, before any work, files whose uncompressed pixels would not fit the disk."""
-        free = free_bytes(Path(target).parent if not is_directory_target(target) else target)
+        if not self.folder and folder.exists() and not folder.stat().st_mode & stat.S_IWUSR:
+            raise SettingError("output", f"{target} is read-only; choose another name")
+        if self.folder:
+            names = image_names(sample_stems(samples), len(samples), ".mp4" if video else ".png")
+            done, ours = [], earlier_outputs(folder)
+            for number, name in enumerate(names):
+                path = folder / name
+                for each in (path, sidecar_path(path)) if video else (path,):
+                    if each.exists() and each not in ours:
+                        raise SettingError(
+                            "output",
+                            f"{each} is there and par cannot tell it wrote it; choose another "
+                            "folder, or move that file",
+                        )
+                made = ours.get(path)  # each file read once, above
+                if made is not None and made.same_run(recipe.for_samples([samples[number]])):
+                    done.append(number)
+            kept = {folder / names[n] for n in done}
+            kept |= {sidecar_path(path) for path in kept}
+            old = sorted(set(ours) - kept)
+            if old and not self.overwrite:
+                shown = ", ".join(path.name for path in old[:2]) + (", ..." if len(old) > 2 else "")
+                raise SettingError(
+                    "output",
+                    f"{target} holds {len(old)} files of an earlier run ({shown}); choose an "
+                    "empty folder, or --overwrite to replace them",
+                )
+            if self.animate is None and self.tokens is None:  # else every sample is made again
+                todo = [n for n in todo if n not in set(done)]
+        # Refused before any work: files whose uncompressed pixels would not fit the disk.
+        needed = len(todo) * sample_bytes * self.scale**2
+        free = free_bytes(target if self.folder else folder.parent)
         if needed > free:
             raise SettingError(
                 "output",
                 f"the samples need up to {needed / 1e9:.2f} GB but {target} has "
                 f"{free / 1e9:.2f} GB free; make fewer or smaller samples, or write elsewhere",
             )
+        return old, todo
+
+    def _enlarged(self, pixels: np.ndarray) -> np.ndarray:
+        """Images (..., H, W, C) with every pixel repeated `scale` times each way."""
+        if self.scale == 1:
+            return pixels
+        return pixels.repeat(self.scale, axis=-3).repeat(self.scale, axis=-2)
 
     def write_batch(
         self, recipe: Recipe, stems: list[str], numbers: list[int], pixels: np.ndarray
     ) -> list[Path]:
         """Into a folder: the files of samples `numbers` (of the recipe; `stems`, the run's
         `sample_stems`), as their batch ends."""
-        samples = recipe.samples
-        video = pixels.ndim == 5
-
-        def describe(within: list[int]) -> str:
-            return recipe.for_samples([samples[numbers[i]] for i in within]).to_json()
-
+        recipes = [recipe.for_samples([recipe.samples[n]]).to_json() for n in numbers]
         return save_samples(
-            self.output, enlarge(pixels, self.scale), [stems[n] for n in numbers], video,
-            None, self.fps or CLIP_FPS, describe,
+            self.output, self._enlarged(pixels), [stems[n] for n in numbers], pixels.ndim == 5,
+            None, self.fps or CLIP_FPS, recipes,
         )  # fmt: skip
 
     def finish(
@@ -152,30 +156,25 @@ class Outputs:
     ) -> int:
         """Every file but a folder's samples: a single target, the animation, the tokens and
         the manifest; returns the animation's frame count (0 without one)."""
-        video = len(plan.grid) == 3
-        samples = list(recipe.samples)
+        video, target = len(plan.grid) == 3, self.target(len(plan.grid) == 3)
         if self.tokens is not None:
             save_tokens(self.tokens, tokens)
         if pixels is not None:
-            pixels = enlarge(pixels, self.scale)
-        target = self.target(video)
+            pixels = self._enlarged(pixels)
         if not self.folder:
-
-            def describe(numbers: list[int]) -> str:
-                return recipe.for_samples([samples[i] for i in numbers]).to_json()
-
-            save_samples(
-                target, pixels, sample_stems(samples), video, recipe.columns,
-                self.fps or CLIP_FPS, describe,
-            )  # fmt: skip
+            fps = self.fps or CLIP_FPS
+            save_samples(target, pixels, None, video, recipe.columns, fps, [recipe.to_json()])
         frames = 0
         if self.animate is not None:
             animation = animation_frames(pixels, plan, recipe.columns)
             save_video(self.animate, animation, self.fps or ANIMATION_FPS, recipe=recipe.to_json())
             frames = len(animation)
         if self.manifest is not None:
-            names = image_names(sample_stems(samples), len(samples), ".mp4" if video else ".png")
-            files = [str(Path(target) / name) for name in names] if self.folder else [target]
+            files = [target]
+            if self.folder:
+                stems = sample_stems(list(recipe.samples))
+                names = image_names(stems, len(stems), ".mp4" if video else ".png")
+                files = [str(Path(target) / name) for name in names]
             document = {
                 "recipe": recipe.to_dict(),
                 "files": files,
@@ -214,3 +213,59 @@ def sample_stems(samples: list[Sample]) -> list[str]:
         slug = class_slug(sample.class_name, label)
         stems.append("-".join([str(label), *([slug] if slug else []), f"s{number:04d}"]))
     return stems
+
+
+# `--animate`: one frame per forward pass. A token never changes once drawn, so the frames are
+# masks of the final pixels built from the plan alone: the decode loop is untouched and the
+# tokens cannot differ from a run without `--animate`.
+MAX_FRAMES = 120
+GRAY = 128
+
+
+def shown_passes(num_passes: int, max_frames: int = MAX_FRAMES) -> np.ndarray:
+    """Indices of the passes that get a frame: all, or `max_frames` evenly spaced ones."""
+    if num_passes <= max_frames:
+        return np.arange(num_passes)
+    return np.rint(np.linspace(0, num_passes - 1, max_frames)).astype(np.int64)
+
+
+def revealed_cells(plan: Plan, passes: np.ndarray) -> np.ndarray:
+    """(len(passes), *grid) bool: the raster cells whose token exists after each pass."""
+    ends = np.array([plan.passes[index].end for index in passes])
+    sequence_index = plan.inverse.reshape(plan.grid)
+    return sequence_index[None] < ends.reshape(-1, *[1] * len(plan.grid))
+
+
+def reveal(pixels: np.ndarray, plan: Plan, passes: np.ndarray) -> np.ndarray:
+    """Frames (len(passes), *pixels.shape) of the final pixels, gray where no token has been
+    drawn yet."""
+    rows, cols = plan.grid[-2:]
+    height, width = pixels.shape[-3:-1]
+    if height % rows or width % cols:
+        raise ValueError(f"{height}x{width} pixels do not tile a {rows}x{cols} token grid")
+    cells = revealed_cells(plan, passes)  # (K, [T,] rows, cols)
+    mask = cells.repeat(height // rows, axis=-2).repeat(width // cols, axis=-1)
+    mask = mask[:, None, ..., None]  # (K, 1, [T,] H, W, 1) against (N, [T,] H, W, C)
+    return np.where(mask, pixels[None], np.uint8(GRAY))
+
+
+def layout(samples: np.ndarray, video: bool, ncols: int | None = None) -> np.ndarray:
+    """One picture of N images, tiled as the still output tiles them, or of N clips, one film
+    strip per row."""
+    if video:
+        samples, ncols = np.stack([make_grid(clip, ncols=len(clip)) for clip in samples]), 1
+    return make_grid(samples, ncols=ncols)
+
+
+def animation_frames(
+    pixels: np.ndarray,
+    plan: Plan,
+    ncols: int | None = None,
+    max_frames: int = MAX_FRAMES,
+) -> np.ndarray:
+    """At most `max_frames` frames of the generation of `pixels`; the last is the final picture."""
+    video = len(plan.grid) == 3
+    passes = shown_passes(plan.num_passes, max_frames)
+    # One pass at a time: all frames of full-size images at once would take hundreds of MB.
+    # One pass at a time: all frames of full-size images at once would take hundreds of MB.
+    return np.stack([layout(reveal(pixels, plan, [n])[0], video, ncols) for n in passes])

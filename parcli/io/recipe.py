@@ -1,10 +1,6 @@
-"""How a file was made: the recipe `par generate` writes into (or beside) every output.
-
-A PNG carries the recipe as an iTXt chunk named "parcli"; MP4, GIF, JPEG and WebP files get it in
-a `<file>.json` beside them; `--json` writes the whole run's. `par info` reads any of these back,
-and `par generate --from FILE` makes the same samples again (the same tokens on the same kind of
-device). A recipe read from a file is untrusted text, so every field is checked before use.
-"""
+"""How a file was made: the recipe `par generate` writes into a PNG's "parcli" chunk or a
+`<file>.json` beside other files, which `par info` shows and `--from` replays. Read back, it is
+untrusted text: every field is checked before use."""
 
 from __future__ import annotations
 
@@ -67,24 +63,16 @@ class Recipe:
         """Whether two recipes describe the same samples made the same way (any version)."""
         return {**self.to_dict(), "parcli": ""} == {**other.to_dict(), "parcli": ""}
 
-    def run_settings(self, device_kind: str) -> dict[str, Any]:
-        """The run options that make these samples again on a device of `device_kind`: all but
-        the device, and the compiled setting only on the same kind (elsewhere the tokens differ
-        anyway, and a CUDA recipe would compile for minutes on a CPU)."""
-        settings = {k: v for k, v in self.run.to_dict().items() if k != "device"}
-        settings["compile"] = self.run.compile if device_kind == self.run.device else None
-        return settings
-
     def for_samples(self, samples: list[Sample]) -> Recipe:
         return replace(self, samples=tuple(samples))
 
     def to_dict(self) -> dict[str, Any]:
-        identity = {f.name: getattr(self, f.name) for f in fields(self) if f.name in _IDENTITY}
+        identity = {f.name: getattr(self, f.name) for f in fields(self)[:-2]}  # not run, samples
         run = {_JSON_NAMES.get(k, k): v for k, v in self.run.to_dict().items()}
         return {**identity, **run, "samples": [asdict(s) for s in self.samples]}
 
-    def to_json(self, indent: int | None = None) -> str:
-        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False)
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> Recipe:
@@ -94,20 +82,18 @@ class Recipe:
             raise RecipeError(f"{where}: the recipe is not a JSON object")
         if RECIPE_KEY not in data:
             raise RecipeError(f"{where} is not a parcli recipe")
-        run_fields = _run_fields()
-        defaults = {f.name: f.default for f in fields(RunOptions)}
-        data = {**{json: defaults[name] for name, (json, _) in run_fields.items()}, **data}
-        needed = _IDENTITY | {"samples"} | {json for json, _ in run_fields.values()}
-        missing = sorted(needed - set(data))
+        run_names = {name: _JSON_NAMES.get(name, name) for name in RunOptions().to_dict()}
+        data = {**{run_names[k]: v for k, v in RunOptions().to_dict().items()}, **data}
+        identity = {k: v for k, v in _kinds(Recipe).items() if k not in ("run", "samples")}
+        kinds = {**identity, **{run_names[k]: _kinds(RunOptions)[k] for k in run_names}}
+        missing = sorted({*kinds, "samples"} - set(data))
         if missing:
             raise RecipeError(f"{where}: the recipe lacks {', '.join(missing)}")
-        kinds = {**_IDENTITY_KINDS, **{json: kind for json, kind in run_fields.values()}}
         for name, (types, optional) in kinds.items():
             value = data[name]
-            if value is None and optional:
-                continue
             # A bool is an int to isinstance: only a field of bools takes one.
-            if isinstance(value, bool) != (bool in types) or not isinstance(value, types):
+            wrong = isinstance(value, bool) != (bool in types) or not isinstance(value, types)
+            if wrong and not (value is None and optional):
                 raise RecipeError(f"{where}: recipe field {name!r} has the wrong type")
         for name in ("regions", "scale", "top_k", "window"):
             if data[name] is not None and (data[name] < 0 or (name != "top_k" and data[name] == 0)):
@@ -126,48 +112,30 @@ class Recipe:
         samples = data["samples"]
         if not isinstance(samples, list) or not 0 < len(samples) <= _MAX_SAMPLES:
             raise RecipeError(f"{where}: recipe field 'samples' must list the samples")
-        run = {name: data[json] for name, (json, _) in run_fields.items()}
+        run = {name: data[json] for name, json in run_names.items()}
         for name in ("cfg_scale", "temperature", "top_p"):
             run[name] = float(run[name])
         return cls(
-            **{name: data[name] for name in _IDENTITY},
+            **{name: data[name] for name in identity},
             run=RunOptions(**run),
             samples=tuple(_sample(item, where) for item in samples),
         )
 
 
-_IDENTITY_KINDS: dict[str, tuple[tuple[type, ...], bool]] = {
-    "parcli": ((str,), False),
-    "model": ((str,), True),
-    "checkpoint": ((str,), False),
-    "checkpoint_sha256": ((str,), False),
-    "tokenizer": ((str,), False),
-    "regions": ((int,), False),
-    "seed": ((int,), False),
-    "scale": ((int,), False),
-    "columns": ((int,), True),
-    "fps": ((int, float), True),
-}
-_IDENTITY = set(_IDENTITY_KINDS)
 _JSON_NAMES = {"compile": "compiled"}  # as the first recipes wrote it
 
 
 @cache
-def _run_fields() -> dict[str, tuple[str, tuple[tuple[type, ...], bool]]]:
-    """Each run setting a recipe holds: its JSON name, and the types it takes (from
-    `RunOptions`' annotations), and whether it may be null."""
-    hints = typing.get_type_hints(RunOptions)
-    found = {}
-    for f in fields(RunOptions):
-        if f.name == "threads":  # threads never change the tokens
-            continue
+def _kinds(cls: type) -> dict[str, tuple[tuple[type, ...], bool]]:
+    """The types each field of a dataclass takes, read from its annotations (an int where a
+    float goes), and whether it may be null."""
+    hints = typing.get_type_hints(cls)
+    kinds = {}
+    for f in fields(cls):
         args = typing.get_args(hints[f.name]) or (hints[f.name],)
         types = tuple(t for t in args if t is not type(None))
-        if float in types:
-            types += (int,)
-        optional = type(None) in args and f.name not in SAMPLING_FIELDS
-        found[f.name] = (_JSON_NAMES.get(f.name, f.name), (types, optional))
-    return found
+        kinds[f.name] = (types + (int,) if float in types else types, type(None) in args)
+    return kinds
 
 
 def _sample(item: Any, where: str) -> Sample:
@@ -210,13 +178,7 @@ def read_recipe(path: Path) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"{path} does not exist")
-    text = None
-    if path.suffix.lower() == ".png":
-        text = _png_text(path)
-    elif path.suffix.lower() == SIDECAR_SUFFIX:
-        text = _read_text(path)
-    elif sidecar_path(path).is_file():
-        text = _read_text(sidecar_path(path))
+    text, _ = _recipe_text(path)
     if text is None:
         raise RecipeError(
             f"{path} carries no parcli recipe (PNGs made by `par generate` carry one; other "
@@ -231,11 +193,20 @@ def read_recipe(path: Path) -> Recipe:
     return Recipe.from_dict(data, str(path))
 
 
-def _read_text(path: Path) -> str:
+def _recipe_text(path: Path) -> tuple[str | None, Path]:
+    """The recipe text a file carries (a PNG's chunk, a .json's text, else its sidecar's), and
+    the file it was read from; None where there is none."""
+    if path.suffix.lower() == ".png":
+        return _png_text(path), path
+    source = path if path.suffix.lower() == SIDECAR_SUFFIX else sidecar_path(path)
+    if not source.is_file():
+        return None, source
     try:
-        return path.read_text(encoding="utf-8")
+        return source.read_text(encoding="utf-8"), source
     except (OSError, UnicodeDecodeError) as exc:
-        raise RecipeError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        raise RecipeError(
+            f"cannot read {source}: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
 
 
 def _png_text(path: Path) -> str | None:
@@ -262,22 +233,16 @@ def written_by_par(path: Path) -> Recipe | None:
     whose sidecar's recipe records its sha256, or a sidecar holding a recipe."""
     from parcli.io.files import file_sha256
 
-    path = Path(path)
     try:
-        if not path.is_file():
+        text, source = _recipe_text(path) if path.is_file() else (None, path)
+        if text is None:
             return None
-        if path.suffix.lower() == ".png":
-            text = _png_text(path)
-            return None if text is None else Recipe.from_dict(json.loads(text), str(path))
-        if path.name.endswith(SIDECAR_SUFFIX):
-            return Recipe.from_dict(json.loads(_read_text(path)), str(path))
-        sidecar = sidecar_path(path)
-        if not sidecar.is_file():
+        data = json.loads(text)
+        if source != path and (
+            not isinstance(data, dict) or data.get(FILE_SHA256) != file_sha256(path)
+        ):
             return None
-        data = json.loads(_read_text(sidecar))
-        if not isinstance(data, dict) or data.get(FILE_SHA256) != file_sha256(path):
-            return None
-        return Recipe.from_dict(data, str(sidecar))
+        return Recipe.from_dict(data, str(source))
     except (RecipeError, OSError, ValueError, RecursionError):
         return None
 
@@ -287,12 +252,9 @@ def earlier_outputs(folder: Path) -> dict[Path, Recipe]:
     their recipes. Other files are not ours and are never listed."""
     if not folder.is_dir():
         return {}
-    found = {}
-    for path in sorted(folder.iterdir()):
-        recipe = None if path.name.startswith(".") else written_by_par(path)
-        if recipe is not None:
-            found[path] = recipe
-    return found
+    paths = [path for path in sorted(folder.iterdir()) if not path.name.startswith(".")]
+    found = {path: written_by_par(path) for path in paths}
+    return {path: recipe for path, recipe in found.items() if recipe is not None}
 
 
 def replay(
@@ -316,5 +278,8 @@ def replay(
         )
     from parcli.engine.devices import resolve_device
 
-    device_kind = resolve_device(run["device"]).type
-    return recipe, {**run, **recipe.run_settings(device_kind)}
+    # All the recipe's settings but the device; compiling only on the same device kind (elsewhere
+    # the tokens differ anyway, and a CUDA recipe would compile for minutes on a CPU).
+    settings = {k: v for k, v in recipe.run.to_dict().items() if k != "device"}
+    same_kind = resolve_device(run["device"]).type == recipe.run.device
+    return recipe, {**run, **settings, "compile": recipe.run.compile if same_kind else None}
