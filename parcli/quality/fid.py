@@ -30,6 +30,12 @@ INCEPTION_URL = (
     "weights-inception-2015-12-05-6726825d.pth"
 )
 
+# What reading a damaged .npz raises (zipfile: NotImplementedError and RuntimeError for the
+# versions and encryption a damaged header can claim).
+UNREADABLE = (
+    OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, NotImplementedError, RuntimeError
+)  # fmt: skip
+
 Extractor = Callable[[torch.Tensor], torch.Tensor]
 """uint8 images (N, 3, H, W) -> float features (N, D)."""
 
@@ -98,9 +104,6 @@ def statistics(
         raise FidError(f"{path} does not exist")
     try:
         members = npz_members(path)
-    except (OSError, ValueError, zipfile.BadZipFile, NotImplementedError, RuntimeError) as exc:
-        raise FidError(f"{path} is not a readable .npz ({_first_line(exc)})") from None
-    try:
         if "mu" in members and "sigma" in members:
             return (*_stored_statistics(path), None)
         if "arr_0" not in members:
@@ -114,24 +117,16 @@ def statistics(
             gaussian.add(extractor(batch).double().cpu().numpy())
             if on_batch is not None:
                 on_batch(gaussian.count, len(images))
-    # zipfile raises NotImplementedError and RuntimeError for versions and encryption it
-    # cannot read, which a damaged header can claim.
-    except (
-        OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, NotImplementedError,
-        RuntimeError,
-    ) as exc:  # fmt: skip
-        raise FidError(f"{path} is not a readable .npz ({_first_line(exc)})") from None
+    except UNREADABLE as exc:
+        text = str(exc).strip()
+        reason = text.splitlines()[0] if text else type(exc).__name__
+        raise FidError(f"{path} is not a readable .npz ({reason})") from None
     if gaussian.count < 2:
         raise FidError(f"{path} holds {gaussian.count} image(s); FID needs at least two")
     mu, sigma = gaussian.moments()
     if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
         raise FidError(f"the features of {path} are not finite numbers; check the network")
     return mu, sigma, gaussian.count
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _stored_statistics(path: Path) -> tuple[np.ndarray, np.ndarray]:

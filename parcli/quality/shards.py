@@ -1,25 +1,16 @@
 """The FID protocol: K images of every class, in shards that survive interruption, merged into
 the `.npz` of OpenAI's ADM evaluator, byte for byte the same however the work was split.
 
-Image k of class c is image c * K + k of the run: its random numbers, and so the image, depend
-on (seed, that index) alone. The images are listed class by class and cut into shards of
-`shard_size`; a shard is generated in batches of `batch_size` from its own start, and decoded
-image by image on one CPU thread, so it comes out the same, to the byte, whichever process makes
-it and whenever (a batched or multi-threaded decode rounds a few pixels differently with the
-batch and the thread count). Decoding and writing run beside the next shard's generation. Each
-shard lands atomically as
-`OUT/shards/NNNNN.npz` with its sha256 in `NNNNN.json`, and a run started again with the same
-settings keeps the shards that check out and makes the rest. `OUT/run.json` holds everything
-the bytes depend on; another run's settings in the same folder are refused. When every shard is
-there, `OUT/samples.npz` (`arr_0`: uint8 (N, H, W, 3); `labels`: int64 (N,)) is streamed from
-the shards, and `OUT/manifest.json` says how it was made.
+Image k of class c is image c * K + k of the run: its random numbers depend on (seed, that index)
+alone, and shards are decoded image by image on one CPU thread, since a batched or threaded
+decode rounds a few pixels differently. A run started again with the same settings (`run.json`)
+keeps the shards whose sha256 checks out and makes the rest.
 """
 
 from __future__ import annotations
 
 import json
 import time
-import zipfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -35,6 +26,7 @@ from parcli.io.media import save_png
 from parcli.io.npz import Member, member_header, read_array, write_arrays, write_npz
 from parcli.pipeline import Pipeline
 from parcli.plan import Pass
+from parcli.quality.fid import UNREADABLE
 from parcli.quality.ranks import Ranks
 from parcli.sampling import SamplingConfig
 
@@ -254,14 +246,7 @@ class SampleRun:
                 if found.dtype != np.int64 or not np.array_equal(found, wanted[span]):
                     return False
             return True
-        except (
-            OSError,
-            ValueError,
-            KeyError,
-            zipfile.BadZipFile,
-            NotImplementedError,
-            RuntimeError,
-        ):
+        except UNREADABLE:
             return False
 
     def todo(self, rank: int = 0, world: int = 1) -> list[Shard]:
@@ -270,23 +255,10 @@ class SampleRun:
 
     # ------------------------------------------------------------------ making shards
 
-    def tokens(self, shard: Shard, on_pass: Callable[[Pass], None] | None = None) -> torch.Tensor:
-        """The token grids of a shard's images, generated in batches from its start."""
-        span = slice(shard.start, shard.stop)
-        labels, indices = self._labels[span].tolist(), self._indices[span].tolist()
-        settings = self.settings
-        return self.pipe.generate(
-            labels, self.sampling, settings.seed, settings.batch_size, on_pass, indices
-        )
-
-    def pixels(self, tokens: torch.Tensor) -> np.ndarray:
-        """uint8 RGB images (N, H, W, 3): decoded one at a time, the same whatever the batch."""
-        pixels = self.pipe.decode(tokens, batch_size=1, size=self.settings.image_size_eval)
-        return np.repeat(pixels, 3, axis=-1) if pixels.shape[-1] == 1 else pixels
-
     def write(self, shard: Shard, tokens: torch.Tensor) -> None:
         """Land a shard: its images (and PNGs), then the record that says it is whole."""
-        images = self.pixels(tokens)
+        images = self.pipe.decode(tokens, batch_size=1, size=self.settings.image_size_eval)
+        images = np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
         data, record = self._paths(shard)
         span = slice(shard.start, shard.stop)
         write_arrays(
@@ -314,7 +286,12 @@ class SampleRun:
         ) as writer:
             for shard in shards:
                 started = time.perf_counter()
-                tokens = self.tokens(shard, on_pass)
+                span = slice(shard.start, shard.stop)
+                labels, indices = self._labels[span].tolist(), self._indices[span].tolist()
+                tokens = self.pipe.generate(
+                    labels, self.sampling, self.settings.seed, self.settings.batch_size, on_pass,
+                    indices,
+                )  # fmt: skip
                 if pending is not None:
                     pending.result()
                 pending = writer.submit(self.write, shard, tokens)
@@ -330,13 +307,6 @@ class SampleRun:
         from parcli import __version__
         from parcli.quality.bench import machine_info
 
-        manifest = {
-            "parcli": __version__,
-            "command": command,
-            "machine": machine_info(self.pipe.device),
-            "processes": processes,
-            "seconds": round(seconds, 1),
-        }
         missing = [shard.number for shard in self.shards if not self.is_done(shard)]
         if missing:
             raise SampleError(
@@ -359,7 +329,11 @@ class SampleRun:
             "output",
         )
         document = {
-            **manifest,
+            "parcli": __version__,
+            "command": command,
+            "machine": machine_info(self.pipe.device),
+            "processes": processes,
+            "seconds": round(seconds, 1),
             "settings": self.identity,
             "images": self.settings.count,
             "shape": list(shape),
