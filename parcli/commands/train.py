@@ -184,7 +184,7 @@ def gpt(
     from parcli.engine.devices import resolve_device
     from parcli.io.checkpoints import load_vq
     from parcli.training.data import check_data, is_clip_data, training_clips, training_images
-    from parcli.training.loops import TrainRun, encode_clips, encode_images, train_gpt
+    from parcli.training.loops import TrainRun, encode_images, train_gpt
 
     with user_errors(OPTIONS):
         device = str(resolve_device(device))  # a missing GPU is one line, before any work
@@ -202,11 +202,10 @@ def gpt(
         if image_size is not None:
             image_side(image_size, vq_model.config.downsample)
         if is_clip_data(data):
-            clips, labels, num_classes = training_clips(data, image_size, frames, channels)
-            codes = encode_clips(vq_model, clips, device=device)
+            pixels, labels, num_classes = training_clips(data, image_size, frames, channels)
         else:
-            images, labels, num_classes = training_images(data, image_size, channels)
-            codes = encode_images(vq_model, images, device=device)
+            pixels, labels, num_classes = training_images(data, image_size, channels)
+        codes = encode_images(vq_model, pixels, device=device)
         cfg = GPTConfig(
             n_layer=layers,
             n_head=heads,

@@ -239,48 +239,15 @@ def train_vq(
 def encode_images(
     vq: VQModel, images: np.ndarray, batch_size: int = 256, device: str = "cpu"
 ) -> np.ndarray:
-    """uint8 (N, H, W, C) images -> int64 (N, h, w) raster code grids."""
+    """uint8 images (..., H, W, C), clips included -> int64 (..., h, w) raster code grids; every
+    frame is encoded on its own."""
     vq.eval()
-    out = []
-    for start in range(0, len(images), batch_size):
-        x = from_pixels(torch.from_numpy(images[start : start + batch_size])).to(device)
-        x = x.to(vq.post_quant_conv.weight.dtype)
-        out.append(vq.encode(x)[1].cpu())
-    return torch.cat(out).numpy().astype(np.int64)
-
-
-def encode_clips(vq: VQModel, clips: np.ndarray, device: str = "cpu") -> np.ndarray:
-    """uint8 (N, T, H, W, C) clips -> int64 (N, T, h, w): every frame encoded on its own."""
-    codes = encode_images(vq, clips.reshape(-1, *clips.shape[2:]), device=device)
-    return codes.reshape(*clips.shape[:2], *codes.shape[1:])
-
-
-def gpt_loss(
-    model: Transformer,
-    plan: Plan,
-    labels: torch.Tensor,
-    seq: torch.Tensor,
-    rope: torch.Tensor,
-    mask: torch.Tensor,
-) -> torch.Tensor:
-    """Teacher-forced cross-entropy: slot s's logits against PAR sequence index s."""
-    h = embed_slots(model, plan, labels, seq, 0, plan.num_slots)
-    logits = model(h, rope, mask=mask)
-    return F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), seq[:, : plan.num_slots].reshape(-1)
-    )
-
-
-def load_shared_weights(model: Transformer, state: dict[str, torch.Tensor]) -> list[str]:
-    """Copy every tensor of `state` whose name and shape match; returns names left as they were."""
-    own = model.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    mismatched = [k for k in state if k in own and k not in usable]
-    if mismatched:
-        shown = ", ".join(sorted(mismatched)[:3])
-        raise TrainError(f"shapes differ for {shown}", "init_from")
-    model.load_state_dict(usable, strict=False)
-    return sorted(set(own) - set(usable))
+    flat, out = images.reshape(-1, *images.shape[-3:]), []
+    for start in range(0, len(flat), batch_size):
+        x = from_pixels(torch.from_numpy(flat[start : start + batch_size])).to(device)
+        out.append(vq.encode(x.to(vq.post_quant_conv.weight.dtype))[1].cpu())
+    codes = torch.cat(out).numpy().astype(np.int64)
+    return codes.reshape(*images.shape[:-3], *codes.shape[1:])
 
 
 def train_gpt(
@@ -324,7 +291,12 @@ def train_gpt(
         state, found_kind, _, _ = read_checkpoint(init_from)
         if found_kind != "gpt":
             raise TrainError(f"{init_from} is not a transformer checkpoint", "init_from")
-        load_shared_weights(model, state)
+        own = model.state_dict()  # every tensor whose name and shape match
+        usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        mismatched = sorted(k for k in state if k in own and k not in usable)
+        if mismatched:
+            raise TrainError(f"shapes differ for {', '.join(mismatched[:3])}", "init_from")
+        model.load_state_dict(usable, strict=False)
         origin = str(init_from)
     model.to(device)
     groups = [
@@ -343,7 +315,10 @@ def train_gpt(
         batch_labels = torch.where(
             drop, torch.full_like(batch_labels, cfg.num_classes), batch_labels
         )
-        return gpt_loss(model, plan, batch_labels.to(device), seqs[index].to(device), rope, mask)
+        seq = seqs[index].to(device)
+        h = embed_slots(model, plan, batch_labels.to(device), seq, 0, plan.num_slots)
+        logits = model(h, rope, mask=mask)  # slot s's logits against PAR sequence index s
+        return F.cross_entropy(logits.flatten(0, 1), seq[:, : plan.num_slots].flatten())
 
     record = {"sequences": len(codes), **({"init_from": origin} if origin else {})}
     metadata = {"cfg_scale": str(cfg_scale)} if cfg_scale is not None else None
