@@ -1,13 +1,5 @@
 """`par eval`: are the generated digits recognisable, and as varied as real ones, for every n?
-
-The shipped classifier `parcli/assets/digits/classifier.safetensors` was written by::
-
-    par train classifier -o classifier.safetensors
-
-(1,500 steps, seed 0, on the digits minus 50 held-out per class; its held-out accuracy is stored
-in the file and printed under every table), then copied into `parcli/assets/digits/` by hand:
-`par` itself never writes inside the package.
-"""
+(How the shipped classifier was made: parcli/assets/digits/MODEL_CARD.md.)"""
 
 from __future__ import annotations
 

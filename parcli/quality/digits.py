@@ -126,9 +126,6 @@ class ClassifierInfo:
     seconds: float
     data: str = DATA_NAME
 
-    def metadata(self) -> dict[str, str]:
-        return {key: str(value) for key, value in asdict(self).items()}
-
 
 def train_classifier(
     images: np.ndarray,
@@ -188,7 +185,7 @@ def save_classifier(
         "kind": KIND,
         "num_classes": str(model.num_classes),
         "feature_dim": str(model.feature_dim),
-        **info.metadata(),
+        **{key: str(value) for key, value in asdict(info).items()},
     }
     if command:
         meta["command"] = command

@@ -1,11 +1,7 @@
-"""FID between two `.npz` files of images, with the TensorFlow-compatible Inception-v3 of
-torch-fidelity (an optional extra), in the manner of OpenAI's ADM evaluator.
-
-The network's 2048 pool features of every image (uint8 RGB, resized inside the network to 299
-as TensorFlow resizes) are gathered batch by batch into a Gaussian; the FID is the Fréchet
-distance between two such Gaussians. A reference `.npz` that stores `mu` and `sigma` (the ADM
-reference batches do) is used through them. Any other feature extractor can stand in: the tests
-use a small one, so that everything but the network runs offline.
+"""FID between two `.npz` files of images, as OpenAI's ADM evaluator computes it: the Fréchet
+distance of Gaussians fitted to the 2048 pool features of torch-fidelity's TensorFlow-compatible
+Inception-v3 (an optional extra), or to a reference's stored `mu` and `sigma`. Any extractor can
+stand in for the network (the tests use a small one, offline).
 """
 
 from __future__ import annotations

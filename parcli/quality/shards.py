@@ -140,8 +140,6 @@ class SampleRun:
         ]
         self._labels, self._indices = settings.labels(), settings.indices()
 
-    # ------------------------------------------------------------------ the folder
-
     def prepare(self) -> bool:
         """Make the folder, or check that it holds this very run (never another); True when
         that run is complete already."""
@@ -253,8 +251,6 @@ class SampleRun:
         """The shards process `rank` of `world` makes that are not done yet."""
         return [s for s in self.shards[rank::world] if not self.is_done(s)]
 
-    # ------------------------------------------------------------------ making shards
-
     def write(self, shard: Shard, tokens: torch.Tensor) -> None:
         """Land a shard: its images (and PNGs), then the record that says it is whole."""
         images = self.pipe.decode(tokens, batch_size=1, size=self.settings.image_size_eval)
@@ -299,8 +295,6 @@ class SampleRun:
                     on_shard(shard, time.perf_counter() - started)
             if pending is not None:
                 pending.result()
-
-    # ------------------------------------------------------------------ the result
 
     def merge(self, command: str, processes: int, seconds: float) -> Path:
         """Stream every shard into `samples.npz`, shard by shard, and write the manifest."""
