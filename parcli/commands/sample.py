@@ -117,6 +117,17 @@ def sample(
 
 def _generate(run: SampleRun, todo: list[Shard], ranks: Ranks, quiet: bool) -> None:
     """Make this process's shards, with a bar in images (a line per shard when quiet)."""
+    if quiet:
+
+        def report(shard: Shard, seconds: float) -> None:
+            err_console.print(
+                f"shard {shard.number + 1}/{len(run.shards)}: {shard.size} images in "
+                f"{seconds:.1f} s ({shard.size / seconds:.2f} images/s)",
+                highlight=False,
+            )
+
+        run.run(todo, on_shard=report if ranks.is_first else None)
+        return
     batch, passes = run.settings.batch_size, run.pipe.plan.num_passes
     batches = [
         min(batch, shard.stop - start)
@@ -124,22 +135,7 @@ def _generate(run: SampleRun, todo: list[Shard], ranks: Ranks, quiet: bool) -> N
         for start in range(shard.start, shard.stop, batch)
     ]
     done_before = [0, *itertools.accumulate(batches)]
-    total = done_before[-1]
     shown = f"rank {ranks.rank}/{ranks.world}: images" if ranks.world > 1 else "images"
-
-    if quiet:
-
-        def report(shard: Shard, seconds: float) -> None:
-            if ranks.is_first:
-                err_console.print(
-                    f"shard {shard.number + 1}/{len(run.shards)}: {shard.size} images in "
-                    f"{seconds:.1f} s ({shard.size / seconds:.2f} images/s)",
-                    highlight=False,
-                )
-
-        run.run(todo, on_shard=report)
-        return
-
     progress = Progress(
         TextColumn(f"[bold]{shown}"),
         BarColumn(),
@@ -149,7 +145,7 @@ def _generate(run: SampleRun, todo: list[Shard], ranks: Ranks, quiet: bool) -> N
         console=err_console,
     )
     with progress:
-        task = progress.add_task("sample", total=total, rate=waiting_status(run.pipe))
+        task = progress.add_task("sample", total=done_before[-1], rate=waiting_status(run.pipe))
         started, passes_done = time.perf_counter(), 0
 
         def on_pass(_step) -> None:
