@@ -142,9 +142,15 @@ class SampleRun:
 
     def prepare(self) -> bool:
         """Make the folder, or check that it holds this very run (never another); True when
-        that run is complete already."""
-        run_file = self.out / RUN
-        if run_file.is_file():
+        that run is complete already: `samples.npz` is the file its manifest vouches for."""
+        run_file, samples, manifest = self.out / RUN, self.out / SAMPLES, self.out / MANIFEST
+        fresh = not run_file.is_file()
+        if fresh and self.out.exists() and (not self.out.is_dir() or any(self.out.iterdir())):
+            raise SampleError(
+                f"{self.out} exists and holds no par sample run; choose a new or empty folder",
+                "output",
+            )
+        if not fresh:
             found = _read_json(run_file)
             if not isinstance(found, dict):
                 raise SampleError(
@@ -153,11 +159,8 @@ class SampleRun:
                     "output",
                 )
             if found != self.identity:
-                differ = sorted(
-                    key
-                    for key in set(self.identity) | set(found)
-                    if found.get(key) != self.identity.get(key)
-                )
+                keys = {**found, **self.identity}
+                differ = sorted(key for key in keys if found.get(key) != self.identity.get(key))
                 raise SampleError(
                     f"{self.out} holds a run with other settings ({', '.join(differ)}); "
                     "choose another folder, or remove it to start afresh",
@@ -166,19 +169,15 @@ class SampleRun:
             # A killed run leaves its half-written files under temporary names: ours to remove.
             for folder in (self.out, self.out / SHARDS, self.out / PNGS):
                 remove_temporaries(folder)
-            if self._is_complete():
+            document = _read_json(manifest) if samples.is_file() else None
+            vouched = isinstance(document, dict) and document.get("settings") == self.identity
+            if vouched and file_sha256(samples) == document.get("samples_sha256"):
                 return True
-            self._check_space()
-            return False
-        if self.out.exists() and (not self.out.is_dir() or any(self.out.iterdir())):
-            raise SampleError(
-                f"{self.out} exists and holds no par sample run; choose a new or empty folder",
-                "output",
-            )
         self._check_space()
-        (self.out / SHARDS).mkdir(parents=True, exist_ok=True)
-        with atomic_path(run_file, "output") as tmp:
-            tmp.write_text(json.dumps(self.identity, indent=2) + "\n", encoding="utf-8")
+        if fresh:
+            (self.out / SHARDS).mkdir(parents=True, exist_ok=True)
+            with atomic_path(run_file, "output") as tmp:
+                tmp.write_text(json.dumps(self.identity, indent=2) + "\n", encoding="utf-8")
         return False
 
     def image_shape(self) -> tuple[int, int, int]:
@@ -207,17 +206,6 @@ class SampleRun:
                 f"{free / 1e9:.1f} GB free; ask for fewer images or another disk",
                 "output",
             )
-
-    def _is_complete(self) -> bool:
-        """`samples.npz` is there and is the file the manifest vouches for; anything less is
-        merged again from the shards."""
-        samples, manifest = self.out / SAMPLES, self.out / MANIFEST
-        if not (samples.is_file() and manifest.is_file()):
-            return False
-        document = _read_json(manifest)
-        if not isinstance(document, dict) or document.get("settings") != self.identity:
-            return False
-        return file_sha256(samples) == document.get("samples_sha256")
 
     def _paths(self, shard: Shard) -> tuple[Path, Path]:
         stem = self.out / SHARDS / f"{shard.number:05d}"
