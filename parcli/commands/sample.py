@@ -80,12 +80,11 @@ def sample(
         use_catalogue(catalogue)
         ranks = Ranks.from_environment()
         options = RunOptions.resolve(**{**run, "device": ranks.device(run["device"])})
-        torch_device, torch_dtype = options.torch_device, options.torch_dtype
-        ranks.start(torch_device)
+        ranks.start(options.torch_device)
         try:
             started = time.perf_counter()
             if ranks.is_first and not quiet:
-                warn_if_emulated(torch_device, torch_dtype)
+                warn_if_emulated(options.torch_device, options.torch_dtype)
             fetch = model_fetcher(offline, quiet or not ranks.is_first)
             files = model_files(model, regions, checkpoint, tokenizer, fetch)
             # Images go to disk shard by shard: one batch of them is held at a time.
@@ -99,8 +98,7 @@ def sample(
                 if ranks.is_first:
                     console.print(f"{escape(str(output))} is complete already", highlight=False)
                 return
-            todo = run_state.todo(ranks.rank, ranks.world)
-            _generate(run_state, todo, ranks, quiet or not ranks.is_first)
+            _generate(run_state, ranks, quiet or not ranks.is_first)
             ranks.barrier()
             if ranks.is_first:
                 command = shlex.join(["par", *sys.argv[1:]])
@@ -115,8 +113,9 @@ def sample(
             ranks.stop()
 
 
-def _generate(run: SampleRun, todo: list[Shard], ranks: Ranks, quiet: bool) -> None:
+def _generate(run: SampleRun, ranks: Ranks, quiet: bool) -> None:
     """Make this process's shards, with a bar in images (a line per shard when quiet)."""
+    todo = run.todo(ranks.rank, ranks.world)
     if quiet:
 
         def report(shard: Shard, seconds: float) -> None:
