@@ -6,7 +6,7 @@ from conftest import TINY_VQ, tiny_config
 from parcli.errors import SettingError
 from parcli.io.media import save_video
 from parcli.training.data import DataError, is_clip_data, load_clip_folder, training_clips
-from parcli.training.loops import TrainRun, encode_clips, train_gpt
+from parcli.training.loops import TrainRun, encode_images, train_gpt
 from parcli.training.moving_digits import (
     CANVAS,
     PATCH,
@@ -128,7 +128,7 @@ def test_a_video_transformer_trains_on_encoded_clips(tmp_path):
     vq = VQModel(TINY_VQ).eval()
     channels = vq.config.in_channels
     clips = np.random.default_rng(0).integers(0, 255, (4, 2, 16, 16, channels), dtype=np.uint8)
-    codes = encode_clips(vq, clips)
+    codes = encode_images(vq, clips)
     assert codes.shape == (4, 2, 16 // vq.config.downsample, 16 // vq.config.downsample)
     cfg = tiny_config(grid=codes.shape[1:], regions=4, vocab_size=vq.config.codebook_size)
     run = TrainRun(2, 2, 1e-3, 0, tmp_path / "v.safetensors", precision="bf16", warmup=1)

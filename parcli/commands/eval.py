@@ -1,13 +1,5 @@
 """`par eval`: are the generated digits recognisable, and as varied as real ones, for every n?
-
-The shipped classifier `parcli/assets/digits/classifier.safetensors` was written by::
-
-    par train classifier -o classifier.safetensors
-
-(1,500 steps, seed 0, on the digits minus 50 held-out per class; its held-out accuracy is stored
-in the file and printed under every table), then copied into `parcli/assets/digits/` by hand:
-`par` itself never writes inside the package.
-"""
+(How the shipped classifier was made: parcli/assets/digits/MODEL_CARD.md.)"""
 
 from __future__ import annotations
 
@@ -15,7 +7,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -40,13 +32,6 @@ from parcli.commands.downloads import model_fetcher
 from parcli.io.catalogue import use_catalogue
 from parcli.io.files import atomic_path, check_writable
 from parcli.options import RunOptions
-
-if TYPE_CHECKING:
-    import torch
-
-
-def _command() -> str:
-    return shlex.join(["par", *sys.argv[1:]])
 
 
 @run_options()
@@ -88,51 +73,43 @@ def eval_digits(
         load_classifier,
         report,
     )
-    from parcli.quality.video import evaluate_video, video_report
+    from parcli.quality.video import evaluate_video
 
     classifier_path = classifier if classifier is not None else DEFAULT_CLASSIFIER
     with user_errors({"samples_per_class": "--per-class"}):
         use_catalogue(catalogue)
         region_list = parse_region_list(regions)
-        cfg_scale = run["cfg_scale"]
-        check_settings(per_class, batch_size, cfg_scale)
+        check_settings(per_class, batch_size)
         if json_path is not None:
             check_writable(json_path, (".json",), setting="json")
         net, info = load_classifier(classifier_path)
         options = RunOptions.resolve(**run)
-        torch_device = options.torch_device
-        warn_if_emulated(torch_device, options.torch_dtype)
+        warn_if_emulated(options.torch_device, options.torch_dtype)
         pipelines = open_pipelines(model, region_list, options, model_fetcher(offline, quiet))
+        scales = sorted({p.sampling().cfg_scale for p in pipelines.values()})
 
         started = time.perf_counter()
         with pass_progress(quiet) as progress:
             on_progress = region_bars(progress, pipelines)
             video = any(pipe.is_video for pipe in pipelines.values())
             evaluate = evaluate_video if video else evaluate_against_real
-            results, baseline = evaluate(
-                pipelines, net, per_class, seed, cfg_scale, batch_size, on_progress
-            )
+            results, baseline = evaluate(pipelines, net, per_class, seed, batch_size, on_progress)
         seconds = time.perf_counter() - started
 
-        scales = sorted({p.sampling(cfg_scale).cfg_scale for p in pipelines.values()})
         title = f"{model} · {per_class} samples per class · seed {seed}"
-        if video:
-            print_video_results(
-                title, results, _video_caption(info, baseline, scales, torch_device)
-            )
-        else:
-            print_results(title, results, _caption(info, baseline, scales, torch_device))
+        caption = _caption(info, baseline, video) + f" · cfg {', '.join(f'{s:g}' for s in scales)}"
+        print_results(title, results, f"{caption} · {options.torch_device}", video)
         if json_path is not None:
             settings = {
-                "command": _command(), "model": model, "regions": region_list,
-                "samples_per_class": per_class, **options.to_dict(),
+                "command": shlex.join(["par", *sys.argv[1:]]), "model": model,
+                "regions": region_list, "samples_per_class": per_class, **options.to_dict(),
                 "default_cfg_scales": {str(n): p.default_cfg_scale for n, p in pipelines.items()},
                 "seed": seed, "batch_size": batch_size, "classifier": str(classifier_path),
                 "seconds": round(seconds, 2),
             }  # fmt: skip
-            write = video_report if video else report
+            name = "training_baseline" if video else "real_baseline"
             with atomic_path(json_path, "json") as tmp:
-                tmp.write_text(write(results, info, baseline, settings))
+                tmp.write_text(report(results, info, baseline, settings, name))
             console.print(f"wrote {escape(str(json_path))}", highlight=False)
 
 
@@ -154,76 +131,61 @@ def region_bars(progress, pipelines: dict):
     return on_progress
 
 
-def print_results(title: str, results, caption: str) -> None:
-    """One row per n: accuracy, distance, time and whether the goals are met."""
-    rows = []
-    for row in results:
-        goal = f"≥{100 * row.accuracy_goal:.0f}%"
-        if row.fd_goal is not None:
-            goal += f", FD ≤{row.fd_goal:.1f}x"
-        cells = (
-            str(row.regions),
-            f"{row.passes:g}",
-            f"{100 * row.accuracy:.1f}%",
-            f"{row.frechet_distance:.3g}",
-            f"{row.fd_vs_n1:.2f}x" if row.fd_vs_n1 is not None else "–",
-            f"{row.seconds:.1f}",
-        )
-        rows.append((cells, goal, row.passes_goals))
-    headers = ("n", "passes", "accuracy", "Fréchet distance", "FD vs n=1", "seconds")
-    _print_goal_table(title, caption, headers, rows)
+IMAGE_HEADERS = ("n", "passes", "accuracy", "Fréchet distance", "FD vs n=1", "seconds")
+VIDEO_HEADERS = ("n", "passes", "frame accuracy", "one class", "motion (px)", "vs training")
 
 
-def _print_goal_table(
-    title: str, caption: str, headers: tuple[str, ...], rows: list[tuple[tuple, str, bool]]
-) -> None:
-    """A right-aligned table of (cells, goal, met) rows with a goals column, and a warning
-    below it when a goal was missed."""
-    table = Table(title=escape(title), caption=caption)
-    for header in (*headers, "goals"):
-        table.add_column(header, justify="right")
-    for cells, goal, met in rows:
-        mark = "[green]met[/]" if met else "[red]missed[/]"
-        table.add_row(*cells, f"{mark} ({goal})")
-    console.print(table)
-    if not all(met for _, _, met in rows):
-        err_console.print("some quality goals were missed", style="yellow")
-
-
-def _caption(info, baseline, scales: list[float], device: torch.device) -> str:
-    guidance = ", ".join(f"{s:g}" for s in scales)
-    return (
-        f"classifier: {100 * info.held_out_accuracy:.1f}% on {info.held_out_count} held-out digits"
-        f" · real held-out digits ({baseline.samples}): accuracy {100 * baseline.accuracy:.1f}%,"
-        f" FD {baseline.frechet_distance:.3g} · FD against the classifier's "
-        f"{baseline.reference_count} training digits · cfg {guidance} · {device}"
-    )
-
-
-def print_video_results(title: str, results, caption: str) -> None:
-    """One row per n: per-frame accuracy, consistency, motion, passes and the goals."""
-    rows = []
-    for row in results:
+def _cells(row, video: bool) -> tuple[tuple[str, ...], str]:
+    """(the cells of one row, its goals in words)."""
+    if video:
         goal = f"≥{100 * row.accuracy_goal:.0f}%, motion ±50%, {row.planned_passes} passes"
         cells = (
-            str(row.regions),
-            str(row.passes),
+            f"{row.passes}",
             f"{100 * row.frame_accuracy:.1f}%",
             f"{100 * row.consistency:.1f}%",
             f"{row.motion:.2f}",
             f"{row.motion_vs_training:.2f}x",
-            f"{row.seconds:.1f}",
         )
-        rows.append((cells, goal, row.passes_goals))
-    headers = ("n", "passes", "frame accuracy", "one class", "motion (px)", "vs training")
-    _print_goal_table(title, caption, (*headers, "seconds"), rows)
+    else:
+        goal = f"≥{100 * row.accuracy_goal:.0f}%"
+        if row.fd_goal is not None:
+            goal += f", FD ≤{row.fd_goal:.1f}x"
+        cells = (
+            f"{row.passes:g}",
+            f"{100 * row.accuracy:.1f}%",
+            f"{row.frechet_distance:.3g}",
+            f"{row.fd_vs_n1:.2f}x" if row.fd_vs_n1 is not None else "–",
+        )
+    return (str(row.regions), *cells, f"{row.seconds:.1f}"), goal
 
 
-def _video_caption(info, baseline, scales: list[float], device: torch.device) -> str:
-    guidance = ", ".join(f"{s:g}" for s in scales)
-    return (
+def print_results(title: str, results, caption: str, video: bool = False) -> None:
+    """One right-aligned row per n with its goals, and a warning below when a goal was missed."""
+    table = Table(title=escape(title), caption=caption)
+    headers = (*VIDEO_HEADERS, "seconds") if video else IMAGE_HEADERS
+    for header in (*headers, "goals"):
+        table.add_column(header, justify="right")
+    for row in results:
+        cells, goal = _cells(row, video)
+        mark = "[green]met[/]" if row.passes_goals else "[red]missed[/]"
+        table.add_row(*cells, f"{mark} ({goal})")
+    console.print(table)
+    if not all(row.passes_goals for row in results):
+        err_console.print("some quality goals were missed", style="yellow")
+
+
+def _caption(info, baseline, video: bool) -> str:
+    classifier = (
         f"classifier: {100 * info.held_out_accuracy:.1f}% on {info.held_out_count} held-out digits"
-        f" · training clips ({baseline.clips}): frame accuracy "
-        f"{100 * baseline.frame_accuracy:.1f}%, one class {100 * baseline.consistency:.1f}%, "
-        f"motion {baseline.motion:.2f} px · cfg {guidance} · {device}"
+    )
+    if video:
+        return (
+            f"{classifier} · training clips ({baseline.clips}): frame accuracy "
+            f"{100 * baseline.frame_accuracy:.1f}%, one class {100 * baseline.consistency:.1f}%, "
+            f"motion {baseline.motion:.2f} px"
+        )
+    return (
+        f"{classifier} · real held-out digits ({baseline.samples}): accuracy "
+        f"{100 * baseline.accuracy:.1f}%, FD {baseline.frechet_distance:.3g} · FD against the "
+        f"classifier's {baseline.reference_count} training digits"
     )

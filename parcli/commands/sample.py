@@ -80,12 +80,11 @@ def sample(
         use_catalogue(catalogue)
         ranks = Ranks.from_environment()
         options = RunOptions.resolve(**{**run, "device": ranks.device(run["device"])})
-        torch_device, torch_dtype = options.torch_device, options.torch_dtype
-        ranks.start(torch_device)
+        ranks.start(options.torch_device)
         try:
             started = time.perf_counter()
             if ranks.is_first and not quiet:
-                warn_if_emulated(torch_device, torch_dtype)
+                warn_if_emulated(options.torch_device, options.torch_dtype)
             fetch = model_fetcher(offline, quiet or not ranks.is_first)
             files = model_files(model, regions, checkpoint, tokenizer, fetch)
             # Images go to disk shard by shard: one batch of them is held at a time.
@@ -99,8 +98,7 @@ def sample(
                 if ranks.is_first:
                     console.print(f"{escape(str(output))} is complete already", highlight=False)
                 return
-            todo = run_state.todo(ranks.rank, ranks.world)
-            _generate(run_state, todo, ranks, quiet or not ranks.is_first)
+            _generate(run_state, ranks, quiet or not ranks.is_first)
             ranks.barrier()
             if ranks.is_first:
                 command = shlex.join(["par", *sys.argv[1:]])
@@ -115,8 +113,20 @@ def sample(
             ranks.stop()
 
 
-def _generate(run: SampleRun, todo: list[Shard], ranks: Ranks, quiet: bool) -> None:
+def _generate(run: SampleRun, ranks: Ranks, quiet: bool) -> None:
     """Make this process's shards, with a bar in images (a line per shard when quiet)."""
+    todo = run.todo(ranks.rank, ranks.world)
+    if quiet:
+
+        def report(shard: Shard, seconds: float) -> None:
+            err_console.print(
+                f"shard {shard.number + 1}/{len(run.shards)}: {shard.size} images in "
+                f"{seconds:.1f} s ({shard.size / seconds:.2f} images/s)",
+                highlight=False,
+            )
+
+        run.run(todo, on_shard=report if ranks.is_first else None)
+        return
     batch, passes = run.settings.batch_size, run.pipe.plan.num_passes
     batches = [
         min(batch, shard.stop - start)
@@ -124,22 +134,7 @@ def _generate(run: SampleRun, todo: list[Shard], ranks: Ranks, quiet: bool) -> N
         for start in range(shard.start, shard.stop, batch)
     ]
     done_before = [0, *itertools.accumulate(batches)]
-    total = done_before[-1]
     shown = f"rank {ranks.rank}/{ranks.world}: images" if ranks.world > 1 else "images"
-
-    if quiet:
-
-        def report(shard: Shard, seconds: float) -> None:
-            if ranks.is_first:
-                err_console.print(
-                    f"shard {shard.number + 1}/{len(run.shards)}: {shard.size} images in "
-                    f"{seconds:.1f} s ({shard.size / seconds:.2f} images/s)",
-                    highlight=False,
-                )
-
-        run.run(todo, on_shard=report)
-        return
-
     progress = Progress(
         TextColumn(f"[bold]{shown}"),
         BarColumn(),
@@ -149,7 +144,7 @@ def _generate(run: SampleRun, todo: list[Shard], ranks: Ranks, quiet: bool) -> N
         console=err_console,
     )
     with progress:
-        task = progress.add_task("sample", total=total, rate=waiting_status(run.pipe))
+        task = progress.add_task("sample", total=done_before[-1], rate=waiting_status(run.pipe))
         started, passes_done = time.perf_counter(), 0
 
         def on_pass(_step) -> None:

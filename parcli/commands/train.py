@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import shlex
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -46,7 +48,9 @@ DATA_HELP = (
 )
 
 
-def _progress(title: str) -> tuple[Progress, object]:
+@contextmanager
+def _progress(title: str) -> Iterator[Callable[..., None]]:
+    """A bar of `title`'s steps, and the callback `(step, total, loss, rate)` that advances it."""
     progress = Progress(
         TextColumn(f"[bold]{title}"),
         BarColumn(),
@@ -59,20 +63,18 @@ def _progress(title: str) -> tuple[Progress, object]:
     )
     task = progress.add_task(title, total=1, loss="-", rate="-")
 
-    def on_step(step: int, total: int, loss: float, rate: float) -> None:
+    def on_step(step: int, total: int, loss: float, rate: float = 0.0) -> None:
         progress.update(task, completed=step, total=total, loss=f"{loss:.4f}", rate=f"{rate:.0f}")
         if not err_console.is_terminal and (step % 25 == 0 or step == total):
             # Logs (nohup, CI) get a plain line now and then instead of a live bar.
             err_console.print(f"{title} step {step}/{total} loss {loss:.4f} {rate:.1f} items/s")
 
-    return progress, on_step
+    with progress:
+        yield on_step
 
 
 def _command() -> str:
-    args = sys.argv[1:]
-    if args[:1] == ["train"]:
-        args = args[1:]
-    return "par train " + " ".join(shlex.quote(a) for a in args)
+    return shlex.join(["par", *sys.argv[1:]])
 
 
 @app.command("vq")
@@ -136,8 +138,7 @@ def vq(
             out_channels=images.shape[-1],
             norm_groups=most_norm_groups([ch * m for m in mult] + [z_channels]),
         )
-        progress, on_step = _progress("vq")
-        with progress:
+        with _progress("vq") as on_step:
             result = train_vq(images, cfg, run, on_step=on_step)
     _report(result)
 
@@ -184,7 +185,7 @@ def gpt(
     from parcli.engine.devices import resolve_device
     from parcli.io.checkpoints import load_vq
     from parcli.training.data import check_data, is_clip_data, training_clips, training_images
-    from parcli.training.loops import TrainRun, encode_clips, encode_images, train_gpt
+    from parcli.training.loops import TrainRun, encode_images, train_gpt
 
     with user_errors(OPTIONS):
         device = str(resolve_device(device))  # a missing GPU is one line, before any work
@@ -202,11 +203,10 @@ def gpt(
         if image_size is not None:
             image_side(image_size, vq_model.config.downsample)
         if is_clip_data(data):
-            clips, labels, num_classes = training_clips(data, image_size, frames, channels)
-            codes = encode_clips(vq_model, clips, device=device)
+            pixels, labels, num_classes = training_clips(data, image_size, frames, channels)
         else:
-            images, labels, num_classes = training_images(data, image_size, channels)
-            codes = encode_images(vq_model, images, device=device)
+            pixels, labels, num_classes = training_images(data, image_size, channels)
+        codes = encode_images(vq_model, pixels, device=device)
         cfg = GPTConfig(
             n_layer=layers,
             n_head=heads,
@@ -218,8 +218,7 @@ def gpt(
             class_dropout=class_dropout,
         )
         del vq_model
-        progress, on_step = _progress(f"gpt n={regions}")
-        with progress:
+        with _progress(f"gpt n={regions}") as on_step:
             result = train_gpt(
                 codes, labels, cfg, run, on_step=on_step, init_from=init_from, cfg_scale=cfg_scale
             )
@@ -256,12 +255,8 @@ def classifier(
             )
         check_writable(output, (".safetensors",), setting="output")
         images, labels = load_digits()
-        progress, on_step = _progress("classifier")
-        with progress:
-            net, info = train_classifier(
-                images, labels, steps=steps, seed=seed,
-                on_step=lambda step, total, loss: on_step(step, total, loss, 0.0),
-            )  # fmt: skip
+        with _progress("classifier") as on_step:
+            net, info = train_classifier(images, labels, steps=steps, seed=seed, on_step=on_step)
         save_classifier(output, net, info, _command())
     err_console.print(
         f"held-out accuracy {100 * info.held_out_accuracy:.1f}% on {info.held_out_count} digits "

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -44,20 +44,11 @@ class DigitClassifier(nn.Module):
         super().__init__()
         self.num_classes = num_classes
         self.feature_dim = feature_dim
-        self.convs = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1, bias=False),
-            nn.BatchNorm2d(16),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1, bias=False),
-            nn.BatchNorm2d(32),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1, bias=False),
-            nn.BatchNorm2d(64),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-        )
+        blocks: list[nn.Module] = []
+        for width_in, width in ((1, 16), (16, 32), (32, 64)):
+            conv = nn.Conv2d(width_in, width, 3, padding=1, bias=False)
+            blocks += [conv, nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2)]
+        self.convs = nn.Sequential(*blocks)
         self.fc = nn.Linear(64 * 4 * 4, feature_dim)
         self.dropout = nn.Dropout(0.3)
         self.head = nn.Linear(feature_dim, num_classes)
@@ -135,9 +126,6 @@ class ClassifierInfo:
     seconds: float
     data: str = DATA_NAME
 
-    def metadata(self) -> dict[str, str]:
-        return {key: str(value) for key, value in asdict(self).items()}
-
 
 def train_classifier(
     images: np.ndarray,
@@ -197,7 +185,7 @@ def save_classifier(
         "kind": KIND,
         "num_classes": str(model.num_classes),
         "feature_dim": str(model.feature_dim),
-        **info.metadata(),
+        **{key: str(value) for key, value in asdict(info).items()},
     }
     if command:
         meta["command"] = command
@@ -218,15 +206,10 @@ def load_classifier(
     try:
         model = DigitClassifier(int(meta["num_classes"]), int(meta["feature_dim"]))
         model.load_state_dict(state)
-        info = ClassifierInfo(
-            held_out_accuracy=float(meta["held_out_accuracy"]),
-            held_out_count=int(meta["held_out_count"]),
-            train_count=int(meta["train_count"]),
-            steps=int(meta["steps"]),
-            seed=int(meta["seed"]),
-            seconds=float(meta["seconds"]),
-            data=meta.get("data", ""),
-        )
+        types = {"held_out_accuracy": float, "seconds": float, "data": str}
+        recorded = {f.name: types.get(f.name, int)(meta[f.name]) for f in fields(ClassifierInfo)
+                    if f.name != "data"}  # fmt: skip
+        info = ClassifierInfo(**recorded, data=meta.get("data", ""))
     except (KeyError, ValueError, RuntimeError) as exc:
         raise WeightsError(f"{path} is a damaged digit classifier ({exc})") from None
     return model.eval(), info
@@ -257,30 +240,22 @@ class RealBaseline:
     reference_count: int
 
 
-def reference_images() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(train images, train labels, held-out images, held-out labels) of the digits data."""
+def real_baseline(
+    classifier: DigitClassifier, samples_per_class: int
+) -> tuple[RealBaseline, np.ndarray]:
+    """Up to `samples_per_class` real held-out digits of every class scored against the features
+    of the training split, and those features (the reference of every n)."""
     from parcli.training.data import load_digits, split_held_out
 
     images, labels = load_digits()
     train_idx, held_idx = split_held_out(labels)
-    return images[train_idx], labels[train_idx], images[held_idx], labels[held_idx]
-
-
-def real_baseline(
-    classifier: DigitClassifier,
-    reference_feats: np.ndarray,
-    held_images: np.ndarray,
-    held_labels: np.ndarray,
-    samples_per_class: int,
-) -> RealBaseline:
-    """Accuracy and distance of up to `samples_per_class` real held-out digits of every class."""
+    reference = features(classifier, images[train_idx])
     keep = np.concatenate(
-        [np.flatnonzero(held_labels == c)[:samples_per_class] for c in np.unique(held_labels)]
+        [held_idx[labels[held_idx] == c][:samples_per_class] for c in np.unique(labels)]
     )
-    images, labels = held_images[keep], held_labels[keep]
-    accuracy = float((predict(classifier, images) == labels).mean())
-    distance = frechet_distance(features(classifier, images), reference_feats)
-    return RealBaseline(len(keep), accuracy, distance, len(reference_feats))
+    accuracy = float((predict(classifier, images[keep]) == labels[keep]).mean())
+    distance = frechet_distance(features(classifier, images[keep]), reference)
+    return RealBaseline(len(keep), accuracy, distance, len(reference)), reference
 
 
 def goals_met(
@@ -295,74 +270,42 @@ def goals_met(
     return ok, accuracy_goal, fd_goal
 
 
-def check_settings(samples_per_class: int, batch_size: int, cfg_scale: float | None) -> None:
-    """Refuse settings `evaluate` cannot use, before anything is loaded."""
+def check_settings(samples_per_class: int, batch_size: int) -> None:
+    """Refuse settings an evaluation cannot use, before anything is loaded."""
     for setting, value in (("samples_per_class", samples_per_class), ("batch_size", batch_size)):
         if value < 1:
             raise SettingError(setting, f"must be at least 1, not {value}")
-    if cfg_scale is not None and not cfg_scale >= 0:
-        raise SettingError("cfg_scale", f"must be >= 0, not {cfg_scale}")
 
 
-def evaluate_against_real(
+def generated(
     pipelines: Mapping[int, Pipeline],
-    classifier: DigitClassifier,
-    samples_per_class: int = 50,
-    seed: int = 0,
-    cfg_scale: float | None = None,
-    batch_size: int = 100,
-    on_progress: Callable[[int, int, int], None] | None = None,
-) -> tuple[list[EvalResult], RealBaseline]:
-    """`evaluate`, and the real held-out digits scored the same way: the best one can expect."""
-    train_images, _, held_images, held_labels = reference_images()
-    reference = features(classifier, train_images)
-    baseline = real_baseline(classifier, reference, held_images, held_labels, samples_per_class)
-    results = evaluate(
-        pipelines,
-        classifier,
-        samples_per_class,
-        seed,
-        cfg_scale,
-        batch_size,
-        reference,
-        on_progress,
-    )
-    return results, baseline
-
-
-@dataclass
-class _PassCounter:
-    """Counts the passes of one n's generation for `on_progress`."""
-
-    regions: int
-    total: int
-    on_progress: Callable[[int, int, int], None] | None
-    done: int = 0
-
-    def __call__(self, _step) -> None:
-        self.done += 1
-        if self.on_progress is not None:
-            self.on_progress(self.regions, self.done, self.total)
-
-
-def generate_samples(
-    pipe: Pipeline,
-    regions: int,
-    labels: np.ndarray,
+    classes: int,
+    samples_per_class: int,
     seed: int,
-    cfg_scale: float | None,
     batch_size: int,
-    on_progress: Callable[[int, int, int], None] | None = None,
-) -> tuple[np.ndarray, int, float]:
-    """(pixels, passes run per batch, seconds of generation and decoding) of `labels`."""
+    on_progress: Callable[[int, int, int], None] | None,
+) -> Iterator[tuple[int, Pipeline, np.ndarray, np.ndarray, int, float]]:
+    """(n, pipeline, labels, pixels, passes per batch, seconds of generation and decoding) for
+    every n in turn; every n draws the same labels with the same seed, so the rows compare."""
+    check_settings(samples_per_class, batch_size)
+    labels = np.tile(np.arange(classes), samples_per_class)
     batches = -(-len(labels) // batch_size)
-    counter = _PassCounter(regions, pipe.plan.num_passes * batches, on_progress)
-    started = time.perf_counter()
-    tokens = pipe.generate(labels.tolist(), pipe.sampling(cfg_scale), seed, batch_size, counter)
-    pixels = pipe.decode(tokens, batch_size)
-    if pipe.device.type == "cuda":
-        torch.cuda.synchronize(pipe.device)
-    return pixels, counter.done // batches, time.perf_counter() - started
+    for n in sorted(pipelines):
+        pipe, done = pipelines[n], 0
+        total = pipe.plan.num_passes * batches
+
+        def on_pass(_step, n: int = n, total: int = total) -> None:
+            nonlocal done
+            done += 1
+            if on_progress is not None:
+                on_progress(n, done, total)
+
+        started = time.perf_counter()
+        tokens = pipe.generate(labels.tolist(), pipe.sampling(), seed, batch_size, on_pass)
+        pixels = pipe.decode(tokens, batch_size)
+        if pipe.device.type == "cuda":
+            torch.cuda.synchronize(pipe.device)
+        yield n, pipe, labels, pixels, done // batches, time.perf_counter() - started
 
 
 def evaluate(
@@ -370,34 +313,27 @@ def evaluate(
     classifier: DigitClassifier,
     samples_per_class: int = 50,
     seed: int = 0,
-    cfg_scale: float | None = None,
     batch_size: int = 100,
     reference_feats: np.ndarray | None = None,
     on_progress: Callable[[int, int, int], None] | None = None,
 ) -> list[EvalResult]:
     """Generate `samples_per_class` digits of every class with each pipeline (by n) and score
-    them; every n uses the same seed and labels, so the rows compare."""
-    check_settings(samples_per_class, batch_size, cfg_scale)
-    if reference_feats is None:
-        reference_feats = features(classifier, reference_images()[0])
+    them against `reference_feats` (the real baseline's when not given)."""
     classes = classifier.num_classes
-    labels = np.tile(np.arange(classes), samples_per_class)
-    results: list[EvalResult] = []
-    base_fd: float | None = None
-    for n in sorted(pipelines):
-        pipe = pipelines[n]
+    for pipe in pipelines.values():
         if pipe.model.cfg.num_classes != classes:
             raise PipelineError(
                 f"{pipe.name} knows {pipe.model.cfg.num_classes} classes but the classifier "
                 f"{classes}; evaluation needs a digits model"
             )
-        pixels, _, seconds = generate_samples(
-            pipe, n, labels, seed, cfg_scale, batch_size, on_progress
-        )
-        passes = round(pipe.passes_per_image(), 1)  # fewer than the plan's with --strategy sjd
-
-        predicted = predict(classifier, pixels)
-        correct = predicted == labels
+    if reference_feats is None:
+        reference_feats = real_baseline(classifier, samples_per_class)[1]
+    results: list[EvalResult] = []
+    base_fd: float | None = None
+    for n, pipe, labels, pixels, _, seconds in generated(
+        pipelines, classes, samples_per_class, seed, batch_size, on_progress
+    ):
+        correct = predict(classifier, pixels) == labels
         distance = frechet_distance(features(classifier, pixels), reference_feats)
         if n == 1:
             base_fd = distance
@@ -406,7 +342,7 @@ def evaluate(
         results.append(
             EvalResult(
                 regions=n,
-                passes=passes,
+                passes=round(pipe.passes_per_image(), 1),  # fewer than the plan's with sjd
                 samples=len(labels),
                 accuracy=float(correct.mean()),
                 per_class_accuracy=[float(correct[labels == c].mean()) for c in range(classes)],
@@ -421,18 +357,34 @@ def evaluate(
     return results
 
 
+def evaluate_against_real(
+    pipelines: Mapping[int, Pipeline],
+    classifier: DigitClassifier,
+    samples_per_class: int = 50,
+    seed: int = 0,
+    batch_size: int = 100,
+    on_progress: Callable[[int, int, int], None] | None = None,
+) -> tuple[list[EvalResult], RealBaseline]:
+    """`evaluate`, and the real held-out digits scored the same way."""
+    baseline, reference = real_baseline(classifier, samples_per_class)
+    args = (samples_per_class, seed, batch_size, reference, on_progress)
+    return evaluate(pipelines, classifier, *args), baseline
+
+
 def report(
-    results: list[EvalResult],
+    results: list,
     info: ClassifierInfo,
-    baseline: RealBaseline | None,
+    baseline: object | None,
     settings: Mapping[str, object],
+    baseline_name: str = "real_baseline",
 ) -> str:
-    """The JSON text of an evaluation."""
+    """The JSON text of an evaluation (of clips with `baseline_name` "training_baseline")."""
+    reference = "features of the classifier's training split of the digits (4,500 images)"
     document = {
         "settings": dict(settings),
         "classifier": asdict(info),
-        "reference": "features of the classifier's training split of the digits (4,500 images)",
-        "real_baseline": asdict(baseline) if baseline is not None else None,
+        **({"reference": reference} if baseline_name == "real_baseline" else {}),
+        baseline_name: asdict(baseline) if baseline is not None else None,
         "rows": [asdict(row) for row in results],
         "all_goals_met": all(row.passes_goals for row in results),
     }

@@ -1,16 +1,11 @@
-"""FID between two `.npz` files of images, with the TensorFlow-compatible Inception-v3 of
-torch-fidelity (an optional extra), in the manner of OpenAI's ADM evaluator.
-
-The network's 2048 pool features of every image (uint8 RGB, resized inside the network to 299
-as TensorFlow resizes) are gathered batch by batch into a Gaussian; the FID is the Fréchet
-distance between two such Gaussians. A reference `.npz` that stores `mu` and `sigma` (the ADM
-reference batches do) is used through them. Any other feature extractor can stand in: the tests
-use a small one, so that everything but the network runs offline.
+"""FID between two `.npz` files of images, as OpenAI's ADM evaluator computes it: the Fréchet
+distance of Gaussians fitted to the 2048 pool features of torch-fidelity's TensorFlow-compatible
+Inception-v3 (an optional extra), or to a reference's stored `mu` and `sigma`. Any extractor can
+stand in for the network (the tests use a small one, offline).
 """
 
 from __future__ import annotations
 
-import hashlib
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -23,12 +18,17 @@ from parcli.io.hub import offline_requested
 from parcli.io.npz import member_header, npz_members, read_array, read_rows
 from parcli.quality.frechet import Gaussian, frechet
 
-# The weights torch-fidelity converts from TensorFlow's 2015-12-05 Inception graph; the name
-# carries the first digits of the file's sha256, which is checked.
+# The weights torch-fidelity converts from TensorFlow's 2015-12-05 Inception graph.
 INCEPTION_URL = (
     "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
     "weights-inception-2015-12-05-6726825d.pth"
 )
+
+# What reading a damaged .npz raises (zipfile: NotImplementedError and RuntimeError for the
+# versions and encryption a damaged header can claim).
+UNREADABLE = (
+    OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, NotImplementedError, RuntimeError
+)  # fmt: skip
 
 Extractor = Callable[[torch.Tensor], torch.Tensor]
 """uint8 images (N, 3, H, W) -> float features (N, D)."""
@@ -39,7 +39,8 @@ class FidError(UserError):
 
 
 def _inception_weights(offline: bool) -> Path:
-    """The Inception weights file, downloaded once into torch's hub cache and checked."""
+    """The Inception weights file, downloaded once into torch's hub cache; the download checks the
+    sha256 prefix that the file's name carries."""
     target = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_URL.rsplit("/", 1)[1]
     if not target.is_file():
         if offline_requested(offline):
@@ -49,15 +50,12 @@ def _inception_weights(offline: bool) -> Path:
             )
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            torch.hub.download_url_to_file(INCEPTION_URL, str(target), progress=False)
+            sha256 = target.stem.rsplit("-", 1)[1]
+            torch.hub.download_url_to_file(INCEPTION_URL, str(target), sha256, progress=False)
         except Exception as exc:  # noqa: BLE001 - urllib raises many kinds
             raise FidError(
                 f"cannot download the Inception-v3 weights from {INCEPTION_URL}: {exc}"
             ) from None
-    expected = target.stem.rsplit("-", 1)[1]
-    if not hashlib.sha256(target.read_bytes()).hexdigest().startswith(expected):
-        target.unlink()
-        raise FidError("the downloaded Inception-v3 weights are damaged; run again to fetch them")
     return target
 
 
@@ -98,9 +96,6 @@ def statistics(
         raise FidError(f"{path} does not exist")
     try:
         members = npz_members(path)
-    except (OSError, ValueError, zipfile.BadZipFile, NotImplementedError, RuntimeError) as exc:
-        raise FidError(f"{path} is not a readable .npz ({_first_line(exc)})") from None
-    try:
         if "mu" in members and "sigma" in members:
             return (*_stored_statistics(path), None)
         if "arr_0" not in members:
@@ -114,24 +109,16 @@ def statistics(
             gaussian.add(extractor(batch).double().cpu().numpy())
             if on_batch is not None:
                 on_batch(gaussian.count, len(images))
-    # zipfile raises NotImplementedError and RuntimeError for versions and encryption it
-    # cannot read, which a damaged header can claim.
-    except (
-        OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, NotImplementedError,
-        RuntimeError,
-    ) as exc:  # fmt: skip
-        raise FidError(f"{path} is not a readable .npz ({_first_line(exc)})") from None
+    except UNREADABLE as exc:
+        text = str(exc).strip()
+        reason = text.splitlines()[0] if text else type(exc).__name__
+        raise FidError(f"{path} is not a readable .npz ({reason})") from None
     if gaussian.count < 2:
         raise FidError(f"{path} holds {gaussian.count} image(s); FID needs at least two")
     mu, sigma = gaussian.moments()
     if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
         raise FidError(f"the features of {path} are not finite numbers; check the network")
     return mu, sigma, gaussian.count
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _stored_statistics(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -1,25 +1,16 @@
 """The FID protocol: K images of every class, in shards that survive interruption, merged into
 the `.npz` of OpenAI's ADM evaluator, byte for byte the same however the work was split.
 
-Image k of class c is image c * K + k of the run: its random numbers, and so the image, depend
-on (seed, that index) alone. The images are listed class by class and cut into shards of
-`shard_size`; a shard is generated in batches of `batch_size` from its own start, and decoded
-image by image on one CPU thread, so it comes out the same, to the byte, whichever process makes
-it and whenever (a batched or multi-threaded decode rounds a few pixels differently with the
-batch and the thread count). Decoding and writing run beside the next shard's generation. Each
-shard lands atomically as
-`OUT/shards/NNNNN.npz` with its sha256 in `NNNNN.json`, and a run started again with the same
-settings keeps the shards that check out and makes the rest. `OUT/run.json` holds everything
-the bytes depend on; another run's settings in the same folder are refused. When every shard is
-there, `OUT/samples.npz` (`arr_0`: uint8 (N, H, W, 3); `labels`: int64 (N,)) is streamed from
-the shards, and `OUT/manifest.json` says how it was made.
+Image k of class c is image c * K + k of the run: its random numbers depend on (seed, that index)
+alone, and shards are decoded image by image on one CPU thread, since a batched or threaded
+decode rounds a few pixels differently. A run started again with the same settings (`run.json`)
+keeps the shards whose sha256 checks out and makes the rest.
 """
 
 from __future__ import annotations
 
 import json
 import time
-import zipfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -35,6 +26,7 @@ from parcli.io.media import save_png
 from parcli.io.npz import Member, member_header, read_array, write_arrays, write_npz
 from parcli.pipeline import Pipeline
 from parcli.plan import Pass
+from parcli.quality.fid import UNREADABLE
 from parcli.quality.ranks import Ranks
 from parcli.sampling import SamplingConfig
 
@@ -148,13 +140,17 @@ class SampleRun:
         ]
         self._labels, self._indices = settings.labels(), settings.indices()
 
-    # ------------------------------------------------------------------ the folder
-
     def prepare(self) -> bool:
         """Make the folder, or check that it holds this very run (never another); True when
-        that run is complete already."""
-        run_file = self.out / RUN
-        if run_file.is_file():
+        that run is complete already: `samples.npz` is the file its manifest vouches for."""
+        run_file, samples, manifest = self.out / RUN, self.out / SAMPLES, self.out / MANIFEST
+        fresh = not run_file.is_file()
+        if fresh and self.out.exists() and (not self.out.is_dir() or any(self.out.iterdir())):
+            raise SampleError(
+                f"{self.out} exists and holds no par sample run; choose a new or empty folder",
+                "output",
+            )
+        if not fresh:
             found = _read_json(run_file)
             if not isinstance(found, dict):
                 raise SampleError(
@@ -163,11 +159,8 @@ class SampleRun:
                     "output",
                 )
             if found != self.identity:
-                differ = sorted(
-                    key
-                    for key in set(self.identity) | set(found)
-                    if found.get(key) != self.identity.get(key)
-                )
+                keys = {**found, **self.identity}
+                differ = sorted(key for key in keys if found.get(key) != self.identity.get(key))
                 raise SampleError(
                     f"{self.out} holds a run with other settings ({', '.join(differ)}); "
                     "choose another folder, or remove it to start afresh",
@@ -176,19 +169,15 @@ class SampleRun:
             # A killed run leaves its half-written files under temporary names: ours to remove.
             for folder in (self.out, self.out / SHARDS, self.out / PNGS):
                 remove_temporaries(folder)
-            if self._is_complete():
+            document = _read_json(manifest) if samples.is_file() else None
+            vouched = isinstance(document, dict) and document.get("settings") == self.identity
+            if vouched and file_sha256(samples) == document.get("samples_sha256"):
                 return True
-            self._check_space()
-            return False
-        if self.out.exists() and (not self.out.is_dir() or any(self.out.iterdir())):
-            raise SampleError(
-                f"{self.out} exists and holds no par sample run; choose a new or empty folder",
-                "output",
-            )
         self._check_space()
-        (self.out / SHARDS).mkdir(parents=True, exist_ok=True)
-        with atomic_path(run_file, "output") as tmp:
-            tmp.write_text(json.dumps(self.identity, indent=2) + "\n", encoding="utf-8")
+        if fresh:
+            (self.out / SHARDS).mkdir(parents=True, exist_ok=True)
+            with atomic_path(run_file, "output") as tmp:
+                tmp.write_text(json.dumps(self.identity, indent=2) + "\n", encoding="utf-8")
         return False
 
     def image_shape(self) -> tuple[int, int, int]:
@@ -218,17 +207,6 @@ class SampleRun:
                 "output",
             )
 
-    def _is_complete(self) -> bool:
-        """`samples.npz` is there and is the file the manifest vouches for; anything less is
-        merged again from the shards."""
-        samples, manifest = self.out / SAMPLES, self.out / MANIFEST
-        if not (samples.is_file() and manifest.is_file()):
-            return False
-        document = _read_json(manifest)
-        if not isinstance(document, dict) or document.get("settings") != self.identity:
-            return False
-        return file_sha256(samples) == document.get("samples_sha256")
-
     def _paths(self, shard: Shard) -> tuple[Path, Path]:
         stem = self.out / SHARDS / f"{shard.number:05d}"
         return stem.with_suffix(".npz"), stem.with_suffix(".json")
@@ -254,39 +232,17 @@ class SampleRun:
                 if found.dtype != np.int64 or not np.array_equal(found, wanted[span]):
                     return False
             return True
-        except (
-            OSError,
-            ValueError,
-            KeyError,
-            zipfile.BadZipFile,
-            NotImplementedError,
-            RuntimeError,
-        ):
+        except UNREADABLE:
             return False
 
     def todo(self, rank: int = 0, world: int = 1) -> list[Shard]:
         """The shards process `rank` of `world` makes that are not done yet."""
         return [s for s in self.shards[rank::world] if not self.is_done(s)]
 
-    # ------------------------------------------------------------------ making shards
-
-    def tokens(self, shard: Shard, on_pass: Callable[[Pass], None] | None = None) -> torch.Tensor:
-        """The token grids of a shard's images, generated in batches from its start."""
-        span = slice(shard.start, shard.stop)
-        labels, indices = self._labels[span].tolist(), self._indices[span].tolist()
-        settings = self.settings
-        return self.pipe.generate(
-            labels, self.sampling, settings.seed, settings.batch_size, on_pass, indices
-        )
-
-    def pixels(self, tokens: torch.Tensor) -> np.ndarray:
-        """uint8 RGB images (N, H, W, 3): decoded one at a time, the same whatever the batch."""
-        pixels = self.pipe.decode(tokens, batch_size=1, size=self.settings.image_size_eval)
-        return np.repeat(pixels, 3, axis=-1) if pixels.shape[-1] == 1 else pixels
-
     def write(self, shard: Shard, tokens: torch.Tensor) -> None:
         """Land a shard: its images (and PNGs), then the record that says it is whole."""
-        images = self.pixels(tokens)
+        images = self.pipe.decode(tokens, batch_size=1, size=self.settings.image_size_eval)
+        images = np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
         data, record = self._paths(shard)
         span = slice(shard.start, shard.stop)
         write_arrays(
@@ -314,7 +270,12 @@ class SampleRun:
         ) as writer:
             for shard in shards:
                 started = time.perf_counter()
-                tokens = self.tokens(shard, on_pass)
+                span = slice(shard.start, shard.stop)
+                labels, indices = self._labels[span].tolist(), self._indices[span].tolist()
+                tokens = self.pipe.generate(
+                    labels, self.sampling, self.settings.seed, self.settings.batch_size, on_pass,
+                    indices,
+                )  # fmt: skip
                 if pending is not None:
                     pending.result()
                 pending = writer.submit(self.write, shard, tokens)
@@ -323,20 +284,11 @@ class SampleRun:
             if pending is not None:
                 pending.result()
 
-    # ------------------------------------------------------------------ the result
-
     def merge(self, command: str, processes: int, seconds: float) -> Path:
         """Stream every shard into `samples.npz`, shard by shard, and write the manifest."""
         from parcli import __version__
         from parcli.quality.bench import machine_info
 
-        manifest = {
-            "parcli": __version__,
-            "command": command,
-            "machine": machine_info(self.pipe.device),
-            "processes": processes,
-            "seconds": round(seconds, 1),
-        }
         missing = [shard.number for shard in self.shards if not self.is_done(shard)]
         if missing:
             raise SampleError(
@@ -359,7 +311,11 @@ class SampleRun:
             "output",
         )
         document = {
-            **manifest,
+            "parcli": __version__,
+            "command": command,
+            "machine": machine_info(self.pipe.device),
+            "processes": processes,
+            "seconds": round(seconds, 1),
             "settings": self.identity,
             "images": self.settings.count,
             "shape": list(shape),

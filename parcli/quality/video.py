@@ -8,18 +8,12 @@ scored the same way (what a perfect generator would reach).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
 from parcli.pipeline import Pipeline, PipelineError
-from parcli.quality.digits import (
-    IMAGE_SIDE,
-    DigitClassifier,
-    check_settings,
-    generate_samples,
-    predict,
-)
+from parcli.quality.digits import IMAGE_SIDE, DigitClassifier, generated, predict
 from parcli.training.data import load_moving_digits
 from parcli.training.moving_digits import PATCH, digit_crops, mean_displacement
 
@@ -58,10 +52,8 @@ class VideoBaseline:
 
 def classifier_view(frames: np.ndarray) -> np.ndarray:
     """(N, H, W[, 1]) frames -> (N, 32, 32, 1): each digit's window, centred as in MNIST."""
-    crops = digit_crops(frames)
     border = (IMAGE_SIDE - PATCH) // 2
-    padded = np.pad(crops, ((0, 0), (border, border), (border, border)))
-    return padded[..., None]
+    return np.pad(digit_crops(frames), ((0, 0), (border, border), (border, border)))[..., None]
 
 
 def clip_scores(
@@ -81,12 +73,8 @@ def training_baseline(
     clips, labels = load_moving_digits(frames=frames)
     pick = np.linspace(0, len(clips) - 1, min(count, len(clips))).astype(np.int64)
     correct, consistent = clip_scores(classifier, clips[pick], labels[pick])
-    return VideoBaseline(
-        clips=len(pick),
-        frame_accuracy=float(correct.mean()),
-        consistency=float(consistent.mean()),
-        motion=mean_displacement(clips[pick]),
-    )
+    motion = mean_displacement(clips[pick])
+    return VideoBaseline(len(pick), float(correct.mean()), float(consistent.mean()), motion)
 
 
 def planned_passes(tokens: int, regions: int) -> int:
@@ -98,27 +86,19 @@ def evaluate_video(
     classifier: DigitClassifier,
     samples_per_class: int = 50,
     seed: int = 0,
-    cfg_scale: float | None = None,
     batch_size: int = 100,
     on_progress: Callable[[int, int, int], None] | None = None,
 ) -> tuple[list[VideoEvalResult], VideoBaseline]:
     """Generate `samples_per_class` clips of every class with each pipeline and score them."""
-    check_settings(samples_per_class, batch_size, cfg_scale)
     classes = classifier.num_classes
-    labels = np.tile(np.arange(classes), samples_per_class)
-    results: list[VideoEvalResult] = []
-    baseline: VideoBaseline | None = None
-    for n in sorted(pipelines):
-        pipe = pipelines[n]
+    for pipe in pipelines.values():
         if not pipe.is_video or pipe.model.cfg.num_classes != classes:
             raise PipelineError(f"{pipe.name} is not a digits video model")
-        frames = pipe.plan.grid[0]
-        if baseline is None:
-            baseline = training_baseline(classifier, frames)
-        clips, passes, seconds = generate_samples(
-            pipe, n, labels, seed, cfg_scale, batch_size, on_progress
-        )
-
+    baseline = training_baseline(classifier, pipelines[min(pipelines)].plan.grid[0])
+    results: list[VideoEvalResult] = []
+    for n, pipe, labels, clips, passes, seconds in generated(
+        pipelines, classes, samples_per_class, seed, batch_size, on_progress
+    ):
         correct, consistent = clip_scores(classifier, clips, labels)
         motion = mean_displacement(clips)
         ratio = motion / baseline.motion
@@ -131,7 +111,7 @@ def evaluate_video(
                 passes=passes,
                 planned_passes=planned,
                 clips=len(labels),
-                frames=frames,
+                frames=pipe.plan.grid[0],
                 frame_accuracy=accuracy,
                 per_class_accuracy=[float(correct[labels == c].mean()) for c in range(classes)],
                 consistency=float(consistent.mean()),
@@ -144,24 +124,4 @@ def evaluate_video(
                 seconds=seconds,
             )
         )
-    assert baseline is not None  # pipelines is never empty here
     return results, baseline
-
-
-def video_report(
-    results: list[VideoEvalResult],
-    info,
-    baseline: VideoBaseline,
-    settings: Mapping[str, object],
-) -> str:
-    """The JSON text of a clip evaluation."""
-    import json
-
-    document = {
-        "settings": dict(settings),
-        "classifier": asdict(info),
-        "training_baseline": asdict(baseline),
-        "rows": [asdict(row) for row in results],
-        "all_goals_met": all(row.passes_goals for row in results),
-    }
-    return json.dumps(document, indent=2) + "\n"

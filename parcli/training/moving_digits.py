@@ -56,17 +56,6 @@ def trajectories(count: int, seed: int, frames: int = FRAMES, span: int = CANVAS
     return paths
 
 
-def render(patches: np.ndarray, paths: np.ndarray, canvas: int = CANVAS) -> np.ndarray:
-    """(N, T, canvas, canvas, 1) uint8 clips: patch i drawn at paths[i, t] in frame t."""
-    count, frames = paths.shape[:2]
-    clips = np.zeros((count, frames, canvas, canvas, 1), dtype=np.uint8)
-    side = patches.shape[1]
-    for index in range(count):
-        for t, (top, left) in enumerate(paths[index]):
-            clips[index, t, top : top + side, left : left + side, 0] = patches[index]
-    return clips
-
-
 def moving_digits(
     digits: np.ndarray,
     labels: np.ndarray,
@@ -77,7 +66,11 @@ def moving_digits(
     """(clips (N, T, 32, 32, 1) uint8, labels (N,)): `clips_per_digit` paths for every digit."""
     patches = np.tile(digit_patches(digits), (clips_per_digit, 1, 1))
     paths = trajectories(len(patches), seed, frames)
-    return render(patches, paths), np.tile(np.asarray(labels, dtype=np.int64), clips_per_digit)
+    clips = np.zeros((len(patches), frames, CANVAS, CANVAS, 1), dtype=np.uint8)
+    for index, path in enumerate(paths):
+        for t, (top, left) in enumerate(path):
+            clips[index, t, top : top + PATCH, left : left + PATCH, 0] = patches[index]
+    return clips, np.tile(np.asarray(labels, dtype=np.int64), clips_per_digit)
 
 
 def centres_of_mass(frames: np.ndarray) -> np.ndarray:
