@@ -1,4 +1,4 @@
-"""The floating-point dtypes `par` computes and stores in, by the short names it uses for them."""
+"""The floating-point dtypes `par` computes and stores in, by their short names."""
 
 from __future__ import annotations
 
@@ -39,10 +39,7 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 def compute_dtype(name: str, device: torch.device) -> torch.dtype:
     """The dtype the transformer runs in; `auto` is bf16 on CUDA and fp32 elsewhere."""
-    dtype = _named(name, "auto")
-    if dtype is None:
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return dtype
+    return _named(name, "auto") or (torch.bfloat16 if device.type == "cuda" else torch.float32)
 
 
 def storage_dtype(name: str | torch.dtype | None) -> torch.dtype | None:

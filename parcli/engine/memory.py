@@ -1,8 +1,5 @@
-"""Will a generation fit? Memory estimated from the checkpoints' headers, before anything large
-is allocated, against what the device has free.
-
-The estimates are deliberately generous, so a run they refuse would not have fit.
-"""
+"""Will a generation fit? Memory estimated, generously, from the checkpoints' headers before
+anything large is allocated, against what the device has free."""
 
 from __future__ import annotations
 
@@ -12,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from parcli.config import GPTConfig
-from parcli.engine.devices import available_memory
+from parcli.engine.devices import proc_field
 from parcli.io.checkpoints import expected_shapes
 from parcli.model import cache_dtype, cache_head_dim
 from parcli.plan import Plan
@@ -77,11 +74,12 @@ def estimate(
 
 
 def available_bytes(device: torch.device) -> int | None:
-    """Free memory of the device (RAM for the CPU), or None where it cannot be told."""
+    """Free memory of the device (RAM new allocations can still get, for the CPU), or None where
+    it cannot be told."""
     if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        return int(free)
-    return available_memory() if device.type == "cpu" else None
+        return int(torch.cuda.mem_get_info(device)[0])
+    free = proc_field("/proc/meminfo", "MemAvailable:") if device.type == "cpu" else None
+    return int(free.split()[0]) * 1024 if free else None
 
 
 def largest_batch(fits, upper: int) -> int:

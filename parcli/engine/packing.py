@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from parcli.engine.quantize import quantized_bytes
+from parcli.engine.quantize import Int8Linear
 from parcli.model import FeedForward, Transformer
 
 
@@ -79,11 +79,11 @@ def pack_projections(model: Transformer, input_rows: int) -> str | None:
 
 
 def projection_bytes(model: Transformer) -> int:
-    """Bytes of the projection weights a forward pass multiplies by, packed or not."""
+    """Bytes of the projection weights a forward pass multiplies by: plain, packed or int8."""
     total = 0
     for module in model.modules():
         if isinstance(module, nn.Linear):
             total += module.weight.numel() * module.weight.element_size()
-        elif isinstance(module, PackedLinear):
+        elif isinstance(module, (PackedLinear, Int8Linear)):
             total += module.nbytes
-    return total + quantized_bytes(model)
+    return total

@@ -1,11 +1,7 @@
-"""Weight-only int8: every transformer projection's weight as int8 with one scale per output
-channel, as gpt-fast does; embeddings, norms and the VQ stay as they are.
-
-A pass at small batch reads every weight once, so fewer bytes is most of the speed-up. A product
-either runs `torch._weight_int8pack_mm` on the int8 weight (best at few rows) or widens the weight
-exactly to bfloat16 for oneDNN (best at more rows); the row count where widening wins is measured
-per machine, shape and thread count. Opt-in only, as the tokens differ from float32's.
-"""
+"""Weight-only int8 (opt-in: the tokens differ from float32's): each projection's weight as int8
+with a scale per output channel, as gpt-fast does. A product runs `torch._weight_int8pack_mm` (best
+at few rows) or widens the weight exactly to bf16 (best at more); where widening starts to win is
+timed per machine, shape and thread count."""
 
 from __future__ import annotations
 
@@ -34,6 +30,7 @@ class Int8Linear(nn.Module):
         scales = weight.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127
         quantized = torch.round(weight / scales[:, None]).clamp(-127, 127).to(torch.int8)
         self.out_features, self.in_features = weight.shape
+        self.nbytes = quantized.numel() + scales.numel() * 4  # what a product reads
         self.register_buffer("weight_int8", quantized)
         self.register_buffer("scales", scales)
         self.register_buffer("kernel_scales", scales.to(ACTIVATION_DTYPE), persistent=False)
@@ -175,11 +172,3 @@ def int8_products(model: nn.Module) -> str | None:
     span = str(known[0]) if len(known) == 1 else f"{known[0]} to {known[-1]}"
     some = " (some shapes never)" if None in thresholds else ""
     return f"{FUSED} below {span} rows, {WIDENED} from there{some}"
-
-
-def quantized_bytes(model: nn.Module) -> int:
-    """Bytes a pass reads from the quantized projections (int8 weights and their scales)."""
-    total = 0
-    for linear in int8_linears(model):
-        total += linear.weight_int8.numel() + linear.scales.numel() * 4
-    return total

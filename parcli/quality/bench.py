@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from parcli.config import GPT_PRESETS, GPTConfig
-from parcli.engine.devices import cpu_name
+from parcli.engine.devices import cpu_name, proc_field
 from parcli.engine.dtypes import dtype_name
 from parcli.engine.memory import check_fits
 from parcli.engine.quantize import int8_products
@@ -116,19 +116,14 @@ def reset_peak_memory(device: torch.device) -> None:
 
 
 def memory_in_use(device: torch.device, peak: bool = False) -> int:
-    """Bytes allocated on a GPU, else this process's resident memory (from Linux's
-    /proc/self/status); `peak`: the most since `reset_peak_memory`."""
+    """Bytes allocated on a GPU, else this process's resident memory; `peak`: the most since
+    `reset_peak_memory`."""
     if device.type == "cuda":
         allocated = torch.cuda.max_memory_allocated if peak else torch.cuda.memory_allocated
         return int(allocated(device))
-    key = "VmHWM:" if peak else "VmRSS:"
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith(key):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    size = proc_field("/proc/self/status", "VmHWM:" if peak else "VmRSS:")  # "123 kB"
+    if size is not None:
+        return int(size.split()[0]) * 1024
     if not peak:
         return 0
     scale = 1 if platform.system() == "Darwin" else 1024
