@@ -33,29 +33,23 @@ if TYPE_CHECKING:  # torch loads when the command runs, not for --help
     from parcli.quality.bench import Row
 
 
-BENCH_DTYPES = (
-    Annotated[
-        str,
-        typer.Option(
-            help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16; a list (fp32,bf16) times "
-            "the same weights in each, interleaved, against the first."
-        ),
-    ],
-    "auto",
+DTYPES_HELP = (
+    "auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16; a list (fp32,bf16) times the same "
+    "weights in each, interleaved, against the first."
 )
-BENCH_STRATEGIES = (
-    Annotated[
-        str,
-        typer.Option(
-            help="par, sjd, or a list (par,sjd) timed on the same weights, interleaved, "
-            "against the first."
-        ),
-    ],
-    "par",
+STRATEGIES_HELP = (
+    "par, sjd, or a list (par,sjd) timed on the same weights, interleaved, against the first."
+)
+BASELINE_HELP = (
+    "Also time a plain engine (no packed weights, whole-cache masked attention with the "
+    "reference's kernels, no graphs or compile) on the same weights, interleaved with ours."
 )
 
 
-@run_options(dtype=BENCH_DTYPES, strategy=BENCH_STRATEGIES)
+@run_options(
+    dtype=(Annotated[str, typer.Option(help=DTYPES_HELP)], "auto"),
+    strategy=(Annotated[str, typer.Option(help=STRATEGIES_HELP)], "par"),
+)
 def bench(
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="Catalogue family or entry to time.")
@@ -77,14 +71,7 @@ def bench(
     ] = 1,
     repeats: Annotated[int, typer.Option(help="Timed rounds; configurations interleave.")] = 3,
     decode: Annotated[bool, typer.Option(help="Also time the VQ decoder.")] = True,
-    baseline: Annotated[
-        bool,
-        typer.Option(
-            help="Also time a plain engine (no packed weights, whole-cache masked attention "
-            "with the reference's kernels, no graphs or compile) on the same weights, "
-            "interleaved with ours."
-        ),
-    ] = False,
+    baseline: Annotated[bool, typer.Option(help=BASELINE_HELP)] = False,
     seed: Annotated[int, typer.Option(help="Seed of the random weights and of the draws.")] = 0,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Print a line per timed run as it ends.")

@@ -3,6 +3,7 @@ anything large is allocated, against what the device has free."""
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 
@@ -47,13 +48,13 @@ def estimate(
 ) -> Estimate:
     """Bytes a `par generate` of `samples` samples, `batch` at a time, needs at its peak on
     `device`."""
-    size = torch.tensor([], dtype=dtype).element_size()
+    size = dtype.itemsize
     plan = Plan(gpt.grid, gpt.regions)
     sequences = batch * (2 if guided else 1)
     # Heads as the device's cache stores them.
     heads = gpt.n_head * cache_head_dim(gpt.head_dim, device)
     width = plan.widest_pass
-    cached = torch.tensor([], dtype=cache_dtype(dtype, device, width)).element_size()
+    cached = cache_dtype(dtype, device, width).itemsize
     cache = 2 * gpt.n_layer * sequences * plan.num_slots * heads * cached
     hidden = sequences * width * gpt.dim * 12 * size  # residual, q/k/v, FFN (hidden ~ 2.7 dim)
     scores = sequences * gpt.n_head * width * plan.num_slots * 4
@@ -84,14 +85,7 @@ def available_bytes(device: torch.device) -> int | None:
 
 def largest_batch(fits, upper: int) -> int:
     """The largest batch in [1, upper] for which the monotone `fits(batch)` holds (0 if none)."""
-    low, high = 0, upper
-    while low < high:
-        middle = (low + high + 1) // 2
-        if fits(middle):
-            low = middle
-        else:
-            high = middle - 1
-    return low
+    return bisect.bisect_left(range(1, upper + 1), True, key=lambda batch: not fits(batch))
 
 
 def check_fits(

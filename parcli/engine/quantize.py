@@ -127,8 +127,7 @@ MOST_COPIES = 64
 @cache
 def widening_rows(shape: tuple[int, int], threads: int) -> int | None:
     """The fewest rows from which widening an int8 (out, in) weight clearly beats the fused
-    product here; None where it never does. Remembered once timed, as the two round differently
-    and the choice must not move with the machine's noise."""
+    product here; None where it never does. Timed once, then remembered (`choices`)."""
     key = _widening_key(shape, threads)
     known = remembered(key)
     if known is not None:
@@ -136,8 +135,8 @@ def widening_rows(shape: tuple[int, int], threads: int) -> int | None:
     copies = max(2, min(MOST_COPIES, POOL_BYTES // (shape[0] * shape[1])))
     pool = torch.full((copies, *shape), 3, dtype=torch.int8)
     scales = torch.ones(shape[0], dtype=ACTIVATION_DTYPE)
-    wins = []
-    for rows in ROW_CANDIDATES:
+    threshold = None
+    for rows in reversed(ROW_CANDIDATES):  # widening wins from some row count up, if ever
         x = torch.ones(rows, shape[1], dtype=ACTIVATION_DTYPE)
 
         def fused(x=x):
@@ -148,10 +147,7 @@ def widening_rows(shape: tuple[int, int], threads: int) -> int | None:
             for weight in pool:
                 F.linear(x, _widened(weight)) * scales
 
-        wins.append(best_seconds(widened, rounds=2) < 0.9 * best_seconds(fused, rounds=2))
-    threshold = None
-    for rows, won in zip(reversed(ROW_CANDIDATES), reversed(wins), strict=True):
-        if not won:
+        if best_seconds(widened, rounds=2) >= 0.9 * best_seconds(fused, rounds=2):
             break
         threshold = rows
     remember(key, NEVER if threshold is None else str(threshold))

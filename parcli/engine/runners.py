@@ -37,8 +37,7 @@ def shared_cache(
     key = (cfg.n_layer, cfg.n_head, head_dim, sequences, slots, str(device), dtype)
     cache = _caches.get(key)
     if cache is None:
-        cache = KVCache(cfg, sequences, slots, device, dtype, head_dim)
-        _caches[key] = cache
+        cache = _caches[key] = KVCache(cfg, sequences, slots, device, dtype, head_dim)
     return cache
 
 

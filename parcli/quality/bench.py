@@ -221,12 +221,8 @@ def run_bench(
 
 def schedule(cases: list[Case], warmup: int, repeats: int) -> list[tuple[int, Case]]:
     """(round, case) in the order they run: rounds below `warmup` warm up."""
-    order = []
-    for case in cases:
-        order += [(r, case) for r in range(warmup + min(repeats, 1))]
-    for r in range(warmup + 1, warmup + repeats):
-        order += [(r, case) for case in cases]
-    return order
+    first = [(r, case) for case in cases for r in range(warmup + min(repeats, 1))]
+    return first + [(r, case) for r in range(warmup + 1, warmup + repeats) for case in cases]
 
 
 def summarise(
@@ -247,6 +243,7 @@ def summarise(
         dec = statistics.median(case.decode_seconds)
         per_image = [t / case.batch for t in case.gen_seconds]
         spread = (max(case.gen_seconds) - min(case.gen_seconds)) / gen if gen else 0.0
+        floor = floor_seconds(pipe, case.batch, guided, rate) / gen if rate else None
         same = None
         ours = tokens_of.get((case.regions, case.batch)) if case.engine != OURS else None
         if ours is not None and case.tokens is not None:
@@ -269,9 +266,7 @@ def summarise(
                 speedup_vs_plain=plain / gen if plain else None,
                 speedup_vs_first=first / gen if first else None,
                 peak_memory_added_bytes=case.added_bytes,
-                floor_fraction=floor_seconds(pipe, case.batch, guided, rate) / gen
-                if rate
-                else None,
+                floor_fraction=floor,
                 noisy=spread > WIDE_SPREAD,
                 tokens_same_as_ours=same,
             )
