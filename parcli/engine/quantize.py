@@ -5,6 +5,7 @@ timed per machine, shape and thread count."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 
 import torch
@@ -71,15 +72,17 @@ def _kernel_runs(device: torch.device) -> bool:
         return False
 
 
-def quantize_int8(model: nn.Module) -> nn.Module:
-    """Swap every `nn.Linear` of the transformer for an `Int8Linear`, in place; returns the
-    model."""
+def swap_linears(model: nn.Module, swap: Callable[[nn.Linear], nn.Module]) -> None:
+    """Replace every (bias-free) `nn.Linear` inside `model` by `swap(it)`, in place."""
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, nn.Linear):
-                if child.bias is not None:
-                    raise ValueError(f"{name} has a bias; only bias-free projections quantize")
-                setattr(module, name, Int8Linear(child.weight))
+                setattr(module, name, swap(child))
+
+
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """Swap every projection of the transformer for an `Int8Linear`, in place; returns it."""
+    swap_linears(model, lambda linear: Int8Linear(linear.weight))
     return model
 
 

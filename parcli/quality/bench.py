@@ -157,7 +157,7 @@ def weight_bytes(pipe: Pipeline) -> int:
     from parcli.model import RMSNorm
 
     norms = [m.weight for m in pipe.model.modules() if isinstance(m, RMSNorm)]
-    return projection_bytes(pipe.model) + sum(w.numel() * w.element_size() for w in norms)
+    return projection_bytes(pipe.model) + sum(w.nbytes for w in norms)
 
 
 def floor_seconds(pipe: Pipeline, batch: int, guided: bool, rate: float) -> float:
