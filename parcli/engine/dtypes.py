@@ -11,24 +11,18 @@ DTYPES: dict[str, torch.dtype] = {
     "bf16": torch.bfloat16,
     "fp16": torch.float16,
 }
-_ALIASES = {
-    "float32": "fp32",
-    "float": "fp32",
-    "bfloat16": "bf16",
-    "float16": "fp16",
-    "half": "fp16",
-}
 
 
 def _named(name: str, word: str) -> torch.dtype | None:
-    """A dtype by its name, or None for `word` (which means "decide for me")."""
+    """One of DTYPES by its short name or torch's (bf16, bfloat16), or None for `word` (which
+    means "decide for me")."""
     key = str(name).strip().lower()
     if key == word:
         return None
-    key = _ALIASES.get(key, key)
-    if key not in DTYPES:
+    dtype = DTYPES.get(key) or getattr(torch, key, None)
+    if dtype not in DTYPES.values():
         raise SettingError("dtype", f"unknown dtype {name!r}; use {word}, {', '.join(DTYPES)}")
-    return DTYPES[key]
+    return dtype
 
 
 def dtype_name(dtype: torch.dtype) -> str:

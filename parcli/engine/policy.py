@@ -60,13 +60,10 @@ def choose_engine(
     quantized: bool = False,
     reference_kernels: bool = False,
 ) -> Engine:
-    """How passes run on `device` in `dtype`; `compile` None takes `default_compile`. Every
-    engine draws the same tokens in float32; in bf16 each kernel rounds its own way.
-
-    `plain` is the yardstick of `par bench --baseline`: fixed shapes, no speed-up. The reference's
-    kernels are graphed on CUDA and never compiled, as a compiled step fuses attention its own
-    way. Packed projections (CPU, fp32/bf16, not quantized) are never compiled: Inductor crashes
-    on them.
+    """How passes run on `device` in `dtype`; `compile` None takes `default_compile`. `plain`
+    (`par bench --baseline`) has no speed-up; the reference's kernels are never compiled, as a
+    compiled step fuses attention its own way; packed projections never are, as Inductor crashes
+    on them. Every engine draws the same tokens in float32; in bf16 each kernel rounds its own way.
     """
     if plain:
         return Engine(FIXED_SHAPE, reference_kernels=True)
