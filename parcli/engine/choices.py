@@ -3,6 +3,7 @@ compute the same product round differently, so a choice that moved with noise wo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import timeit
 from collections.abc import Callable
@@ -34,11 +35,9 @@ def remember(key: str, choice: str) -> None:
     from parcli.io.files import atomic_write
 
     text = json.dumps({**_read(), key: choice}, indent=2, sort_keys=True) + "\n"
-    try:
+    with contextlib.suppress(OSError, UserError):  # atomic_write reports OSErrors as OutputError
         path().parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path(), lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    except (OSError, UserError):  # atomic_write reports OSErrors as OutputError
-        pass
 
 
 def path() -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import platform
 
 import torch
@@ -43,13 +44,10 @@ def resolve_device(name: str) -> torch.device:
 
 def proc_field(path: str, key: str) -> str | None:
     """The value of the first line starting with `key` in a Linux /proc file; None elsewhere."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                if line.startswith(key):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open(path, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            if line.startswith(key):
+                return line.split(":", 1)[1].strip()
     return None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import resource
@@ -107,12 +108,9 @@ def synchronize(device: torch.device) -> None:
 def reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-        return
-    try:  # Linux: writing 5 resets the resident-set high-water mark (VmHWM)
-        with open("/proc/self/clear_refs", "w") as handle:
+    else:  # Linux: writing 5 resets the resident-set high-water mark (VmHWM)
+        with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as handle:
             handle.write("5")
-    except OSError:
-        pass
 
 
 def memory_in_use(device: torch.device, peak: bool = False) -> int:
@@ -146,7 +144,6 @@ def copy_rate(device: torch.device, size_bytes: int = 1 << 30, repeats: int = 50
         mark.record(stream)
     synchronize(device)
     fastest = min(a.elapsed_time(b) for a, b in zip(marks, marks[1:], strict=False)) / 1e3
-    del src, dst
     return 2 * size_bytes / fastest
 
 
