@@ -166,6 +166,21 @@ def floor_seconds(pipe: Pipeline, batch: int, guided: bool, rate: float) -> floa
     return (weight_bytes(pipe) * pipe.plan.num_passes + cache) / rate
 
 
+def machine_info(device: torch.device) -> dict:
+    """What figures were measured on (for `par sample`'s manifest too)."""
+    info = {
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
 def run_bench(
     engines: Engines,
     settings: BenchSettings,
@@ -348,19 +363,9 @@ def report(
     so `planned` says how many rows a whole run gives."""
     first = next(iter(engines[OURS].values()))
     int8 = next(iter(engines[INT8].values())) if INT8 in engines else None
-    machine = {
-        "cpu": cpu_name(),
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "device": str(first.device),
-        "threads": torch.get_num_threads(),
-    }
-    if first.device.type == "cuda":
-        machine["gpu"] = torch.cuda.get_device_name(first.device)
     return {
         "command": shlex.join(["par", *sys.argv[1:]]),
-        "machine": machine,
+        "machine": machine_info(first.device),
         "model": title,
         "random_weights": random_weights,
         "options": first.run_options(settings.sampling).to_dict(),
