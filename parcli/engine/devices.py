@@ -7,7 +7,7 @@ import platform
 
 import torch
 
-from parcli.engine.dtypes import compute_dtype, dtype_name
+from parcli.engine.dtypes import dtype_name, named_dtype
 from parcli.errors import SettingError
 
 
@@ -57,9 +57,11 @@ def cpu_name() -> str:
 
 
 def resolve(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
-    """The device a run asks for and the dtype its transformer computes in there."""
+    """The device a run asks for and the dtype its transformer computes in there: `auto` is bf16
+    on CUDA and fp32 elsewhere."""
     torch_device = resolve_device(device)
-    return torch_device, compute_dtype(dtype, torch_device)
+    auto = torch.bfloat16 if torch_device.type == "cuda" else torch.float32
+    return torch_device, named_dtype(dtype, "auto") or auto
 
 
 def emulated_dtype_note(device: torch.device, dtype: torch.dtype) -> str | None:

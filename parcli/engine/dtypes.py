@@ -13,7 +13,7 @@ DTYPES: dict[str, torch.dtype] = {
 }
 
 
-def _named(name: str, word: str) -> torch.dtype | None:
+def named_dtype(name: str, word: str) -> torch.dtype | None:
     """One of DTYPES by its short name or torch's (bf16, bfloat16), or None for `word` (which
     means "decide for me")."""
     key = str(name).strip().lower()
@@ -31,13 +31,8 @@ def dtype_name(dtype: torch.dtype) -> str:
     return short.get(dtype, str(dtype).removeprefix("torch."))
 
 
-def compute_dtype(name: str, device: torch.device) -> torch.dtype:
-    """The dtype the transformer runs in; `auto` is bf16 on CUDA and fp32 elsewhere."""
-    return _named(name, "auto") or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-
-
 def storage_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
     """The dtype floating tensors are stored or loaded in; `keep` (or None) keeps theirs."""
     if name is None or isinstance(name, torch.dtype):
         return name
-    return _named(name, "keep")
+    return named_dtype(name, "keep")

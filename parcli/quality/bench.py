@@ -253,13 +253,10 @@ def summarise(
         compared = case.engine not in (OURS, PLAIN)
         first = median.get((case.regions, case.batch, OURS)) if compared else None
         dec = statistics.median(case.decode_seconds)
-        per_image = [t / case.batch for t in case.gen_seconds]
         spread = (max(case.gen_seconds) - min(case.gen_seconds)) / gen if gen else 0.0
         floor = floor_seconds(pipe, case.batch, guided, rate) / gen if rate else None
-        same = None
         ours = tokens_of.get((case.regions, case.batch)) if case.engine != OURS else None
-        if ours is not None and case.tokens is not None:
-            same = (case.tokens == ours).float().mean().item()
+        same = None if ours is None else (case.tokens == ours).float().mean().item()
         rows.append(
             Row(
                 regions=case.regions,
@@ -269,8 +266,8 @@ def summarise(
                 passes=pipe.plan.num_passes,
                 **case.stats.per_image(),
                 gen_s_per_image=gen / case.batch,
-                gen_s_per_image_min=min(per_image),
-                gen_s_per_image_max=max(per_image),
+                gen_s_per_image_min=min(case.gen_seconds) / case.batch,
+                gen_s_per_image_max=max(case.gen_seconds) / case.batch,
                 decode_s_per_image=dec / case.batch,
                 total_s_per_image=(gen + dec) / case.batch,
                 images_per_s=case.batch / (gen + dec),
