@@ -8,6 +8,7 @@ from parcli.config import GPTConfig
 from parcli.engine.quantize import int8_linears, int8_products
 from parcli.engine.threads import use_threads
 from parcli.options import RunOptions
+from parcli.quality import OURS
 from parcli.quality.bench import BenchSettings, random_pipelines, run_bench
 from parcli.sampling import SamplingConfig
 
@@ -25,6 +26,6 @@ print(
     "chosen:", int8_products(chosen[regions].model), "| other:", int8_products(fused[regions].model)
 )
 settings = BenchSettings((batch,), SamplingConfig(1.5), warmup=1, repeats=3, decode=False)
-rows = run_bench(chosen, settings, others={"fused": fused})
+rows = run_bench({OURS: chosen, "fused": fused}, settings)
 for r in rows:
     print(r.engine, r.regions, r.batch, f"{r.gen_s_per_image:.3f} s/img", r.speedup_vs_first)

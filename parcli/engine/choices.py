@@ -1,13 +1,11 @@
-"""Kernel choices measured once on a machine and remembered in `<cache>/kernels.json`.
-
-Kernels that compute the same product round differently, so a choice that moved with the
-machine's noise would move tokens with it: each is timed once and read back after that.
-"""
+"""Kernel choices timed once on a machine and remembered in `<cache>/kernels.json`: kernels that
+compute the same product round differently, so a choice that moved with noise would move tokens."""
 
 from __future__ import annotations
 
+import contextlib
 import json
-import time
+import timeit
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,12 +22,7 @@ def machine_key(what: str, threads: int) -> str:
 def best_seconds(run: Callable[[], object], rounds: int) -> float:
     """The fastest of `rounds` timed calls of `run`, after one untimed call to warm it."""
     run()
-    best = float("inf")
-    for _ in range(rounds):
-        started = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - started)
-    return best
+    return min(timeit.repeat(run, number=1, repeat=rounds))
 
 
 def remembered(key: str) -> str | None:
@@ -41,13 +34,10 @@ def remember(key: str, choice: str) -> None:
     from parcli.errors import UserError
     from parcli.io.files import atomic_write
 
-    data = {**_read(), key: choice}
-    try:
+    text = json.dumps({**_read(), key: choice}, indent=2, sort_keys=True) + "\n"
+    with contextlib.suppress(OSError, UserError):  # atomic_write reports OSErrors as OutputError
         path().parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(data, indent=2, sort_keys=True) + "\n"
         atomic_write(path(), lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    except (OSError, UserError):  # atomic_write reports OSErrors as OutputError
-        pass
 
 
 def path() -> Path:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
+import contextlib
 import platform
 
 import torch
 
-from parcli.engine.dtypes import compute_dtype, dtype_name
+from parcli.engine.dtypes import dtype_name, named_dtype
 from parcli.errors import SettingError
 
 
@@ -35,63 +35,44 @@ def resolve_device(name: str) -> torch.device:
             raise SettingError(
                 "device", f"{name} does not exist: the GPUs here are cuda:0 to cuda:{count - 1}"
             )
-    elif device.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise SettingError("device", "MPS was asked for but is not available here; use cpu")
-    else:
+    elif device.type != "mps":
         raise SettingError("device", f"par does not run on {device.type} devices; {choices}")
+    elif not torch.backends.mps.is_available():
+        raise SettingError("device", "MPS was asked for but is not available here; use cpu")
     return device
 
 
-def available_memory() -> int | None:
-    """Bytes of RAM new allocations can still get; None where unknown."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
+def proc_field(path: str, key: str) -> str | None:
+    """The value of the first line starting with `key` in a Linux /proc file; None elsewhere."""
+    with contextlib.suppress(OSError), open(path, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            if line.startswith(key):
+                return line.split(":", 1)[1].strip()
+    return None
 
 
 def cpu_name() -> str:
     """The CPU's model name, or the platform's word for it."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return proc_field("/proc/cpuinfo", "model name") or platform.processor() or platform.machine()
 
 
 def resolve(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
-    """The device a run asks for and the dtype its transformer computes in there."""
+    """The device a run asks for and the dtype its transformer computes in there: `auto` is bf16
+    on CUDA and fp32 elsewhere."""
     torch_device = resolve_device(device)
-    return torch_device, compute_dtype(dtype, torch_device)
+    auto = torch.bfloat16 if torch_device.type == "cuda" else torch.float32
+    return torch_device, named_dtype(dtype, "auto") or auto
 
 
 def emulated_dtype_note(device: torch.device, dtype: torch.dtype) -> str | None:
     """A one-line warning when this CPU has no native arithmetic for a half-precision dtype."""
     if device.type != "cpu" or dtype not in (torch.bfloat16, torch.float16):
         return None
-    cpu = torch.cpu
-
-    def has(feature: str) -> bool:
-        return bool(getattr(cpu, f"_is_{feature}_supported", lambda: False)())
-
-    if dtype == torch.bfloat16:
-        native, needs = has("avx512_bf16") or has("amx_tile"), "AVX512-BF16 or AMX"
-    else:
-        native, needs = has("amx_fp16"), "AMX-FP16"
-    if native:
+    bf16 = dtype == torch.bfloat16
+    features = ("avx512_bf16", "amx_tile") if bf16 else ("amx_fp16",)
+    if any(getattr(torch.cpu, f"_is_{name}_supported", lambda: False)() for name in features):
         return None
     return (
-        f"this CPU lacks {needs}, so {dtype_name(dtype)} arithmetic is emulated and usually "
-        "slower than fp32 here; fp32 is the fast dtype on it"
+        f"this CPU lacks {'AVX512-BF16 or AMX' if bf16 else 'AMX-FP16'}, so {dtype_name(dtype)} "
+        "arithmetic is emulated and usually slower than fp32 here; fp32 is the fast dtype on it"
     )

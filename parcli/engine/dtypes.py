@@ -1,4 +1,4 @@
-"""The floating-point dtypes `par` computes and stores in, by the short names it uses for them."""
+"""The floating-point dtypes `par` computes and stores in, by their short names."""
 
 from __future__ import annotations
 
@@ -11,24 +11,18 @@ DTYPES: dict[str, torch.dtype] = {
     "bf16": torch.bfloat16,
     "fp16": torch.float16,
 }
-_ALIASES = {
-    "float32": "fp32",
-    "float": "fp32",
-    "bfloat16": "bf16",
-    "float16": "fp16",
-    "half": "fp16",
-}
 
 
-def _named(name: str, word: str) -> torch.dtype | None:
-    """A dtype by its name, or None for `word` (which means "decide for me")."""
+def named_dtype(name: str, word: str) -> torch.dtype | None:
+    """One of DTYPES by its short name or torch's (bf16, bfloat16), or None for `word` (which
+    means "decide for me")."""
     key = str(name).strip().lower()
     if key == word:
         return None
-    key = _ALIASES.get(key, key)
-    if key not in DTYPES:
+    dtype = DTYPES.get(key) or getattr(torch, key, None)
+    if dtype not in DTYPES.values():
         raise SettingError("dtype", f"unknown dtype {name!r}; use {word}, {', '.join(DTYPES)}")
-    return DTYPES[key]
+    return dtype
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -37,16 +31,8 @@ def dtype_name(dtype: torch.dtype) -> str:
     return short.get(dtype, str(dtype).removeprefix("torch."))
 
 
-def compute_dtype(name: str, device: torch.device) -> torch.dtype:
-    """The dtype the transformer runs in; `auto` is bf16 on CUDA and fp32 elsewhere."""
-    dtype = _named(name, "auto")
-    if dtype is None:
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return dtype
-
-
 def storage_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
     """The dtype floating tensors are stored or loaded in; `keep` (or None) keeps theirs."""
     if name is None or isinstance(name, torch.dtype):
         return name
-    return _named(name, "keep")
+    return named_dtype(name, "keep")

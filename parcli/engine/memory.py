@@ -1,18 +1,16 @@
-"""Will a generation fit? Memory estimated from the checkpoints' headers, before anything large
-is allocated, against what the device has free.
-
-The estimates are deliberately generous, so a run they refuse would not have fit.
-"""
+"""Will a generation fit? Memory estimated, generously, from the checkpoints' headers before
+anything large is allocated, against what the device has free."""
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 
 import torch
 
 from parcli.config import GPTConfig
-from parcli.engine.devices import available_memory
+from parcli.engine.devices import proc_field
 from parcli.io.checkpoints import expected_shapes
 from parcli.model import cache_dtype, cache_head_dim
 from parcli.plan import Plan
@@ -50,13 +48,13 @@ def estimate(
 ) -> Estimate:
     """Bytes a `par generate` of `samples` samples, `batch` at a time, needs at its peak on
     `device`."""
-    size = torch.tensor([], dtype=dtype).element_size()
+    size = dtype.itemsize
     plan = Plan(gpt.grid, gpt.regions)
     sequences = batch * (2 if guided else 1)
     # Heads as the device's cache stores them.
     heads = gpt.n_head * cache_head_dim(gpt.head_dim, device)
     width = plan.widest_pass
-    cached = torch.tensor([], dtype=cache_dtype(dtype, device, width)).element_size()
+    cached = cache_dtype(dtype, device, width).itemsize
     cache = 2 * gpt.n_layer * sequences * plan.num_slots * heads * cached
     hidden = sequences * width * gpt.dim * 12 * size  # residual, q/k/v, FFN (hidden ~ 2.7 dim)
     scores = sequences * gpt.n_head * width * plan.num_slots * 4
@@ -77,23 +75,17 @@ def estimate(
 
 
 def available_bytes(device: torch.device) -> int | None:
-    """Free memory of the device (RAM for the CPU), or None where it cannot be told."""
+    """Free memory of the device (RAM new allocations can still get, for the CPU), or None where
+    it cannot be told."""
     if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        return int(free)
-    return available_memory() if device.type == "cpu" else None
+        return int(torch.cuda.mem_get_info(device)[0])
+    free = proc_field("/proc/meminfo", "MemAvailable:") if device.type == "cpu" else None
+    return int(free.split()[0]) * 1024 if free else None
 
 
 def largest_batch(fits, upper: int) -> int:
     """The largest batch in [1, upper] for which the monotone `fits(batch)` holds (0 if none)."""
-    low, high = 0, upper
-    while low < high:
-        middle = (low + high + 1) // 2
-        if fits(middle):
-            low = middle
-        else:
-            high = middle - 1
-    return low
+    return bisect.bisect_left(range(1, upper + 1), True, key=lambda batch: not fits(batch))
 
 
 def check_fits(

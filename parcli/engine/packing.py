@@ -1,8 +1,6 @@
-"""CPU projections pre-packed by oneDNN for the row count of a pass, swapped into a transformer.
-
-The same products as `F.linear`, faster on CPU. oneDNN's, not MKL's: MKL rounds a row differently
-with the number of rows beside it, so an image would change with the batch size. Inference only.
-"""
+"""CPU projections pre-packed by oneDNN for a pass's row count: `F.linear`'s products, faster.
+Not MKL's, which round a row differently with the rows beside it (an image would change with the
+batch size)."""
 
 from __future__ import annotations
 
@@ -10,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from parcli.engine.quantize import quantized_bytes
+from parcli.engine.quantize import Int8Linear, swap_linears
 from parcli.model import FeedForward, Transformer
 
 
@@ -21,7 +19,7 @@ class PackedLinear(nn.Module):
         super().__init__()
         weight = weight.detach()
         self.input_rows = input_rows
-        self.nbytes = weight.numel() * weight.element_size()  # what a product reads
+        self.nbytes = weight.nbytes  # what a product reads
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, input_rows)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -51,13 +49,10 @@ class PackedFeedForward(nn.Module):
 
 def packing_available(dtype: torch.dtype = torch.float32) -> bool:
     """Whether this torch build has oneDNN's packing ops for `dtype`."""
-    if not (
-        torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    ):
+    ops = torch.ops.mkldnn
+    if not (torch.backends.mkldnn.is_available() and hasattr(ops, "_linear_pointwise")):
         return False
-    if dtype == torch.bfloat16:
-        return torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    return dtype == torch.float32
+    return dtype == torch.float32 or (dtype == torch.bfloat16 and ops._is_mkldnn_bf16_supported())
 
 
 ONEDNN = "oneDNN"
@@ -71,19 +66,12 @@ def pack_projections(model: Transformer, input_rows: int) -> str | None:
         return None
     for block in model.layers:
         block.feed_forward = PackedFeedForward(block.feed_forward, input_rows)
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, nn.Linear):
-                setattr(module, name, PackedLinear(child.weight, input_rows))
+    swap_linears(model, lambda linear: PackedLinear(linear.weight, input_rows))
     return ONEDNN
 
 
 def projection_bytes(model: Transformer) -> int:
-    """Bytes of the projection weights a forward pass multiplies by, packed or not."""
-    total = 0
-    for module in model.modules():
-        if isinstance(module, nn.Linear):
-            total += module.weight.numel() * module.weight.element_size()
-        elif isinstance(module, PackedLinear):
-            total += module.nbytes
-    return total + quantized_bytes(model)
+    """Bytes of the projection weights a forward pass multiplies by: plain, packed or int8."""
+    kinds = (nn.Linear, PackedLinear, Int8Linear)
+    modules = [m for m in model.modules() if isinstance(m, kinds)]
+    return sum(m.weight.nbytes if isinstance(m, nn.Linear) else m.nbytes for m in modules)

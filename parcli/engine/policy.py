@@ -9,6 +9,12 @@ import torch
 from parcli.errors import SettingError
 
 PREFIX, FIXED_SHAPE = "prefix", "fixed-shape"
+SPEEDUPS = {  # Engine's fields, as `par bench` names them
+    "cuda_graphs": "CUDA graphs",
+    "compiled": "torch.compile",
+    "packed_projections": "packed projections",
+    "channels_last_vq": "channels-last VQ",
+}
 
 
 @dataclass(frozen=True)
@@ -18,7 +24,7 @@ class Engine:
     runner: str  # PREFIX: attend to the visible cache prefix; FIXED_SHAPE: whole cache, masked
     cuda_graphs: bool = False  # replay each pass width from a captured CUDA graph
     compiled: bool = False  # torch.compile the fixed-shape step
-    packed_projections: bool = False  # CPU fp32/bf16: MKL/oneDNN pre-packed weights, w1+w3 fused
+    packed_projections: bool = False  # CPU fp32/bf16: oneDNN pre-packed weights, w1+w3 fused
     channels_last_vq: bool = False  # VQ decoder convolutions in channels-last layout
     reference_kernels: bool = False  # the plain engine: SDPA's kernels as the reference picks them
 
@@ -29,13 +35,7 @@ class Engine:
         return self.cuda_graphs or self.compiled
 
     def speedups(self) -> list[str]:
-        names = {
-            "cuda_graphs": "CUDA graphs",
-            "compiled": "torch.compile",
-            "packed_projections": "packed projections",
-            "channels_last_vq": "channels-last VQ",
-        }
-        return [label for field, label in names.items() if getattr(self, field)]
+        return [label for field, label in SPEEDUPS.items() if getattr(self, field)]
 
 
 def set_cuda_backends() -> None:
@@ -60,16 +60,10 @@ def choose_engine(
     quantized: bool = False,
     reference_kernels: bool = False,
 ) -> Engine:
-    """How passes run on `device` in `dtype`; `compile` None takes `default_compile`.
-
-    - plain: the fixed-shape runner with no speed-up, the yardstick of `par bench --baseline`.
-    - reference kernels: the plain engine's kernels, CUDA-graphed on CUDA; compile is refused,
-      as a compiled step fuses attention its own way.
-    - compiled, or on CUDA: the fixed-shape runner, CUDA graphs on CUDA, channels-last VQ.
-    - otherwise the prefix runner with channels-last VQ, and packed projections on the CPU in
-      fp32/bf16 unless `quantized` (Inductor crashes on packed weights, so they are never compiled).
-
-    Every engine draws the same tokens in float32; in bf16 each kernel rounds its own way.
+    """How passes run on `device` in `dtype`; `compile` None takes `default_compile`. `plain`
+    (`par bench --baseline`) has no speed-up; the reference's kernels are never compiled, as a
+    compiled step fuses attention its own way; packed projections never are, as Inductor crashes
+    on them. Every engine draws the same tokens in float32; in bf16 each kernel rounds its own way.
     """
     if plain:
         return Engine(FIXED_SHAPE, reference_kernels=True)
@@ -84,16 +78,6 @@ def choose_engine(
         return Engine(FIXED_SHAPE, cuda_graphs=on_cuda, reference_kernels=True)
     compiled = default_compile(device) if compile is None else compile
     if compiled or on_cuda:
-        return Engine(
-            FIXED_SHAPE,
-            cuda_graphs=on_cuda,
-            compiled=compiled,
-            channels_last_vq=True,
-        )
-    return Engine(
-        PREFIX,
-        packed_projections=device.type == "cpu"
-        and dtype in (torch.float32, torch.bfloat16)
-        and not quantized,
-        channels_last_vq=True,
-    )
+        return Engine(FIXED_SHAPE, cuda_graphs=on_cuda, compiled=compiled, channels_last_vq=True)
+    packed = device.type == "cpu" and dtype in (torch.float32, torch.bfloat16) and not quantized
+    return Engine(PREFIX, packed_projections=packed, channels_last_vq=True)

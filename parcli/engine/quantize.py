@@ -1,14 +1,11 @@
-"""Weight-only int8: every transformer projection's weight as int8 with one scale per output
-channel, as gpt-fast does; embeddings, norms and the VQ stay as they are.
-
-A pass at small batch reads every weight once, so fewer bytes is most of the speed-up. A product
-either runs `torch._weight_int8pack_mm` on the int8 weight (best at few rows) or widens the weight
-exactly to bfloat16 for oneDNN (best at more rows); the row count where widening wins is measured
-per machine, shape and thread count. Opt-in only, as the tokens differ from float32's.
-"""
+"""Weight-only int8 (opt-in: the tokens differ from float32's): each projection's weight as int8
+with a scale per output channel, as gpt-fast does. A product runs `torch._weight_int8pack_mm` (best
+at few rows) or widens the weight exactly to bf16 (best at more); where widening starts to win is
+timed per machine, shape and thread count."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 
 import torch
@@ -34,6 +31,7 @@ class Int8Linear(nn.Module):
         scales = weight.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127
         quantized = torch.round(weight / scales[:, None]).clamp(-127, 127).to(torch.int8)
         self.out_features, self.in_features = weight.shape
+        self.nbytes = quantized.numel() + scales.numel() * 4  # what a product reads
         self.register_buffer("weight_int8", quantized)
         self.register_buffer("scales", scales)
         self.register_buffer("kernel_scales", scales.to(ACTIVATION_DTYPE), persistent=False)
@@ -74,15 +72,17 @@ def _kernel_runs(device: torch.device) -> bool:
         return False
 
 
-def quantize_int8(model: nn.Module) -> nn.Module:
-    """Swap every `nn.Linear` of the transformer for an `Int8Linear`, in place; returns the
-    model."""
+def swap_linears(model: nn.Module, swap: Callable[[nn.Linear], nn.Module]) -> None:
+    """Replace every (bias-free) `nn.Linear` inside `model` by `swap(it)`, in place."""
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, nn.Linear):
-                if child.bias is not None:
-                    raise ValueError(f"{name} has a bias; only bias-free projections quantize")
-                setattr(module, name, Int8Linear(child.weight))
+                setattr(module, name, swap(child))
+
+
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """Swap every projection of the transformer for an `Int8Linear`, in place; returns it."""
+    swap_linears(model, lambda linear: Int8Linear(linear.weight))
     return model
 
 
@@ -130,8 +130,7 @@ MOST_COPIES = 64
 @cache
 def widening_rows(shape: tuple[int, int], threads: int) -> int | None:
     """The fewest rows from which widening an int8 (out, in) weight clearly beats the fused
-    product here; None where it never does. Remembered once timed, as the two round differently
-    and the choice must not move with the machine's noise."""
+    product here; None where it never does. Timed once, then remembered (`choices`)."""
     key = _widening_key(shape, threads)
     known = remembered(key)
     if known is not None:
@@ -139,8 +138,8 @@ def widening_rows(shape: tuple[int, int], threads: int) -> int | None:
     copies = max(2, min(MOST_COPIES, POOL_BYTES // (shape[0] * shape[1])))
     pool = torch.full((copies, *shape), 3, dtype=torch.int8)
     scales = torch.ones(shape[0], dtype=ACTIVATION_DTYPE)
-    wins = []
-    for rows in ROW_CANDIDATES:
+    threshold = None
+    for rows in reversed(ROW_CANDIDATES):  # widening wins from some row count up, if ever
         x = torch.ones(rows, shape[1], dtype=ACTIVATION_DTYPE)
 
         def fused(x=x):
@@ -151,10 +150,7 @@ def widening_rows(shape: tuple[int, int], threads: int) -> int | None:
             for weight in pool:
                 F.linear(x, _widened(weight)) * scales
 
-        wins.append(best_seconds(widened, rounds=2) < 0.9 * best_seconds(fused, rounds=2))
-    threshold = None
-    for rows, won in zip(reversed(ROW_CANDIDATES), reversed(wins), strict=True):
-        if not won:
+        if best_seconds(widened, rounds=2) >= 0.9 * best_seconds(fused, rounds=2):
             break
         threshold = rows
     remember(key, NEVER if threshold is None else str(threshold))
@@ -175,11 +171,3 @@ def int8_products(model: nn.Module) -> str | None:
     span = str(known[0]) if len(known) == 1 else f"{known[0]} to {known[-1]}"
     some = " (some shapes never)" if None in thresholds else ""
     return f"{FUSED} below {span} rows, {WIDENED} from there{some}"
-
-
-def quantized_bytes(model: nn.Module) -> int:
-    """Bytes a pass reads from the quantized projections (int8 weights and their scales)."""
-    total = 0
-    for linear in int8_linears(model):
-        total += linear.weight_int8.numel() + linear.scales.numel() * 4
-    return total

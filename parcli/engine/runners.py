@@ -1,9 +1,5 @@
-"""Runners: how each forward pass of a plan runs the transformer. A runner owns the KV cache.
-
-`PrefixRunner` attends over the cache prefix a pass may see; `FixedShapeRunner` attends over the
-whole cache under a mask, so every pass of one width has the same shapes and can be compiled and
-replayed from a CUDA graph. `parcli.engine.policy` says which one runs where.
-"""
+"""Runners: how each forward pass of a plan runs the transformer, over a KV cache they hold;
+`parcli.engine.policy` says which one runs where."""
 
 from __future__ import annotations
 
@@ -21,13 +17,6 @@ from parcli.slots import slot_rotary
 # pass width is a version of `_forward`, and a bench needs more than the default.
 COMPILED_VERSIONS = 64
 
-
-def allow_compiled_versions(count: int) -> None:
-    config = torch._dynamo.config
-    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-    setattr(config, name, max(getattr(config, name), count))
-
-
 # Caches by shape, so pipelines of one weight set at several n hold one cache between them; a
 # generation writes every slot before it reads it, so what another run left never reaches tokens.
 _caches: weakref.WeakValueDictionary[tuple, KVCache] = weakref.WeakValueDictionary()
@@ -36,9 +25,9 @@ _caches: weakref.WeakValueDictionary[tuple, KVCache] = weakref.WeakValueDictiona
 def shared_cache(
     model: Transformer, sequences: int, plan: Plan, as_the_model: bool = False
 ) -> KVCache:
-    """A KV cache for `sequences` sequences of `plan`'s slots, shared by every runner of the same
-    shapes and cache dtype while any of them lives. `as_the_model`: in the model's dtype and
-    head width, as the reference keeps it, rather than those that run fastest here."""
+    """A KV cache of `plan`'s slots, shared by every runner of the same shapes and cache dtype
+    while any of them lives. `as_the_model`: in the model's dtype and head width, as the
+    reference keeps it, rather than those that run fastest here."""
     cfg, device, slots = model.cfg, model.device, plan.num_slots
     if as_the_model:
         dtype, head_dim = model.dtype, cfg.head_dim
@@ -48,8 +37,7 @@ def shared_cache(
     key = (cfg.n_layer, cfg.n_head, head_dim, sequences, slots, str(device), dtype)
     cache = _caches.get(key)
     if cache is None:
-        cache = KVCache(cfg, sequences, slots, device, dtype, head_dim)
-        _caches[key] = cache
+        cache = _caches[key] = KVCache(cfg, sequences, slots, device, dtype, head_dim)
     return cache
 
 
@@ -66,12 +54,10 @@ class PrefixRunner:
 
 
 class FixedShapeRunner:
-    """Runs every pass with fixed shapes over the whole cache; optionally compiled and graphed.
-
-    The pass's first slot lives in a device tensor, so one captured graph per pass width serves
-    every pass. `reference_kernels` runs the passes as LlamaGen's sampling code does (the cache in
-    the model's dtype, later passes under SDPA's math kernel), the only way to draw its bf16 tokens.
-    """
+    """Runs every pass over the whole cache under a mask, so that passes of one width share their
+    shapes and, the first slot being a device tensor, one compiled step and captured CUDA graph.
+    `reference_kernels` runs as LlamaGen's sampling does (the cache in the model's dtype, later
+    passes under SDPA's math kernel), the only way to draw its bf16 tokens."""
 
     def __init__(
         self,
@@ -94,13 +80,12 @@ class FixedShapeRunner:
         }
         self.forward = self._forward
         if compiled:
-            allow_compiled_versions(COMPILED_VERSIONS)
+            config = torch._dynamo.config
+            name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+            setattr(config, name, max(getattr(config, name), COMPILED_VERSIONS))
             self.forward = torch.compile(self._forward, dynamic=False)
         self.cuda_graphs = cuda_graphs
-        # By pass width and whether the pass takes the reference's math kernel.
-        self.graphs: dict[
-            tuple[int, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]
-        ] = {}
+        self.graphs: dict[tuple[int, bool], tuple] = {}  # by pass width and math kernel or not
         self.pool = torch.cuda.graph_pool_handle() if cuda_graphs else None
 
     def _forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -108,12 +93,6 @@ class FixedShapeRunner:
         rope = self.rope.index_select(0, positions)
         mask = self.mask.index_select(0, positions)
         return self.model(h, rope, self.cache, positions=positions, mask=mask)
-
-    def _math_kernel(self, step: Pass) -> bool:
-        return self.reference_kernels and step.index > 0
-
-    def _kernels(self, step: Pass) -> contextlib.AbstractContextManager:
-        return sdpa_kernel(SDPBackend.MATH) if self._math_kernel(step) else contextlib.nullcontext()
 
     def _capture(self, h: torch.Tensor) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]:
         # Streams and graphs belong to the current CUDA device: make it the model's, so that
@@ -141,13 +120,13 @@ class FixedShapeRunner:
 
     def __call__(self, step: Pass, h: torch.Tensor) -> torch.Tensor:
         self.start.fill_(step.start)
-        if not self.cuda_graphs:
-            with self._kernels(step):
-                return self.forward(h)
-        key = (h.shape[1], self._math_kernel(step))
-        if key not in self.graphs:
-            with self._kernels(step):  # the kernels chosen while capturing are those replayed
-                self.graphs[key] = self._capture(h)
+        math = self.reference_kernels and step.index > 0
+        key = (h.shape[1], math)
+        if not self.cuda_graphs or key not in self.graphs:
+            with sdpa_kernel(SDPBackend.MATH) if math else contextlib.nullcontext():
+                if not self.cuda_graphs:
+                    return self.forward(h)
+                self.graphs[key] = self._capture(h)  # replayed with the kernels chosen here
         return self._replay(key, h)
 
 

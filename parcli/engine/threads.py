@@ -1,10 +1,5 @@
-"""How many CPU threads a run uses: chosen from the work, unless the user says.
-
-A small model's pass is microseconds of arithmetic per layer; a second thread adds a barrier per
-operator and, on a busy machine, waits for a core it cannot get (the digits demo took 12.8 s
-with PyTorch's two threads beside one busy process, 0.33 s with one). Large models keep
-PyTorch's default, one thread per core.
-"""
+"""How many CPU threads a run uses: one for a small model, whose passes are too short to repay a
+barrier per operator and stall on a busy machine waiting for a core; else one per core."""
 
 from __future__ import annotations
 
@@ -14,28 +9,22 @@ import torch
 
 from parcli.errors import SettingError
 
-THREADS_ENV = "PARCLI_THREADS"
 SMALL_MODEL = 20_000_000  # parameters below which one thread is as fast, and safer under load
 
 
 def choose_threads(parameters: int, requested: int | None = None) -> int:
-    """The thread count for a model of `parameters` weights: `requested` (--threads or
-    PARCLI_THREADS) when given, else 1 for small models and PyTorch's default otherwise."""
+    """`requested` (--threads or PARCLI_THREADS) when given, else by the model's size."""
     if requested is not None:
         return check_threads(requested)
-    if parameters < SMALL_MODEL:
-        return 1
-    return _default_threads()
+    return 1 if parameters < SMALL_MODEL else _default_threads()
 
 
 def max_threads() -> int:
-    """The most threads a run may ask for: past a few per core they only contend, and a count
-    in the thousands crashes the OpenMP runtime outright."""
+    """Past a few per core threads only contend; thousands crash the OpenMP runtime."""
     return 4 * _default_threads()
 
 
 def check_threads(requested: int) -> int:
-    """`requested` (--threads or PARCLI_THREADS) when it is a usable count; else refused."""
     most = max_threads()
     if not 1 <= requested <= most:
         raise SettingError(

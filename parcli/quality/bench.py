@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import resource
+import shlex
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
 
 from parcli.config import GPT_PRESETS, GPTConfig
-from parcli.engine.devices import cpu_name
+from parcli.engine.devices import cpu_name, proc_field
+from parcli.engine.dtypes import dtype_name
 from parcli.engine.memory import check_fits
 from parcli.engine.quantize import int8_products
 from parcli.errors import SettingError
@@ -27,6 +35,12 @@ from parcli.strategies import DecodeStats
 from parcli.vq import VQConfig
 
 WIDE_SPREAD = 0.15  # (max - min) / median above which a row is flagged as noisy
+
+PLAIN_ENGINE = (
+    "plain: unpacked products, whole-cache masked attention with the reference's kernels (SDPA's "
+    "math kernel after the first pass), no graphs, no compile"
+)
+Engines = dict[str, dict[int, Pipeline]]  # by row label (OURS first), one pipeline per n
 
 
 @dataclass(frozen=True)
@@ -45,8 +59,6 @@ class BenchSettings:
             raise SettingError("warmup", f"must be >= 0, not {self.warmup}")
         if self.repeats < 1:
             raise SettingError("repeats", f"must be >= 1, not {self.repeats}")
-        if not self.batch_sizes or min(self.batch_sizes) < 1:
-            raise SettingError("batch_size", f"must be positive, not {self.batch_sizes}")
 
 
 @dataclass
@@ -79,7 +91,7 @@ class Row:
     images_per_s: float
     speedup_vs_1: float | None  # same engine, same batch
     speedup_vs_plain: float | None  # ours over the plain engine, same n and batch
-    speedup_vs_first: float | None  # int8 and other-dtype rows: ours over them, same n and batch
+    speedup_vs_first: float | None  # other engines: ours over them, same n and batch
     peak_memory_added_bytes: int  # over what was in use before the case (weights, other caches)
     floor_fraction: float | None  # floor_seconds / time (CUDA only: the copy rate is measured)
     noisy: bool
@@ -96,40 +108,22 @@ def synchronize(device: torch.device) -> None:
 def reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-        return
-    try:  # Linux: writing 5 resets the resident-set high-water mark (VmHWM)
-        with open("/proc/self/clear_refs", "w") as handle:
+    else:  # Linux: writing 5 resets the resident-set high-water mark (VmHWM)
+        with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as handle:
             handle.write("5")
-    except OSError:
-        pass
 
 
-def process_status_bytes(field: str) -> int | None:
-    """A size Linux's /proc/self/status gives this process (`VmRSS`, `VmHWM`), in bytes; None
-    where there is no such file or field."""
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith(f"{field}:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def memory_in_use(device: torch.device) -> int:
-    """Bytes allocated on a GPU, or this process's resident memory elsewhere (0 if unknown)."""
+def memory_in_use(device: torch.device, peak: bool = False) -> int:
+    """Bytes allocated on a GPU, else this process's resident memory; `peak`: the most since
+    `reset_peak_memory`."""
     if device.type == "cuda":
-        return int(torch.cuda.memory_allocated(device))
-    return process_status_bytes("VmRSS") or 0
-
-
-def peak_memory(device: torch.device) -> int:
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    peak = process_status_bytes("VmHWM")
-    if peak is not None:
-        return peak
+        allocated = torch.cuda.max_memory_allocated if peak else torch.cuda.memory_allocated
+        return int(allocated(device))
+    size = proc_field("/proc/self/status", "VmHWM:" if peak else "VmRSS:")  # "123 kB"
+    if size is not None:
+        return int(size.split()[0]) * 1024
+    if not peak:
+        return 0
     scale = 1 if platform.system() == "Darwin" else 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
@@ -150,7 +144,6 @@ def copy_rate(device: torch.device, size_bytes: int = 1 << 30, repeats: int = 50
         mark.record(stream)
     synchronize(device)
     fastest = min(a.elapsed_time(b) for a, b in zip(marks, marks[1:], strict=False)) / 1e3
-    del src, dst
     return 2 * size_bytes / fastest
 
 
@@ -161,26 +154,20 @@ def weight_bytes(pipe: Pipeline) -> int:
     from parcli.model import RMSNorm
 
     norms = [m.weight for m in pipe.model.modules() if isinstance(m, RMSNorm)]
-    return projection_bytes(pipe.model) + sum(w.numel() * w.element_size() for w in norms)
-
-
-def cache_bytes_read(pipe: Pipeline, sequences: int) -> int:
-    """Bytes of keys and values a whole generation of `sequences` sequences must read, heads at
-    their own width (padding is ours)."""
-    cfg = pipe.model.cfg
-    per_slot = 2 * cfg.n_layer * sequences * cfg.dim * pipe.model.dtype.itemsize
-    return per_slot * sum(step.end for step in pipe.plan.passes)
+    return projection_bytes(pipe.model) + sum(w.nbytes for w in norms)
 
 
 def floor_seconds(pipe: Pipeline, batch: int, guided: bool, rate: float) -> float:
     """The least time a batch's generation can take at copy rate `rate`: every pass reads the
-    weights once and the visible KV cache once."""
-    sequences = batch * (2 if guided else 1)
-    weights = weight_bytes(pipe) * pipe.plan.num_passes
-    return (weights + cache_bytes_read(pipe, sequences)) / rate
+    weights once and the visible KV cache (heads at their own width) once."""
+    cfg = pipe.model.cfg
+    per_slot = 2 * cfg.n_layer * batch * (2 if guided else 1) * cfg.dim * pipe.model.dtype.itemsize
+    cache = per_slot * sum(step.end for step in pipe.plan.passes)
+    return (weight_bytes(pipe) * pipe.plan.num_passes + cache) / rate
 
 
 def machine_info(device: torch.device) -> dict:
+    """What figures were measured on (for `par sample`'s manifest too)."""
     info = {
         "cpu": cpu_name(),
         "cores": os.cpu_count(),
@@ -195,35 +182,30 @@ def machine_info(device: torch.device) -> dict:
 
 
 def run_bench(
-    pipelines: dict[int, Pipeline],
+    engines: Engines,
     settings: BenchSettings,
     rate: float | None = None,
-    on_run: Callable[[str], None] | None = None,
-    baselines: dict[int, Pipeline] | None = None,
-    others: dict[str, dict[int, Pipeline]] | None = None,
+    on_run: Callable[[str], None] = lambda text: None,
     on_measured: Callable[[list[Row]], None] | None = None,
 ) -> list[Row]:
-    """Time every (regions, batch, engine) case; `baselines` and `others` are timed beside ours.
+    """Time every (regions, batch, engine) case; engines after OURS are timed beside it.
 
     Each case warms up just before its first measurement, so a run stopped early has measured
     what it warmed up; further repeats interleave across cases so that drift hits them alike.
     `on_measured` gets the rows so far after each measurement, so a run cut short leaves them.
     """
-    engines = {OURS: pipelines, **({PLAIN: baselines} if baselines else {}), **(others or {})}
-    cases = [Case(n, b, e) for n in pipelines for b in settings.batch_sizes for e in engines]
-    total_rounds = settings.warmup + settings.repeats
+    cases = [Case(n, b, e) for n in engines[OURS] for b in settings.batch_sizes for e in engines]
+    rounds = settings.warmup + settings.repeats
     for round_index, case in schedule(cases, settings.warmup, settings.repeats):
         measured = round_index >= settings.warmup
         pipe = engines[case.engine][case.regions]
         device = pipe.device
         labels = [i % pipe.model.cfg.num_classes for i in range(case.batch)]
-        phase = "measure" if measured else "warm-up"
         name = (
-            f"{phase} {round_index + 1}/{total_rounds}: "
+            f"{'measure' if measured else 'warm-up'} {round_index + 1}/{rounds}: "
             f"n={case.regions} b={case.batch} {case.engine}"
         )
-        if on_run is not None:
-            on_run(name)
+        on_run(name)
         synchronize(device)
         reset_peak_memory(device)
         in_use = memory_in_use(device)
@@ -237,15 +219,12 @@ def run_bench(
             synchronize(device)
         finished = time.perf_counter()
         case.tokens = tokens.cpu()
-        if on_run is not None:  # as they come: a run cut short still shows them
-            seconds = f"generation {generated - started:.3g} s"
-            if settings.decode:
-                seconds += f", decode {finished - generated:.3g} s"
-            on_run(f"{name}: {seconds}")
+        decoded = f", decode {finished - generated:.3g} s" if settings.decode else ""
+        on_run(f"{name}: generation {generated - started:.3g} s{decoded}")  # a log cut short
         if measured:
             case.gen_seconds.append(generated - started)
             case.decode_seconds.append(finished - generated)
-            case.added_bytes = max(case.added_bytes, peak_memory(device) - in_use)
+            case.added_bytes = max(case.added_bytes, memory_in_use(device, peak=True) - in_use)
             case.stats.add(pipe.stats)
             if on_measured is not None:
                 on_measured(summarise(cases, engines, rate, settings.sampling.guided))
@@ -254,30 +233,12 @@ def run_bench(
 
 def schedule(cases: list[Case], warmup: int, repeats: int) -> list[tuple[int, Case]]:
     """(round, case) in the order they run: rounds below `warmup` warm up."""
-    order = []
-    for case in cases:
-        order += [(r, case) for r in range(warmup + min(repeats, 1))]
-    for r in range(warmup + 1, warmup + repeats):
-        order += [(r, case) for case in cases]
-    return order
-
-
-def planned_cases(
-    pipelines: dict[int, Pipeline],
-    settings: BenchSettings,
-    baselines: dict[int, Pipeline] | None = None,
-    others: dict[str, dict[int, Pipeline]] | None = None,
-) -> int:
-    """How many rows a whole run gives."""
-    engines = 1 + (1 if baselines else 0) + len(others or {})
-    return len(pipelines) * len(settings.batch_sizes) * engines
+    first = [(r, case) for case in cases for r in range(warmup + min(repeats, 1))]
+    return first + [(r, case) for r in range(warmup + 1, warmup + repeats) for case in cases]
 
 
 def summarise(
-    cases: list[Case],
-    engines: dict[str, dict[int, Pipeline]],
-    rate: float | None = None,
-    guided: bool = True,
+    cases: list[Case], engines: Engines, rate: float | None = None, guided: bool = True
 ) -> list[Row]:
     """The rows of the cases measured so far."""
     rows = []
@@ -292,15 +253,10 @@ def summarise(
         compared = case.engine not in (OURS, PLAIN)
         first = median.get((case.regions, case.batch, OURS)) if compared else None
         dec = statistics.median(case.decode_seconds)
-        per_image = [t / case.batch for t in case.gen_seconds]
         spread = (max(case.gen_seconds) - min(case.gen_seconds)) / gen if gen else 0.0
-        floor = None
-        if rate:
-            floor = floor_seconds(pipe, case.batch, guided, rate) / gen
-        same = None
+        floor = floor_seconds(pipe, case.batch, guided, rate) / gen if rate else None
         ours = tokens_of.get((case.regions, case.batch)) if case.engine != OURS else None
-        if ours is not None and case.tokens is not None:
-            same = (case.tokens == ours).float().mean().item()
+        same = None if ours is None else (case.tokens == ours).float().mean().item()
         rows.append(
             Row(
                 regions=case.regions,
@@ -310,8 +266,8 @@ def summarise(
                 passes=pipe.plan.num_passes,
                 **case.stats.per_image(),
                 gen_s_per_image=gen / case.batch,
-                gen_s_per_image_min=min(per_image),
-                gen_s_per_image_max=max(per_image),
+                gen_s_per_image_min=min(case.gen_seconds) / case.batch,
+                gen_s_per_image_max=max(case.gen_seconds) / case.batch,
                 decode_s_per_image=dec / case.batch,
                 total_s_per_image=(gen + dec) / case.batch,
                 images_per_s=case.batch / (gen + dec),
@@ -344,10 +300,8 @@ def random_pipelines(
         base = Transformer(replace(cfg, regions=max(regions)))
         base.init_weights(zero_output=False)
         vq = VQModel(vq_config or VQConfig.llamagen_ds16()).eval()
-    base = base.to(options.torch_dtype).eval()
-    shared = base.state_dict()
+    shared = base.to(options.torch_dtype).eval().state_dict()
     special = "spe_tok_embeddings.special_embeddings.weight"
-    name = f"{cfg.arch} (random weights)"
     pipelines = {}
     for n in regions:
         with torch.device("meta"):
@@ -356,6 +310,7 @@ def random_pipelines(
         if n > 1:
             state[special] = shared[special][: n - 1]
         model.load_state_dict(state, assign=True)
+        name = f"{cfg.arch} (random weights)"
         pipelines[n] = Pipeline(model.eval(), vq, name, SamplingConfig(1.5), options)
     return pipelines
 
@@ -392,29 +347,21 @@ def pipelines_to_time(
     return pipelines, f"{arch} · random weights: speed only · grid {'x'.join(map(str, grid))}"
 
 
-def default_sampling(pipe: Pipeline, cfg_scale: float | None) -> SamplingConfig:
-    """Guidance on unless asked otherwise: the model's scale, at least 1.5."""
-    return pipe.sampling(cfg_scale if cfg_scale is not None else max(pipe.default_cfg_scale, 1.5))
-
-
 def report(
     rows: list[Row],
-    pipelines: dict[int, Pipeline],
+    engines: Engines,
     settings: BenchSettings,
     title: str,
     random_weights: bool,
     rate: float | None,
-    command: str,
-    others: dict[str, dict[int, Pipeline]] | None = None,
     planned: int | None = None,
 ) -> dict:
     """Every figure of a run, with what it ran on, for `par bench --json`; written as cases end,
     so `planned` says how many rows a whole run gives."""
-    first = next(iter(pipelines.values()))
-    others = others or {}
-    int8 = next(iter(others[INT8].values())) if INT8 in others else None
+    first = next(iter(engines[OURS].values()))
+    int8 = next(iter(engines[INT8].values())) if INT8 in engines else None
     return {
-        "command": command,
+        "command": shlex.join(["par", *sys.argv[1:]]),
         "machine": machine_info(first.device),
         "model": title,
         "random_weights": random_weights,
@@ -428,7 +375,7 @@ def report(
             "compile": first.engine.compiled,
             "packed_kernel": first.packed,
             "int8_products": int8_products(int8.model) if int8 is not None else None,
-            "compared_dtypes": [name for name in others if name != INT8],
+            "compared_dtypes": [name for name in engines if name not in (OURS, PLAIN, INT8)],
             "decode": settings.decode,
             "baseline": any(row.engine == PLAIN for row in rows),
             "grid": list(first.plan.grid),
@@ -442,3 +389,183 @@ def report(
         "complete": planned is None or len(rows) == planned,
         "cases_planned": len(rows) if planned is None else planned,
     }
+
+
+def bytes_text(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.3g} {unit}"
+        count /= 1024
+    return str(count)
+
+
+def print_report(
+    out: Console, err: Console, title: str, rows: list[Row], engines: Engines,
+    sampling: SamplingConfig, rate: float | None, decoded: bool, cold: bool,
+) -> None:  # fmt: skip
+    """Our table, then one per compared engine (plain, other dtypes, int8, strategies), then a
+    one-line summary."""
+    first = next(iter(engines[OURS].values()))
+    item = "clip" if first.is_video else "image"
+    out.print(_our_table(title, [r for r in rows if r.engine == OURS], first, sampling, rate,
+                         decoded, item))  # fmt: skip
+    for engine, pipes in engines.items():
+        if engine != OURS:
+            out.print(_comparison(rows, engine, first, next(iter(pipes.values())), item))
+    if any(row.noisy for row in rows):
+        err.print(
+            "⚠ timed repeats of these rows spread widely (see min–max): the machine is "
+            "noisy; add --repeats or rerun on a quiet machine",
+            style="yellow",
+        )
+    if cold:
+        err.print("measured cold (--warmup 0): each case's times include its one-time costs "
+                  "(compiling, packing, first allocations)")  # fmt: skip
+    out.print(summary(rows, item), highlight=False)
+
+
+def summary(rows: list[Row], item: str) -> str:
+    """One line: our fastest case against n = 1, and each compared engine against ours."""
+    ours = [row for row in rows if row.engine == OURS]
+    best = min(ours, key=lambda row: row.gen_s_per_image)
+    line = f"fastest: n={best.regions} batch {best.batch}, {best.gen_s_per_image:.3g} s per {item}"
+    if best.speedup_vs_1:
+        line += f" ({best.speedup_vs_1:.2f}x n=1)"
+    for engine in dict.fromkeys(row.engine for row in rows if row.engine not in (OURS, PLAIN)):
+        ratios = [row.speedup_vs_first for row in rows if row.engine == engine]
+        line += f" · {engine}: {min(ratios):.2f}–{max(ratios):.2f}x as fast as ours"
+    plain = [row.speedup_vs_plain for row in ours if row.speedup_vs_plain]
+    if plain:
+        line += f" · ours {min(plain):.2f}–{max(plain):.2f}x faster than the plain engine"
+    return line
+
+
+Column = tuple[str, Callable[[Row], str]]  # a header, and a row's cell under it
+KEY: list[Column] = [("n", lambda r: str(r.regions)), ("batch", lambda r: str(r.batch))]
+
+
+def _table(title: str, caption: str, columns: list[Column], rows: list[Row]) -> Table:
+    table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0))
+    for header, _ in columns:
+        table.add_column(header, justify="right", no_wrap=True)
+    for row in rows:
+        table.add_row(*(cell(row) for _, cell in columns))
+    return table
+
+
+def _time_text(rows: list[Row]) -> tuple[str, Callable[[float], str]]:
+    """Milliseconds when every time is under a second, else seconds; 3 significant digits."""
+    unit, scale = ("ms", 1e3) if max(r.total_s_per_image for r in rows) < 1 else ("s", 1.0)
+
+    def text(seconds: float) -> str:
+        value = seconds * scale
+        return f"{value:.3g}" if value < 1000 else f"{value:.0f}"
+
+    return unit, text
+
+
+def _gen_columns(
+    header: str, text: Callable[[float], str], spread: bool, of: Callable[[Row], Row] = lambda r: r
+) -> list[Column]:
+    """The median generation time of the row `of` gives (marked when noisy), and its spread."""
+
+    def gen(row: Row) -> str:
+        return text(of(row).gen_s_per_image) + (" ⚠" if of(row).noisy else "")
+
+    def span(row: Row) -> str:
+        return f"{text(of(row).gen_s_per_image_min)}–{text(of(row).gen_s_per_image_max)}"
+
+    return [(header, gen), *([("min–max", span)] if spread else [])]
+
+
+def _our_table(title, rows, pipe, sampling, rate, decoded, item) -> Table:
+    """One row per (n, batch), times per image; compact enough for 80 columns."""
+    unit, text = _time_text(rows)
+    columns = [
+        *KEY,
+        ("passes", lambda r: f"{r.passes_per_image:.4g}"),
+        *_gen_columns("gen", text, True),
+    ]
+    if decoded:
+        columns += [
+            ("decode", lambda r: text(r.decode_s_per_image)),
+            ("total", lambda r: text(r.total_s_per_image)),
+        ]
+    columns += [
+        ("clips/s" if pipe.is_video else "img/s", lambda r: f"{r.images_per_s:.3g}"),
+        ("vs n=1", lambda r: f"{r.speedup_vs_1:.2f}x" if r.speedup_vs_1 is not None else "–"),
+        ("added mem", lambda r: bytes_text(r.peak_memory_added_bytes)),
+    ]
+    if rate:
+        columns.append(("floor", lambda r: f"{100 * r.floor_fraction:.0f}%"))
+    threads = torch.get_num_threads()
+    on = f" ({threads} thread{'s' if threads > 1 else ''})" if pipe.device.type == "cpu" else ""
+    parts = [
+        f"{pipe.device}{on}",
+        str(pipe.model.dtype).removeprefix("torch."),
+        f"cfg {sampling.cfg_scale}" if sampling.guided else "no guidance",
+    ]
+    if pipe.packed:
+        parts.append(f"{pipe.packed} packed projections")
+    if pipe.engine.reference_kernels:
+        parts.append("the reference's kernels")
+    if rate:
+        parts.append(f"copy rate {rate / 1e12:.2f} TB/s; floor = (weights x passes + KV cache "
+                     "read) / copy rate")  # fmt: skip
+    parts.append(f"times in {unit} per {item}")
+    return _table(escape(title), " · ".join(parts), columns, rows)
+
+
+def _comparison(rows: list[Row], engine: str, first: Pipeline, other: Pipeline, item: str) -> Table:
+    """`engine` against ours (ours against the plain engine), generation only, same n and batch:
+    both times, the speed-up, and the share of token cells both drew alike, or between
+    strategies (which draw the same law, not the same tokens) the passes each took."""
+    base_engine, shown = (PLAIN, OURS) if engine == PLAIN else (OURS, engine)
+    bases = {(r.regions, r.batch): r for r in rows if r.engine == base_engine}
+    compared = [r for r in rows if r.engine == shown and (r.regions, r.batch) in bases]
+
+    def base(row: Row) -> Row:
+        return bases[row.regions, row.batch]
+
+    def same(row: Row) -> str:
+        share = (base(row) if row.engine == OURS else row).tokens_same_as_ours
+        return "" if share is None else f"{100 * share:.1f}%"
+
+    if engine == PLAIN:
+        names, title, caption = ("plain", "ours"), "ours vs plain engine", PLAIN_ENGINE
+    elif other.strategy.name != first.strategy.name:
+        names = (first.strategy.name, engine)
+        caption = f"{engine}: {other.strategy.window} plan passes per iteration at most"
+    else:
+        names = (dtype_name(first.model.dtype), engine)
+        base_bytes, other_bytes = weight_bytes(first), weight_bytes(other)
+        caption = (
+            f"weights read per pass: {bytes_text(base_bytes)} {names[0]}, "
+            f"{bytes_text(other_bytes)} {engine} ({other_bytes / base_bytes:.2f}x)"
+        )
+        if engine == INT8:
+            caption += f" · int8 products: {int8_products(other.model)}"
+        elif other.packed:
+            caption += f" · {engine}: {other.packed} packed projections"
+    if engine != PLAIN:
+        title = f"{engine} vs {names[0]}"
+    strategies = any(r.strategy != base(r).strategy for r in compared)
+    unit, text = _time_text(rows)
+    columns = [
+        *KEY,
+        *_gen_columns(names[0], text, not strategies, base),
+        *_gen_columns(names[1], text, not strategies),
+        ("speed-up", lambda r: f"{r.speedup_vs_plain or r.speedup_vs_first:.2f}x"),
+        (f"{names[1]} vs n=1", lambda r: f"{r.speedup_vs_1:.2f}x" if r.speedup_vs_1 else ""),
+    ]
+    if strategies:
+        columns += [
+            ("passes", lambda r: f"{base(r).passes_per_image:.4g} → {r.passes_per_image:.4g}"),
+            ("per iteration", lambda r: f"{r.passes_per_iteration:.3g}"),
+        ]
+        note = "passes: forward passes per image; per iteration: plan passes each made"
+    else:
+        columns.append(("same", same))
+        note = "same: the share of token cells both drew alike"
+    title = f"{title}: token generation, {unit} per {item}"
+    return _table(title, f"{caption} · {note}", columns, compared)
