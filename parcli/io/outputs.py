@@ -92,7 +92,7 @@ class Outputs:
         if not self.folder and folder.exists() and not folder.stat().st_mode & stat.S_IWUSR:
             raise SettingError("output", f"{target} is read-only; choose another name")
         if self.folder:
-            names = image_names(sample_stems(samples), len(samples), ".mp4" if video else ".png")
+            names = image_names(sample_stems(samples), ".mp4" if video else ".png")
             done, ours = [], earlier_outputs(folder)
             for number, name in enumerate(names):
                 path = folder / name
@@ -173,7 +173,7 @@ class Outputs:
             files = [target]
             if self.folder:
                 stems = sample_stems(list(recipe.samples))
-                names = image_names(stems, len(stems), ".mp4" if video else ".png")
+                names = image_names(stems, ".mp4" if video else ".png")
                 files = [str(Path(target) / name) for name in names]
             document = {
                 "recipe": recipe.to_dict(),
@@ -194,7 +194,7 @@ def counted_on_interruption(output: str, stems: list[str], video: bool):
     except (KeyboardInterrupt, Terminated) as exc:
         if not is_directory_target(output):
             raise
-        names = image_names(stems, len(stems), ".mp4" if video else ".png")
+        names = image_names(stems, ".mp4" if video else ".png")
         done = sum((Path(output) / name).is_file() for name in names)
         word, code = ("terminated", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
         more = "; the same command makes the rest" if done < len(names) else ""
@@ -266,6 +266,5 @@ def animation_frames(
     """At most `max_frames` frames of the generation of `pixels`; the last is the final picture."""
     video = len(plan.grid) == 3
     passes = shown_passes(plan.num_passes, max_frames)
-    # One pass at a time: all frames of full-size images at once would take hundreds of MB.
     # One pass at a time: all frames of full-size images at once would take hundreds of MB.
     return np.stack([layout(reveal(pixels, plan, [n])[0], video, ncols) for n in passes])
