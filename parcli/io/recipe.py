@@ -95,12 +95,10 @@ class Recipe:
             wrong = isinstance(value, bool) != (bool in types) or not isinstance(value, types)
             if wrong and not (value is None and optional):
                 raise RecipeError(f"{where}: recipe field {name!r} has the wrong type")
-        for name in ("regions", "scale", "top_k", "window"):
-            if data[name] is not None and (data[name] < 0 or (name != "top_k" and data[name] == 0)):
-                raise RecipeError(f"{where}: recipe field {name!r} is out of range")
         # The bounds the command line puts on the same settings, so a replay asks for nothing
         # the command line would refuse.
-        bounds = {"scale": (1, 16), "columns": (1, _MAX_SAMPLES), "fps": (0.1, 120)}
+        bounds = {"regions": (1, 16), "scale": (1, 16), "columns": (1, _MAX_SAMPLES),
+                  "fps": (0.1, 120), "top_k": (0, math.inf), "window": (1, math.inf)}  # fmt: skip
         for name, (low, high) in bounds.items():
             if data[name] is not None and not low <= data[name] <= high:
                 raise RecipeError(
