@@ -21,6 +21,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from parcli.config import SUPPORTED_REGIONS
 from parcli.errors import SettingError, UserError
+from parcli.io.catalogue import use_catalogue
 from parcli.options import RunOptions
 
 if TYPE_CHECKING:  # numpy and torch: imported when a command runs, not to parse its options
@@ -41,6 +42,7 @@ CatalogueOption = Annotated[
         "--catalogue",
         envvar="PARCLI_CATALOGUE",
         help="Read this weights.toml instead of the packaged one (also PARCLI_CATALOGUE).",
+        callback=lambda path: use_catalogue(path) or path,  # chosen as soon as it is parsed
     ),
 ]
 
@@ -99,22 +101,19 @@ _RUN_HELP = {
 }
 RUN_DEFAULTS = {f.name: f.default for f in fields(RunOptions) if f.name in _RUN_HELP}
 RUN_DEFAULTS.update(device="auto", dtype="auto")
-_RUN_TYPES = typing.get_type_hints(RunOptions)
-# By field: (annotation, default), as a command's signature takes them.
-RUN_OPTIONS = {
-    name: (Annotated[_RUN_TYPES[name], info], RUN_DEFAULTS[name])
-    for name, info in _RUN_HELP.items()
-}
 
 
 def run_options(**replaced: tuple[Any, Any]):
     """Add the run options to a command's signature (after its own), collected into the
-    keyword `run`: {field: value as given}. `replaced` swaps one option's declaration for
-    another (bench takes lists where other commands take one value)."""
-    table = {**RUN_OPTIONS, **replaced}
+    keyword `run`: {field: value as given}. `replaced` swaps one option's (annotation, default)
+    for another (bench takes lists where other commands take one value)."""
+    hint = typing.get_type_hints(RunOptions)
+    table = {k: (Annotated[hint[k], info], RUN_DEFAULTS[k]) for k, info in _RUN_HELP.items()}
+    table |= replaced
 
     def decorate(func):
-        own = [p for p in _parameters(func).values() if p.name != "run"]
+        params = inspect.signature(func, eval_str=True).parameters.values()
+        own = [p for p in params if p.name != "run"]
         added = [_keyword(name, *table[name]) for name in table]
 
         def command(**kwargs):
@@ -124,10 +123,6 @@ def run_options(**replaced: tuple[Any, Any]):
         return _as_command(func, command, own + added)
 
     return decorate
-
-
-def _parameters(func) -> dict[str, inspect.Parameter]:
-    return dict(inspect.signature(func, eval_str=True).parameters)
 
 
 def _keyword(name: str, annotation, default) -> inspect.Parameter:
@@ -150,7 +145,7 @@ def old_spellings(**aliases: tuple[str, str]):
     e.g. `out=("--out", "output")`; a required option is checked here, not by the parser."""
 
     def decorate(func):
-        params = _parameters(func)
+        params = dict(inspect.signature(func, eval_str=True).parameters)
         defaults, required, shown, hidden = {}, set(), {}, []
         for name, (flag, real) in aliases.items():
             base, info = typing.get_args(params[real].annotation)[:2]
@@ -192,8 +187,7 @@ QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress di
 
 
 def command_app(name: str, help: str, completion: bool = False) -> typer.Typer:
-    """A Typer app (or sub-app) with the settings every `par` command group shares;
-    `completion` adds Typer's --install-completion and --show-completion (the root app's)."""
+    """A Typer app (or sub-app) with the settings every `par` command group shares."""
     return typer.Typer(
         name=name,
         help=help,
@@ -205,8 +199,7 @@ def command_app(name: str, help: str, completion: bool = False) -> typer.Typer:
 
 
 def one_line_usage_errors() -> None:
-    """Make Typer show a command-line mistake (an unknown option, a value of the wrong form) as
-    one line, like every other refusal, rather than a usage block and a panel."""
+    """Show a command-line mistake as one line, like every other refusal, not a usage panel."""
     from typer import rich_utils
 
     def show(error) -> None:
@@ -230,8 +223,7 @@ _mid_line = [False]  # whether a counter left stderr's cursor at the end of a li
 
 
 def show_counter(text: str) -> None:
-    """Write `text` over the current stderr line, leaving the cursor after it (a count that
-    grows); whatever is printed next must first call `end_counter`, as `fail` does."""
+    """Write `text` over the current stderr line; what is printed next calls `end_counter` first."""
     err_console.print(f"\r{text}", end="", markup=False, highlight=False)
     _mid_line[0] = True
 
@@ -245,14 +237,11 @@ def end_counter() -> None:
 
 # Characters that move the cursor, end a line or reorder text: a file's strings could forge
 # output (a fake prompt, a new window title) with them, so they are shown as escapes.
-_BIDI_CONTROLS = frozenset(
-    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
-)
+_BIDI_CONTROLS = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
 
 
 def inert(text: str) -> str:
-    """`text` with every control character (C0, DEL, C1: ESC and newlines among them), line
-    separator and bidirectional override written as a visible escape."""
+    """`text` with every control character, line separator and bidi override as an escape."""
 
     def shown(char: str) -> str:
         if unicodedata.category(char) in ("Cc", "Zl", "Zp") or char in _BIDI_CONTROLS:
@@ -335,12 +324,9 @@ def warn_if_emulated(device, dtype) -> None:
 
 
 def pass_counter(progress: Progress, pipe: Pipeline, batches: int) -> Callable[[Pass], None]:
-    """A task on ``progress`` counting the plan passes of `batches` batches of `pipe`, and the
-    callback that advances it."""
-    description, passes = pipe.name, pipe.plan.num_passes
-    task = progress.add_task(
-        escape(description), total=passes * batches, status=waiting_status(pipe)
-    )
+    """The callback advancing a task on `progress` that counts the passes of `batches` batches."""
+    passes, total = pipe.plan.num_passes, pipe.plan.num_passes * batches
+    task = progress.add_task(escape(pipe.name), total=total, status=waiting_status(pipe))
 
     plain = not progress.disable and not progress.console.is_terminal
     last_line = time.monotonic()
@@ -355,10 +341,9 @@ def pass_counter(progress: Progress, pipe: Pipeline, batches: int) -> Callable[[
             # What a log sees of the bar: where it is, the time spent and the time left.
             last_line, done = time.monotonic(), progress.tasks[task].completed
             elapsed = progress.tasks[task].elapsed or 0.0
-            left = f", about {elapsed * (passes * batches - done) / done:.0f} s left"
             progress.console.print(
-                f"{description}: {status} ({100 * done / (passes * batches):.0f} %), "
-                f"{elapsed:.0f} s{left}",
+                f"{pipe.name}: {status} ({100 * done / total:.0f} %), "
+                f"{elapsed:.0f} s, about {elapsed * (total - done) / done:.0f} s left",
                 markup=False, highlight=False, soft_wrap=True,
             )  # fmt: skip
 
@@ -366,8 +351,7 @@ def pass_counter(progress: Progress, pipe: Pipeline, batches: int) -> Callable[[
 
 
 def waiting_status(pipe: Pipeline) -> str:
-    """What a bar says before the first pass, where that pass comes only after seconds of
-    one-time work: compiling, or timing the int8 products on this machine."""
+    """What a bar says while the first pass waits on one-time work (compiling, timing int8)."""
     if pipe.engine.compiled:
         return "compiling the step (the first run of each pass width; later runs reuse the cache)"
     if pipe.times_kernels_first():
