@@ -27,7 +27,6 @@ from parcli.commands.common import (
 from parcli.commands.downloads import model_fetcher
 from parcli.config import ANIMATION_FPS, CLIP_FPS
 from parcli.errors import SettingError, UserError
-from parcli.io.catalogue import use_catalogue
 from parcli.io.classes import class_set_of_size, resolve_classes
 from parcli.io.locate import catalogue_class_set, model_files
 from parcli.io.recipe import Recipe, Sample, checkpoint_sha256, replay
@@ -138,7 +137,6 @@ def generate(
     from parcli.pipeline import open_pipeline
 
     with user_errors(OPTIONS):
-        use_catalogue(catalogue)
         for setting, value in (("num_samples", num_samples), ("batch_size", batch_size)):
             if value < 1:
                 raise SettingError(setting, f"must be at least 1, not {value}")
@@ -169,7 +167,17 @@ def generate(
         pipe = open_pipeline(files, options, None if earlier else regions, batch_size, count, scale)
         weights_sha = checkpoint_sha256(files.checkpoint)
         if earlier is not None:
-            check_same_weights(earlier, files.checkpoint, weights_sha, options, quiet)
+            # --from must load the weights the recipe names; another device kind may change tokens.
+            if weights_sha != earlier.checkpoint_sha256:
+                raise UserError(
+                    f"{files.checkpoint.name} is not the checkpoint the samples were made with "
+                    f"(sha256 {weights_sha[:12]}..., the recipe says "
+                    f"{earlier.checkpoint_sha256[:12]}...)",
+                    "from_file",
+                )
+            if options.device_kind != earlier.run.device and not quiet:
+                note = f"note: made on {earlier.run.device}, now run on {options.device_kind}"
+                err_console.print(f"{note}: the tokens can differ", markup=False, highlight=False)
             pipe.check_regions(regions)
             samples, per_row = list(earlier.samples), earlier.columns
         else:
@@ -250,21 +258,6 @@ def print_summary(pipe: Pipeline, count: int, total: int, seconds: float, output
     )
     if frames:
         console.print(f"animation: {frames} frames -> {outputs.animate}", markup=False)
-
-
-def check_same_weights(
-    recipe: Recipe, checkpoint: Path, sha256: str, options: RunOptions, quiet: bool
-) -> None:
-    """--from must load the weights the recipe names; another device kind may change tokens."""
-    if sha256 != recipe.checkpoint_sha256:
-        raise UserError(
-            f"{checkpoint.name} is not the checkpoint the samples were made with (sha256 "
-            f"{sha256[:12]}..., the recipe says {recipe.checkpoint_sha256[:12]}...)",
-            "from_file",
-        )
-    if options.device_kind != recipe.run.device and not quiet:
-        kinds = f"made on {recipe.run.device}, now run on {options.device_kind}"
-        err_console.print(f"note: {kinds}: the tokens can differ", markup=False, highlight=False)
 
 
 def status_printer(quiet: bool):
