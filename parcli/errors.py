@@ -1,13 +1,9 @@
-"""How a run fails: the base class of the failures a user can fix (shown as one line), and
-Ctrl-C and SIGTERM (one line and exit code 130 or 143, wherever they arrive).
-
-Until the command line is parsed and, for a command that computes, torch and numpy are imported
-(`loads_torch`), a signal ends the process at once: raising would interrupt a C extension's
-import half-way (numpy's cannot be retried, torch's can abort the interpreter). From then on it
-is raised where the program is, so that every `atomic_path` unwinds and removes its temporary
-file; once a signal has arrived, whatever unwinds to `parcli.__main__` is reported as it (a
-module imported late, PIL at the first PNG, can fail with another exception when interrupted).
-"""
+"""How a run fails: `UserError`, a failure the user can fix (shown as one line), and Ctrl-C and
+SIGTERM (one line, exit code 130 or 143). Until torch and numpy are imported (`loads_torch`), a
+signal ends the process at once: raising could interrupt a C extension's import half-way, which
+numpy cannot retry. From then on it is raised where the program is, so that every `atomic_path`
+removes its temporary file; whatever then unwinds to `parcli.__main__` is reported as the signal
+(a late import, PIL's at the first PNG, can fail with another exception when interrupted)."""
 
 from __future__ import annotations
 
