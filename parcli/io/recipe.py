@@ -195,64 +195,52 @@ def _recipe_text(path: Path) -> tuple[str | None, Path]:
     """The recipe text a file carries (a PNG's chunk, a .json's text, else its sidecar's), and
     the file it was read from; None where there is none."""
     if path.suffix.lower() == ".png":
-        return _png_text(path), path
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with warnings.catch_warnings():  # PIL's bomb warning would be a second line of output
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(path) as image:
+                    return image.text.get(RECIPE_KEY), path  # type: ignore[attr-defined]
+        except Image.DecompressionBombError:
+            message = f"{path} is too large an image to open safely; not a parcli output"
+            raise RecipeError(message) from None
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError, AttributeError):
+            raise RecipeError(f"{path} is not a readable PNG") from None
     source = path if path.suffix.lower() == SIDECAR_SUFFIX else sidecar_path(path)
     if not source.is_file():
         return None, source
     try:
         return source.read_text(encoding="utf-8"), source
     except (OSError, UnicodeDecodeError) as exc:
-        raise RecipeError(
-            f"cannot read {source}: {getattr(exc, 'strerror', None) or exc}"
-        ) from None
-
-
-def _png_text(path: Path) -> str | None:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with warnings.catch_warnings():  # PIL's bomb warning would be a second line of output
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                return image.text.get(RECIPE_KEY)  # type: ignore[attr-defined]
-    except Image.DecompressionBombError:
-        raise RecipeError(
-            f"{path} is too large an image to open safely; not a parcli output"
-        ) from None
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, AttributeError):
-        raise RecipeError(f"{path} is not a readable PNG") from None
+        message = f"cannot read {source}: {getattr(exc, 'strerror', None) or exc}"
+        raise RecipeError(message) from None
 
 
 FILE_SHA256 = "file_sha256"  # in a sidecar: the file it describes, so that par can prove it
 
 
-def written_by_par(path: Path) -> Recipe | None:
-    """The recipe of a file par can prove it wrote, else None: a PNG carrying a recipe, a file
-    whose sidecar's recipe records its sha256, or a sidecar holding a recipe."""
+def earlier_outputs(folder: Path) -> dict[Path, Recipe]:
+    """The files in `folder` (not below) that par can prove it wrote, with their recipes: a PNG
+    carrying a recipe, a file whose sidecar's recipe records its sha256, or a sidecar holding a
+    recipe. Other files are not ours and are never listed."""
     from parcli.io.files import file_sha256
 
-    try:
-        text, source = _recipe_text(path) if path.is_file() else (None, path)
-        if text is None:
-            return None
-        data = json.loads(text)
-        if source != path and (
-            not isinstance(data, dict) or data.get(FILE_SHA256) != file_sha256(path)
-        ):
-            return None
-        return Recipe.from_dict(data, str(source))
-    except (RecipeError, OSError, ValueError, RecursionError):
-        return None
-
-
-def earlier_outputs(folder: Path) -> dict[Path, Recipe]:
-    """The files in `folder` (not below) that par can prove it wrote (`written_by_par`), with
-    their recipes. Other files are not ours and are never listed."""
-    if not folder.is_dir():
-        return {}
-    paths = [path for path in sorted(folder.iterdir()) if not path.name.startswith(".")]
-    found = {path: written_by_par(path) for path in paths}
-    return {path: recipe for path, recipe in found.items() if recipe is not None}
+    found = {}
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        try:
+            text, source = _recipe_text(path)
+            if text is None:
+                continue
+            data = json.loads(text)
+            sha256 = data.get(FILE_SHA256) if isinstance(data, dict) else None
+            if source == path or sha256 is not None and sha256 == file_sha256(path):
+                found[path] = Recipe.from_dict(data, str(source))
+        except (RecipeError, OSError, ValueError, RecursionError):
+            pass
+    return found
 
 
 def replay(
