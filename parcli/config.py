@@ -51,14 +51,15 @@ def check_config_data(data: object, fields: dict[str, type | str]) -> dict:
         kind = fields.get(name)
         if kind is None:
             raise ValueError(f"unknown config field {name!r}")
-        if kind == "ints":
-            if not isinstance(value, list | tuple) or not value or len(value) > 8:
-                raise ValueError(f"{name} must be a list of integers")
-            for item in value:
-                _check_int(name, item, 1 << 16)
-        elif kind is int:
-            _check_int(name, value, _INT_LIMITS.get(name, 1 << 16))
-        elif kind is float:
+        if kind == "ints" and (not isinstance(value, list | tuple) or not value or len(value) > 8):
+            raise ValueError(f"{name} must be a list of integers")
+        limit = _INT_LIMITS.get(name, 1 << 16)
+        for item in value if kind == "ints" else [value] if kind is int else []:
+            if isinstance(item, bool) or not isinstance(item, int):
+                raise ValueError(f"{name} must be an integer, not {item!r}")
+            if not 1 <= item <= limit:
+                raise ValueError(f"{name} must be between 1 and {limit}, not {item}")
+        if kind is float:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"{name} must be a number, not {value!r}")
             if not math.isfinite(value) or value < 0:
@@ -69,13 +70,6 @@ def check_config_data(data: object, fields: dict[str, type | str]) -> dict:
             raise ValueError(f"{name} must be true or false, not {value!r}")
         known[name] = value
     return known
-
-
-def _check_int(name: str, value: object, limit: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer, not {value!r}")
-    if not 1 <= value <= limit:
-        raise ValueError(f"{name} must be between 1 and {limit}, not {value}")
 
 
 def preset_name(n_layer: int, dim: int) -> str | None:

@@ -101,6 +101,7 @@ _RUN_HELP = {
 }
 RUN_DEFAULTS = {f.name: f.default for f in fields(RunOptions) if f.name in _RUN_HELP}
 RUN_DEFAULTS.update(device="auto", dtype="auto")
+KEYWORD = inspect.Parameter.KEYWORD_ONLY
 
 
 def run_options(**replaced: tuple[Any, Any]):
@@ -110,11 +111,11 @@ def run_options(**replaced: tuple[Any, Any]):
     hint = typing.get_type_hints(RunOptions)
     table = {k: (Annotated[hint[k], info], RUN_DEFAULTS[k]) for k, info in _RUN_HELP.items()}
     table |= replaced
+    added = [inspect.Parameter(k, KEYWORD, annotation=a, default=d) for k, (a, d) in table.items()]
 
     def decorate(func):
         params = inspect.signature(func, eval_str=True).parameters.values()
         own = [p for p in params if p.name != "run"]
-        added = [_keyword(name, *table[name]) for name in table]
 
         def command(**kwargs):
             run = {name: kwargs.pop(name) for name in table}
@@ -123,11 +124,6 @@ def run_options(**replaced: tuple[Any, Any]):
         return _as_command(func, command, own + added)
 
     return decorate
-
-
-def _keyword(name: str, annotation, default) -> inspect.Parameter:
-    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
-                             default=default)  # fmt: skip
 
 
 def _as_command(func, command, parameters: list[inspect.Parameter]):
@@ -159,8 +155,8 @@ def old_spellings(**aliases: tuple[str, str]):
                 optional = Annotated[base | None, info]  # type: ignore[valid-type]
                 params[real] = params[real].replace(annotation=optional, default=None)
             defaults[real] = params[real].default
-            option = typer.Option(flag, hidden=True)
-            hidden.append(_keyword(name, Annotated[base | None, option], None))  # type: ignore
+            hint = Annotated[base | None, typer.Option(flag, hidden=True)]  # type: ignore
+            hidden.append(inspect.Parameter(name, KEYWORD, annotation=hint, default=None))
 
         def command(**kwargs):
             for name, (flag, real) in aliases.items():
@@ -174,9 +170,8 @@ def old_spellings(**aliases: tuple[str, str]):
                     raise fail(f"missing option {shown[real]}")
             return func(**kwargs)
 
-        own = [p for p in params.values() if p.kind != inspect.Parameter.KEYWORD_ONLY]
-        keyword = [p for p in params.values() if p.kind == inspect.Parameter.KEYWORD_ONLY]
-        return _as_command(func, command, own + hidden + keyword)
+        # Keyword-only parameters (the hidden ones among them) after the others, as Python wants.
+        return _as_command(func, command, sorted([*params.values(), *hidden], key=lambda p: p.kind))
 
     return decorate
 
