@@ -1,5 +1,4 @@
-"""The `par` executable: signals are handled before the command line's imports begin
-(`parcli.errors` says how)."""
+"""The `par` executable: signals are handled before the command line's imports begin."""
 
 from __future__ import annotations
 

@@ -85,8 +85,7 @@ def preset_heads(n_layer: int, dim: int) -> int | None:
 
 
 def token_grid(grid: str | None, image_size: int, stride: int = VQ_STRIDE) -> tuple[int, ...]:
-    """The grid `grid` names, `24` (square), `24x24` (rows x cols) or `5x16x16` (frames x rows x
-    cols); without one, the square grid of `image_size` pixels."""
+    """The grid `grid` names (`24`, `24x24`, `5x16x16`), else the square one of `image_size` px."""
     if grid is None:
         side = image_side(image_size, stride)
         return side, side

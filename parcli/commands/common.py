@@ -127,8 +127,7 @@ def run_options(**replaced: tuple[Any, Any]):
 
 
 def _as_command(func, command, parameters: list[inspect.Parameter]):
-    """`command` (which calls `func`) under `func`'s name and docstring, with `parameters` as
-    the signature Typer reads its options from."""
+    """`command` under `func`'s name and docstring, with the signature Typer reads options from."""
     command = functools.wraps(func)(command)
     command.__signature__ = inspect.Signature(parameters)
     command.__annotations__ = {p.name: p.annotation for p in parameters}
@@ -249,8 +248,7 @@ def inert(text: str) -> str:
 
 @contextlib.contextmanager
 def user_errors(options: Mapping[str, str] | None = None) -> Iterator[None]:
-    """Turn known failures into one red line and exit code 2, under the option of the setting
-    they name (`options`: those not simply `--setting-name`); Ctrl-C into exit code 130."""
+    """Known failures as one red line (exit code 2) naming the option at fault; Ctrl-C as 130."""
     try:
         yield
     except UserError as exc:

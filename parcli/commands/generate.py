@@ -205,8 +205,7 @@ def generate(
 def run_samples(
     classes: list[str], per_class: int, names, num_classes: int
 ) -> tuple[list[Sample], int | None]:
-    """The samples a run makes, `per_class` of each class asked for, numbered in order; and the
-    columns of a file holding them all: one row per class where there are several."""
+    """The samples a run makes, numbered in order, and the columns of a file of them all."""
     names = names or class_set_of_size(num_classes)
     class_ids = resolve_classes(classes, names)
     labels = enumerate(c for c in class_ids for _ in range(per_class))
@@ -215,8 +214,7 @@ def run_samples(
 
 
 def make(pipe: Pipeline, samples, todo, sampling, seed, batch_size, outputs, recipe, quiet):
-    """Generate samples `todo` with a progress bar: into a folder, each batch's files as it
-    ends; else the tokens and pixels of them all (None, None when a folder took them)."""
+    """Generate samples `todo`: their tokens and pixels, or None where a folder took them."""
     from parcli.io.outputs import counted_on_interruption, sample_stems
 
     target, stems = outputs.target(pipe.is_video), sample_stems(samples)

@@ -28,8 +28,7 @@ _TEMP_NAME = re.compile(r"\.par-[0-9a-f]{8}-[0-9a-f]{8}(\.[^.]*)?|\..*\.tmp-[0-9
 
 
 def _create_temp(path: Path) -> Path:
-    """Create an empty new file beside `path` with its suffix, named short whatever the target's
-    name is, so that any name the file system takes can be written."""
+    """A new empty file beside `path`, named short so that any name the file system takes works."""
     name_hash = hashlib.sha256(os.fsencode(path.name)).hexdigest()[:8]
     tmp = path.with_name(f".par-{name_hash}-{secrets.token_hex(4)}{path.suffix}")
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # never another's file

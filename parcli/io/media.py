@@ -38,8 +38,7 @@ def _uint8(array, what: str = "images") -> np.ndarray:
 
 
 def save_image(path: PathLike, image: np.ndarray, recipe: str | None = None) -> Path:
-    """Write one uint8 image (HxW, HxWx1, HxWx3 or HxWx4) as PNG, JPEG or WebP by its suffix,
-    atomically; a `recipe` goes into a PNG's text chunk, and beside any other file."""
+    """Write one uint8 image as PNG, JPEG or WebP by its suffix; `recipe` in a PNG or beside."""
     from PIL import Image
 
     pixels = _uint8(image)
@@ -109,8 +108,7 @@ def image_names(stems: Sequence[str], suffix: str = ".png") -> list[str]:
 
 
 def check_mp4_writer(target: PathLike, setting: str = "output", folder: bool = False) -> None:
-    """Refuse, before anything is generated, an MP4 (or a `folder` of them) when imageio-ffmpeg,
-    which an install without dependencies lacks, is missing."""
+    """Refuse, before any work, an MP4 (or a `folder` of them) where imageio-ffmpeg is missing."""
     if (folder or Path(target).suffix.lower() == ".mp4") and not mp4_writer_installed():
         what = f"MP4 clips into {target}" if folder else str(target)
         raise OutputError(
@@ -158,8 +156,7 @@ def save_video(
     pad: int = 2,
     recipe: str | None = None,
 ) -> Path:
-    """Write (T, H, W[, C]) frames, or N videos (N, T, H, W, C) tiled into one grid per frame, as
-    an MP4 or an animated GIF, atomically."""
+    """Write (T, H, W[, C]) frames, or N videos (N, T, H, W, C) tiled, as an MP4 or a GIF."""
     target = Path(path)
     suffix = target.suffix.lower()
     if suffix not in VIDEO_SUFFIXES:

@@ -138,8 +138,7 @@ class Outputs:
     def write_batch(
         self, recipe: Recipe, stems: list[str], numbers: list[int], pixels: np.ndarray
     ) -> list[Path]:
-        """Into a folder: the files of samples `numbers` (of the recipe; `stems`, the run's
-        `sample_stems`), as their batch ends."""
+        """Into a folder: the files of samples `numbers`, as their batch ends."""
         recipes = [recipe.for_samples([recipe.samples[n]]).to_json() for n in numbers]
         return save_samples(
             self.output, self._enlarged(pixels), [stems[n] for n in numbers], pixels.ndim == 5,
@@ -154,8 +153,7 @@ class Outputs:
         plan: Plan,
         seconds: float,
     ) -> int:
-        """Every file but a folder's samples: a single target, the animation, the tokens and
-        the manifest; returns the animation's frame count (0 without one)."""
+        """Every file but a folder's samples; returns the animation's frame count."""
         video, target = len(plan.grid) == 3, self.target(len(plan.grid) == 3)
         if self.tokens is not None:
             save_tokens(self.tokens, tokens)
@@ -237,8 +235,7 @@ def revealed_cells(plan: Plan, passes: np.ndarray) -> np.ndarray:
 
 
 def reveal(pixels: np.ndarray, plan: Plan, passes: np.ndarray) -> np.ndarray:
-    """Frames (len(passes), *pixels.shape) of the final pixels, gray where no token has been
-    drawn yet."""
+    """Frames (len(passes), *pixels.shape) of the final pixels, gray where no token is drawn yet."""
     rows, cols = plan.grid[-2:]
     height, width = pixels.shape[-3:-1]
     if height % rows or width % cols:
@@ -250,8 +247,7 @@ def reveal(pixels: np.ndarray, plan: Plan, passes: np.ndarray) -> np.ndarray:
 
 
 def layout(samples: np.ndarray, video: bool, ncols: int | None = None) -> np.ndarray:
-    """One picture of N images, tiled as the still output tiles them, or of N clips, one film
-    strip per row."""
+    """One picture of N images tiled as the still output, or of N clips, a film strip per row."""
     if video:
         samples, ncols = np.stack([make_grid(clip, ncols=len(clip)) for clip in samples]), 1
     return make_grid(samples, ncols=ncols)

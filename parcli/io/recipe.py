@@ -125,8 +125,7 @@ _JSON_NAMES = {"compile": "compiled"}  # as the first recipes wrote it
 
 @cache
 def _kinds(cls: type) -> dict[str, tuple[tuple[type, ...], bool]]:
-    """The types each field of a dataclass takes, read from its annotations (an int where a
-    float goes), and whether it may be null."""
+    """The types each field of a dataclass takes (an int where a float goes), and if null."""
     hints = typing.get_type_hints(cls)
     kinds = {}
     for f in fields(cls):
@@ -150,8 +149,7 @@ def _sample(item: Any, where: str) -> Sample:
 
 @cache
 def weights_sha256(path: Path, size: int, modified_ns: int) -> str:
-    """The sha256 a recipe records for a checkpoint file (see Recipe.checkpoint_sha256);
-    size and modification time key the cache, so a changed file is hashed again."""
+    """The sha256 a recipe records for a checkpoint; size and mtime key the cache."""
     from safetensors import safe_open
 
     from parcli.io.files import file_sha256
@@ -192,8 +190,7 @@ def read_recipe(path: Path) -> Recipe:
 
 
 def _recipe_text(path: Path) -> tuple[str | None, Path]:
-    """The recipe text a file carries (a PNG's chunk, a .json's text, else its sidecar's), and
-    the file it was read from; None where there is none."""
+    """The recipe text a file carries (None if none), and the file it was read from."""
     if path.suffix.lower() == ".png":
         from PIL import Image, UnidentifiedImageError
 
@@ -221,9 +218,8 @@ FILE_SHA256 = "file_sha256"  # in a sidecar: the file it describes, so that par 
 
 
 def earlier_outputs(folder: Path) -> dict[Path, Recipe]:
-    """The files in `folder` (not below) that par can prove it wrote, with their recipes: a PNG
-    carrying a recipe, a file whose sidecar's recipe records its sha256, or a sidecar holding a
-    recipe. Other files are not ours and are never listed."""
+    """The files in `folder` par can prove it wrote, with their recipes: a PNG carrying a recipe, a
+    file whose sidecar records its sha256, or a sidecar. Other files are never listed."""
     from parcli.io.files import file_sha256
 
     found = {}
