@@ -50,18 +50,10 @@ def _exit_during_start_up(signum, frame) -> None:
 
 
 def start_up() -> None:
-    """From now until `started`, a signal ends the process at once."""
+    """From now until `loads_torch` has imported torch, a signal ends the process at once."""
     for signum in WORDS:
         signal.signal(signum, _exit_during_start_up)
     _starting[:] = [True]
-
-
-def started() -> None:
-    """From now on a signal raises where the program is (in `par` only: not in a test)."""
-    if _starting:
-        for signum in WORDS:
-            signal.signal(signum, _raise)
-        _starting.clear()
 
 
 def loads_torch(command):
@@ -72,7 +64,10 @@ def loads_torch(command):
         import numpy  # noqa: F401
         import torch  # noqa: F401
 
-        started()
+        if _starting:  # from now on a signal raises where the program is (in `par`, not a test)
+            for signum in WORDS:
+                signal.signal(signum, _raise)
+            _starting.clear()
         return command(*args, **kwargs)
 
     return run

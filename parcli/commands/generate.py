@@ -141,7 +141,6 @@ def generate(
             if value < 1:
                 raise SettingError(setting, f"must be at least 1, not {value}")
         outputs = Outputs(output, animate, save_tokens_to, manifest, overwrite, scale, fps)
-        outputs.check()
         earlier = None
         if from_file is not None:
             asked = {"class": bool(classes), "model": model is not None, "seed": seed is not None,
@@ -249,11 +248,8 @@ def print_summary(pipe: Pipeline, count: int, total: int, seconds: float, output
         console.print(f"nothing to make: {where}", highlight=False, markup=False)
         return
     made = f"{count} {kind}{'s' if count != 1 else ''} · {pipe.passes_per_image():.4g} passes each"
-    console.print(
-        f"{made} · {seconds:.2f} s · {count / seconds:.2f} {kind}s/s -> {where}",
-        highlight=False,
-        markup=False,
-    )
+    speed = f"{seconds:.2f} s · {count / seconds:.2f} {kind}s/s"
+    console.print(f"{made} · {speed} -> {where}", highlight=False, markup=False)
     if frames:
         console.print(f"animation: {frames} frames -> {outputs.animate}", markup=False)
 

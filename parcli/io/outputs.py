@@ -49,7 +49,7 @@ class Outputs:
     scale: int = 1
     fps: float | None = None
 
-    def check(self) -> None:
+    def __post_init__(self) -> None:
         """Refuse, before any work, a target that cannot be written."""
         if self.output is not None:
             check_writable(self.output, IMAGE_SUFFIXES + VIDEO_SUFFIXES, allow_directory=True)
@@ -162,17 +162,13 @@ class Outputs:
         if not self.folder:
             fps = self.fps or CLIP_FPS
             save_samples(target, pixels, None, video, recipe.columns, fps, [recipe.to_json()])
-        frames = 0
+        animation = []
         if self.animate is not None:
             animation = animation_frames(pixels, plan, recipe.columns)
             save_video(self.animate, animation, self.fps or ANIMATION_FPS, recipe=recipe.to_json())
-            frames = len(animation)
         if self.manifest is not None:
-            files = [target]
-            if self.folder:
-                stems = sample_stems(list(recipe.samples))
-                names = image_names(stems, ".mp4" if video else ".png")
-                files = [str(Path(target) / name) for name in names]
+            names = image_names(sample_stems(list(recipe.samples)), ".mp4" if video else ".png")
+            files = [str(Path(target) / name) for name in names] if self.folder else [target]
             document = {
                 "recipe": recipe.to_dict(),
                 "files": files,
@@ -181,7 +177,7 @@ class Outputs:
             }
             text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
             atomic_write(self.manifest, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-        return frames
+        return len(animation)
 
 
 @contextlib.contextmanager
