@@ -176,12 +176,9 @@ class GPTConfig:
     def from_dict(cls, data: dict) -> GPTConfig:
         """The config a file declares, every field checked before anything is built from it."""
         known = check_config_data(data, _GPT_FIELDS)
-        grid = tuple(known.get("grid", (24, 24)))
+        grid = list(known.get("grid", (24, 24)))  # __post_init__ makes it a tuple
         if not 2 <= len(grid) <= 3 or math.prod(grid) > MAX_TOKENS:
-            raise ValueError(
-                f"grid {list(grid)} is not 2 or 3 sides of at most {MAX_TOKENS} tokens"
-            )
-        known["grid"] = grid
+            raise ValueError(f"grid {grid} is not 2 or 3 sides of at most {MAX_TOKENS} tokens")
         if known.get("rope_base", 1) <= 0 or known.get("norm_eps", 1) <= 0:
             raise ValueError("rope_base and norm_eps must be positive")
         return cls(**known)

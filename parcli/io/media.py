@@ -18,6 +18,7 @@ from parcli.config import CLIP_FPS
 from parcli.io.files import (
     OutputError,
     PathLike,
+    atomic_path,
     atomic_write,
     check_writable,
     file_sha256,
@@ -174,22 +175,19 @@ def save_video(
         from PIL import Image
 
         pictures = [Image.fromarray(frame) for frame in np.ascontiguousarray(video)]
-
-        def write_gif(tmp: Path) -> None:
+        with atomic_path(target) as tmp:
             pictures[0].save(
                 tmp, format="GIF", save_all=True, append_images=pictures[1:],
                 duration=1000.0 / fps, loop=0,
             )  # fmt: skip
-
-        return _write_sidecar(atomic_write(target, write_gif), recipe)
+        return _write_sidecar(target, recipe)
 
     check_mp4_writer(target)
     import imageio_ffmpeg
 
     extra_h, extra_w = -video.shape[1] % MACRO_BLOCK, -video.shape[2] % MACRO_BLOCK
     video = np.ascontiguousarray(np.pad(video, ((0, 0), (0, extra_h), (0, extra_w), (0, 0))))
-
-    def write_mp4(tmp: Path) -> None:
+    with atomic_path(target) as tmp:
         writer = imageio_ffmpeg.write_frames(
             str(tmp), (video.shape[2], video.shape[1]), fps=fps, codec="libx264",
             pix_fmt_in="rgb24", pix_fmt_out="yuv420p", quality=8, macro_block_size=MACRO_BLOCK,
@@ -211,8 +209,7 @@ def save_video(
             full = shutil.disk_usage(tmp.parent).free < (1 << 20)
             why = "no space left on the device" if full else "its output is incomplete"
             raise OSError(errno.ENOSPC if full else errno.EIO, f"ffmpeg could not finish ({why})")
-
-    return _write_sidecar(atomic_write(target, write_mp4), recipe)
+    return _write_sidecar(target, recipe)
 
 
 def save_tokens(path: PathLike, tokens: np.ndarray) -> Path:
@@ -223,9 +220,7 @@ def save_tokens(path: PathLike, tokens: np.ndarray) -> Path:
     array = np.asarray(tokens)
     if not np.issubdtype(array.dtype, np.integer):
         raise ValueError(f"tokens must be integers, not {array.dtype}")
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as handle:  # a handle: np.save would add .npy to a name in .NPY
-            np.save(handle, array, allow_pickle=False)
-
-    return atomic_write(target, write)
+    # A handle: np.save would add .npy to a name in .NPY.
+    with atomic_path(target) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, array, allow_pickle=False)
+    return target
