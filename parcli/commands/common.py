@@ -105,9 +105,8 @@ KEYWORD = inspect.Parameter.KEYWORD_ONLY
 
 
 def run_options(**replaced: tuple[Any, Any]):
-    """Add the run options to a command's signature (after its own), collected into the
-    keyword `run`: {field: value as given}. `replaced` swaps one option's (annotation, default)
-    for another (bench takes lists where other commands take one value)."""
+    """Add the run options to a command's signature, given to it as `run`: {field: value};
+    `replaced` swaps an option's (annotation, default) (bench takes lists of values)."""
     hint = typing.get_type_hints(RunOptions)
     table = {k: (Annotated[hint[k], info], RUN_DEFAULTS[k]) for k, info in _RUN_HELP.items()}
     table |= replaced
@@ -135,9 +134,8 @@ def _as_command(func, command, parameters: list[inspect.Parameter]):
 
 
 def old_spellings(**aliases: tuple[str, str]):
-    """Keep options' former spellings working but out of --help: each keyword adds a hidden
-    option (Typer cannot hide one name of an option), as (its option, the parameter it gives),
-    e.g. `out=("--out", "output")`; a required option is checked here, not by the parser."""
+    """Keep options' former spellings working but out of --help (Typer cannot hide one name of an
+    option): `out=("--out", "output")` adds a hidden --out for parameter `output`."""
 
     def decorate(func):
         params = dict(inspect.signature(func, eval_str=True).parameters)

@@ -1,6 +1,5 @@
-"""The one way `par` writes a file (a temporary file beside the target, fsynced, then renamed
-over it: never a partial file under the final name), and the checks that find an unusable output
-path early."""
+"""The one way `par` writes a file (a temporary file beside it, fsynced, renamed over it: never a
+partial file under the final name), and the checks that find an unusable output path early."""
 
 from __future__ import annotations
 
@@ -49,9 +48,8 @@ def remove_temporaries(folder: Path) -> list[Path]:
 
 @contextlib.contextmanager
 def atomic_path(path: PathLike, setting: str | None = None) -> Iterator[Path]:
-    """Yield a temporary path (same folder, same suffix, so writers that choose a format by it
-    work) that is renamed over ``path`` on success; on any exception, Ctrl-C included, it is
-    removed and the target left untouched. An OSError becomes an `OutputError` on `setting`."""
+    """A temporary path (same folder and suffix) renamed over ``path`` on success, else removed
+    (Ctrl-C included), the target untouched; an OSError becomes an `OutputError` on `setting`."""
     target = Path(path)
     try:
         tmp = _create_temp(target)
@@ -142,9 +140,8 @@ def check_writable(
     allow_directory: bool = False,
     setting: str | None = "output",
 ) -> Path:
-    """Refuse (`OutputError` on `setting`), before any expensive work, a file target without a
-    writable parent folder or with a suffix not in ``suffixes``; with ``allow_directory``, the
-    target may also be a writable folder, or a new one whose parent exists."""
+    """Refuse, before any expensive work, a target that cannot be written or has a suffix not in
+    ``suffixes``; with ``allow_directory``, it may also be a folder (existing or new)."""
     target, folder = Path(path), allow_directory and is_directory_target(path)
     if not folder and suffixes is not None and target.suffix.lower() not in suffixes:
         shown = target.suffix or "(no suffix)"

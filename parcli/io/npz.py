@@ -1,6 +1,5 @@
-"""`.npz` files written the same, byte for byte, every time (`numpy.savez` stamps the time of
-writing) and streamed in chunks rather than held whole, as uncompressed `.npy` members that
-`numpy.load` and OpenAI's ADM evaluator read; and read back a few rows at a time."""
+"""`.npz` files the same byte for byte every time (`numpy.savez` stamps the time), streamed in
+chunks as uncompressed `.npy` members that `numpy.load` and OpenAI's ADM evaluator read."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Where `par generate` puts a run: its targets checked before any work, then every file written
-with the recipe of the samples it holds."""
+"""Where `par generate` puts a run: its targets checked first, each file with its recipe."""
 
 from __future__ import annotations
 
@@ -71,10 +70,9 @@ class Outputs:
     def prepare(
         self, recipe: Recipe, video: bool, maker: str, sample_bytes: int = 0
     ) -> tuple[list[Path], list[int]]:
-        """Check the target against what is there before any work. Returns the files of an
-        earlier run that `--overwrite` replaces, and the samples to make: into a folder, those
-        whose file this same run has not written yet (so that a run cut short can be finished
-        by the same command). A file par cannot prove it wrote is never replaced."""
+        """Check the target before any work; returns the files `--overwrite` replaces and the
+        samples to make (into a folder, those not written yet: the same command finishes a run
+        cut short). A file par cannot prove it wrote is never replaced."""
         target, samples = self.target(video), list(recipe.samples)
         old, todo, folder = [], list(range(len(samples))), Path(target)
         if video:
@@ -107,8 +105,7 @@ class Outputs:
                 if made is not None and made.same_run(recipe.for_samples([samples[number]])):
                     done.append(number)
             kept = {folder / names[n] for n in done}
-            kept |= {sidecar_path(path) for path in kept}
-            old = sorted(set(ours) - kept)
+            old = sorted(set(ours) - kept - {sidecar_path(path) for path in kept})
             if old and not self.overwrite:
                 shown = ", ".join(path.name for path in old[:2]) + (", ..." if len(old) > 2 else "")
                 raise SettingError(

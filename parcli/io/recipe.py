@@ -1,6 +1,5 @@
-"""How a file was made: the recipe `par generate` writes into a PNG's "parcli" chunk or a
-`<file>.json` beside other files, which `par info` shows and `--from` replays. Read back, it is
-untrusted text: every field is checked before use."""
+"""How a file was made: the recipe `par generate` writes into a PNG or a `<file>.json` beside
+it, which `par info` shows and `--from` replays; read back, every field is checked before use."""
 
 from __future__ import annotations
 
@@ -243,9 +242,8 @@ def replay(
     path: Path, run: dict[str, Any], defaults: dict[str, Any], asked: dict[str, bool],
     checkpoint_given: bool,
 ) -> tuple[Recipe, dict[str, Any]]:  # fmt: skip
-    """The recipe of `path` for `par generate --from`, and the run options (`run`, as the
-    command line gave them) with the recipe's settings in; refuses options the recipe sets
-    (given otherwise than `defaults`, or `asked`: other settings -> whether the user gave them)."""
+    """The recipe of `path` for `--from`, and the run options `run` with its settings in; refuses
+    settings the recipe sets that the user gave too (run's not at `defaults`, or `asked`)."""
     recipe = read_recipe(path)
     replayed = [name for name in run if name not in ("device", "threads")]
     given = {name: run[name] != defaults[name] for name in replayed} | asked
