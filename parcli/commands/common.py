@@ -53,16 +53,14 @@ CatalogueOption = Annotated[
 # so in words.
 _RUN_HELP = {
     "device": typing.get_args(DeviceOption)[1],
-    "dtype": typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16."),
+    "dtype": "auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16.",
     "compile": typer.Option(
         "--compile/--no-compile",
         help="torch.compile the decoding step (the first run compiles; later runs reuse "
         "Inductor's disk cache); when not given, on CUDA only.",
     ),
-    "quantize": typer.Option(
-        help="int8: weight-only int8 projections (a quarter of float32's bytes, faster at small "
-        "batches; the tokens differ from float32's, so it is never the default).",
-    ),
+    "quantize": "int8: weight-only int8 projections (a quarter of float32's bytes, faster at "
+    "small batches; the tokens differ from float32's, so it is never the default).",
     "reference_kernels": typer.Option(
         "--reference-kernels",
         help="Run the kernels LlamaGen's and PAR's code runs (SDPA's math kernel after the "
@@ -74,31 +72,19 @@ _RUN_HELP = {
         help="CPU threads (also PARCLI_THREADS); when not given, 1 for small models (as fast, "
         "and unhurt by other busy processes), one per core for large ones.",
     ),
-    "strategy": typer.Option(
-        help="How the passes are walked: par (one plan pass at a time) or sjd (speculative "
-        "Jacobi decoding: drafts of the next passes verified in one pass; the same law of "
-        "images in fewer passes)."
-    ),
-    "window": typer.Option(
-        help="Plan passes per iteration of --strategy sjd; the strategy's when not given."
-    ),
-    "draft": typer.Option(
-        help="How --strategy sjd drafts a pass it has no prediction for yet: left (each token "
-        "copied from its left neighbour in its region) or random.",
-    ),
-    "cfg_scale": typer.Option(
-        help="Classifier-free guidance scale; <= 1 turns it off; the model's when not given."
-    ),
-    "temperature": typer.Option(
-        help="Softmax temperature; the model's (weights.toml) when not given."
-    ),
-    "top_k": typer.Option(
-        help="Keep the k most likely tokens; 0 = all; the model's (weights.toml) when not given."
-    ),
-    "top_p": typer.Option(
-        help="Nucleus sampling mass; 1.0 = off; the model's (weights.toml) when not given."
-    ),
+    "strategy": "How the passes are walked: par (one plan pass at a time) or sjd (speculative "
+    "Jacobi decoding: drafts of the next passes verified in one pass; the same law of images in "
+    "fewer passes).",
+    "window": "Plan passes per iteration of --strategy sjd; the strategy's when not given.",
+    "draft": "How --strategy sjd drafts a pass it has no prediction for yet: left (each token "
+    "copied from its left neighbour in its region) or random.",
+    "cfg_scale": "Classifier-free guidance scale; <= 1 turns it off; the model's when not given.",
+    "temperature": "Softmax temperature; the model's (weights.toml) when not given.",
+    "top_k": "Keep the k most likely tokens; 0 = all; the model's (weights.toml) when not given.",
+    "top_p": "Nucleus sampling mass; 1.0 = off; the model's (weights.toml) when not given.",
 }
+# Most entries are only a help text.
+_RUN_HELP = {k: typer.Option(help=v) if isinstance(v, str) else v for k, v in _RUN_HELP.items()}
 RUN_DEFAULTS = {f.name: f.default for f in fields(RunOptions) if f.name in _RUN_HELP}
 RUN_DEFAULTS.update(device="auto", dtype="auto")
 KEYWORD = inspect.Parameter.KEYWORD_ONLY
