@@ -56,8 +56,7 @@ def generate(
         typer.Option("--model", "-m", help="Catalogue entry or family (see `par weights list`)."),
     ] = None,
     checkpoint: Annotated[
-        Path | None,
-        typer.Option(help="A converted .safetensors transformer, instead of --model."),
+        Path | None, typer.Option(help="A converted .safetensors transformer, instead of --model.")
     ] = None,
     tokenizer: Annotated[
         Path | None, typer.Option(help="A converted .safetensors VQ tokenizer.")
@@ -85,7 +84,7 @@ def generate(
         Path | None,
         typer.Option(
             help="Also write x.gif or x.mp4: the picture after each pass, cells still to come "
-            "in gray (at most 120 frames; tokens unchanged).",
+            "in gray (at most 120 frames; tokens unchanged)."
         ),
     ] = None,
     fps: Annotated[

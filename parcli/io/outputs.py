@@ -247,10 +247,7 @@ def layout(samples: np.ndarray, video: bool, ncols: int | None = None) -> np.nda
 
 
 def animation_frames(
-    pixels: np.ndarray,
-    plan: Plan,
-    ncols: int | None = None,
-    max_frames: int = MAX_FRAMES,
+    pixels: np.ndarray, plan: Plan, ncols: int | None = None, max_frames: int = MAX_FRAMES
 ) -> np.ndarray:
     """At most `max_frames` frames of the generation of `pixels`; the last is the final picture."""
     video = len(plan.grid) == 3
