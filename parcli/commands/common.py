@@ -293,8 +293,7 @@ def warn_if_emulated(device, dtype) -> None:
     """Say so when the chosen dtype would run emulated (bf16 on most CPUs)."""
     from parcli.engine.devices import emulated_dtype_note
 
-    note = emulated_dtype_note(device, dtype)
-    if note:
+    if note := emulated_dtype_note(device, dtype):
         err_console.print(
             f"[yellow]note:[/] {escape(note)} (--dtype fp32)", highlight=False, soft_wrap=True
         )
