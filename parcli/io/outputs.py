@@ -6,7 +6,7 @@ import contextlib
 import json
 import stat
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -102,7 +102,7 @@ class Outputs:
                             "folder, or move that file",
                         )
                 made = ours.get(path)  # each file read once, above
-                if made is not None and made.same_run(recipe.for_samples([samples[number]])):
+                if made is not None and made.same_run(replace(recipe, samples=(samples[number],))):
                     done.append(number)
             kept = {folder / names[n] for n in done}
             old = sorted(set(ours) - kept - {sidecar_path(path) for path in kept})
@@ -136,7 +136,7 @@ class Outputs:
         self, recipe: Recipe, stems: list[str], numbers: list[int], pixels: np.ndarray
     ) -> list[Path]:
         """Into a folder: the files of samples `numbers`, as their batch ends."""
-        recipes = [recipe.for_samples([recipe.samples[n]]).to_json() for n in numbers]
+        recipes = [replace(recipe, samples=(recipe.samples[n],)).to_json() for n in numbers]
         return save_samples(
             self.output, self._enlarged(pixels), [stems[n] for n in numbers], pixels.ndim == 5,
             None, self.fps or CLIP_FPS, recipes,

@@ -62,9 +62,6 @@ class Recipe:
         """Whether two recipes describe the same samples made the same way (any version)."""
         return {**self.to_dict(), "parcli": ""} == {**other.to_dict(), "parcli": ""}
 
-    def for_samples(self, samples: list[Sample]) -> Recipe:
-        return replace(self, samples=tuple(samples))
-
     def to_dict(self) -> dict[str, Any]:
         identity = {f.name: getattr(self, f.name) for f in fields(self)[:-2]}  # not run, samples
         run = {_JSON_NAMES.get(k, k): v for k, v in self.run.to_dict().items()}
