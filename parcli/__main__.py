@@ -1,5 +1,4 @@
-"""The `par` executable: signals are handled before the command line's imports begin
-(`parcli.errors` says how)."""
+"""The `par` executable: signals are handled before the command line's imports begin."""
 
 from __future__ import annotations
 
@@ -21,22 +20,15 @@ def main() -> None:
     # Commands that load torch end start-up themselves, once it is imported (`loads_torch`).
     try:
         app()
-    except KeyboardInterrupt:
-        _stop(*WORDS[signal.SIGINT])
-    except Terminated:
-        _stop(*WORDS[signal.SIGTERM])
-    except Exception:
-        if not received:
+    except (Exception, KeyboardInterrupt, Terminated):
+        if not received:  # Ctrl-C and SIGTERM always arrive through `received` here
             raise
-        _stop(*WORDS[received[0]])
-
-
-def _stop(word: str, code: int) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not cut the message
-    try:
-        print(word, file=sys.stderr, flush=True)
-    finally:
-        sys.exit(code)
+        word, code = WORDS[received[0]]
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not cut the message
+        try:
+            print(word, file=sys.stderr, flush=True)
+        finally:
+            sys.exit(code)
 
 
 if __name__ == "__main__":

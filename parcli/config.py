@@ -51,14 +51,15 @@ def check_config_data(data: object, fields: dict[str, type | str]) -> dict:
         kind = fields.get(name)
         if kind is None:
             raise ValueError(f"unknown config field {name!r}")
-        if kind == "ints":
-            if not isinstance(value, list | tuple) or not value or len(value) > 8:
-                raise ValueError(f"{name} must be a list of integers")
-            for item in value:
-                _check_int(name, item, 1 << 16)
-        elif kind is int:
-            _check_int(name, value, _INT_LIMITS.get(name, 1 << 16))
-        elif kind is float:
+        if kind == "ints" and (not isinstance(value, list | tuple) or not value or len(value) > 8):
+            raise ValueError(f"{name} must be a list of integers")
+        limit = _INT_LIMITS.get(name, 1 << 16)
+        for item in value if kind == "ints" else [value] if kind is int else []:
+            if isinstance(item, bool) or not isinstance(item, int):
+                raise ValueError(f"{name} must be an integer, not {item!r}")
+            if not 1 <= item <= limit:
+                raise ValueError(f"{name} must be between 1 and {limit}, not {item}")
+        if kind is float:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"{name} must be a number, not {value!r}")
             if not math.isfinite(value) or value < 0:
@@ -69,13 +70,6 @@ def check_config_data(data: object, fields: dict[str, type | str]) -> dict:
             raise ValueError(f"{name} must be true or false, not {value!r}")
         known[name] = value
     return known
-
-
-def _check_int(name: str, value: object, limit: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer, not {value!r}")
-    if not 1 <= value <= limit:
-        raise ValueError(f"{name} must be between 1 and {limit}, not {value}")
 
 
 def preset_name(n_layer: int, dim: int) -> str | None:
@@ -91,8 +85,7 @@ def preset_heads(n_layer: int, dim: int) -> int | None:
 
 
 def token_grid(grid: str | None, image_size: int, stride: int = VQ_STRIDE) -> tuple[int, ...]:
-    """The grid `grid` names, `24` (square), `24x24` (rows x cols) or `5x16x16` (frames x rows x
-    cols); without one, the square grid of `image_size` pixels."""
+    """The grid `grid` names (`24`, `24x24`, `5x16x16`), else the square one of `image_size` px."""
     if grid is None:
         side = image_side(image_size, stride)
         return side, side
@@ -183,12 +176,9 @@ class GPTConfig:
     def from_dict(cls, data: dict) -> GPTConfig:
         """The config a file declares, every field checked before anything is built from it."""
         known = check_config_data(data, _GPT_FIELDS)
-        grid = tuple(known.get("grid", (24, 24)))
+        grid = list(known.get("grid", (24, 24)))  # __post_init__ makes it a tuple
         if not 2 <= len(grid) <= 3 or math.prod(grid) > MAX_TOKENS:
-            raise ValueError(
-                f"grid {list(grid)} is not 2 or 3 sides of at most {MAX_TOKENS} tokens"
-            )
-        known["grid"] = grid
+            raise ValueError(f"grid {grid} is not 2 or 3 sides of at most {MAX_TOKENS} tokens")
         if known.get("rope_base", 1) <= 0 or known.get("norm_eps", 1) <= 0:
             raise ValueError("rope_base and norm_eps must be positive")
         return cls(**known)

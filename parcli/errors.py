@@ -1,13 +1,9 @@
-"""How a run fails: the base class of the failures a user can fix (shown as one line), and
-Ctrl-C and SIGTERM (one line and exit code 130 or 143, wherever they arrive).
-
-Until the command line is parsed and, for a command that computes, torch and numpy are imported
-(`loads_torch`), a signal ends the process at once: raising would interrupt a C extension's
-import half-way (numpy's cannot be retried, torch's can abort the interpreter). From then on it
-is raised where the program is, so that every `atomic_path` unwinds and removes its temporary
-file; once a signal has arrived, whatever unwinds to `parcli.__main__` is reported as it (a
-module imported late, PIL at the first PNG, can fail with another exception when interrupted).
-"""
+"""How a run fails: `UserError`, a failure the user can fix (shown as one line), and Ctrl-C and
+SIGTERM (one line, exit code 130 or 143). Until torch and numpy are imported (`loads_torch`), a
+signal ends the process at once: raising could interrupt a C extension's import half-way, which
+numpy cannot retry. From then on it is raised where the program is, so that every `atomic_path`
+removes its temporary file; whatever then unwinds to `parcli.__main__` is reported as the signal
+(a late import, PIL's at the first PNG, can fail with another exception when interrupted)."""
 
 from __future__ import annotations
 
@@ -54,18 +50,10 @@ def _exit_during_start_up(signum, frame) -> None:
 
 
 def start_up() -> None:
-    """From now until `started`, a signal ends the process at once."""
+    """From now until `loads_torch` has imported torch, a signal ends the process at once."""
     for signum in WORDS:
         signal.signal(signum, _exit_during_start_up)
     _starting[:] = [True]
-
-
-def started() -> None:
-    """From now on a signal raises where the program is (in `par` only: not in a test)."""
-    if _starting:
-        for signum in WORDS:
-            signal.signal(signum, _raise)
-        _starting.clear()
 
 
 def loads_torch(command):
@@ -76,7 +64,10 @@ def loads_torch(command):
         import numpy  # noqa: F401
         import torch  # noqa: F401
 
-        started()
+        if _starting:  # from now on a signal raises where the program is (in `par`, not a test)
+            for signum in WORDS:
+                signal.signal(signum, _raise)
+            _starting.clear()
         return command(*args, **kwargs)
 
     return run

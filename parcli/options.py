@@ -1,5 +1,5 @@
 """The settings of a run as one frozen object, written by `to_dict` into every record of the run;
-a new setting needs a field here and its option in `parcli.commands.common.RUN_OPTIONS`."""
+a new setting needs a field here and its option in `parcli.commands.common._RUN_HELP`."""
 
 from __future__ import annotations
 

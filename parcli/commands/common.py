@@ -21,6 +21,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from parcli.config import SUPPORTED_REGIONS
 from parcli.errors import SettingError, UserError
+from parcli.io.catalogue import use_catalogue
 from parcli.options import RunOptions
 
 if TYPE_CHECKING:  # numpy and torch: imported when a command runs, not to parse its options
@@ -41,6 +42,7 @@ CatalogueOption = Annotated[
         "--catalogue",
         envvar="PARCLI_CATALOGUE",
         help="Read this weights.toml instead of the packaged one (also PARCLI_CATALOGUE).",
+        callback=lambda path: use_catalogue(path) or path,  # chosen as soon as it is parsed
     ),
 ]
 
@@ -51,16 +53,14 @@ CatalogueOption = Annotated[
 # so in words.
 _RUN_HELP = {
     "device": typing.get_args(DeviceOption)[1],
-    "dtype": typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16."),
+    "dtype": "auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16.",
     "compile": typer.Option(
         "--compile/--no-compile",
         help="torch.compile the decoding step (the first run compiles; later runs reuse "
         "Inductor's disk cache); when not given, on CUDA only.",
     ),
-    "quantize": typer.Option(
-        help="int8: weight-only int8 projections (a quarter of float32's bytes, faster at small "
-        "batches; the tokens differ from float32's, so it is never the default).",
-    ),
+    "quantize": "int8: weight-only int8 projections (a quarter of float32's bytes, faster at "
+    "small batches; the tokens differ from float32's, so it is never the default).",
     "reference_kernels": typer.Option(
         "--reference-kernels",
         help="Run the kernels LlamaGen's and PAR's code runs (SDPA's math kernel after the "
@@ -72,50 +72,35 @@ _RUN_HELP = {
         help="CPU threads (also PARCLI_THREADS); when not given, 1 for small models (as fast, "
         "and unhurt by other busy processes), one per core for large ones.",
     ),
-    "strategy": typer.Option(
-        help="How the passes are walked: par (one plan pass at a time) or sjd (speculative "
-        "Jacobi decoding: drafts of the next passes verified in one pass; the same law of "
-        "images in fewer passes)."
-    ),
-    "window": typer.Option(
-        help="Plan passes per iteration of --strategy sjd; the strategy's when not given."
-    ),
-    "draft": typer.Option(
-        help="How --strategy sjd drafts a pass it has no prediction for yet: left (each token "
-        "copied from its left neighbour in its region) or random.",
-    ),
-    "cfg_scale": typer.Option(
-        help="Classifier-free guidance scale; <= 1 turns it off; the model's when not given."
-    ),
-    "temperature": typer.Option(
-        help="Softmax temperature; the model's (weights.toml) when not given."
-    ),
-    "top_k": typer.Option(
-        help="Keep the k most likely tokens; 0 = all; the model's (weights.toml) when not given."
-    ),
-    "top_p": typer.Option(
-        help="Nucleus sampling mass; 1.0 = off; the model's (weights.toml) when not given."
-    ),
+    "strategy": "How the passes are walked: par (one plan pass at a time) or sjd (speculative "
+    "Jacobi decoding: drafts of the next passes verified in one pass; the same law of images in "
+    "fewer passes).",
+    "window": "Plan passes per iteration of --strategy sjd; the strategy's when not given.",
+    "draft": "How --strategy sjd drafts a pass it has no prediction for yet: left (each token "
+    "copied from its left neighbour in its region) or random.",
+    "cfg_scale": "Classifier-free guidance scale; <= 1 turns it off; the model's when not given.",
+    "temperature": "Softmax temperature; the model's (weights.toml) when not given.",
+    "top_k": "Keep the k most likely tokens; 0 = all; the model's (weights.toml) when not given.",
+    "top_p": "Nucleus sampling mass; 1.0 = off; the model's (weights.toml) when not given.",
 }
+# Most entries are only a help text.
+_RUN_HELP = {k: typer.Option(help=v) if isinstance(v, str) else v for k, v in _RUN_HELP.items()}
 RUN_DEFAULTS = {f.name: f.default for f in fields(RunOptions) if f.name in _RUN_HELP}
 RUN_DEFAULTS.update(device="auto", dtype="auto")
-_RUN_TYPES = typing.get_type_hints(RunOptions)
-# By field: (annotation, default), as a command's signature takes them.
-RUN_OPTIONS = {
-    name: (Annotated[_RUN_TYPES[name], info], RUN_DEFAULTS[name])
-    for name, info in _RUN_HELP.items()
-}
+KEYWORD = inspect.Parameter.KEYWORD_ONLY
 
 
 def run_options(**replaced: tuple[Any, Any]):
-    """Add the run options to a command's signature (after its own), collected into the
-    keyword `run`: {field: value as given}. `replaced` swaps one option's declaration for
-    another (bench takes lists where other commands take one value)."""
-    table = {**RUN_OPTIONS, **replaced}
+    """Add the run options to a command's signature, given to it as `run`: {field: value};
+    `replaced` swaps an option's (annotation, default) (bench takes lists of values)."""
+    hint = typing.get_type_hints(RunOptions)
+    table = {k: (Annotated[hint[k], info], RUN_DEFAULTS[k]) for k, info in _RUN_HELP.items()}
+    table |= replaced
+    added = [inspect.Parameter(k, KEYWORD, annotation=a, default=d) for k, (a, d) in table.items()]
 
     def decorate(func):
-        own = [p for p in _parameters(func).values() if p.name != "run"]
-        added = [_keyword(name, *table[name]) for name in table]
+        params = inspect.signature(func, eval_str=True).parameters.values()
+        own = [p for p in params if p.name != "run"]
 
         def command(**kwargs):
             run = {name: kwargs.pop(name) for name in table}
@@ -126,18 +111,8 @@ def run_options(**replaced: tuple[Any, Any]):
     return decorate
 
 
-def _parameters(func) -> dict[str, inspect.Parameter]:
-    return dict(inspect.signature(func, eval_str=True).parameters)
-
-
-def _keyword(name: str, annotation, default) -> inspect.Parameter:
-    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
-                             default=default)  # fmt: skip
-
-
 def _as_command(func, command, parameters: list[inspect.Parameter]):
-    """`command` (which calls `func`) under `func`'s name and docstring, with `parameters` as
-    the signature Typer reads its options from."""
+    """`command` under `func`'s name and docstring, with the signature Typer reads options from."""
     command = functools.wraps(func)(command)
     command.__signature__ = inspect.Signature(parameters)
     command.__annotations__ = {p.name: p.annotation for p in parameters}
@@ -145,12 +120,11 @@ def _as_command(func, command, parameters: list[inspect.Parameter]):
 
 
 def old_spellings(**aliases: tuple[str, str]):
-    """Keep options' former spellings working but out of --help: each keyword adds a hidden
-    option (Typer cannot hide one name of an option), as (its option, the parameter it gives),
-    e.g. `out=("--out", "output")`; a required option is checked here, not by the parser."""
+    """Keep options' former spellings working but out of --help (Typer cannot hide one name of an
+    option): `out=("--out", "output")` adds a hidden --out for parameter `output`."""
 
     def decorate(func):
-        params = _parameters(func)
+        params = dict(inspect.signature(func, eval_str=True).parameters)
         defaults, required, shown, hidden = {}, set(), {}, []
         for name, (flag, real) in aliases.items():
             base, info = typing.get_args(params[real].annotation)[:2]
@@ -164,8 +138,8 @@ def old_spellings(**aliases: tuple[str, str]):
                 optional = Annotated[base | None, info]  # type: ignore[valid-type]
                 params[real] = params[real].replace(annotation=optional, default=None)
             defaults[real] = params[real].default
-            option = typer.Option(flag, hidden=True)
-            hidden.append(_keyword(name, Annotated[base | None, option], None))  # type: ignore
+            hint = Annotated[base | None, typer.Option(flag, hidden=True)]  # type: ignore
+            hidden.append(inspect.Parameter(name, KEYWORD, annotation=hint, default=None))
 
         def command(**kwargs):
             for name, (flag, real) in aliases.items():
@@ -179,9 +153,8 @@ def old_spellings(**aliases: tuple[str, str]):
                     raise fail(f"missing option {shown[real]}")
             return func(**kwargs)
 
-        own = [p for p in params.values() if p.kind != inspect.Parameter.KEYWORD_ONLY]
-        keyword = [p for p in params.values() if p.kind == inspect.Parameter.KEYWORD_ONLY]
-        return _as_command(func, command, own + hidden + keyword)
+        # Keyword-only parameters (the hidden ones among them) after the others, as Python wants.
+        return _as_command(func, command, sorted([*params.values(), *hidden], key=lambda p: p.kind))
 
     return decorate
 
@@ -192,8 +165,7 @@ QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress di
 
 
 def command_app(name: str, help: str, completion: bool = False) -> typer.Typer:
-    """A Typer app (or sub-app) with the settings every `par` command group shares;
-    `completion` adds Typer's --install-completion and --show-completion (the root app's)."""
+    """A Typer app (or sub-app) with the settings every `par` command group shares."""
     return typer.Typer(
         name=name,
         help=help,
@@ -205,8 +177,7 @@ def command_app(name: str, help: str, completion: bool = False) -> typer.Typer:
 
 
 def one_line_usage_errors() -> None:
-    """Make Typer show a command-line mistake (an unknown option, a value of the wrong form) as
-    one line, like every other refusal, rather than a usage block and a panel."""
+    """Show a command-line mistake as one line, like every other refusal, not a usage panel."""
     from typer import rich_utils
 
     def show(error) -> None:
@@ -230,8 +201,7 @@ _mid_line = [False]  # whether a counter left stderr's cursor at the end of a li
 
 
 def show_counter(text: str) -> None:
-    """Write `text` over the current stderr line, leaving the cursor after it (a count that
-    grows); whatever is printed next must first call `end_counter`, as `fail` does."""
+    """Write `text` over the current stderr line; what is printed next calls `end_counter` first."""
     err_console.print(f"\r{text}", end="", markup=False, highlight=False)
     _mid_line[0] = True
 
@@ -245,14 +215,11 @@ def end_counter() -> None:
 
 # Characters that move the cursor, end a line or reorder text: a file's strings could forge
 # output (a fake prompt, a new window title) with them, so they are shown as escapes.
-_BIDI_CONTROLS = frozenset(
-    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
-)
+_BIDI_CONTROLS = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
 
 
 def inert(text: str) -> str:
-    """`text` with every control character (C0, DEL, C1: ESC and newlines among them), line
-    separator and bidirectional override written as a visible escape."""
+    """`text` with every control character, line separator and bidi override as an escape."""
 
     def shown(char: str) -> str:
         if unicodedata.category(char) in ("Cc", "Zl", "Zp") or char in _BIDI_CONTROLS:
@@ -265,8 +232,7 @@ def inert(text: str) -> str:
 
 @contextlib.contextmanager
 def user_errors(options: Mapping[str, str] | None = None) -> Iterator[None]:
-    """Turn known failures into one red line and exit code 2, under the option of the setting
-    they name (`options`: those not simply `--setting-name`); Ctrl-C into exit code 130."""
+    """Known failures as one red line (exit code 2) naming the option at fault; Ctrl-C as 130."""
     try:
         yield
     except UserError as exc:
@@ -327,20 +293,16 @@ def warn_if_emulated(device, dtype) -> None:
     """Say so when the chosen dtype would run emulated (bf16 on most CPUs)."""
     from parcli.engine.devices import emulated_dtype_note
 
-    note = emulated_dtype_note(device, dtype)
-    if note:
+    if note := emulated_dtype_note(device, dtype):
         err_console.print(
             f"[yellow]note:[/] {escape(note)} (--dtype fp32)", highlight=False, soft_wrap=True
         )
 
 
 def pass_counter(progress: Progress, pipe: Pipeline, batches: int) -> Callable[[Pass], None]:
-    """A task on ``progress`` counting the plan passes of `batches` batches of `pipe`, and the
-    callback that advances it."""
-    description, passes = pipe.name, pipe.plan.num_passes
-    task = progress.add_task(
-        escape(description), total=passes * batches, status=waiting_status(pipe)
-    )
+    """The callback advancing a task on `progress` that counts the passes of `batches` batches."""
+    passes, total = pipe.plan.num_passes, pipe.plan.num_passes * batches
+    task = progress.add_task(escape(pipe.name), total=total, status=waiting_status(pipe))
 
     plain = not progress.disable and not progress.console.is_terminal
     last_line = time.monotonic()
@@ -355,10 +317,9 @@ def pass_counter(progress: Progress, pipe: Pipeline, batches: int) -> Callable[[
             # What a log sees of the bar: where it is, the time spent and the time left.
             last_line, done = time.monotonic(), progress.tasks[task].completed
             elapsed = progress.tasks[task].elapsed or 0.0
-            left = f", about {elapsed * (passes * batches - done) / done:.0f} s left"
             progress.console.print(
-                f"{description}: {status} ({100 * done / (passes * batches):.0f} %), "
-                f"{elapsed:.0f} s{left}",
+                f"{pipe.name}: {status} ({100 * done / total:.0f} %), "
+                f"{elapsed:.0f} s, about {elapsed * (total - done) / done:.0f} s left",
                 markup=False, highlight=False, soft_wrap=True,
             )  # fmt: skip
 
@@ -366,8 +327,7 @@ def pass_counter(progress: Progress, pipe: Pipeline, batches: int) -> Callable[[
 
 
 def waiting_status(pipe: Pipeline) -> str:
-    """What a bar says before the first pass, where that pass comes only after seconds of
-    one-time work: compiling, or timing the int8 products on this machine."""
+    """What a bar says while the first pass waits on one-time work (compiling, timing int8)."""
     if pipe.engine.compiled:
         return "compiling the step (the first run of each pass width; later runs reuse the cache)"
     if pipe.times_kernels_first():

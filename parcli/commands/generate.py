@@ -27,7 +27,6 @@ from parcli.commands.common import (
 from parcli.commands.downloads import model_fetcher
 from parcli.config import ANIMATION_FPS, CLIP_FPS
 from parcli.errors import SettingError, UserError
-from parcli.io.catalogue import use_catalogue
 from parcli.io.classes import class_set_of_size, resolve_classes
 from parcli.io.locate import catalogue_class_set, model_files
 from parcli.io.recipe import Recipe, Sample, checkpoint_sha256, replay
@@ -57,8 +56,7 @@ def generate(
         typer.Option("--model", "-m", help="Catalogue entry or family (see `par weights list`)."),
     ] = None,
     checkpoint: Annotated[
-        Path | None,
-        typer.Option(help="A converted .safetensors transformer, instead of --model."),
+        Path | None, typer.Option(help="A converted .safetensors transformer, instead of --model.")
     ] = None,
     tokenizer: Annotated[
         Path | None, typer.Option(help="A converted .safetensors VQ tokenizer.")
@@ -86,7 +84,7 @@ def generate(
         Path | None,
         typer.Option(
             help="Also write x.gif or x.mp4: the picture after each pass, cells still to come "
-            "in gray (at most 120 frames; tokens unchanged).",
+            "in gray (at most 120 frames; tokens unchanged)."
         ),
     ] = None,
     fps: Annotated[
@@ -138,12 +136,10 @@ def generate(
     from parcli.pipeline import open_pipeline
 
     with user_errors(OPTIONS):
-        use_catalogue(catalogue)
         for setting, value in (("num_samples", num_samples), ("batch_size", batch_size)):
             if value < 1:
                 raise SettingError(setting, f"must be at least 1, not {value}")
         outputs = Outputs(output, animate, save_tokens_to, manifest, overwrite, scale, fps)
-        outputs.check()
         earlier = None
         if from_file is not None:
             asked = {"class": bool(classes), "model": model is not None, "seed": seed is not None,
@@ -169,7 +165,17 @@ def generate(
         pipe = open_pipeline(files, options, None if earlier else regions, batch_size, count, scale)
         weights_sha = checkpoint_sha256(files.checkpoint)
         if earlier is not None:
-            check_same_weights(earlier, files.checkpoint, weights_sha, options, quiet)
+            # --from must load the weights the recipe names; another device kind may change tokens.
+            if weights_sha != earlier.checkpoint_sha256:
+                raise UserError(
+                    f"{files.checkpoint.name} is not the checkpoint the samples were made with "
+                    f"(sha256 {weights_sha[:12]}..., the recipe says "
+                    f"{earlier.checkpoint_sha256[:12]}...)",
+                    "from_file",
+                )
+            if options.device_kind != earlier.run.device and not quiet:
+                note = f"note: made on {earlier.run.device}, now run on {options.device_kind}"
+                err_console.print(f"{note}: the tokens can differ", markup=False, highlight=False)
             pipe.check_regions(regions)
             samples, per_row = list(earlier.samples), earlier.columns
         else:
@@ -197,8 +203,7 @@ def generate(
 def run_samples(
     classes: list[str], per_class: int, names, num_classes: int
 ) -> tuple[list[Sample], int | None]:
-    """The samples a run makes, `per_class` of each class asked for, numbered in order; and the
-    columns of a file holding them all: one row per class where there are several."""
+    """The samples a run makes, numbered in order, and the columns of a file of them all."""
     names = names or class_set_of_size(num_classes)
     class_ids = resolve_classes(classes, names)
     labels = enumerate(c for c in class_ids for _ in range(per_class))
@@ -207,8 +212,7 @@ def run_samples(
 
 
 def make(pipe: Pipeline, samples, todo, sampling, seed, batch_size, outputs, recipe, quiet):
-    """Generate samples `todo` with a progress bar: into a folder, each batch's files as it
-    ends; else the tokens and pixels of them all (None, None when a folder took them)."""
+    """Generate samples `todo`: their tokens and pixels, or None where a folder took them."""
     from parcli.io.outputs import counted_on_interruption, sample_stems
 
     target, stems = outputs.target(pipe.is_video), sample_stems(samples)
@@ -243,28 +247,10 @@ def print_summary(pipe: Pipeline, count: int, total: int, seconds: float, output
         console.print(f"nothing to make: {where}", highlight=False, markup=False)
         return
     made = f"{count} {kind}{'s' if count != 1 else ''} · {pipe.passes_per_image():.4g} passes each"
-    console.print(
-        f"{made} · {seconds:.2f} s · {count / seconds:.2f} {kind}s/s -> {where}",
-        highlight=False,
-        markup=False,
-    )
+    speed = f"{seconds:.2f} s · {count / seconds:.2f} {kind}s/s"
+    console.print(f"{made} · {speed} -> {where}", highlight=False, markup=False)
     if frames:
         console.print(f"animation: {frames} frames -> {outputs.animate}", markup=False)
-
-
-def check_same_weights(
-    recipe: Recipe, checkpoint: Path, sha256: str, options: RunOptions, quiet: bool
-) -> None:
-    """--from must load the weights the recipe names; another device kind may change tokens."""
-    if sha256 != recipe.checkpoint_sha256:
-        raise UserError(
-            f"{checkpoint.name} is not the checkpoint the samples were made with (sha256 "
-            f"{sha256[:12]}..., the recipe says {recipe.checkpoint_sha256[:12]}...)",
-            "from_file",
-        )
-    if options.device_kind != recipe.run.device and not quiet:
-        kinds = f"made on {recipe.run.device}, now run on {options.device_kind}"
-        err_console.print(f"note: {kinds}: the tokens can differ", markup=False, highlight=False)
 
 
 def status_printer(quiet: bool):

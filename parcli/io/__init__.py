@@ -1,2 +1,1 @@
-"""Everything `par` reads and writes: files written atomically, safetensors, checkpoints and
-their safe conversion, the download cache, the catalogue, and media."""
+"""Everything `par` reads and writes: checkpoints, the download cache, the catalogue, media."""

@@ -1,6 +1,5 @@
-"""The one way `par` writes a file (a temporary file beside the target, fsynced, then renamed
-over it: never a partial file under the final name), and the checks that find an unusable output
-path early."""
+"""The one way `par` writes a file (a temporary file beside it, fsynced, renamed over it: never a
+partial file under the final name), and the checks that find an unusable output path early."""
 
 from __future__ import annotations
 
@@ -25,28 +24,18 @@ class OutputError(UserError):
 # `.par-<name hash>-<random><suffix>`, and the `.<stem>.tmp-<random><suffix>` of earlier versions
 # (still removed when a resumed run finds them).
 _TEMP_NAME = re.compile(r"\.par-[0-9a-f]{8}-[0-9a-f]{8}(\.[^.]*)?|\..*\.tmp-[0-9a-f]{8}(\.[^.]*)?")
-_MAX_TEMP_SUFFIX = 32  # longer suffixes name no format a writer knows
 
 
 def _create_temp(path: Path) -> Path:
-    """Create an empty, new temporary file next to ``path`` with the same suffix; its name is
-    short whatever the target's, so that any name the file system takes can be written."""
+    """A new empty file beside `path`, named short so that any name the file system takes works."""
     name_hash = hashlib.sha256(os.fsencode(path.name)).hexdigest()[:8]
-    suffix = path.suffix if len(path.suffix) <= _MAX_TEMP_SUFFIX else ""
-    for _ in range(100):
-        tmp = path.with_name(f".par-{name_hash}-{secrets.token_hex(4)}{suffix}")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            continue
-        os.close(fd)
-        return tmp
-    raise FileExistsError(f"cannot find a free temporary name next to {path}")
+    tmp = path.with_name(f".par-{name_hash}-{secrets.token_hex(4)}{path.suffix}")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # never another's file
+    return tmp
 
 
 def remove_temporaries(folder: Path) -> list[Path]:
-    """Remove the temporary files `atomic_path` left in `folder` when its process was killed;
-    only for a folder that par alone writes, since the names are all they are known by."""
+    """Remove what `atomic_path` left in `folder` (par's alone: they are known by name only)."""
     removed = []
     with contextlib.suppress(OSError):
         for entry in Path(folder).iterdir():
@@ -59,9 +48,8 @@ def remove_temporaries(folder: Path) -> list[Path]:
 
 @contextlib.contextmanager
 def atomic_path(path: PathLike, setting: str | None = None) -> Iterator[Path]:
-    """Yield a temporary path (same folder, same suffix, so writers that choose a format by it
-    work) that is renamed over ``path`` on success; on any exception, Ctrl-C included, it is
-    removed and the target left untouched. An OSError becomes an `OutputError` on `setting`."""
+    """A temporary path (same folder and suffix) renamed over ``path`` on success, else removed
+    (Ctrl-C included), the target untouched; an OSError becomes an `OutputError` on `setting`."""
     target = Path(path)
     try:
         tmp = _create_temp(target)
@@ -88,7 +76,7 @@ def atomic_path(path: PathLike, setting: str | None = None) -> Iterator[Path]:
 
 
 def atomic_write(path: PathLike, writer: Callable[[Path], object]) -> Path:
-    """Call ``writer(tmp_path)`` and move the result to ``path`` atomically; return ``path``."""
+    """Call ``writer(tmp_path)`` and move the result to ``path`` atomically."""
     with atomic_path(path) as tmp:
         writer(tmp)
     return Path(path)
@@ -113,23 +101,22 @@ def file_sha256(path: PathLike, progress: Callable[[str, int, int], None] | None
     return digest.hexdigest()
 
 
-def _diagnose(path: Path) -> str | None:
-    """Why ``path`` cannot be created as a file, or None if it looks fine."""
+def _diagnose(path: Path, folder: bool = False) -> str | None:
+    """Why ``path`` cannot be created as a file (or as a `folder`), or None if it looks fine."""
+    what = f"cannot {'create directory' if folder else 'write'} {path}"
     if path.is_dir():
-        return f"cannot write {path}: it is a directory"
-    parent = path.parent
-    if not parent.exists():
-        return (
-            f"cannot write {path}: directory {parent} does not exist; "
-            "create it or choose another path"
-        )
-    if not parent.is_dir():
-        return f"cannot write {path}: {parent} is not a directory"
-    return _probe_directory(parent, path)
+        return _probe_directory(path, path) if folder else f"{what}: it is a directory"
+    if folder and path.exists():
+        return f"{what}: a file of that name exists"
+    if not path.parent.exists():
+        return f"{what}: directory {path.parent} does not exist; create it or choose another path"
+    if not path.parent.is_dir():
+        return f"{what}: {path.parent} is not a directory"
+    return _probe_directory(path.parent, path)
 
 
 def _probe_directory(directory: Path, shown: Path) -> str | None:
-    """Try to create and remove a file in ``directory``; an error message if that fails."""
+    """Why no file can be created in ``directory``, or None."""
     try:
         tmp = _create_temp(directory / ".parcli-probe")
         tmp.unlink()
@@ -141,7 +128,7 @@ def _probe_directory(directory: Path, shown: Path) -> str | None:
 
 
 def is_directory_target(output: PathLike) -> bool:
-    """True when ``output`` names a directory: it ends with a separator or is an existing one."""
+    """Whether ``output`` ends with a separator or is an existing directory."""
     text = os.fspath(output)
     return text.endswith(("/", os.sep)) or Path(text).is_dir()
 
@@ -153,32 +140,19 @@ def check_writable(
     allow_directory: bool = False,
     setting: str | None = "output",
 ) -> Path:
-    """Refuse (`OutputError` on `setting`), before any expensive work, a file target without a
-    writable parent folder or with a suffix not in ``suffixes``; with ``allow_directory``, the
-    target may also be a writable folder, or a new one whose parent exists."""
-    target = Path(path)
-    if allow_directory and is_directory_target(path):
-        if target.is_dir():
-            problem = _probe_directory(target, target)
-        elif not target.parent.is_dir():
-            problem = (
-                f"cannot create directory {target}: {target.parent} does not exist; "
-                "create it or choose another path"
-            )
-        elif target.exists():
-            problem = f"cannot create directory {target}: a file of that name exists"
-        else:
-            problem = _probe_directory(target.parent, target)
-    elif suffixes is not None and target.suffix.lower() not in suffixes:  # suffixes in lowercase
+    """Refuse, before any expensive work, a target that cannot be written or has a suffix not in
+    ``suffixes``; with ``allow_directory``, it may also be a folder (existing or new)."""
+    target, folder = Path(path), allow_directory and is_directory_target(path)
+    if not folder and suffixes is not None and target.suffix.lower() not in suffixes:
         shown = target.suffix or "(no suffix)"
         # A new folder given without its trailing slash reads as a file without a suffix.
-        folder = f", or {target}/ for a folder" if allow_directory and not target.suffix else ""
+        folder_too = f", or {target}/ for a folder" if allow_directory and not target.suffix else ""
         problem = (
             f"cannot write {target}: unsupported file type {shown}; use {' or '.join(suffixes)}"
-            f"{folder}"
+            f"{folder_too}"
         )
     else:
-        problem = _diagnose(target)
+        problem = _diagnose(target, folder)
     if problem:
         raise OutputError(problem, setting)
     return target

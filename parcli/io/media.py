@@ -18,6 +18,7 @@ from parcli.config import CLIP_FPS
 from parcli.io.files import (
     OutputError,
     PathLike,
+    atomic_path,
     atomic_write,
     check_writable,
     file_sha256,
@@ -37,16 +38,8 @@ def _uint8(array, what: str = "images") -> np.ndarray:
     return array
 
 
-def save_png(path: PathLike, image: np.ndarray, recipe: str | None = None) -> Path:
-    """`save_image`, refusing any name but a .png one."""
-    if Path(path).suffix.lower() != ".png":
-        raise OutputError(f"cannot write {path}: expected a .png file name")
-    return save_image(path, image, recipe)
-
-
 def save_image(path: PathLike, image: np.ndarray, recipe: str | None = None) -> Path:
-    """Write one uint8 image (HxW, HxWx1, HxWx3 or HxWx4) as PNG, JPEG or WebP by its suffix,
-    atomically; a `recipe` goes into a PNG's text chunk, and beside any other file."""
+    """Write one uint8 image as PNG, JPEG or WebP by its suffix; `recipe` in a PNG or beside."""
     from PIL import Image
 
     pixels = _uint8(image)
@@ -73,6 +66,9 @@ def save_image(path: PathLike, image: np.ndarray, recipe: str | None = None) -> 
     return target if kind == "PNG" else _write_sidecar(target, recipe)
 
 
+save_png = save_image  # the name the sample shards write their PNGs by
+
+
 def _write_sidecar(path: Path, recipe: str | None) -> Path:
     """The recipe beside `path`, with the file's sha256 so that par can later prove it wrote the
     file; if it cannot be written, neither is the file it describes."""
@@ -87,21 +83,14 @@ def _write_sidecar(path: Path, recipe: str | None) -> Path:
     return path
 
 
-def make_grid(
-    images: np.ndarray | Sequence[np.ndarray],
-    ncols: int | None = None,
-    pad: int = 2,
-    pad_value: int | Sequence[int] = 0,
-) -> np.ndarray:
-    """Tile N images of one size into a near-square grid (uint8), ``pad`` pixels between cells
-    and no outer border."""
+def make_grid(images: np.ndarray | Sequence[np.ndarray], ncols: int | None = None, pad: int = 2):
+    """Tile N images of one size into a near-square uint8 grid, `pad` black pixels between cells."""
     stack = _uint8(images)
     count, height, width = stack.shape[:3]
     cols = min(ncols or math.ceil(math.sqrt(count)), count)
     rows = math.ceil(count / cols)
     shape = (rows * height + (rows - 1) * pad, cols * width + (cols - 1) * pad) + stack.shape[3:]
-    grid = np.empty(shape, dtype=np.uint8)
-    grid[...] = np.asarray(pad_value, dtype=np.uint8)
+    grid = np.zeros(shape, dtype=np.uint8)
     for index in range(count):
         top, left = (height + pad) * (index // cols), (width + pad) * (index % cols)
         grid[top : top + height, left : left + width] = stack[index]
@@ -111,21 +100,16 @@ def make_grid(
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def image_names(stems: Sequence[str] | None, count: int, suffix: str = ".png") -> list[str]:
-    """File names of a folder output: the stems made safe for any file system, or, without
-    stems, a zero-padded index that sorts in generation order."""
-    if stems is None:
-        width = max(4, len(str(count - 1)))
-        return [f"{index:0{width}d}{suffix}" for index in range(count)]
+def image_names(stems: Sequence[str], suffix: str = ".png") -> list[str]:
+    """File names of a folder output: the stems made safe for any file system."""
     names = [(_UNSAFE.sub("_", stem).strip("._") or "sample") + suffix for stem in stems]
-    if len(set(names)) != count:
+    if len(set(names)) != len(names):
         raise ValueError("file names must differ from one another")
     return names
 
 
 def check_mp4_writer(target: PathLike, setting: str = "output", folder: bool = False) -> None:
-    """Refuse, before anything is generated, an MP4 (or a `folder` of them) when imageio-ffmpeg,
-    which an install without dependencies lacks, is missing."""
+    """Refuse, before any work, an MP4 (or a `folder` of them) where imageio-ffmpeg is missing."""
     if (folder or Path(target).suffix.lower() == ".mp4") and not mp4_writer_installed():
         what = f"MP4 clips into {target}" if folder else str(target)
         raise OutputError(
@@ -156,16 +140,12 @@ def save_samples(
             return [save_video(output, samples, fps, ncols=ncols, recipe=recipes[0])]
         return [save_image(output, make_grid(samples, ncols=ncols), recipes[0])]
     directory = check_writable(output, allow_directory=True)
-    try:
-        directory.mkdir(exist_ok=True)
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise OutputError(f"cannot create directory {directory}: {reason}", "output") from exc
-    names = image_names(names, len(samples), ".mp4" if video else ".png")
+    directory.mkdir(exist_ok=True)
+    names = image_names(names, ".mp4" if video else ".png")
     files = zip(names, samples, recipes, strict=True)
     if video:
         return [save_video(directory / name, clip, fps, recipe=text) for name, clip, text in files]
-    return [save_png(directory / name, image, text) for name, image, text in files]
+    return [save_image(directory / name, image, text) for name, image, text in files]
 
 
 def save_video(
@@ -177,8 +157,7 @@ def save_video(
     pad: int = 2,
     recipe: str | None = None,
 ) -> Path:
-    """Write (T, H, W[, C]) frames, or N videos (N, T, H, W, C) tiled into one grid per frame, as
-    an MP4 or an animated GIF, atomically."""
+    """Write (T, H, W[, C]) frames, or N videos (N, T, H, W, C) tiled, as an MP4 or a GIF."""
     target = Path(path)
     suffix = target.suffix.lower()
     if suffix not in VIDEO_SUFFIXES:
@@ -196,22 +175,19 @@ def save_video(
         from PIL import Image
 
         pictures = [Image.fromarray(frame) for frame in np.ascontiguousarray(video)]
-
-        def write_gif(tmp: Path) -> None:
+        with atomic_path(target) as tmp:
             pictures[0].save(
                 tmp, format="GIF", save_all=True, append_images=pictures[1:],
                 duration=1000.0 / fps, loop=0,
             )  # fmt: skip
-
-        return _write_sidecar(atomic_write(target, write_gif), recipe)
+        return _write_sidecar(target, recipe)
 
     check_mp4_writer(target)
     import imageio_ffmpeg
 
     extra_h, extra_w = -video.shape[1] % MACRO_BLOCK, -video.shape[2] % MACRO_BLOCK
     video = np.ascontiguousarray(np.pad(video, ((0, 0), (0, extra_h), (0, extra_w), (0, 0))))
-
-    def write_mp4(tmp: Path) -> None:
+    with atomic_path(target) as tmp:
         writer = imageio_ffmpeg.write_frames(
             str(tmp), (video.shape[2], video.shape[1]), fps=fps, codec="libx264",
             pix_fmt_in="rgb24", pix_fmt_out="yuv420p", quality=8, macro_block_size=MACRO_BLOCK,
@@ -233,8 +209,7 @@ def save_video(
             full = shutil.disk_usage(tmp.parent).free < (1 << 20)
             why = "no space left on the device" if full else "its output is incomplete"
             raise OSError(errno.ENOSPC if full else errno.EIO, f"ffmpeg could not finish ({why})")
-
-    return _write_sidecar(atomic_write(target, write_mp4), recipe)
+    return _write_sidecar(target, recipe)
 
 
 def save_tokens(path: PathLike, tokens: np.ndarray) -> Path:
@@ -245,9 +220,7 @@ def save_tokens(path: PathLike, tokens: np.ndarray) -> Path:
     array = np.asarray(tokens)
     if not np.issubdtype(array.dtype, np.integer):
         raise ValueError(f"tokens must be integers, not {array.dtype}")
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as handle:  # a handle: np.save would add .npy to a name in .NPY
-            np.save(handle, array, allow_pickle=False)
-
-    return atomic_write(target, write)
+    # A handle: np.save would add .npy to a name in .NPY.
+    with atomic_path(target) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, array, allow_pickle=False)
+    return target

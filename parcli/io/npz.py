@@ -1,12 +1,13 @@
-"""`.npz` files written the same, byte for byte, every time (`numpy.savez` stamps the time of
-writing) and streamed in chunks rather than held whole, as uncompressed `.npy` members that
-`numpy.load` and OpenAI's ADM evaluator read; and read back a few rows at a time."""
+"""`.npz` files the same byte for byte every time (`numpy.savez` stamps the time), streamed in
+chunks as uncompressed `.npy` members that `numpy.load` and OpenAI's ADM evaluator read."""
 
 from __future__ import annotations
 
+import contextlib
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import IO
 
 import numpy as np
 
@@ -55,52 +56,46 @@ def npz_members(path: PathLike) -> list[str]:
         return [name.removesuffix(".npy") for name in archive.namelist()]
 
 
+@contextlib.contextmanager
+def _member(path: PathLike, name: str) -> Iterator[tuple[IO[bytes], tuple[int, ...], np.dtype]]:
+    """Member `name` of an `.npz`, open after its header, with its shape and dtype; refuses what
+    par never reads: Fortran order, objects (a pickle), 0-d arrays, and headers not a `.npy`'s."""
+    with zipfile.ZipFile(path) as archive, archive.open(f"{name}.npy") as handle:
+        try:
+            if np.lib.format.read_magic(handle) == (1, 0):
+                shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(handle)
+            else:
+                shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(handle)
+        except (ValueError, SyntaxError, TypeError) as exc:
+            raise ValueError(f"{name} in {path} has no readable .npy header ({exc})") from None
+        if fortran_order or dtype.hasobject or not shape:
+            raise ValueError(f"{name} in {path} is not a plain C-ordered array")
+        yield handle, tuple(int(n) for n in shape), dtype
+
+
 def read_rows(path: PathLike, name: str, rows: int) -> Iterator[np.ndarray]:
     """Member `name` of an `.npz`, `rows` entries of its first axis at a time, in order."""
-    with zipfile.ZipFile(path) as archive, archive.open(f"{name}.npy") as handle:
-        shape, dtype = _plain_header(handle, path, name)
-        row_shape = shape[1:]
-        row_bytes = int(np.prod(row_shape)) * dtype.itemsize
+    with _member(path, name) as (handle, shape, dtype):
+        row_bytes = int(np.prod(shape[1:])) * dtype.itemsize
         for start in range(0, shape[0], rows):
             count = min(rows, shape[0] - start)
             data = handle.read(count * row_bytes)
             if len(data) != count * row_bytes:
                 raise ValueError(f"{name} in {path} is truncated")
-            yield np.frombuffer(data, dtype=dtype).reshape(count, *row_shape)
-
-
-def _plain_header(handle, path: PathLike, name: str) -> tuple[tuple[int, ...], np.dtype]:
-    """The shape and dtype of the `.npy` at `handle`, refusing what par never reads: Fortran
-    order, objects (a pickle), 0-d arrays, and headers that are not a `.npy`'s."""
-    try:
-        if np.lib.format.read_magic(handle) == (1, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(handle)
-        else:
-            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(handle)
-    except (ValueError, SyntaxError, TypeError) as exc:
-        raise ValueError(f"{name} in {path} has no readable .npy header ({exc})") from None
-    if fortran_order or dtype.hasobject or not shape:
-        raise ValueError(f"{name} in {path} is not a plain C-ordered array")
-    return tuple(int(n) for n in shape), dtype
+            yield np.frombuffer(data, dtype=dtype).reshape(count, *shape[1:])
 
 
 def member_header(path: PathLike, name: str) -> tuple[tuple[int, ...], np.dtype]:
-    """The shape and dtype member `name` of an `.npz` declares, read without its data; a
-    ValueError for anything but a plain C-ordered array."""
-    with zipfile.ZipFile(path) as archive, archive.open(f"{name}.npy") as handle:
-        return _plain_header(handle, path, name)
+    """The shape and dtype member `name` of an `.npz` declares, read without its data."""
+    with _member(path, name) as (_, shape, dtype):
+        return shape, dtype
 
 
 def read_array(path: PathLike, name: str) -> np.ndarray:
-    """Member `name` of an `.npz` whole, only where it is a plain array whose data are all
-    there as its header says; a ValueError otherwise."""
-    with zipfile.ZipFile(path) as archive, archive.open(f"{name}.npy") as handle:
-        shape, dtype = _plain_header(handle, path, name)
+    """Member `name` of an `.npz` whole, only where its data are exactly what its header says."""
+    with _member(path, name) as (handle, shape, dtype):
         size = int(np.prod(shape)) * dtype.itemsize
-        info = archive.getinfo(f"{name}.npy")
-        if size > info.file_size:
-            raise ValueError(f"{name} in {path} declares {shape} but holds fewer bytes")
-        data = handle.read(size)
-        if len(data) != size or handle.read(1):
+        data = handle.read(size + 1)  # a byte more than declared tells of trailing data
+        if len(data) != size:
             raise ValueError(f"{name} in {path} declares shape {shape} but holds other data")
         return np.frombuffer(data, dtype=dtype).reshape(shape).copy()

@@ -1,5 +1,4 @@
-"""Where `par generate` puts a run: its targets checked before any work, then every file written
-with the recipe of the samples it holds."""
+"""Where `par generate` puts a run: its targets checked first, each file with its recipe."""
 
 from __future__ import annotations
 
@@ -7,7 +6,7 @@ import contextlib
 import json
 import stat
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +48,7 @@ class Outputs:
     scale: int = 1
     fps: float | None = None
 
-    def check(self) -> None:
+    def __post_init__(self) -> None:
         """Refuse, before any work, a target that cannot be written."""
         if self.output is not None:
             check_writable(self.output, IMAGE_SUFFIXES + VIDEO_SUFFIXES, allow_directory=True)
@@ -71,10 +70,9 @@ class Outputs:
     def prepare(
         self, recipe: Recipe, video: bool, maker: str, sample_bytes: int = 0
     ) -> tuple[list[Path], list[int]]:
-        """Check the target against what is there before any work. Returns the files of an
-        earlier run that `--overwrite` replaces, and the samples to make: into a folder, those
-        whose file this same run has not written yet (so that a run cut short can be finished
-        by the same command). A file par cannot prove it wrote is never replaced."""
+        """Check the target before any work; returns the files `--overwrite` replaces and the
+        samples to make (into a folder, those not written yet: the same command finishes a run
+        cut short). A file par cannot prove it wrote is never replaced."""
         target, samples = self.target(video), list(recipe.samples)
         old, todo, folder = [], list(range(len(samples))), Path(target)
         if video:
@@ -92,7 +90,7 @@ class Outputs:
         if not self.folder and folder.exists() and not folder.stat().st_mode & stat.S_IWUSR:
             raise SettingError("output", f"{target} is read-only; choose another name")
         if self.folder:
-            names = image_names(sample_stems(samples), len(samples), ".mp4" if video else ".png")
+            names = image_names(sample_stems(samples), ".mp4" if video else ".png")
             done, ours = [], earlier_outputs(folder)
             for number, name in enumerate(names):
                 path = folder / name
@@ -104,11 +102,10 @@ class Outputs:
                             "folder, or move that file",
                         )
                 made = ours.get(path)  # each file read once, above
-                if made is not None and made.same_run(recipe.for_samples([samples[number]])):
+                if made is not None and made.same_run(replace(recipe, samples=(samples[number],))):
                     done.append(number)
             kept = {folder / names[n] for n in done}
-            kept |= {sidecar_path(path) for path in kept}
-            old = sorted(set(ours) - kept)
+            old = sorted(set(ours) - kept - {sidecar_path(path) for path in kept})
             if old and not self.overwrite:
                 shown = ", ".join(path.name for path in old[:2]) + (", ..." if len(old) > 2 else "")
                 raise SettingError(
@@ -138,9 +135,8 @@ class Outputs:
     def write_batch(
         self, recipe: Recipe, stems: list[str], numbers: list[int], pixels: np.ndarray
     ) -> list[Path]:
-        """Into a folder: the files of samples `numbers` (of the recipe; `stems`, the run's
-        `sample_stems`), as their batch ends."""
-        recipes = [recipe.for_samples([recipe.samples[n]]).to_json() for n in numbers]
+        """Into a folder: the files of samples `numbers`, as their batch ends."""
+        recipes = [replace(recipe, samples=(recipe.samples[n],)).to_json() for n in numbers]
         return save_samples(
             self.output, self._enlarged(pixels), [stems[n] for n in numbers], pixels.ndim == 5,
             None, self.fps or CLIP_FPS, recipes,
@@ -154,8 +150,7 @@ class Outputs:
         plan: Plan,
         seconds: float,
     ) -> int:
-        """Every file but a folder's samples: a single target, the animation, the tokens and
-        the manifest; returns the animation's frame count (0 without one)."""
+        """Every file but a folder's samples; returns the animation's frame count."""
         video, target = len(plan.grid) == 3, self.target(len(plan.grid) == 3)
         if self.tokens is not None:
             save_tokens(self.tokens, tokens)
@@ -164,17 +159,13 @@ class Outputs:
         if not self.folder:
             fps = self.fps or CLIP_FPS
             save_samples(target, pixels, None, video, recipe.columns, fps, [recipe.to_json()])
-        frames = 0
+        animation = []
         if self.animate is not None:
             animation = animation_frames(pixels, plan, recipe.columns)
             save_video(self.animate, animation, self.fps or ANIMATION_FPS, recipe=recipe.to_json())
-            frames = len(animation)
         if self.manifest is not None:
-            files = [target]
-            if self.folder:
-                stems = sample_stems(list(recipe.samples))
-                names = image_names(stems, len(stems), ".mp4" if video else ".png")
-                files = [str(Path(target) / name) for name in names]
+            names = image_names(sample_stems(list(recipe.samples)), ".mp4" if video else ".png")
+            files = [str(Path(target) / name) for name in names] if self.folder else [target]
             document = {
                 "recipe": recipe.to_dict(),
                 "files": files,
@@ -183,7 +174,7 @@ class Outputs:
             }
             text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
             atomic_write(self.manifest, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-        return frames
+        return len(animation)
 
 
 @contextlib.contextmanager
@@ -194,7 +185,7 @@ def counted_on_interruption(output: str, stems: list[str], video: bool):
     except (KeyboardInterrupt, Terminated) as exc:
         if not is_directory_target(output):
             raise
-        names = image_names(stems, len(stems), ".mp4" if video else ".png")
+        names = image_names(stems, ".mp4" if video else ".png")
         done = sum((Path(output) / name).is_file() for name in names)
         word, code = ("terminated", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
         more = "; the same command makes the rest" if done < len(names) else ""
@@ -237,8 +228,7 @@ def revealed_cells(plan: Plan, passes: np.ndarray) -> np.ndarray:
 
 
 def reveal(pixels: np.ndarray, plan: Plan, passes: np.ndarray) -> np.ndarray:
-    """Frames (len(passes), *pixels.shape) of the final pixels, gray where no token has been
-    drawn yet."""
+    """Frames (len(passes), *pixels.shape) of the final pixels, gray where no token is drawn yet."""
     rows, cols = plan.grid[-2:]
     height, width = pixels.shape[-3:-1]
     if height % rows or width % cols:
@@ -250,22 +240,17 @@ def reveal(pixels: np.ndarray, plan: Plan, passes: np.ndarray) -> np.ndarray:
 
 
 def layout(samples: np.ndarray, video: bool, ncols: int | None = None) -> np.ndarray:
-    """One picture of N images, tiled as the still output tiles them, or of N clips, one film
-    strip per row."""
+    """One picture of N images tiled as the still output, or of N clips, a film strip per row."""
     if video:
         samples, ncols = np.stack([make_grid(clip, ncols=len(clip)) for clip in samples]), 1
     return make_grid(samples, ncols=ncols)
 
 
 def animation_frames(
-    pixels: np.ndarray,
-    plan: Plan,
-    ncols: int | None = None,
-    max_frames: int = MAX_FRAMES,
+    pixels: np.ndarray, plan: Plan, ncols: int | None = None, max_frames: int = MAX_FRAMES
 ) -> np.ndarray:
     """At most `max_frames` frames of the generation of `pixels`; the last is the final picture."""
     video = len(plan.grid) == 3
     passes = shown_passes(plan.num_passes, max_frames)
-    # One pass at a time: all frames of full-size images at once would take hundreds of MB.
     # One pass at a time: all frames of full-size images at once would take hundreds of MB.
     return np.stack([layout(reveal(pixels, plan, [n])[0], video, ncols) for n in passes])

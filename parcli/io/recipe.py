@@ -1,6 +1,5 @@
-"""How a file was made: the recipe `par generate` writes into a PNG's "parcli" chunk or a
-`<file>.json` beside other files, which `par info` shows and `--from` replays. Read back, it is
-untrusted text: every field is checked before use."""
+"""How a file was made: the recipe `par generate` writes into a PNG or a `<file>.json` beside
+it, which `par info` shows and `--from` replays; read back, every field is checked before use."""
 
 from __future__ import annotations
 
@@ -63,9 +62,6 @@ class Recipe:
         """Whether two recipes describe the same samples made the same way (any version)."""
         return {**self.to_dict(), "parcli": ""} == {**other.to_dict(), "parcli": ""}
 
-    def for_samples(self, samples: list[Sample]) -> Recipe:
-        return replace(self, samples=tuple(samples))
-
     def to_dict(self) -> dict[str, Any]:
         identity = {f.name: getattr(self, f.name) for f in fields(self)[:-2]}  # not run, samples
         run = {_JSON_NAMES.get(k, k): v for k, v in self.run.to_dict().items()}
@@ -95,12 +91,10 @@ class Recipe:
             wrong = isinstance(value, bool) != (bool in types) or not isinstance(value, types)
             if wrong and not (value is None and optional):
                 raise RecipeError(f"{where}: recipe field {name!r} has the wrong type")
-        for name in ("regions", "scale", "top_k", "window"):
-            if data[name] is not None and (data[name] < 0 or (name != "top_k" and data[name] == 0)):
-                raise RecipeError(f"{where}: recipe field {name!r} is out of range")
         # The bounds the command line puts on the same settings, so a replay asks for nothing
         # the command line would refuse.
-        bounds = {"scale": (1, 16), "columns": (1, _MAX_SAMPLES), "fps": (0.1, 120)}
+        bounds = {"regions": (1, 16), "scale": (1, 16), "columns": (1, _MAX_SAMPLES),
+                  "fps": (0.1, 120), "top_k": (0, math.inf), "window": (1, math.inf)}  # fmt: skip
         for name, (low, high) in bounds.items():
             if data[name] is not None and not low <= data[name] <= high:
                 raise RecipeError(
@@ -127,8 +121,7 @@ _JSON_NAMES = {"compile": "compiled"}  # as the first recipes wrote it
 
 @cache
 def _kinds(cls: type) -> dict[str, tuple[tuple[type, ...], bool]]:
-    """The types each field of a dataclass takes, read from its annotations (an int where a
-    float goes), and whether it may be null."""
+    """The types each field of a dataclass takes (an int where a float goes), and if null."""
     hints = typing.get_type_hints(cls)
     kinds = {}
     for f in fields(cls):
@@ -152,8 +145,7 @@ def _sample(item: Any, where: str) -> Sample:
 
 @cache
 def weights_sha256(path: Path, size: int, modified_ns: int) -> str:
-    """The sha256 a recipe records for a checkpoint file (see Recipe.checkpoint_sha256);
-    size and modification time key the cache, so a changed file is hashed again."""
+    """The sha256 a recipe records for a checkpoint; size and mtime key the cache."""
     from safetensors import safe_open
 
     from parcli.io.files import file_sha256
@@ -194,76 +186,61 @@ def read_recipe(path: Path) -> Recipe:
 
 
 def _recipe_text(path: Path) -> tuple[str | None, Path]:
-    """The recipe text a file carries (a PNG's chunk, a .json's text, else its sidecar's), and
-    the file it was read from; None where there is none."""
+    """The recipe text a file carries (None if none), and the file it was read from."""
     if path.suffix.lower() == ".png":
-        return _png_text(path), path
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with warnings.catch_warnings():  # PIL's bomb warning would be a second line of output
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(path) as image:
+                    return image.text.get(RECIPE_KEY), path  # type: ignore[attr-defined]
+        except Image.DecompressionBombError:
+            message = f"{path} is too large an image to open safely; not a parcli output"
+            raise RecipeError(message) from None
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError, AttributeError):
+            raise RecipeError(f"{path} is not a readable PNG") from None
     source = path if path.suffix.lower() == SIDECAR_SUFFIX else sidecar_path(path)
     if not source.is_file():
         return None, source
     try:
         return source.read_text(encoding="utf-8"), source
     except (OSError, UnicodeDecodeError) as exc:
-        raise RecipeError(
-            f"cannot read {source}: {getattr(exc, 'strerror', None) or exc}"
-        ) from None
-
-
-def _png_text(path: Path) -> str | None:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with warnings.catch_warnings():  # PIL's bomb warning would be a second line of output
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                return image.text.get(RECIPE_KEY)  # type: ignore[attr-defined]
-    except Image.DecompressionBombError:
-        raise RecipeError(
-            f"{path} is too large an image to open safely; not a parcli output"
-        ) from None
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, AttributeError):
-        raise RecipeError(f"{path} is not a readable PNG") from None
+        message = f"cannot read {source}: {getattr(exc, 'strerror', None) or exc}"
+        raise RecipeError(message) from None
 
 
 FILE_SHA256 = "file_sha256"  # in a sidecar: the file it describes, so that par can prove it
 
 
-def written_by_par(path: Path) -> Recipe | None:
-    """The recipe of a file par can prove it wrote, else None: a PNG carrying a recipe, a file
-    whose sidecar's recipe records its sha256, or a sidecar holding a recipe."""
+def earlier_outputs(folder: Path) -> dict[Path, Recipe]:
+    """The files in `folder` par can prove it wrote, with their recipes: a PNG carrying a recipe, a
+    file whose sidecar records its sha256, or a sidecar. Other files are never listed."""
     from parcli.io.files import file_sha256
 
-    try:
-        text, source = _recipe_text(path) if path.is_file() else (None, path)
-        if text is None:
-            return None
-        data = json.loads(text)
-        if source != path and (
-            not isinstance(data, dict) or data.get(FILE_SHA256) != file_sha256(path)
-        ):
-            return None
-        return Recipe.from_dict(data, str(source))
-    except (RecipeError, OSError, ValueError, RecursionError):
-        return None
-
-
-def earlier_outputs(folder: Path) -> dict[Path, Recipe]:
-    """The files in `folder` (not below) that par can prove it wrote (`written_by_par`), with
-    their recipes. Other files are not ours and are never listed."""
-    if not folder.is_dir():
-        return {}
-    paths = [path for path in sorted(folder.iterdir()) if not path.name.startswith(".")]
-    found = {path: written_by_par(path) for path in paths}
-    return {path: recipe for path, recipe in found.items() if recipe is not None}
+    found = {}
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        try:
+            text, source = _recipe_text(path)
+            if text is None:
+                continue
+            data = json.loads(text)
+            sha256 = data.get(FILE_SHA256) if isinstance(data, dict) else None
+            if source == path or sha256 is not None and sha256 == file_sha256(path):
+                found[path] = Recipe.from_dict(data, str(source))
+        except (RecipeError, OSError, ValueError, RecursionError):
+            pass
+    return found
 
 
 def replay(
     path: Path, run: dict[str, Any], defaults: dict[str, Any], asked: dict[str, bool],
     checkpoint_given: bool,
 ) -> tuple[Recipe, dict[str, Any]]:  # fmt: skip
-    """The recipe of `path` for `par generate --from`, and the run options (`run`, as the
-    command line gave them) with the recipe's settings in; refuses options the recipe sets
-    (given otherwise than `defaults`, or `asked`: other settings -> whether the user gave them)."""
+    """The recipe of `path` for `--from`, and the run options `run` with its settings in; refuses
+    settings the recipe sets that the user gave too (run's not at `defaults`, or `asked`)."""
     recipe = read_recipe(path)
     replayed = [name for name in run if name not in ("device", "threads")]
     given = {name: run[name] != defaults[name] for name in replayed} | asked
