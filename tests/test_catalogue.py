@@ -85,7 +85,7 @@ def test_families(cat):
     assert [e.name for e in fams["par-xl"]] == ["llamagen-xl-384", "par-xl-4x"]
     assert [e.name for e in fams["par-xxl"]] == ["llamagen-xxl-384", "par-xxl-4x"]
     assert cat.default_family == "par-3b"
-    assert cat.default().name == "par-3b-16x"
+    assert cat.resolve(None).name == "par-3b-16x"
 
 
 @pytest.mark.parametrize(

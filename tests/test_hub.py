@@ -370,14 +370,6 @@ def test_packaged_entries_are_present_without_download(cat, fake_hub):
     assert fake_hub.requests == []
 
 
-def test_conversion_args_come_from_the_entry(cat):
-    assert hub.conversion_args(cat.get("tiny-vq")) == {}
-    assert hub.conversion_args(cat.get("tiny-4x")) == {"heads": None, "grid": (8, 8)}
-    assert hub.conversion_args(cat.get("tiny-4x"), heads=4) == {"heads": 4, "grid": (8, 8)}
-    real = Catalogue.load().get("par-3b-16x")
-    assert hub.conversion_args(real) == {"heads": None, "grid": (24, 24)}
-
-
 # ------------------------------------------------------------------------------ fetching
 
 

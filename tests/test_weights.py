@@ -551,19 +551,6 @@ def test_convert_paths(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt", "link.pt"]
 
 
-def test_progress_reports(tmp_path):
-    src = tmp_path / "ckpt.pt"
-    torch.save(gpt_state(), src)
-    seen = collections.defaultdict(list)
-    convert(
-        src, tmp_path / "o.safetensors", heads=4, progress=lambda s, d, t: seen[s].append((d, t))
-    )
-    assert set(seen) == {"read", "hash", "write"}
-    assert seen["hash"][-1] == (src.stat().st_size, src.stat().st_size)
-    done, total = seen["write"][-1]
-    assert done == total > 0
-
-
 def test_official_read_is_weights_only_and_memory_mapped(tmp_path, monkeypatch):
     state = gpt_state()
     src = tmp_path / "ckpt.pt"

@@ -358,9 +358,6 @@ class Catalogue:
             return entry
         return self.get(str(entry.tokenizer))
 
-    def default(self, regions: int | None = None) -> Entry:
-        return self.resolve(None, regions)
-
     @staticmethod
     def _unknown(what: str, name: str, candidates: list[str]) -> str:
         close = difflib.get_close_matches(name.strip().lower(), candidates, n=3, cutoff=0.6)

@@ -19,7 +19,7 @@ from torch.overrides import TorchFunctionMode
 
 from parcli.config import CHECKPOINT_KINDS, GPTConfig
 from parcli.engine.dtypes import dtype_name, storage_dtype
-from parcli.io.tensors import Progress, WeightsError, one_line, stored_dtype, write_safetensors
+from parcli.io.tensors import WeightsError, one_line, stored_dtype, write_safetensors
 from parcli.model import Transformer
 from parcli.vq import VQConfig, VQModel
 
@@ -141,7 +141,6 @@ def save_checkpoint(
     config: GPTConfig | VQConfig,
     metadata: Mapping[str, Any] | None = None,
     dtype: str | torch.dtype | None = None,
-    progress: Progress | None = None,
 ) -> dict[str, str]:
     """Write ``state`` as a parcli safetensors file, atomically, floating tensors cast to
     ``dtype``; returns the header metadata (``metadata`` adds fields, non-strings as JSON)."""
@@ -174,7 +173,7 @@ def save_checkpoint(
         )
     else:
         meta.update(arch=f"VQ-{config.downsample}", vocab_size=str(config.codebook_size))
-    write_safetensors(path, state, meta, target, progress)
+    write_safetensors(path, state, meta, target)
     return meta
 
 

@@ -41,7 +41,7 @@ from parcli.io.checkpoints import (
     validate,
 )
 from parcli.io.files import file_sha256
-from parcli.io.tensors import Progress, WeightsError, one_line, read_safetensors
+from parcli.io.tensors import WeightsError, one_line, read_safetensors
 from parcli.vq import VQConfig
 
 DEFAULT_GRID = (24, 24)
@@ -332,7 +332,6 @@ def convert(
     dtype: str | torch.dtype | None = "keep",
     norm_groups: int | None = None,
     extra_metadata: Mapping[str, Any] | None = None,
-    progress: Progress | None = None,
 ) -> dict[str, str]:
     """Convert a published checkpoint into a parcli safetensors file, with the sha256 of ``src``
     in its metadata; returns that metadata."""
@@ -343,12 +342,8 @@ def convert(
     if not dst.parent.is_dir():
         raise WeightsError(f"output folder {dst.parent} does not exist; create it first")
     target = storage_dtype(dtype)
-    if progress is not None:
-        progress("read", 0, 1)
     state, layout = _select_state(_torch_load(src), src, use_ema)
     state = clean_state(state, str(src))
-    if progress is not None:
-        progress("read", 1, 1)
     try:
         kind = detect_kind(state)
     except WeightsError as exc:
@@ -366,7 +361,7 @@ def convert(
     extras = dict(extra_metadata or {})
     extras.update(
         source_file=src.name,
-        source_sha256=file_sha256(src, progress),
+        source_sha256=file_sha256(src),
         source_layout=layout,
     )
-    return save_checkpoint(dst, state, kind, config, extras, dtype=target, progress=progress)
+    return save_checkpoint(dst, state, kind, config, extras, dtype=target)

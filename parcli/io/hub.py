@@ -334,11 +334,6 @@ def _discard_download(path: Path) -> None:
         item.unlink(missing_ok=True)
 
 
-def conversion_args(entry: Entry, heads: int | None = None) -> dict[str, Any]:
-    """What ``convert`` must be told for ``entry`` beyond the file itself."""
-    return {"heads": heads, "grid": entry.grid} if entry.kind == "gpt" else {}
-
-
 def _convert(entry: Entry, source: Path, heads: int | None, on_status, dtype: str) -> str:
     """Convert ``source`` into the cache under the final name, checked against the catalogue
     (and the sha256 it gives); returns the source's sha256."""
@@ -353,7 +348,7 @@ def _convert(entry: Entry, source: Path, heads: int | None, on_status, dtype: st
         extra["cfg_scale"] = str(entry.cfg_scale)
     try:
         with atomic_path(target) as tmp:
-            args = conversion_args(entry, heads)
+            args = {"heads": heads, "grid": entry.grid} if entry.kind == "gpt" else {}
             meta = convert(source, tmp, extra_metadata=extra, dtype=dtype, **args)
             if entry.sha256 is not None and meta["source_sha256"] != entry.sha256:
                 raise FetchError(f"{entry.name}: {source} changed while it was converted")
