@@ -26,7 +26,7 @@ from parcli.io.checkpoints import (
     save_checkpoint,
     validate,
 )
-from parcli.io.convert import convert, detect_kind, infer_gpt_config, infer_vq_config, read_official
+from parcli.io.convert import convert, detect_kind, infer_gpt_config, infer_vq_config
 from parcli.io.files import OutputError
 from parcli.io.tensors import WeightsError
 from parcli.model import Transformer
@@ -56,6 +56,13 @@ def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
     for key in a:
         assert a[key].dtype == b[key].dtype, key
         assert torch.equal(a[key], b[key]), key
+
+
+def read_official(src: Path, use_ema: bool = False) -> dict[str, torch.Tensor]:
+    """The weights `convert` reads from a published file, as it writes them."""
+    dst = src.parent / "read.safetensors"
+    convert(src, dst, heads=4, use_ema=use_ema)
+    return read_checkpoint(dst)[0]
 
 
 def prefixed(state, prefix):

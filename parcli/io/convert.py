@@ -184,14 +184,6 @@ def clean_state(state: Mapping[str, Any], source: str = "checkpoint") -> dict[st
     return cleaned
 
 
-def read_official(path: str | os.PathLike, use_ema: bool = False) -> dict[str, torch.Tensor]:
-    """Weights of a published checkpoint, on CPU, whichever wrapper and prefixes it was saved
-    with; zip-format files are memory-mapped, so this costs little until tensors are touched."""
-    path = Path(path)
-    check_readable(path)
-    return clean_state(_select_state(_torch_load(path), path, use_ema)[0], str(path))
-
-
 def _need(state: Mapping[str, Any], key: str, what: str) -> Shape:
     if key not in state:
         raise WeightsError(f"not a {what} checkpoint: {key!r} is missing")
