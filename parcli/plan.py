@@ -41,11 +41,6 @@ def par_order(grid: tuple[int, ...], regions: int) -> np.ndarray:
     return np.concatenate([f * rows * cols + frame_order for f in range(math.prod(frames))])
 
 
-def inverse_order(order: np.ndarray) -> np.ndarray:
-    """PAR sequence index of each raster cell: `seq[inverse_order(order)]` is raster order."""
-    return np.argsort(order)
-
-
 @dataclass(frozen=True)
 class Pass:
     """One forward pass: writes cache slots [start, end) and fills sequence indices [start, end)."""
@@ -87,7 +82,8 @@ class Plan:
 
     @cached_property
     def inverse(self) -> np.ndarray:
-        return inverse_order(self.order)
+        """PAR sequence index of each raster cell: `seq[..., inverse]` is raster order."""
+        return np.argsort(self.order)
 
     @cached_property
     def passes(self) -> tuple[Pass, ...]:
@@ -145,11 +141,6 @@ class Plan:
         """(slots, slots), True where a query slot may see a key slot: one before its pass's end."""
         end = np.repeat([p.end for p in self.passes], [p.width for p in self.passes])
         return np.arange(self.num_slots)[None, :] < end[:, None]
-
-    def to_raster(self, seq_tokens: np.ndarray) -> np.ndarray:
-        """(..., num_tokens) in PAR order -> (..., *grid) in raster order."""
-        raster = seq_tokens[..., self.inverse]
-        return raster.reshape(*seq_tokens.shape[:-1], *self.grid)
 
     def to_sequence(self, raster: np.ndarray) -> np.ndarray:
         """(..., *grid) raster -> (..., num_tokens) in PAR order."""
