@@ -445,13 +445,14 @@ def test_heads_from_a_preset(cat, env, fake_hub, monkeypatch):
 def test_commands_say_what_they_download(cat, env, fake_hub, monkeypatch):
     from rich.console import Console
 
-    from parcli.commands.downloads import ensure_model_files
+    from parcli.commands import downloads
     from parcli.config import GPT_PRESETS
 
     monkeypatch.setitem(GPT_PRESETS, "GPT-tiny", (2, 4, 64))
     shown = io.StringIO()
+    monkeypatch.setattr(downloads, "console", Console(file=shown, width=200))
     entries = [cat.get("tiny-4x"), cat.get("tiny-vq"), cat.get("digits-4x")]
-    paths = ensure_model_files(entries, console=Console(file=shown, width=200))
+    paths = downloads.model_fetcher(offline=False, quiet=False)(entries)
     assert "Downloading tiny-4x" in shown.getvalue() and "Downloading tiny-vq" in shown.getvalue()
     assert "digits" not in shown.getvalue()  # packaged: nothing to download
     assert paths == {entry.name: hub.converted_path(entry) for entry in entries}

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from parcli.errors import SettingError
 from parcli.io import hub
-from parcli.io.catalogue import CatalogueError, Entry, load_catalogue
+from parcli.io.catalogue import DEMO_FIELDS, CatalogueError, Entry, load_catalogue
 from parcli.io.classes import IMAGENET, ClassSet, class_set
 
 if TYPE_CHECKING:  # sampling imports torch: not needed to list classes or parse options
@@ -70,11 +70,13 @@ def model_files(
     for each in wanted:
         check_packaged(each, paths[each.name])
     tokenizer = tokenizer or paths[catalogue.tokenizer_for(entry).name]
-    defaults = entry_sampling(entry)
-    if demo and not entry.is_packaged and catalogue.demo:
-        from parcli.sampling import SamplingConfig
+    from parcli.sampling import SamplingConfig
 
-        defaults = SamplingConfig(**catalogue.demo)
+    # The entry's settings, the tool's defaults for any it lacks; or the [demo] table's.
+    settings = {key: getattr(entry, key) for key in DEMO_FIELDS}
+    if demo and not entry.is_packaged and catalogue.demo:
+        settings = catalogue.demo
+    defaults = SamplingConfig(**{k: v for k, v in settings.items() if v is not None})
     return ModelFiles(entry.name, paths[entry.name], tokenizer, defaults, entry.regions)
 
 
@@ -124,11 +126,3 @@ def catalogue_class_set(model: str | None, regions: int | None) -> ClassSet:
     """The class names of a catalogue model (the default family without one), from the
     catalogue alone: nothing is downloaded."""
     return class_set(load_catalogue().resolve(model, regions).classes or IMAGENET)
-
-
-def entry_sampling(entry: Entry) -> SamplingConfig:
-    """The sampling settings a catalogue entry gives, the tool's defaults for any it lacks."""
-    from parcli.sampling import SamplingConfig
-
-    settings = {key: getattr(entry, key) for key in ("cfg_scale", "temperature", "top_k", "top_p")}
-    return SamplingConfig(**{k: v for k, v in settings.items() if v is not None})
