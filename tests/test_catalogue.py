@@ -40,7 +40,7 @@ def test_packaged_file_is_the_repository_file():
 
 
 def test_all_spec_entries(cat):
-    downloaded = [e.name for e in cat if not e.is_packaged]
+    downloaded = [e.name for e in cat.entries() if not e.is_packaged]
     assert sorted(downloaded) == sorted(PUBLISHED)
     for name, (repo, file, arch, regions, fid) in PUBLISHED.items():
         entry = cat.get(name)
@@ -63,7 +63,7 @@ def test_all_spec_entries(cat):
             assert entry.arch in GPT_PRESETS
     for name, cfg in PAR_CFG.items():
         assert cat.get(name).cfg_scale == pytest.approx(cfg)
-    assert {e.licence for e in cat if e.repo == LLAMAGEN} == {"MIT"}
+    assert {e.licence for e in cat.entries() if e.repo == LLAMAGEN} == {"MIT"}
 
 
 def test_families(cat):

@@ -75,7 +75,7 @@ def list_weights(
 ) -> None:
     """Every catalogue entry: family, n, architecture, download size, licence, local copy."""
     with user_errors():
-        entries = list(load_catalogue(catalogue_path))
+        entries = load_catalogue(catalogue_path).entries()
         if as_json:
             print(json.dumps([_row(e) for e in entries], indent=2))
             return

@@ -10,7 +10,7 @@ import difflib
 import math
 import re
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
@@ -193,15 +193,6 @@ def _entry_from_table(name: str, table: Any, label: str = "weights.toml") -> Ent
     return Entry(name=name, **data)
 
 
-def _demo_settings(table: Any, label: str = "weights.toml") -> dict[str, float]:
-    """The [demo] table: sampling settings `par generate` uses for published checkpoints."""
-    where = f"{label}: [demo]"
-    if not isinstance(table, dict) or set(table) - set(DEMO_FIELDS):
-        raise CatalogueError(f"{where} may only set {', '.join(DEMO_FIELDS)}")
-    _check_fields(table, where)
-    return dict(table)
-
-
 class Catalogue:
     """All entries of a ``weights.toml``, with lookup by entry or family name."""
 
@@ -295,12 +286,13 @@ class Catalogue:
             if isinstance(table, dict) and table.get("kind") == "gpt":
                 table = {**sampling, **table}
             entries[name] = _entry_from_table(name, table, label)
-        return cls(entries, default_family, source, _demo_settings(data.get("demo", {}), label))
+        demo = data.get("demo", {})  # the sampling settings `par generate` gives published entries
+        if not isinstance(demo, dict) or set(demo) - set(DEMO_FIELDS):
+            raise CatalogueError(f"{label}: [demo] may only set {', '.join(DEMO_FIELDS)}")
+        _check_fields(demo, f"{label}: [demo]")
+        return cls(entries, default_family, source, demo)
 
     # ------------------------------------------------------------------ lookup
-
-    def __iter__(self) -> Iterator[Entry]:
-        return iter(self._entries.values())
 
     def entries(self, kind: str | None = None) -> list[Entry]:
         return [e for e in self._entries.values() if kind is None or e.kind == kind]

@@ -82,13 +82,10 @@ class State:
 
 
 class Jacobi:
-    """The acceptance and commit rules over a plan's passes, for any source of probabilities;
-    `retest` is a deliberately biased variant (accepted drafts past the first pass are tested
-    again) for the test that must see it fail."""
+    """The acceptance and commit rules over a plan's passes, for any source of probabilities."""
 
-    def __init__(self, plan: Plan, vocab: int, window: int, init: str = "left", retest=False):
-        self.plan, self.vocab, self.window = plan, vocab, window
-        self.init, self.retest = init, retest
+    def __init__(self, plan: Plan, vocab: int, window: int, init: str = "left"):
+        self.plan, self.vocab, self.window, self.init = plan, vocab, window, init
         self.n, self.num_passes = plan.regions, plan.num_passes
         self.starts = torch.tensor([p.start for p in plan.passes])
         self.widths = torch.tensor([p.width for p in plan.passes])
@@ -169,19 +166,15 @@ class Jacobi:
             self._write(state, at, rows[:, None] & exists, tokens)
             reached = torch.where(rows, i + 1, reached)
             testing = testing & ~(bonus | rejected)
-        commit, redraft_from = reached, reached
-        if self.retest:
-            commit = torch.where(reached >= 2, 1, reached)
-            redraft_from = torch.where(reached >= 2, reached - 1, reached)
         # Passes past the commit point take new drafts from this iteration's distributions.
         for i in range(self.window):
-            rows = active & in_plan[:, i] & (i >= redraft_from)
+            rows = active & in_plan[:, i] & (i >= reached)
             if rows.any():
                 need = rows[:, None] & valid[:, i]
                 tokens = self._sample(state, pos[:, i], probs[:, i], need)
                 self._write(state, pos[:, i], need, tokens, probs[:, i], state.done + i)
         state.drafted = torch.where(active, state.done + last + 1, state.drafted)
-        state.done = state.done + torch.where(active, commit, 0)
+        state.done = state.done + torch.where(active, reached, 0)
 
     def decode(
         self,
