@@ -1,8 +1,5 @@
-"""The catalogue of known checkpoints, read from ``weights.toml``.
-
-A model is named either by an entry (``par-3b-16x``) or by a family (``par-3b``): the checkpoints of
-one architecture that differ only in their number of PAR regions (LlamaGen's file is n = 1).
-"""
+"""The checkpoints of ``weights.toml``, named by entry (``par-3b-16x``) or by family (``par-3b``:
+one architecture's checkpoints, which differ only in their PAR regions; LlamaGen's is n = 1)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
-"""Our checkpoint format: a safetensors file whose string metadata says what it holds (see
-``save_checkpoint``). Every tensor is checked against the declared architecture before a module is
-built, and every failure a user can cause raises ``WeightsError`` with a one-line message.
-"""
+"""Our checkpoint format: a safetensors file whose metadata says what it holds; every tensor is
+checked against the declared architecture before a module is built (failures: ``WeightsError``)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,6 @@
-"""Published LlamaGen / PAR checkpoints (PyTorch pickles) into our safetensors format, safely.
-
-They are read only with ``torch.load(weights_only=True)``; the one non-tensor class they carry,
-``argparse.Namespace`` under ``"args"``, is allow-listed, and a file that needs anything else is
-refused, never loaded with code execution. The architecture is inferred from the tensor shapes
-and every tensor is checked against it before anything is written.
-"""
+"""Published LlamaGen / PAR pickles into our safetensors format, read only with
+``torch.load(weights_only=True)`` (``argparse.Namespace`` allowed), never with code execution;
+the architecture is inferred from the shapes and every tensor checked before anything is written."""
 
 from __future__ import annotations
 

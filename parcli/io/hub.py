@@ -1,9 +1,5 @@
-"""Downloading published checkpoints and keeping their converted copies in one cache.
-
-A fetch finds or downloads the published file (resuming a ``.part`` file across runs, which
-``hf_hub_download`` cannot), checks its sha256 and converts it, under an inter-process lock; a
-converted file gets its final name only when complete, so "present" means "the file exists".
-"""
+"""Published checkpoints downloaded (a ``.part`` resumed across runs, which ``hf_hub_download``
+cannot), checked and converted into one cache under a lock; "present" means "the file exists"."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""What a command names, loaded: a catalogue entry or family (fetched on first use), or files.
-
-Showing downloads is the caller's business: ``fetch`` turns catalogue entries into local paths,
-downloading what is missing (by default quietly, with `parcli.io.hub.ensure_files`).
-"""
+"""The files a command names: a catalogue entry or family (fetched on first use by the caller's
+``fetch``, which shows downloads or not), or paths."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""Safetensors files in and out: the one writer, the one reader.
-
-The writer streams one tensor at a time, so converting a large checkpoint never holds a second
-copy of every byte, as ``safetensors.torch.save_file`` would.
-"""
+"""The one safetensors writer and reader; the writer streams a tensor at a time, so a large
+conversion never holds a second copy of every byte, as ``safetensors.torch.save_file`` would."""
 
 from __future__ import annotations
 
