@@ -67,7 +67,7 @@ def test_all_spec_entries(cat):
 
 
 def test_families(cat):
-    fams = cat.families()
+    fams = cat.families
     shipped = {"digits", "digits-video"}
     assert set(fams) == {"par-xl", "par-xxl", "par-3b", "llamagen-b", "llamagen-l", *shipped}
     assert [e.name for e in fams["digits"]] == ["digits-1", "digits-4", "digits-16"]

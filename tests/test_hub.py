@@ -681,7 +681,7 @@ def test_concurrent_fetches_download_once(cat, env, fake_hub):
 
 def test_lock_is_exclusive_between_processes(cat, env):
     """While one process holds NAME.lock, another cannot take it."""
-    lock = hub._lock_path(cat.get("tiny-4x"))
+    lock = hub._in_weights(cat.get("tiny-4x"), ".lock")
     probe = (
         "import fcntl, sys\n"
         "with open(sys.argv[1], 'a+b') as f:\n"

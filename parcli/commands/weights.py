@@ -31,7 +31,7 @@ RegionsOption = Annotated[
 def _select(catalogue: Catalogue, names: list[str], regions: int | None) -> list[Entry]:
     """Entries meant by entry or family names; a family without --regions means all members."""
     chosen: list[Entry] = []
-    families = catalogue.families()
+    families = catalogue.families
     for name in names:
         key = name.strip().lower()
         if key in families and regions is None:
@@ -161,7 +161,7 @@ def path(
     with user_errors():
         catalogue = load_catalogue(catalogue_path)
         key = name.strip().lower()
-        in_family = key in catalogue.families()
+        in_family = key in catalogue.families
         entry = catalogue.resolve(key, regions) if in_family else catalogue.get(key)
         print(hub.converted_path(entry))
         if not hub.is_present(entry):

@@ -209,7 +209,7 @@ class Catalogue:
         for entry in self._entries.values():
             if entry.family is not None:
                 families.setdefault(entry.family, []).append(entry)
-        self._families = {
+        self.families = {  # family name -> its members, fewest regions first
             fam: tuple(sorted(members, key=lambda e: e.regions or 0))
             for fam, members in sorted(families.items())
         }
@@ -221,7 +221,7 @@ class Catalogue:
                     f"{label} entry {entry.name!r}: field 'tokenizer' names "
                     f"{entry.tokenizer!r}, which is not a 'vq' entry"
                 )
-        for fam, members in self._families.items():
+        for fam, members in self.families.items():
             if fam in self._entries:
                 raise CatalogueError(f"{label}: {fam!r} is both a family and an entry name")
             for one, other in zip(members, members[1:], strict=False):
@@ -230,7 +230,7 @@ class Catalogue:
                         f"{label}: family {fam!r} has two {one.regions}-region "
                         f"checkpoints ({one.name}, {other.name})"
                     )
-        if default_family not in self._families:
+        if default_family not in self.families:
             raise CatalogueError(f"{label}: default_family {default_family!r} is not a family")
 
     # ------------------------------------------------------------------ loading
@@ -294,10 +294,6 @@ class Catalogue:
     def entries(self, kind: str | None = None) -> list[Entry]:
         return [e for e in self._entries.values() if kind is None or e.kind == kind]
 
-    def families(self) -> dict[str, tuple[Entry, ...]]:
-        """Family name -> its members, fewest regions first."""
-        return dict(self._families)
-
     def get(self, name: str) -> Entry:
         key = name.strip().lower()
         if key not in self._entries:
@@ -310,8 +306,8 @@ class Catalogue:
         regions (the fastest)."""
         model = model or self.default_family
         key = model.strip().lower()
-        if key in self._families:
-            members = self._families[key]
+        if key in self.families:
+            members = self.families[key]
             found = [member for member in members if regions in (None, member.regions)]
             if found:
                 return found[-1]
@@ -324,7 +320,7 @@ class Catalogue:
             if entry.kind != "gpt":
                 raise CatalogueError(
                     f"{entry.name} is a {entry.kind} tokenizer, not a generation model; "
-                    f"choose one of: {', '.join(self._families)}"
+                    f"choose one of: {', '.join(self.families)}"
                 )
             if regions is not None and regions != entry.regions:
                 hint = (
@@ -336,7 +332,7 @@ class Catalogue:
                     "regions",
                 )
             return entry
-        candidates = list(self._families) + [e.name for e in self.entries("gpt")]
+        candidates = list(self.families) + [e.name for e in self.entries("gpt")]
         raise CatalogueError(self._unknown("model", model, candidates))
 
     def tokenizer_for(self, entry: Entry | str) -> Entry:

@@ -54,10 +54,6 @@ def converted_path(entry: Entry) -> Path:
     )
 
 
-def _lock_path(entry: Entry) -> Path:
-    return _in_weights(entry, ".lock")
-
-
 def raw_download_path(entry: Entry) -> Path:
     """Where the published file of ``entry`` is downloaded to in our cache (when complete)."""
     repo = str(entry.repo).replace("/", "--")
@@ -419,7 +415,7 @@ def fetch(
     if target.is_file():
         return target
     say = on_status or (lambda text: None)
-    with _locked(_lock_path(entry), on_status, entry.name):
+    with _locked(_in_weights(entry, ".lock"), on_status, entry.name):
         if target.is_file():  # another process finished it while we waited
             return target
         source = local_download(entry)
@@ -490,7 +486,7 @@ def remove(entry: Entry, *, download: bool = False) -> int:
     paths = [converted_path(entry), _in_weights(entry, ".json")]
     if download:
         paths += [raw_download_path(entry), *_part_paths(entry)]
-    with _locked(_lock_path(entry), None, entry.name):
+    with _locked(_in_weights(entry, ".lock"), None, entry.name):
         for path in paths:
             with contextlib.suppress(FileNotFoundError):
                 size = path.stat().st_size

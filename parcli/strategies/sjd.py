@@ -57,8 +57,7 @@ class Draws:
     def fresh(self, count: int, rows: torch.Tensor) -> torch.Tensor:
         """(rows, count) uniforms; only the rows flagged in `rows` advance their generator."""
         if self.generators is None:
-            out = torch.rand(rows.shape[0], count, generator=self.generator)
-            return out.to(self.base.device)
+            return torch.rand(rows.shape[0], count, generator=self.generator).to(self.base.device)
         out = torch.zeros(rows.shape[0], count)
         for r in rows.nonzero().flatten().tolist():
             out[r] = torch.rand(count, generator=self.generators[r])
