@@ -1,6 +1,5 @@
-"""The PAR schedule as data: token order, KV-cache slot layout, forward passes, rotary cells.
-Cache slot s predicts PAR sequence index s: a pass writing slots [start, end) fills those indices,
-each query seeing every slot before `end`."""
+"""The PAR schedule as data: token order, KV-cache slots, passes, rotary cells. Slot s predicts
+sequence index s: a pass writing slots [start, end) fills those; its queries see all before end."""
 
 from __future__ import annotations
 

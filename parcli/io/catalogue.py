@@ -301,9 +301,8 @@ class Catalogue:
         return self._entries[key]
 
     def resolve(self, model: str | None, regions: int | None = None) -> Entry:
-        """The transformer checkpoint meant by an entry or family name (None: the default
-        family) and a region count; a family without ``regions`` gives its member with the most
-        regions (the fastest)."""
+        """The transformer entry meant by a name (None: the default family) and a region count;
+        a family without ``regions`` gives its member with the most regions (the fastest)."""
         model = model or self.default_family
         key = model.strip().lower()
         if key in self.families:

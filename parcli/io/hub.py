@@ -404,9 +404,8 @@ def fetch(
     keep_original: bool = False,
     dtype: str = "keep",
 ) -> Path:
-    """The path of the converted file of ``entry``, downloaded and converted if need be; our
-    download is deleted once converted unless ``keep_original`` (or PARCLI_KEEP_ORIGINAL), so
-    one copy stays, and a file in the user's HF cache is never touched."""
+    """The converted file of ``entry``, downloaded and converted if need be; our download is then
+    deleted unless kept (one copy stays), and a file in the user's HF cache is never touched."""
     target = converted_path(entry)
     if entry.is_packaged and not target.is_file():
         raise FetchError(

@@ -39,10 +39,8 @@ def model_files(
     on_status: Callable[[str], None] | None = None,
     demo: bool = False,
 ) -> ModelFiles:
-    """The checkpoint and tokenizer files meant by a model name (the catalogue's default family
-    without one) and a region count, or by explicit files. `demo`: sample a published checkpoint
-    with the catalogue's [demo] settings (the authors' demo script's), as `par generate` does;
-    otherwise with the entry's own (the paper's evaluation settings)."""
+    """The files meant by a model name (None: the default family) and region count, or by paths;
+    `demo` (`par generate`) samples published entries with the authors' [demo] settings."""
     fetch = fetch or hub.ensure_files
     checkpoint, tokenizer = (
         None if path is None else as_safetensors(path, on_status)

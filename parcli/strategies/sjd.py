@@ -42,9 +42,8 @@ def accept_or_resample(
 
 
 class Draws:
-    """Random numbers of the rows: `base` (rows, tokens) for each position's first draw, fresh
-    ones for the rest, from a generator per row (so a row depends on itself alone) or, in the law
-    tests, one shared `generator`."""
+    """Uniforms of the rows: `base` (rows, tokens) for each position's first draw, the rest from a
+    generator per row (so a row depends on itself alone) or, in the law tests, a shared one."""
 
     def __init__(
         self,
@@ -65,9 +64,8 @@ class Draws:
 
 
 class State:
-    """Per-row progress: tokens (committed and drafted), draft distributions, visit counts.
-    Drafts exist only within `window` passes of the commit point, so pass k's live at
-    `q[:, k % window]`."""
+    """Per-row tokens (committed and drafted), draft distributions and visit counts; drafts exist
+    only within `window` passes of the commit point, so pass k's live at `q[:, k % window]`."""
 
     def __init__(self, rows: int, plan: Plan, vocab: int, window: int, draws: Draws):
         device = draws.base.device
@@ -181,9 +179,8 @@ class Jacobi:
         forward: Callable[[State, torch.Tensor, torch.Tensor], torch.Tensor],
         on_pass: Callable[[Pass], None] | None = None,
     ) -> None:
-        """Iterate until every row has committed every plan pass. `forward(state, pos, valid)`
-        gives the distributions (rows, window, n, V) of each row's window passes at positions
-        `pos`, `valid` saying which exist; `on_pass` hears of a pass once every row committed it."""
+        """Iterate until every row committed every pass; `forward(state, pos, valid)` gives the
+        distributions (rows, window, n, V) of each row's window passes at positions `pos`."""
         reported = 0
         self.init_drafts(state)
         while bool((state.done < self.num_passes).any()):
