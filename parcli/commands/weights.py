@@ -159,10 +159,8 @@ def path(
 ) -> None:
     """Print where the converted file of NAME is (exit code 1 when it is not downloaded yet)."""
     with user_errors():
-        catalogue = load_catalogue(catalogue_path)
-        key = name.strip().lower()
-        in_family = key in catalogue.families
-        entry = catalogue.resolve(key, regions) if in_family else catalogue.get(key)
+        # A family without --regions: its member with the most regions, as generation picks.
+        entry = _select(load_catalogue(catalogue_path), [name], regions)[-1]
         print(hub.converted_path(entry))
         if not hub.is_present(entry):
             err_console.print(
