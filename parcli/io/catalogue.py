@@ -233,8 +233,6 @@ class Catalogue:
         if default_family not in self.families:
             raise CatalogueError(f"{label}: default_family {default_family!r} is not a family")
 
-    # ------------------------------------------------------------------ loading
-
     @classmethod
     def load(cls, path: str | Path | None = None) -> Catalogue:
         """Read and validate a catalogue file (default: the one shipped with the package)."""
@@ -288,8 +286,6 @@ class Catalogue:
             raise CatalogueError(f"{label}: [demo] may only set {', '.join(DEMO_FIELDS)}")
         _check_fields(demo, f"{label}: [demo]")
         return cls(entries, default_family, source, demo)
-
-    # ------------------------------------------------------------------ lookup
 
     def entries(self, kind: str | None = None) -> list[Entry]:
         return [e for e in self._entries.values() if kind is None or e.kind == kind]
