@@ -8,6 +8,7 @@ import typer
 
 from parcli.commands.common import CatalogueOption, console, err_console, inert, user_errors
 from parcli.errors import UserError
+from parcli.io.catalogue import use_catalogue
 from parcli.io.locate import catalogue_class_set
 
 
@@ -29,7 +30,8 @@ def classes_command(
 ) -> None:
     """List or search the class ids and names that --class accepts."""
     with user_errors():
-        names = catalogue_class_set(model, None, catalogue)
+        use_catalogue(catalogue)
+        names = catalogue_class_set(model, None)
         ids = names.search(query) if query is not None else list(range(len(names)))
         if not ids:
             raise UserError(f"no {names.name} class matches {query!r}; try a shorter word")

@@ -117,8 +117,7 @@ def as_safetensors(path: Path, on_status: Callable[[str], None] | None = None) -
     return path
 
 
-def catalogue_class_set(
-    model: str | None, regions: int | None, catalogue: Path | None = None
-) -> ClassSet:
-    """The class names of a catalogue model (None: the default family); nothing is downloaded."""
-    return class_set(load_catalogue(catalogue).resolve(model, regions).classes or IMAGENET)
+def catalogue_class_set(model: str | None, regions: int | None) -> ClassSet:
+    """The class names of a catalogue model (the default family without one), from the
+    catalogue alone: nothing is downloaded."""
+    return class_set(load_catalogue().resolve(model, regions).classes or IMAGENET)
