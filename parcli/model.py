@@ -107,9 +107,8 @@ class KVCache:
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
 
     def write(self, layer: int, k, v, start: int, positions: torch.Tensor | None):
-        """Store k, v (batch, heads, new, head_dim) at slots [start, start + new) and return every
-        slot before their end; or, with a device tensor of `positions`, store them there and
-        return every slot, so that shapes never depend on where the pass is (CUDA graphs)."""
+        """Store k, v at slots [start, start + new) and return every slot before their end; with
+        `positions`, store them there and return all slots, shapes fixed for CUDA graphs."""
         keys, values = self.keys[layer], self.values[layer]
         if positions is not None:
             keys.index_copy_(2, positions, k.to(keys.dtype))
@@ -229,9 +228,8 @@ class Transformer(nn.Module):
         positions: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Float32 logits for input embeddings h (batch, width, dim) with rotary rows `rope`.
-        With a cache, h fills the slots from `start` and sees every slot before their end (a PAR
-        pass); with `positions`, it sees the whole cache under `mask`."""
+        """Float32 logits of embeddings h (batch, width, dim): with a cache, h fills the slots from
+        `start` and sees every slot before their end; with `positions`, all of them under `mask`."""
         h = self.token_dropout(h)
         for index, layer in enumerate(self.layers):
             h = layer(h, rope, cache, index, start, positions, mask)

@@ -191,9 +191,8 @@ class Pipeline:
         indices: Sequence[int] | None = None,
         on_batch: Callable[[int, torch.Tensor], None] | None = None,
     ) -> torch.Tensor:
-        """Token grids (len(labels), *grid) in raster order; `on_batch(first label, tokens)`
-        hears of each batch as it ends. Label k is image `indices[k]` (default: k) of the run
-        seeded with `seed`: its tokens depend on that pair alone, not on its batch."""
+        """Token grids (len(labels), *grid) in raster order; label k is image `indices[k]` of the
+        run seeded `seed`, its tokens set by that pair alone; `on_batch` hears of each batch."""
         self.check_labels(labels)
         if batch_size < 1:
             raise SettingError("batch_size", f"must be at least 1, not {batch_size}")
@@ -268,9 +267,8 @@ def open_pipeline(
     count: int | None = None,
     scale: int = 1,
 ) -> Pipeline:
-    """The pipeline of located files, run as `options` say (threads included), checked to be
-    trained for `regions` (None: any). With `batch`, a run of `count` samples (None: one batch
-    at a time) enlarged `scale` times is first checked to fit in memory, before any loading."""
+    """The pipeline of located files, checked to be trained for `regions` (None: any); with
+    `batch`, a run of `count` samples enlarged `scale` times is checked to fit before loading."""
     if batch is not None:
         guided = options.cfg_scale is None or options.cfg_scale > 1
         check_files_fit(

@@ -1,6 +1,5 @@
-"""The PAR schedule as data: token order, KV-cache slot layout, forward passes, rotary cells.
-Cache slot s predicts PAR sequence index s: a pass writing slots [start, end) fills those indices,
-each query seeing every slot before `end`."""
+"""The PAR schedule as data: token order, KV-cache slots, passes, rotary cells. Slot s predicts
+sequence index s: a pass writing slots [start, end) fills those; its queries see all before end."""
 
 from __future__ import annotations
 
@@ -39,11 +38,6 @@ def par_order(grid: tuple[int, ...], regions: int) -> np.ndarray:
     col = (region % side) * region_cols + j % region_cols
     frame_order = row * cols + col
     return np.concatenate([f * rows * cols + frame_order for f in range(math.prod(frames))])
-
-
-def inverse_order(order: np.ndarray) -> np.ndarray:
-    """PAR sequence index of each raster cell: `seq[inverse_order(order)]` is raster order."""
-    return np.argsort(order)
 
 
 @dataclass(frozen=True)
@@ -87,7 +81,8 @@ class Plan:
 
     @cached_property
     def inverse(self) -> np.ndarray:
-        return inverse_order(self.order)
+        """PAR sequence index of each raster cell: `seq[..., inverse]` is raster order."""
+        return np.argsort(self.order)
 
     @cached_property
     def passes(self) -> tuple[Pass, ...]:
@@ -145,11 +140,6 @@ class Plan:
         """(slots, slots), True where a query slot may see a key slot: one before its pass's end."""
         end = np.repeat([p.end for p in self.passes], [p.width for p in self.passes])
         return np.arange(self.num_slots)[None, :] < end[:, None]
-
-    def to_raster(self, seq_tokens: np.ndarray) -> np.ndarray:
-        """(..., num_tokens) in PAR order -> (..., *grid) in raster order."""
-        raster = seq_tokens[..., self.inverse]
-        return raster.reshape(*seq_tokens.shape[:-1], *self.grid)
 
     def to_sequence(self, raster: np.ndarray) -> np.ndarray:
         """(..., *grid) raster -> (..., num_tokens) in PAR order."""

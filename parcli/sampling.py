@@ -1,6 +1,5 @@
-"""Turning logits into tokens: guidance mix, temperature, top-k / top-p, seeded draws. Each image
-draws all its numbers before decoding from its own generator, seeded by (run seed, image index):
-it is the same whatever shares its batch, and the decode loop never waits for the device."""
+"""Logits into tokens: guidance, temperature, top-k / top-p, and draws made before decoding from a
+generator per (run seed, image index): an image is the same whatever shares its batch."""
 
 from __future__ import annotations
 

@@ -199,14 +199,8 @@ class Coder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
-def _mid(channels: int, cfg: VQConfig) -> nn.ModuleList:
-    return nn.ModuleList(
-        [
-            ResBlock(channels, channels, cfg),
-            AttnBlock(channels, cfg),
-            ResBlock(channels, channels, cfg),
-        ]
-    )
+def _mid(c: int, cfg: VQConfig) -> nn.ModuleList:
+    return nn.ModuleList([ResBlock(c, c, cfg), AttnBlock(c, cfg), ResBlock(c, c, cfg)])
 
 
 class VectorQuantizer(nn.Module):

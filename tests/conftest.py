@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from parcli.config import GPTConfig
+from parcli.io.catalogue import use_catalogue
 from parcli.io.checkpoints import save_checkpoint
 from parcli.model import Transformer
 from parcli.vq import VQConfig, VQModel
@@ -22,6 +23,14 @@ TINY_VQ = VQConfig(
     num_res_blocks=1,
     norm_groups=8,
 )
+
+
+@pytest.fixture(autouse=True)
+def _packaged_catalogue():
+    """A command run in-process leaves its --catalogue chosen for the process, as the CLI means
+    it to; the next test starts from the packaged one."""
+    yield
+    use_catalogue(None)
 
 
 def tiny_vq_config(**overrides) -> VQConfig:

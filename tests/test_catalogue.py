@@ -40,7 +40,7 @@ def test_packaged_file_is_the_repository_file():
 
 
 def test_all_spec_entries(cat):
-    downloaded = [e.name for e in cat if not e.is_packaged]
+    downloaded = [e.name for e in cat.entries() if not e.is_packaged]
     assert sorted(downloaded) == sorted(PUBLISHED)
     for name, (repo, file, arch, regions, fid) in PUBLISHED.items():
         entry = cat.get(name)
@@ -63,11 +63,11 @@ def test_all_spec_entries(cat):
             assert entry.arch in GPT_PRESETS
     for name, cfg in PAR_CFG.items():
         assert cat.get(name).cfg_scale == pytest.approx(cfg)
-    assert {e.licence for e in cat if e.repo == LLAMAGEN} == {"MIT"}
+    assert {e.licence for e in cat.entries() if e.repo == LLAMAGEN} == {"MIT"}
 
 
 def test_families(cat):
-    fams = cat.families()
+    fams = cat.families
     shipped = {"digits", "digits-video"}
     assert set(fams) == {"par-xl", "par-xxl", "par-3b", "llamagen-b", "llamagen-l", *shipped}
     assert [e.name for e in fams["digits"]] == ["digits-1", "digits-4", "digits-16"]
@@ -85,7 +85,7 @@ def test_families(cat):
     assert [e.name for e in fams["par-xl"]] == ["llamagen-xl-384", "par-xl-4x"]
     assert [e.name for e in fams["par-xxl"]] == ["llamagen-xxl-384", "par-xxl-4x"]
     assert cat.default_family == "par-3b"
-    assert cat.default().name == "par-3b-16x"
+    assert cat.resolve(None).name == "par-3b-16x"
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,7 @@ def greedy_by_full_recompute(model, plan, labels, cfg_scale):
             logits = mix_guidance(logits, cfg_scale)
         copies = sequence_labels.shape[0] // labels.shape[0]
         seq[:, p.start : p.end] = logits.argmax(-1).repeat(copies, 1)
-    return plan.to_raster(seq[: labels.shape[0]].numpy())
+    return seq[: labels.shape[0], plan.inverse].reshape(labels.shape[0], *plan.grid).numpy()
 
 
 @pytest.mark.parametrize(

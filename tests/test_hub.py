@@ -370,14 +370,6 @@ def test_packaged_entries_are_present_without_download(cat, fake_hub):
     assert fake_hub.requests == []
 
 
-def test_conversion_args_come_from_the_entry(cat):
-    assert hub.conversion_args(cat.get("tiny-vq")) == {}
-    assert hub.conversion_args(cat.get("tiny-4x")) == {"heads": None, "grid": (8, 8)}
-    assert hub.conversion_args(cat.get("tiny-4x"), heads=4) == {"heads": 4, "grid": (8, 8)}
-    real = Catalogue.load().get("par-3b-16x")
-    assert hub.conversion_args(real) == {"heads": None, "grid": (24, 24)}
-
-
 # ------------------------------------------------------------------------------ fetching
 
 
@@ -453,13 +445,14 @@ def test_heads_from_a_preset(cat, env, fake_hub, monkeypatch):
 def test_commands_say_what_they_download(cat, env, fake_hub, monkeypatch):
     from rich.console import Console
 
-    from parcli.commands.downloads import ensure_model_files
+    from parcli.commands import downloads
     from parcli.config import GPT_PRESETS
 
     monkeypatch.setitem(GPT_PRESETS, "GPT-tiny", (2, 4, 64))
     shown = io.StringIO()
+    monkeypatch.setattr(downloads, "console", Console(file=shown, width=200))
     entries = [cat.get("tiny-4x"), cat.get("tiny-vq"), cat.get("digits-4x")]
-    paths = ensure_model_files(entries, console=Console(file=shown, width=200))
+    paths = downloads.model_fetcher(offline=False, quiet=False)(entries)
     assert "Downloading tiny-4x" in shown.getvalue() and "Downloading tiny-vq" in shown.getvalue()
     assert "digits" not in shown.getvalue()  # packaged: nothing to download
     assert paths == {entry.name: hub.converted_path(entry) for entry in entries}
@@ -688,7 +681,7 @@ def test_concurrent_fetches_download_once(cat, env, fake_hub):
 
 def test_lock_is_exclusive_between_processes(cat, env):
     """While one process holds NAME.lock, another cannot take it."""
-    lock = hub._lock_path(cat.get("tiny-4x"))
+    lock = hub._in_weights(cat.get("tiny-4x"), ".lock")
     probe = (
         "import fcntl, sys\n"
         "with open(sys.argv[1], 'a+b') as f:\n"

@@ -105,12 +105,12 @@ def exact_law(toy: ToyLogits, sampling) -> torch.Tensor:
     return probs.gather(2, every[..., None]).squeeze(-1).prod(1)
 
 
-def empirical_law(toy: ToyLogits, sampling, window, runs, init="random", retest=False):
+def empirical_law(toy: ToyLogits, sampling, window, runs, init="random"):
     plan = toy.plan
     gen = torch.Generator().manual_seed(1)
     draws = Draws(torch.rand(runs, plan.num_tokens, generator=gen), generator=gen)
     state = State(runs, plan, toy.vocab, window, draws)
-    Jacobi(plan, toy.vocab, window, init, retest).decode(state, toy.forward(sampling))
+    Jacobi(plan, toy.vocab, window, init).decode(state, toy.forward(sampling))
     codes = state.seq @ (toy.vocab ** torch.arange(plan.num_tokens - 1, -1, -1))
     return torch.bincount(codes, minlength=toy.vocab**plan.num_tokens).double() / runs
 
@@ -127,23 +127,17 @@ LAW_CASES = [
 LAW_ARGS = ("grid", "regions", "vocab", "top_k", "scale", "window", "init")
 
 
-def law_distance(grid, regions, vocab, top_k, scale, window, init, retest=False) -> float:
+def law_distance(grid, regions, vocab, top_k, scale, window, init) -> float:
     plan = Plan(grid, regions)
     toy = ToyLogits(plan, vocab, scale=scale)
     sampling = SamplingConfig(cfg_scale=1.5, temperature=1.0, top_k=top_k)
-    observed = empirical_law(toy, sampling, window, 200_000, init, retest)
+    observed = empirical_law(toy, sampling, window, 200_000, init)
     return 0.5 * float((observed - exact_law(toy, sampling)).abs().sum())
 
 
 @pytest.mark.parametrize(LAW_ARGS, LAW_CASES)
 def test_sequences_follow_the_autoregressive_law(grid, regions, vocab, top_k, scale, window, init):
     assert law_distance(grid, regions, vocab, top_k, scale, window, init) < 0.01
-
-
-@pytest.mark.parametrize("window", [3, 4])
-def test_retesting_accepted_drafts_fails_the_law_test(window):
-    # Measured at 1e5 runs: 0.026 (window 3) and 0.029 (window 4), against 0.008 and 0.009.
-    assert law_distance((2, 2), 1, 4, 3, 0.7, window, "left", retest=True) > 0.015
 
 
 def generate(strategy, model, plan, labels, sampling, seed=0, indices=None):

@@ -59,14 +59,7 @@ def fetch_with_progress(
         return path
 
 
-def ensure_model_files(
-    entries: list[Entry], offline: bool = False, console: Console | None = None
-) -> dict[str, Path]:
-    """``hub.ensure_files``, saying on ``console`` what is downloaded, how large, and how far."""
-    download = None if console is None else lambda entry: fetch_with_progress(entry, console)
-    return hub.ensure_files(entries, offline, download)
-
-
 def model_fetcher(offline: bool, quiet: bool) -> Fetch:
-    """How a command fetches what it names: with a progress display, unless quiet."""
-    return lambda entries: ensure_model_files(entries, offline, None if quiet else console)
+    """``hub.ensure_files``, saying what is downloaded, how large and how far, unless quiet."""
+    download = None if quiet else lambda entry: fetch_with_progress(entry, console)
+    return lambda entries: hub.ensure_files(entries, offline, download)

@@ -37,7 +37,7 @@ def _catalogue(path: Path | None) -> Catalogue:
 def _select(catalogue: Catalogue, names: list[str], regions: int | None) -> list[Entry]:
     """Entries meant by entry or family names; a family without --regions means all members."""
     chosen: list[Entry] = []
-    families = catalogue.families()
+    families = catalogue.families
     for name in names:
         key = name.strip().lower()
         if key in families and regions is None:
@@ -81,7 +81,7 @@ def list_weights(
 ) -> None:
     """Every catalogue entry: family, n, architecture, download size, licence, local copy."""
     with user_errors():
-        entries = list(_catalogue(catalogue_path))
+        entries = _catalogue(catalogue_path).entries()
         if as_json:
             print(json.dumps([_row(e) for e in entries], indent=2))
             return
@@ -165,10 +165,8 @@ def path(
 ) -> None:
     """Print where the converted file of NAME is (exit code 1 when it is not downloaded yet)."""
     with user_errors():
-        catalogue = _catalogue(catalogue_path)
-        key = name.strip().lower()
-        in_family = key in catalogue.families()
-        entry = catalogue.resolve(key, regions) if in_family else catalogue.get(key)
+        # A family without --regions: its member with the most regions, as generation picks.
+        entry = _select(_catalogue(catalogue_path), [name], regions)[-1]
         print(hub.converted_path(entry))
         if not hub.is_present(entry):
             err_console.print(

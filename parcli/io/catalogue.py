@@ -1,8 +1,5 @@
-"""The catalogue of known checkpoints, read from ``weights.toml``.
-
-A model is named either by an entry (``par-3b-16x``) or by a family (``par-3b``): the checkpoints of
-one architecture that differ only in their number of PAR regions (LlamaGen's file is n = 1).
-"""
+"""The checkpoints of ``weights.toml``, named by entry (``par-3b-16x``) or by family (``par-3b``:
+one architecture's checkpoints, which differ only in their PAR regions; LlamaGen's is n = 1)."""
 
 from __future__ import annotations
 
@@ -10,7 +7,7 @@ import difflib
 import math
 import re
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
@@ -193,15 +190,6 @@ def _entry_from_table(name: str, table: Any, label: str = "weights.toml") -> Ent
     return Entry(name=name, **data)
 
 
-def _demo_settings(table: Any, label: str = "weights.toml") -> dict[str, float]:
-    """The [demo] table: sampling settings `par generate` uses for published checkpoints."""
-    where = f"{label}: [demo]"
-    if not isinstance(table, dict) or set(table) - set(DEMO_FIELDS):
-        raise CatalogueError(f"{where} may only set {', '.join(DEMO_FIELDS)}")
-    _check_fields(table, where)
-    return dict(table)
-
-
 class Catalogue:
     """All entries of a ``weights.toml``, with lookup by entry or family name."""
 
@@ -221,7 +209,7 @@ class Catalogue:
         for entry in self._entries.values():
             if entry.family is not None:
                 families.setdefault(entry.family, []).append(entry)
-        self._families = {
+        self.families = {  # family name -> its members, fewest regions first
             fam: tuple(sorted(members, key=lambda e: e.regions or 0))
             for fam, members in sorted(families.items())
         }
@@ -233,7 +221,7 @@ class Catalogue:
                     f"{label} entry {entry.name!r}: field 'tokenizer' names "
                     f"{entry.tokenizer!r}, which is not a 'vq' entry"
                 )
-        for fam, members in self._families.items():
+        for fam, members in self.families.items():
             if fam in self._entries:
                 raise CatalogueError(f"{label}: {fam!r} is both a family and an entry name")
             for one, other in zip(members, members[1:], strict=False):
@@ -242,10 +230,8 @@ class Catalogue:
                         f"{label}: family {fam!r} has two {one.regions}-region "
                         f"checkpoints ({one.name}, {other.name})"
                     )
-        if default_family not in self._families:
+        if default_family not in self.families:
             raise CatalogueError(f"{label}: default_family {default_family!r} is not a family")
-
-    # ------------------------------------------------------------------ loading
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> Catalogue:
@@ -295,19 +281,14 @@ class Catalogue:
             if isinstance(table, dict) and table.get("kind") == "gpt":
                 table = {**sampling, **table}
             entries[name] = _entry_from_table(name, table, label)
-        return cls(entries, default_family, source, _demo_settings(data.get("demo", {}), label))
-
-    # ------------------------------------------------------------------ lookup
-
-    def __iter__(self) -> Iterator[Entry]:
-        return iter(self._entries.values())
+        demo = data.get("demo", {})  # the sampling settings `par generate` gives published entries
+        if not isinstance(demo, dict) or set(demo) - set(DEMO_FIELDS):
+            raise CatalogueError(f"{label}: [demo] may only set {', '.join(DEMO_FIELDS)}")
+        _check_fields(demo, f"{label}: [demo]")
+        return cls(entries, default_family, source, demo)
 
     def entries(self, kind: str | None = None) -> list[Entry]:
         return [e for e in self._entries.values() if kind is None or e.kind == kind]
-
-    def families(self) -> dict[str, tuple[Entry, ...]]:
-        """Family name -> its members, fewest regions first."""
-        return dict(self._families)
 
     def get(self, name: str) -> Entry:
         key = name.strip().lower()
@@ -316,13 +297,12 @@ class Catalogue:
         return self._entries[key]
 
     def resolve(self, model: str | None, regions: int | None = None) -> Entry:
-        """The transformer checkpoint meant by an entry or family name (None: the default
-        family) and a region count; a family without ``regions`` gives its member with the most
-        regions (the fastest)."""
+        """The transformer entry meant by a name (None: the default family) and a region count;
+        a family without ``regions`` gives its member with the most regions (the fastest)."""
         model = model or self.default_family
         key = model.strip().lower()
-        if key in self._families:
-            members = self._families[key]
+        if key in self.families:
+            members = self.families[key]
             found = [member for member in members if regions in (None, member.regions)]
             if found:
                 return found[-1]
@@ -335,7 +315,7 @@ class Catalogue:
             if entry.kind != "gpt":
                 raise CatalogueError(
                     f"{entry.name} is a {entry.kind} tokenizer, not a generation model; "
-                    f"choose one of: {', '.join(self._families)}"
+                    f"choose one of: {', '.join(self.families)}"
                 )
             if regions is not None and regions != entry.regions:
                 hint = (
@@ -347,7 +327,7 @@ class Catalogue:
                     "regions",
                 )
             return entry
-        candidates = list(self._families) + [e.name for e in self.entries("gpt")]
+        candidates = list(self.families) + [e.name for e in self.entries("gpt")]
         raise CatalogueError(self._unknown("model", model, candidates))
 
     def tokenizer_for(self, entry: Entry | str) -> Entry:
@@ -357,9 +337,6 @@ class Catalogue:
         if entry.kind == "vq":
             return entry
         return self.get(str(entry.tokenizer))
-
-    def default(self, regions: int | None = None) -> Entry:
-        return self.resolve(None, regions)
 
     @staticmethod
     def _unknown(what: str, name: str, candidates: list[str]) -> str:

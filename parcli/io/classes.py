@@ -1,7 +1,5 @@
-"""Class names: which id is which class, for the class sets the catalogue's models use.
-
-They ship inside the package, so `par classes` and `--class NAME` work before any download.
-"""
+"""Which id is which class for the catalogue's class sets; they ship inside the package, so
+`par classes` and `--class NAME` work before any download."""
 
 from __future__ import annotations
 

@@ -1,10 +1,6 @@
-"""Published LlamaGen / PAR checkpoints (PyTorch pickles) into our safetensors format, safely.
-
-They are read only with ``torch.load(weights_only=True)``; the one non-tensor class they carry,
-``argparse.Namespace`` under ``"args"``, is allow-listed, and a file that needs anything else is
-refused, never loaded with code execution. The architecture is inferred from the tensor shapes
-and every tensor is checked against it before anything is written.
-"""
+"""Published LlamaGen / PAR pickles into our safetensors format, read only with
+``torch.load(weights_only=True)`` (``argparse.Namespace`` allowed), never with code execution;
+the architecture is inferred from the shapes and every tensor checked before anything is written."""
 
 from __future__ import annotations
 
@@ -41,7 +37,7 @@ from parcli.io.checkpoints import (
     validate,
 )
 from parcli.io.files import file_sha256
-from parcli.io.tensors import Progress, WeightsError, one_line, read_safetensors
+from parcli.io.tensors import WeightsError, one_line, read_safetensors
 from parcli.vq import VQConfig
 
 DEFAULT_GRID = (24, 24)
@@ -184,14 +180,6 @@ def clean_state(state: Mapping[str, Any], source: str = "checkpoint") -> dict[st
     return cleaned
 
 
-def read_official(path: str | os.PathLike, use_ema: bool = False) -> dict[str, torch.Tensor]:
-    """Weights of a published checkpoint, on CPU, whichever wrapper and prefixes it was saved
-    with; zip-format files are memory-mapped, so this costs little until tensors are touched."""
-    path = Path(path)
-    check_readable(path)
-    return clean_state(_select_state(_torch_load(path), path, use_ema)[0], str(path))
-
-
 def _need(state: Mapping[str, Any], key: str, what: str) -> Shape:
     if key not in state:
         raise WeightsError(f"not a {what} checkpoint: {key!r} is missing")
@@ -298,14 +286,7 @@ def infer_vq_config(state: Mapping[str, Any], norm_groups: int | None = None) ->
     widths = [
         _need(state, f"encoder.conv_blocks.{i}.res.0.conv1.weight", what)[0] for i in range(levels)
     ]
-    if any(w % ch for w in widths):
-        raise WeightsError(f"VQ level widths {widths} are not multiples of conv_in's {ch}")
-    groups = norm_groups or 32
-    if any(w % groups for w in widths):
-        raise WeightsError(
-            f"VQ widths {widths} are not divisible by {groups} GroupNorm groups; "
-            "pass the group count the tokenizer was trained with"
-        )
+    groups = norm_groups or 32  # VQConfig refuses widths it does not divide
     try:
         return VQConfig(
             codebook_size=codebook_size,
@@ -332,7 +313,6 @@ def convert(
     dtype: str | torch.dtype | None = "keep",
     norm_groups: int | None = None,
     extra_metadata: Mapping[str, Any] | None = None,
-    progress: Progress | None = None,
 ) -> dict[str, str]:
     """Convert a published checkpoint into a parcli safetensors file, with the sha256 of ``src``
     in its metadata; returns that metadata."""
@@ -340,15 +320,9 @@ def convert(
     check_readable(src)
     if src.resolve() == dst.resolve() or (dst.exists() and os.path.samefile(src, dst)):
         raise WeightsError(f"refusing to overwrite the source {src}; choose another output path")
-    if not dst.parent.is_dir():
-        raise WeightsError(f"output folder {dst.parent} does not exist; create it first")
     target = storage_dtype(dtype)
-    if progress is not None:
-        progress("read", 0, 1)
     state, layout = _select_state(_torch_load(src), src, use_ema)
     state = clean_state(state, str(src))
-    if progress is not None:
-        progress("read", 1, 1)
     try:
         kind = detect_kind(state)
     except WeightsError as exc:
@@ -366,7 +340,7 @@ def convert(
     extras = dict(extra_metadata or {})
     extras.update(
         source_file=src.name,
-        source_sha256=file_sha256(src, progress),
+        source_sha256=file_sha256(src),
         source_layout=layout,
     )
-    return save_checkpoint(dst, state, kind, config, extras, dtype=target, progress=progress)
+    return save_checkpoint(dst, state, kind, config, extras, dtype=target)

@@ -1,9 +1,5 @@
-"""Downloading published checkpoints and keeping their converted copies in one cache.
-
-A fetch finds or downloads the published file (resuming a ``.part`` file across runs, which
-``hf_hub_download`` cannot), checks its sha256 and converts it, under an inter-process lock; a
-converted file gets its final name only when complete, so "present" means "the file exists".
-"""
+"""Published checkpoints downloaded (a ``.part`` resumed across runs, which ``hf_hub_download``
+cannot), checked and converted into one cache under a lock; "present" means "the file exists"."""
 
 from __future__ import annotations
 
@@ -56,10 +52,6 @@ def converted_path(entry: Entry) -> Path:
     return (
         Path(str(entry.package_path)) if entry.is_packaged else _in_weights(entry, ".safetensors")
     )
-
-
-def _lock_path(entry: Entry) -> Path:
-    return _in_weights(entry, ".lock")
 
 
 def raw_download_path(entry: Entry) -> Path:
@@ -334,11 +326,6 @@ def _discard_download(path: Path) -> None:
         item.unlink(missing_ok=True)
 
 
-def conversion_args(entry: Entry, heads: int | None = None) -> dict[str, Any]:
-    """What ``convert`` must be told for ``entry`` beyond the file itself."""
-    return {"heads": heads, "grid": entry.grid} if entry.kind == "gpt" else {}
-
-
 def _convert(entry: Entry, source: Path, heads: int | None, on_status, dtype: str) -> str:
     """Convert ``source`` into the cache under the final name, checked against the catalogue
     (and the sha256 it gives); returns the source's sha256."""
@@ -353,10 +340,8 @@ def _convert(entry: Entry, source: Path, heads: int | None, on_status, dtype: st
         extra["cfg_scale"] = str(entry.cfg_scale)
     try:
         with atomic_path(target) as tmp:
-            args = conversion_args(entry, heads)
+            args = {"heads": heads, "grid": entry.grid} if entry.kind == "gpt" else {}
             meta = convert(source, tmp, extra_metadata=extra, dtype=dtype, **args)
-            if entry.sha256 is not None and meta["source_sha256"] != entry.sha256:
-                raise FetchError(f"{entry.name}: {source} changed while it was converted")
             on_status(f"verifying {target.name}")
             read_checkpoint(tmp)
             gpt = entry.kind == "gpt"
@@ -419,9 +404,8 @@ def fetch(
     keep_original: bool = False,
     dtype: str = "keep",
 ) -> Path:
-    """The path of the converted file of ``entry``, downloaded and converted if need be; our
-    download is deleted once converted unless ``keep_original`` (or PARCLI_KEEP_ORIGINAL), so
-    one copy stays, and a file in the user's HF cache is never touched."""
+    """The converted file of ``entry``, downloaded and converted if need be; our download is then
+    deleted unless kept (one copy stays), and a file in the user's HF cache is never touched."""
     target = converted_path(entry)
     if entry.is_packaged and not target.is_file():
         raise FetchError(
@@ -430,7 +414,7 @@ def fetch(
     if target.is_file():
         return target
     say = on_status or (lambda text: None)
-    with _locked(_lock_path(entry), on_status, entry.name):
+    with _locked(_in_weights(entry, ".lock"), on_status, entry.name):
         if target.is_file():  # another process finished it while we waited
             return target
         source = local_download(entry)
@@ -501,7 +485,7 @@ def remove(entry: Entry, *, download: bool = False) -> int:
     paths = [converted_path(entry), _in_weights(entry, ".json")]
     if download:
         paths += [raw_download_path(entry), *_part_paths(entry)]
-    with _locked(_lock_path(entry), None, entry.name):
+    with _locked(_in_weights(entry, ".lock"), None, entry.name):
         for path in paths:
             with contextlib.suppress(FileNotFoundError):
                 size = path.stat().st_size

@@ -1,8 +1,5 @@
-"""What a command names, loaded: a catalogue entry or family (fetched on first use), or files.
-
-Showing downloads is the caller's business: ``fetch`` turns catalogue entries into local paths,
-downloading what is missing (by default quietly, with `parcli.io.hub.ensure_files`).
-"""
+"""The files a command names: a catalogue entry or family (fetched on first use by the caller's
+``fetch``, which shows downloads or not), or paths."""
 
 from __future__ import annotations
 
@@ -15,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from parcli.errors import SettingError
 from parcli.io import hub
-from parcli.io.catalogue import CatalogueError, Entry, load_catalogue
+from parcli.io.catalogue import DEMO_FIELDS, CatalogueError, Entry, load_catalogue
 from parcli.io.classes import IMAGENET, ClassSet, class_set
 
 if TYPE_CHECKING:  # sampling imports torch: not needed to list classes or parse options
@@ -42,10 +39,8 @@ def model_files(
     on_status: Callable[[str], None] | None = None,
     demo: bool = False,
 ) -> ModelFiles:
-    """The checkpoint and tokenizer files meant by a model name (the catalogue's default family
-    without one) and a region count, or by explicit files. `demo`: sample a published checkpoint
-    with the catalogue's [demo] settings (the authors' demo script's), as `par generate` does;
-    otherwise with the entry's own (the paper's evaluation settings)."""
+    """The files meant by a model name (None: the default family) and region count, or by paths;
+    `demo` (`par generate`) samples published entries with the authors' [demo] settings."""
     fetch = fetch or hub.ensure_files
     checkpoint, tokenizer = (
         None if path is None else as_safetensors(path, on_status)
@@ -70,11 +65,13 @@ def model_files(
     for each in wanted:
         check_packaged(each, paths[each.name])
     tokenizer = tokenizer or paths[catalogue.tokenizer_for(entry).name]
-    defaults = entry_sampling(entry)
-    if demo and not entry.is_packaged and catalogue.demo:
-        from parcli.sampling import SamplingConfig
+    from parcli.sampling import SamplingConfig
 
-        defaults = SamplingConfig(**catalogue.demo)
+    # The entry's settings, the tool's defaults for any it lacks; or the [demo] table's.
+    settings = {key: getattr(entry, key) for key in DEMO_FIELDS}
+    if demo and not entry.is_packaged and catalogue.demo:
+        settings = catalogue.demo
+    defaults = SamplingConfig(**{k: v for k, v in settings.items() if v is not None})
     return ModelFiles(entry.name, paths[entry.name], tokenizer, defaults, entry.regions)
 
 
@@ -124,11 +121,3 @@ def catalogue_class_set(model: str | None, regions: int | None) -> ClassSet:
     """The class names of a catalogue model (the default family without one), from the
     catalogue alone: nothing is downloaded."""
     return class_set(load_catalogue().resolve(model, regions).classes or IMAGENET)
-
-
-def entry_sampling(entry: Entry) -> SamplingConfig:
-    """The sampling settings a catalogue entry gives, the tool's defaults for any it lacks."""
-    from parcli.sampling import SamplingConfig
-
-    settings = {key: getattr(entry, key) for key in ("cfg_scale", "temperature", "top_k", "top_p")}
-    return SamplingConfig(**{k: v for k, v in settings.items() if v is not None})

@@ -1,14 +1,11 @@
-"""Safetensors files in and out: the one writer, the one reader.
-
-The writer streams one tensor at a time, so converting a large checkpoint never holds a second
-copy of every byte, as ``safetensors.torch.save_file`` would.
-"""
+"""The one safetensors writer and reader; the writer streams a tensor at a time, so a large
+conversion never holds a second copy of every byte, as ``safetensors.torch.save_file`` would."""
 
 from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +14,6 @@ from safetensors import safe_open
 
 from parcli.errors import UserError
 from parcli.io.files import PathLike, atomic_path
-
-Progress = Callable[[str, int, int], None]
-"""``progress(stage, done, total)``; stages "read", "hash" (bytes), "write" (bytes)."""
 
 _FILE_DTYPES: dict[torch.dtype, str] = {
     torch.float64: "F64",
@@ -54,7 +48,6 @@ def write_safetensors(
     tensors: Mapping[str, torch.Tensor],
     metadata: Mapping[str, str] | None = None,
     dtype: torch.dtype | None = None,
-    progress: Progress | None = None,
 ) -> None:
     """Write ``tensors`` (floating ones cast to ``dtype`` when given) atomically."""
     out = {key: stored_dtype(tensor, dtype) for key, tensor in tensors.items()}
@@ -80,8 +73,6 @@ def write_safetensors(
             tensor = tensors[key].detach().cpu().to(out[key]).contiguous()
             if tensor.numel():
                 handle.write(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
-            if progress is not None:
-                progress("write", header[key]["data_offsets"][1], total)
 
 
 def read_safetensors(

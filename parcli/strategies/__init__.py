@@ -1,7 +1,5 @@
-"""How a plan is walked: one module per decoding strategy, named in `make_strategy`; the pipeline
-takes one as diffusers' pipelines take a scheduler. A strategy has a `name`, a `window` (plan
-passes per step) and `generate(model, plan, labels, sampling, seed, indices, runner, on_pass)`
-returning (token grids, DecodeStats), as `Par` has."""
+"""How a plan is walked: one module per strategy (`make_strategy`), each with a `name`, a
+`window` (plan passes per step) and `generate(...)` -> (token grids, DecodeStats), as `Par` has."""
 
 from __future__ import annotations
 

@@ -27,9 +27,8 @@ def generate_tokens(
     on_pass: Callable[[Pass], None] | None = None,
     runner: Runner | None = None,
 ) -> torch.Tensor:
-    """One token grid per label, (batch, *plan.grid) int64 in raster order, drawn with each
-    image's `uniforms` (batch, plan.num_tokens) in PAR order. Nothing here waits for the device:
-    sampling, guidance and scattering stay on it. Without a runner, passes run plainly."""
+    """Token grids (batch, *plan.grid) in raster order, drawn with each image's `uniforms` in PAR
+    order; nothing here waits for the device: sampling, guidance and scattering stay on it."""
     cfg = model.cfg
     device = labels.device
     sequence_labels = guided_labels(labels, cfg.num_classes, sampling.guided)
@@ -61,9 +60,8 @@ def device_inverse(plan: Plan, device: torch.device) -> torch.Tensor:
 
 
 class DeviceProgress:
-    """Reports a CUDA pass when the device has run it, not when the host queued it (far sooner).
-    Each pass gets an event; past `ahead` unreported passes the host waits on the oldest, which
-    keeps the device's queue full. An event wait is no sync `set_sync_debug_mode` reports."""
+    """Reports a CUDA pass when the device has run it, not when the host queued it: past `ahead`
+    unreported passes the host waits on the oldest's event, which keeps the queue full."""
 
     def __init__(self, report: Callable[[Pass], None], device: torch.device, ahead: int = 8):
         self.report, self.ahead = report, ahead

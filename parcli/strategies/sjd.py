@@ -42,9 +42,8 @@ def accept_or_resample(
 
 
 class Draws:
-    """Random numbers of the rows: `base` (rows, tokens) for each position's first draw, fresh
-    ones for the rest, from a generator per row (so a row depends on itself alone) or, in the law
-    tests, one shared `generator`."""
+    """Uniforms of the rows: `base` (rows, tokens) for each position's first draw, the rest from a
+    generator per row (so a row depends on itself alone) or, in the law tests, a shared one."""
 
     def __init__(
         self,
@@ -57,8 +56,7 @@ class Draws:
     def fresh(self, count: int, rows: torch.Tensor) -> torch.Tensor:
         """(rows, count) uniforms; only the rows flagged in `rows` advance their generator."""
         if self.generators is None:
-            out = torch.rand(rows.shape[0], count, generator=self.generator)
-            return out.to(self.base.device)
+            return torch.rand(rows.shape[0], count, generator=self.generator).to(self.base.device)
         out = torch.zeros(rows.shape[0], count)
         for r in rows.nonzero().flatten().tolist():
             out[r] = torch.rand(count, generator=self.generators[r])
@@ -66,9 +64,8 @@ class Draws:
 
 
 class State:
-    """Per-row progress: tokens (committed and drafted), draft distributions, visit counts.
-    Drafts exist only within `window` passes of the commit point, so pass k's live at
-    `q[:, k % window]`."""
+    """Per-row tokens (committed and drafted), draft distributions and visit counts; drafts exist
+    only within `window` passes of the commit point, so pass k's live at `q[:, k % window]`."""
 
     def __init__(self, rows: int, plan: Plan, vocab: int, window: int, draws: Draws):
         device = draws.base.device
@@ -82,13 +79,10 @@ class State:
 
 
 class Jacobi:
-    """The acceptance and commit rules over a plan's passes, for any source of probabilities;
-    `retest` is a deliberately biased variant (accepted drafts past the first pass are tested
-    again) for the test that must see it fail."""
+    """The acceptance and commit rules over a plan's passes, for any source of probabilities."""
 
-    def __init__(self, plan: Plan, vocab: int, window: int, init: str = "left", retest=False):
-        self.plan, self.vocab, self.window = plan, vocab, window
-        self.init, self.retest = init, retest
+    def __init__(self, plan: Plan, vocab: int, window: int, init: str = "left"):
+        self.plan, self.vocab, self.window, self.init = plan, vocab, window, init
         self.n, self.num_passes = plan.regions, plan.num_passes
         self.starts = torch.tensor([p.start for p in plan.passes])
         self.widths = torch.tensor([p.width for p in plan.passes])
@@ -169,19 +163,15 @@ class Jacobi:
             self._write(state, at, rows[:, None] & exists, tokens)
             reached = torch.where(rows, i + 1, reached)
             testing = testing & ~(bonus | rejected)
-        commit, redraft_from = reached, reached
-        if self.retest:
-            commit = torch.where(reached >= 2, 1, reached)
-            redraft_from = torch.where(reached >= 2, reached - 1, reached)
         # Passes past the commit point take new drafts from this iteration's distributions.
         for i in range(self.window):
-            rows = active & in_plan[:, i] & (i >= redraft_from)
+            rows = active & in_plan[:, i] & (i >= reached)
             if rows.any():
                 need = rows[:, None] & valid[:, i]
                 tokens = self._sample(state, pos[:, i], probs[:, i], need)
                 self._write(state, pos[:, i], need, tokens, probs[:, i], state.done + i)
         state.drafted = torch.where(active, state.done + last + 1, state.drafted)
-        state.done = state.done + torch.where(active, commit, 0)
+        state.done = state.done + torch.where(active, reached, 0)
 
     def decode(
         self,
@@ -189,9 +179,8 @@ class Jacobi:
         forward: Callable[[State, torch.Tensor, torch.Tensor], torch.Tensor],
         on_pass: Callable[[Pass], None] | None = None,
     ) -> None:
-        """Iterate until every row has committed every plan pass. `forward(state, pos, valid)`
-        gives the distributions (rows, window, n, V) of each row's window passes at positions
-        `pos`, `valid` saying which exist; `on_pass` hears of a pass once every row committed it."""
+        """Iterate until every row committed every pass; `forward(state, pos, valid)` gives the
+        distributions (rows, window, n, V) of each row's window passes at positions `pos`."""
         reported = 0
         self.init_drafts(state)
         while bool((state.done < self.num_passes).any()):
