@@ -146,14 +146,15 @@ def vq(
 ):
     """Train a VQ tokenizer."""
     from parcli.config import image_side
-    from parcli.training.data import training_images
+    from parcli.training.data import training_data
     from parcli.training.loops import train_vq
     from parcli.vq import VQConfig, most_norm_groups
 
     mult = tuple(parse_ints(ch_mult, "ch_mult"))
     if image_size is not None:  # the tokenizer's stride is 2^(levels-1)
         image_side(image_size, 2 ** (len(mult) - 1))
-    images, _, _ = training_images(run.dataset, image_size, channels, frames)
+    pixels, _, _ = training_data(run.dataset, image_size, frames, channels)
+    images = pixels.reshape(-1, *pixels.shape[-3:])  # a clip's frames are images to it
     cfg = VQConfig(
         codebook_size=codebook_size,
         codebook_dim=codebook_dim,
@@ -198,22 +199,18 @@ def gpt(
     """Train a class-conditional PAR transformer on the tokenizer's codes (images or clips)."""
     from parcli.config import SUPPORTED_REGIONS, GPTConfig, image_side
     from parcli.io.checkpoints import load_vq
-    from parcli.training.data import check_data, is_clip_data, training_clips, training_images
+    from parcli.training.data import check_data, training_data
     from parcli.training.loops import encode_images, train_gpt
 
     if regions not in SUPPORTED_REGIONS:  # now, not after the data is encoded
         choices = ", ".join(map(str, SUPPORTED_REGIONS))
         raise SettingError("regions", f"must be one of {choices}, not {regions}")
-    data = run.dataset
-    check_data(data)
+    check_data(run.dataset)
     vq_model, _ = load_vq(tokenizer, run.device)
     channels = vq_model.config.in_channels
     if image_size is not None:
         image_side(image_size, vq_model.config.downsample)
-    if is_clip_data(data):
-        pixels, labels, num_classes = training_clips(data, image_size, frames, channels)
-    else:
-        pixels, labels, num_classes = training_images(data, image_size, channels)
+    pixels, labels, num_classes = training_data(run.dataset, image_size, frames, channels)
     codes = encode_images(vq_model, pixels, device=run.device)
     cfg = GPTConfig(
         n_layer=layers,

@@ -14,8 +14,8 @@ import numpy as np
 
 from parcli.pipeline import Pipeline, PipelineError
 from parcli.quality.digits import IMAGE_SIDE, DigitClassifier, generated, predict
-from parcli.training.data import load_moving_digits
-from parcli.training.moving_digits import PATCH, digit_crops, mean_displacement
+from parcli.training.data import load_digits
+from parcli.training.moving_digits import PATCH, digit_crops, mean_displacement, moving_digits
 
 ACCURACY_GOALS = {1: 0.90, 4: 0.90, 16: 0.85}
 DEFAULT_ACCURACY_GOAL = 0.85
@@ -70,7 +70,7 @@ def clip_scores(
 def training_baseline(
     classifier: DigitClassifier, frames: int, count: int = BASELINE_CLIPS
 ) -> VideoBaseline:
-    clips, labels = load_moving_digits(frames=frames)
+    clips, labels = moving_digits(*load_digits(), frames=frames)
     pick = np.linspace(0, len(clips) - 1, min(count, len(clips))).astype(np.int64)
     correct, consistent = clip_scores(classifier, clips[pick], labels[pick])
     motion = mean_displacement(clips[pick])
