@@ -69,7 +69,7 @@ def eval_digits(
     from parcli.quality.digits import (
         DEFAULT_CLASSIFIER,
         check_settings,
-        evaluate_against_real,
+        evaluate,
         load_classifier,
         report,
     )
@@ -92,8 +92,8 @@ def eval_digits(
         with pass_progress(quiet) as progress:
             on_progress = region_bars(progress, pipelines)
             video = any(pipe.is_video for pipe in pipelines.values())
-            evaluate = evaluate_video if video else evaluate_against_real
-            results, baseline = evaluate(pipelines, net, per_class, seed, batch_size, on_progress)
+            scores = evaluate_video if video else evaluate
+            results, baseline = scores(pipelines, net, per_class, seed, batch_size, on_progress)
         seconds = time.perf_counter() - started
 
         title = f"{model} · {per_class} samples per class · seed {seed}"
