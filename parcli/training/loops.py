@@ -52,7 +52,6 @@ class TrainRun:
     precision: str = "fp32"  # "bf16": the forward pass under bfloat16 autocast, weights fp32
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "out_path", Path(self.out_path))
         if self.precision not in PRECISIONS:
             choices = " or ".join(PRECISIONS)
             raise SettingError("precision", f"must be {choices}, not {self.precision!r}")
@@ -79,8 +78,7 @@ def lr_at(step: int, total: int, peak: float, warmup: int, floor: float = 0.1) -
     return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def optim_path(out_path: str | Path) -> Path:
-    out_path = Path(out_path)
+def optim_path(out_path: Path) -> Path:
     return out_path.with_name(out_path.name + ".optim.safetensors")
 
 
@@ -95,20 +93,19 @@ def save_optimizer(optimizer: torch.optim.Optimizer, path: Path, step: int) -> N
     write_safetensors(path, tensors, {"step": str(step)})
 
 
-def load_optimizer(optimizer: torch.optim.Optimizer, path: Path, step: int) -> bool:
-    """Restore state saved at `step`; False (fresh optimizer) when missing or from another step."""
+def load_optimizer(optimizer: torch.optim.Optimizer, path: Path, step: int) -> None:
+    """Restore state saved at `step`; a fresh optimizer stays when missing or from another step."""
     if not path.is_file():
-        return False
+        return
     tensors, metadata = read_safetensors(path, "optimizer state")
     if metadata.get("step") != str(step):
-        return False
+        return
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         index, name = key.split(".", 1)
         state.setdefault(int(index), {})[name] = value
     saved = optimizer.state_dict()
     optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
-    return True
 
 
 def _resume_state(out_path: Path, kind: str) -> tuple[dict, int, float, object]:
@@ -199,11 +196,6 @@ def train_vq(
     on_step: OnStep | None = None,
 ) -> TrainResult:
     """Train a VQ tokenizer: loss = L1 + MSE reconstruction + codebook + commitment."""
-    images = np.asarray(images)
-    if images.shape[-1] != cfg.in_channels:
-        raise TrainError(
-            f"images have {images.shape[-1]} channels, the VQ expects {cfg.in_channels}"
-        )
     if images.shape[1] % cfg.downsample or images.shape[2] % cfg.downsample:
         raise TrainError(f"image size {images.shape[1:3]} is not divisible by {cfg.downsample}")
     torch.manual_seed(run.seed)
@@ -258,17 +250,6 @@ def train_gpt(
 ) -> TrainResult:
     """Train a class-conditional PAR transformer on raster code grids (N, *cfg.grid); `cfg_scale`
     is recorded as the checkpoint's default guidance scale."""
-    codes, labels = np.asarray(codes), np.asarray(labels)
-    if codes.shape[1:] != cfg.grid:
-        raise TrainError(f"code grids are {codes.shape[1:]}, the model expects {cfg.grid}")
-    if len(codes) != len(labels) or len(codes) == 0:
-        raise TrainError(f"{len(codes)} code grids but {len(labels)} labels")
-    if codes.min() < 0 or codes.max() >= cfg.vocab_size:
-        raise TrainError(
-            f"codes must lie in [0, {cfg.vocab_size}), got {codes.min()}..{codes.max()}"
-        )
-    if labels.min() < 0 or labels.max() >= cfg.num_classes:
-        raise TrainError(f"labels must lie in [0, {cfg.num_classes})")
     out_path, device, batch_size = run.out_path, run.device, run.batch_size
     plan = Plan(cfg.grid, cfg.regions)
     torch.manual_seed(run.seed)
