@@ -1,9 +1,6 @@
-"""Sample quality of a digits family: class accuracy and a Fréchet distance, per region count n.
-
-A small CNN trained on the generator's own digits, minus a held-out split, scores generated digits
-by accuracy and by the Fréchet distance of its last-layer features to the real digits'; the real
-held-out digits, scored the same way, give the floor a perfect generator would reach.
-"""
+"""Sample quality of a digits family per n: a small CNN trained on the generator's own digits
+scores generated ones by accuracy and by the Fréchet distance of its features to the real digits';
+the real held-out digits, scored the same way, give what a perfect generator would reach."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""FID between two `.npz` files of images, as OpenAI's ADM evaluator computes it: the Fréchet
-distance of Gaussians fitted to the 2048 pool features of torch-fidelity's TensorFlow-compatible
-Inception-v3 (an optional extra), or to a reference's stored `mu` and `sigma`. Any extractor can
-stand in for the network (the tests use a small one, offline).
-"""
+"""FID between two `.npz` files of images as OpenAI's ADM evaluator computes it: from the
+features of torch-fidelity's TensorFlow-compatible Inception-v3, or a reference's mu and sigma."""
 
 from __future__ import annotations
 

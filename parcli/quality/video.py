@@ -1,9 +1,5 @@
-"""Clip quality of a `digits-video` family, per region count n.
-
-Each frame's digit is re-centred as in MNIST so the shipped digit classifier can read it; clips are
-scored by per-frame accuracy, consistency across frames and motion, against the training clips
-scored the same way (what a perfect generator would reach).
-"""
+"""Clip quality of a `digits-video` family per n: per-frame accuracy (each digit re-centred as in
+MNIST for the shipped classifier), one class throughout, and motion, beside the training clips'."""
 
 from __future__ import annotations
 

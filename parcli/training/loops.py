@@ -1,9 +1,6 @@
-"""Training loops for the VQ tokenizer and the PAR transformer (no CLI code here).
-
-The transformer is trained with the very modules and plan used for generation, so training and
-sampling cannot disagree on the slot layout. Checkpoints, with the optimizer state beside them,
-are written atomically, also on Ctrl-C, so a run can always resume from the newest one.
-"""
+"""Training loops for the VQ tokenizer and the PAR transformer, which is trained with the very
+modules and plan that generate, so the two cannot disagree on the slot layout; checkpoints and
+optimizer state are written atomically, also on Ctrl-C, so a run can always resume."""
 
 from __future__ import annotations
 
