@@ -280,7 +280,6 @@ def generated(
 ) -> Iterator[tuple[int, Pipeline, np.ndarray, np.ndarray, int, float]]:
     """(n, pipeline, labels, pixels, passes per batch, seconds of generation and decoding) for
     every n in turn; every n draws the same labels with the same seed, so the rows compare."""
-    check_settings(samples_per_class, batch_size)
     labels = np.tile(np.arange(classes), samples_per_class)
     batches = -(-len(labels) // batch_size)
     for n in sorted(pipelines):

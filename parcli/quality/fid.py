@@ -88,7 +88,6 @@ def statistics(
 ) -> tuple[np.ndarray, np.ndarray, int | None]:
     """(mu, sigma, image count) of an `.npz`: its stored `mu` and `sigma` where it has them
     (count None), else those of its `arr_0` images through `extractor`."""
-    path = Path(path)
     if not path.is_file():
         raise FidError(f"{path} does not exist")
     try:

@@ -163,7 +163,23 @@ class SampleRun:
             vouched = isinstance(document, dict) and document.get("settings") == self.identity
             if vouched and file_sha256(samples) == document.get("samples_sha256"):
                 return True
-        self._check_space()
+        # Refuse, before any work, a run whose files cannot fit the disk: the shards, then
+        # samples.npz beside them (and the PNGs), less the shards already made.
+        copies = 3 if self.settings.png else 2
+        needed = copies * self.settings.count * int(np.prod(self.image_shape()))
+        shards = self.out / SHARDS
+        made = sum(p.stat().st_size for p in shards.iterdir()) if shards.is_dir() else 0
+        try:
+            free = free_bytes(self.out)
+        except OSError:
+            free = needed  # unknown: never refuse
+        if needed - made > free:
+            raise SampleError(
+                f"{self.settings.count} images need {(needed - made) / 1e9:.1f} GB more (shards, "
+                f"samples.npz{', PNGs' if self.settings.png else ''}) but {self.out} has "
+                f"{free / 1e9:.1f} GB free; ask for fewer images or another disk",
+                "output",
+            )
         if fresh:
             (self.out / SHARDS).mkdir(parents=True, exist_ok=True)
             with atomic_path(run_file, "output") as tmp:
@@ -177,25 +193,6 @@ class SampleRun:
         rows, cols = self.pipe.plan.grid[-2:]
         side = self.pipe.vq.config.downsample
         return rows * side, cols * side, 3
-
-    def _check_space(self) -> None:
-        """Refuse, before any work, a run whose files cannot fit the disk: the shards, then
-        `samples.npz` beside them (and the PNGs), less the shards already made."""
-        copies = 3 if self.settings.png else 2
-        needed = copies * self.settings.count * int(np.prod(self.image_shape()))
-        shards = self.out / SHARDS
-        made = sum(p.stat().st_size for p in shards.iterdir()) if shards.is_dir() else 0
-        try:
-            free = free_bytes(self.out)
-        except OSError:
-            return
-        if needed - made > free:
-            raise SampleError(
-                f"{self.settings.count} images need {(needed - made) / 1e9:.1f} GB more (shards, "
-                f"samples.npz{', PNGs' if self.settings.png else ''}) but {self.out} has "
-                f"{free / 1e9:.1f} GB free; ask for fewer images or another disk",
-                "output",
-            )
 
     def _paths(self, shard: Shard) -> tuple[Path, Path]:
         stem = self.out / SHARDS / f"{shard.number:05d}"

@@ -143,7 +143,9 @@ def _fit(
     record = {"batch_size": run.batch_size, "lr": run.lr, "seed": run.seed, **record,
               "precision": run.precision}  # fmt: skip
 
-    def save(step: int, seconds: float, loss: float) -> None:
+    def save(step: int, loss: float) -> float:
+        """Write the checkpoint of `step`; the run's seconds so far."""
+        seconds = seconds_before + time.perf_counter() - began
         final = round(loss, 5) if math.isfinite(loss) else None
         training = {"kind": kind, "dataset": run.dataset, "steps": step,
                     "seconds": round(seconds, 1), "final_loss": final, **record}  # fmt: skip
@@ -154,6 +156,7 @@ def _fit(
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         save_optimizer(optimizer, optim_path(out_path), step)
         save_checkpoint(out_path, state, kind, cfg, meta)
+        return seconds
 
     generator = torch.Generator().manual_seed(run.seed * 1_000_003 + start)
     model.train()
@@ -173,17 +176,15 @@ def _fit(
             optimizer.step()
             done, loss_value = step + 1, loss.item()
             if run.checkpoint_every and done % run.checkpoint_every == 0 and done < steps:
-                save(done, seconds_before + time.perf_counter() - began, loss_value)
+                save(done, loss_value)
             if on_step is not None:
                 rate = run.batch_size / max(time.perf_counter() - tick, 1e-9)
                 on_step(done, steps, loss_value, rate)
     except KeyboardInterrupt:
         if done > start:
-            save(done, seconds_before + time.perf_counter() - began, loss_value)
+            save(done, loss_value)
         raise
-    seconds = seconds_before + time.perf_counter() - began
-    save(done, seconds, loss_value)
-    return TrainResult(out_path, done, seconds, loss_value)
+    return TrainResult(out_path, done, save(done, loss_value), loss_value)
 
 
 def train_vq(
@@ -242,7 +243,6 @@ def train_gpt(
     run: TrainRun,
     on_step: OnStep | None = None,
     init_from: str | Path | None = None,
-    weight_decay: float = 0.05,
     cfg_scale: float | None = None,
 ) -> TrainResult:
     """Train a class-conditional PAR transformer on raster code grids (N, *cfg.grid); `cfg_scale`
@@ -274,7 +274,7 @@ def train_gpt(
         origin = str(init_from)
     model.to(device)
     groups = [
-        {"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": 0.05},
         {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0},
     ]
     seqs = torch.from_numpy(plan.to_sequence(codes.astype(np.int64)))
