@@ -61,8 +61,6 @@ class DigitClassifier(nn.Module):
 def to_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 pixels (N, H, W, C) -> float (N, 1, 32, 32) in [0, 1]: grey, resized if needed."""
     x = torch.as_tensor(np.asarray(images)).float() / 255.0
-    if x.dim() == 3:
-        x = x[..., None]
     x = x.permute(0, 3, 1, 2).mean(dim=1, keepdim=True)
     if x.shape[-2:] != (IMAGE_SIDE, IMAGE_SIDE):
         x = F.interpolate(x, size=(IMAGE_SIDE, IMAGE_SIDE), mode="bilinear", align_corners=False)
@@ -70,23 +68,20 @@ def to_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def _batched(
-    fn: Callable[[torch.Tensor], torch.Tensor], images: np.ndarray, batch_size: int
-) -> torch.Tensor:
-    x = to_input(images)
-    return torch.cat([fn(chunk) for chunk in x.split(batch_size)]) if len(x) else x.new_zeros(0)
+def _batched(fn: Callable[[torch.Tensor], torch.Tensor], images: np.ndarray) -> torch.Tensor:
+    return torch.cat([fn(chunk) for chunk in to_input(images).split(256)])
 
 
-def predict(classifier: DigitClassifier, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+def predict(classifier: DigitClassifier, images: np.ndarray) -> np.ndarray:
     """Predicted classes (N,) of uint8 images (N, H, W, C)."""
     classifier.eval()
-    return _batched(classifier, images, batch_size).argmax(dim=-1).numpy()
+    return _batched(classifier, images).argmax(dim=-1).numpy()
 
 
-def features(classifier: DigitClassifier, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+def features(classifier: DigitClassifier, images: np.ndarray) -> np.ndarray:
     """float64 feature vectors (N, feature_dim) of uint8 images (N, H, W, C)."""
     classifier.eval()
-    return _batched(classifier.features, images, batch_size).double().numpy()
+    return _batched(classifier.features, images).double().numpy()
 
 
 def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -127,27 +122,23 @@ def train_classifier(
     labels: np.ndarray,
     steps: int = 1500,
     seed: int = 0,
-    batch_size: int = 128,
-    lr: float = 3e-3,
-    held_out_per_class: int = 50,
     on_step: Callable[[int, int, float], None] | None = None,
 ) -> tuple[DigitClassifier, ClassifierInfo]:
     """Train on all but the held-out split (small random affine moves), then score held-out."""
     from parcli.training.data import split_held_out
 
-    labels = np.asarray(labels, dtype=np.int64)
-    train_idx, held_idx = split_held_out(labels, held_out_per_class)
+    train_idx, held_idx = split_held_out(labels)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     model = DigitClassifier(int(labels.max()) + 1)
     x_train = to_input(images[train_idx])
     y_train = torch.from_numpy(labels[train_idx])
-    optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=3e-3, total_steps=steps)
     started = time.perf_counter()
     model.train()
     for step in range(1, steps + 1):
-        pick = torch.randint(0, len(x_train), (batch_size,), generator=generator)
+        pick = torch.randint(0, len(x_train), (128,), generator=generator)
         loss = F.cross_entropy(model(_augment(x_train[pick], generator)), y_train[pick])
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
