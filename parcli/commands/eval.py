@@ -29,6 +29,7 @@ from parcli.commands.common import (
     warn_if_emulated,
 )
 from parcli.commands.downloads import model_fetcher
+from parcli.errors import SettingError
 from parcli.io.catalogue import use_catalogue
 from parcli.io.files import atomic_path, check_writable
 from parcli.options import RunOptions
@@ -68,7 +69,6 @@ def eval_digits(
     from parcli.pipeline import open_pipelines
     from parcli.quality.digits import (
         DEFAULT_CLASSIFIER,
-        check_settings,
         evaluate,
         load_classifier,
         report,
@@ -79,7 +79,9 @@ def eval_digits(
     with user_errors({"samples_per_class": "--per-class"}):
         use_catalogue(catalogue)
         region_list = parse_region_list(regions)
-        check_settings(per_class, batch_size)
+        for setting, value in (("samples_per_class", per_class), ("batch_size", batch_size)):
+            if value < 1:
+                raise SettingError(setting, f"must be at least 1, not {value}")
         if json_path is not None:
             check_writable(json_path, (".json",), setting="json")
         net, info = load_classifier(classifier_path)

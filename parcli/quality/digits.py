@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from parcli.errors import SettingError
 from parcli.io.tensors import WeightsError, read_safetensors, write_safetensors
 from parcli.pipeline import Pipeline, PipelineError
 from parcli.quality.frechet import frechet_distance
@@ -252,13 +251,6 @@ def goals_met(
     if fd_goal is not None and fd_ratio is not None:  # unchecked without an n = 1 row
         ok = ok and fd_ratio <= fd_goal
     return ok, accuracy_goal, fd_goal
-
-
-def check_settings(samples_per_class: int, batch_size: int) -> None:
-    """Refuse settings an evaluation cannot use, before anything is loaded."""
-    for setting, value in (("samples_per_class", samples_per_class), ("batch_size", batch_size)):
-        if value < 1:
-            raise SettingError(setting, f"must be at least 1, not {value}")
 
 
 def generated(

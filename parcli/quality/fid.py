@@ -36,8 +36,7 @@ class FidError(UserError):
 
 
 def _inception_weights(offline: bool) -> Path:
-    """The Inception weights file, downloaded once into torch's hub cache; the download checks the
-    sha256 prefix that the file's name carries."""
+    """The Inception weights, downloaded once into torch's hub cache, checked by their hash."""
     target = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_URL.rsplit("/", 1)[1]
     if not target.is_file():
         if offline_requested(offline):
