@@ -94,13 +94,8 @@ def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     scale = uniform(0.9, 1.1)
     shift = uniform(-2.0, 2.0), uniform(-2.0, 2.0)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack(
-        [
-            torch.stack([cos, -sin, shift[0] * 2 / x.shape[-1]], dim=1),
-            torch.stack([sin, cos, shift[1] * 2 / x.shape[-2]], dim=1),
-        ],
-        dim=1,
-    )
+    dx, dy = shift[0] * 2 / x.shape[-1], shift[1] * 2 / x.shape[-2]
+    theta = torch.stack([cos, -sin, dx, sin, cos, dy], dim=1).view(-1, 2, 3)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
