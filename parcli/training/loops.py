@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from parcli.config import GPTConfig
 from parcli.errors import SettingError, UserError
+from parcli.io.checkpoints import read_checkpoint, save_checkpoint
 from parcli.io.tensors import read_safetensors, write_safetensors
 from parcli.model import Transformer
 from parcli.plan import Plan
@@ -106,8 +107,6 @@ def load_optimizer(optimizer: torch.optim.Optimizer, path: Path, step: int) -> N
 
 
 def _resume_state(out_path: Path, kind: str) -> tuple[dict, int, float, object]:
-    from parcli.io.checkpoints import read_checkpoint
-
     if not out_path.is_file():
         raise TrainError(f"no checkpoint at {out_path} to resume from", "resume")
     state, found, config, metadata = read_checkpoint(out_path)
@@ -134,8 +133,6 @@ def _fit(
     """Optimise `model` (on run.device) with AdamW over `groups` from step `start` to run.steps,
     writing a `kind` checkpoint (with `record` and `metadata`) every run.checkpoint_every steps,
     at the end and on Ctrl-C; the batches depend on (seed, start) alone."""
-    from parcli.io.checkpoints import save_checkpoint
-
     optimizer = torch.optim.AdamW(groups, lr=run.lr, betas=(0.9, 0.95))
     out_path, steps = run.out_path, run.steps
     if run.resume:
@@ -260,8 +257,6 @@ def train_gpt(
             raise TrainError(message, "resume")
         model.load_state_dict(state)
     elif init_from is not None:
-        from parcli.io.checkpoints import read_checkpoint
-
         state, found_kind, _, _ = read_checkpoint(init_from)
         if found_kind != "gpt":
             raise TrainError(f"{init_from} is not a transformer checkpoint", "init_from")
