@@ -18,6 +18,7 @@ from torch import nn
 from parcli.io.tensors import WeightsError, read_safetensors, write_safetensors
 from parcli.pipeline import Pipeline, PipelineError
 from parcli.quality.frechet import frechet_distance
+from parcli.training.data import load_digits, split_held_out
 
 DEFAULT_CLASSIFIER = (
     Path(__file__).resolve().parents[1] / "assets" / "digits" / "classifier.safetensors"
@@ -119,8 +120,6 @@ def train_classifier(
     on_step: Callable[[int, int, float], None] | None = None,
 ) -> tuple[DigitClassifier, ClassifierInfo]:
     """Train on all but the held-out split (small random affine moves), then score held-out."""
-    from parcli.training.data import split_held_out
-
     train_idx, held_idx = split_held_out(labels)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -223,8 +222,6 @@ def real_baseline(
 ) -> tuple[RealBaseline, np.ndarray]:
     """Up to `samples_per_class` real held-out digits of every class scored against the features
     of the training split, and those features (the reference of every n)."""
-    from parcli.training.data import load_digits, split_held_out
-
     images, labels = load_digits()
     train_idx, held_idx = split_held_out(labels)
     reference = features(classifier, images[train_idx])
