@@ -157,7 +157,7 @@ def test_evaluate_runs_end_to_end_with_tiny_pipelines():
     net = DigitClassifier().eval()
     reference = features(net, np.random.default_rng(0).integers(0, 256, (40, 32, 32, 1), np.uint8))
     seen = []
-    results = evaluate(
+    results, _ = evaluate(
         tiny_pipelines(),
         net,
         samples_per_class=2,
@@ -181,7 +181,7 @@ def test_evaluate_runs_end_to_end_with_tiny_pipelines():
     document = json.loads(report(results, info, None, {"seed": 0}))
     assert len(document["rows"]) == 3 and document["classifier"]["held_out_accuracy"] == 0.99
 
-    again = evaluate(
+    again, _ = evaluate(
         tiny_pipelines((4,)), net, samples_per_class=2, seed=0, batch_size=8,
         reference_feats=reference,
     )  # fmt: skip
@@ -310,7 +310,7 @@ def test_shipped_digits_are_recognised_at_every_n(n: int):
         defaults=SamplingConfig(cfg_scale=shipped_cfg_scale(n)),
     )
     pipe.check_regions(n)
-    (row,) = evaluate(
+    (row,), _ = evaluate(
         {n: pipe},
         net,
         samples_per_class=5,

@@ -5,7 +5,7 @@ from conftest import TINY_VQ, tiny_config
 
 from parcli.errors import SettingError
 from parcli.io.media import save_video
-from parcli.training.data import DataError, is_clip_data, load_clip_folder, training_clips
+from parcli.training.data import DataError, is_clip_data, load_class_folder, training_data
 from parcli.training.loops import TrainRun, encode_images, train_gpt
 from parcli.training.moving_digits import (
     CANVAS,
@@ -111,15 +111,15 @@ def test_clip_folders_of_gif_and_mp4(tmp_path):
     write_clip_folder(tmp_path)
     assert is_clip_data(str(tmp_path)) and is_clip_data("moving-digits")
     assert not is_clip_data("digits")
-    clips, labels, classes = load_clip_folder(tmp_path, 16, frames=4)
+    clips, labels, classes = load_class_folder(tmp_path, 16, frames=4)
     assert clips.shape == (4, 4, 16, 16, 3) and clips.dtype == np.uint8
     assert classes == ["cat", "dog"] and labels.tolist() == [0, 0, 1, 1]
     with pytest.raises(DataError, match="has 5 frame"):
-        load_clip_folder(tmp_path, 16, frames=6)
+        load_class_folder(tmp_path, 16, frames=6)
     with pytest.raises(SettingError, match="is needed"):
-        training_clips(str(tmp_path), None, 4)
+        training_data(str(tmp_path), None, 4)
     with pytest.raises(SettingError, match="at least 1") as error:
-        training_clips(str(tmp_path), 16, 0)
+        training_data(str(tmp_path), 16, 0)
     assert error.value.setting == "frames"
 
 

@@ -29,6 +29,7 @@ from parcli.commands.common import (
     warn_if_emulated,
 )
 from parcli.commands.downloads import model_fetcher
+from parcli.errors import SettingError
 from parcli.io.catalogue import use_catalogue
 from parcli.io.files import atomic_path, check_writable
 from parcli.options import RunOptions
@@ -68,8 +69,7 @@ def eval_digits(
     from parcli.pipeline import open_pipelines
     from parcli.quality.digits import (
         DEFAULT_CLASSIFIER,
-        check_settings,
-        evaluate_against_real,
+        evaluate,
         load_classifier,
         report,
     )
@@ -79,7 +79,9 @@ def eval_digits(
     with user_errors({"samples_per_class": "--per-class"}):
         use_catalogue(catalogue)
         region_list = parse_region_list(regions)
-        check_settings(per_class, batch_size)
+        for setting, value in (("samples_per_class", per_class), ("batch_size", batch_size)):
+            if value < 1:
+                raise SettingError(setting, f"must be at least 1, not {value}")
         if json_path is not None:
             check_writable(json_path, (".json",), setting="json")
         net, info = load_classifier(classifier_path)
@@ -92,8 +94,8 @@ def eval_digits(
         with pass_progress(quiet) as progress:
             on_progress = region_bars(progress, pipelines)
             video = any(pipe.is_video for pipe in pipelines.values())
-            evaluate = evaluate_video if video else evaluate_against_real
-            results, baseline = evaluate(pipelines, net, per_class, seed, batch_size, on_progress)
+            scores = evaluate_video if video else evaluate
+            results, baseline = scores(pipelines, net, per_class, seed, batch_size, on_progress)
         seconds = time.perf_counter() - started
 
         title = f"{model} · {per_class} samples per class · seed {seed}"
@@ -131,44 +133,37 @@ def region_bars(progress, pipelines: dict):
     return on_progress
 
 
-IMAGE_HEADERS = ("n", "passes", "accuracy", "Fréchet distance", "FD vs n=1", "seconds")
+IMAGE_HEADERS = ("n", "passes", "accuracy", "Fréchet distance", "FD vs n=1")
 VIDEO_HEADERS = ("n", "passes", "frame accuracy", "one class", "motion (px)", "vs training")
-
-
-def _cells(row, video: bool) -> tuple[tuple[str, ...], str]:
-    """(the cells of one row, its goals in words)."""
-    if video:
-        goal = f"≥{100 * row.accuracy_goal:.0f}%, motion ±50%, {row.planned_passes} passes"
-        cells = (
-            f"{row.passes}",
-            f"{100 * row.frame_accuracy:.1f}%",
-            f"{100 * row.consistency:.1f}%",
-            f"{row.motion:.2f}",
-            f"{row.motion_vs_training:.2f}x",
-        )
-    else:
-        goal = f"≥{100 * row.accuracy_goal:.0f}%"
-        if row.fd_goal is not None:
-            goal += f", FD ≤{row.fd_goal:.1f}x"
-        cells = (
-            f"{row.passes:g}",
-            f"{100 * row.accuracy:.1f}%",
-            f"{row.frechet_distance:.3g}",
-            f"{row.fd_vs_n1:.2f}x" if row.fd_vs_n1 is not None else "–",
-        )
-    return (str(row.regions), *cells, f"{row.seconds:.1f}"), goal
 
 
 def print_results(title: str, results, caption: str, video: bool = False) -> None:
     """One right-aligned row per n with its goals, and a warning below when a goal was missed."""
     table = Table(title=escape(title), caption=caption)
-    headers = (*VIDEO_HEADERS, "seconds") if video else IMAGE_HEADERS
-    for header in (*headers, "goals"):
+    for header in (*(VIDEO_HEADERS if video else IMAGE_HEADERS), "seconds", "goals"):
         table.add_column(header, justify="right")
     for row in results:
-        cells, goal = _cells(row, video)
+        if video:
+            goal = f"≥{100 * row.accuracy_goal:.0f}%, motion ±50%, {row.planned_passes} passes"
+            cells = (
+                f"{row.passes}",
+                f"{100 * row.frame_accuracy:.1f}%",
+                f"{100 * row.consistency:.1f}%",
+                f"{row.motion:.2f}",
+                f"{row.motion_vs_training:.2f}x",
+            )
+        else:
+            goal = f"≥{100 * row.accuracy_goal:.0f}%"
+            if row.fd_goal is not None:
+                goal += f", FD ≤{row.fd_goal:.1f}x"
+            cells = (
+                f"{row.passes:g}",
+                f"{100 * row.accuracy:.1f}%",
+                f"{row.frechet_distance:.3g}",
+                f"{row.fd_vs_n1:.2f}x" if row.fd_vs_n1 is not None else "–",
+            )
         mark = "[green]met[/]" if row.passes_goals else "[red]missed[/]"
-        table.add_row(*cells, f"{mark} ({goal})")
+        table.add_row(str(row.regions), *cells, f"{row.seconds:.1f}", f"{mark} ({goal})")
     console.print(table)
     if not all(row.passes_goals for row in results):
         err_console.print("some quality goals were missed", style="yellow")

@@ -60,6 +60,5 @@ def fid_command(
 
 
 def format_fid(value: float) -> str:
-    """Four decimals as FIDs are quoted; a figure too large for them in scientific notation, so
-    that it is read as what it is and not as a long row of digits."""
+    """Four decimals as FIDs are quoted; scientific notation where that would be a long row."""
     return f"{value:.4f}" if abs(value) < 1e6 else f"{value:.4e}"

@@ -135,15 +135,14 @@ def _generate(run: SampleRun, ranks: Ranks, quiet: bool) -> None:
     ]
     done_before = [0, *itertools.accumulate(batches)]
     shown = f"rank {ranks.rank}/{ranks.world}: images" if ranks.world > 1 else "images"
-    progress = Progress(
+    with Progress(
         TextColumn(f"[bold]{shown}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[rate]}"),
         TimeRemainingColumn(),
         console=err_console,
-    )
-    with progress:
+    ) as progress:
         task = progress.add_task("sample", total=done_before[-1], rate=waiting_status(run.pipe))
         started, passes_done = time.perf_counter(), 0
 

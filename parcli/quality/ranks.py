@@ -1,8 +1,5 @@
-"""The processes of one run under `torchrun`: which one this is, and how they agree.
-
-Without torchrun (no WORLD_SIZE in the environment) there is one process and every operation is
-immediate; with it, processes talk through torch.distributed (NCCL between GPUs, gloo on CPUs).
-"""
+"""The processes of one run under `torchrun`: which one this is, and how they agree (through
+torch.distributed; without torchrun there is one process and every operation is immediate)."""
 
 from __future__ import annotations
 

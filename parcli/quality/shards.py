@@ -1,11 +1,7 @@
 """The FID protocol: K images of every class, in shards that survive interruption, merged into
-the `.npz` of OpenAI's ADM evaluator, byte for byte the same however the work was split.
-
-Image k of class c is image c * K + k of the run: its random numbers depend on (seed, that index)
-alone, and shards are decoded image by image on one CPU thread, since a batched or threaded
-decode rounds a few pixels differently. A run started again with the same settings (`run.json`)
-keeps the shards whose sha256 checks out and makes the rest.
-"""
+the `.npz` of OpenAI's ADM evaluator, byte for byte the same however the work was split: an
+image's random numbers depend on (seed, its index) alone, and shards are decoded image by image
+on one thread, since a batched or threaded decode rounds a few pixels differently."""
 
 from __future__ import annotations
 
@@ -76,15 +72,6 @@ class SampleSettings:
     def count(self) -> int:
         return len(self.classes) * self.per_class
 
-    def labels(self) -> np.ndarray:
-        """The class of every image, in the order of `samples.npz`: class by class."""
-        return np.repeat(np.asarray(self.classes, dtype=np.int64), self.per_class)
-
-    def indices(self) -> np.ndarray:
-        """Every image's index in the run: image k of class c is c * per_class + k."""
-        within = np.tile(np.arange(self.per_class), len(self.classes))
-        return self.labels() * self.per_class + within
-
 
 @dataclass(frozen=True)
 class Shard:
@@ -138,7 +125,10 @@ class SampleRun:
             Shard(number, start, min(start + size, count))
             for number, start in enumerate(range(0, count, size))
         ]
-        self._labels, self._indices = settings.labels(), settings.indices()
+        # The order of samples.npz, class by class; image k of class c is c * per_class + k.
+        self._labels = np.repeat(np.asarray(settings.classes, dtype=np.int64), settings.per_class)
+        within = np.tile(np.arange(settings.per_class), len(settings.classes))
+        self._indices = self._labels * settings.per_class + within
 
     def prepare(self) -> bool:
         """Make the folder, or check that it holds this very run (never another); True when
@@ -173,7 +163,23 @@ class SampleRun:
             vouched = isinstance(document, dict) and document.get("settings") == self.identity
             if vouched and file_sha256(samples) == document.get("samples_sha256"):
                 return True
-        self._check_space()
+        # Refuse, before any work, a run whose files cannot fit the disk: the shards, then
+        # samples.npz beside them (and the PNGs), less the shards already made.
+        copies = 3 if self.settings.png else 2
+        needed = copies * self.settings.count * int(np.prod(self.image_shape()))
+        shards = self.out / SHARDS
+        made = sum(p.stat().st_size for p in shards.iterdir()) if shards.is_dir() else 0
+        try:
+            free = free_bytes(self.out)
+        except OSError:
+            free = needed  # unknown: never refuse
+        if needed - made > free:
+            raise SampleError(
+                f"{self.settings.count} images need {(needed - made) / 1e9:.1f} GB more (shards, "
+                f"samples.npz{', PNGs' if self.settings.png else ''}) but {self.out} has "
+                f"{free / 1e9:.1f} GB free; ask for fewer images or another disk",
+                "output",
+            )
         if fresh:
             (self.out / SHARDS).mkdir(parents=True, exist_ok=True)
             with atomic_path(run_file, "output") as tmp:
@@ -188,25 +194,6 @@ class SampleRun:
         side = self.pipe.vq.config.downsample
         return rows * side, cols * side, 3
 
-    def _check_space(self) -> None:
-        """Refuse, before any work, a run whose files cannot fit the disk: the shards, then
-        `samples.npz` beside them (and the PNGs), less the shards already made."""
-        copies = 3 if self.settings.png else 2
-        needed = copies * self.settings.count * int(np.prod(self.image_shape()))
-        shards = self.out / SHARDS
-        made = sum(p.stat().st_size for p in shards.iterdir()) if shards.is_dir() else 0
-        try:
-            free = free_bytes(self.out)
-        except OSError:
-            return
-        if needed - made > free:
-            raise SampleError(
-                f"{self.settings.count} images need {(needed - made) / 1e9:.1f} GB more (shards, "
-                f"samples.npz{', PNGs' if self.settings.png else ''}) but {self.out} has "
-                f"{free / 1e9:.1f} GB free; ask for fewer images or another disk",
-                "output",
-            )
-
     def _paths(self, shard: Shard) -> tuple[Path, Path]:
         stem = self.out / SHARDS / f"{shard.number:05d}"
         return stem.with_suffix(".npz"), stem.with_suffix(".json")
@@ -217,7 +204,7 @@ class SampleRun:
         expected = _read_json(record)
         if not isinstance(expected, dict) or not data.is_file():
             return False
-        if expected.get("images") != shard.size or expected.get("first") != shard.start:
+        if (expected.get("images"), expected.get("first")) != (shard.size, shard.start):
             return False
         if file_sha256(data) != expected.get("sha256"):
             return False
@@ -296,16 +283,12 @@ class SampleRun:
                 f"{missing[0]:05d}); run the same command again to make them"
             )
         shape = (self.settings.count, *self.image_shape())
-
-        def images():
-            for shard in self.shards:
-                yield read_array(self._paths(shard)[0], "images")
-
+        images = (read_array(self._paths(shard)[0], "images") for shard in self.shards)
         target = self.out / SAMPLES
         write_npz(
             target,
             {
-                "arr_0": Member(shape, np.dtype(np.uint8), images()),
+                "arr_0": Member(shape, np.dtype(np.uint8), images),
                 "labels": Member((self.settings.count,), np.dtype(np.int64), [self._labels]),
             },
             "output",

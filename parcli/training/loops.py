@@ -1,9 +1,6 @@
-"""Training loops for the VQ tokenizer and the PAR transformer (no CLI code here).
-
-The transformer is trained with the very modules and plan used for generation, so training and
-sampling cannot disagree on the slot layout. Checkpoints, with the optimizer state beside them,
-are written atomically, also on Ctrl-C, so a run can always resume from the newest one.
-"""
+"""Training loops for the VQ tokenizer and the PAR transformer, which is trained with the very
+modules and plan that generate, so the two cannot disagree on the slot layout; checkpoints and
+optimizer state are written atomically, also on Ctrl-C, so a run can always resume."""
 
 from __future__ import annotations
 
@@ -20,6 +17,7 @@ import torch.nn.functional as F
 
 from parcli.config import GPTConfig
 from parcli.errors import SettingError, UserError
+from parcli.io.checkpoints import read_checkpoint, save_checkpoint
 from parcli.io.tensors import read_safetensors, write_safetensors
 from parcli.model import Transformer
 from parcli.plan import Plan
@@ -52,7 +50,6 @@ class TrainRun:
     precision: str = "fp32"  # "bf16": the forward pass under bfloat16 autocast, weights fp32
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "out_path", Path(self.out_path))
         if self.precision not in PRECISIONS:
             choices = " or ".join(PRECISIONS)
             raise SettingError("precision", f"must be {choices}, not {self.precision!r}")
@@ -79,8 +76,7 @@ def lr_at(step: int, total: int, peak: float, warmup: int, floor: float = 0.1) -
     return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def optim_path(out_path: str | Path) -> Path:
-    out_path = Path(out_path)
+def optim_path(out_path: Path) -> Path:
     return out_path.with_name(out_path.name + ".optim.safetensors")
 
 
@@ -95,25 +91,22 @@ def save_optimizer(optimizer: torch.optim.Optimizer, path: Path, step: int) -> N
     write_safetensors(path, tensors, {"step": str(step)})
 
 
-def load_optimizer(optimizer: torch.optim.Optimizer, path: Path, step: int) -> bool:
-    """Restore state saved at `step`; False (fresh optimizer) when missing or from another step."""
+def load_optimizer(optimizer: torch.optim.Optimizer, path: Path, step: int) -> None:
+    """Restore state saved at `step`; a fresh optimizer stays when missing or from another step."""
     if not path.is_file():
-        return False
+        return
     tensors, metadata = read_safetensors(path, "optimizer state")
     if metadata.get("step") != str(step):
-        return False
+        return
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         index, name = key.split(".", 1)
         state.setdefault(int(index), {})[name] = value
     saved = optimizer.state_dict()
     optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
-    return True
 
 
 def _resume_state(out_path: Path, kind: str) -> tuple[dict, int, float, object]:
-    from parcli.io.checkpoints import read_checkpoint
-
     if not out_path.is_file():
         raise TrainError(f"no checkpoint at {out_path} to resume from", "resume")
     state, found, config, metadata = read_checkpoint(out_path)
@@ -140,8 +133,6 @@ def _fit(
     """Optimise `model` (on run.device) with AdamW over `groups` from step `start` to run.steps,
     writing a `kind` checkpoint (with `record` and `metadata`) every run.checkpoint_every steps,
     at the end and on Ctrl-C; the batches depend on (seed, start) alone."""
-    from parcli.io.checkpoints import save_checkpoint
-
     optimizer = torch.optim.AdamW(groups, lr=run.lr, betas=(0.9, 0.95))
     out_path, steps = run.out_path, run.steps
     if run.resume:
@@ -149,7 +140,9 @@ def _fit(
     record = {"batch_size": run.batch_size, "lr": run.lr, "seed": run.seed, **record,
               "precision": run.precision}  # fmt: skip
 
-    def save(step: int, seconds: float, loss: float) -> None:
+    def save(step: int, loss: float) -> float:
+        """Write the checkpoint of `step`; the run's seconds so far."""
+        seconds = seconds_before + time.perf_counter() - began
         final = round(loss, 5) if math.isfinite(loss) else None
         training = {"kind": kind, "dataset": run.dataset, "steps": step,
                     "seconds": round(seconds, 1), "final_loss": final, **record}  # fmt: skip
@@ -160,6 +153,7 @@ def _fit(
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         save_optimizer(optimizer, optim_path(out_path), step)
         save_checkpoint(out_path, state, kind, cfg, meta)
+        return seconds
 
     generator = torch.Generator().manual_seed(run.seed * 1_000_003 + start)
     model.train()
@@ -179,17 +173,15 @@ def _fit(
             optimizer.step()
             done, loss_value = step + 1, loss.item()
             if run.checkpoint_every and done % run.checkpoint_every == 0 and done < steps:
-                save(done, seconds_before + time.perf_counter() - began, loss_value)
+                save(done, loss_value)
             if on_step is not None:
                 rate = run.batch_size / max(time.perf_counter() - tick, 1e-9)
                 on_step(done, steps, loss_value, rate)
     except KeyboardInterrupt:
         if done > start:
-            save(done, seconds_before + time.perf_counter() - began, loss_value)
+            save(done, loss_value)
         raise
-    seconds = seconds_before + time.perf_counter() - began
-    save(done, seconds, loss_value)
-    return TrainResult(out_path, done, seconds, loss_value)
+    return TrainResult(out_path, done, save(done, loss_value), loss_value)
 
 
 def train_vq(
@@ -199,11 +191,6 @@ def train_vq(
     on_step: OnStep | None = None,
 ) -> TrainResult:
     """Train a VQ tokenizer: loss = L1 + MSE reconstruction + codebook + commitment."""
-    images = np.asarray(images)
-    if images.shape[-1] != cfg.in_channels:
-        raise TrainError(
-            f"images have {images.shape[-1]} channels, the VQ expects {cfg.in_channels}"
-        )
     if images.shape[1] % cfg.downsample or images.shape[2] % cfg.downsample:
         raise TrainError(f"image size {images.shape[1:3]} is not divisible by {cfg.downsample}")
     torch.manual_seed(run.seed)
@@ -253,22 +240,10 @@ def train_gpt(
     run: TrainRun,
     on_step: OnStep | None = None,
     init_from: str | Path | None = None,
-    weight_decay: float = 0.05,
     cfg_scale: float | None = None,
 ) -> TrainResult:
     """Train a class-conditional PAR transformer on raster code grids (N, *cfg.grid); `cfg_scale`
     is recorded as the checkpoint's default guidance scale."""
-    codes, labels = np.asarray(codes), np.asarray(labels)
-    if codes.shape[1:] != cfg.grid:
-        raise TrainError(f"code grids are {codes.shape[1:]}, the model expects {cfg.grid}")
-    if len(codes) != len(labels) or len(codes) == 0:
-        raise TrainError(f"{len(codes)} code grids but {len(labels)} labels")
-    if codes.min() < 0 or codes.max() >= cfg.vocab_size:
-        raise TrainError(
-            f"codes must lie in [0, {cfg.vocab_size}), got {codes.min()}..{codes.max()}"
-        )
-    if labels.min() < 0 or labels.max() >= cfg.num_classes:
-        raise TrainError(f"labels must lie in [0, {cfg.num_classes})")
     out_path, device, batch_size = run.out_path, run.device, run.batch_size
     plan = Plan(cfg.grid, cfg.regions)
     torch.manual_seed(run.seed)
@@ -282,8 +257,6 @@ def train_gpt(
             raise TrainError(message, "resume")
         model.load_state_dict(state)
     elif init_from is not None:
-        from parcli.io.checkpoints import read_checkpoint
-
         state, found_kind, _, _ = read_checkpoint(init_from)
         if found_kind != "gpt":
             raise TrainError(f"{init_from} is not a transformer checkpoint", "init_from")
@@ -296,7 +269,7 @@ def train_gpt(
         origin = str(init_from)
     model.to(device)
     groups = [
-        {"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": 0.05},
         {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0},
     ]
     seqs = torch.from_numpy(plan.to_sequence(codes.astype(np.int64)))

@@ -1,11 +1,7 @@
-"""`moving-digits`: class-conditional clips of one MNIST digit bouncing around a small canvas.
-
-One digit per clip, so the class is the digit's; every clip is drawn deterministically from
-(seed, clip index). The digit moves by whole token cells, so a frame's codes are the previous
-frame's shifted and a small transformer learns where to copy from. Every clip starts at the same
-place, as PAR draws far-apart tokens of a frame independently and they must agree on where the
-digit is; the direction stays random, so the model must look at the frame before.
-"""
+"""`moving-digits`: clips of one MNIST digit (the clip's class) bouncing around a small canvas,
+drawn from (seed, clip index). It moves by whole token cells, so a frame's codes are the previous
+frame's shifted; every clip starts at one place, as PAR draws far-apart tokens of a frame
+independently and they must agree where the digit is, in a random direction."""
 
 from __future__ import annotations
 
