@@ -106,12 +106,12 @@ def run_options(**replaced: tuple[Any, Any]):
             run = {name: kwargs.pop(name) for name in table}
             return func(**kwargs, run=run)
 
-        return _as_command(func, command, own + added)
+        return as_command(func, command, own + added)
 
     return decorate
 
 
-def _as_command(func, command, parameters: list[inspect.Parameter]):
+def as_command(func, command, parameters: list[inspect.Parameter]):
     """`command` under `func`'s name and docstring, with the signature Typer reads options from."""
     command = functools.wraps(func)(command)
     command.__signature__ = inspect.Signature(parameters)
@@ -154,7 +154,7 @@ def old_spellings(**aliases: tuple[str, str]):
             return func(**kwargs)
 
         # Keyword-only parameters (the hidden ones among them) after the others, as Python wants.
-        return _as_command(func, command, sorted([*params.values(), *hidden], key=lambda p: p.kind))
+        return as_command(func, command, sorted([*params.values(), *hidden], key=lambda p: p.kind))
 
     return decorate
 

@@ -15,10 +15,9 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from parcli.commands.common import (
+    KEYWORD,
     DeviceOption,
-    _as_command,
-    _keyword,
-    _parameters,
+    as_command,
     command_app,
     err_console,
     old_spellings,
@@ -72,9 +71,12 @@ def _training(**defaults):
     `run` and returns its result; a missing GPU and an unwritable output are refused first."""
 
     def decorate(func):
-        own = [p for p in _parameters(func).values() if p.name != "run"]
-        added = [_keyword(name, kind, defaults.get(name, default))
-                 for name, (kind, default) in SHARED.items()]  # fmt: skip
+        params = inspect.signature(func, eval_str=True).parameters.values()
+        own = [p for p in params if p.name != "run"]
+        added = [
+            inspect.Parameter(name, KEYWORD, annotation=kind, default=defaults.get(name, default))
+            for name, (kind, default) in SHARED.items()
+        ]
 
         def command(**kwargs):
             from parcli.engine.devices import resolve_device
@@ -89,7 +91,7 @@ def _training(**defaults):
             err_console.print(f"wrote {result.path}: {result.steps} steps, "
                               f"{result.seconds:.0f} s, final loss {loss}")  # fmt: skip
 
-        return _as_command(func, command, own + added)
+        return as_command(func, command, own + added)
 
     return decorate
 
