@@ -111,13 +111,6 @@ class FixedShapeRunner:
                 static_out = self.forward(static_in)
         return graph, static_in, static_out
 
-    def _replay(self, key: tuple[int, bool], h: torch.Tensor) -> torch.Tensor:
-        graph, static_in, static_out = self.graphs[key]
-        with torch.cuda.device(h.device):
-            static_in.copy_(h)
-            graph.replay()
-        return static_out
-
     def __call__(self, step: Pass, h: torch.Tensor) -> torch.Tensor:
         self.start.fill_(step.start)
         math = self.reference_kernels and step.index > 0
@@ -127,7 +120,11 @@ class FixedShapeRunner:
                 if not self.cuda_graphs:
                     return self.forward(h)
                 self.graphs[key] = self._capture(h)  # replayed with the kernels chosen here
-        return self._replay(key, h)
+        graph, static_in, static_out = self.graphs[key]
+        with torch.cuda.device(h.device):
+            static_in.copy_(h)
+            graph.replay()
+        return static_out
 
 
 Runner = PrefixRunner | FixedShapeRunner
