@@ -56,8 +56,7 @@ _scratch: dict[torch.device, torch.Tensor] = {}
 
 
 def _widened(weight: torch.Tensor) -> torch.Tensor:
-    """`weight` as bfloat16, in one scratch buffer per device that every projection reuses, as a
-    fresh tensor per product would cost the allocator more than the copy."""
+    """`weight` as bfloat16 in a reused scratch buffer (a fresh one costs more than the copy)."""
     buffer = _scratch.get(weight.device)
     if buffer is None or buffer.numel() < weight.numel():
         buffer = torch.empty(weight.numel(), dtype=ACTIVATION_DTYPE, device=weight.device)
@@ -92,8 +91,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
 
 
 def choose_products(model: nn.Module) -> None:
-    """Let each CPU int8 projection take the faster product for its shape at the current thread
-    count, which must be the run's."""
+    """Let each CPU int8 projection take the faster product at the run's thread count."""
     threads = torch.get_num_threads()
     for linear, shape in _products_with_a_choice(model):
         linear.widen_from_rows = widening_rows(shape, threads)

@@ -24,15 +24,17 @@ from parcli.config import GPT_PRESETS, GPTConfig
 from parcli.engine.devices import cpu_name, proc_field
 from parcli.engine.dtypes import dtype_name
 from parcli.engine.memory import check_fits
+from parcli.engine.packing import projection_bytes
 from parcli.engine.quantize import int8_products
 from parcli.errors import SettingError
 from parcli.io.locate import Fetch, model_files
+from parcli.model import RMSNorm, Transformer
 from parcli.options import RunOptions
 from parcli.pipeline import Pipeline, open_pipeline
 from parcli.quality import INT8, OURS, PLAIN
 from parcli.sampling import SamplingConfig
 from parcli.strategies import DecodeStats
-from parcli.vq import VQConfig
+from parcli.vq import VQConfig, VQModel
 
 WIDE_SPREAD = 0.15  # (max - min) / median above which a row is flagged as noisy
 
@@ -147,9 +149,6 @@ def copy_rate(device: torch.device, size_bytes: int = 1 << 30, repeats: int = 50
 
 def weight_bytes(pipe: Pipeline) -> int:
     """Bytes of weights a pass reads: not the embedding tables, of which it gathers a few rows."""
-    from parcli.engine.packing import projection_bytes
-    from parcli.model import RMSNorm
-
     norms = [m.weight for m in pipe.model.modules() if isinstance(m, RMSNorm)]
     return projection_bytes(pipe.model) + sum(w.nbytes for w in norms)
 
@@ -284,9 +283,6 @@ def random_pipelines(
     seed: int = 0,
 ) -> dict[int, Pipeline]:
     """Random weights of an architecture, one set shared by every n (speed only)."""
-    from parcli.model import Transformer
-    from parcli.vq import VQModel
-
     torch.manual_seed(seed)
     with torch.device(options.torch_device):
         base = Transformer(replace(cfg, regions=max(regions)))
@@ -509,7 +505,7 @@ def _comparison(rows: list[Row], engine: str, first: Pipeline, other: Pipeline, 
         return "" if share is None else f"{100 * share:.1f}%"
 
     if engine == PLAIN:
-        names, title, caption = ("plain", "ours"), "ours vs plain engine", PLAIN_ENGINE
+        names, caption = ("plain", "ours"), PLAIN_ENGINE
     elif other.strategy.name != first.strategy.name:
         names = (first.strategy.name, engine)
         caption = f"{engine}: {other.strategy.window} plan passes per iteration at most"
@@ -524,8 +520,6 @@ def _comparison(rows: list[Row], engine: str, first: Pipeline, other: Pipeline, 
             caption += f" · int8 products: {int8_products(other.model)}"
         elif other.packed:
             caption += f" · {engine}: {other.packed} packed projections"
-    if engine != PLAIN:
-        title = f"{engine} vs {names[0]}"
     strategies = any(r.strategy != base(r).strategy for r in compared)
     unit, text = _time_text(rows)
     columns = [
@@ -544,5 +538,6 @@ def _comparison(rows: list[Row], engine: str, first: Pipeline, other: Pipeline, 
     else:
         columns.append(("same", same))
         note = "same: the share of token cells both drew alike"
-    title = f"{title}: token generation, {unit} per {item}"
+    title = "ours vs plain engine" if engine == PLAIN else f"{engine} vs {names[0]}"
+    title += f": token generation, {unit} per {item}"
     return _table(title, f"{caption} · {note}", columns, compared)
