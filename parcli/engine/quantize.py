@@ -38,7 +38,6 @@ class Int8Linear(nn.Module):
         self.out_features, self.in_features = weight.shape
         self.nbytes = quantized.numel() + scales.numel() * 4  # what a product reads
         self.register_buffer("weight_int8", quantized)
-        self.register_buffer("scales", scales)
         self.register_buffer("kernel_scales", scales.to(ACTIVATION_DTYPE), persistent=False)
         # Products of this many rows or more widen the weight; None: none do.
         self.widen_from_rows: int | None = None if _kernel_runs(weight.device) else 1
