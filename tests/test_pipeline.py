@@ -1,3 +1,6 @@
+import contextlib
+from types import SimpleNamespace
+
 import pytest
 import torch
 from conftest import TINY_VQ, tiny_model
@@ -59,16 +62,16 @@ def test_graphs_of_the_reference_kernels_are_captured_apart_under_each(monkeypat
     from parcli.plan import Plan
 
     monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
     model, plan = tiny_model(regions=1), Plan((8, 8), 1)
     runner = FixedShapeRunner(model, plan, 2, cuda_graphs=True, reference_kernels=True)
     captured = []
 
     def capture(h):
         captured.append((h.shape[1], torch.backends.cuda.flash_sdp_enabled()))
-        return None, None, runner.forward(h)
+        return SimpleNamespace(replay=lambda: None), h.clone(), runner.forward(h)
 
     monkeypatch.setattr(runner, "_capture", capture)
-    monkeypatch.setattr(runner, "_replay", lambda key, h: runner.graphs[key][2])
     h = torch.zeros(2, 1, model.cfg.dim)
     for step in plan.passes[:3]:
         runner(step, h)

@@ -95,7 +95,7 @@ def test_without_the_fused_kernel_every_product_widens(monkeypatch):
 
 
 def test_the_widening_threshold_is_measured_once_and_remembered():
-    from parcli.engine import choices, quantize
+    from parcli.engine import quantize
 
     shape = (3 * 64, 64)  # the tiny model's wqkv
     threads = torch.get_num_threads()
@@ -104,16 +104,16 @@ def test_the_widening_threshold_is_measured_once_and_remembered():
     assert first is None or first in quantize.ROW_CANDIDATES
     assert quantize.widening_rows(shape, threads) == first  # cached: no second timing
     quantize.widening_rows.cache_clear()
-    stored = json.loads(choices.path().read_text())
+    stored = json.loads(quantize.kernels_path().read_text())
     key = next(k for k in stored if "int8 192x64" in k and f"| {threads} threads |" in k)
-    choices.path().write_text(json.dumps({**stored, key: "16"}))
+    quantize.kernels_path().write_text(json.dumps({**stored, key: "16"}))
     assert quantize.widening_rows(shape, threads) == 16  # read back, not measured again
     model = quantize_int8(tiny_model(regions=4))
     quantize.choose_products(model)
     wqkv = model.layers[0].attention.wqkv
     assert (wqkv.out_features, wqkv.in_features) == shape and wqkv.widen_from_rows == 16
     quantize.widening_rows.cache_clear()
-    choices.path().write_text(json.dumps({**stored, key: quantize.NEVER}))
+    quantize.kernels_path().write_text(json.dumps({**stored, key: quantize.NEVER}))
     assert quantize.widening_rows(shape, threads) is None
     quantize.widening_rows.cache_clear()
 

@@ -12,8 +12,7 @@ from parcli.errors import SettingError
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` (CUDA when a GPU is visible, else MPS where PyTorch has it, else the CPU), `cpu`,
-    `cuda`, `cuda:N` or `mps`."""
+    """`auto` (CUDA, else MPS, else the CPU), `cpu`, `cuda`, `cuda:N` or `mps`."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -57,8 +56,7 @@ def cpu_name() -> str:
 
 
 def resolve(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
-    """The device a run asks for and the dtype its transformer computes in there: `auto` is bf16
-    on CUDA and fp32 elsewhere."""
+    """The device and the transformer's dtype there: `auto` is bf16 on CUDA and fp32 elsewhere."""
     torch_device = resolve_device(device)
     auto = torch.bfloat16 if torch_device.type == "cuda" else torch.float32
     return torch_device, named_dtype(dtype, "auto") or auto

@@ -14,8 +14,7 @@ DTYPES: dict[str, torch.dtype] = {
 
 
 def named_dtype(name: str, word: str) -> torch.dtype | None:
-    """One of DTYPES by its short name or torch's (bf16, bfloat16), or None for `word` (which
-    means "decide for me")."""
+    """One of DTYPES by its short name or torch's, or None for `word` ("decide for me")."""
     key = str(name).strip().lower()
     if key == word:
         return None

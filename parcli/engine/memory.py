@@ -1,5 +1,4 @@
-"""Will a generation fit? Memory estimated, generously, from the checkpoints' headers before
-anything large is allocated, against what the device has free."""
+"""Will a generation fit? Its memory estimated generously before anything large is allocated."""
 
 from __future__ import annotations
 
@@ -46,8 +45,7 @@ def estimate(
     scale: int = 1,
     device: torch.device | str = "cuda",
 ) -> Estimate:
-    """Bytes a `par generate` of `samples` samples, `batch` at a time, needs at its peak on
-    `device`."""
+    """Bytes a `par generate` of `samples` samples, `batch` at a time, needs at its peak."""
     size = dtype.itemsize
     plan = Plan(gpt.grid, gpt.regions)
     sequences = batch * (2 if guided else 1)
@@ -75,8 +73,7 @@ def estimate(
 
 
 def available_bytes(device: torch.device) -> int | None:
-    """Free memory of the device (RAM new allocations can still get, for the CPU), or None where
-    it cannot be told."""
+    """Free memory of the device (available RAM for the CPU), or None where it cannot be told."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
     free = proc_field("/proc/meminfo", "MemAvailable:") if device.type == "cpu" else None
@@ -144,8 +141,7 @@ def check_files_fit(
     checkpoint, tokenizer, device: torch.device, dtype: torch.dtype, batch: int,
     samples: int | None, guided: bool, scale: int = 1,
 ) -> None:  # fmt: skip
-    """check_fits for checkpoint files, from their headers alone; a bad header is left to loading,
-    which says what is wrong with it."""
+    """check_fits from checkpoint headers; a bad header is left to loading, which explains it."""
     from parcli.io.checkpoints import read_config
 
     _, gpt = read_config(checkpoint)

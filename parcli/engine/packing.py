@@ -1,6 +1,5 @@
 """CPU projections pre-packed by oneDNN for a pass's row count: `F.linear`'s products, faster.
-Not MKL's, which round a row differently with the rows beside it (an image would change with the
-batch size)."""
+Not MKL's, which round a row differently with the rows beside it (images would move with batch)."""
 
 from __future__ import annotations
 
@@ -59,8 +58,7 @@ ONEDNN = "oneDNN"
 
 
 def pack_projections(model: Transformer, input_rows: int) -> str | None:
-    """Pack every projection of a float32 or bfloat16 CPU model for `input_rows`-row inputs, in
-    place; returns the kernel's name, or None (changing nothing) where this build cannot pack."""
+    """Pack a CPU model's projections in place; the kernel's name, or None where it cannot pack."""
     dtype = next(m.weight for m in model.modules() if isinstance(m, nn.Linear)).dtype
     if not packing_available(dtype):
         return None

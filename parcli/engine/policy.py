@@ -30,8 +30,7 @@ class Engine:
 
     @property
     def fixed_batches(self) -> bool:
-        """Whether a new batch size costs a compile or a graph capture: then a short last batch
-        is padded to the others' size rather than run at its own."""
+        """Whether a new batch size costs a compile or capture (so a short last batch is padded)."""
         return self.cuda_graphs or self.compiled
 
     def speedups(self) -> list[str]:
@@ -47,8 +46,7 @@ def set_cuda_backends() -> None:
 
 
 def default_compile(device: torch.device) -> bool:
-    """torch.compile by default on CUDA only, where it fuses the graphed step; on the CPU it costs
-    minutes of compiling and runs slower than the eager prefix runner."""
+    """On CUDA only: on the CPU compiling takes minutes and runs slower than the prefix runner."""
     return device.type == "cuda"
 
 
@@ -60,11 +58,9 @@ def choose_engine(
     quantized: bool = False,
     reference_kernels: bool = False,
 ) -> Engine:
-    """How passes run on `device` in `dtype`; `compile` None takes `default_compile`. `plain`
-    (`par bench --baseline`) has no speed-up; the reference's kernels are never compiled, as a
-    compiled step fuses attention its own way; packed projections never are, as Inductor crashes
-    on them. Every engine draws the same tokens in float32; in bf16 each kernel rounds its own way.
-    """
+    """How passes run on `device` in `dtype`; `plain` (`--baseline`) has no speed-up. Never
+    compiled with the reference's kernels (a compiled step fuses attention its own way) or packed
+    projections (Inductor crashes on them)."""
     if plain:
         return Engine(FIXED_SHAPE, reference_kernels=True)
     on_cuda = device.type == "cuda"

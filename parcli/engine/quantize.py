@@ -1,18 +1,23 @@
 """Weight-only int8 (opt-in: the tokens differ from float32's): each projection's weight as int8
 with a scale per output channel, as gpt-fast does. A product runs `torch._weight_int8pack_mm` (best
 at few rows) or widens the weight exactly to bf16 (best at more); where widening starts to win is
-timed per machine, shape and thread count."""
+timed once per machine, shape and thread count and remembered in `<cache>/kernels.json`, since
+kernels round differently and a choice that moved with noise would move tokens."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import timeit
 from collections.abc import Callable
 from functools import cache
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from parcli.engine.choices import best_seconds, machine_key, remember, remembered
+from parcli.engine.devices import cpu_name
 
 QUANTIZATIONS = ("int8",)
 # What the projections' inputs are rounded to: CUDA runs the model in bf16 already, and on the
@@ -33,7 +38,6 @@ class Int8Linear(nn.Module):
         self.out_features, self.in_features = weight.shape
         self.nbytes = quantized.numel() + scales.numel() * 4  # what a product reads
         self.register_buffer("weight_int8", quantized)
-        self.register_buffer("scales", scales)
         self.register_buffer("kernel_scales", scales.to(ACTIVATION_DTYPE), persistent=False)
         # Products of this many rows or more widen the weight; None: none do.
         self.widen_from_rows: int | None = None if _kernel_runs(weight.device) else 1
@@ -51,8 +55,7 @@ _scratch: dict[torch.device, torch.Tensor] = {}
 
 
 def _widened(weight: torch.Tensor) -> torch.Tensor:
-    """`weight` as bfloat16, in one scratch buffer per device that every projection reuses, as a
-    fresh tensor per product would cost the allocator more than the copy."""
+    """`weight` as bfloat16 in a reused scratch buffer (a fresh one costs more than the copy)."""
     buffer = _scratch.get(weight.device)
     if buffer is None or buffer.numel() < weight.numel():
         buffer = torch.empty(weight.numel(), dtype=ACTIVATION_DTYPE, device=weight.device)
@@ -87,8 +90,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
 
 
 def choose_products(model: nn.Module) -> None:
-    """Let each CPU int8 projection take the faster product for its shape at the current thread
-    count, which must be the run's."""
+    """Let each CPU int8 projection take the faster product at the run's thread count."""
     threads = torch.get_num_threads()
     for linear, shape in _products_with_a_choice(model):
         linear.widen_from_rows = widening_rows(shape, threads)
@@ -113,7 +115,44 @@ def _products_with_a_choice(model: nn.Module) -> list[tuple[Int8Linear, tuple[in
 
 
 def _widening_key(shape: tuple[int, int], threads: int) -> str:
-    return machine_key(f"int8 {shape[0]}x{shape[1]} widen from rows", threads)
+    """Qualified by what decides which product is faster: CPU, torch and thread count."""
+    what = f"int8 {shape[0]}x{shape[1]} widen from rows"
+    return f"{cpu_name()} | torch {torch.__version__} | {threads} threads | {what}"
+
+
+def _best_seconds(run: Callable[[], object]) -> float:
+    """The fastest of two timed calls of `run`, after one untimed call to warm it."""
+    run()
+    return min(timeit.repeat(run, number=1, repeat=2))
+
+
+def kernels_path() -> Path:
+    from parcli.io.hub import cache_dir
+
+    return cache_dir() / "kernels.json"
+
+
+def _remembered() -> dict[str, str]:
+    try:
+        data = json.loads(kernels_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def remembered(key: str) -> str | None:
+    value = _remembered().get(key)
+    return value if isinstance(value, str) else None
+
+
+def remember(key: str, choice: str) -> None:
+    from parcli.errors import UserError
+    from parcli.io.files import atomic_write
+
+    text = json.dumps({**_remembered(), key: choice}, indent=2, sort_keys=True) + "\n"
+    with contextlib.suppress(OSError, UserError):  # atomic_write reports OSErrors as OutputError
+        kernels_path().parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(kernels_path(), lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def int8_linears(model: nn.Module) -> list[Int8Linear]:
@@ -130,7 +169,7 @@ MOST_COPIES = 64
 @cache
 def widening_rows(shape: tuple[int, int], threads: int) -> int | None:
     """The fewest rows from which widening an int8 (out, in) weight clearly beats the fused
-    product here; None where it never does. Timed once, then remembered (`choices`)."""
+    product here; None where it never does. Timed once, then remembered."""
     key = _widening_key(shape, threads)
     known = remembered(key)
     if known is not None:
@@ -150,7 +189,7 @@ def widening_rows(shape: tuple[int, int], threads: int) -> int | None:
             for weight in pool:
                 F.linear(x, _widened(weight)) * scales
 
-        if best_seconds(widened, rounds=2) >= 0.9 * best_seconds(fused, rounds=2):
+        if _best_seconds(widened) >= 0.9 * _best_seconds(fused):
             break
         threshold = rows
     remember(key, NEVER if threshold is None else str(threshold))

@@ -1,5 +1,4 @@
-"""Runners: how each forward pass of a plan runs the transformer, over a KV cache they hold;
-`parcli.engine.policy` says which one runs where."""
+"""Runners: how each pass of a plan runs the transformer over the KV cache they hold."""
 
 from __future__ import annotations
 
@@ -25,9 +24,8 @@ _caches: weakref.WeakValueDictionary[tuple, KVCache] = weakref.WeakValueDictiona
 def shared_cache(
     model: Transformer, sequences: int, plan: Plan, as_the_model: bool = False
 ) -> KVCache:
-    """A KV cache of `plan`'s slots, shared by every runner of the same shapes and cache dtype
-    while any of them lives. `as_the_model`: in the model's dtype and head width, as the
-    reference keeps it, rather than those that run fastest here."""
+    """A KV cache of `plan`'s slots shared by the runners of its shapes; `as_the_model`: in the
+    model's dtype and head width, as the reference keeps it, not those that run fastest here."""
     cfg, device, slots = model.cfg, model.device, plan.num_slots
     if as_the_model:
         dtype, head_dim = model.dtype, cfg.head_dim
@@ -54,10 +52,8 @@ class PrefixRunner:
 
 
 class FixedShapeRunner:
-    """Runs every pass over the whole cache under a mask, so that passes of one width share their
-    shapes and, the first slot being a device tensor, one compiled step and captured CUDA graph.
-    `reference_kernels` runs as LlamaGen's sampling does (the cache in the model's dtype, later
-    passes under SDPA's math kernel), the only way to draw its bf16 tokens."""
+    """Runs every pass over the whole cache under a mask, so that passes of one width share one
+    compiled step and CUDA graph; `reference_kernels` runs as LlamaGen does (its bf16 tokens)."""
 
     def __init__(
         self,
@@ -111,13 +107,6 @@ class FixedShapeRunner:
                 static_out = self.forward(static_in)
         return graph, static_in, static_out
 
-    def _replay(self, key: tuple[int, bool], h: torch.Tensor) -> torch.Tensor:
-        graph, static_in, static_out = self.graphs[key]
-        with torch.cuda.device(h.device):
-            static_in.copy_(h)
-            graph.replay()
-        return static_out
-
     def __call__(self, step: Pass, h: torch.Tensor) -> torch.Tensor:
         self.start.fill_(step.start)
         math = self.reference_kernels and step.index > 0
@@ -127,7 +116,11 @@ class FixedShapeRunner:
                 if not self.cuda_graphs:
                     return self.forward(h)
                 self.graphs[key] = self._capture(h)  # replayed with the kernels chosen here
-        return self._replay(key, h)
+        graph, static_in, static_out = self.graphs[key]
+        with torch.cuda.device(h.device):
+            static_in.copy_(h)
+            graph.replay()
+        return static_out
 
 
 Runner = PrefixRunner | FixedShapeRunner

@@ -24,15 +24,17 @@ from parcli.config import GPT_PRESETS, GPTConfig
 from parcli.engine.devices import cpu_name, proc_field
 from parcli.engine.dtypes import dtype_name
 from parcli.engine.memory import check_fits
+from parcli.engine.packing import projection_bytes
 from parcli.engine.quantize import int8_products
 from parcli.errors import SettingError
 from parcli.io.locate import Fetch, model_files
+from parcli.model import RMSNorm, Transformer
 from parcli.options import RunOptions
 from parcli.pipeline import Pipeline, open_pipeline
 from parcli.quality import INT8, OURS, PLAIN
 from parcli.sampling import SamplingConfig
 from parcli.strategies import DecodeStats
-from parcli.vq import VQConfig
+from parcli.vq import VQConfig, VQModel
 
 WIDE_SPREAD = 0.15  # (max - min) / median above which a row is flagged as noisy
 
@@ -95,8 +97,8 @@ class Row:
     peak_memory_added_bytes: int  # over what was in use before the case (weights, other caches)
     floor_fraction: float | None  # floor_seconds / time (CUDA only: the copy rate is measured)
     noisy: bool
-    # Other engines: the share of token cells equal to ours, same n, batch, labels and seed (after
-    # a sequence's first difference the rest follow from it, so this is not a per-token rate).
+    # Other engines: the share of token cells equal to ours (not a per-token rate: a sequence's
+    # first difference changes the rest).
     tokens_same_as_ours: float | None = None
 
 
@@ -114,8 +116,7 @@ def reset_peak_memory(device: torch.device) -> None:
 
 
 def memory_in_use(device: torch.device, peak: bool = False) -> int:
-    """Bytes allocated on a GPU, else this process's resident memory; `peak`: the most since
-    `reset_peak_memory`."""
+    """Bytes allocated on a GPU, else resident; `peak`: the most since `reset_peak_memory`."""
     if device.type == "cuda":
         allocated = torch.cuda.max_memory_allocated if peak else torch.cuda.memory_allocated
         return int(allocated(device))
@@ -129,8 +130,7 @@ def memory_in_use(device: torch.device, peak: bool = False) -> int:
 
 
 def copy_rate(device: torch.device, size_bytes: int = 1 << 30, repeats: int = 50) -> float | None:
-    """Device-to-device copy rate in bytes (read + written) per second: the best of `repeats`
-    copies timed by CUDA events, so the host's timer and a slow first copy never lower it."""
+    """Bytes read and written per second by the fastest of `repeats` CUDA-event-timed copies."""
     if device.type != "cuda":
         return None
     src = torch.empty(size_bytes // 2, dtype=torch.float16, device=device)
@@ -148,18 +148,14 @@ def copy_rate(device: torch.device, size_bytes: int = 1 << 30, repeats: int = 50
 
 
 def weight_bytes(pipe: Pipeline) -> int:
-    """Bytes of weights one forward pass reads: not the embedding tables, of which a pass gathers
-    only a few rows."""
-    from parcli.engine.packing import projection_bytes
-    from parcli.model import RMSNorm
-
+    """Bytes of weights a pass reads: not the embedding tables, of which it gathers a few rows."""
     norms = [m.weight for m in pipe.model.modules() if isinstance(m, RMSNorm)]
     return projection_bytes(pipe.model) + sum(w.nbytes for w in norms)
 
 
 def floor_seconds(pipe: Pipeline, batch: int, guided: bool, rate: float) -> float:
-    """The least time a batch's generation can take at copy rate `rate`: every pass reads the
-    weights once and the visible KV cache (heads at their own width) once."""
+    """The least time a batch's generation takes at copy rate `rate`: each pass reads the weights
+    and the visible KV cache once."""
     cfg = pipe.model.cfg
     per_slot = 2 * cfg.n_layer * batch * (2 if guided else 1) * cfg.dim * pipe.model.dtype.itemsize
     cache = per_slot * sum(step.end for step in pipe.plan.passes)
@@ -188,12 +184,8 @@ def run_bench(
     on_run: Callable[[str], None] = lambda text: None,
     on_measured: Callable[[list[Row]], None] | None = None,
 ) -> list[Row]:
-    """Time every (regions, batch, engine) case; engines after OURS are timed beside it.
-
-    Each case warms up just before its first measurement, so a run stopped early has measured
-    what it warmed up; further repeats interleave across cases so that drift hits them alike.
-    `on_measured` gets the rows so far after each measurement, so a run cut short leaves them.
-    """
+    """Time every (regions, batch, engine) case, interleaved so that drift hits them alike;
+    `on_measured` gets the rows so far after each measurement, so a run cut short leaves them."""
     cases = [Case(n, b, e) for n in engines[OURS] for b in settings.batch_sizes for e in engines]
     rounds = settings.warmup + settings.repeats
     for round_index, case in schedule(cases, settings.warmup, settings.repeats):
@@ -249,13 +241,13 @@ def summarise(
         pipe = engines[case.engine][case.regions]
         gen = median[case.regions, case.batch, case.engine]
         sequential = median.get((1, case.batch, case.engine))
-        plain = median.get((case.regions, case.batch, PLAIN)) if case.engine == OURS else None
-        compared = case.engine not in (OURS, PLAIN)
-        first = median.get((case.regions, case.batch, OURS)) if compared else None
+        key = (case.regions, case.batch)
+        plain = median.get((*key, PLAIN)) if case.engine == OURS else None
+        first = median.get((*key, OURS)) if case.engine not in (OURS, PLAIN) else None
         dec = statistics.median(case.decode_seconds)
         spread = (max(case.gen_seconds) - min(case.gen_seconds)) / gen if gen else 0.0
         floor = floor_seconds(pipe, case.batch, guided, rate) / gen if rate else None
-        ours = tokens_of.get((case.regions, case.batch)) if case.engine != OURS else None
+        ours = tokens_of.get(key) if case.engine != OURS else None
         same = None if ours is None else (case.tokens == ours).float().mean().item()
         rows.append(
             Row(
@@ -290,11 +282,7 @@ def random_pipelines(
     vq_config: VQConfig | None = None,
     seed: int = 0,
 ) -> dict[int, Pipeline]:
-    """Random weights of an architecture (speed only), one set shared by every n: the n-region
-    model takes the first n - 1 transition tokens."""
-    from parcli.model import Transformer
-    from parcli.vq import VQModel
-
+    """Random weights of an architecture, one set shared by every n (speed only)."""
     torch.manual_seed(seed)
     with torch.device(options.torch_device):
         base = Transformer(replace(cfg, regions=max(regions)))
@@ -327,8 +315,7 @@ def pipelines_to_time(
     fetch: Fetch | None = None,
     batch: int = 1,
 ) -> tuple[dict[int, Pipeline], str]:
-    """One pipeline per region count, and a title: random weights of `arch`, or the model a name
-    or files give; refused first where a batch cannot fit in memory."""
+    """One pipeline per region count, of `arch`'s random weights or the model given, and a title."""
     if arch is None:
         pipelines = {
             n: open_pipeline(model_files(model, n, checkpoint, tokenizer, fetch), options, n, batch)
@@ -356,8 +343,7 @@ def report(
     rate: float | None,
     planned: int | None = None,
 ) -> dict:
-    """Every figure of a run, with what it ran on, for `par bench --json`; written as cases end,
-    so `planned` says how many rows a whole run gives."""
+    """Every figure of a run and what it ran on, for `--json`; `planned`: a whole run's rows."""
     first = next(iter(engines[OURS].values()))
     int8 = next(iter(engines[INT8].values())) if INT8 in engines else None
     return {
@@ -370,20 +356,14 @@ def report(
             "dtype": str(first.model.dtype).removeprefix("torch."),
             "cfg_scale": settings.sampling.cfg_scale,
             "guided": settings.sampling.guided,
-            "warmup": settings.warmup,
-            "repeats": settings.repeats,
             "compile": first.engine.compiled,
-            "packed_kernel": first.packed,
             "int8_products": int8_products(int8.model) if int8 is not None else None,
             "compared_dtypes": [name for name in engines if name not in (OURS, PLAIN, INT8)],
-            "decode": settings.decode,
-            "baseline": any(row.engine == PLAIN for row in rows),
             "grid": list(first.plan.grid),
             "runner": first.engine.runner,
             "speedups": first.engine.speedups(),
             "reference_kernels": first.engine.reference_kernels,
         },
-        "weight_bytes": weight_bytes(first),
         "copy_rate_bytes_per_s": rate,
         "rows": [asdict(row) for row in rows],
         "complete": planned is None or len(rows) == planned,
@@ -403,8 +383,7 @@ def print_report(
     out: Console, err: Console, title: str, rows: list[Row], engines: Engines,
     sampling: SamplingConfig, rate: float | None, decoded: bool, cold: bool,
 ) -> None:  # fmt: skip
-    """Our table, then one per compared engine (plain, other dtypes, int8, strategies), then a
-    one-line summary."""
+    """Our table, one per compared engine, then a one-line summary."""
     first = next(iter(engines[OURS].values()))
     item = "clip" if first.is_video else "image"
     out.print(_our_table(title, [r for r in rows if r.engine == OURS], first, sampling, rate,
@@ -456,12 +435,7 @@ def _table(title: str, caption: str, columns: list[Column], rows: list[Row]) -> 
 def _time_text(rows: list[Row]) -> tuple[str, Callable[[float], str]]:
     """Milliseconds when every time is under a second, else seconds; 3 significant digits."""
     unit, scale = ("ms", 1e3) if max(r.total_s_per_image for r in rows) < 1 else ("s", 1.0)
-
-    def text(seconds: float) -> str:
-        value = seconds * scale
-        return f"{value:.3g}" if value < 1000 else f"{value:.0f}"
-
-    return unit, text
+    return unit, lambda seconds: f"{seconds * scale:{'.3g' if seconds * scale < 1000 else '.0f'}}"
 
 
 def _gen_columns(
@@ -517,8 +491,7 @@ def _our_table(title, rows, pipe, sampling, rate, decoded, item) -> Table:
 
 
 def _comparison(rows: list[Row], engine: str, first: Pipeline, other: Pipeline, item: str) -> Table:
-    """`engine` against ours (ours against the plain engine), generation only, same n and batch:
-    both times, the speed-up, and the share of token cells both drew alike, or between
+    """`engine` against ours (ours against the plain engine): the tokens both drew alike, or for
     strategies (which draw the same law, not the same tokens) the passes each took."""
     base_engine, shown = (PLAIN, OURS) if engine == PLAIN else (OURS, engine)
     bases = {(r.regions, r.batch): r for r in rows if r.engine == base_engine}
@@ -532,7 +505,7 @@ def _comparison(rows: list[Row], engine: str, first: Pipeline, other: Pipeline, 
         return "" if share is None else f"{100 * share:.1f}%"
 
     if engine == PLAIN:
-        names, title, caption = ("plain", "ours"), "ours vs plain engine", PLAIN_ENGINE
+        names, caption = ("plain", "ours"), PLAIN_ENGINE
     elif other.strategy.name != first.strategy.name:
         names = (first.strategy.name, engine)
         caption = f"{engine}: {other.strategy.window} plan passes per iteration at most"
@@ -547,8 +520,6 @@ def _comparison(rows: list[Row], engine: str, first: Pipeline, other: Pipeline, 
             caption += f" · int8 products: {int8_products(other.model)}"
         elif other.packed:
             caption += f" · {engine}: {other.packed} packed projections"
-    if engine != PLAIN:
-        title = f"{engine} vs {names[0]}"
     strategies = any(r.strategy != base(r).strategy for r in compared)
     unit, text = _time_text(rows)
     columns = [
@@ -567,5 +538,6 @@ def _comparison(rows: list[Row], engine: str, first: Pipeline, other: Pipeline, 
     else:
         columns.append(("same", same))
         note = "same: the share of token cells both drew alike"
-    title = f"{title}: token generation, {unit} per {item}"
+    title = "ours vs plain engine" if engine == PLAIN else f"{engine} vs {names[0]}"
+    title += f": token generation, {unit} per {item}"
     return _table(title, f"{caption} · {note}", columns, compared)
