@@ -10,7 +10,7 @@ from parcli.options import RunOptions
 from parcli.plan import Plan
 from parcli.sampling import SamplingConfig, mix_guidance, warp
 from parcli.slots import embed_slots, guided_labels, slot_rotary
-from parcli.strategies import make_strategy
+from parcli.strategies import make_strategy, sjd
 from parcli.strategies.par import Par
 from parcli.strategies.sjd import Draws, Jacobi, Sjd, State, accept_or_resample
 
@@ -138,6 +138,22 @@ def law_distance(grid, regions, vocab, top_k, scale, window, init) -> float:
 @pytest.mark.parametrize(LAW_ARGS, LAW_CASES)
 def test_sequences_follow_the_autoregressive_law(grid, regions, vocab, top_k, scale, window, init):
     assert law_distance(grid, regions, vocab, top_k, scale, window, init) < 0.01
+
+
+@pytest.mark.parametrize(LAW_ARGS, LAW_CASES[:2])
+def test_the_law_test_catches_rejections_resampled_from_p(
+    monkeypatch, grid, regions, vocab, top_k, scale, window, init
+):
+    # The classic mistake: a rejected draft redrawn from p instead of max(0, p - q). It must fail
+    # the test above; measured at 2e5 runs it is 0.075-0.078 away, against under 0.01.
+    right = sjd.accept_or_resample
+
+    def from_p(p, q, draft, u_accept, u_residual):
+        accepted, _ = right(p, q, draft, u_accept, u_residual)
+        return accepted, torch.where(accepted, draft, sjd.draw(p, u_residual))
+
+    monkeypatch.setattr(sjd, "accept_or_resample", from_p)
+    assert law_distance(grid, regions, vocab, top_k, scale, window, init) > 0.04
 
 
 def generate(strategy, model, plan, labels, sampling, seed=0, indices=None):
