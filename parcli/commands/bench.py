@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from contextlib import nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -27,10 +27,6 @@ from parcli.config import GPT_PRESETS, token_grid
 from parcli.io.files import atomic_path, check_writable
 from parcli.options import RunOptions
 from parcli.quality import INT8, OURS, PLAIN
-
-if TYPE_CHECKING:  # torch loads when the command runs, not for --help
-    from parcli.quality.bench import Row
-
 
 DTYPES_HELP = (
     "auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16; a list (fp32,bf16) times the same "
@@ -114,7 +110,7 @@ def bench(
         settings = timing.BenchSettings(batches, sampling, warmup, repeats, decode, seed)
         planned = len(ours) * len(batches) * len(engines)
 
-        def write_json(rows: list[Row]) -> None:
+        def write_json(rows: list[timing.Row]) -> None:
             document = timing.report(rows, engines, settings, title, arch is not None, planned)
             with atomic_path(json_path, "json") as tmp:
                 tmp.write_text(json.dumps(document, indent=2) + "\n")
