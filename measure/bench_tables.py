@@ -42,8 +42,8 @@ def table(document: dict) -> list[str]:
         f"`{document['command']}`",
         "",
         "| n | batch | engine | passes | generation per image (min–max) | images/s | vs n = 1 "
-        "| ours over plain | ours over this | same tokens as ours | floor | memory added |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| ours over plain | ours over this | same tokens as ours | memory added |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     rank = {name: k for k, name in enumerate(ENGINE_ORDER)}
     rows = sorted(
@@ -54,14 +54,13 @@ def table(document: dict) -> list[str]:
         lines.insert(4, f"Cut short: {len(rows)} of {document['cases_planned']} cases measured.\n")
     for r in rows:
         spread = f"{seconds(r['gen_s_per_image_min'])}–{seconds(r['gen_s_per_image_max'])}"
-        floor = "–" if r["floor_fraction"] is None else f"{100 * r['floor_fraction']:.0f} %"
         noisy = " ⚠ noisy" if r["noisy"] else ""
         lines.append(
             f"| {r['regions']} | {r['batch']} | {r['engine']} | {r['passes']} | "
             f"{seconds(r['gen_s_per_image'])} ({spread}){noisy} | {r['images_per_s']:.3g} | "
             f"{ratio(r['speedup_vs_1'])} | {ratio(r['speedup_vs_plain'])} | "
             f"{ratio(r['speedup_vs_first'])} | "
-            f"{share(r['tokens_same_as_ours'])} | {floor} | "
+            f"{share(r['tokens_same_as_ours'])} | "
             f"{r['peak_memory_added_bytes'] / 2**20:.0f} MiB |"
         )
     return lines + [""] + targets(document)

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from parcli.engine.memory import check_files_fit
+from parcli.config import GPTConfig
+from parcli.engine.memory import check_fits
 from parcli.engine.packing import pack_projections
 from parcli.engine.policy import FIXED_SHAPE, choose_engine, set_cuda_backends
 from parcli.engine.quantize import choose_products, products_to_time, quantize_int8
@@ -26,7 +27,7 @@ from parcli.plan import Pass, Plan
 from parcli.sampling import SamplingConfig
 from parcli.slots import guided_labels
 from parcli.strategies import DecodeStats, make_strategy
-from parcli.vq import VQModel, to_pixels
+from parcli.vq import VQConfig, VQModel, to_pixels
 
 
 class PipelineError(UserError):
@@ -269,12 +270,14 @@ def open_pipeline(
 ) -> Pipeline:
     """The pipeline of located files, checked to be trained for `regions` (None: any); with
     `batch`, a run of `count` samples enlarged `scale` times is checked to fit before loading."""
-    if batch is not None:
+    if batch is not None:  # from the headers; a bad one is left to loading, which explains it
+        from parcli.io.checkpoints import read_config
+
+        gpt, vq = read_config(files.checkpoint)[1], read_config(files.tokenizer)[1]
         guided = options.cfg_scale is None or options.cfg_scale > 1
-        check_files_fit(
-            files.checkpoint, files.tokenizer, options.torch_device, options.torch_dtype, batch,
-            count, guided, scale,
-        )  # fmt: skip
+        if isinstance(gpt, GPTConfig) and isinstance(vq, VQConfig):
+            check_fits(gpt, vq, options.torch_device, options.torch_dtype, batch, count, guided,
+                       scale)  # fmt: skip
     pipe = load_pipeline(
         files.checkpoint, files.tokenizer, options.torch_device, options.torch_dtype, files.name,
         files.defaults, options,

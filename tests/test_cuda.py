@@ -110,7 +110,7 @@ def test_bench_and_generate_run_on_the_gpu(tmp_path):
     result = runner.invoke(app, [str(a) for a in [*args, "--device", "cuda", "--json", report]])
     assert result.exit_code == 0, result.output
     rows = json.loads(report.read_text())["rows"]
-    assert [row["batch"] for row in rows] == [1, 2] and all(r["floor_fraction"] for r in rows)
+    assert [row["batch"] for row in rows] == [1, 2]
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")

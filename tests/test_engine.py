@@ -8,6 +8,7 @@ from conftest import tiny_model
 from parcli.engine.policy import FIXED_SHAPE, PREFIX, Engine, choose_engine, set_cuda_backends
 from parcli.engine.runners import COMPILED_VERSIONS, FixedShapeRunner
 from parcli.errors import SettingError
+from parcli.options import RunOptions
 from parcli.plan import Plan
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -68,7 +69,7 @@ def test_the_reference_kernels_are_graphed_on_cuda_and_never_compiled():
     plain = Engine(FIXED_SHAPE, reference_kernels=True)
     assert choose_engine(CPU, torch.float32, reference_kernels=True) == plain
     with pytest.raises(SettingError, match="compile"):
-        choose_engine(CUDA, torch.bfloat16, True, reference_kernels=True)
+        RunOptions(compile=True, reference_kernels=True).check()
 
 
 def test_speedups_are_named():

@@ -111,7 +111,7 @@ def test_the_tables_say_where_gpt_3b_stands_against_the_targets(tmp_path):
     row = dict(regions=16, batch=1, engine="ours", passes=51, gen_s_per_image=0.12,
                gen_s_per_image_min=0.11, gen_s_per_image_max=0.13, images_per_s=8.3,
                speedup_vs_1=9.0, speedup_vs_plain=3.0, speedup_vs_first=None,
-               peak_memory_added_bytes=2**30, floor_fraction=0.5, noisy=False,
+               peak_memory_added_bytes=2**30, noisy=False,
                tokens_same_as_ours=None)  # fmt: skip
     document = {
         "command": "par bench --arch GPT-3B", "model": "GPT-3B · random weights: speed only",

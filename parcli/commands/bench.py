@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from contextlib import nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -24,14 +24,9 @@ from parcli.commands.common import (
 )
 from parcli.commands.downloads import model_fetcher
 from parcli.config import GPT_PRESETS, token_grid
-from parcli.io.catalogue import use_catalogue
 from parcli.io.files import atomic_path, check_writable
 from parcli.options import RunOptions
 from parcli.quality import INT8, OURS, PLAIN
-
-if TYPE_CHECKING:  # torch loads when the command runs, not for --help
-    from parcli.quality.bench import Row
-
 
 DTYPES_HELP = (
     "auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16; a list (fp32,bf16) times the same "
@@ -87,7 +82,6 @@ def bench(
     from parcli.quality import bench as timing
 
     with user_errors():
-        use_catalogue(catalogue)
         region_list = parse_region_list(regions)
         batches = tuple(parse_ints(batch_size, "batch_size"))
         most = max(batches)  # the pipelines are refused where it cannot fit
@@ -114,13 +108,10 @@ def bench(
         scale = variants[OURS].cfg_scale  # guidance on unless asked otherwise: at least 1.5
         sampling = first.sampling(max(first.default_cfg_scale, 1.5) if scale is None else scale)
         settings = timing.BenchSettings(batches, sampling, warmup, repeats, decode, seed)
-        rate = timing.copy_rate(variants[OURS].torch_device)
         planned = len(ours) * len(batches) * len(engines)
 
-        def write_json(rows: list[Row]) -> None:
-            document = timing.report(
-                rows, engines, settings, title, arch is not None, rate, planned
-            )
+        def write_json(rows: list[timing.Row]) -> None:
+            document = timing.report(rows, engines, settings, title, arch is not None, planned)
             with atomic_path(json_path, "json") as tmp:
                 tmp.write_text(json.dumps(document, indent=2) + "\n")
 
@@ -132,11 +123,9 @@ def bench(
                     err_console.print(f"timing · {text}", markup=False, highlight=False)
 
             # The JSON is rewritten as each case is measured: a run stopped early leaves those.
-            rows = timing.run_bench(
-                engines, settings, rate, on_run, write_json if json_path else None
-            )
+            rows = timing.run_bench(engines, settings, on_run, write_json if json_path else None)
         timing.print_report(
-            console, err_console, title, rows, engines, sampling, rate, decode, not warmup
+            console, err_console, title, rows, engines, sampling, decode, not warmup
         )
         if json_path is not None:
             write_json(rows)

@@ -135,16 +135,3 @@ def check_fits(
         "batch_size", f"{batch} samples a batch need about {human_size(wanted.total)} "
         f"({parts}), and {where} has {human_size(free)} free; --batch-size {best} fits",
     )  # fmt: skip
-
-
-def check_files_fit(
-    checkpoint, tokenizer, device: torch.device, dtype: torch.dtype, batch: int,
-    samples: int | None, guided: bool, scale: int = 1,
-) -> None:  # fmt: skip
-    """check_fits from checkpoint headers; a bad header is left to loading, which explains it."""
-    from parcli.io.checkpoints import read_config
-
-    _, gpt = read_config(checkpoint)
-    _, vq = read_config(tokenizer)
-    if isinstance(gpt, GPTConfig) and isinstance(vq, VQConfig):
-        check_fits(gpt, vq, device, dtype, batch, samples, guided, scale)

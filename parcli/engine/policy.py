@@ -6,8 +6,6 @@ from dataclasses import dataclass
 
 import torch
 
-from parcli.errors import SettingError
-
 PREFIX, FIXED_SHAPE = "prefix", "fixed-shape"
 SPEEDUPS = {  # Engine's fields, as `par bench` names them
     "cuda_graphs": "CUDA graphs",
@@ -59,18 +57,12 @@ def choose_engine(
     reference_kernels: bool = False,
 ) -> Engine:
     """How passes run on `device` in `dtype`; `plain` (`--baseline`) has no speed-up. Never
-    compiled with the reference's kernels (a compiled step fuses attention its own way) or packed
-    projections (Inductor crashes on them)."""
+    compiled with the reference's kernels (`RunOptions.check` refuses that) or packed projections
+    (Inductor crashes on them)."""
     if plain:
         return Engine(FIXED_SHAPE, reference_kernels=True)
     on_cuda = device.type == "cuda"
     if reference_kernels:
-        if compile:
-            raise SettingError(
-                "compile",
-                "a compiled step fuses attention its own way, not the reference's; "
-                "leave out --compile with --reference-kernels",
-            )
         return Engine(FIXED_SHAPE, cuda_graphs=on_cuda, reference_kernels=True)
     compiled = default_compile(device) if compile is None else compile
     if compiled or on_cuda:

@@ -1,8 +1,7 @@
-"""Weight-only int8 (opt-in: the tokens differ from float32's): each projection's weight as int8
-with a scale per output channel, as gpt-fast does. A product runs `torch._weight_int8pack_mm` (best
-at few rows) or widens the weight exactly to bf16 (best at more); where widening starts to win is
-timed once per machine, shape and thread count and remembered in `<cache>/kernels.json`, since
-kernels round differently and a choice that moved with noise would move tokens."""
+"""Weight-only int8 (opt-in: its tokens differ), a scale per output channel as in gpt-fast. Where
+widening to bf16 beats the fused product is timed once per machine and remembered in
+`<cache>/kernels.json`: kernels round differently, so a choice that moved with noise would move
+tokens."""
 
 from __future__ import annotations
 
@@ -100,7 +99,7 @@ def products_to_time(model: nn.Module) -> bool:
     """Whether `choose_products` would time some of `model`'s products first."""
     threads = torch.get_num_threads()
     return any(
-        remembered(_widening_key(shape, threads)) is None
+        _widening_key(shape, threads) not in remembered()
         for _, shape in _products_with_a_choice(model)
     )
 
@@ -132,24 +131,20 @@ def kernels_path() -> Path:
     return cache_dir() / "kernels.json"
 
 
-def _remembered() -> dict[str, str]:
+def remembered() -> dict[str, str]:
+    """The choices timed here so far, by key; an unreadable file is timed again."""
     try:
         data = json.loads(kernels_path().read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    return data if isinstance(data, dict) else {}
-
-
-def remembered(key: str) -> str | None:
-    value = _remembered().get(key)
-    return value if isinstance(value, str) else None
+    return {k: v for k, v in data.items() if isinstance(v, str)} if isinstance(data, dict) else {}
 
 
 def remember(key: str, choice: str) -> None:
     from parcli.errors import UserError
     from parcli.io.files import atomic_write
 
-    text = json.dumps({**_remembered(), key: choice}, indent=2, sort_keys=True) + "\n"
+    text = json.dumps({**remembered(), key: choice}, indent=2, sort_keys=True) + "\n"
     with contextlib.suppress(OSError, UserError):  # atomic_write reports OSErrors as OutputError
         kernels_path().parent.mkdir(parents=True, exist_ok=True)
         atomic_write(kernels_path(), lambda tmp: tmp.write_text(text, encoding="utf-8"))
@@ -171,7 +166,7 @@ def widening_rows(shape: tuple[int, int], threads: int) -> int | None:
     """The fewest rows from which widening an int8 (out, in) weight clearly beats the fused
     product here; None where it never does. Timed once, then remembered."""
     key = _widening_key(shape, threads)
-    known = remembered(key)
+    known = remembered().get(key)
     if known is not None:
         return None if known == NEVER else int(known)
     copies = max(2, min(MOST_COPIES, POOL_BYTES // (shape[0] * shape[1])))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-import resource
 import shlex
 import statistics
 import sys
@@ -95,7 +94,6 @@ class Row:
     speedup_vs_plain: float | None  # ours over the plain engine, same n and batch
     speedup_vs_first: float | None  # other engines: ours over them, same n and batch
     peak_memory_added_bytes: int  # over what was in use before the case (weights, other caches)
-    floor_fraction: float | None  # floor_seconds / time (CUDA only: the copy rate is measured)
     noisy: bool
     # Other engines: the share of token cells equal to ours (not a per-token rate: a sequence's
     # first difference changes the rest).
@@ -121,45 +119,13 @@ def memory_in_use(device: torch.device, peak: bool = False) -> int:
         allocated = torch.cuda.max_memory_allocated if peak else torch.cuda.memory_allocated
         return int(allocated(device))
     size = proc_field("/proc/self/status", "VmHWM:" if peak else "VmRSS:")  # "123 kB"
-    if size is not None:
-        return int(size.split()[0]) * 1024
-    if not peak:
-        return 0
-    scale = 1 if platform.system() == "Darwin" else 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-
-
-def copy_rate(device: torch.device, size_bytes: int = 1 << 30, repeats: int = 50) -> float | None:
-    """Bytes read and written per second by the fastest of `repeats` CUDA-event-timed copies."""
-    if device.type != "cuda":
-        return None
-    src = torch.empty(size_bytes // 2, dtype=torch.float16, device=device)
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    stream = torch.cuda.current_stream(device)
-    marks = [torch.cuda.Event(enable_timing=True) for _ in range(repeats + 1)]
-    marks[0].record(stream)
-    for mark in marks[1:]:
-        dst.copy_(src)
-        mark.record(stream)
-    synchronize(device)
-    fastest = min(a.elapsed_time(b) for a, b in zip(marks, marks[1:], strict=False)) / 1e3
-    return 2 * size_bytes / fastest
+    return int(size.split()[0]) * 1024 if size is not None else 0
 
 
 def weight_bytes(pipe: Pipeline) -> int:
     """Bytes of weights a pass reads: not the embedding tables, of which it gathers a few rows."""
     norms = [m.weight for m in pipe.model.modules() if isinstance(m, RMSNorm)]
     return projection_bytes(pipe.model) + sum(w.nbytes for w in norms)
-
-
-def floor_seconds(pipe: Pipeline, batch: int, guided: bool, rate: float) -> float:
-    """The least time a batch's generation takes at copy rate `rate`: each pass reads the weights
-    and the visible KV cache once."""
-    cfg = pipe.model.cfg
-    per_slot = 2 * cfg.n_layer * batch * (2 if guided else 1) * cfg.dim * pipe.model.dtype.itemsize
-    cache = per_slot * sum(step.end for step in pipe.plan.passes)
-    return (weight_bytes(pipe) * pipe.plan.num_passes + cache) / rate
 
 
 def machine_info(device: torch.device) -> dict:
@@ -180,7 +146,6 @@ def machine_info(device: torch.device) -> dict:
 def run_bench(
     engines: Engines,
     settings: BenchSettings,
-    rate: float | None = None,
     on_run: Callable[[str], None] = lambda text: None,
     on_measured: Callable[[list[Row]], None] | None = None,
 ) -> list[Row]:
@@ -219,8 +184,8 @@ def run_bench(
             case.added_bytes = max(case.added_bytes, memory_in_use(device, peak=True) - in_use)
             case.stats.add(pipe.stats)
             if on_measured is not None:
-                on_measured(summarise(cases, engines, rate, settings.sampling.guided))
-    return summarise(cases, engines, rate, settings.sampling.guided)
+                on_measured(summarise(cases, engines))
+    return summarise(cases, engines)
 
 
 def schedule(cases: list[Case], warmup: int, repeats: int) -> list[tuple[int, Case]]:
@@ -229,9 +194,7 @@ def schedule(cases: list[Case], warmup: int, repeats: int) -> list[tuple[int, Ca
     return first + [(r, case) for r in range(warmup + 1, warmup + repeats) for case in cases]
 
 
-def summarise(
-    cases: list[Case], engines: Engines, rate: float | None = None, guided: bool = True
-) -> list[Row]:
+def summarise(cases: list[Case], engines: Engines) -> list[Row]:
     """The rows of the cases measured so far."""
     rows = []
     tokens_of = {(c.regions, c.batch): c.tokens for c in cases if c.engine == OURS}
@@ -246,7 +209,6 @@ def summarise(
         first = median.get((*key, OURS)) if case.engine not in (OURS, PLAIN) else None
         dec = statistics.median(case.decode_seconds)
         spread = (max(case.gen_seconds) - min(case.gen_seconds)) / gen if gen else 0.0
-        floor = floor_seconds(pipe, case.batch, guided, rate) / gen if rate else None
         ours = tokens_of.get(key) if case.engine != OURS else None
         same = None if ours is None else (case.tokens == ours).float().mean().item()
         rows.append(
@@ -267,7 +229,6 @@ def summarise(
                 speedup_vs_plain=plain / gen if plain else None,
                 speedup_vs_first=first / gen if first else None,
                 peak_memory_added_bytes=case.added_bytes,
-                floor_fraction=floor,
                 noisy=spread > WIDE_SPREAD,
                 tokens_same_as_ours=same,
             )
@@ -340,7 +301,6 @@ def report(
     settings: BenchSettings,
     title: str,
     random_weights: bool,
-    rate: float | None,
     planned: int | None = None,
 ) -> dict:
     """Every figure of a run and what it ran on, for `--json`; `planned`: a whole run's rows."""
@@ -364,7 +324,6 @@ def report(
             "speedups": first.engine.speedups(),
             "reference_kernels": first.engine.reference_kernels,
         },
-        "copy_rate_bytes_per_s": rate,
         "rows": [asdict(row) for row in rows],
         "complete": planned is None or len(rows) == planned,
         "cases_planned": len(rows) if planned is None else planned,
@@ -381,13 +340,13 @@ def bytes_text(count: float) -> str:
 
 def print_report(
     out: Console, err: Console, title: str, rows: list[Row], engines: Engines,
-    sampling: SamplingConfig, rate: float | None, decoded: bool, cold: bool,
+    sampling: SamplingConfig, decoded: bool, cold: bool,
 ) -> None:  # fmt: skip
     """Our table, one per compared engine, then a one-line summary."""
     first = next(iter(engines[OURS].values()))
     item = "clip" if first.is_video else "image"
-    out.print(_our_table(title, [r for r in rows if r.engine == OURS], first, sampling, rate,
-                         decoded, item))  # fmt: skip
+    ours = [r for r in rows if r.engine == OURS]
+    out.print(_our_table(title, ours, first, sampling, decoded, item))
     for engine, pipes in engines.items():
         if engine != OURS:
             out.print(_comparison(rows, engine, first, next(iter(pipes.values())), item))
@@ -452,7 +411,7 @@ def _gen_columns(
     return [(header, gen), *([("min–max", span)] if spread else [])]
 
 
-def _our_table(title, rows, pipe, sampling, rate, decoded, item) -> Table:
+def _our_table(title, rows, pipe, sampling, decoded, item) -> Table:
     """One row per (n, batch), times per image; compact enough for 80 columns."""
     unit, text = _time_text(rows)
     columns = [
@@ -470,8 +429,6 @@ def _our_table(title, rows, pipe, sampling, rate, decoded, item) -> Table:
         ("vs n=1", lambda r: f"{r.speedup_vs_1:.2f}x" if r.speedup_vs_1 is not None else "–"),
         ("added mem", lambda r: bytes_text(r.peak_memory_added_bytes)),
     ]
-    if rate:
-        columns.append(("floor", lambda r: f"{100 * r.floor_fraction:.0f}%"))
     threads = torch.get_num_threads()
     on = f" ({threads} thread{'s' if threads > 1 else ''})" if pipe.device.type == "cpu" else ""
     parts = [
@@ -483,9 +440,6 @@ def _our_table(title, rows, pipe, sampling, rate, decoded, item) -> Table:
         parts.append(f"{pipe.packed} packed projections")
     if pipe.engine.reference_kernels:
         parts.append("the reference's kernels")
-    if rate:
-        parts.append(f"copy rate {rate / 1e12:.2f} TB/s; floor = (weights x passes + KV cache "
-                     "read) / copy rate")  # fmt: skip
     parts.append(f"times in {unit} per {item}")
     return _table(escape(title), " · ".join(parts), columns, rows)
 

@@ -5,6 +5,7 @@ acceptance, read on the host: one device sync per iteration, where `par` has non
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -41,17 +42,14 @@ def accept_or_resample(
     return accepted, torch.where(accepted, draft, resampled)
 
 
+@dataclass
 class Draws:
     """Uniforms of the rows: `base` (rows, tokens) for each position's first draw, the rest from a
     generator per row (so a row depends on itself alone) or, in the law tests, a shared one."""
 
-    def __init__(
-        self,
-        base: torch.Tensor,
-        generators: Sequence[torch.Generator] | None = None,
-        generator: torch.Generator | None = None,
-    ):
-        self.base, self.generators, self.generator = base, generators, generator
+    base: torch.Tensor
+    generators: Sequence[torch.Generator] | None = None
+    generator: torch.Generator | None = None
 
     def fresh(self, count: int, rows: torch.Tensor) -> torch.Tensor:
         """(rows, count) uniforms; only the rows flagged in `rows` advance their generator."""
