@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import socket
 import urllib.request
@@ -18,7 +17,8 @@ from urllib.parse import urlsplit
 from parcli.config import GPT_PRESETS
 from parcli.errors import UserError
 from parcli.io.catalogue import Entry
-from parcli.io.files import atomic_path, file_sha256, free_bytes
+from parcli.io.files import atomic_path, file_sha256, free_bytes, read_json, write_json
+from parcli.io.tensors import one_line
 
 try:
     import fcntl
@@ -76,22 +76,9 @@ def missing_files(entries: Iterable[Entry]) -> list[Entry]:
     return [entry for entry in dict.fromkeys(entries) if not is_present(entry)]
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-
-
 def read_record(entry: Entry) -> dict[str, Any] | None:
     """The sidecar of a converted entry (source URL, sha256, size), or None when unreadable."""
-    return _read_json(_in_weights(entry, ".json"))
+    return read_json(_in_weights(entry, ".json"))
 
 
 def offline_requested(flag: bool = False) -> bool:
@@ -192,11 +179,6 @@ class _ByteBar:
         return self
 
 
-def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 120 else text[:117] + "..."
-
-
 def _download_error(entry: Entry, exc: BaseException, resumable: bool = False) -> FetchError:
     """One line saying why ``entry`` could not be downloaded."""
     name, file, url, host = entry.name, entry.file, download_url(entry), download_host(entry)
@@ -232,7 +214,7 @@ def _download_error(entry: Entry, exc: BaseException, resumable: bool = False) -
             isinstance(err, ConnectionRefusedError | socket.gaierror)
         ):
             return FetchError(
-                f"{name}: cannot connect to {host} ({_short(err)}); check the network, "
+                f"{name}: cannot connect to {host} ({one_line(err, 120)}); check the network, "
                 "or set HF_ENDPOINT to a mirror" + (f", then {again}" if again else "")
             )
         if "Timeout" in kind or isinstance(err, TimeoutError):
@@ -248,10 +230,10 @@ def _download_error(entry: Entry, exc: BaseException, resumable: bool = False) -
             "Consistency check failed" in str(err)
         ):
             return FetchError(
-                f"{name}: the download of {file} was interrupted ({_short(err)}); "
+                f"{name}: the download of {file} was interrupted ({one_line(err, 120)}); "
                 f"run `par weights fetch {name}` again" + (" to resume" if again else "")
             )
-    return FetchError(f"{name}: cannot download {file} from {host}: {_short(exc)}")
+    return FetchError(f"{name}: cannot download {file} from {host}: {one_line(exc, 120)}")
 
 
 def cached_download(entry: Entry) -> Path | None:
@@ -285,7 +267,7 @@ def _download(entry: Entry, on_bytes: BytesCallback | None) -> Path:
         raise _download_error(entry, exc) from None
     final, (part, info) = raw_download_path(entry), _part_paths(entry)
     final.parent.mkdir(parents=True, exist_ok=True)
-    stored = _read_json(info) or {}
+    stored = read_json(info) or {}
     have = part.stat().st_size if part.is_file() else 0
     # Resume only the very file the part came from, as far as its etag and size tell.
     resumable = remote.etag is not None and remote.size is not None and have <= remote.size
@@ -296,7 +278,7 @@ def _download(entry: Entry, on_bytes: BytesCallback | None) -> Path:
         part.unlink(missing_ok=True)
         have = 0
         expected = {"url": url, "etag": remote.etag, "size": remote.size}
-        _write_json(info, {**expected, "commit": remote.commit_hash})
+        write_json(info, {**expected, "commit": remote.commit_hash})
     headers = build_hf_headers()
     headers["Accept-Encoding"] = "identity"  # byte offsets must be those of the file itself
     try:
@@ -453,7 +435,7 @@ def fetch(
             "converted": str(target),
             "fetched_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        _write_json(_in_weights(entry, ".json"), record)
+        write_json(_in_weights(entry, ".json"), record)
         if not kept:
             source.unlink()
         return target
