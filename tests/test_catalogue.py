@@ -418,11 +418,11 @@ def test_catalogue_messages_name_the_file_and_bound_the_grid(tmp_path):
 
 
 def test_shipped_checkpoints_carry_the_guidance_their_entries_give():
-    from parcli.io.checkpoints import read_metadata
+    from parcli.io.checkpoints import read_checkpoint
 
     for entry in load_catalogue().entries("gpt"):
         if entry.is_packaged:
-            metadata = read_metadata(entry.package_path)
+            metadata = read_checkpoint(entry.package_path)[3]
             assert float(metadata.get("cfg_scale", "nan")) == entry.cfg_scale, entry.name
             assert float(metadata.get("temperature", "1")) == entry.temperature, entry.name
 

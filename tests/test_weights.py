@@ -22,7 +22,7 @@ from parcli.io.checkpoints import (
     load_transformer,
     load_vq,
     read_checkpoint,
-    read_metadata,
+    read_config,
     save_checkpoint,
     validate,
 )
@@ -145,7 +145,7 @@ def test_metadata(tmp_path):
     torch.save({"model": gpt_state(4)}, src)
     dst = tmp_path / "out.safetensors"
     meta = convert(src, dst, heads=4, grid=16, extra_metadata={"note": "hi", "epochs": 3})
-    assert meta == read_metadata(dst)
+    assert meta == read_checkpoint(dst)[3]
     assert all(isinstance(v, str) for v in meta.values())
     assert meta["format"] == "parcli"
     assert meta["format_version"] == "1"
@@ -468,7 +468,7 @@ def test_read_checkpoint_errors(tmp_path):
         (tmp_path / "nope.safetensors", "nope.safetensors does not exist"),
     ]
     for path, message in cases:
-        for reader in (read_checkpoint, read_metadata, load_transformer):
+        for reader in (read_checkpoint, read_config, load_transformer):
             with pytest.raises(WeightsError) as info:
                 reader(path)
             assert message in str(info.value)

@@ -216,19 +216,10 @@ def _parse_metadata(path: str | os.PathLike, meta: Mapping[str, str] | None):
     return kind, config, meta
 
 
-def _read_header(path: str | os.PathLike):
-    with _open_checkpoint(path) as handle:
-        return _parse_metadata(path, handle.metadata())
-
-
 def read_config(path: str | os.PathLike) -> tuple[str, GPTConfig | VQConfig]:
     """(kind, config) of a parcli checkpoint, from its header alone."""
-    return _read_header(path)[:2]
-
-
-def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The header metadata of a parcli checkpoint, without reading any tensor."""
-    return _read_header(path)[2]
+    with _open_checkpoint(path) as handle:
+        return _parse_metadata(path, handle.metadata())[:2]
 
 
 def read_checkpoint(
