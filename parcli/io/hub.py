@@ -71,11 +71,6 @@ def is_present(entry: Entry) -> bool:
     return entry.is_packaged or converted_path(entry).is_file()
 
 
-def missing_files(entries: Iterable[Entry]) -> list[Entry]:
-    """The entries (each once, in order) that would have to be downloaded."""
-    return [entry for entry in dict.fromkeys(entries) if not is_present(entry)]
-
-
 def read_record(entry: Entry) -> dict[str, Any] | None:
     """The sidecar of a converted entry (source URL, sha256, size), or None when unreadable."""
     return read_json(_in_weights(entry, ".json"))
@@ -446,16 +441,10 @@ def ensure_files(
     offline: bool = False,
     download: Callable[[Entry], Path] | None = None,
 ) -> dict[str, Path]:
-    """Local paths of ``entries`` by name, fetching what is missing first (each once); offline,
-    a complete download already on disk is still converted, anything else missing fails first."""
-    entries = list(dict.fromkeys(entries))
-    missing = missing_files(entries)
-    if missing and offline_requested(offline):
-        for entry in missing:
-            fetch(entry, offline=True)
-        missing = []
-    get = download or fetch
-    return {e.name: get(e) if e in missing else converted_path(e) for e in entries}
+    """Local paths of ``entries`` by name, fetching what is missing; offline, a complete download
+    already on disk is still converted, and anything else missing fails."""
+    get = (lambda e: fetch(e, offline=True)) if offline_requested(offline) else download or fetch
+    return {e.name: converted_path(e) if is_present(e) else get(e) for e in entries}
 
 
 def remove(entry: Entry, *, download: bool = False) -> int:
