@@ -76,7 +76,7 @@ def test_families(cat):
     for family in shipped:
         for entry in fams[family]:
             assert entry.is_packaged and entry.package_path.is_file()
-            tokenizer = cat.tokenizer_for(entry.name)
+            tokenizer = cat.tokenizer_for(entry)
             for shipped_file in (entry, tokenizer):
                 size = shipped_file.package_path.stat().st_size
                 assert shipped_file.approx_size_bytes == pytest.approx(size, rel=0.01)
@@ -148,7 +148,7 @@ def test_unknown_name_without_close_match_lists_families(cat):
 def test_tokenizer_lookup(cat):
     vq = cat.tokenizer_for(cat.get("par-3b-16x"))
     assert vq.name == "vq-ds16-c2i" and vq.kind == "vq"
-    assert cat.tokenizer_for("llamagen-b-384") is vq
+    assert cat.tokenizer_for(cat.get("llamagen-b-384")) is vq
     assert cat.tokenizer_for(vq) is vq
 
 

@@ -330,10 +330,8 @@ class Catalogue:
         candidates = list(self.families) + [e.name for e in self.entries("gpt")]
         raise CatalogueError(self._unknown("model", model, candidates))
 
-    def tokenizer_for(self, entry: Entry | str) -> Entry:
+    def tokenizer_for(self, entry: Entry) -> Entry:
         """The "vq" entry that decodes a transformer entry's tokens."""
-        if isinstance(entry, str):
-            entry = self.get(entry)
         if entry.kind == "vq":
             return entry
         return self.get(str(entry.tokenizer))

@@ -18,11 +18,12 @@ from typing import Any
 import torch
 
 from parcli.config import (
+    GPT_PRESETS,
     SUPPORTED_REGIONS,
     GPTConfig,
     check_heads,
     ffn_hidden_dim,
-    preset_heads,
+    preset_name,
 )
 from parcli.engine.dtypes import storage_dtype
 from parcli.io.checkpoints import (
@@ -233,7 +234,8 @@ def infer_gpt_config(
         raise WeightsError(
             f"{special} has {regions - 1} rows; only 3 (4 regions) or 15 (16 regions) are known"
         )
-    n_head = heads or preset_heads(n_layer, dim)
+    preset = preset_name(n_layer, dim)
+    n_head = heads or (GPT_PRESETS[preset][1] if preset else None)
     if not n_head:
         raise HeadsUnknown(
             f"cannot tell the attention heads of a custom {n_layer}-layer, {dim}-wide transformer"
