@@ -102,17 +102,12 @@ def _reason(exc: OSError) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
 
 
-def file_sha256(path: PathLike, progress: Callable[[str, int, int], None] | None = None) -> str:
-    """Hex sha256 of a file, read in chunks; ``progress("hash", done, total)`` follows it."""
+def file_sha256(path: PathLike) -> str:
+    """Hex sha256 of a file, read in chunks."""
     digest = hashlib.sha256()
-    total = os.path.getsize(path)
-    done = 0
     with open(path, "rb") as handle:
         while chunk := handle.read(8 << 20):
             digest.update(chunk)
-            done += len(chunk)
-            if progress is not None:
-                progress("hash", done, total)
     return digest.hexdigest()
 
 
