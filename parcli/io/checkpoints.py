@@ -3,6 +3,7 @@ checked against the declared architecture before a module is built (failures: ``
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import struct
@@ -261,7 +262,13 @@ def read_checkpoint(
     return state, kind, config, meta
 
 
-def _load_module(path, device, dtype, kind: str) -> tuple[Any, dict[str, str]]:
+def _load_module(
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype | None = None,
+    *,
+    kind: str,
+) -> tuple[Any, dict[str, str]]:
     """The module of a parcli checkpoint of ``kind``, in eval mode, with its metadata; the
     module adopts the loaded tensors without a second copy."""
     state, kind, config, meta = read_checkpoint(path, device, dtype, kind)
@@ -270,17 +277,5 @@ def _load_module(path, device, dtype, kind: str) -> tuple[Any, dict[str, str]]:
     return module.eval(), meta
 
 
-def load_transformer(
-    path: str | os.PathLike,
-    device: str | torch.device = "cpu",
-    dtype: str | torch.dtype | None = None,
-) -> tuple[Transformer, dict[str, str]]:
-    return _load_module(path, device, dtype, "gpt")
-
-
-def load_vq(
-    path: str | os.PathLike,
-    device: str | torch.device = "cpu",
-    dtype: str | torch.dtype | None = None,
-) -> tuple[VQModel, dict[str, str]]:
-    return _load_module(path, device, dtype, "vq")
+load_transformer = functools.partial(_load_module, kind="gpt")
+load_vq = functools.partial(_load_module, kind="vq")
