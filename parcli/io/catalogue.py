@@ -353,14 +353,9 @@ def use_catalogue(path: str | Path | None) -> None:
     _chosen[:] = [Path(path)] if path is not None else []
 
 
-@lru_cache(maxsize=8)
-def _read_once(path: Path) -> Catalogue:
-    return Catalogue.load(path)
+_read_once = lru_cache(maxsize=8)(Catalogue.load)
 
 
-def load_catalogue(path: str | Path | None = None) -> Catalogue:
-    """The catalogue at ``path``; without one, the one chosen with `use_catalogue` or else the
-    packaged one, read once and cached."""
-    if path is not None:
-        return Catalogue.load(path)
+def load_catalogue() -> Catalogue:
+    """The catalogue chosen with `use_catalogue`, else the packaged one, read once and cached."""
     return _read_once(_chosen[0] if _chosen else DEFAULT_PATH)
