@@ -143,8 +143,6 @@ def save_checkpoint(
 ) -> dict[str, str]:
     """Write ``state`` as a parcli safetensors file, atomically, floating tensors cast to
     ``dtype``; returns the header metadata (``metadata`` adds fields, non-strings as JSON)."""
-    if kind not in CHECKPOINT_KINDS:
-        raise ValueError(f"kind must be one of {', '.join(CHECKPOINT_KINDS)}, not {kind!r}")
     path = Path(path)
     if not path.parent.is_dir():
         raise WeightsError(f"folder {path.parent} does not exist; create it first")
