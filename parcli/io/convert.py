@@ -21,7 +21,6 @@ from parcli.config import (
     GPT_PRESETS,
     SUPPORTED_REGIONS,
     GPTConfig,
-    check_heads,
     ffn_hidden_dim,
     preset_name,
 )
@@ -210,7 +209,6 @@ def infer_gpt_config(
 ) -> GPTConfig:
     """The transformer architecture a state dict (tensors or shapes) was made for."""
     what = "LlamaGen/PAR transformer"
-    check_heads(heads)
     vocab, dim = _need(state, "tok_embeddings.weight", what)
     out_rows, out_cols = _need(state, "output.weight", what)
     if (out_rows, out_cols) != (vocab, dim):
