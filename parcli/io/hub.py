@@ -18,7 +18,6 @@ from parcli.config import GPT_PRESETS
 from parcli.errors import UserError
 from parcli.io.catalogue import Entry
 from parcli.io.files import atomic_path, file_sha256, free_bytes, read_json, write_json
-from parcli.io.tensors import one_line
 
 try:
     import fcntl
@@ -176,6 +175,8 @@ class _ByteBar:
 
 def _download_error(entry: Entry, exc: BaseException, resumable: bool = False) -> FetchError:
     """One line saying why ``entry`` could not be downloaded."""
+    from parcli.io.tensors import one_line  # torch: not for --help
+
     name, file, url, host = entry.name, entry.file, download_url(entry), download_host(entry)
     again = f"run `par weights fetch {name}` again to resume" if resumable else ""
     later = "try again later" + (f" ({again})" if again else "")
