@@ -186,8 +186,7 @@ def remove(
 ) -> None:
     """Delete converted weights from the cache to free disk space."""
     with user_errors():
-        catalogue = load_catalogue()
-        for entry in _select(catalogue, names, regions):
+        for entry in _select(load_catalogue(), names, regions):
             freed = hub.remove(entry, download=download)
             if freed:
                 console.print(f"{entry.name}: removed ({hub.human_size(freed)} freed)")
