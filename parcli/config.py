@@ -79,11 +79,6 @@ def preset_name(n_layer: int, dim: int) -> str | None:
     return None
 
 
-def preset_heads(n_layer: int, dim: int) -> int | None:
-    name = preset_name(n_layer, dim)
-    return GPT_PRESETS[name][1] if name else None
-
-
 def token_grid(grid: str | None, image_size: int, stride: int = VQ_STRIDE) -> tuple[int, ...]:
     """The grid `grid` names (`24`, `24x24`, `5x16x16`), else the square one of `image_size` px."""
     if grid is None:

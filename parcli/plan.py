@@ -113,27 +113,12 @@ class Plan:
         return tuple(runs)
 
     @cached_property
-    def slot_kind(self) -> np.ndarray:
-        """CLASS, TOKEN or TRANSITION for every slot."""
-        kind = np.empty(self.num_slots, dtype=np.int64)
-        for run_kind, start, end, _ in self.slot_runs:
-            kind[start:end] = run_kind
-        return kind
-
-    @cached_property
-    def slot_source(self) -> np.ndarray:
-        """Per slot: sequence index of the token fed there, transition index, or 0 for the class."""
-        source = np.empty(self.num_slots, dtype=np.int64)
-        for _, start, end, first in self.slot_runs:
-            source[start:end] = np.arange(first, first + end - start)
-        return source
-
-    @cached_property
     def slot_cell(self) -> np.ndarray:
         """Raster cell whose rotary angles each slot uses; -1 for the all-zero rows."""
         cell = np.full(self.num_slots, -1, dtype=np.int64)
-        tokens = self.slot_kind == TOKEN
-        cell[tokens] = self.order[self.slot_source[tokens]]
+        for kind, start, end, first in self.slot_runs:
+            if kind == TOKEN:
+                cell[start:end] = self.order[first : first + end - start]
         return cell
 
     def attention_mask(self) -> np.ndarray:

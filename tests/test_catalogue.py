@@ -76,7 +76,7 @@ def test_families(cat):
     for family in shipped:
         for entry in fams[family]:
             assert entry.is_packaged and entry.package_path.is_file()
-            tokenizer = cat.tokenizer_for(entry.name)
+            tokenizer = cat.tokenizer_for(entry)
             for shipped_file in (entry, tokenizer):
                 size = shipped_file.package_path.stat().st_size
                 assert shipped_file.approx_size_bytes == pytest.approx(size, rel=0.01)
@@ -148,7 +148,7 @@ def test_unknown_name_without_close_match_lists_families(cat):
 def test_tokenizer_lookup(cat):
     vq = cat.tokenizer_for(cat.get("par-3b-16x"))
     assert vq.name == "vq-ds16-c2i" and vq.kind == "vq"
-    assert cat.tokenizer_for("llamagen-b-384") is vq
+    assert cat.tokenizer_for(cat.get("llamagen-b-384")) is vq
     assert cat.tokenizer_for(vq) is vq
 
 
@@ -418,11 +418,11 @@ def test_catalogue_messages_name_the_file_and_bound_the_grid(tmp_path):
 
 
 def test_shipped_checkpoints_carry_the_guidance_their_entries_give():
-    from parcli.io.checkpoints import read_metadata
+    from parcli.io.checkpoints import read_checkpoint
 
     for entry in load_catalogue().entries("gpt"):
         if entry.is_packaged:
-            metadata = read_metadata(entry.package_path)
+            metadata = read_checkpoint(entry.package_path)[3]
             assert float(metadata.get("cfg_scale", "nan")) == entry.cfg_scale, entry.name
             assert float(metadata.get("temperature", "1")) == entry.temperature, entry.name
 

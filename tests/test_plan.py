@@ -73,20 +73,30 @@ def test_passes_write_the_spec_slots():
     assert plan.num_slots == 576
 
 
+def slot_arrays(plan):
+    """Per-slot kind and source (sequence or transition index), expanded from the plan's runs."""
+    kinds, sources = [], []
+    for kind, start, end, first in plan.slot_runs:
+        kinds += [kind] * (end - start)
+        sources += range(first, first + end - start)
+    return np.array(kinds), np.array(sources)
+
+
 def test_slot_layout_n4():
     plan = Plan((4, 4), 4)
-    kinds = plan.slot_kind.tolist()
+    kinds = slot_arrays(plan)[0].tolist()
     assert kinds == [CLASS] + [TOKEN] * 4 + [TRANSITION] * 3 + [TOKEN] * 8
     # slots 1..4 hold t1..t4, slots 5..7 M1..M3, slots 8.. hold t5.. (sequence indices 4..)
-    assert plan.slot_source.tolist() == [0, 0, 1, 2, 3, 0, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11]
+    assert slot_arrays(plan)[1].tolist() == [0, 0, 1, 2, 3, 0, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11]
 
 
 def test_rotary_cells_follow_tokens_and_zero_for_class_and_transitions():
     plan = Plan((4, 4), 4)
     cell = plan.slot_cell
     assert cell[0] == -1 and (cell[5:8] == -1).all()
-    tokens = plan.slot_kind == TOKEN
-    assert np.array_equal(cell[tokens], plan.order[plan.slot_source[tokens]])
+    kinds, sources = slot_arrays(plan)
+    tokens = kinds == TOKEN
+    assert np.array_equal(cell[tokens], plan.order[sources[tokens]])
 
 
 def test_mask_n4_blocks():
@@ -115,10 +125,11 @@ def test_each_pass_sees_exactly_its_prefix(n):
 @pytest.mark.parametrize("n", [1, 4, 16])
 def test_every_fed_token_was_produced_by_an_earlier_pass(n):
     plan = Plan((16, 16), n)
+    kinds, sources = slot_arrays(plan)
     produced = set()
     for p in plan.passes:
         for slot in range(p.start, p.end):
-            if plan.slot_kind[slot] == TOKEN:
-                assert plan.slot_source[slot] in produced
+            if kinds[slot] == TOKEN:
+                assert sources[slot] in produced
         produced.update(range(p.start, p.end))
     assert produced == set(range(plan.num_tokens))

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from conftest import tiny_config, tiny_model, tiny_vq_config
 
-from parcli.io.checkpoints import read_checkpoint, read_metadata, save_checkpoint
+from parcli.io.checkpoints import read_checkpoint, save_checkpoint
 from parcli.plan import Plan
 from parcli.slots import embed_slots, slot_rotary
 from parcli.training.data import load_class_folder, split_held_out
@@ -109,12 +109,12 @@ def test_checkpoint_reload_and_resume_continue_the_step_count(tmp_path):
     cfg = tiny_config(regions=4)
     out = tmp_path / "g.safetensors"
     train_gpt(codes, labels, cfg, TrainRun(4, 4, 1e-3, 0, out, checkpoint_every=2))
-    assert read_metadata(out)["step"] == "4"
+    assert read_checkpoint(out)[3]["step"] == "4"
     assert (tmp_path / "g.safetensors.optim.safetensors").is_file()
     rec = Recorder()
     result = train_gpt(codes, labels, cfg, TrainRun(6, 4, 1e-3, 0, out, resume=True), on_step=rec)
     assert rec.steps == [5, 6] and result.steps == 6
-    meta = read_metadata(out)
+    meta = read_checkpoint(out)[3]
     assert meta["step"] == "6" and json.loads(meta["training"])["steps"] == 6
     state, kind, config, _ = read_checkpoint(out)
     assert kind == "gpt" and config == cfg
@@ -133,13 +133,13 @@ def test_interrupt_leaves_the_last_completed_step_readable(tmp_path):
     out = tmp_path / "g.safetensors"
     with pytest.raises(KeyboardInterrupt):
         train_gpt(codes, labels, tiny_config(), TrainRun(10, 4, 1e-3, 0, out), Recorder(stop_at=3))
-    assert read_metadata(out)["step"] == "3"
+    assert read_checkpoint(out)[3]["step"] == "3"
     read_checkpoint(out)
     vq_out = tmp_path / "vq.safetensors"
     run = TrainRun(10, 4, 1e-3, 0, vq_out, warmup=50)
     with pytest.raises(KeyboardInterrupt):
         train_vq(stripes(), grey_vq_config(), run, on_step=Recorder(stop_at=2))
-    assert read_metadata(vq_out)["step"] == "2"
+    assert read_checkpoint(vq_out)[3]["step"] == "2"
 
 
 def test_load_digits():
@@ -214,6 +214,6 @@ def test_a_trained_checkpoint_records_its_guidance_scale(tmp_path):
     codes, labels = patterned_codes()
     out = tmp_path / "g.safetensors"
     train_gpt(codes, labels, tiny_config(regions=4), TrainRun(1, 4, 1e-3, 0, out), cfg_scale=2.5)
-    assert read_metadata(out)["cfg_scale"] == "2.5"
+    assert read_checkpoint(out)[3]["cfg_scale"] == "2.5"
     train_gpt(codes, labels, tiny_config(regions=4), TrainRun(1, 4, 1e-3, 0, out))
-    assert "cfg_scale" not in read_metadata(out)
+    assert "cfg_scale" not in read_checkpoint(out)[3]

@@ -8,7 +8,6 @@ import typer
 
 from parcli.commands.common import CatalogueOption, console, err_console, inert, user_errors
 from parcli.errors import UserError
-from parcli.io.catalogue import use_catalogue
 from parcli.io.locate import catalogue_class_set
 
 
@@ -30,7 +29,6 @@ def classes_command(
 ) -> None:
     """List or search the class ids and names that --class accepts."""
     with user_errors():
-        use_catalogue(catalogue)
         names = catalogue_class_set(model, None)
         ids = names.search(query) if query is not None else list(range(len(names)))
         if not ids:

@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from parcli.commands.common import CatalogueOption, QuietOption, console, user_errors
 from parcli.config import check_heads, token_grid
-from parcli.io.catalogue import load_catalogue, use_catalogue
+from parcli.io.catalogue import load_catalogue
 from parcli.io.files import check_writable
 
 
@@ -41,7 +41,6 @@ def convert_weights(
     from parcli.io.convert import convert  # torch: when the command runs, not for --help
 
     with user_errors({"dst": "DST", "src": "SRC"}):
-        use_catalogue(catalogue)
         sides = token_grid(grid, 384 if image_size is None else image_size)
         assumed = grid is None and image_size is None
         # Before the source is read and hashed: a bad destination is one line, at once.

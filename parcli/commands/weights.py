@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -20,18 +19,13 @@ from parcli.commands.common import (
 )
 from parcli.commands.downloads import fetch_with_progress
 from parcli.io import hub
-from parcli.io.catalogue import Catalogue, Entry, load_catalogue, use_catalogue
+from parcli.io.catalogue import Catalogue, Entry, load_catalogue
 
 app = command_app("weights", "List, download, locate and remove model weights.")
 
 RegionsOption = Annotated[
     int | None, typer.Option("--regions", "-n", help="With a family name: its n-region member.")
 ]
-
-
-def _catalogue(path: Path | None) -> Catalogue:
-    use_catalogue(path)
-    return load_catalogue()
 
 
 def _select(catalogue: Catalogue, names: list[str], regions: int | None) -> list[Entry]:
@@ -81,7 +75,7 @@ def list_weights(
 ) -> None:
     """Every catalogue entry: family, n, architecture, download size, licence, local copy."""
     with user_errors():
-        entries = _catalogue(catalogue_path).entries()
+        entries = load_catalogue().entries()
         if as_json:
             print(json.dumps([_row(e) for e in entries], indent=2))
             return
@@ -132,7 +126,7 @@ def fetch(
     from parcli.engine.dtypes import storage_dtype  # torch: when the command runs, not for --help
 
     with user_errors():
-        catalogue = _catalogue(catalogue_path)
+        catalogue = load_catalogue()
         wanted = _select(catalogue, names, regions)
         pairs = ((entry, catalogue.tokenizer_for(entry)) for entry in wanted)
         offline = hub.offline_requested(False)
@@ -166,7 +160,7 @@ def path(
     """Print where the converted file of NAME is (exit code 1 when it is not downloaded yet)."""
     with user_errors():
         # A family without --regions: its member with the most regions, as generation picks.
-        entry = _select(_catalogue(catalogue_path), [name], regions)[-1]
+        entry = _select(load_catalogue(), [name], regions)[-1]
         print(hub.converted_path(entry))
         if not hub.is_present(entry):
             err_console.print(
@@ -192,8 +186,7 @@ def remove(
 ) -> None:
     """Delete converted weights from the cache to free disk space."""
     with user_errors():
-        catalogue = _catalogue(catalogue_path)
-        for entry in _select(catalogue, names, regions):
+        for entry in _select(load_catalogue(), names, regions):
             freed = hub.remove(entry, download=download)
             if freed:
                 console.print(f"{entry.name}: removed ({hub.human_size(freed)} freed)")

@@ -330,10 +330,8 @@ class Catalogue:
         candidates = list(self.families) + [e.name for e in self.entries("gpt")]
         raise CatalogueError(self._unknown("model", model, candidates))
 
-    def tokenizer_for(self, entry: Entry | str) -> Entry:
+    def tokenizer_for(self, entry: Entry) -> Entry:
         """The "vq" entry that decodes a transformer entry's tokens."""
-        if isinstance(entry, str):
-            entry = self.get(entry)
         if entry.kind == "vq":
             return entry
         return self.get(str(entry.tokenizer))
@@ -355,14 +353,9 @@ def use_catalogue(path: str | Path | None) -> None:
     _chosen[:] = [Path(path)] if path is not None else []
 
 
-@lru_cache(maxsize=8)
-def _read_once(path: Path) -> Catalogue:
-    return Catalogue.load(path)
+_read_once = lru_cache(maxsize=8)(Catalogue.load)
 
 
-def load_catalogue(path: str | Path | None = None) -> Catalogue:
-    """The catalogue at ``path``; without one, the one chosen with `use_catalogue` or else the
-    packaged one, read once and cached."""
-    if path is not None:
-        return Catalogue.load(path)
+def load_catalogue() -> Catalogue:
+    """The catalogue chosen with `use_catalogue`, else the packaged one, read once and cached."""
     return _read_once(_chosen[0] if _chosen else DEFAULT_PATH)

@@ -3,6 +3,7 @@ checked against the declared architecture before a module is built (failures: ``
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import struct
@@ -142,8 +143,6 @@ def save_checkpoint(
 ) -> dict[str, str]:
     """Write ``state`` as a parcli safetensors file, atomically, floating tensors cast to
     ``dtype``; returns the header metadata (``metadata`` adds fields, non-strings as JSON)."""
-    if kind not in CHECKPOINT_KINDS:
-        raise ValueError(f"kind must be one of {', '.join(CHECKPOINT_KINDS)}, not {kind!r}")
     path = Path(path)
     if not path.parent.is_dir():
         raise WeightsError(f"folder {path.parent} does not exist; create it first")
@@ -216,19 +215,10 @@ def _parse_metadata(path: str | os.PathLike, meta: Mapping[str, str] | None):
     return kind, config, meta
 
 
-def _read_header(path: str | os.PathLike):
-    with _open_checkpoint(path) as handle:
-        return _parse_metadata(path, handle.metadata())
-
-
 def read_config(path: str | os.PathLike) -> tuple[str, GPTConfig | VQConfig]:
     """(kind, config) of a parcli checkpoint, from its header alone."""
-    return _read_header(path)[:2]
-
-
-def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The header metadata of a parcli checkpoint, without reading any tensor."""
-    return _read_header(path)[2]
+    with _open_checkpoint(path) as handle:
+        return _parse_metadata(path, handle.metadata())[:2]
 
 
 def read_checkpoint(
@@ -270,7 +260,13 @@ def read_checkpoint(
     return state, kind, config, meta
 
 
-def _load_module(path, device, dtype, kind: str) -> tuple[Any, dict[str, str]]:
+def _load_module(
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype | None = None,
+    *,
+    kind: str,
+) -> tuple[Any, dict[str, str]]:
     """The module of a parcli checkpoint of ``kind``, in eval mode, with its metadata; the
     module adopts the loaded tensors without a second copy."""
     state, kind, config, meta = read_checkpoint(path, device, dtype, kind)
@@ -279,17 +275,5 @@ def _load_module(path, device, dtype, kind: str) -> tuple[Any, dict[str, str]]:
     return module.eval(), meta
 
 
-def load_transformer(
-    path: str | os.PathLike,
-    device: str | torch.device = "cpu",
-    dtype: str | torch.dtype | None = None,
-) -> tuple[Transformer, dict[str, str]]:
-    return _load_module(path, device, dtype, "gpt")
-
-
-def load_vq(
-    path: str | os.PathLike,
-    device: str | torch.device = "cpu",
-    dtype: str | torch.dtype | None = None,
-) -> tuple[VQModel, dict[str, str]]:
-    return _load_module(path, device, dtype, "vq")
+load_transformer = functools.partial(_load_module, kind="gpt")
+load_vq = functools.partial(_load_module, kind="vq")

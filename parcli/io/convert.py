@@ -18,11 +18,11 @@ from typing import Any
 import torch
 
 from parcli.config import (
+    GPT_PRESETS,
     SUPPORTED_REGIONS,
     GPTConfig,
-    check_heads,
     ffn_hidden_dim,
-    preset_heads,
+    preset_name,
 )
 from parcli.engine.dtypes import storage_dtype
 from parcli.io.checkpoints import (
@@ -209,7 +209,6 @@ def infer_gpt_config(
 ) -> GPTConfig:
     """The transformer architecture a state dict (tensors or shapes) was made for."""
     what = "LlamaGen/PAR transformer"
-    check_heads(heads)
     vocab, dim = _need(state, "tok_embeddings.weight", what)
     out_rows, out_cols = _need(state, "output.weight", what)
     if (out_rows, out_cols) != (vocab, dim):
@@ -233,7 +232,8 @@ def infer_gpt_config(
         raise WeightsError(
             f"{special} has {regions - 1} rows; only 3 (4 regions) or 15 (16 regions) are known"
         )
-    n_head = heads or preset_heads(n_layer, dim)
+    preset = preset_name(n_layer, dim)
+    n_head = heads or (GPT_PRESETS[preset][1] if preset else None)
     if not n_head:
         raise HeadsUnknown(
             f"cannot tell the attention heads of a custom {n_layer}-layer, {dim}-wide transformer"
@@ -271,7 +271,7 @@ def infer_gpt_config(
         raise WeightsError(f"{one_line(exc)}; give another number of heads", "heads") from None
 
 
-def infer_vq_config(state: Mapping[str, Any], norm_groups: int | None = None) -> VQConfig:
+def infer_vq_config(state: Mapping[str, Any]) -> VQConfig:
     """The tokenizer architecture of a LlamaGen-layout VQ state dict (tensors or shapes); the
     GroupNorm group count is not in the weights, and LlamaGen always uses 32."""
     what = "LlamaGen VQ"
@@ -286,7 +286,6 @@ def infer_vq_config(state: Mapping[str, Any], norm_groups: int | None = None) ->
     widths = [
         _need(state, f"encoder.conv_blocks.{i}.res.0.conv1.weight", what)[0] for i in range(levels)
     ]
-    groups = norm_groups or 32  # VQConfig refuses widths it does not divide
     try:
         return VQConfig(
             codebook_size=codebook_size,
@@ -297,7 +296,7 @@ def infer_vq_config(state: Mapping[str, Any], norm_groups: int | None = None) ->
             num_res_blocks=num_res_blocks,
             in_channels=in_channels,
             out_channels=out_channels,
-            norm_groups=groups,
+            norm_groups=32,
         )
     except ValueError as exc:
         raise WeightsError(f"unsupported VQ architecture: {one_line(exc)}") from None
@@ -311,7 +310,6 @@ def convert(
     heads: int | None = None,
     grid: int | Iterable[int] | None = None,
     dtype: str | torch.dtype | None = "keep",
-    norm_groups: int | None = None,
     extra_metadata: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
     """Convert a published checkpoint into a parcli safetensors file, with the sha256 of ``src``
@@ -327,11 +325,7 @@ def convert(
         kind = detect_kind(state)
     except WeightsError as exc:
         raise WeightsError(f"{src}: {exc}") from None
-    config = (
-        infer_gpt_config(state, heads=heads, grid=grid)
-        if kind == "gpt"
-        else infer_vq_config(state, norm_groups=norm_groups)
-    )
+    config = infer_gpt_config(state, heads, grid) if kind == "gpt" else infer_vq_config(state)
     validate(state, expected_shapes(kind, config), what=f"{src} ({describe(kind, config)})")
     try:  # what par's loader will read back: a file it would refuse is never written
         type(config).from_dict(config.to_dict())

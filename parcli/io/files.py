@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import secrets
@@ -82,22 +83,31 @@ def atomic_write(path: PathLike, writer: Callable[[Path], object]) -> Path:
     return Path(path)
 
 
+def read_json(path: Path) -> dict | None:
+    """The JSON object in ``path``, or None when it is missing, unreadable or not an object."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_json(path: PathLike, data: object) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
 def _reason(exc: OSError) -> str:
     text = exc.strerror or str(exc) or type(exc).__name__
     return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
 
 
-def file_sha256(path: PathLike, progress: Callable[[str, int, int], None] | None = None) -> str:
-    """Hex sha256 of a file, read in chunks; ``progress("hash", done, total)`` follows it."""
+def file_sha256(path: PathLike) -> str:
+    """Hex sha256 of a file, read in chunks."""
     digest = hashlib.sha256()
-    total = os.path.getsize(path)
-    done = 0
     with open(path, "rb") as handle:
         while chunk := handle.read(8 << 20):
             digest.update(chunk)
-            done += len(chunk)
-            if progress is not None:
-                progress("hash", done, total)
     return digest.hexdigest()
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import socket
 import urllib.request
@@ -18,7 +17,7 @@ from urllib.parse import urlsplit
 from parcli.config import GPT_PRESETS
 from parcli.errors import UserError
 from parcli.io.catalogue import Entry
-from parcli.io.files import atomic_path, file_sha256, free_bytes
+from parcli.io.files import atomic_path, file_sha256, free_bytes, read_json, write_json
 
 try:
     import fcntl
@@ -71,27 +70,9 @@ def is_present(entry: Entry) -> bool:
     return entry.is_packaged or converted_path(entry).is_file()
 
 
-def missing_files(entries: Iterable[Entry]) -> list[Entry]:
-    """The entries (each once, in order) that would have to be downloaded."""
-    return [entry for entry in dict.fromkeys(entries) if not is_present(entry)]
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-
-
 def read_record(entry: Entry) -> dict[str, Any] | None:
     """The sidecar of a converted entry (source URL, sha256, size), or None when unreadable."""
-    return _read_json(_in_weights(entry, ".json"))
+    return read_json(_in_weights(entry, ".json"))
 
 
 def offline_requested(flag: bool = False) -> bool:
@@ -192,13 +173,10 @@ class _ByteBar:
         return self
 
 
-def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 120 else text[:117] + "..."
-
-
 def _download_error(entry: Entry, exc: BaseException, resumable: bool = False) -> FetchError:
     """One line saying why ``entry`` could not be downloaded."""
+    from parcli.io.tensors import one_line  # torch: not for --help
+
     name, file, url, host = entry.name, entry.file, download_url(entry), download_host(entry)
     again = f"run `par weights fetch {name}` again to resume" if resumable else ""
     later = "try again later" + (f" ({again})" if again else "")
@@ -232,7 +210,7 @@ def _download_error(entry: Entry, exc: BaseException, resumable: bool = False) -
             isinstance(err, ConnectionRefusedError | socket.gaierror)
         ):
             return FetchError(
-                f"{name}: cannot connect to {host} ({_short(err)}); check the network, "
+                f"{name}: cannot connect to {host} ({one_line(err, 120)}); check the network, "
                 "or set HF_ENDPOINT to a mirror" + (f", then {again}" if again else "")
             )
         if "Timeout" in kind or isinstance(err, TimeoutError):
@@ -248,10 +226,10 @@ def _download_error(entry: Entry, exc: BaseException, resumable: bool = False) -
             "Consistency check failed" in str(err)
         ):
             return FetchError(
-                f"{name}: the download of {file} was interrupted ({_short(err)}); "
+                f"{name}: the download of {file} was interrupted ({one_line(err, 120)}); "
                 f"run `par weights fetch {name}` again" + (" to resume" if again else "")
             )
-    return FetchError(f"{name}: cannot download {file} from {host}: {_short(exc)}")
+    return FetchError(f"{name}: cannot download {file} from {host}: {one_line(exc, 120)}")
 
 
 def cached_download(entry: Entry) -> Path | None:
@@ -285,7 +263,7 @@ def _download(entry: Entry, on_bytes: BytesCallback | None) -> Path:
         raise _download_error(entry, exc) from None
     final, (part, info) = raw_download_path(entry), _part_paths(entry)
     final.parent.mkdir(parents=True, exist_ok=True)
-    stored = _read_json(info) or {}
+    stored = read_json(info) or {}
     have = part.stat().st_size if part.is_file() else 0
     # Resume only the very file the part came from, as far as its etag and size tell.
     resumable = remote.etag is not None and remote.size is not None and have <= remote.size
@@ -296,7 +274,7 @@ def _download(entry: Entry, on_bytes: BytesCallback | None) -> Path:
         part.unlink(missing_ok=True)
         have = 0
         expected = {"url": url, "etag": remote.etag, "size": remote.size}
-        _write_json(info, {**expected, "commit": remote.commit_hash})
+        write_json(info, {**expected, "commit": remote.commit_hash})
     headers = build_hf_headers()
     headers["Accept-Encoding"] = "identity"  # byte offsets must be those of the file itself
     try:
@@ -453,7 +431,7 @@ def fetch(
             "converted": str(target),
             "fetched_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        _write_json(_in_weights(entry, ".json"), record)
+        write_json(_in_weights(entry, ".json"), record)
         if not kept:
             source.unlink()
         return target
@@ -464,16 +442,10 @@ def ensure_files(
     offline: bool = False,
     download: Callable[[Entry], Path] | None = None,
 ) -> dict[str, Path]:
-    """Local paths of ``entries`` by name, fetching what is missing first (each once); offline,
-    a complete download already on disk is still converted, anything else missing fails first."""
-    entries = list(dict.fromkeys(entries))
-    missing = missing_files(entries)
-    if missing and offline_requested(offline):
-        for entry in missing:
-            fetch(entry, offline=True)
-        missing = []
-    get = download or fetch
-    return {e.name: get(e) if e in missing else converted_path(e) for e in entries}
+    """Local paths of ``entries`` by name, fetching what is missing; offline, a complete download
+    already on disk is still converted, and anything else missing fails."""
+    get = (lambda e: fetch(e, offline=True)) if offline_requested(offline) else download or fetch
+    return {e.name: converted_path(e) if is_present(e) else get(e) for e in entries}
 
 
 def remove(entry: Entry, *, download: bool = False) -> int:

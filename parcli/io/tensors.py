@@ -34,7 +34,7 @@ class WeightsError(UserError):
 
 
 def one_line(text: object, limit: int = 160) -> str:
-    line = " ".join(str(text).split())
+    line = " ".join(str(text).split()) or type(text).__name__  # an error without a message
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
