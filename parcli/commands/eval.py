@@ -30,7 +30,6 @@ from parcli.commands.common import (
 )
 from parcli.commands.downloads import model_fetcher
 from parcli.errors import SettingError
-from parcli.io.catalogue import use_catalogue
 from parcli.io.files import atomic_path, check_writable
 from parcli.options import RunOptions
 
@@ -77,7 +76,6 @@ def eval_digits(
 
     classifier_path = classifier if classifier is not None else DEFAULT_CLASSIFIER
     with user_errors({"samples_per_class": "--per-class"}):
-        use_catalogue(catalogue)
         region_list = parse_region_list(regions)
         for setting, value in (("samples_per_class", per_class), ("batch_size", batch_size)):
             if value < 1:

@@ -66,9 +66,6 @@ def save_image(path: PathLike, image: np.ndarray, recipe: str | None = None) -> 
     return target if kind == "PNG" else _write_sidecar(target, recipe)
 
 
-save_png = save_image  # the name the sample shards write their PNGs by
-
-
 def _write_sidecar(path: Path, recipe: str | None) -> Path:
     """The recipe beside `path`, with the file's sha256 so that par can later prove it wrote the
     file; if it cannot be written, neither is the file it describes."""

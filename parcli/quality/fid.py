@@ -3,7 +3,6 @@ features of torch-fidelity's TensorFlow-compatible Inception-v3, or a reference'
 
 from __future__ import annotations
 
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import torch
 
 from parcli.errors import UserError
 from parcli.io.hub import offline_requested
-from parcli.io.npz import member_header, npz_members, read_array, read_rows
+from parcli.io.npz import UNREADABLE, member_header, npz_members, read_array, read_rows
 from parcli.quality.frechet import Gaussian, frechet
 
 # The weights torch-fidelity converts from TensorFlow's 2015-12-05 Inception graph.
@@ -20,12 +19,6 @@ INCEPTION_URL = (
     "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
     "weights-inception-2015-12-05-6726825d.pth"
 )
-
-# What reading a damaged .npz raises (zipfile: NotImplementedError and RuntimeError for the
-# versions and encryption a damaged header can claim).
-UNREADABLE = (
-    OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, NotImplementedError, RuntimeError
-)  # fmt: skip
 
 Extractor = Callable[[torch.Tensor], torch.Tensor]
 """uint8 images (N, 3, H, W) -> float features (N, D)."""

@@ -18,11 +18,10 @@ import torch
 from parcli.errors import SettingError, UserError
 from parcli.io.files import atomic_path, file_sha256, free_bytes, remove_temporaries
 from parcli.io.locate import ModelFiles
-from parcli.io.media import save_png
-from parcli.io.npz import Member, member_header, read_array, write_arrays, write_npz
+from parcli.io.media import save_image
+from parcli.io.npz import UNREADABLE, Member, member_header, read_array, write_arrays, write_npz
 from parcli.pipeline import Pipeline
 from parcli.plan import Pass
-from parcli.quality.fid import UNREADABLE
 from parcli.quality.ranks import Ranks
 from parcli.sampling import SamplingConfig
 
@@ -239,7 +238,7 @@ class SampleRun:
             folder = self.out / PNGS
             folder.mkdir(exist_ok=True)
             for position, image in enumerate(images, start=shard.start):
-                save_png(folder / f"{position:06d}.png", image)
+                save_image(folder / f"{position:06d}.png", image)
         entry = {"images": shard.size, "first": shard.start, "sha256": file_sha256(data)}
         with atomic_path(record, "output") as tmp:
             tmp.write_text(json.dumps(entry) + "\n", encoding="utf-8")
