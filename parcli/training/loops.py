@@ -80,17 +80,6 @@ def optim_path(out_path: Path) -> Path:
     return out_path.with_name(out_path.name + ".optim.safetensors")
 
 
-def save_optimizer(optimizer: torch.optim.Optimizer, path: Path, step: int) -> None:
-    """AdamW state as flat tensors `<param index>.<name>`, written atomically."""
-    tensors = {
-        f"{index}.{name}": value
-        for index, state in optimizer.state_dict()["state"].items()
-        for name, value in state.items()
-        if isinstance(value, torch.Tensor)
-    }
-    write_safetensors(path, tensors, {"step": str(step)})
-
-
 def load_optimizer(optimizer: torch.optim.Optimizer, path: Path, step: int) -> None:
     """Restore state saved at `step`; a fresh optimizer stays when missing or from another step."""
     if not path.is_file():
@@ -151,7 +140,13 @@ def _fit(
         meta = {"step": str(step), "training": json.dumps(training), **(metadata or {})}
         out_path.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        save_optimizer(optimizer, optim_path(out_path), step)
+        adamw = {  # the optimizer's state as flat tensors `<param index>.<name>`
+            f"{index}.{name}": value
+            for index, param_state in optimizer.state_dict()["state"].items()
+            for name, value in param_state.items()
+            if isinstance(value, torch.Tensor)
+        }
+        write_safetensors(optim_path(out_path), adamw, {"step": str(step)})
         save_checkpoint(out_path, state, kind, cfg, meta)
         return seconds
 
