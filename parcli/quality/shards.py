@@ -85,27 +85,6 @@ class Shard:
         return self.stop - self.start
 
 
-def identity(
-    pipe: Pipeline,
-    settings: SampleSettings,
-    sampling: SamplingConfig,
-    checkpoint_sha256: str,
-    tokenizer_sha256: str,
-) -> dict:
-    """Everything the bytes of `samples.npz` depend on, as `run.json` keeps it."""
-    return {
-        "format": FORMAT,
-        "model": pipe.name,
-        "checkpoint_sha256": checkpoint_sha256,
-        "tokenizer_sha256": tokenizer_sha256,
-        "regions": pipe.plan.regions,
-        "grid": list(pipe.plan.grid),
-        **pipe.run_options(sampling).to_dict(),
-        **{key: value for key, value in asdict(settings).items() if key != "classes"},
-        "classes": list(settings.classes),
-    }
-
-
 class SampleRun:
     """The shards of one run in one folder: which are done, making one, merging them."""
 
@@ -316,9 +295,18 @@ def start_run(
     run_identity = problem = None
     sampling = pipe.sampling()
     pipe.check_labels(settings.classes)
-    if ranks.is_first:
-        checksums = file_sha256(files.checkpoint), file_sha256(files.tokenizer)
-        run_identity = identity(pipe, settings, sampling, *checksums)
+    if ranks.is_first:  # everything the bytes of samples.npz depend on, as run.json keeps it
+        run_identity = {
+            "format": FORMAT,
+            "model": pipe.name,
+            "checkpoint_sha256": file_sha256(files.checkpoint),
+            "tokenizer_sha256": file_sha256(files.tokenizer),
+            "regions": pipe.plan.regions,
+            "grid": list(pipe.plan.grid),
+            **pipe.run_options(sampling).to_dict(),
+            **{key: value for key, value in asdict(settings).items() if key != "classes"},
+            "classes": list(settings.classes),
+        }
     run = SampleRun(out, pipe, settings, sampling, ranks.from_first(run_identity))
     complete = False
     if ranks.is_first:
