@@ -24,7 +24,7 @@ from parcli.commands.common import (
     parse_ints,
     user_errors,
 )
-from parcli.errors import SettingError
+from parcli.errors import SettingError, at_least_one
 from parcli.io.files import check_writable
 
 app = command_app("train", "Train a VQ tokenizer or a PAR transformer on a small data set.")
@@ -243,8 +243,7 @@ def classifier(
     from parcli.training.data import load_digits
 
     with user_errors():
-        if steps < 1:
-            raise SettingError("steps", f"must be at least 1, not {steps}")
+        at_least_one(steps=steps)
         if output.resolve().is_relative_to(Path(__file__).resolve().parents[1]):
             raise SettingError(
                 "output", f"{output} is inside the parcli package; write it elsewhere"

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from parcli.errors import SettingError, UserError
+from parcli.errors import SettingError, UserError, at_least_one
 from parcli.io.files import atomic_path, file_sha256, free_bytes, remove_temporaries
 from parcli.io.locate import ModelFiles
 from parcli.io.media import save_image
@@ -51,9 +51,9 @@ class SampleSettings:
     def __post_init__(self) -> None:
         if not self.classes:
             raise SettingError("classes", "no classes to sample")
-        for setting in ("per_class", "batch_size", "shard_size"):
-            if getattr(self, setting) < 1:
-                raise SettingError(setting, f"must be at least 1, not {getattr(self, setting)}")
+        at_least_one(
+            per_class=self.per_class, batch_size=self.batch_size, shard_size=self.shard_size
+        )
         if self.image_size_eval is not None and not 1 <= self.image_size_eval <= MAX_SIDE:
             raise SettingError(
                 "image_size_eval", f"must be between 1 and {MAX_SIDE}, not {self.image_size_eval}"

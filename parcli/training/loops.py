@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from parcli.config import GPTConfig
-from parcli.errors import SettingError, UserError
+from parcli.errors import SettingError, UserError, at_least_one
 from parcli.io.checkpoints import read_checkpoint, save_checkpoint
 from parcli.io.tensors import read_safetensors, write_safetensors
 from parcli.model import Transformer
@@ -53,9 +53,7 @@ class TrainRun:
         if self.precision not in PRECISIONS:
             choices = " or ".join(PRECISIONS)
             raise SettingError("precision", f"must be {choices}, not {self.precision!r}")
-        for setting in ("steps", "batch_size"):
-            if getattr(self, setting) < 1:
-                raise SettingError(setting, f"must be at least 1, not {getattr(self, setting)}")
+        at_least_one(steps=self.steps, batch_size=self.batch_size)
         if not self.lr > 0:
             raise SettingError("lr", f"must be positive, not {self.lr}")
 
