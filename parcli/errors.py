@@ -28,6 +28,13 @@ class SettingError(UserError, ValueError):
         super().__init__(message, setting)
 
 
+def at_least_one(**counts: int) -> None:
+    """Refuse the first count below 1, naming its setting."""
+    for setting, value in counts.items():
+        if value < 1:
+            raise SettingError(setting, f"must be at least 1, not {value}")
+
+
 class Terminated(BaseException):
     """SIGTERM, raised where the program is so that cleanup code runs as for Ctrl-C."""
 

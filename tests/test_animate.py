@@ -1,16 +1,20 @@
 import numpy as np
 import pytest
 
-from parcli.io.outputs import GRAY, animation_frames, layout, reveal, revealed_cells, shown_passes
+from parcli.io.media import make_grid
+from parcli.io.outputs import GRAY, animation_frames, reveal, revealed_cells
 from parcli.plan import Plan
 
 
-def test_short_plans_show_every_pass_long_ones_120_with_first_and_last():
-    np.testing.assert_array_equal(shown_passes(31), np.arange(31))
-    kept = shown_passes(256)
-    assert len(kept) == 120 and kept[0] == 0 and kept[-1] == 255
-    assert (np.diff(kept) > 0).all()
-    assert len(shown_passes(120)) == 120 and len(shown_passes(121)) == 120
+@pytest.mark.parametrize(
+    ("grid", "count"), [((31, 1), 31), ((16, 16), 120), ((8, 15), 120), ((11, 11), 120)]
+)
+def test_short_plans_show_every_pass_long_ones_120_with_first_and_last(grid, count):
+    plan = Plan(grid, 1)  # one pass per token
+    frames = animation_frames(np.zeros((1, *grid, 1), np.uint8), plan)
+    gray = (frames == GRAY).reshape(len(frames), -1).sum(axis=1)
+    assert len(frames) == count and gray[0] == grid[0] * grid[1] - 1 and gray[-1] == 0
+    assert (np.diff(gray) < 0).all()  # every frame a later pass
 
 
 @pytest.mark.parametrize("grid", [(8, 8), (3, 8, 8)])
@@ -66,7 +70,7 @@ def test_the_last_frame_is_the_final_picture(count):
     pixels = np.random.default_rng(1).integers(0, GRAY, (count, 24, 24, 1), dtype=np.uint8)
     frames = animation_frames(pixels, plan)
     assert len(frames) == plan.num_passes
-    np.testing.assert_array_equal(frames[-1], layout(pixels, video=False))
+    np.testing.assert_array_equal(frames[-1], make_grid(pixels))
     assert (frames[0] == GRAY).sum() == count * (24 * 24 - 3 * 3)  # one 3x3 cell each
 
 

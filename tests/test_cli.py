@@ -3,6 +3,7 @@
 import io
 import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -92,9 +93,7 @@ def test_progress_and_summary_line(files, tmp_path):
 
 
 def test_mp4_without_ffmpeg_is_refused_before_generating(files, tmp_path, monkeypatch):
-    from parcli.io import media
-
-    monkeypatch.setattr(media, "mp4_writer_installed", lambda: False)
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # as if not installed
     generated = []
     monkeypatch.setattr(Pipeline, "generate", lambda *a, **k: generated.append(1))
     mp4 = tmp_path / "clip.mp4"

@@ -6,7 +6,7 @@ import pytest
 
 from parcli.io import files
 from parcli.io.files import OutputError, atomic_path, atomic_write, check_writable, file_sha256
-from parcli.io.media import IMAGE_SUFFIXES, save_png
+from parcli.io.media import IMAGE_SUFFIXES, save_image
 
 
 def _listing(directory: Path) -> list[str]:
@@ -102,7 +102,7 @@ def test_unwritable_directory_simulated(tmp_path, monkeypatch):
         check_writable(tmp_path / "y.png")
     assert "\n" not in str(info.value)
     with pytest.raises(OutputError, match="not writable"):
-        save_png(tmp_path / "y.png", np.zeros((2, 2), np.uint8))
+        save_image(tmp_path / "y.png", np.zeros((2, 2), np.uint8))
     assert _listing(tmp_path) == []
 
 

@@ -9,7 +9,7 @@ from parcli.io.files import OutputError
 from parcli.io.media import (
     image_names,
     make_grid,
-    save_png,
+    save_image,
     save_samples,
     save_tokens,
     save_video,
@@ -31,14 +31,14 @@ def _listing(directory: Path) -> list[str]:
 @pytest.mark.parametrize("channels", [3, 4])
 def test_png_round_trip_exact(tmp_path, channels):
     image = _random_images(1, 9, 13, channels)[0]
-    path = save_png(tmp_path / "x.png", image)
+    path = save_image(tmp_path / "x.png", image)
     np.testing.assert_array_equal(iio.imread(path), image)
     assert _listing(tmp_path) == ["x.png"]
 
 
 def test_png_grayscale_is_squeezed(tmp_path):
     image = _random_images(1, 7, 5, 1)[0]
-    path = save_png(tmp_path / "g.png", image)
+    path = save_image(tmp_path / "g.png", image)
     back = iio.imread(path)
     assert back.shape == (7, 5)
     np.testing.assert_array_equal(back, image[:, :, 0])
@@ -46,7 +46,7 @@ def test_png_grayscale_is_squeezed(tmp_path):
 
 def test_png_rejects_non_uint8(tmp_path):
     with pytest.raises(ValueError, match="uint8"):
-        save_png(tmp_path / "x.png", np.zeros((4, 4, 3), np.float32))
+        save_image(tmp_path / "x.png", np.zeros((4, 4, 3), np.float32))
 
 
 def test_grid_shape_and_placement():

@@ -99,17 +99,16 @@ def test_an_interrupted_or_damaged_run_resumes_to_the_same_bytes(files, tmp_path
 
 
 def test_a_share_left_by_a_dead_process_is_finished_by_the_next_run(files, tmp_path):
+    from parcli.io.locate import ModelFiles
     from parcli.pipeline import load_pipeline
-    from parcli.quality.shards import SampleRun, SampleSettings, identity
+    from parcli.quality.ranks import Ranks
+    from parcli.quality.shards import SampleSettings, start_run
 
     out, fresh = tmp_path / "run", tmp_path / "fresh"
     assert sample(files, fresh, *BASE).exit_code == 0
     pipe = load_pipeline(*files, torch.device("cpu"), torch.float32)
     settings = SampleSettings((0, 1, 2, 7), 3, seed=5, batch_size=2, shard_size=5)
-    sampling = pipe.sampling()
-    run_identity = identity(pipe, settings, sampling, digest(files[0]), digest(files[1]))
-    run = SampleRun(out, pipe, settings, sampling, run_identity)
-    run.prepare()
+    run, _ = start_run(out, pipe, settings, ModelFiles("tiny", *files, None), Ranks())
     run.run(run.todo(rank=1, world=2))  # rank 1 of 2 finished its share; rank 0 died
     assert [s.number for s in run.todo()] == [0, 2]
     result = sample(files, out, *BASE)

@@ -29,8 +29,7 @@ from parcli.commands.common import (
     warn_if_emulated,
 )
 from parcli.commands.downloads import model_fetcher
-from parcli.errors import SettingError
-from parcli.io.catalogue import use_catalogue
+from parcli.errors import at_least_one
 from parcli.io.files import atomic_path, check_writable
 from parcli.options import RunOptions
 
@@ -77,11 +76,8 @@ def eval_digits(
 
     classifier_path = classifier if classifier is not None else DEFAULT_CLASSIFIER
     with user_errors({"samples_per_class": "--per-class"}):
-        use_catalogue(catalogue)
         region_list = parse_region_list(regions)
-        for setting, value in (("samples_per_class", per_class), ("batch_size", batch_size)):
-            if value < 1:
-                raise SettingError(setting, f"must be at least 1, not {value}")
+        at_least_one(samples_per_class=per_class, batch_size=batch_size)
         if json_path is not None:
             check_writable(json_path, (".json",), setting="json")
         net, info = load_classifier(classifier_path)

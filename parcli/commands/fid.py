@@ -18,7 +18,7 @@ from parcli.commands.common import (
     show_counter,
     user_errors,
 )
-from parcli.errors import SettingError
+from parcli.errors import at_least_one
 from parcli.io.files import atomic_path, check_writable
 
 
@@ -39,8 +39,7 @@ def fid_command(
     from parcli.quality.fid import fid, inception
 
     with user_errors():
-        if batch_size < 1:
-            raise SettingError("batch_size", f"must be at least 1, not {batch_size}")
+        at_least_one(batch_size=batch_size)
         if json_path is not None:
             check_writable(json_path, (".json",), setting="json")
         extractor = inception(resolve_device(device), offline)

@@ -26,7 +26,7 @@ from parcli.commands.common import (
 )
 from parcli.commands.downloads import model_fetcher
 from parcli.config import ANIMATION_FPS, CLIP_FPS
-from parcli.errors import SettingError, UserError
+from parcli.errors import SettingError, UserError, at_least_one
 from parcli.io.classes import class_set_of_size, resolve_classes
 from parcli.io.locate import catalogue_class_set, model_files
 from parcli.io.recipe import Recipe, Sample, checkpoint_sha256, replay
@@ -136,9 +136,7 @@ def generate(
     from parcli.pipeline import open_pipeline
 
     with user_errors(OPTIONS):
-        for setting, value in (("num_samples", num_samples), ("batch_size", batch_size)):
-            if value < 1:
-                raise SettingError(setting, f"must be at least 1, not {value}")
+        at_least_one(num_samples=num_samples, batch_size=batch_size)
         outputs = Outputs(output, animate, save_tokens_to, manifest, overwrite, scale, fps)
         earlier = None
         if from_file is not None:

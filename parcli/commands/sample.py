@@ -28,7 +28,6 @@ from parcli.commands.common import (
     warn_if_emulated,
 )
 from parcli.commands.downloads import model_fetcher
-from parcli.io.catalogue import use_catalogue
 from parcli.io.locate import model_files
 from parcli.options import RunOptions
 
@@ -77,7 +76,6 @@ def sample(
     from parcli.quality.shards import SampleSettings, start_run
 
     with user_errors():
-        use_catalogue(catalogue)
         ranks = Ranks.from_environment()
         options = RunOptions.resolve(**{**run, "device": ranks.device(run["device"])})
         ranks.start(options.torch_device)

@@ -24,7 +24,7 @@ from parcli.commands.common import (
     parse_ints,
     user_errors,
 )
-from parcli.errors import SettingError
+from parcli.errors import SettingError, at_least_one
 from parcli.io.files import check_writable
 
 app = command_app("train", "Train a VQ tokenizer or a PAR transformer on a small data set.")
@@ -86,7 +86,8 @@ def _training(**defaults):
             with user_errors(OPTIONS):
                 given["device"] = str(resolve_device(given["device"]))  # before any work
                 check_writable(given["out_path"], (".safetensors",), setting="output")
-                result = func(**kwargs, run=TrainRun(**given, command=_command()))
+                run = TrainRun(**given, command=shlex.join(["par", *sys.argv[1:]]))
+                result = func(**kwargs, run=run)
             loss = f"{result.final_loss:.4f}" if math.isfinite(result.final_loss) else "-"
             err_console.print(f"wrote {result.path}: {result.steps} steps, "
                               f"{result.seconds:.0f} s, final loss {loss}")  # fmt: skip
@@ -119,10 +120,6 @@ def _progress(title: str) -> Iterator[Callable[..., None]]:
 
     with progress:
         yield on_step
-
-
-def _command() -> str:
-    return shlex.join(["par", *sys.argv[1:]])
 
 
 @app.command("vq")
@@ -246,8 +243,7 @@ def classifier(
     from parcli.training.data import load_digits
 
     with user_errors():
-        if steps < 1:
-            raise SettingError("steps", f"must be at least 1, not {steps}")
+        at_least_one(steps=steps)
         if output.resolve().is_relative_to(Path(__file__).resolve().parents[1]):
             raise SettingError(
                 "output", f"{output} is inside the parcli package; write it elsewhere"
@@ -256,7 +252,7 @@ def classifier(
         images, labels = load_digits()
         with _progress("classifier") as on_step:
             net, info = train_classifier(images, labels, steps=steps, seed=seed, on_step=on_step)
-        save_classifier(output, net, info, _command())
+        save_classifier(output, net, info, shlex.join(["par", *sys.argv[1:]]))
     err_console.print(
         f"held-out accuracy {100 * info.held_out_accuracy:.1f}% on {info.held_out_count} digits "
         f"· {info.steps} steps · {info.seconds:.0f} s -> {output}",

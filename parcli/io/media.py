@@ -66,9 +66,6 @@ def save_image(path: PathLike, image: np.ndarray, recipe: str | None = None) -> 
     return target if kind == "PNG" else _write_sidecar(target, recipe)
 
 
-save_png = save_image  # the name the sample shards write their PNGs by
-
-
 def _write_sidecar(path: Path, recipe: str | None) -> Path:
     """The recipe beside `path`, with the file's sha256 so that par can later prove it wrote the
     file; if it cannot be written, neither is the file it describes."""
@@ -110,17 +107,14 @@ def image_names(stems: Sequence[str], suffix: str = ".png") -> list[str]:
 
 def check_mp4_writer(target: PathLike, setting: str = "output", folder: bool = False) -> None:
     """Refuse, before any work, an MP4 (or a `folder` of them) where imageio-ffmpeg is missing."""
-    if (folder or Path(target).suffix.lower() == ".mp4") and not mp4_writer_installed():
+    mp4 = folder or Path(target).suffix.lower() == ".mp4"
+    if mp4 and importlib.util.find_spec("imageio_ffmpeg") is None:
         what = f"MP4 clips into {target}" if folder else str(target)
         raise OutputError(
             f"cannot write {what}: MP4 needs imageio-ffmpeg, which is not installed; "
             "pip install imageio-ffmpeg, or write a .gif",
             setting,
         )
-
-
-def mp4_writer_installed() -> bool:
-    return importlib.util.find_spec("imageio_ffmpeg") is not None
 
 
 def save_samples(

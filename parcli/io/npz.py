@@ -14,6 +14,11 @@ import numpy as np
 from parcli.io.files import PathLike, atomic_path
 
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip file can hold
+# What reading a damaged .npz raises (zipfile: NotImplementedError and RuntimeError for the
+# versions and encryption a damaged header can claim).
+UNREADABLE = (
+    OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, NotImplementedError, RuntimeError
+)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -213,13 +213,6 @@ MAX_FRAMES = 120
 GRAY = 128
 
 
-def shown_passes(num_passes: int, max_frames: int = MAX_FRAMES) -> np.ndarray:
-    """Indices of the passes that get a frame: all, or `max_frames` evenly spaced ones."""
-    if num_passes <= max_frames:
-        return np.arange(num_passes)
-    return np.rint(np.linspace(0, num_passes - 1, max_frames)).astype(np.int64)
-
-
 def revealed_cells(plan: Plan, passes: np.ndarray) -> np.ndarray:
     """(len(passes), *grid) bool: the raster cells whose token exists after each pass."""
     ends = np.array([plan.passes[index].end for index in passes])
@@ -239,18 +232,17 @@ def reveal(pixels: np.ndarray, plan: Plan, passes: np.ndarray) -> np.ndarray:
     return np.where(mask, pixels[None], np.uint8(GRAY))
 
 
-def layout(samples: np.ndarray, video: bool, ncols: int | None = None) -> np.ndarray:
-    """One picture of N images tiled as the still output, or of N clips, a film strip per row."""
-    if video:
-        samples, ncols = np.stack([make_grid(clip, ncols=len(clip)) for clip in samples]), 1
-    return make_grid(samples, ncols=ncols)
-
-
 def animation_frames(
     pixels: np.ndarray, plan: Plan, ncols: int | None = None, max_frames: int = MAX_FRAMES
 ) -> np.ndarray:
-    """At most `max_frames` frames of the generation of `pixels`; the last is the final picture."""
-    video = len(plan.grid) == 3
-    passes = shown_passes(plan.num_passes, max_frames)
-    # One pass at a time: all frames of full-size images at once would take hundreds of MB.
-    return np.stack([layout(reveal(pixels, plan, [n])[0], video, ncols) for n in passes])
+    """A frame after every pass, or after `max_frames` evenly spaced ones, the last the final
+    picture: images tiled as the still output, or clips, a film strip per row."""
+    count = min(plan.num_passes, max_frames)
+    passes = np.rint(np.linspace(0, plan.num_passes - 1, count)).astype(np.int64)
+    frames = []
+    for n in passes:  # one at a time: all frames of full-size images could take hundreds of MB
+        samples = reveal(pixels, plan, [n])[0]
+        if len(plan.grid) == 3:
+            samples, ncols = np.stack([make_grid(clip, ncols=len(clip)) for clip in samples]), 1
+        frames.append(make_grid(samples, ncols=ncols))
+    return np.stack(frames)

@@ -252,9 +252,16 @@ def generated(
     seed: int,
     batch_size: int,
     on_progress: Callable[[int, int, int], None] | None,
+    video: bool = False,
 ) -> Iterator[tuple[int, Pipeline, np.ndarray, np.ndarray, int, float]]:
     """(n, pipeline, labels, pixels, passes per batch, seconds of generation and decoding) for
     every n in turn; every n draws the same labels with the same seed, so the rows compare."""
+    for pipe in pipelines.values():
+        if pipe.is_video != video or pipe.model.cfg.num_classes != classes:
+            raise PipelineError(
+                f"{pipe.name} is not a digits {'video ' if video else ''}model: it knows "
+                f"{pipe.model.cfg.num_classes} classes, the classifier {classes}"
+            )
     labels = np.tile(np.arange(classes), samples_per_class)
     batches = -(-len(labels) // batch_size)
     for n in sorted(pipelines):
@@ -288,12 +295,6 @@ def evaluate(
     them against `reference_feats`, or against the real baseline's, returned too, when not
     given."""
     classes = classifier.num_classes
-    for pipe in pipelines.values():
-        if pipe.model.cfg.num_classes != classes:
-            raise PipelineError(
-                f"{pipe.name} knows {pipe.model.cfg.num_classes} classes but the classifier "
-                f"{classes}; evaluation needs a digits model"
-            )
     baseline = None
     if reference_feats is None:
         baseline, reference_feats = real_baseline(classifier, samples_per_class)

@@ -3,7 +3,6 @@ features of torch-fidelity's TensorFlow-compatible Inception-v3, or a reference'
 
 from __future__ import annotations
 
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import torch
 
 from parcli.errors import UserError
 from parcli.io.hub import offline_requested
-from parcli.io.npz import member_header, npz_members, read_array, read_rows
+from parcli.io.npz import UNREADABLE, member_header, npz_members, read_array, read_rows
 from parcli.quality.frechet import Gaussian, frechet
 
 # The weights torch-fidelity converts from TensorFlow's 2015-12-05 Inception graph.
@@ -20,12 +19,6 @@ INCEPTION_URL = (
     "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
     "weights-inception-2015-12-05-6726825d.pth"
 )
-
-# What reading a damaged .npz raises (zipfile: NotImplementedError and RuntimeError for the
-# versions and encryption a damaged header can claim).
-UNREADABLE = (
-    OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, NotImplementedError, RuntimeError
-)  # fmt: skip
 
 Extractor = Callable[[torch.Tensor], torch.Tensor]
 """uint8 images (N, 3, H, W) -> float features (N, D)."""
@@ -91,8 +84,19 @@ def statistics(
         raise FidError(f"{path} does not exist")
     try:
         members = npz_members(path)
-        if "mu" in members and "sigma" in members:
-            return (*_stored_statistics(path), None)
+        if "mu" in members and "sigma" in members:  # a reference's: plain, real and finite
+            mu, sigma = read_array(path, "mu"), read_array(path, "sigma")
+            for name, array in (("mu", mu), ("sigma", sigma)):
+                if array.dtype.kind not in "fiu":
+                    raise FidError(f"{path}: {name} must hold real numbers, not {array.dtype}")
+            if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)) or len(mu) < 1:
+                raise FidError(
+                    f"{path}: mu {mu.shape} and sigma {sigma.shape} do not fit together; sigma "
+                    "must be (D, D) for mu (D,)"
+                )
+            if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+                raise FidError(f"{path}: mu or sigma holds NaN or infinity; use finite statistics")
+            return mu.astype(np.float64), sigma.astype(np.float64), None
         if "arr_0" not in members:
             raise FidError(f"{path} holds neither arr_0 (images) nor mu and sigma")
         shape, dtype = member_header(path, "arr_0")
@@ -114,22 +118,6 @@ def statistics(
     if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
         raise FidError(f"the features of {path} are not finite numbers; check the network")
     return mu, sigma, gaussian.count
-
-
-def _stored_statistics(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """A reference's `mu` (D,) and `sigma` (D, D): plain, real and finite, or refused."""
-    mu, sigma = read_array(path, "mu"), read_array(path, "sigma")
-    for name, array in (("mu", mu), ("sigma", sigma)):
-        if array.dtype.kind not in "fiu":
-            raise FidError(f"{path}: {name} must hold real numbers, not {array.dtype}")
-    if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)) or len(mu) < 1:
-        raise FidError(
-            f"{path}: mu {mu.shape} and sigma {sigma.shape} do not fit together; sigma must be "
-            "(D, D) for mu (D,)"
-        )
-    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
-        raise FidError(f"{path}: mu or sigma holds NaN or infinity; use finite statistics")
-    return mu.astype(np.float64), sigma.astype(np.float64)
 
 
 def fid(

@@ -56,9 +56,7 @@ def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
     a, b = np.asarray(feats_a), np.asarray(feats_b)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"feature sets must be (N, D) with equal D, got {a.shape} and {b.shape}")
-    gaussians = []
-    for feats in (a, b):
-        gaussian = Gaussian()
+    gaussians = Gaussian(), Gaussian()
+    for gaussian, feats in zip(gaussians, (a, b), strict=True):
         gaussian.add(feats)
-        gaussians.append(gaussian.moments())
-    return frechet(*gaussians[0], *gaussians[1])
+    return frechet(*gaussians[0].moments(), *gaussians[1].moments())

@@ -15,14 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from parcli.errors import SettingError, UserError
+from parcli.errors import SettingError, UserError, at_least_one
 from parcli.io.files import atomic_path, file_sha256, free_bytes, remove_temporaries
 from parcli.io.locate import ModelFiles
-from parcli.io.media import save_png
-from parcli.io.npz import Member, member_header, read_array, write_arrays, write_npz
+from parcli.io.media import save_image
+from parcli.io.npz import UNREADABLE, Member, member_header, read_array, write_arrays, write_npz
 from parcli.pipeline import Pipeline
 from parcli.plan import Pass
-from parcli.quality.fid import UNREADABLE
 from parcli.quality.ranks import Ranks
 from parcli.sampling import SamplingConfig
 
@@ -52,9 +51,9 @@ class SampleSettings:
     def __post_init__(self) -> None:
         if not self.classes:
             raise SettingError("classes", "no classes to sample")
-        for setting in ("per_class", "batch_size", "shard_size"):
-            if getattr(self, setting) < 1:
-                raise SettingError(setting, f"must be at least 1, not {getattr(self, setting)}")
+        at_least_one(
+            per_class=self.per_class, batch_size=self.batch_size, shard_size=self.shard_size
+        )
         if self.image_size_eval is not None and not 1 <= self.image_size_eval <= MAX_SIDE:
             raise SettingError(
                 "image_size_eval", f"must be between 1 and {MAX_SIDE}, not {self.image_size_eval}"
@@ -84,27 +83,6 @@ class Shard:
     @property
     def size(self) -> int:
         return self.stop - self.start
-
-
-def identity(
-    pipe: Pipeline,
-    settings: SampleSettings,
-    sampling: SamplingConfig,
-    checkpoint_sha256: str,
-    tokenizer_sha256: str,
-) -> dict:
-    """Everything the bytes of `samples.npz` depend on, as `run.json` keeps it."""
-    return {
-        "format": FORMAT,
-        "model": pipe.name,
-        "checkpoint_sha256": checkpoint_sha256,
-        "tokenizer_sha256": tokenizer_sha256,
-        "regions": pipe.plan.regions,
-        "grid": list(pipe.plan.grid),
-        **pipe.run_options(sampling).to_dict(),
-        **{key: value for key, value in asdict(settings).items() if key != "classes"},
-        "classes": list(settings.classes),
-    }
 
 
 class SampleRun:
@@ -239,7 +217,7 @@ class SampleRun:
             folder = self.out / PNGS
             folder.mkdir(exist_ok=True)
             for position, image in enumerate(images, start=shard.start):
-                save_png(folder / f"{position:06d}.png", image)
+                save_image(folder / f"{position:06d}.png", image)
         entry = {"images": shard.size, "first": shard.start, "sha256": file_sha256(data)}
         with atomic_path(record, "output") as tmp:
             tmp.write_text(json.dumps(entry) + "\n", encoding="utf-8")
@@ -317,9 +295,18 @@ def start_run(
     run_identity = problem = None
     sampling = pipe.sampling()
     pipe.check_labels(settings.classes)
-    if ranks.is_first:
-        checksums = file_sha256(files.checkpoint), file_sha256(files.tokenizer)
-        run_identity = identity(pipe, settings, sampling, *checksums)
+    if ranks.is_first:  # everything the bytes of samples.npz depend on, as run.json keeps it
+        run_identity = {
+            "format": FORMAT,
+            "model": pipe.name,
+            "checkpoint_sha256": file_sha256(files.checkpoint),
+            "tokenizer_sha256": file_sha256(files.tokenizer),
+            "regions": pipe.plan.regions,
+            "grid": list(pipe.plan.grid),
+            **pipe.run_options(sampling).to_dict(),
+            **{key: value for key, value in asdict(settings).items() if key != "classes"},
+            "classes": list(settings.classes),
+        }
     run = SampleRun(out, pipe, settings, sampling, ranks.from_first(run_identity))
     complete = False
     if ranks.is_first:

@@ -3,12 +3,13 @@ MNIST for the shipped classifier), one class throughout, and motion, beside the 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
-from parcli.pipeline import Pipeline, PipelineError
+from parcli.pipeline import Pipeline
 from parcli.quality.digits import IMAGE_SIDE, DigitClassifier, generated, predict
 from parcli.training.data import load_digits
 from parcli.training.moving_digits import PATCH, digit_crops, mean_displacement, moving_digits
@@ -87,14 +88,11 @@ def evaluate_video(
 ) -> tuple[list[VideoEvalResult], VideoBaseline]:
     """Generate `samples_per_class` clips of every class with each pipeline and score them."""
     classes = classifier.num_classes
-    for pipe in pipelines.values():
-        if not pipe.is_video or pipe.model.cfg.num_classes != classes:
-            raise PipelineError(f"{pipe.name} is not a digits video model")
-    baseline = training_baseline(classifier, pipelines[min(pipelines)].plan.grid[0])
+    scored = generated(pipelines, classes, samples_per_class, seed, batch_size, on_progress, True)
+    first = next(scored)  # refuses an image model before the baseline's clips are made
+    baseline = training_baseline(classifier, first[1].plan.grid[0])
     results: list[VideoEvalResult] = []
-    for n, pipe, labels, clips, passes, seconds in generated(
-        pipelines, classes, samples_per_class, seed, batch_size, on_progress
-    ):
+    for n, pipe, labels, clips, passes, seconds in itertools.chain([first], scored):
         correct, consistent = clip_scores(classifier, clips, labels)
         motion = mean_displacement(clips)
         ratio = motion / baseline.motion

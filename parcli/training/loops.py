@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from parcli.config import GPTConfig
-from parcli.errors import SettingError, UserError
+from parcli.errors import SettingError, UserError, at_least_one
 from parcli.io.checkpoints import read_checkpoint, save_checkpoint
 from parcli.io.tensors import read_safetensors, write_safetensors
 from parcli.model import Transformer
@@ -53,9 +53,7 @@ class TrainRun:
         if self.precision not in PRECISIONS:
             choices = " or ".join(PRECISIONS)
             raise SettingError("precision", f"must be {choices}, not {self.precision!r}")
-        for setting in ("steps", "batch_size"):
-            if getattr(self, setting) < 1:
-                raise SettingError(setting, f"must be at least 1, not {getattr(self, setting)}")
+        at_least_one(steps=self.steps, batch_size=self.batch_size)
         if not self.lr > 0:
             raise SettingError("lr", f"must be positive, not {self.lr}")
 
@@ -78,17 +76,6 @@ def lr_at(step: int, total: int, peak: float, warmup: int, floor: float = 0.1) -
 
 def optim_path(out_path: Path) -> Path:
     return out_path.with_name(out_path.name + ".optim.safetensors")
-
-
-def save_optimizer(optimizer: torch.optim.Optimizer, path: Path, step: int) -> None:
-    """AdamW state as flat tensors `<param index>.<name>`, written atomically."""
-    tensors = {
-        f"{index}.{name}": value
-        for index, state in optimizer.state_dict()["state"].items()
-        for name, value in state.items()
-        if isinstance(value, torch.Tensor)
-    }
-    write_safetensors(path, tensors, {"step": str(step)})
 
 
 def load_optimizer(optimizer: torch.optim.Optimizer, path: Path, step: int) -> None:
@@ -151,7 +138,13 @@ def _fit(
         meta = {"step": str(step), "training": json.dumps(training), **(metadata or {})}
         out_path.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        save_optimizer(optimizer, optim_path(out_path), step)
+        adamw = {  # the optimizer's state as flat tensors `<param index>.<name>`
+            f"{index}.{name}": value
+            for index, param_state in optimizer.state_dict()["state"].items()
+            for name, value in param_state.items()
+            if isinstance(value, torch.Tensor)
+        }
+        write_safetensors(optim_path(out_path), adamw, {"step": str(step)})
         save_checkpoint(out_path, state, kind, cfg, meta)
         return seconds
 
