@@ -53,7 +53,7 @@ def main() -> None:
     images = int(sys.argv[3]) if len(sys.argv) > 3 else 8
     greedy = SamplingConfig(cfg_scale=1.0, top_k=1)
     with torch.device("meta"):  # tokens only: the decoder is never run
-        vq = VQModel(VQConfig.llamagen_ds16())
+        vq = VQModel(VQConfig())
     for regions in (1, 4, 16):
         torch.manual_seed(0)
         cfg = GPTConfig.preset(arch, grid=(side, side), regions=regions)

@@ -23,7 +23,7 @@ def seconds(run, repeats: int) -> float:
 
 def main() -> None:
     torch.manual_seed(0)
-    vq = VQModel(VQConfig.llamagen_ds16()).eval()
+    vq = VQModel(VQConfig()).eval()
     flops = [0]
 
     def count(module, inputs, output):

@@ -20,7 +20,7 @@ from parcli.vq import VQConfig, VQModel, to_pixels
 def main() -> None:
     batch = int(sys.argv[1]) if len(sys.argv) > 1 else 4
     torch.manual_seed(0)
-    vq = VQModel(VQConfig.llamagen_ds16()).eval()
+    vq = VQModel(VQConfig()).eval()
     codes = torch.randint(0, 16384, (batch, 24, 24))
     with torch.inference_mode():
         cpu = to_pixels(vq.decode_codes(codes[:1])).numpy().astype(int)

@@ -48,11 +48,6 @@ class VQConfig:
     def downsample(self) -> int:
         return 2 ** (len(self.ch_mult) - 1)
 
-    @classmethod
-    def llamagen_ds16(cls) -> VQConfig:
-        """The tokenizer of LlamaGen's ``vq_ds16_c2i.pt``: the defaults."""
-        return cls()
-
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["ch_mult"] = list(self.ch_mult)

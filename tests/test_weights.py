@@ -257,7 +257,7 @@ def test_vq_norm_groups():
 
 
 def test_llamagen_ds16_shapes_infer_on_meta():
-    cfg = VQConfig.llamagen_ds16()
+    cfg = VQConfig()
     state = build_meta("vq", cfg).state_dict()
     assert detect_kind(state) == "vq"
     assert infer_vq_config(state) == cfg
@@ -617,7 +617,7 @@ def test_building_on_meta_stays_cheap():
         "from parcli.io.checkpoints import build_meta\n"
         "before = 'torch._dynamo' in sys.modules\n"
         "build_meta('gpt', GPTConfig.preset('GPT-3B', regions=16))\n"
-        "build_meta('vq', VQConfig.llamagen_ds16())\n"
+        "build_meta('vq', VQConfig())\n"
         "assert before or 'torch._dynamo' not in sys.modules\n"
     )
     root = Path(__file__).resolve().parent.parent

@@ -248,7 +248,7 @@ def random_pipelines(
     with torch.device(options.torch_device):
         base = Transformer(replace(cfg, regions=max(regions)))
         base.init_weights(zero_output=False)
-        vq = VQModel(vq_config or VQConfig.llamagen_ds16()).eval()
+        vq = VQModel(vq_config or VQConfig()).eval()
     shared = base.to(options.torch_dtype).eval().state_dict()
     special = "spe_tok_embeddings.special_embeddings.weight"
     pipelines = {}
@@ -289,7 +289,7 @@ def pipelines_to_time(
         raise SettingError("arch", f"unknown architecture {arch!r}; use {', '.join(GPT_PRESETS)}")
     cfg = GPTConfig.preset(arch, grid=grid)
     guided = options.cfg_scale is None or options.cfg_scale > 1
-    check_fits(replace(cfg, regions=max(regions)), VQConfig.llamagen_ds16(), options.torch_device,
+    check_fits(replace(cfg, regions=max(regions)), VQConfig(), options.torch_device,
                options.torch_dtype, batch, None, guided)  # fmt: skip
     pipelines = random_pipelines(cfg, regions, options, seed=seed)
     return pipelines, f"{arch} · random weights: speed only · grid {'x'.join(map(str, grid))}"
