@@ -133,11 +133,10 @@ def kernels_path() -> Path:
 
 def remembered() -> dict[str, str]:
     """The choices timed here so far, by key; an unreadable file is timed again."""
-    try:
-        data = json.loads(kernels_path().read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return {k: v for k, v in data.items() if isinstance(v, str)} if isinstance(data, dict) else {}
+    from parcli.io.files import read_json
+
+    data = read_json(kernels_path()) or {}
+    return {k: v for k, v in data.items() if isinstance(v, str)}
 
 
 def remember(key: str, choice: str) -> None:
