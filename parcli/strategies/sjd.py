@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from parcli.errors import SettingError
+from parcli.errors import SettingError, at_least_one
 from parcli.model import KVCache, cache_dtype
 from parcli.plan import Pass, Plan
 from parcli.sampling import draw, image_seed, image_uniforms, mix_guidance, warp
@@ -200,8 +200,7 @@ class Sjd:
 
     def __init__(self, options):
         window = DEFAULT_WINDOW if options.window is None else options.window
-        if window < 1:
-            raise SettingError("window", f"must be at least 1, not {window}")
+        at_least_one(window=window)
         if options.draft not in INITS:
             raise SettingError("draft", f"must be {' or '.join(INITS)}, not {options.draft!r}")
         self.window, self.init = window, options.draft
