@@ -19,8 +19,8 @@ from parcli.engine.policy import FIXED_SHAPE, choose_engine, set_cuda_backends
 from parcli.engine.quantize import choose_products, products_to_time, quantize_int8
 from parcli.engine.runners import FixedShapeRunner, PrefixRunner, Runner
 from parcli.engine.threads import use_threads
-from parcli.errors import SettingError, UserError
-from parcli.io.locate import Fetch, ModelFiles, model_files
+from parcli.errors import UserError, at_least_one
+from parcli.io.locate import ModelFiles
 from parcli.model import Transformer
 from parcli.options import SAMPLING_FIELDS, RunOptions
 from parcli.plan import Pass, Plan
@@ -60,26 +60,15 @@ class Pipeline:
         self.plan = Plan(cfg.grid, cfg.regions)
         self.strategy = make_strategy(self.options)
         self.stats = DecodeStats()
-        if self.quantize is not None:
+        if self.options.quantize is not None:
             quantize_int8(self.model)
-        self.engine = choose_engine(
-            self.device,
-            self.model.dtype,
-            self.options.compile,
-            self.plain_engine,
-            quantized=self.quantize is not None,
-            reference_kernels=self.options.reference_kernels,
-        )
+        self.engine = choose_engine(self.device, self.model.dtype, self.options, self.plain_engine)
         if self.device.type == "cuda":
             set_cuda_backends()
         self._runners: dict[int, Runner] = {}
         self.packed: str | None = None  # the kernel that packed the projections, once packed
         if self.engine.channels_last_vq:
             self.vq.to(memory_format=torch.channels_last)
-
-    @property
-    def quantize(self) -> str | None:
-        return self.options.quantize
 
     @property
     def device(self) -> torch.device:
@@ -137,24 +126,20 @@ class Pipeline:
     def times_kernels_first(self) -> bool:
         """Whether the first batch will time int8 products on this machine before its first
         pass (seconds, once per machine and thread count)."""
-        return self.quantize is not None and not self._runners and products_to_time(self.model)
+        return (
+            self.options.quantize is not None and not self._runners and products_to_time(self.model)
+        )
 
     def runner(self, sequences: int) -> Runner:
         """The runner of `sequences` rows, kept so that later batches reuse its cache and graphs."""
         engine = self.engine
         if sequences in self._runners:
             return self._runners[sequences]
-        if self.quantize is not None and not self._runners:
+        if self.options.quantize is not None and not self._runners:
             choose_products(self.model)  # here, once the run's thread count is set
         if engine.runner == FIXED_SHAPE:
-            runner = FixedShapeRunner(
-                self.model,
-                self.plan,
-                sequences,
-                engine.cuda_graphs,
-                engine.compiled,
-                engine.reference_kernels,
-            )
+            flags = (engine.cuda_graphs, engine.compiled, engine.reference_kernels)
+            runner = FixedShapeRunner(self.model, self.plan, sequences, *flags)
         else:
             if engine.packed_projections and not self.packed:
                 # Packed once, for the inputs of the first batch's widest passes; other batch
@@ -169,7 +154,7 @@ class Pipeline:
         before this pipeline packs anything, as packing swaps modules, never tensors."""
         if self.packed:
             raise PipelineError("a plain-engine twin must be made before the weights are packed")
-        if self.quantize is not None:
+        if self.options.quantize is not None:
             raise PipelineError(
                 "the plain engine runs float weights; compare it without --quantize",
                 setting="quantize",
@@ -195,8 +180,7 @@ class Pipeline:
         """Token grids (len(labels), *grid) in raster order; label k is image `indices[k]` of the
         run seeded `seed`, its tokens set by that pair alone; `on_batch` hears of each batch."""
         self.check_labels(labels)
-        if batch_size < 1:
-            raise SettingError("batch_size", f"must be at least 1, not {batch_size}")
+        at_least_one(batch_size=batch_size)
         indices = range(len(labels)) if indices is None else indices
         pad_short_batches = self.engine.fixed_batches and len(labels) > batch_size
         chunks = []
@@ -291,16 +275,6 @@ def open_pipeline(
     pipe.check_regions(regions)
     use_threads(pipe.model, options.threads)
     return pipe
-
-
-def open_pipelines(
-    model: str | None,
-    regions: Sequence[int],
-    options: RunOptions,
-    fetch: Fetch | None = None,
-) -> dict[int, Pipeline]:
-    """One pipeline of a catalogue model per region count, each checked to be trained for it."""
-    return {n: open_pipeline(model_files(model, n, fetch=fetch), options, n) for n in regions}
 
 
 def recorded_sampling(checkpoint: Path, metadata: dict[str, str]) -> SamplingConfig:

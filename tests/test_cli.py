@@ -490,7 +490,7 @@ def test_bench_times_other_dtypes_and_int8_beside_the_first(tmp_path, monkeypatc
     real = bench.Pipeline.generate
 
     def spy(self, labels, *args, **kwargs):
-        order.append((self.model.cfg.regions, str(self.model.dtype), self.quantize))
+        order.append((self.model.cfg.regions, str(self.model.dtype), self.options.quantize))
         return real(self, labels, *args, **kwargs)
 
     monkeypatch.setattr(bench.Pipeline, "generate", spy)

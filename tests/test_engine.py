@@ -59,23 +59,27 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
     ],
 )
 def test_one_table_says_what_runs_where(device, dtype, compile, plain, expected):
-    assert choose_engine(device, dtype, compile, plain) == expected
+    assert choose_engine(device, dtype, RunOptions(compile=compile), plain) == expected
 
 
 def test_the_reference_kernels_are_graphed_on_cuda_and_never_compiled():
     graphed = Engine(FIXED_SHAPE, cuda_graphs=True, reference_kernels=True)
-    assert choose_engine(CUDA, torch.bfloat16, reference_kernels=True) == graphed
-    assert choose_engine(CUDA, torch.bfloat16, False, reference_kernels=True) == graphed
+    reference = RunOptions(reference_kernels=True)
+    assert choose_engine(CUDA, torch.bfloat16, reference) == graphed
+    assert (
+        choose_engine(CUDA, torch.bfloat16, RunOptions(compile=False, reference_kernels=True))
+        == graphed
+    )
     plain = Engine(FIXED_SHAPE, reference_kernels=True)
-    assert choose_engine(CPU, torch.float32, reference_kernels=True) == plain
+    assert choose_engine(CPU, torch.float32, reference) == plain
     with pytest.raises(SettingError, match="compile"):
         RunOptions(compile=True, reference_kernels=True).check()
 
 
 def test_speedups_are_named():
-    engine = choose_engine(CUDA, torch.bfloat16)
+    engine = choose_engine(CUDA, torch.bfloat16, RunOptions())
     assert engine.speedups() == ["CUDA graphs", "torch.compile", "channels-last VQ"]
-    assert choose_engine(CPU, torch.float32, plain=True).speedups() == []
+    assert choose_engine(CPU, torch.float32, RunOptions(), plain=True).speedups() == []
 
 
 def test_the_model_imports_no_engine_and_no_plan():

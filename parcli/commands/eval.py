@@ -65,7 +65,8 @@ def eval_digits(
 
     For a video family (digits-video): per-frame accuracy, clips of one class throughout, and
     motion against the training clips."""
-    from parcli.pipeline import open_pipelines
+    from parcli.io.locate import model_files
+    from parcli.pipeline import open_pipeline
     from parcli.quality.digits import (
         DEFAULT_CLASSIFIER,
         evaluate,
@@ -83,7 +84,9 @@ def eval_digits(
         net, info = load_classifier(classifier_path)
         options = RunOptions.resolve(**run)
         warn_if_emulated(options.torch_device, options.torch_dtype)
-        pipelines = open_pipelines(model, region_list, options, model_fetcher(offline, quiet))
+        fetch = model_fetcher(offline, quiet)
+        pipelines = {n: open_pipeline(model_files(model, n, fetch=fetch), options, n)
+                     for n in region_list}  # fmt: skip
         scales = sorted({p.sampling().cfg_scale for p in pipelines.values()})
 
         started = time.perf_counter()

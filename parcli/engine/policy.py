@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from parcli.options import RunOptions
+
 PREFIX, FIXED_SHAPE = "prefix", "fixed-shape"
 SPEEDUPS = {  # Engine's fields, as `par bench` names them
     "cuda_graphs": "CUDA graphs",
@@ -49,12 +51,7 @@ def default_compile(device: torch.device) -> bool:
 
 
 def choose_engine(
-    device: torch.device,
-    dtype: torch.dtype,
-    compile: bool | None = None,
-    plain: bool = False,
-    quantized: bool = False,
-    reference_kernels: bool = False,
+    device: torch.device, dtype: torch.dtype, options: RunOptions, plain: bool = False
 ) -> Engine:
     """How passes run on `device` in `dtype`; `plain` (`--baseline`) has no speed-up. Never
     compiled with the reference's kernels (`RunOptions.check` refuses that) or packed projections
@@ -62,10 +59,10 @@ def choose_engine(
     if plain:
         return Engine(FIXED_SHAPE, reference_kernels=True)
     on_cuda = device.type == "cuda"
-    if reference_kernels:
+    if options.reference_kernels:
         return Engine(FIXED_SHAPE, cuda_graphs=on_cuda, reference_kernels=True)
-    compiled = default_compile(device) if compile is None else compile
+    compiled = default_compile(device) if options.compile is None else options.compile
     if compiled or on_cuda:
         return Engine(FIXED_SHAPE, cuda_graphs=on_cuda, compiled=compiled, channels_last_vq=True)
-    packed = device.type == "cpu" and dtype in (torch.float32, torch.bfloat16) and not quantized
-    return Engine(PREFIX, packed_projections=packed, channels_last_vq=True)
+    packed = device.type == "cpu" and dtype in (torch.float32, torch.bfloat16)
+    return Engine(PREFIX, packed_projections=packed and not options.quantize, channels_last_vq=True)
