@@ -86,10 +86,6 @@ class Pipeline:
                     f"class {label} is out of range: {self.name} knows classes 0 to {classes - 1}"
                 )
 
-    @property
-    def default_cfg_scale(self) -> float:
-        return self.defaults.cfg_scale
-
     def sampling(self, cfg_scale: float | None = None) -> SamplingConfig:
         """The options' sampling, the model's own where they give none; `cfg_scale` over both."""
         given = {name: getattr(self.options, name) for name in SAMPLING_FIELDS}

@@ -180,7 +180,7 @@ def test_the_shipped_digits_draw_the_same_images_in_any_batch():
 def test_sampling_settings_default_to_the_models_own():
     defaults = SamplingConfig(cfg_scale=1.75, temperature=0.9, top_k=40, top_p=0.95)
     pipe = Pipeline(tiny_model(regions=4), VQModel(TINY_VQ).eval(), "tiny", defaults)
-    assert pipe.sampling() == defaults and pipe.default_cfg_scale == 1.75
+    assert pipe.sampling() == defaults and pipe.defaults.cfg_scale == 1.75
 
     def given(**settings):
         options = RunOptions(**settings)

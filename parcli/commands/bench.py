@@ -106,7 +106,7 @@ def bench(
             engines = {OURS: ours, PLAIN: plain, **engines}
         first = next(iter(ours.values()))
         scale = variants[OURS].cfg_scale  # guidance on unless asked otherwise: at least 1.5
-        sampling = first.sampling(max(first.default_cfg_scale, 1.5) if scale is None else scale)
+        sampling = first.sampling(max(first.defaults.cfg_scale, 1.5) if scale is None else scale)
         settings = timing.BenchSettings(batches, sampling, warmup, repeats, decode, seed)
         planned = len(ours) * len(batches) * len(engines)
 

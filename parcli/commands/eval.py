@@ -104,7 +104,7 @@ def eval_digits(
             settings = {
                 "command": shlex.join(["par", *sys.argv[1:]]), "model": model,
                 "regions": region_list, "samples_per_class": per_class, **options.to_dict(),
-                "default_cfg_scales": {str(n): p.default_cfg_scale for n, p in pipelines.items()},
+                "default_cfg_scales": {str(n): p.defaults.cfg_scale for n, p in pipelines.items()},
                 "seed": seed, "batch_size": batch_size, "classifier": str(classifier_path),
                 "seconds": round(seconds, 2),
             }  # fmt: skip
