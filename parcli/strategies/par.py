@@ -86,14 +86,12 @@ class Par:
     """PAR's own walk: one forward pass per plan pass, each token drawn with its image's uniform."""
 
     name = "par"
+    window = 1  # plan passes per forward pass
 
     def __init__(self, options):
-        window = options.window
-        if window not in (None, 1):
-            raise SettingError(
-                "window", f"is 1 for --strategy par (one pass at a time), not {window}"
-            )
-        self.window = 1
+        if options.window not in (None, 1):
+            message = f"is 1 for --strategy par (one pass at a time), not {options.window}"
+            raise SettingError("window", message)
 
     def generate(self, model, plan, labels, sampling, seed, indices, runner, on_pass=None):
         """Token grids (batch, *plan.grid) in raster order, and what they cost."""
