@@ -67,12 +67,7 @@ def eval_digits(
     motion against the training clips."""
     from parcli.io.locate import model_files
     from parcli.pipeline import open_pipeline
-    from parcli.quality.digits import (
-        DEFAULT_CLASSIFIER,
-        evaluate,
-        load_classifier,
-        report,
-    )
+    from parcli.quality.digits import DEFAULT_CLASSIFIER, evaluate, load_classifier, report
     from parcli.quality.video import evaluate_video
 
     classifier_path = classifier if classifier is not None else DEFAULT_CLASSIFIER
