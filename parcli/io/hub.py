@@ -304,7 +304,7 @@ def _discard_download(path: Path) -> None:
         item.unlink(missing_ok=True)
 
 
-def _convert(entry: Entry, source: Path, heads: int | None, on_status, dtype: str) -> str:
+def _convert(entry: Entry, source: Path, on_status, dtype: str) -> str:
     """Convert ``source`` into the cache under the final name, checked against the catalogue
     (and the sha256 it gives); returns the source's sha256."""
     from parcli.io.checkpoints import read_checkpoint
@@ -318,7 +318,7 @@ def _convert(entry: Entry, source: Path, heads: int | None, on_status, dtype: st
         extra["cfg_scale"] = str(entry.cfg_scale)
     try:
         with atomic_path(target) as tmp:
-            args = {"heads": heads, "grid": entry.grid} if entry.kind == "gpt" else {}
+            args = {"grid": entry.grid} if entry.kind == "gpt" else {}
             meta = convert(source, tmp, extra_metadata=extra, dtype=dtype, **args)
             on_status(f"verifying {target.name}")
             read_checkpoint(tmp)
@@ -377,7 +377,6 @@ def fetch(
     *,
     offline: bool = False,
     on_bytes: BytesCallback | None = None,
-    heads: int | None = None,
     on_status: StatusCallback | None = None,
     keep_original: bool = False,
     dtype: str = "keep",
@@ -414,7 +413,7 @@ def fetch(
                 )
         check_free_space(entry.name, 0, source.stat().st_size)
         # convert() hashes the source too and records it as the file's `source_sha256`.
-        sha256 = _convert(entry, source, heads, say, dtype)
+        sha256 = _convert(entry, source, say, dtype)
         keep = os.environ.get("PARCLI_KEEP_ORIGINAL", "").strip().lower() in _TRUE
         kept = source != raw_download_path(entry) or keep_original or keep
         record = {
