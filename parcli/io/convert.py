@@ -17,13 +17,7 @@ from typing import Any
 
 import torch
 
-from parcli.config import (
-    GPT_PRESETS,
-    SUPPORTED_REGIONS,
-    GPTConfig,
-    ffn_hidden_dim,
-    preset_name,
-)
+from parcli.config import GPT_PRESETS, SUPPORTED_REGIONS, GPTConfig, ffn_hidden_dim, preset_name
 from parcli.engine.dtypes import storage_dtype
 from parcli.io.checkpoints import (
     Shape,
@@ -332,9 +326,5 @@ def convert(
     except ValueError as exc:
         raise WeightsError(f"{src} converts to a model par cannot load: {one_line(exc)}") from None
     extras = dict(extra_metadata or {})
-    extras.update(
-        source_file=src.name,
-        source_sha256=file_sha256(src),
-        source_layout=layout,
-    )
+    extras.update(source_file=src.name, source_sha256=file_sha256(src), source_layout=layout)
     return save_checkpoint(dst, state, kind, config, extras, dtype=target)
