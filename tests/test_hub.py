@@ -227,6 +227,8 @@ def env(tmp_path, monkeypatch, fake_hub):
     for name in ("PARCLI_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    # huggingface_hub reads its cache folder from the environment once, at import.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
     # huggingface_hub waits between retries (1 s after a dropped connection, exponential backoff
     # on 5xx); the tests replace only its `time.sleep`, not the global one.
@@ -325,9 +327,7 @@ def _part(tmp_path: Path, name: str = GPT_FILE) -> Path:
 
 def _hf_download(fake_hub: FakeHub, name: str) -> Path:
     """Put ``name`` into the HF cache the way other HF tools do."""
-    path = huggingface_hub.hf_hub_download(
-        REPO, name, endpoint=fake_hub.hub_url, cache_dir=hub._hf_cache_dir()
-    )
+    path = huggingface_hub.hf_hub_download(REPO, name, endpoint=fake_hub.hub_url)
     return Path(path)
 
 

@@ -81,13 +81,6 @@ def offline_requested(flag: bool = False) -> bool:
     return flag or any(os.environ.get(name, "").strip().lower() in _TRUE for name in names)
 
 
-def _hf_cache_dir() -> str | None:
-    """The HF cache named by the environment now (None: huggingface_hub's own default)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return os.environ["HF_HUB_CACHE"]
-    return os.path.join(os.environ["HF_HOME"], "hub") if os.environ.get("HF_HOME") else None
-
-
 def download_url(entry: Entry) -> str:
     """The URL huggingface_hub asks for this entry (honours HF_ENDPOINT)."""
     from huggingface_hub import hf_hub_url
@@ -236,9 +229,7 @@ def cached_download(entry: Entry) -> Path | None:
     """The published file in the HF cache, found without any network access."""
     from huggingface_hub import try_to_load_from_cache
 
-    found = try_to_load_from_cache(
-        str(entry.repo), str(entry.file), cache_dir=_hf_cache_dir(), revision=REVISION
-    )
+    found = try_to_load_from_cache(str(entry.repo), str(entry.file), revision=REVISION)
     return Path(found) if isinstance(found, str) and os.path.isfile(found) else None
 
 
