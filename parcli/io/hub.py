@@ -115,8 +115,7 @@ def human_size(size: int | None) -> str:
 
 
 def check_free_space(what: str, download: int, converted: int) -> None:
-    """Refuse, before writing anything, a fetch or conversion whose download and converted copy
-    would not fit on the cache's disk."""
+    """Refuse, before writing anything, a fetch or conversion that would not fit on the disk."""
     needed, free = download + converted, free_bytes(cache_dir())
     if needed > free:
         parts = f"{human_size(download)} to download, " if download else ""
@@ -296,8 +295,7 @@ def _discard_download(path: Path) -> None:
 
 
 def _convert(entry: Entry, source: Path, on_status, dtype: str) -> str:
-    """Convert ``source`` into the cache under the final name, checked against the catalogue
-    (and the sha256 it gives); returns the source's sha256."""
+    """Convert ``source`` into the cache, checked against the catalogue; returns its sha256."""
     from parcli.io.checkpoints import read_checkpoint
     from parcli.io.convert import convert
     from parcli.io.tensors import WeightsError
@@ -428,19 +426,15 @@ def fetch(
 
 
 def ensure_files(
-    entries: Iterable[Entry],
-    offline: bool = False,
-    download: Callable[[Entry], Path] | None = None,
+    entries: Iterable[Entry], offline: bool = False, download: Callable[[Entry], Path] | None = None
 ) -> dict[str, Path]:
-    """Local paths of ``entries`` by name, fetching what is missing; offline, a complete download
-    already on disk is still converted, and anything else missing fails."""
+    """Local paths of ``entries`` by name, fetching what is missing (offline: only converting)."""
     get = (lambda e: fetch(e, offline=True)) if offline_requested(offline) else download or fetch
     return {e.name: converted_path(e) if is_present(e) else get(e) for e in entries}
 
 
 def remove(entry: Entry, *, download: bool = False) -> int:
-    """Delete the converted file of ``entry`` (with ``download`` also the downloaded original,
-    ours and the HF-cache copy); returns the number of bytes freed."""
+    """Delete ``entry``'s converted file (``download``: its downloads too); returns bytes freed."""
     if entry.is_packaged:
         raise FetchError(f"{entry.name} ships with parcli; there is nothing to remove")
     freed = 0
