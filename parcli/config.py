@@ -110,13 +110,6 @@ def image_side(image_size: int, stride: int = VQ_STRIDE) -> int:
     return image_size // stride
 
 
-def check_heads(heads: int | None) -> None:
-    """Refuse a head count par's loader would refuse in the file's header."""
-    limit = _INT_LIMITS["n_head"]
-    if heads is not None and not 1 <= heads <= limit:
-        raise SettingError("heads", f"must be between 1 and {limit}, not {heads}")
-
-
 def ffn_hidden_dim(dim: int, multiple_of: int = 256) -> int:
     hidden = int(2 * 4 * dim / 3)
     return math.ceil(hidden / multiple_of) * multiple_of

@@ -32,6 +32,7 @@ from conftest import tiny_model
 from typer.testing import CliRunner
 
 from parcli.commands import weights as weights_cli
+from parcli.config import GPT_PRESETS
 from parcli.io import hub
 from parcli.io.catalogue import Catalogue
 from parcli.io.checkpoints import load_transformer, load_vq, read_checkpoint
@@ -226,6 +227,8 @@ def env(tmp_path, monkeypatch, fake_hub):
     for name in ("PARCLI_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    # huggingface_hub reads its cache folder from the environment once, at import.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
     # huggingface_hub waits between retries (1 s after a dropped connection, exponential backoff
     # on 5xx); the tests replace only its `time.sleep`, not the global one.
@@ -298,6 +301,12 @@ licence = "MIT"
 
 
 @pytest.fixture
+def tiny_arch(monkeypatch):
+    """The test transformer's (layers, heads, width) as a published architecture."""
+    monkeypatch.setitem(GPT_PRESETS, "GPT-tiny", (2, 4, 64))
+
+
+@pytest.fixture
 def cat(env, published) -> Catalogue:
     return _catalogue(env, published)
 
@@ -318,9 +327,7 @@ def _part(tmp_path: Path, name: str = GPT_FILE) -> Path:
 
 def _hf_download(fake_hub: FakeHub, name: str) -> Path:
     """Put ``name`` into the HF cache the way other HF tools do."""
-    path = huggingface_hub.hf_hub_download(
-        REPO, name, endpoint=fake_hub.hub_url, cache_dir=hub._hf_cache_dir()
-    )
+    path = huggingface_hub.hf_hub_download(REPO, name, endpoint=fake_hub.hub_url)
     return Path(path)
 
 
@@ -373,14 +380,13 @@ def test_packaged_entries_are_present_without_download(cat, fake_hub):
 # ------------------------------------------------------------------------------ fetching
 
 
-def test_fetch_convert_and_generate(cat, env, fake_hub, published):
+def test_fetch_convert_and_generate(cat, env, fake_hub, published, tiny_arch):
     model_entry, vq_entry = cat.get("tiny-4x"), cat.get("tiny-vq")
     assert not hub.is_present(model_entry) and not hub.is_present(vq_entry)
     reports: list[tuple[int, int | None]] = []
     statuses: list[str] = []
     gpt_path = hub.fetch(
         model_entry,
-        heads=4,
         on_bytes=lambda d, t: reports.append((d, t)),
         on_status=statuses.append,
         keep_original=True,
@@ -433,8 +439,6 @@ def test_fetch_convert_and_generate(cat, env, fake_hub, published):
 
 
 def test_heads_from_a_preset(cat, env, fake_hub, monkeypatch):
-    from parcli.config import GPT_PRESETS
-
     monkeypatch.setitem(GPT_PRESETS, "GPT-tiny", (2, 4, 64))
     paths = hub.ensure_files([cat.get("tiny-4x"), cat.get("tiny-vq")], offline=False)
     model, _ = load_transformer(paths["tiny-4x"])
@@ -445,7 +449,6 @@ def test_commands_say_what_they_download(cat, env, fake_hub, monkeypatch):
     from rich.console import Console
 
     from parcli.commands import downloads
-    from parcli.config import GPT_PRESETS
 
     monkeypatch.setitem(GPT_PRESETS, "GPT-tiny", (2, 4, 64))
     shown = io.StringIO()
@@ -458,24 +461,25 @@ def test_commands_say_what_they_download(cat, env, fake_hub, monkeypatch):
     assert paths["tiny-4x"].is_file() and paths["tiny-vq"].is_file()
 
 
-def test_unknown_heads_fail_without_leaving_a_file(cat, env, fake_hub):
+def test_unknown_heads_fail_without_leaving_a_file(cat, env, fake_hub, monkeypatch):
     with pytest.raises(hub.FetchError, match="heads"):
         hub.fetch(cat.get("tiny-4x"))
     assert not hub.is_present(cat.get("tiny-4x"))
     assert [n for n in _weights_files(env) if not n.endswith(".lock")] == []
     # The download itself is kept: the retry converts without downloading again.
     gets = len(fake_hub.gets("/blobs/"))
-    hub.fetch(cat.get("tiny-4x"), heads=4)
+    monkeypatch.setitem(GPT_PRESETS, "GPT-tiny", (2, 4, 64))
+    hub.fetch(cat.get("tiny-4x"))
     assert len(fake_hub.gets("/blobs/")) == gets
 
 
-def test_download_cut_off_midway_is_resumed(cat, env, fake_hub, published):
+def test_download_cut_off_midway_is_resumed(cat, env, fake_hub, published, tiny_arch):
     # huggingface_hub writes whole chunks, so the resumed request starts after the last chunk
     # that arrived before the cut.
     chunk = CHUNK
     fake_hub.mode = "cut-once"
     reports: list[int] = []
-    path = hub.fetch(cat.get("tiny-4x"), heads=4, on_bytes=lambda d, t: reports.append(d))
+    path = hub.fetch(cat.get("tiny-4x"), on_bytes=lambda d, t: reports.append(d))
     size = len(published[GPT_FILE])
     ranges = [r[3] for r in fake_hub.gets("/blobs/")]
     assert fake_hub.cuts == 1
@@ -492,11 +496,11 @@ def _check_converted(entry, path: Path, data: bytes) -> None:
     assert not hub.raw_download_path(entry).exists()  # converted, so deleted
 
 
-def test_failed_download_is_resumed_by_the_next_run(cat, env, fake_hub, published):
+def test_failed_download_is_resumed_by_the_next_run(cat, env, fake_hub, published, tiny_arch):
     entry = cat.get("tiny-4x")
     fake_hub.mode = "cut-then-500"
     with pytest.raises(hub.FetchError) as info:
-        hub.fetch(entry, heads=4)
+        hub.fetch(entry)
     message = str(info.value)
     assert re.search(r"server error \(HTTP 500\).*try again later", message)
     assert "run `par weights fetch tiny-4x` again to resume" in message and "\n" not in message
@@ -509,7 +513,7 @@ def test_failed_download_is_resumed_by_the_next_run(cat, env, fake_hub, publishe
 
     fake_hub.mode = "ok"
     reports: list[tuple[int, int | None]] = []
-    path = hub.fetch(entry, heads=4, on_bytes=lambda d, t: reports.append((d, t)))
+    path = hub.fetch(entry, on_bytes=lambda d, t: reports.append((d, t)))
     size = len(published[GPT_FILE])
     assert fake_hub.gets("/blobs/")[-1][3] == f"bytes={kept}-"
     assert reports[0] == (kept, size) and reports[-1] == (size, size)  # the bar starts at the part
@@ -525,41 +529,41 @@ def _interrupt_after(limit: int):
     return on_bytes
 
 
-def test_interrupted_fetch_resumes_across_runs(cat, env, fake_hub, published):
+def test_interrupted_fetch_resumes_across_runs(cat, env, fake_hub, published, tiny_arch):
     """Ctrl-C midway keeps the part file; the next run asks only for the rest."""
     entry = cat.get("tiny-4x")
     size = len(published[GPT_FILE])
     with pytest.raises(KeyboardInterrupt):
-        hub.fetch(entry, heads=4, on_bytes=_interrupt_after(3 * CHUNK))
+        hub.fetch(entry, on_bytes=_interrupt_after(3 * CHUNK))
     kept = _part(env).stat().st_size
     assert 0 < kept < size and not hub.is_present(entry)
     assert json.loads(_part(env).with_suffix(".part.json").read_text())["size"] == size
 
-    path = hub.fetch(entry, heads=4)
+    path = hub.fetch(entry)
     assert [r[3] for r in fake_hub.gets("/blobs/")] == [None, f"bytes={kept}-"]
     _check_converted(entry, path, published[GPT_FILE])
     assert _downloads(env) == []
 
 
-def test_changed_remote_file_restarts_the_download(cat, env, fake_hub, published):
+def test_changed_remote_file_restarts_the_download(cat, env, fake_hub, published, tiny_arch):
     entry = cat.get("tiny-4x")
     with pytest.raises(KeyboardInterrupt):
-        hub.fetch(entry, heads=4, on_bytes=_interrupt_after(2 * CHUNK))
+        hub.fetch(entry, on_bytes=_interrupt_after(2 * CHUNK))
     assert _part(env).stat().st_size > 0
     # A new version is published under the same name: another etag (and size).
     changed = _pickle(tiny_model(regions=4, seed=11).state_dict())
     fake_hub.files[GPT_FILE] = changed
     fake_hub.blobs[_sha(changed)] = changed
 
-    path = hub.fetch(entry, heads=4)
+    path = hub.fetch(entry)
     assert fake_hub.gets("/blobs/")[-1][3] is None  # from byte 0, not from the stale part
     _check_converted(entry, path, changed)
 
 
-def test_not_found(cat, env, fake_hub):
+def test_not_found(cat, env, fake_hub, tiny_arch):
     entry = cat.get("tiny-missing")
     with pytest.raises(hub.FetchError) as info:
-        hub.fetch(entry, heads=4)
+        hub.fetch(entry)
     message = str(info.value)
     assert message == (
         f"tiny-missing: not-published.pt not found at "
@@ -587,11 +591,11 @@ def test_connection_refused(cat, env, monkeypatch):
         hub.fetch(cat.get("tiny-vq"))
 
 
-def test_sha256_mismatch_discards_the_download(env, fake_hub, published):
+def test_sha256_mismatch_discards_the_download(env, fake_hub, published, tiny_arch):
     cat = _catalogue(env, published, sha256=f'"{"ab" * 32}"')
     entry = cat.get("tiny-4x")
     with pytest.raises(hub.FetchError) as info:
-        hub.fetch(entry, heads=4)
+        hub.fetch(entry)
     message = str(info.value)
     assert "sha256" in message and _sha(published[GPT_FILE]) in message and "ab" * 32 in message
     assert "discarded" in message
@@ -600,9 +604,9 @@ def test_sha256_mismatch_discards_the_download(env, fake_hub, published):
     assert hub.read_record(entry) is None
 
 
-def test_sha256_match_is_accepted(env, fake_hub, published):
+def test_sha256_match_is_accepted(env, fake_hub, published, tiny_arch):
     cat = _catalogue(env, published, sha256=f'"{_sha(published[GPT_FILE])}"')
-    path = hub.fetch(cat.get("tiny-4x"), heads=4)
+    path = hub.fetch(cat.get("tiny-4x"))
     assert hub.read_record(cat.get("tiny-4x"))["sha256_expected"] == _sha(published[GPT_FILE])
     assert path.is_file()
 
@@ -623,39 +627,39 @@ def test_offline_never_touches_the_network(cat, env, fake_hub, monkeypatch, swit
     assert fake_hub.requests == []
 
 
-def test_offline_converts_a_complete_download(cat, env, fake_hub, monkeypatch):
+def test_offline_converts_a_complete_download(cat, env, fake_hub, monkeypatch, tiny_arch):
     monkeypatch.setenv("PARCLI_KEEP_ORIGINAL", "1")
     entry = cat.get("tiny-4x")
-    hub.fetch(entry, heads=4)
+    hub.fetch(entry)
     assert hub.remove(entry) > 0
     assert not hub.is_present(entry)
     requests = len(fake_hub.requests)
-    assert hub.fetch(entry, offline=True, heads=4).is_file()
+    assert hub.fetch(entry, offline=True).is_file()
     assert len(fake_hub.requests) == requests
 
 
-def test_offline_ignores_a_part_file(cat, env, fake_hub):
+def test_offline_ignores_a_part_file(cat, env, fake_hub, tiny_arch):
     entry = cat.get("tiny-4x")
     with pytest.raises(KeyboardInterrupt):
-        hub.fetch(entry, heads=4, on_bytes=_interrupt_after(CHUNK))
+        hub.fetch(entry, on_bytes=_interrupt_after(CHUNK))
     requests = len(fake_hub.requests)
     with pytest.raises(hub.FetchError, match="tiny-4x is not downloaded"):
-        hub.fetch(entry, offline=True, heads=4)
+        hub.fetch(entry, offline=True)
     assert len(fake_hub.requests) == requests and _part(env).is_file()
 
 
-def test_a_copy_in_the_hf_cache_is_used(cat, env, fake_hub, published):
+def test_a_copy_in_the_hf_cache_is_used(cat, env, fake_hub, published, tiny_arch):
     entry = cat.get("tiny-4x")
     _hf_download(fake_hub, GPT_FILE)  # as another HF tool would have
     gets = len(fake_hub.gets("/blobs/"))
     requests = len(fake_hub.requests)
-    path = hub.fetch(entry, heads=4)
+    path = hub.fetch(entry)
     assert len(fake_hub.requests) == requests and len(fake_hub.gets("/blobs/")) == gets
     assert _downloads(env) == []
     assert load_transformer(path)[1]["source_sha256"] == _sha(published[GPT_FILE])
 
 
-def test_concurrent_fetches_download_once(cat, env, fake_hub):
+def test_concurrent_fetches_download_once(cat, env, fake_hub, tiny_arch):
     entry = cat.get("tiny-4x")
     results: list[Path] = []
     errors: list[BaseException] = []
@@ -663,7 +667,7 @@ def test_concurrent_fetches_download_once(cat, env, fake_hub):
 
     def worker() -> None:
         try:
-            results.append(hub.fetch(entry, heads=4, on_status=waits.append))
+            results.append(hub.fetch(entry, on_status=waits.append))
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -724,8 +728,6 @@ def _run(*args: str):
 
 
 def test_cli_fetch_list_path_remove(cat, env, fake_hub, monkeypatch):
-    from parcli.config import GPT_PRESETS
-
     monkeypatch.setitem(GPT_PRESETS, "GPT-tiny", (2, 4, 64))
     toml = str(env / "weights.toml")
 
@@ -785,16 +787,18 @@ def test_a_file_in_the_hf_cache_is_never_deleted(cat, env, fake_hub, monkeypatch
 
 
 @pytest.mark.parametrize("where", ["download", "conversion"])
-def test_a_full_disk_is_refused_before_anything_is_written(cat, env, fake_hub, monkeypatch, where):
+def test_a_full_disk_is_refused_before_anything_is_written(
+    cat, env, fake_hub, monkeypatch, where, tiny_arch
+):
     entry = cat.get("tiny-4x")
     if where == "conversion":  # the original is on disk; only the converted copy must fit
-        hub.fetch(entry, heads=4, keep_original=True)
+        hub.fetch(entry, keep_original=True)
         hub.remove(entry)
     before = sorted(p.relative_to(env) for p in env.rglob("*") if p.is_file())
     size = len(hub.raw_download_path(entry).read_bytes()) if where == "conversion" else None
     monkeypatch.setattr(hub, "free_bytes", lambda folder: 1000)
     with pytest.raises(hub.FetchError) as info:
-        hub.fetch(entry, heads=4)
+        hub.fetch(entry)
     message = str(info.value)
     assert "tiny-4x needs" in message and "that disk has 1.0 kB free" in message
     assert "PARCLI_HOME" in message
@@ -807,12 +811,12 @@ def test_a_full_disk_is_refused_before_anything_is_written(cat, env, fake_hub, m
     assert not hub.is_present(entry)
 
 
-def test_fetch_can_store_bf16_at_half_the_size(cat, env, fake_hub, published):
+def test_fetch_can_store_bf16_at_half_the_size(cat, env, fake_hub, published, tiny_arch):
     entry = cat.get("tiny-4x")
-    full = hub.fetch(entry, heads=4, keep_original=True)
+    full = hub.fetch(entry, keep_original=True)
     full_size = full.stat().st_size
     hub.remove(entry)
-    half = hub.fetch(entry, heads=4, dtype="bf16")
+    half = hub.fetch(entry, dtype="bf16")
     state, *_ = read_checkpoint(half)
     floats = [t for t in state.values() if t.is_floating_point()]
     assert floats and all(t.dtype == torch.bfloat16 for t in floats)

@@ -13,8 +13,7 @@ from parcli.io.locate import catalogue_class_set
 
 def classes_command(
     query: Annotated[
-        str | None,
-        typer.Argument(help="Show only ids equal to this, or names containing it."),
+        str | None, typer.Argument(help="Show only ids equal to this, or names containing it.")
     ] = None,
     model: Annotated[
         str | None,
@@ -34,16 +33,9 @@ def classes_command(
         if not ids:
             raise UserError(f"no {names.name} class matches {query!r}; try a shorter word")
         width = len(str(len(names) - 1))
+        # `out`: plain text as given, no markup, emoji codes or wrapping.
         for class_id in ids:
-            console.print(
-                f"{class_id:>{width}}  {inert(', '.join(names.names[class_id]))}",
-                markup=False,
-                highlight=False,
-                soft_wrap=True,
-            )
-        err_console.print(
-            inert(f"{len(ids)} of {len(names)} {names.name} classes (names: {names.source})"),
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
-        )
+            listed = inert(", ".join(names.names[class_id]))
+            console.out(f"{class_id:>{width}}  {listed}", highlight=False)
+        counted = f"{len(ids)} of {len(names)} {names.name} classes (names: {names.source})"
+        err_console.out(inert(counted), highlight=False)

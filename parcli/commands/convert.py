@@ -10,7 +10,8 @@ import typer
 from rich.markup import escape
 
 from parcli.commands.common import CatalogueOption, QuietOption, console, user_errors
-from parcli.config import check_heads, token_grid
+from parcli.config import _INT_LIMITS, token_grid
+from parcli.errors import SettingError
 from parcli.io.catalogue import load_catalogue
 from parcli.io.files import check_writable
 
@@ -45,7 +46,9 @@ def convert_weights(
         assumed = grid is None and image_size is None
         # Before the source is read and hashed: a bad destination is one line, at once.
         check_writable(dst, (".safetensors",), setting="dst")
-        check_heads(heads)
+        limit = _INT_LIMITS["n_head"]  # a head count par's loader would refuse in the header
+        if heads is not None and not 1 <= heads <= limit:
+            raise SettingError("heads", f"must be between 1 and {limit}, not {heads}")
         converting = f"converting {escape(src.name)}"
         status = console.status(converting) if not quiet else contextlib.nullcontext()
         extra = {}  # its catalogue entry's guidance, so it samples the same by path or by name

@@ -74,7 +74,6 @@ class Entry:
 
     @property
     def filename(self) -> str:
-        """Base name of the checkpoint file."""
         return PurePosixPath(self.path if self.path is not None else str(self.file)).name
 
     @property
@@ -348,8 +347,7 @@ _chosen: list[Path] = []  # the --catalogue of this run, if one was given
 
 
 def use_catalogue(path: str | Path | None) -> None:
-    """Make `path` (the command line's --catalogue) the catalogue every later `load_catalogue()`
-    of this process reads; None: the packaged one."""
+    """Make `path` (--catalogue; None: the packaged one) what later `load_catalogue()`s read."""
     _chosen[:] = [Path(path)] if path is not None else []
 
 

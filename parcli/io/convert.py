@@ -17,13 +17,7 @@ from typing import Any
 
 import torch
 
-from parcli.config import (
-    GPT_PRESETS,
-    SUPPORTED_REGIONS,
-    GPTConfig,
-    ffn_hidden_dim,
-    preset_name,
-)
+from parcli.config import GPT_PRESETS, SUPPORTED_REGIONS, GPTConfig, ffn_hidden_dim, preset_name
 from parcli.engine.dtypes import storage_dtype
 from parcli.io.checkpoints import (
     Shape,
@@ -203,9 +197,7 @@ def _layer_count(state: Mapping[str, Any], prefix: str) -> int:
 
 
 def infer_gpt_config(
-    state: Mapping[str, Any],
-    heads: int | None = None,
-    grid: int | Iterable[int] | None = None,
+    state: Mapping[str, Any], heads: int | None = None, grid: int | Iterable[int] | None = None
 ) -> GPTConfig:
     """The transformer architecture a state dict (tensors or shapes) was made for."""
     what = "LlamaGen/PAR transformer"
@@ -312,8 +304,7 @@ def convert(
     dtype: str | torch.dtype | None = "keep",
     extra_metadata: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
-    """Convert a published checkpoint into a parcli safetensors file, with the sha256 of ``src``
-    in its metadata; returns that metadata."""
+    """A published checkpoint as a parcli safetensors file; returns its metadata (sha256 too)."""
     src, dst = Path(src), Path(dst)
     check_readable(src)
     if src.resolve() == dst.resolve() or (dst.exists() and os.path.samefile(src, dst)):
@@ -332,9 +323,5 @@ def convert(
     except ValueError as exc:
         raise WeightsError(f"{src} converts to a model par cannot load: {one_line(exc)}") from None
     extras = dict(extra_metadata or {})
-    extras.update(
-        source_file=src.name,
-        source_sha256=file_sha256(src),
-        source_layout=layout,
-    )
+    extras.update(source_file=src.name, source_sha256=file_sha256(src), source_layout=layout)
     return save_checkpoint(dst, state, kind, config, extras, dtype=target)

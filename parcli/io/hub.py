@@ -81,13 +81,6 @@ def offline_requested(flag: bool = False) -> bool:
     return flag or any(os.environ.get(name, "").strip().lower() in _TRUE for name in names)
 
 
-def _hf_cache_dir() -> str | None:
-    """The HF cache named by the environment now (None: huggingface_hub's own default)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return os.environ["HF_HUB_CACHE"]
-    return os.path.join(os.environ["HF_HOME"], "hub") if os.environ.get("HF_HOME") else None
-
-
 def download_url(entry: Entry) -> str:
     """The URL huggingface_hub asks for this entry (honours HF_ENDPOINT)."""
     from huggingface_hub import hf_hub_url
@@ -122,8 +115,7 @@ def human_size(size: int | None) -> str:
 
 
 def check_free_space(what: str, download: int, converted: int) -> None:
-    """Refuse, before writing anything, a fetch or conversion whose download and converted copy
-    would not fit on the cache's disk."""
+    """Refuse, before writing anything, a fetch or conversion that would not fit on the disk."""
     needed, free = download + converted, free_bytes(cache_dir())
     if needed > free:
         parts = f"{human_size(download)} to download, " if download else ""
@@ -236,9 +228,7 @@ def cached_download(entry: Entry) -> Path | None:
     """The published file in the HF cache, found without any network access."""
     from huggingface_hub import try_to_load_from_cache
 
-    found = try_to_load_from_cache(
-        str(entry.repo), str(entry.file), cache_dir=_hf_cache_dir(), revision=REVISION
-    )
+    found = try_to_load_from_cache(str(entry.repo), str(entry.file), revision=REVISION)
     return Path(found) if isinstance(found, str) and os.path.isfile(found) else None
 
 
@@ -304,9 +294,8 @@ def _discard_download(path: Path) -> None:
         item.unlink(missing_ok=True)
 
 
-def _convert(entry: Entry, source: Path, heads: int | None, on_status, dtype: str) -> str:
-    """Convert ``source`` into the cache under the final name, checked against the catalogue
-    (and the sha256 it gives); returns the source's sha256."""
+def _convert(entry: Entry, source: Path, on_status, dtype: str) -> str:
+    """Convert ``source`` into the cache, checked against the catalogue; returns its sha256."""
     from parcli.io.checkpoints import read_checkpoint
     from parcli.io.convert import convert
     from parcli.io.tensors import WeightsError
@@ -318,7 +307,7 @@ def _convert(entry: Entry, source: Path, heads: int | None, on_status, dtype: st
         extra["cfg_scale"] = str(entry.cfg_scale)
     try:
         with atomic_path(target) as tmp:
-            args = {"heads": heads, "grid": entry.grid} if entry.kind == "gpt" else {}
+            args = {"grid": entry.grid} if entry.kind == "gpt" else {}
             meta = convert(source, tmp, extra_metadata=extra, dtype=dtype, **args)
             on_status(f"verifying {target.name}")
             read_checkpoint(tmp)
@@ -377,7 +366,6 @@ def fetch(
     *,
     offline: bool = False,
     on_bytes: BytesCallback | None = None,
-    heads: int | None = None,
     on_status: StatusCallback | None = None,
     keep_original: bool = False,
     dtype: str = "keep",
@@ -414,7 +402,7 @@ def fetch(
                 )
         check_free_space(entry.name, 0, source.stat().st_size)
         # convert() hashes the source too and records it as the file's `source_sha256`.
-        sha256 = _convert(entry, source, heads, say, dtype)
+        sha256 = _convert(entry, source, say, dtype)
         keep = os.environ.get("PARCLI_KEEP_ORIGINAL", "").strip().lower() in _TRUE
         kept = source != raw_download_path(entry) or keep_original or keep
         record = {
@@ -438,19 +426,15 @@ def fetch(
 
 
 def ensure_files(
-    entries: Iterable[Entry],
-    offline: bool = False,
-    download: Callable[[Entry], Path] | None = None,
+    entries: Iterable[Entry], offline: bool = False, download: Callable[[Entry], Path] | None = None
 ) -> dict[str, Path]:
-    """Local paths of ``entries`` by name, fetching what is missing; offline, a complete download
-    already on disk is still converted, and anything else missing fails."""
+    """Local paths of ``entries`` by name, fetching what is missing (offline: only converting)."""
     get = (lambda e: fetch(e, offline=True)) if offline_requested(offline) else download or fetch
     return {e.name: converted_path(e) if is_present(e) else get(e) for e in entries}
 
 
 def remove(entry: Entry, *, download: bool = False) -> int:
-    """Delete the converted file of ``entry`` (with ``download`` also the downloaded original,
-    ours and the HF-cache copy); returns the number of bytes freed."""
+    """Delete ``entry``'s converted file (``download``: its downloads too); returns bytes freed."""
     if entry.is_packaged:
         raise FetchError(f"{entry.name} ships with parcli; there is nothing to remove")
     freed = 0

@@ -118,6 +118,5 @@ def as_safetensors(path: Path, on_status: Callable[[str], None] | None = None) -
 
 
 def catalogue_class_set(model: str | None, regions: int | None) -> ClassSet:
-    """The class names of a catalogue model (the default family without one), from the
-    catalogue alone: nothing is downloaded."""
+    """The class names of a catalogue model, from the catalogue alone: nothing is downloaded."""
     return class_set(load_catalogue().resolve(model, regions).classes or IMAGENET)
