@@ -98,8 +98,7 @@ def sample(
             _generate(run_state, ranks, quiet or not ranks.is_first)
             ranks.barrier()
             if ranks.is_first:
-                command = command_line()
-                target = run_state.merge(command, ranks.world, time.perf_counter() - started)
+                target = run_state.merge(command_line(), ranks.world, time.perf_counter() - started)
                 if not quiet:
                     console.print(
                         f"{settings.count} images · {pipe.passes_per_image():.4g} passes each · "
