@@ -1,9 +1,6 @@
-"""How a run fails: `UserError`, a failure the user can fix (shown as one line), and Ctrl-C and
-SIGTERM (one line, exit code 130 or 143). Until torch and numpy are imported (`loads_torch`), a
-signal ends the process at once: raising could interrupt a C extension's import half-way, which
-numpy cannot retry. From then on it is raised where the program is, so that every `atomic_path`
-removes its temporary file; whatever then unwinds to `parcli.__main__` is reported as the signal
-(a late import, PIL's at the first PNG, can fail with another exception when interrupted)."""
+"""How a run fails: `UserError`, one line the user can act on, and Ctrl-C or SIGTERM (exit code
+130 or 143). Until torch and numpy are imported a signal ends the process at once (numpy cannot
+retry an import cut half-way); then it is raised where the program is, so that cleanup runs."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """FID's bookkeeping offline: a small stand-in network replaces Inception-v3."""
 
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -97,8 +98,10 @@ def test_without_torch_fidelity_par_fid_says_what_to_install(tmp_path, monkeypat
 
 def test_offline_without_the_inception_weights_says_so(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    network = types.SimpleNamespace(FeatureExtractorInceptionV3=None)  # torch-fidelity not needed
+    monkeypatch.setitem(sys.modules, "torch_fidelity.feature_extractor_inceptionv3", network)
     with pytest.raises(FidError, match="not downloaded .* offline mode is on"):
-        fid_module._inception_weights(offline=True)
+        fid_module.inception(torch.device("cpu"), offline=True)
     assert not any(tmp_path.iterdir())
 
 

@@ -6,6 +6,8 @@ import contextlib
 import copy
 import functools
 import inspect
+import shlex
+import sys
 import time
 import typing
 import unicodedata
@@ -287,6 +289,11 @@ def parse_classes(text: str | None, num_classes: int) -> tuple[int, ...]:
     if not chosen or min(chosen) < 0 or max(chosen) >= num_classes:
         raise SettingError("classes", f"must lie in 0 to {num_classes - 1}, not {text!r}")
     return tuple(sorted(chosen))
+
+
+def command_line() -> str:
+    """The command as typed, for the records a run keeps."""
+    return shlex.join(["par", *sys.argv[1:]])
 
 
 def warn_if_emulated(device, dtype) -> None:

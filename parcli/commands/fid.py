@@ -45,10 +45,9 @@ def fid_command(
         extractor = inception(resolve_device(device), offline)
 
         def on_batch(done: int, _: int) -> None:
-            if not quiet:
-                show_counter(f"{done} images through Inception-v3")
+            show_counter(f"{done} images through Inception-v3")
 
-        result = fid(samples, reference, extractor, batch_size, on_batch)
+        result = fid(samples, reference, extractor, batch_size, None if quiet else on_batch)
         end_counter()
         console.print(f"FID {format_fid(result['fid'])}", highlight=False)
         if json_path is not None:

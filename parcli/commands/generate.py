@@ -26,10 +26,10 @@ from parcli.commands.common import (
 )
 from parcli.commands.downloads import model_fetcher
 from parcli.config import ANIMATION_FPS, CLIP_FPS
-from parcli.errors import SettingError, UserError, at_least_one
+from parcli.errors import SettingError, at_least_one
 from parcli.io.classes import class_set_of_size, resolve_classes
 from parcli.io.locate import catalogue_class_set, model_files
-from parcli.io.recipe import Recipe, Sample, checkpoint_sha256, replay
+from parcli.io.recipe import Recipe, Sample, check_replay, checkpoint_sha256, replay
 from parcli.options import RunOptions
 
 if TYPE_CHECKING:  # numpy and torch load when a command runs, not for --help
@@ -163,17 +163,9 @@ def generate(
         pipe = open_pipeline(files, options, None if earlier else regions, batch_size, count, scale)
         weights_sha = checkpoint_sha256(files.checkpoint)
         if earlier is not None:
-            # --from must load the weights the recipe names; another device kind may change tokens.
-            if weights_sha != earlier.checkpoint_sha256:
-                raise UserError(
-                    f"{files.checkpoint.name} is not the checkpoint the samples were made with "
-                    f"(sha256 {weights_sha[:12]}..., the recipe says "
-                    f"{earlier.checkpoint_sha256[:12]}...)",
-                    "from_file",
-                )
-            if options.device_kind != earlier.run.device and not quiet:
-                note = f"note: made on {earlier.run.device}, now run on {options.device_kind}"
-                err_console.print(f"{note}: the tokens can differ", markup=False, highlight=False)
+            note = check_replay(earlier, files.checkpoint, weights_sha, options.device_kind)
+            if note and not quiet:
+                err_console.print(note, markup=False, highlight=False)
             pipe.check_regions(regions)
             samples, per_row = list(earlier.samples), earlier.columns
         else:
@@ -186,9 +178,7 @@ def generate(
             tokenizer=files.tokenizer.name, regions=pipe.plan.regions, seed=seed or 0,
             scale=scale, columns=per_row, fps=(fps or CLIP_FPS) if pipe.is_video else None,
         )  # fmt: skip
-        old, todo = outputs.prepare(recipe, pipe.is_video, pipe.name, pipe.sample_bytes)
-        for path in old:  # only with --overwrite: the run was refused otherwise
-            path.unlink(missing_ok=True)
+        todo = outputs.prepare(recipe, pipe.is_video, pipe.name, pipe.sample_bytes)
         started = time.perf_counter()
         tokens, pixels = make(pipe, samples, todo, sampling, seed or 0, batch_size, outputs, recipe,
                               quiet)  # fmt: skip

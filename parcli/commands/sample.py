@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import shlex
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -18,6 +16,7 @@ from parcli.commands.common import (
     CatalogueOption,
     OfflineOption,
     QuietOption,
+    command_line,
     console,
     err_console,
     old_spellings,
@@ -99,8 +98,7 @@ def sample(
             _generate(run_state, ranks, quiet or not ranks.is_first)
             ranks.barrier()
             if ranks.is_first:
-                command = shlex.join(["par", *sys.argv[1:]])
-                target = run_state.merge(command, ranks.world, time.perf_counter() - started)
+                target = run_state.merge(command_line(), ranks.world, time.perf_counter() - started)
                 if not quiet:
                     console.print(
                         f"{settings.count} images · {pipe.passes_per_image():.4g} passes each · "

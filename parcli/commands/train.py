@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import shlex
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +17,7 @@ from parcli.commands.common import (
     DeviceOption,
     as_command,
     command_app,
+    command_line,
     err_console,
     old_spellings,
     parse_ints,
@@ -86,7 +85,7 @@ def _training(**defaults):
             with user_errors(OPTIONS):
                 given["device"] = str(resolve_device(given["device"]))  # before any work
                 check_writable(given["out_path"], (".safetensors",), setting="output")
-                run = TrainRun(**given, command=shlex.join(["par", *sys.argv[1:]]))
+                run = TrainRun(**given, command=command_line())
                 result = func(**kwargs, run=run)
             loss = f"{result.final_loss:.4f}" if math.isfinite(result.final_loss) else "-"
             err_console.print(f"wrote {result.path}: {result.steps} steps, "
@@ -252,7 +251,7 @@ def classifier(
         images, labels = load_digits()
         with _progress("classifier") as on_step:
             net, info = train_classifier(images, labels, steps=steps, seed=seed, on_step=on_step)
-        save_classifier(output, net, info, shlex.join(["par", *sys.argv[1:]]))
+        save_classifier(output, net, info, command_line())
     err_console.print(
         f"held-out accuracy {100 * info.held_out_accuracy:.1f}% on {info.held_out_count} digits "
         f"· {info.steps} steps · {info.seconds:.0f} s -> {output}",

@@ -67,11 +67,9 @@ class Outputs:
     def folder(self) -> bool:
         return self.output is not None and is_directory_target(self.output)
 
-    def prepare(
-        self, recipe: Recipe, video: bool, maker: str, sample_bytes: int = 0
-    ) -> tuple[list[Path], list[int]]:
-        """Check the target before any work; returns the files `--overwrite` replaces and the
-        samples to make (into a folder, those not written yet: the same command finishes a run
+    def prepare(self, recipe: Recipe, video: bool, maker: str, sample_bytes: int = 0) -> list[int]:
+        """Check the target before any work, delete the files `--overwrite` replaces, and return
+        the samples to make (into a folder, those not written yet: the same command finishes a run
         cut short). A file par cannot prove it wrote is never replaced."""
         target, samples = self.target(video), list(recipe.samples)
         old, todo, folder = [], list(range(len(samples))), Path(target)
@@ -124,7 +122,9 @@ class Outputs:
                 f"the samples need up to {needed / 1e9:.2f} GB but {target} has "
                 f"{free / 1e9:.2f} GB free; make fewer or smaller samples, or write elsewhere",
             )
-        return old, todo
+        for path in old:  # only with --overwrite: the run was refused otherwise
+            path.unlink(missing_ok=True)
+        return todo
 
     def _enlarged(self, pixels: np.ndarray) -> np.ndarray:
         """Images (..., H, W, C) with every pixel repeated `scale` times each way."""

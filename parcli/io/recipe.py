@@ -260,3 +260,17 @@ def replay(
     settings = {k: v for k, v in recipe.run.to_dict().items() if k != "device"}
     same_kind = resolve_device(run["device"]).type == recipe.run.device
     return recipe, {**run, **settings, "compile": recipe.run.compile if same_kind else None}
+
+
+def check_replay(recipe: Recipe, checkpoint: Path, sha256: str, device_kind: str) -> str | None:
+    """Refuses weights other than those `recipe` was made with; the note to print where the device
+    kind differs, since another kind may change the tokens."""
+    if sha256 != recipe.checkpoint_sha256:
+        raise UserError(
+            f"{checkpoint.name} is not the checkpoint the samples were made with (sha256 "
+            f"{sha256[:12]}..., the recipe says {recipe.checkpoint_sha256[:12]}...)",
+            "from_file",
+        )
+    if device_kind == recipe.run.device:
+        return None
+    return f"note: made on {recipe.run.device}, now run on {device_kind}: the tokens can differ"

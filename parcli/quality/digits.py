@@ -142,15 +142,10 @@ def train_classifier(
     seconds = time.perf_counter() - started
     model.eval()
     held = predict(model, images[held_idx])
-    info = ClassifierInfo(
-        held_out_accuracy=float((held == labels[held_idx]).mean()),
-        held_out_count=len(held_idx),
-        train_count=len(train_idx),
-        steps=steps,
-        seed=seed,
-        seconds=round(seconds, 1),
+    accuracy = float((held == labels[held_idx]).mean())
+    return model, ClassifierInfo(
+        accuracy, len(held_idx), len(train_idx), steps, seed, round(seconds, 1)
     )
-    return model, info
 
 
 def save_classifier(
@@ -163,9 +158,8 @@ def save_classifier(
         "num_classes": str(model.num_classes),
         "feature_dim": str(model.feature_dim),
         **{key: str(value) for key, value in asdict(info).items()},
+        **({"command": command} if command else {}),
     }
-    if command:
-        meta["command"] = command
     write_safetensors(path, model.state_dict(), meta)
     return Path(path)
 

@@ -28,26 +28,6 @@ class FidError(UserError):
     """An input or a network that FID cannot be computed with."""
 
 
-def _inception_weights(offline: bool) -> Path:
-    """The Inception weights, downloaded once into torch's hub cache, checked by their hash."""
-    target = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_URL.rsplit("/", 1)[1]
-    if not target.is_file():
-        if offline_requested(offline):
-            raise FidError(
-                f"the Inception-v3 weights are not downloaded ({target.name}) and offline mode "
-                "is on; run once with the network to fetch them (about 95 MB)"
-            )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            sha256 = target.stem.rsplit("-", 1)[1]
-            torch.hub.download_url_to_file(INCEPTION_URL, str(target), sha256, progress=False)
-        except Exception as exc:  # noqa: BLE001 - urllib raises many kinds
-            raise FidError(
-                f"cannot download the Inception-v3 weights from {INCEPTION_URL}: {exc}"
-            ) from None
-    return target
-
-
 def inception(device: torch.device, offline: bool = False) -> Extractor:
     """torch-fidelity's TensorFlow-compatible Inception-v3, giving the 2048 pool features."""
     try:
@@ -56,7 +36,22 @@ def inception(device: torch.device, offline: bool = False) -> Extractor:
         raise FidError(
             f"par fid needs torch-fidelity (and torchvision): pip install 'parcli[fid]' ({exc})"
         ) from None
-    weights = _inception_weights(offline)
+    # Downloaded once into torch's hub cache, checked by the hash in its name.
+    weights = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_URL.rsplit("/", 1)[1]
+    if not weights.is_file():
+        if offline_requested(offline):
+            raise FidError(
+                f"the Inception-v3 weights are not downloaded ({weights.name}) and offline mode "
+                "is on; run once with the network to fetch them (about 95 MB)"
+            )
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            sha256 = weights.stem.rsplit("-", 1)[1]
+            torch.hub.download_url_to_file(INCEPTION_URL, str(weights), sha256, progress=False)
+        except Exception as exc:  # noqa: BLE001 - urllib raises many kinds
+            raise FidError(
+                f"cannot download the Inception-v3 weights from {INCEPTION_URL}: {exc}"
+            ) from None
     # Our rule: a pickle is read only with weights_only=True. torch-fidelity unpickles the file
     # itself, so it is first read here that way: it holds tensors and nothing else.
     torch.load(weights, map_location="cpu", weights_only=True)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from parcli.errors import SettingError, UserError
+from parcli.errors import SettingError, UserError, at_least_one
 from parcli.training.moving_digits import FRAMES as MOVING_FRAMES
 from parcli.training.moving_digits import NAME as MOVING_DIGITS
 from parcli.training.moving_digits import moving_digits
@@ -102,11 +102,10 @@ def training_data(
     `--data`."""
     check_data(data)
     if data == "digits":
-        images, labels = load_digits()
-        return images, labels, 10
+        return *load_digits(), 10
     video = is_clip_data(data)
-    if video and frames is not None and frames < 1:
-        raise SettingError("frames", f"must be at least 1, not {frames}")
+    if video and frames is not None:
+        at_least_one(frames=frames)
     if data == MOVING_DIGITS:
         return *moving_digits(*load_digits(), frames=frames or MOVING_FRAMES), 10
     if image_size is None:

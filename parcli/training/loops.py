@@ -132,9 +132,8 @@ def _fit(
         seconds = seconds_before + time.perf_counter() - began
         final = round(loss, 5) if math.isfinite(loss) else None
         training = {"kind": kind, "dataset": run.dataset, "steps": step,
-                    "seconds": round(seconds, 1), "final_loss": final, **record}  # fmt: skip
-        if run.command:
-            training["command"] = run.command
+                    "seconds": round(seconds, 1), "final_loss": final, **record,
+                    **({"command": run.command} if run.command else {})}  # fmt: skip
         meta = {"step": str(step), "training": json.dumps(training), **(metadata or {})}
         out_path.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -178,10 +177,7 @@ def _fit(
 
 
 def train_vq(
-    images: np.ndarray,
-    cfg: VQConfig,
-    run: TrainRun,
-    on_step: OnStep | None = None,
+    images: np.ndarray, cfg: VQConfig, run: TrainRun, on_step: OnStep | None = None
 ) -> TrainResult:
     """Train a VQ tokenizer: loss = L1 + MSE reconstruction + codebook + commitment."""
     if images.shape[1] % cfg.downsample or images.shape[2] % cfg.downsample:
@@ -192,8 +188,7 @@ def train_vq(
     if run.resume:
         state, start, seconds_before, found = _resume_state(run.out_path, "vq")
         if found != cfg:
-            cfg = found
-            model = VQModel(cfg)
+            cfg, model = found, VQModel(found)
         model.load_state_dict(state)
     model.to(run.device)
     pixels = torch.from_numpy(images)
@@ -246,8 +241,7 @@ def train_gpt(
     if run.resume:
         state, start, seconds_before, found = _resume_state(out_path, "gpt")
         if found != cfg:
-            message = f"{out_path} was trained with a different architecture"
-            raise TrainError(message, "resume")
+            raise TrainError(f"{out_path} was trained with a different architecture", "resume")
         model.load_state_dict(state)
     elif init_from is not None:
         state, found_kind, _, _ = read_checkpoint(init_from)
@@ -272,11 +266,8 @@ def train_gpt(
 
     def loss_fn(generator: torch.Generator) -> torch.Tensor:
         index = torch.randint(0, len(seqs), (batch_size,), generator=generator)
-        batch_labels = targets_labels[index]
         drop = torch.rand(batch_size, generator=generator) < cfg.class_dropout
-        batch_labels = torch.where(
-            drop, torch.full_like(batch_labels, cfg.num_classes), batch_labels
-        )
+        batch_labels = targets_labels[index].masked_fill(drop, cfg.num_classes)  # the null class
         seq = seqs[index].to(device)
         h = embed_slots(model, plan, batch_labels.to(device), seq, 0, plan.num_slots)
         logits = model(h, rope, mask=mask)  # slot s's logits against PAR sequence index s
