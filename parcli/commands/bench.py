@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
@@ -24,7 +23,7 @@ from parcli.commands.common import (
 )
 from parcli.commands.downloads import model_fetcher
 from parcli.config import GPT_PRESETS, token_grid
-from parcli.io.files import atomic_path, check_writable
+from parcli.io.files import check_writable
 from parcli.options import RunOptions
 from parcli.quality import INT8, OURS, PLAIN
 
@@ -112,8 +111,7 @@ def bench(
 
         def write_json(rows: list[timing.Row]) -> None:
             document = timing.report(rows, engines, settings, title, arch is not None, planned)
-            with atomic_path(json_path, "json") as tmp:
-                tmp.write_text(json.dumps(document, indent=2) + "\n")
+            write_json(json_path, document, "json")
 
         with console.status("timing") as status:
 

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -18,6 +16,7 @@ from parcli.commands.common import (
     CatalogueOption,
     OfflineOption,
     QuietOption,
+    command_line,
     console,
     err_console,
     old_spellings,
@@ -97,7 +96,7 @@ def eval_digits(
         print_results(title, results, f"{caption} · {options.torch_device}", video)
         if json_path is not None:
             settings = {
-                "command": shlex.join(["par", *sys.argv[1:]]), "model": model,
+                "command": command_line(), "model": model,
                 "regions": region_list, "samples_per_class": per_class, **options.to_dict(),
                 "default_cfg_scales": {str(n): p.defaults.cfg_scale for n, p in pipelines.items()},
                 "seed": seed, "batch_size": batch_size, "classifier": str(classifier_path),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -19,7 +18,7 @@ from parcli.commands.common import (
     user_errors,
 )
 from parcli.errors import at_least_one
-from parcli.io.files import atomic_path, check_writable
+from parcli.io.files import check_writable, write_json
 
 
 def fid_command(
@@ -51,8 +50,7 @@ def fid_command(
         end_counter()
         console.print(f"FID {format_fid(result['fid'])}", highlight=False)
         if json_path is not None:
-            with atomic_path(json_path, "json") as tmp:
-                tmp.write_text(json.dumps(result, indent=2) + "\n")
+            write_json(json_path, result, "json")
             if not quiet:
                 console.print(f"wrote {escape(str(json_path))}", highlight=False)
 

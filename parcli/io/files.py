@@ -84,16 +84,17 @@ def atomic_write(path: PathLike, writer: Callable[[Path], object]) -> Path:
 
 
 def read_json(path: Path) -> dict | None:
-    """The JSON object in ``path``, or None when it is missing, unreadable or not an object."""
+    """The JSON object in ``path``, or None when it is missing, unreadable, nested past Python's
+    recursion limit or not an object."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
 
 
-def write_json(path: PathLike, data: object) -> None:
-    with atomic_path(path) as tmp:
+def write_json(path: PathLike, data: object, setting: str | None = None) -> None:
+    with atomic_path(path, setting) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 

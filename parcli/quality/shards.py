@@ -16,7 +16,14 @@ import numpy as np
 import torch
 
 from parcli.errors import SettingError, UserError, at_least_one
-from parcli.io.files import atomic_path, file_sha256, free_bytes, remove_temporaries
+from parcli.io.files import (
+    atomic_path,
+    file_sha256,
+    free_bytes,
+    read_json,
+    remove_temporaries,
+    write_json,
+)
 from parcli.io.locate import ModelFiles
 from parcli.io.media import save_image
 from parcli.io.npz import UNREADABLE, Member, member_header, read_array, write_arrays, write_npz
@@ -119,7 +126,7 @@ class SampleRun:
                 "output",
             )
         if not fresh:
-            found = _read_json(run_file)
+            found = read_json(run_file)
             if not isinstance(found, dict):
                 raise SampleError(
                     f"{run_file} is not a par sample run record; choose another folder, or "
@@ -137,7 +144,7 @@ class SampleRun:
             # A killed run leaves its half-written files under temporary names: ours to remove.
             for folder in (self.out, self.out / SHARDS, self.out / PNGS):
                 remove_temporaries(folder)
-            document = _read_json(manifest) if samples.is_file() else None
+            document = read_json(manifest) if samples.is_file() else None
             vouched = isinstance(document, dict) and document.get("settings") == self.identity
             if vouched and file_sha256(samples) == document.get("samples_sha256"):
                 return True
@@ -160,8 +167,7 @@ class SampleRun:
             )
         if fresh:
             (self.out / SHARDS).mkdir(parents=True, exist_ok=True)
-            with atomic_path(run_file, "output") as tmp:
-                tmp.write_text(json.dumps(self.identity, indent=2) + "\n", encoding="utf-8")
+            write_json(run_file, self.identity, "output")
         return False
 
     def image_shape(self) -> tuple[int, int, int]:
@@ -179,7 +185,7 @@ class SampleRun:
     def is_done(self, shard: Shard) -> bool:
         """The shard is there, whole: its record exists and its data match the sha256 in it."""
         data, record = self._paths(shard)
-        expected = _read_json(record)
+        expected = read_json(record)
         if not isinstance(expected, dict) or not data.is_file():
             return False
         if (expected.get("images"), expected.get("first")) != (shard.size, shard.start):
@@ -282,8 +288,7 @@ class SampleRun:
             "shape": list(shape),
             "samples_sha256": file_sha256(target),
         }
-        with atomic_path(self.out / MANIFEST, "output") as tmp:
-            tmp.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        write_json(self.out / MANIFEST, document, "output")
         return target
 
 
@@ -318,12 +323,3 @@ def start_run(
     if problem is not None:
         raise SampleError(*problem)
     return run, complete
-
-
-def _read_json(path: Path) -> object:
-    """A JSON file's value, or None where it cannot be read or parsed (nested past Python's
-    recursion limit, not UTF-8, not JSON)."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return None
