@@ -4,6 +4,7 @@ partial file under the final name), and the checks that find an unusable output 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -110,6 +111,18 @@ def file_sha256(path: PathLike) -> str:
         while chunk := handle.read(8 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def cached_sha256(path: PathLike) -> str:
+    """`file_sha256` of weights, hashed once per process; size and modification time are part of
+    the key, so a replaced file is hashed again."""
+    status = Path(path).stat()
+    return _remembered_sha256(Path(path).resolve(), status.st_size, status.st_mtime_ns)
+
+
+@functools.cache
+def _remembered_sha256(path: Path, size: int, modified_ns: int) -> str:
+    return file_sha256(path)
 
 
 def _diagnose(path: Path, folder: bool = False) -> str | None:

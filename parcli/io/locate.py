@@ -6,7 +6,6 @@ from __future__ import annotations
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,6 +13,7 @@ from parcli.errors import SettingError
 from parcli.io import hub
 from parcli.io.catalogue import DEMO_FIELDS, CatalogueError, Entry, load_catalogue
 from parcli.io.classes import IMAGENET, ClassSet, class_set
+from parcli.io.files import cached_sha256
 
 if TYPE_CHECKING:  # sampling imports torch: not needed to list classes or parse options
     from parcli.sampling import SamplingConfig
@@ -80,21 +80,12 @@ def check_packaged(entry: Entry, path: Path) -> None:
     are checked as they arrive, by `parcli.io.hub`)."""
     if not entry.is_packaged or entry.sha256 is None:
         return
-    status = path.stat()
-    found = _file_digest(path.resolve(), status.st_size, status.st_mtime_ns)
+    found = cached_sha256(path)
     if found != entry.sha256:
         raise CatalogueError(
             f"{entry.name}: {path} has sha256 {found}, but the catalogue expects {entry.sha256}; "
             "reinstall parcli, or correct the entry's sha256"
         )
-
-
-@cache
-def _file_digest(path: Path, size: int, modified_ns: int) -> str:
-    # Size and modification time key the cache, so a changed file is hashed again.
-    from parcli.io.files import file_sha256
-
-    return file_sha256(path)
 
 
 def as_safetensors(path: Path, on_status: Callable[[str], None] | None = None) -> Path:

@@ -143,21 +143,15 @@ def _sample(item: Any, where: str) -> Sample:
     return Sample(class_id, name, index)
 
 
-@cache
-def weights_sha256(path: Path, size: int, modified_ns: int) -> str:
-    """The sha256 a recipe records for a checkpoint; size and mtime key the cache."""
+def checkpoint_sha256(path: Path) -> str:
+    """The sha256 a recipe records for a checkpoint: a converted file's source's, else its own."""
     from safetensors import safe_open
 
-    from parcli.io.files import file_sha256
+    from parcli.io.files import cached_sha256
 
     with safe_open(str(path), framework="pt") as handle:
         source = (handle.metadata() or {}).get("source_sha256")
-    return source or file_sha256(path)
-
-
-def checkpoint_sha256(path: Path) -> str:
-    status = Path(path).stat()
-    return weights_sha256(Path(path).resolve(), status.st_size, status.st_mtime_ns)
+    return source or cached_sha256(path)
 
 
 def sidecar_path(path: Path) -> Path:
