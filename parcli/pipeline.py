@@ -178,7 +178,9 @@ class Pipeline:
         self.check_labels(labels)
         at_least_one(batch_size=batch_size)
         indices = range(len(labels)) if indices is None else indices
-        pad_short_batches = self.engine.fixed_batches and len(labels) > batch_size
+        # A new batch size would cost a compile or a graph capture: a short last batch is padded.
+        fixed = self.engine.cuda_graphs or self.engine.compiled
+        pad_short_batches = fixed and len(labels) > batch_size
         chunks = []
         for start in range(0, len(labels), batch_size):
             chunk_labels = list(labels[start : start + batch_size])

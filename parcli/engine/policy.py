@@ -28,11 +28,6 @@ class Engine:
     channels_last_vq: bool = False  # VQ decoder convolutions in channels-last layout
     reference_kernels: bool = False  # the plain engine: SDPA's kernels as the reference picks them
 
-    @property
-    def fixed_batches(self) -> bool:
-        """Whether a new batch size costs a compile or capture (so a short last batch is padded)."""
-        return self.cuda_graphs or self.compiled
-
     def speedups(self) -> list[str]:
         return [label for field, label in SPEEDUPS.items() if getattr(self, field)]
 

@@ -97,12 +97,7 @@ class Par:
         """Token grids (batch, *plan.grid) in raster order, and what they cost."""
         uniforms = image_uniforms(seed, indices, plan.num_tokens, labels.device)
         tokens = generate_tokens(model, plan, labels, sampling, uniforms, on_pass, runner)
-        count = labels.shape[0]
-        stats = DecodeStats(
-            images=count,
-            passes=count * plan.num_passes,
-            query_tokens=count * plan.num_tokens,
-            iterations=count * plan.num_passes,
-            committed_passes=count * plan.num_passes,
-        )
+        count, passes = labels.shape[0], labels.shape[0] * plan.num_passes
+        # One forward pass per plan pass: images, passes, query tokens, iterations, committed.
+        stats = DecodeStats(count, passes, count * plan.num_tokens, passes, passes)
         return tokens, stats
