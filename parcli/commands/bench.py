@@ -23,7 +23,7 @@ from parcli.commands.common import (
 )
 from parcli.commands.downloads import model_fetcher
 from parcli.config import GPT_PRESETS, token_grid
-from parcli.io.files import check_writable
+from parcli.io.files import check_writable, write_json
 from parcli.options import RunOptions
 from parcli.quality import INT8, OURS, PLAIN
 
@@ -109,7 +109,7 @@ def bench(
         settings = timing.BenchSettings(batches, sampling, warmup, repeats, decode, seed)
         planned = len(ours) * len(batches) * len(engines)
 
-        def write_json(rows: list[timing.Row]) -> None:
+        def save(rows: list[timing.Row]) -> None:
             document = timing.report(rows, engines, settings, title, arch is not None, planned)
             write_json(json_path, document, "json")
 
@@ -121,12 +121,12 @@ def bench(
                     err_console.print(f"timing · {text}", markup=False, highlight=False)
 
             # The JSON is rewritten as each case is measured: a run stopped early leaves those.
-            rows = timing.run_bench(engines, settings, on_run, write_json if json_path else None)
+            rows = timing.run_bench(engines, settings, on_run, save if json_path else None)
         timing.print_report(
             console, err_console, title, rows, engines, sampling, decode, not warmup
         )
         if json_path is not None:
-            write_json(rows)
+            save(rows)
             console.print(f"wrote {escape(str(json_path))}", highlight=False)
 
 
