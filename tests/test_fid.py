@@ -105,6 +105,18 @@ def test_offline_without_the_inception_weights_says_so(tmp_path, monkeypatch):
     assert not any(tmp_path.iterdir())
 
 
+def test_damaged_inception_weights_are_removed_with_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    network = types.SimpleNamespace(FeatureExtractorInceptionV3=None)
+    monkeypatch.setitem(sys.modules, "torch_fidelity.feature_extractor_inceptionv3", network)
+    weights = tmp_path / "checkpoints" / fid_module.INCEPTION_URL.rsplit("/", 1)[1]
+    weights.parent.mkdir()
+    weights.write_bytes(b"not a checkpoint")
+    with pytest.raises(FidError, match="damaged; run again"):
+        fid_module.inception(torch.device("cpu"))
+    assert not weights.exists()
+
+
 def _npy(array: np.ndarray, header: dict | None = None) -> bytes:
     """The bytes of a `.npy`, with its header replaced where `header` is given."""
     import io

@@ -54,7 +54,11 @@ def inception(device: torch.device, offline: bool = False) -> Extractor:
             ) from None
     # Our rule: a pickle is read only with weights_only=True. torch-fidelity unpickles the file
     # itself, so it is first read here that way: it holds tensors and nothing else.
-    torch.load(weights, map_location="cpu", weights_only=True)
+    try:
+        torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - a damaged or foreign file fails in many ways
+        weights.unlink(missing_ok=True)
+        raise FidError("the Inception-v3 weights were damaged; run again to fetch them") from None
     network = FeatureExtractorInceptionV3(
         "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(weights)
     )
