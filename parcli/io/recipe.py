@@ -97,9 +97,9 @@ class Recipe:
                   "fps": (0.1, 120), "top_k": (0, math.inf), "window": (1, math.inf)}  # fmt: skip
         for name, (low, high) in bounds.items():
             if data[name] is not None and not low <= data[name] <= high:
-                raise RecipeError(
-                    f"{where}: recipe field {name!r} must lie in {low} to {high}, not {data[name]}"
-                )
+                span = f"lie in {low} to {high}" if high < math.inf else f"be at least {low}"
+                value = data[name]
+                raise RecipeError(f"{where}: recipe field {name!r} must {span}, not {value}")
         for name in SAMPLING_FIELDS:
             if data[name] is None or not math.isfinite(data[name]):
                 raise RecipeError(f"{where}: recipe field {name!r} is not a finite number")
