@@ -10,9 +10,7 @@ from parcli.plan import CLASS, TOKEN, Plan
 
 def guided_labels(labels: torch.Tensor, num_classes: int, guided: bool) -> torch.Tensor:
     """Class of every decoded sequence: the labels, then as many with the null class if guided."""
-    if not guided:
-        return labels
-    return torch.cat([labels, torch.full_like(labels, num_classes)])
+    return torch.cat([labels, torch.full_like(labels, num_classes)]) if guided else labels
 
 
 def slot_rotary(model: Transformer, plan: Plan) -> torch.Tensor:

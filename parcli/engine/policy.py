@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from parcli.options import RunOptions
+if TYPE_CHECKING:  # options imports this module when it resolves: no cycle at run time
+    from parcli.options import RunOptions
 
 PREFIX, FIXED_SHAPE = "prefix", "fixed-shape"
 SPEEDUPS = {  # Engine's fields, as `par bench` names them
