@@ -26,7 +26,8 @@ from parcli.options import SAMPLING_FIELDS, RunOptions
 from parcli.plan import Pass, Plan
 from parcli.sampling import SamplingConfig
 from parcli.slots import guided_labels
-from parcli.strategies import DecodeStats, make_strategy
+from parcli.strategies import make_strategy
+from parcli.strategies.par import DecodeStats
 from parcli.vq import VQConfig, VQModel, to_pixels
 
 

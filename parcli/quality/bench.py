@@ -32,7 +32,7 @@ from parcli.options import RunOptions
 from parcli.pipeline import Pipeline, open_pipeline
 from parcli.quality import INT8, OURS, PLAIN
 from parcli.sampling import SamplingConfig
-from parcli.strategies import DecodeStats
+from parcli.strategies.par import DecodeStats
 from parcli.vq import VQConfig, VQModel
 
 WIDE_SPREAD = 0.15  # (max - min) / median above which a row is flagged as noisy

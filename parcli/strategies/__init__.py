@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from parcli.errors import SettingError
@@ -12,29 +11,6 @@ if TYPE_CHECKING:
     from parcli.options import RunOptions
     from parcli.strategies.par import Par
     from parcli.strategies.sjd import Sjd
-
-
-@dataclass
-class DecodeStats:
-    """What a strategy spent, summed over the images it made."""
-
-    images: int = 0
-    passes: int = 0  # forward passes, counted once per image that took part in them
-    query_tokens: int = 0  # tokens fed to the transformer, per image summed
-    iterations: int = 0  # strategy steps (one forward pass each), per image summed
-    committed_passes: int = 0  # plan passes made final, per image summed
-
-    def add(self, other: DecodeStats) -> None:
-        for name in self.__dataclass_fields__:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-
-    def per_image(self) -> dict[str, float]:
-        images = max(self.images, 1)
-        return {
-            "passes_per_image": self.passes / images,
-            "query_tokens_per_image": self.query_tokens / images,
-            "passes_per_iteration": self.committed_passes / max(self.iterations, 1),
-        }
 
 
 def make_strategy(options: RunOptions) -> Par | Sjd:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -14,7 +15,29 @@ from parcli.model import Transformer
 from parcli.plan import Pass, Plan
 from parcli.sampling import SamplingConfig, image_uniforms, mix_guidance, sample
 from parcli.slots import embed_slots, guided_labels
-from parcli.strategies import DecodeStats
+
+
+@dataclass
+class DecodeStats:
+    """What a strategy spent, summed over the images it made."""
+
+    images: int = 0
+    passes: int = 0  # forward passes, counted once per image that took part in them
+    query_tokens: int = 0  # tokens fed to the transformer, per image summed
+    iterations: int = 0  # strategy steps (one forward pass each), per image summed
+    committed_passes: int = 0  # plan passes made final, per image summed
+
+    def add(self, other: DecodeStats) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def per_image(self) -> dict[str, float]:
+        images = max(self.images, 1)
+        return {
+            "passes_per_image": self.passes / images,
+            "query_tokens_per_image": self.query_tokens / images,
+            "passes_per_iteration": self.committed_passes / max(self.iterations, 1),
+        }
 
 
 @torch.inference_mode()

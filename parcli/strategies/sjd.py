@@ -15,8 +15,7 @@ from parcli.model import KVCache, cache_dtype
 from parcli.plan import Pass, Plan
 from parcli.sampling import draw, image_seed, image_uniforms, mix_guidance, warp
 from parcli.slots import embed_slots, guided_labels, slot_rotary
-from parcli.strategies import DecodeStats
-from parcli.strategies.par import device_inverse
+from parcli.strategies.par import DecodeStats, device_inverse
 
 DEFAULT_WINDOW = 4
 INITS = ("left", "random")
