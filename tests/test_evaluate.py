@@ -178,7 +178,7 @@ def test_evaluate_runs_end_to_end_with_tiny_pipelines():
     # Three batches of 8 rows per n; the progress ends at passes x batches.
     assert (1, 64 * 3, 64 * 3) in seen and (16, 19 * 3, 19 * 3) in seen
     info = ClassifierInfo(0.99, 500, 4500, 1, 0, 1.0)
-    document = json.loads(report(results, info, None, {"seed": 0}))
+    document = json.loads(json.dumps(report(results, info, None, {"seed": 0})))
     assert len(document["rows"]) == 3 and document["classifier"]["held_out_accuracy"] == 0.99
 
     again, _ = evaluate(

@@ -13,6 +13,7 @@ from parcli.commands.common import (
     BATCH_HELP,
     CatalogueOption,
     OfflineOption,
+    command_line,
     console,
     err_console,
     parse_ints,
@@ -110,7 +111,9 @@ def bench(
         planned = len(ours) * len(batches) * len(engines)
 
         def save(rows: list[timing.Row]) -> None:
-            document = timing.report(rows, engines, settings, title, arch is not None, planned)
+            document = timing.report(
+                rows, engines, settings, title, arch is not None, command_line(), planned
+            )
             write_json(json_path, document, "json")
 
         with console.status("timing") as status:

@@ -29,7 +29,7 @@ from parcli.commands.common import (
 )
 from parcli.commands.downloads import model_fetcher
 from parcli.errors import at_least_one
-from parcli.io.files import atomic_path, check_writable
+from parcli.io.files import check_writable, write_json
 from parcli.options import RunOptions
 
 
@@ -103,8 +103,7 @@ def eval_digits(
                 "seconds": round(seconds, 2),
             }  # fmt: skip
             name = "training_baseline" if video else "real_baseline"
-            with atomic_path(json_path, "json") as tmp:
-                tmp.write_text(report(results, info, baseline, settings, name))
+            write_json(json_path, report(results, info, baseline, settings, name), "json")
             console.print(f"wrote {escape(str(json_path))}", highlight=False)
 
 

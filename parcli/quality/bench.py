@@ -5,9 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-import shlex
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -301,13 +299,14 @@ def report(
     settings: BenchSettings,
     title: str,
     random_weights: bool,
+    command: str,
     planned: int | None = None,
 ) -> dict:
     """Every figure of a run and what it ran on, for `--json`; `planned`: a whole run's rows."""
     first = next(iter(engines[OURS].values()))
     int8 = next(iter(engines[INT8].values())) if INT8 in engines else None
     return {
-        "command": shlex.join(["par", *sys.argv[1:]]),
+        "command": command,
         "machine": machine_info(first.device),
         "model": title,
         "random_weights": random_weights,

@@ -4,7 +4,6 @@ the real held-out digits, scored the same way, give what a perfect generator wou
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
@@ -327,10 +326,10 @@ def report(
     baseline: object | None,
     settings: Mapping[str, object],
     baseline_name: str = "real_baseline",
-) -> str:
-    """The JSON text of an evaluation (of clips with `baseline_name` "training_baseline")."""
+) -> dict:
+    """The JSON document of an evaluation (of clips with `baseline_name` "training_baseline")."""
     reference = "features of the classifier's training split of the digits (4,500 images)"
-    document = {
+    return {
         "settings": dict(settings),
         "classifier": asdict(info),
         **({"reference": reference} if baseline_name == "real_baseline" else {}),
@@ -338,4 +337,3 @@ def report(
         "rows": [asdict(row) for row in results],
         "all_goals_met": all(row.passes_goals for row in results),
     }
-    return json.dumps(document, indent=2) + "\n"
